@@ -1,0 +1,58 @@
+"""Remove what one build left behind (after --keep-on-error, or a crash), found by its tags.
+
+Order matters: instances first (they hold the security group and key pair), then the
+security group (retrying while the ENI detaches), then key pairs, then images that
+never completed and their snapshots. A completed image is the product: never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bakery.cloud.ec2 import EC2
+
+
+@dataclass
+class CleanReport:
+    build_id: str
+    removed: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def clean_build(ec2: EC2, build_id: str, *, dry_run: bool = False, hooks=None) -> CleanReport:
+    report = CleanReport(build_id, dry_run=dry_run)
+    tag = [{"Name": "tag:bakery:build-id", "Values": [build_id]}]
+    c = ec2.client
+
+    reservations = ec2.call("describe-instances", c.describe_instances, Filters=tag)["Reservations"]
+    instances = [i["InstanceId"] for r in reservations for i in r["Instances"]
+                 if i["State"]["Name"] not in ("terminated",)]
+    for iid in instances:
+        report.removed.append(f"instance {iid}")
+        if not dry_run:
+            if hooks:
+                hooks.before_terminate(iid)
+            ec2.terminate_instance(iid)
+    if not dry_run:
+        for iid in instances:
+            ec2.wait_instance_state(iid, "terminated", timeout=600)
+
+    for group in ec2.call("describe-security-groups", c.describe_security_groups, Filters=tag)["SecurityGroups"]:
+        report.removed.append(f"security group {group['GroupId']}")
+        if not dry_run:
+            ec2.delete_security_group(group["GroupId"])
+
+    for key in ec2.call("describe-key-pairs", c.describe_key_pairs, Filters=tag)["KeyPairs"]:
+        report.removed.append(f"key pair {key['KeyName']}")
+        if not dry_run:
+            ec2.delete_key_pair(key["KeyName"])
+
+    images = ec2.call("describe-images", c.describe_images, Owners=["self"], Filters=tag)["Images"]
+    for image in images:
+        done = any(t["Key"] == "bakery:complete" and t["Value"] == "true" for t in image.get("Tags", []))
+        if done:
+            continue
+        report.removed.append(f"unfinished image {image['ImageId']}")
+        if not dry_run:
+            ec2.deregister_image(image["ImageId"])
+    return report

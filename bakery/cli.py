@@ -1,0 +1,71 @@
+"""Glue between invoke tasks and the library: settings, errors, signals, output.
+
+Every task body runs inside `command()`: a BakeryError becomes one line on stderr and
+a non-zero exit; any other exception too, with the traceback only under
+`invoke --debug` (or BAKERY_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from bakery.errors import BakeryError, ConfigError, Interrupted
+
+
+def debug_enabled() -> bool:
+    return logging.getLogger().isEnabledFor(logging.DEBUG) or os.environ.get("BAKERY_DEBUG") == "1"
+
+
+def settings_from(ctx):
+    from bakery.settings import Settings
+
+    cfg = ctx.config.get("bakery", {}) or {}
+    project = Path(ctx.config.get("_project_dir") or Path(__file__).resolve().parent.parent)
+    return Settings.load(dict(cfg), project_dir=project)
+
+
+def parse_vars(pairs: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--var {pair!r}: expected KEY=VALUE")
+        if key in out:
+            raise ConfigError(f"--var {key}: given twice")
+        out[key] = value
+    return out
+
+
+@contextlib.contextmanager
+def command():
+    from invoke.exceptions import Exit
+
+    from bakery.signals import interruptible
+
+    try:
+        with interruptible():
+            yield
+    except KeyboardInterrupt:
+        raise Exit("error: interrupted; cleaned up what this run created", code=Interrupted.exit_code) from None
+    except BakeryError as exc:
+        if debug_enabled():
+            traceback.print_exc()
+        raise Exit(f"error: {exc.message}", code=exc.exit_code) from None
+    except Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
+        if debug_enabled():
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise Exit(f"error: internal error: {type(exc).__name__}: {first} "
+                   "(run `invoke --debug ...` for the traceback)", code=70) from None
+
+
+def emit(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()

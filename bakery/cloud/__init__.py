@@ -1,0 +1,1 @@
+"""Everything that talks to EC2-compatible APIs lives here."""

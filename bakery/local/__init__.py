@@ -1,0 +1,12 @@
+"""Local cloud: EC2-like instances as overlayfs + namespace sandboxes on this host.
+
+A Debian base rootfs (``base``) is the root layer; baked images are tar.zst overlay layers
+(``layers``) stacked on it; a ``Sandbox`` boots a stack with real cloud-init and a chroot sshd
+reachable only through its own network namespace. Root is required (see ``prereqs``).
+The sandbox is for hygiene and reproducibility, not a security boundary: root inside it keeps
+all capabilities of host root.
+"""
+
+from bakery.local.errors import LocalCloudError
+
+__all__ = ["LocalCloudError"]

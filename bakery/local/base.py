@@ -1,0 +1,197 @@
+"""The Debian base rootfs every local instance stacks its layers on (the "source AMI").
+
+Built once per host with ``mmdebstrap`` (~30 s) and cached under the data dir; later calls return
+the cached directory. The build runs in a temporary directory that is renamed into place, under a
+file lock, so a crash never leaves a half-built base and two processes never build it twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bakery.local.errors import LocalCloudError
+
+SUITE = "bookworm"
+PACKAGES = ("openssh-server", "cloud-init", "ca-certificates", "iproute2", "curl")
+MIRRORS = (
+    "deb http://deb.debian.org/debian bookworm main",
+    "deb http://deb.debian.org/debian bookworm-updates main",
+    "deb http://deb.debian.org/debian-security bookworm-security main",
+)
+CLOUD_CFG_NAME = "99-lsbx.cfg"
+#: cloud-init config for running without systemd in a sandbox whose network the launcher owns.
+CLOUD_CFG = """\
+# Written by bakery: cloud-init inside a bakery local sandbox (no systemd, launcher owns networking).
+datasource_list: [ NoCloud, None ]   # no ds-identify without the systemd generator
+network: {config: disabled}          # the launcher owns networking
+resize_rootfs: false
+growpart: {mode: "off"}              # avoids the cc_resizefs "/dev/overlay did not exist" warning
+locale: C.UTF-8                      # en_US.UTF-8 is not generated; cc_locale would fail
+disable_root: false                  # install the key pair's public key for root, which bakery logs in as
+"""
+#: run on the host after the install; "$1" is the rootfs being built
+CUSTOMIZE_HOOKS = (
+    f'upload {{cfg}} /etc/cloud/cloud.cfg.d/{CLOUD_CFG_NAME}',
+    'rm -f "$1"/etc/ssh/ssh_host_*',  # cloud-init cc_ssh generates per-instance host keys
+    'rm -f "$1/etc/resolv.conf" && : > "$1/etc/resolv.conf"',  # mmdebstrap copied the host's
+    'rm -f "$1/etc/hostname" && echo localhost > "$1/etc/hostname"',
+)
+META_NAME = "meta.json"
+ROOTFS_NAME = "rootfs"
+
+Log = Callable[[str], None]
+
+
+def default_data_dir() -> Path:
+    """``$BAKERY_DATA_DIR``, else ``/var/lib/bakery`` for root (the local cloud needs root anyway)."""
+    env = os.environ.get("BAKERY_DATA_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/bakery")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "bakery"
+
+
+def _recipe() -> dict[str, object]:
+    return {
+        "suite": SUITE,
+        "variant": "minbase",
+        "packages": list(PACKAGES),
+        "mirrors": list(MIRRORS),
+        "cloud_cfg": CLOUD_CFG,
+        "hooks": list(CUSTOMIZE_HOOKS),
+        "skip": ["cleanup/apt/lists"],
+    }
+
+
+def _recipe_hash() -> str:
+    blob = json.dumps(_recipe(), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def base_dir(data_dir: Path) -> Path:
+    """Directory holding ``rootfs/`` and ``meta.json`` for the current base recipe."""
+    return data_dir / "base" / f"{SUITE}-{_recipe_hash()}"
+
+
+def load_base_metadata(rootfs: Path) -> dict[str, object]:
+    """Metadata recorded next to a base rootfs (``id``, ``digest``, ``created``, ``packages``...)."""
+    path = rootfs.parent / META_NAME
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LocalCloudError(
+            f"base image metadata unreadable: {path} ({exc}); delete {rootfs.parent} to rebuild it"
+        ) from None
+
+
+def _is_complete(bdir: Path) -> bool:
+    return (bdir / META_NAME).is_file() and (bdir / ROOTFS_NAME / "usr/sbin/sshd").exists()
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _installed_packages(rootfs: Path) -> dict[str, str]:
+    """Parse dpkg's status file: package -> version, installed ones only."""
+    packages: dict[str, str] = {}
+    text = (rootfs / "var/lib/dpkg/status").read_text(errors="replace")
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            arch = fields.get("Architecture", "")
+            name = fields["Package"] if arch in ("", "all", "amd64") else f"{fields['Package']}:{arch}"
+            packages[name] = fields.get("Version", "")
+    return packages
+
+
+def _build(target: Path, workdir: Path, log_file: Path) -> None:
+    cfg = workdir / CLOUD_CFG_NAME
+    cfg.write_text(CLOUD_CFG)
+    cmd = [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--include=" + ",".join(PACKAGES),
+        "--skip=cleanup/apt/lists",  # keep apt lists so recipes can apt-get install without update
+        *[f"--customize-hook={h.format(cfg=cfg)}" for h in CUSTOMIZE_HOOKS],
+        SUITE,
+        str(target),
+        *MIRRORS,
+    ]
+    with open(log_file, "wb") as out:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+        raise LocalCloudError(
+            f"building the base image failed (mmdebstrap exit {proc.returncode}): "
+            f"{' | '.join(tail)}; full log: {log_file}; command: {' '.join(cmd)}"
+        )
+
+
+def ensure_base_image(data_dir: Path, *, log: Log = print) -> Path:
+    """Return the base rootfs directory under ``data_dir``, building it first if needed."""
+    bdir = base_dir(data_dir)
+    if _is_complete(bdir):
+        return bdir / ROOTFS_NAME
+    if shutil.which("mmdebstrap") is None:
+        raise LocalCloudError(
+            "cannot build the base image: mmdebstrap is missing; install it with `apt-get install -y mmdebstrap`"
+        )
+    parent = bdir.parent
+    with _locked(parent / ".lock"):
+        if _is_complete(bdir):  # another process finished it while we waited
+            return bdir / ROOTFS_NAME
+        for stale in parent.glob(f".tmp-{bdir.name}-*"):  # leftovers of a crashed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        if bdir.exists():
+            shutil.rmtree(bdir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{bdir.name}-", dir=parent))
+        log_file = parent / f"{bdir.name}.build.log"
+        log(f"building Debian {SUITE} base image in {bdir} (mmdebstrap, about 30 s, once)")
+        started = time.monotonic()
+        try:
+            _build(tmp / ROOTFS_NAME, tmp, log_file)
+            packages = _installed_packages(tmp / ROOTFS_NAME)
+            digest_src = json.dumps({"recipe": _recipe(), "packages": packages}, sort_keys=True)
+            digest = hashlib.sha256(digest_src.encode()).hexdigest()
+            meta = {
+                "id": "ami-" + digest[:17],  # registered in the layer store like any other image
+                "kind": "base",
+                "digest": "sha256:" + digest,
+                "recipe_hash": _recipe_hash(),
+                "suite": SUITE,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_seconds": round(time.monotonic() - started, 1),
+                "packages": packages,
+            }
+            (tmp / CLOUD_CFG_NAME).unlink()
+            (tmp / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+            os.rename(tmp, bdir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log(f"base image ready in {time.monotonic() - started:.1f} s: {bdir / ROOTFS_NAME}")
+    return bdir / ROOTFS_NAME

@@ -1,0 +1,589 @@
+"""A sandbox is a local "EC2 instance": overlayfs over image layers, booted by real cloud-init.
+
+Shape (measured in notes/local-sandbox.md): a named netns ``bakery-<name>`` (only ``lo``, plus a
+slirp4netns NAT for egress that cannot reach the host's loopback), and inside it ``unshare``'d
+mount/pid/uts/ipc namespaces whose PID 1 is a small shell that mounts the overlay, runs the four
+cloud-init stages in a chroot, starts ``sshd`` on the sandbox's own 127.0.0.1:22 after ``init``,
+and then reaps orphans. Nothing is routed to the host: the host talks to the sandbox through
+sockets created inside its netns (``connect``) or through ``nsenter`` (``exec``).
+
+The NoCloud seed (user data + meta-data with ``public-keys``) is written into the upper dir
+before boot, so cloud-init installs the key pair and any ``ssh_keys`` host key exactly as on EC2.
+All processes are detached from the caller; state (upper/work/merged, pids/, logs/) lives in
+``state_dir/<name>/`` so another process can ``attach`` and stop it.
+
+Not done here, on purpose: ``/usr/sbin/policy-rc.d`` (bakes should write it so package
+postinsts do not start daemons, and remove it before capture) and deprovisioning
+(``cloud-init clean``, host keys, apt lists) are the caller's job. The sandbox is not a
+security boundary: root inside keeps host root's capabilities.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from bakery.local.errors import LocalCloudError
+from bakery.local.layers import TAR_XATTR_ARGS
+
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SANDBOX_ENV = (f"PATH={SANDBOX_PATH}", "HOME=/root", "LANG=C.UTF-8", "TERM=dumb")
+SLIRP_NAMESERVER = "10.0.2.3"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_SEED_DIR = "var/lib/cloud/seed/nocloud"
+#: launcher seed files are instance data, never image content (user data may hold a host key)
+_CAPTURE_EXCLUDES = (f"./{_SEED_DIR}/user-data", f"./{_SEED_DIR}/meta-data")
+
+# PID 1 of the sandbox, run by the host's /bin/sh with host tools, before and around the chroot.
+# $1 state dir, $2 overlay lowerdir string, $3 hostname, $4 egress (1/0).
+_INIT_SCRIPT = r"""
+set -eu
+D=$1 LOWER=$2 HOST=$3 EGRESS=$4
+M=$D/merged S=$D/logs/boot.status
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# drop other sandboxes' netns bind mounts copied into this mount ns, or they would pin those netns
+umount -l /run/netns 2>/dev/null || true
+mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$D/upper,workdir=$D/work" "$M"
+mount -t proc -o nosuid,nodev,noexec proc "$M/proc"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$M/sys"
+mount -t tmpfs -o nosuid,mode=0755,size=4m tmpfs "$M/dev"
+for n in null zero full random urandom tty; do : > "$M/dev/$n"; mount --bind "/dev/$n" "$M/dev/$n"; done
+mkdir -m 0755 "$M/dev/pts"; mkdir -m 1777 "$M/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$M/dev/pts"
+mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$M/dev/shm"
+ln -s pts/ptmx "$M/dev/ptmx"; ln -s /proc/self/fd "$M/dev/fd"
+ln -s /proc/self/fd/0 "$M/dev/stdin"; ln -s /proc/self/fd/1 "$M/dev/stdout"; ln -s /proc/self/fd/2 "$M/dev/stderr"
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$M/run"
+mkdir -m 0755 "$M/run/sshd"; mkdir -m 1777 "$M/run/lock"
+if [ "$EGRESS" = 1 ]; then
+  # bind-mounted so the launcher's DNS setting never ends up in a captured layer
+  if [ -L "$M/etc/resolv.conf" ]; then rm -f "$M/etc/resolv.conf"; fi
+  if [ ! -f "$M/etc/resolv.conf" ]; then : > "$M/etc/resolv.conf"; fi
+  mount --bind "$D/resolv.conf" "$M/etc/resolv.conf"
+fi
+hostname "$HOST"
+ip link set lo up
+echo "setup 0" >> "$S"
+stage() {
+  name=$1; shift; rc=0
+  chroot "$M" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/root LANG=C.UTF-8 "$@" || rc=$?
+  echo "$name $rc" >> "$S"
+}
+(
+  set +e
+  stage init-local cloud-init init --local
+  stage init cloud-init init
+  stage sshd /usr/sbin/sshd -o ListenAddress=127.0.0.1:22
+  stage config cloud-init modules --mode config   # run final even if config failed, like systemd
+  stage final cloud-init modules --mode final
+  echo "done 0" >> "$S"
+) </dev/null >> "$D/logs/console.log" 2>&1 &
+set +e
+# PID 1 duty: `wait` reaps every child, including orphaned daemons (sshd, runcmd services)
+while :; do sleep 3600 & wait; done
+"""
+
+_libc = ctypes.CDLL(None, use_errno=True)
+#: Popen objects of processes this process started, so stop() can reap them (no zombies)
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _setns_net(fd: int) -> None:
+    if hasattr(os, "setns"):  # Python >= 3.12
+        os.setns(fd, CLONE_NEWNET)
+        return
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, starttime) of a host pid, or None if it does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[19])
+
+
+def _alive(pid: int, starttime: int) -> bool:
+    """True if ``pid`` is still the process we started (same start time) and not a zombie."""
+    if pid <= 0:
+        return False
+    st = _proc_stat(pid)
+    return st is not None and st[1] == starttime and st[0] not in ("Z", "X")
+
+
+def _reap(pid: int) -> None:
+    proc = _CHILDREN.pop(pid, None)
+    if proc is not None:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _CHILDREN[pid] = proc
+
+
+def _kill(pid: int, starttime: int, sig: int, wait: float) -> bool:
+    """Signal our process (identity-checked) and wait until it is gone; True if it is gone."""
+    if _alive(pid, starttime):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + wait
+    while _alive(pid, starttime):
+        if pid in _CHILDREN:
+            _CHILDREN[pid].poll()
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    _reap(pid)
+    return True
+
+
+def _mkdirs_like(upper: Path, rel: str, lowers: list[Path]) -> Path:
+    """Create ``upper/rel`` with each component's mode/owner copied from the topmost lower that
+    has it: overlayfs shows the upper dir's attributes, so a plain mkdir could change them."""
+    current = upper
+    rel_parts: list[str] = []
+    for part in Path(rel).parts:
+        rel_parts.append(part)
+        current = current / part
+        if current.is_dir():
+            continue
+        current.mkdir()
+        for lower in lowers:
+            src = lower.joinpath(*rel_parts)
+            if src.is_dir() and not src.is_symlink():
+                st = src.stat()
+                os.chown(current, st.st_uid, st.st_gid)
+                os.chmod(current, st.st_mode & 0o7777)
+                break
+        else:
+            os.chmod(current, 0o755)
+    return current
+
+
+class Sandbox:
+    """Handle to one sandbox; cheap to create, all truth is in its state dir and /proc."""
+
+    def __init__(self, name: str, dir: Path, pid: int, starttime: int) -> None:
+        self.name = name
+        self.dir = dir
+        self.pid = pid  # host pid of the sandbox's PID 1 (0 once stopped)
+        self._starttime = starttime
+        self._own: list[int] = []  # host processes this handle started (reaped by stop)
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def netns(self) -> str:
+        return f"bakery-{self.name}"
+
+    @property
+    def netns_path(self) -> Path:
+        return NETNS_DIR / self.netns
+
+    @property
+    def upper(self) -> Path:
+        return self.dir / "upper"
+
+    @property
+    def merged(self) -> Path:
+        return self.dir / "merged"
+
+    def _pidfile(self, role: str) -> Path:
+        return self.dir / "pids" / f"{role}.pid"
+
+    def _read_pid(self, role: str) -> tuple[int, int]:
+        try:
+            pid, starttime = self._pidfile(role).read_text().split()
+            return int(pid), int(starttime)
+        except (OSError, ValueError):
+            return 0, 0
+
+    def _write_pid(self, role: str, pid: int) -> int:
+        st = _proc_stat(pid)
+        starttime = st[1] if st else 0
+        tmp = self._pidfile(role).with_suffix(".tmp")
+        tmp.write_text(f"{pid} {starttime}\n")
+        os.replace(tmp, self._pidfile(role))
+        return starttime
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        lowers: list[Path],
+        state_dir: Path,
+        *,
+        user_data: bytes | None,
+        meta_data: dict[str, object],
+        egress: bool = True,
+        hostname: str | None = None,
+    ) -> Sandbox:
+        """Boot a sandbox and return at once (~0.1 s); the caller waits for SSH via ``connect``.
+
+        ``lowers`` are overlay lower dirs, topmost first (``LayerStore.lowers``). ``meta_data``
+        should carry ``public-keys``; ``instance-id`` and ``local-hostname`` default to the name.
+        """
+        if not _NAME_RE.match(name):
+            raise LocalCloudError(
+                f"invalid sandbox name {name!r}: use 1-63 lowercase letters, digits or '-'"
+            )
+        lowers = [Path(p).resolve() for p in lowers]
+        if not lowers:
+            raise LocalCloudError(f"sandbox {name}: no image layers given")
+        for lower in lowers:
+            if not lower.is_dir():
+                raise LocalCloudError(f"sandbox {name}: image layer directory missing: {lower}")
+            if ":" in str(lower) or "," in str(lower):
+                raise LocalCloudError(f"sandbox {name}: layer path must not contain ':' or ',': {lower}")
+        d = Path(state_dir).resolve() / name
+        if ":" in str(d) or "," in str(d):
+            raise LocalCloudError(f"sandbox {name}: state dir must not contain ':' or ',': {d}")
+        if d.exists():
+            raise LocalCloudError(f"sandbox {name} already exists: {d}; destroy it first")
+        netns_path = NETNS_DIR / f"bakery-{name}"
+        if netns_path.exists():
+            raise LocalCloudError(
+                f"network namespace for sandbox {name} already exists: remove it with `ip netns del bakery-{name}`"
+            )
+        host = hostname or str(meta_data.get("local-hostname") or name)
+        meta = {"instance-id": name, "local-hostname": host, **meta_data}
+
+        for sub in ("upper", "work", "merged", "pids", "logs"):
+            (d / sub).mkdir(parents=True, mode=0o700 if sub == "pids" else 0o755)
+        os.chmod(d / "upper", 0o755)
+        seed = _mkdirs_like(d / "upper", _SEED_DIR, lowers)
+        (seed / "meta-data").write_text(json.dumps(meta, indent=1) + "\n")  # JSON is YAML
+        ud = seed / "user-data"
+        ud.touch(mode=0o600)
+        ud.write_bytes(user_data or b"")
+        (d / "resolv.conf").write_text(f"nameserver {SLIRP_NAMESERVER}\n")
+        state = {
+            "name": name,
+            "netns": f"bakery-{name}",
+            "lowers": [str(p) for p in lowers],
+            "hostname": host,
+            "egress": egress,
+            "created": time.time(),
+        }
+        (d / "sandbox.json").write_text(json.dumps(state, indent=1) + "\n")
+
+        box = cls(name, d, 0, 0)
+        try:
+            box._launch(lowers, host, egress)
+        except BaseException:
+            box.stop()
+            raise
+        return box
+
+    def _launch(self, lowers: list[Path], host: str, egress: bool) -> None:
+        d = self.dir
+        (d / "init.sh").write_text(_INIT_SCRIPT.lstrip())
+        _run(["ip", "netns", "add", self.netns], f"sandbox {self.name}: creating its network namespace")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        slirp: subprocess.Popen[bytes] | None = None
+        ready_r = -1
+        if egress:
+            ready_r, ready_w = os.pipe()
+            with open(d / "logs" / "slirp4netns.log", "ab") as log:
+                slirp = subprocess.Popen(
+                    ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+                     f"--ready-fd={ready_w}", "--netns-type=path", str(self.netns_path), "tap0"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w,),
+                    start_new_session=True, env=env,
+                )  # fmt: skip
+            os.close(ready_w)
+            _CHILDREN[slirp.pid] = slirp
+            self._own.append(slirp.pid)
+            self._write_pid("slirp", slirp.pid)
+        cmd = [
+            "nsenter", f"--net={self.netns_path}", "--",
+            "unshare", "--mount", "--pid", "--uts", "--ipc", "--fork", "--kill-child",
+            "--propagation", "private", "--",
+            "/bin/sh", str(d / "init.sh"),
+            str(d), ":".join(str(p) for p in lowers), host, "1" if egress else "0",
+        ]  # fmt: skip
+        with open(d / "logs" / "console.log", "ab") as log:
+            launcher = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env
+            )
+        _CHILDREN[launcher.pid] = launcher
+        self._own.append(launcher.pid)
+        self._write_pid("unshare", launcher.pid)
+        self.pid, self._starttime = self._find_init(launcher)
+        if slirp is not None:
+            self._wait_slirp(slirp, ready_r)
+        self._wait_setup()
+
+    def _find_init(self, launcher: subprocess.Popen[bytes]) -> tuple[int, int]:
+        """PID 1 of the sandbox is the only child of the ``unshare`` process."""
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                kids = children.read_text().split()
+            except OSError:
+                kids = []
+            if kids:
+                pid = int(kids[0])
+                return pid, self._write_pid("init", pid)
+            if launcher.poll() is not None:
+                break
+            time.sleep(0.002)
+        raise LocalCloudError(
+            f"sandbox {self.name} failed to start: {self._tail(self.dir / 'logs' / 'console.log')}"
+        )
+
+    def _wait_slirp(self, slirp: subprocess.Popen[bytes], ready_r: int) -> None:
+        try:
+            deadline = time.monotonic() + 5
+            os.set_blocking(ready_r, False)
+            while time.monotonic() < deadline:
+                try:
+                    if os.read(ready_r, 1):
+                        return
+                except BlockingIOError:
+                    pass
+                if slirp.poll() is not None:
+                    break
+                time.sleep(0.002)
+        finally:
+            os.close(ready_r)
+        log = self.dir / "logs" / "slirp4netns.log"
+        raise LocalCloudError(f"sandbox {self.name}: slirp4netns egress did not come up: {self._tail(log)}")
+
+    def _wait_setup(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if "setup" in self.boot_status():
+                return
+            if not _alive(self.pid, self._starttime):
+                break
+            time.sleep(0.002)
+        raise LocalCloudError(
+            f"sandbox {self.name} failed to mount its filesystems: "
+            f"{self._tail(self.dir / 'logs' / 'console.log')} (log: {self.dir / 'logs' / 'console.log'})"
+        )
+
+    @classmethod
+    def attach(cls, name: str, state_dir: Path) -> Sandbox:
+        """Re-open a sandbox another process started, from its state dir."""
+        d = Path(state_dir).resolve() / name
+        if not (d / "sandbox.json").is_file():
+            raise LocalCloudError(f"no sandbox {name} in {Path(state_dir)} (missing {d / 'sandbox.json'})")
+        box = cls(name, d, 0, 0)
+        box.pid, box._starttime = box._read_pid("init")
+        return box
+
+    def is_running(self) -> bool:
+        return _alive(self.pid, self._starttime)
+
+    def boot_status(self) -> dict[str, int]:
+        """Exit code per finished boot step: setup, init-local, init, sshd, config, final, done."""
+        status: dict[str, int] = {}
+        try:
+            lines = (self.dir / "logs" / "boot.status").read_text().splitlines()
+        except OSError:
+            return status
+        for line in lines:
+            step, _, rc = line.partition(" ")
+            if rc.strip().lstrip("-").isdigit():
+                status[step] = int(rc)
+        return status
+
+    def boot_log(self) -> str:
+        """cloud-init's output log (plus launcher output if any), for error messages."""
+        parts = []
+        try:
+            parts.append((self.upper / "var/log/cloud-init-output.log").read_text(errors="replace"))
+        except OSError:
+            pass
+        try:
+            console = (self.dir / "logs" / "console.log").read_text(errors="replace")
+        except OSError:
+            console = ""
+        if console.strip():
+            parts.append(f"--- launcher output ({self.dir / 'logs' / 'console.log'}) ---\n{console}")
+        return "\n".join(parts)
+
+    @staticmethod
+    def _tail(path: Path, lines: int = 3) -> str:
+        try:
+            text = path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(text[-lines:]) or "(empty log)"
+
+    # -- access --------------------------------------------------------------------------------
+    def connect(self, port: int, timeout: float = 5.0) -> socket.socket:
+        """TCP socket connected to 127.0.0.1:``port`` inside the sandbox netns (for paramiko
+        ``sock=`` or health checks). Connection failures raise OSError so callers can retry."""
+        try:
+            fd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise LocalCloudError(
+                f"sandbox {self.name} is not running (no network namespace {self.netns_path})"
+            ) from None
+        result: dict[str, object] = {}
+
+        def in_netns() -> None:
+            # setns(CLONE_NEWNET) is per thread: this short-lived thread enters the sandbox netns,
+            # and the socket keeps that netns after the thread exits. The caller stays on the host.
+            try:
+                _setns_net(fd)
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(timeout)
+                    sock.connect(("127.0.0.1", port))
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock.settimeout(None)
+                except BaseException:
+                    sock.close()
+                    raise
+                result["sock"] = sock
+            except BaseException as exc:  # re-raised in the caller's thread
+                result["error"] = exc
+
+        try:
+            thread = threading.Thread(target=in_netns, name=f"netns-{self.netns}", daemon=True)
+            thread.start()
+            thread.join()
+        finally:
+            os.close(fd)
+        if "error" in result:
+            raise result["error"]  # type: ignore[misc]
+        return result["sock"]  # type: ignore[return-value]
+
+    def exec(self, argv: list[str], timeout: float, *, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` as root inside the sandbox (its namespaces + chroot, clean env)."""
+        if not self.is_running():
+            raise LocalCloudError(f"sandbox {self.name} is not running; start it before running {argv[:1]}")
+        cmd = [
+            "nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-n", "-p", "--",
+            "chroot", str(self.merged), "/usr/bin/env", "-i", *SANDBOX_ENV, *argv,
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # one process group: a timeout kills the command inside too
+            text=True,
+            errors="replace",
+        )
+        try:
+            out, err = proc.communicate(input=input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise LocalCloudError(
+                f"command {' '.join(argv)!r} timed out after {timeout:g} s in sandbox {self.name}"
+            ) from None
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    # -- teardown ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Kill the sandbox (PID 1 takes its whole pid namespace and mounts with it), slirp4netns
+        and the netns. Idempotent; keeps the upper dir for ``capture_layer``."""
+        init_pid, init_start = self._read_pid("init")
+        if self.pid and not init_pid:
+            init_pid, init_start = self.pid, self._starttime
+        problems: list[str] = []
+        if not _kill(init_pid, init_start, signal.SIGKILL, wait=10):
+            problems.append(f"PID 1 ({init_pid}) did not exit")
+        upid, ustart = self._read_pid("unshare")
+        if not _kill(upid, ustart, signal.SIGTERM, wait=2) and not _kill(upid, ustart, signal.SIGKILL, wait=3):
+            problems.append(f"launcher {upid} did not exit")
+        spid, sstart = self._read_pid("slirp")
+        if not _kill(spid, sstart, signal.SIGTERM, wait=2) and not _kill(spid, sstart, signal.SIGKILL, wait=3):
+            problems.append(f"slirp4netns {spid} did not exit")
+        if problems:
+            raise LocalCloudError(f"sandbox {self.name} did not stop: {'; '.join(problems)}")
+        for role in ("init", "unshare", "slirp"):
+            self._pidfile(role).unlink(missing_ok=True)
+        for pid in self._own:  # also when another process already stopped it: no zombies
+            _reap(pid)
+        self._own = [pid for pid in self._own if pid in _CHILDREN]
+        self.pid, self._starttime = 0, 0
+        if self.netns_path.exists():
+            _run(["ip", "netns", "del", self.netns], f"sandbox {self.name}: deleting its network namespace")
+        for mountpoint in self._host_mounts():  # normally none: sandbox mounts live in its own ns
+            _run(["umount", "-l", mountpoint], f"sandbox {self.name}: unmounting {mountpoint}")
+
+    def _host_mounts(self) -> list[str]:
+        prefix = str(self.dir) + "/"
+        found = []
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            mountpoint = line.split()[4].encode().decode("unicode_escape")
+            if mountpoint.startswith(prefix) or mountpoint == str(self.dir):
+                found.append(mountpoint)
+        return sorted(found, key=len, reverse=True)
+
+    def capture_layer(self, dest: Path) -> Path:
+        """Write the upper dir as tar.zst to ``dest`` (atomically) after ``stop()``.
+
+        Keeps whiteouts and ``trusted.overlay.*``/``security.capability`` xattrs; leaves out the
+        launcher's NoCloud seed. Deprovisioning before capture is the caller's job.
+        """
+        dest = Path(dest)
+        if self.is_running():
+            raise LocalCloudError(f"sandbox {self.name} is still running; stop it before capturing {dest}")
+        if not self.upper.is_dir():
+            raise LocalCloudError(f"sandbox {self.name} has no upper dir to capture: {self.upper}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        tar_cmd = [
+            "tar", *TAR_XATTR_ARGS, "--anchored", *[f"--exclude={p}" for p in _CAPTURE_EXCLUDES],
+            "-C", str(self.upper), "-cf", "-", ".",
+        ]  # fmt: skip
+        zstd_cmd = ["zstd", "-q", "-T0", "-3", "-f", "-o", str(tmp)]
+        try:
+            tar = subprocess.Popen(tar_cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert tar.stdout is not None
+            zstd = subprocess.run(zstd_cmd, stdin=tar.stdout, capture_output=True, text=True)
+            tar.stdout.close()
+            tar_err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
+            tar.wait()
+            if tar.returncode != 0 or zstd.returncode != 0:
+                detail = (tar_err or zstd.stderr).strip().splitlines()[:1]
+                raise LocalCloudError(
+                    f"capturing sandbox {self.name} to {dest} failed: {' '.join(detail) or 'unknown error'}; "
+                    f"command: {' '.join(tar_cmd)} | {' '.join(zstd_cmd)}"
+                )
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def destroy(self) -> None:
+        """stop() and delete the sandbox's state dir (upper dir included)."""
+        self.stop()
+        try:
+            shutil.rmtree(self.dir)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise LocalCloudError(f"sandbox {self.name}: cannot delete {self.dir}: {exc}; remove it with `rm -rf {self.dir}`") from None
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()[:1]
+        raise LocalCloudError(f"{what} failed: {' '.join(detail)} (command: {' '.join(cmd)})")

@@ -1,0 +1,368 @@
+"""Recipe: the typed description of one image, loaded from recipes/NAME.yaml.
+
+A recipe may `extends:` another (e.g. a shared base): the parent's steps run first
+and each top-level section of the child replaces the parent's. Everything a bake
+needs is validated here so bake.py can trust it: paths exist and stay inside the
+recipes directory, variables are declared, the image name template renders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bakery.configfile import LineMap, load_yaml, validate
+from bakery.errors import ConfigError
+
+NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+AMI_RE = r"^ami-[0-9a-f]{8,17}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceFilter(Strict):
+    name: str = Field(min_length=1, description="image name pattern, * and ? wildcards")
+    owners: list[str] = Field(min_length=1, description="account ids or aliases (self, amazon)")
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    most_recent: bool = True
+    include_deprecated: bool = False
+
+
+class Source(Strict):
+    """Exactly one of: a fixed AMI id, a filter, or an SSM parameter holding an AMI id."""
+
+    ami: Annotated[str, Field(pattern=AMI_RE)] | None = None
+    filter: SourceFilter | None = None
+    ssm_parameter: Annotated[str, Field(pattern=r"^/[\w./-]+$")] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Source":
+        given = [k for k in ("ami", "filter", "ssm_parameter") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of ami, filter, ssm_parameter (got {', '.join(given) or 'none'})")
+        return self
+
+
+class Bastion(Strict):
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str
+    key_file: str | None = None
+
+
+class SSH(Strict):
+    user: str = Field("admin", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    interface: Literal["public_ip", "private_ip", "host"] = "public_ip"
+    host: str | None = None  # interface=host: connect here instead (e.g. a port forward)
+    port: int = Field(22, ge=1, le=65535)
+    proxy_command: str | None = None
+    bastion: Bastion | None = None
+    allowed_cidr: str | None = None  # default: the caller's own address /32
+    timeout: float = Field(300, gt=0, le=3600, description="deadline for SSH to answer, seconds")
+
+    @field_validator("allowed_cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_network(v, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"invalid CIDR {v!r}: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _host(self) -> "SSH":
+        if self.interface == "host" and not self.host:
+            raise ValueError("interface 'host' needs ssh.host")
+        if self.proxy_command and self.bastion:
+            raise ValueError("give either proxy_command or bastion, not both")
+        return self
+
+
+class RootVolume(Strict):
+    size_gb: int = Field(8, ge=1, le=16384)
+    type: Literal["gp3", "gp2", "io1", "io2", "standard"] = "gp3"
+    encrypted: bool = True
+    kms_key_id: str | None = None
+    device_name: str | None = None  # default: the source image's root device
+
+
+class Builder(Strict):
+    instance_types: list[str] = Field(["t3.micro"], min_length=1)
+    subnet: str | None = Field(None, pattern=r"^subnet-[0-9a-f]+$")
+    iam_instance_profile: str | None = None
+    root_volume: RootVolume = RootVolume()
+    ssh: SSH = SSH()
+
+    @field_validator("instance_types", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("instance_types")
+    @classmethod
+    def _types(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not re.fullmatch(r"[a-z][a-z0-9-]*\.[a-z0-9]+", t):
+                raise ValueError(f"{t!r} is not an instance type (like t3.micro)")
+        return v
+
+
+class Upload(Strict):
+    source: str = Field(min_length=1)
+    dest: str = Field(min_length=1)
+    mode: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$")
+    owner: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_-]*(:[a-z_][a-z0-9_-]*)?$")
+
+    @field_validator("dest")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        p = PurePosixPath(v)
+        if not p.is_absolute() or ".." in p.parts:
+            raise ValueError(f"dest must be an absolute path without '..' (got {v!r})")
+        return v
+
+
+class Step(Strict):
+    name: str = Field(min_length=1, max_length=80)
+    shell: str | None = None
+    script: str | None = None
+    upload: Upload | None = None
+    timeout: float = Field(1800, gt=0, le=86400)
+    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {}
+    retries: int = Field(0, ge=0, le=10)
+    on_failure: Literal["abort", "continue"] = "abort"
+    sudo: bool = True
+
+    @model_validator(mode="after")
+    def _one_action(self) -> "Step":
+        given = [k for k in ("shell", "script", "upload") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"step {self.name!r}: give exactly one of shell, script, upload "
+                             f"(got {', '.join(given) or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "shell" if self.shell is not None else "script" if self.script is not None else "upload"
+
+
+class Variable(Strict):
+    default: str | None = None
+    description: str = ""
+
+
+class Image(Strict):
+    name: str = Field("{{ recipe }}-{{ timestamp }}", min_length=1)
+    description: str = ""
+    tags: dict[str, str] = {}
+    ssm_parameter: Annotated[str, Field(pattern=r"^/[\w./-]+$")] | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if k.startswith(("aws:", "bakery:")):
+                raise ValueError(f"tag key {k!r} uses a reserved prefix (aws:, bakery:)")
+        return v
+
+
+class RecipeDoc(Strict):
+    """The YAML document as written (one file, before `extends` is applied)."""
+
+    extends: str | None = Field(None, pattern=NAME_RE)
+    description: str = ""
+    source: Source | None = None
+    builder: Builder | None = None
+    variables: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")], Variable] = {}
+    steps: list[Step] = []
+    image: Image | None = None
+
+
+class Recipe(Strict):
+    """A complete recipe: `extends` resolved, every path checked."""
+
+    name: str
+    path: Path
+    files: list[Path] = Field(description="recipe files in inheritance order, parents first")
+    description: str
+    source: Source
+    builder: Builder
+    variables: dict[str, Variable]
+    steps: list[Step]
+    image: Image
+    root: Path = Field(description="directory script and upload sources are relative to")
+
+    def local_path(self, rel: str) -> Path:
+        return (self.root / rel).resolve()
+
+    def resolve_vars(self, given: dict[str, str]) -> dict[str, str]:
+        """Merge `--var` values over defaults; an undeclared or missing variable is an error."""
+        for key in given:
+            if key not in self.variables:
+                declared = ", ".join(sorted(self.variables)) or "none"
+                raise ConfigError(f"{self.path}: variable {key!r} is not declared by recipe "
+                                  f"{self.name!r} (declared: {declared})")
+        out: dict[str, str] = {}
+        for key, var in self.variables.items():
+            value = given.get(key, var.default)
+            if value is None:
+                raise ConfigError(f"{self.path}: variable {key!r} has no default: pass --var {key}=VALUE")
+            out[key] = value
+        return out
+
+
+def recipe_path(recipes_dir: Path, name: str) -> Path:
+    if not re.fullmatch(NAME_RE, name):
+        raise ConfigError(f"recipe name {name!r} is invalid (lowercase letters, digits, - and _)")
+    path = recipes_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_recipes(recipes_dir)) or "none"
+        raise ConfigError(f"{path}: no such recipe {name!r} (known: {known})")
+    return path
+
+
+def list_recipes(recipes_dir: Path) -> list[str]:
+    return sorted(p.stem for p in recipes_dir.glob("*.yaml")) if recipes_dir.is_dir() else []
+
+
+def load_recipe(recipes_dir: Path, name: str) -> Recipe:
+    recipes_dir = recipes_dir.resolve()
+    chain: list[tuple[Path, RecipeDoc, LineMap]] = []
+    seen: list[str] = []
+    current: str | None = name
+    while current is not None:
+        if current in seen:
+            raise ConfigError(f"{recipe_path(recipes_dir, seen[-1])}: extends cycle: "
+                              f"{' -> '.join(seen + [current])}")
+        seen.append(current)
+        path = recipe_path(recipes_dir, current)
+        data, lines = load_yaml(path)
+        doc = validate(RecipeDoc, data, lines, str(path))
+        chain.append((path, doc, lines))
+        current = doc.extends
+    chain.reverse()  # parents first
+
+    merged: dict = {"description": "", "source": None, "builder": None, "variables": {}, "steps": [], "image": None}
+    for _, doc, _ in chain:
+        for key in ("source", "builder", "image"):
+            if getattr(doc, key) is not None:
+                merged[key] = getattr(doc, key)
+        merged["description"] = doc.description or merged["description"]
+        merged["variables"] = {**merged["variables"], **doc.variables}
+        merged["steps"] = merged["steps"] + list(doc.steps)
+    top = chain[-1][0]
+    for key in ("source",):
+        if merged[key] is None:
+            raise ConfigError(f"{top}:1: {key}: required field is missing (here or in a recipe it extends)")
+    recipe = Recipe(
+        name=name, path=top, files=[p for p, _, _ in chain], root=recipes_dir,
+        description=merged["description"], source=merged["source"],
+        builder=merged["builder"] or Builder(), variables=merged["variables"],
+        steps=merged["steps"], image=merged["image"] or Image(),
+    )
+    _check_steps(recipe, chain)
+    _check_templates(recipe, chain)
+    return recipe
+
+
+def _step_origin(recipe: Recipe, chain, index: int) -> tuple[Path, LineMap, int]:
+    """Which file (and which index there) the merged step `index` came from."""
+    for path, doc, lines in chain:
+        if index < len(doc.steps):
+            return path, lines, index
+        index -= len(doc.steps)
+    raise IndexError(index)
+
+
+def _check_steps(recipe: Recipe, chain) -> None:
+    names: set[str] = set()
+    for i, step in enumerate(recipe.steps):
+        path, lines, j = _step_origin(recipe, chain, i)
+        line = lines.line_for(("steps", j))
+        where = f"{path}:{line}"
+        if step.name in names:
+            raise ConfigError(f"{where}: steps[{j}].name: duplicate step name {step.name!r}")
+        names.add(step.name)
+        rel = step.script if step.script is not None else step.upload.source if step.upload else None
+        if rel is None:
+            continue
+        field = "script" if step.script is not None else "upload.source"
+        if PurePosixPath(rel).is_absolute():
+            raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} must be relative to {recipe.root}")
+        local = recipe.local_path(rel)
+        if not local.is_relative_to(recipe.root):
+            raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} points outside {recipe.root}")
+        if not local.exists():
+            raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} does not exist ({local})")
+        if step.script is not None and not local.is_file():
+            raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} is not a file")
+
+
+def template_context(recipe: Recipe, variables: dict[str, str], build_id: str, timestamp: str) -> dict[str, str]:
+    return {**variables, "recipe": recipe.name, "build_id": build_id, "timestamp": timestamp}
+
+
+def render_step(recipe: Recipe, step: Step, index: int, context: dict[str, str]) -> Step:
+    """The step with variables substituted into its shell text, env values and upload dest."""
+    from bakery.templating import render_text
+
+    where = f"{recipe.path}: steps[{index}] ({step.name})"
+    update: dict = {"env": {k: render_text(v, context, f"{where}.env.{k}") for k, v in step.env.items()}}
+    if step.shell is not None:
+        update["shell"] = render_text(step.shell, context, f"{where}.shell")
+    if step.upload is not None:
+        update["upload"] = step.upload.model_copy(
+            update={"dest": render_text(step.upload.dest, context, f"{where}.upload.dest")})
+    return step.model_copy(update=update)
+
+
+def _check_templates(recipe: Recipe, chain) -> None:
+    """Render every template once with the defaults (or placeholders) to prove it renders."""
+    from bakery.templating import BUILTINS, image_name
+
+    for key in recipe.variables:
+        if key in BUILTINS:
+            raise ConfigError(f"{recipe.path}: variables.{key}: name is reserved ({', '.join(BUILTINS)})")
+    sample = {k: v.default if v.default is not None else "x" for k, v in recipe.variables.items()}
+    context = template_context(recipe, sample, "b-20000101000000-000000", "20000101000000")
+    image_name(recipe.image.name, context, f"{chain[-1][0]}: image.name")
+    for i, step in enumerate(recipe.steps):
+        render_step(recipe, step, i, context)
+
+
+def inputs_hash(recipe: Recipe, variables: dict[str, str], source_ami: str) -> str:
+    """Hash of everything that determines the image: a matching tag means nothing changed."""
+    h = hashlib.sha256()
+
+    def feed(label: str, data: bytes) -> None:
+        h.update(label.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+
+    body = recipe.model_dump(mode="json", exclude={"path", "files", "root"})
+    feed("recipe", json.dumps(body, sort_keys=True).encode())
+    feed("variables", json.dumps(variables, sort_keys=True).encode())
+    feed("source", source_ami.encode())
+    for step in recipe.steps:
+        rel = step.script if step.script is not None else step.upload.source if step.upload else None
+        if rel is None:
+            continue
+        local = recipe.local_path(rel)
+        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() or p.is_symlink())
+        for f in files:
+            feed("path", str(f.relative_to(recipe.root)).encode())
+            feed("mode", oct(f.lstat().st_mode).encode())
+            if f.is_symlink():
+                feed("link", str(f.readlink()).encode())
+            else:
+                with f.open("rb") as fh:
+                    file_hash = hashlib.file_digest(fh, "sha256").digest()
+                feed("content", file_hash)
+    return h.hexdigest()[:32]

@@ -1,0 +1,35 @@
+"""The small interface every way of reaching a machine implements.
+
+bake.py only sees a Connector: SSH to an EC2 builder, SSH to a local sandbox through
+its network namespace, or a bastion hop all look the same (pyinfra's connectors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Protocol
+
+OutputSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_status: int
+    timed_out: bool
+    seconds: float
+
+
+class Connector(Protocol):
+    def connect(self, timeout: float) -> None:
+        """Reach the machine, verify who it is and log in, retrying until `timeout`."""
+
+    def run(self, script: str, *, env: Mapping[str, str], timeout: float, sudo: bool,
+            on_output: OutputSink) -> RunResult:
+        """Run a script (shebang honoured, /bin/sh -e otherwise) and stream its output lines."""
+
+    def put(self, local: Path, dest: str, *, mode: str | None, owner: str | None, sudo: bool) -> None:
+        """Copy a file or a directory tree to `dest`, byte-exact."""
+
+    def close(self) -> None:
+        ...

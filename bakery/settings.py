@@ -1,0 +1,71 @@
+"""Where bakery runs: cloud, region, endpoint and directories.
+
+Read from invoke's configuration (invoke.yaml beside tasks.py, ~/.invoke.yaml,
+INVOKE_BAKERY_* environment variables) under the `bakery` key, then the standard
+AWS environment (AWS_PROFILE, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from bakery.errors import ConfigError
+
+CLOUDS = ("aws", "local")
+KNOWN_KEYS = {"cloud", "region", "profile", "endpoint_url", "project_dir", "recipes_dir", "state_dir",
+              "ssh_host", "ssh_port", "data_dir"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    cloud: str = "aws"
+    region: str = "us-east-1"
+    profile: str | None = None
+    endpoint_url: str | None = None
+    project_dir: Path = field(default_factory=Path.cwd)
+    recipes_dir: Path | None = None
+    state_dir: Path | None = None
+    ssh_host: str | None = None  # override: reach every builder here (a tunnel, a test sshd)
+    ssh_port: int | None = None
+    data_dir: Path | None = None  # the local cloud's images and instances
+
+    @property
+    def recipes(self) -> Path:
+        return self.recipes_dir or self.project_dir / "recipes"
+
+    @property
+    def state(self) -> Path:
+        """Per-project run state: manifests and temporary keys (0700)."""
+        return self.state_dir or self.project_dir / ".bakery"
+
+    @classmethod
+    def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+             project_dir: Path | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        cfg = dict(config or {})
+        unknown = set(cfg) - KNOWN_KEYS
+        if unknown:
+            raise ConfigError(f"invoke config bakery.{sorted(unknown)[0]}: unknown setting "
+                              f"(known: {', '.join(sorted(KNOWN_KEYS))})")
+        cloud = cfg.get("cloud") or "aws"
+        if cloud not in CLOUDS:
+            raise ConfigError(f"invoke config bakery.cloud: {cloud!r} is not one of {', '.join(CLOUDS)}")
+        region = cfg.get("region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        port = cfg.get("ssh_port")
+        if port is not None:
+            try:
+                port = int(port)
+            except (TypeError, ValueError):
+                raise ConfigError(f"invoke config bakery.ssh_port: {port!r} is not a port number") from None
+        project = Path(cfg.get("project_dir") or project_dir or Path.cwd())
+
+        def opt_path(key: str) -> Path | None:
+            return Path(cfg[key]) if cfg.get(key) else None
+
+        return cls(cloud=cloud, region=region, profile=cfg.get("profile") or env.get("AWS_PROFILE"),
+                   endpoint_url=cfg.get("endpoint_url") or env.get("AWS_ENDPOINT_URL_EC2") or env.get("AWS_ENDPOINT_URL"),
+                   project_dir=project, recipes_dir=opt_path("recipes_dir"), state_dir=opt_path("state_dir"),
+                   ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"))

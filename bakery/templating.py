@@ -1,0 +1,47 @@
+"""Small jinja templates inside recipes: image names, step shell text and env values.
+
+Sandboxed and strict: an unknown name is an error naming the field, never ''.
+Recipe variables are top-level names beside `recipe`, `build_id` and `timestamp`.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from bakery.errors import ConfigError
+
+AMI_NAME_RE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
+BUILTINS = ("recipe", "build_id", "timestamp")
+
+
+@lru_cache(maxsize=1)
+def _env():
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+def render_text(template: str, context: dict[str, str], where: str) -> str:
+    if "{" not in template:
+        return template  # the common case: skip importing jinja at all
+    import jinja2
+
+    try:
+        return _env().from_string(template).render(**context)
+    except jinja2.UndefinedError as exc:
+        known = ", ".join(sorted(context)) or "none"
+        raise ConfigError(f"{where}: {exc.message} (known names: {known})") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"{where}: template syntax error on its line {exc.lineno}: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"{where}: template error: {exc}") from None
+
+
+def image_name(template: str, context: dict[str, str], where: str) -> str:
+    name = render_text(template, context, where)
+    if not AMI_NAME_RE.match(name):
+        raise ConfigError(f"{where}: renders to {name!r}, which is not a valid AMI name "
+                          "(3-128 characters: letters, digits, ( ) [ ] . / - ' @ _ and space)")
+    return name

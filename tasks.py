@@ -1,0 +1,80 @@
+"""bakery's front door: parse flags, call bakery, print. No logic lives here.
+
+    invoke bake --recipe web            bake an image from recipes/web.yaml
+    invoke images                       list baked images
+    invoke validate                     check every recipe
+"""
+
+from invoke import Collection, task
+
+from bakery.cli import command, emit, parse_vars, settings_from
+
+
+@task(
+    iterable=["var"],
+    help={
+        "recipe": "recipe name: recipes/NAME.yaml",
+        "var": "KEY=VALUE for a variable the recipe declares (repeatable)",
+        "force": "bake even if an image with the same inputs exists",
+        "keep-on-error": "on failure keep the builder, key pair and security group for debugging",
+        "json": "print the manifest as JSON on stdout (progress stays on stderr)",
+    },
+)
+def bake(c, recipe, var=None, force=False, keep_on_error=False, json=False):
+    """Bake an AMI from a recipe (skipped when an image with the same inputs exists)."""
+    with command():
+        from bakery.bake import bake as run_bake
+        from bakery.progress import Reporter
+
+        settings = settings_from(c)
+        manifest = run_bake(settings, recipe, parse_vars(var), report=Reporter(prefix=f"[{recipe}] "),
+                            force=force, keep_on_error=keep_on_error)
+        if json:
+            emit(manifest.to_json())
+        elif manifest.skipped:
+            emit(f"{manifest.ami_id} unchanged ({manifest.reason})")
+        else:
+            emit(f"{manifest.ami_id} {manifest.image_name} baked in {manifest.seconds:.1f}s "
+                 f"(manifest: {manifest.manifest_path})")
+
+
+@task(help={"recipe": "only this recipe's images", "json": "print JSON on stdout"})
+def images(c, recipe=None, json=False):
+    """List baked images, newest first: recipe, inputs hash, creation time, state."""
+    with command():
+        from bakery.images import image_rows, render_table
+
+        rows = image_rows(settings_from(c), recipe)
+        emit(__import__("json").dumps(rows, indent=2) if json else render_table(rows))
+
+
+@task
+def validate(c):
+    """Load and check every recipe; one line per problem, non-zero exit if any."""
+    with command():
+        from bakery.validate import validate_all
+
+        problems, checked = validate_all(settings_from(c))
+        for line in problems:
+            emit(line)
+        if problems:
+            from invoke.exceptions import Exit
+            raise Exit(f"error: {len(problems)} problem(s) in {checked} file(s)", code=2)
+        emit(f"ok: {checked} file(s) valid")
+
+
+@task(help={"build-id": "the build to remove (printed by bake)", "dry-run": "only list what would be removed"})
+def clean(c, build_id, dry_run=False):
+    """Remove what one build left behind (instances, security groups, key pairs, unfinished images)."""
+    with command():
+        from bakery.cleanup import clean_build
+        from bakery.cloud.ec2 import EC2
+
+        report = clean_build(EC2(settings_from(c)), build_id, dry_run=dry_run)
+        verb = "would remove" if dry_run else "removed"
+        for item in report.removed:
+            emit(f"{verb} {item}")
+        emit(f"{build_id}: {len(report.removed)} resource(s) {verb}")
+
+
+ns = Collection(bake, images, validate, clean)
