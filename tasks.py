@@ -78,3 +78,8 @@ def clean(c, build_id, dry_run=False):
 
 
 ns = Collection(bake, images, validate, clean)
+# Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
+# (invoke only maps environment variables onto keys it already knows).
+ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,
+                         "project_dir": None, "recipes_dir": None, "state_dir": None,
+                         "ssh_host": None, "ssh_port": None, "data_dir": None}})

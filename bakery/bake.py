@@ -86,7 +86,7 @@ def new_build_id() -> str:
 class CleanupStack(contextlib.ExitStack):
     """ExitStack whose undo actions are shielded from signals and never mask the cause."""
 
-    def __init__(self, report: Reporter):
+    def __init__(self, report: Reporter | None = None):  # pop_all() builds one without arguments
         super().__init__()
         self.report = report
         self.failures: list[str] = []

@@ -296,6 +296,7 @@ def _check_steps(recipe: Recipe, chain) -> None:
         if rel is None:
             continue
         field = "script" if step.script is not None else "upload.source"
+        where = f"{path}:{lines.line_for(('steps', j, *field.split('.')))}"
         if PurePosixPath(rel).is_absolute():
             raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} must be relative to {recipe.root}")
         local = recipe.local_path(rel)

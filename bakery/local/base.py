@@ -161,37 +161,49 @@ def ensure_base_image(data_dir: Path, *, log: Log = print) -> Path:
             "cannot build the base image: mmdebstrap is missing; install it with `apt-get install -y mmdebstrap`"
         )
     parent = bdir.parent
-    with _locked(parent / ".lock"):
-        if _is_complete(bdir):  # another process finished it while we waited
-            return bdir / ROOTFS_NAME
-        for stale in parent.glob(f".tmp-{bdir.name}-*"):  # leftovers of a crashed build (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        if bdir.exists():
-            shutil.rmtree(bdir)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{bdir.name}-", dir=parent))
-        log_file = parent / f"{bdir.name}.build.log"
-        log(f"building Debian {SUITE} base image in {bdir} (mmdebstrap, about 30 s, once)")
-        started = time.monotonic()
-        try:
-            _build(tmp / ROOTFS_NAME, tmp, log_file)
-            packages = _installed_packages(tmp / ROOTFS_NAME)
-            digest_src = json.dumps({"recipe": _recipe(), "packages": packages}, sort_keys=True)
-            digest = hashlib.sha256(digest_src.encode()).hexdigest()
-            meta = {
-                "id": "ami-" + digest[:17],  # registered in the layer store like any other image
-                "kind": "base",
-                "digest": "sha256:" + digest,
-                "recipe_hash": _recipe_hash(),
-                "suite": SUITE,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "build_seconds": round(time.monotonic() - started, 1),
-                "packages": packages,
-            }
-            (tmp / CLOUD_CFG_NAME).unlink()
-            (tmp / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-            os.rename(tmp, bdir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        log(f"base image ready in {time.monotonic() - started:.1f} s: {bdir / ROOTFS_NAME}")
+    try:
+        with _locked(parent / ".lock"):
+            return _build_locked(bdir, log)
+    except OSError as exc:
+        raise LocalCloudError(
+            f"cannot build the base image in {parent}: {exc.strerror or exc}; "
+            "set BAKERY_DATA_DIR to a writable directory on a local filesystem"
+        ) from None
+
+
+def _build_locked(bdir: Path, log: Log) -> Path:
+    """Build ``bdir`` (caller holds the lock): mmdebstrap into a temp dir, then one rename."""
+    parent = bdir.parent
+    if _is_complete(bdir):  # another process finished it while we waited
+        return bdir / ROOTFS_NAME
+    for stale in parent.glob(f".tmp-{bdir.name}-*"):  # leftovers of a crashed build (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    if bdir.exists():
+        shutil.rmtree(bdir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{bdir.name}-", dir=parent))
+    log_file = parent / f"{bdir.name}.build.log"
+    log(f"building Debian {SUITE} base image in {bdir} (mmdebstrap, about 30 s, once)")
+    started = time.monotonic()
+    try:
+        _build(tmp / ROOTFS_NAME, tmp, log_file)
+        packages = _installed_packages(tmp / ROOTFS_NAME)
+        digest_src = json.dumps({"recipe": _recipe(), "packages": packages}, sort_keys=True)
+        digest = hashlib.sha256(digest_src.encode()).hexdigest()
+        meta = {
+            "id": "ami-" + digest[:17],  # registered in the layer store like any other image
+            "kind": "base",
+            "digest": "sha256:" + digest,
+            "recipe_hash": _recipe_hash(),
+            "suite": SUITE,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.monotonic() - started, 1),
+            "packages": packages,
+        }
+        (tmp / CLOUD_CFG_NAME).unlink()
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        os.rename(tmp, bdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"base image ready in {time.monotonic() - started:.1f} s: {bdir / ROOTFS_NAME}")
     return bdir / ROOTFS_NAME

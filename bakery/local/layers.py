@@ -125,7 +125,13 @@ class LayerStore:
             try:
                 os.link(src, tmp)
             except OSError:
-                shutil.copyfile(src, tmp)
+                try:
+                    shutil.copyfile(src, tmp)
+                except OSError as exc:
+                    shutil.rmtree(d, ignore_errors=True)
+                    raise LocalCloudError(
+                        f"cannot store layer for {image_id} in {d}: {exc.strerror or exc}; free disk space and retry"
+                    ) from None
             os.replace(tmp, dest)
             record = {
                 "id": image_id,

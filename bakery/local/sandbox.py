@@ -255,47 +255,62 @@ class Sandbox:
         d = Path(state_dir).resolve() / name
         if ":" in str(d) or "," in str(d):
             raise LocalCloudError(f"sandbox {name}: state dir must not contain ':' or ',': {d}")
-        if d.exists():
-            raise LocalCloudError(f"sandbox {name} already exists: {d}; destroy it first")
         netns_path = NETNS_DIR / f"bakery-{name}"
         if netns_path.exists():
             raise LocalCloudError(
                 f"network namespace for sandbox {name} already exists: remove it with `ip netns del bakery-{name}`"
             )
         host = hostname or str(meta_data.get("local-hostname") or name)
-        meta = {"instance-id": name, "local-hostname": host, **meta_data}
+        meta = {"instance-id": name, **meta_data, "local-hostname": host}
 
-        for sub in ("upper", "work", "merged", "pids", "logs"):
-            (d / sub).mkdir(parents=True, mode=0o700 if sub == "pids" else 0o755)
-        os.chmod(d / "upper", 0o755)
-        seed = _mkdirs_like(d / "upper", _SEED_DIR, lowers)
-        (seed / "meta-data").write_text(json.dumps(meta, indent=1) + "\n")  # JSON is YAML
-        ud = seed / "user-data"
-        ud.touch(mode=0o600)
-        ud.write_bytes(user_data or b"")
-        (d / "resolv.conf").write_text(f"nameserver {SLIRP_NAMESERVER}\n")
-        state = {
-            "name": name,
-            "netns": f"bakery-{name}",
-            "lowers": [str(p) for p in lowers],
-            "hostname": host,
-            "egress": egress,
-            "created": time.time(),
-        }
-        (d / "sandbox.json").write_text(json.dumps(state, indent=1) + "\n")
+        try:
+            d.parent.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o755)  # atomic claim of the name within this state dir
+        except FileExistsError:
+            raise LocalCloudError(f"sandbox {name} already exists: {d}; destroy it first") from None
+        except OSError as exc:
+            raise LocalCloudError(f"sandbox {name}: cannot create {d}: {exc.strerror or exc}") from None
+        try:
+            for sub in ("upper", "work", "merged", "pids", "logs"):
+                (d / sub).mkdir(parents=True, mode=0o700 if sub == "pids" else 0o755)
+            os.chmod(d / "upper", 0o755)
+            seed = _mkdirs_like(d / "upper", _SEED_DIR, lowers)
+            (seed / "meta-data").write_text(json.dumps(meta, indent=1) + "\n")  # JSON is YAML
+            ud = seed / "user-data"
+            ud.touch(mode=0o600)
+            ud.write_bytes(user_data or b"")
+            (d / "resolv.conf").write_text(f"nameserver {SLIRP_NAMESERVER}\n")
+            (d / "init.sh").write_text(_INIT_SCRIPT.lstrip())
+            state = {
+                "name": name,
+                "netns": f"bakery-{name}",
+                "lowers": [str(p) for p in lowers],
+                "hostname": host,
+                "egress": egress,
+                "created": time.time(),
+            }
+            (d / "sandbox.json").write_text(json.dumps(state, indent=1) + "\n")
+        except OSError as exc:
+            raise LocalCloudError(
+                f"sandbox {name}: cannot write its state dir {d}: {exc.strerror or exc}; "
+                f"remove it with `rm -rf {d}` and check the disk"
+            ) from None
 
         box = cls(name, d, 0, 0)
         try:
+            _run(["ip", "netns", "add", box.netns], f"sandbox {name}: creating its network namespace")
+        except LocalCloudError:
+            shutil.rmtree(d, ignore_errors=True)  # nothing ran; the netns may belong to someone else
+            raise
+        try:
             box._launch(lowers, host, egress)
         except BaseException:
-            box.stop()
+            box.stop()  # keeps d/logs for the error message's log path
             raise
         return box
 
     def _launch(self, lowers: list[Path], host: str, egress: bool) -> None:
         d = self.dir
-        (d / "init.sh").write_text(_INIT_SCRIPT.lstrip())
-        _run(["ip", "netns", "add", self.netns], f"sandbox {self.name}: creating its network namespace")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         slirp: subprocess.Popen[bytes] | None = None
         ready_r = -1

@@ -1,0 +1,153 @@
+"""Fixtures for the local-cloud tests: the real base image, layer store and sandboxes.
+
+The base image is built once per machine (~30 s) into ``$BAKERY_DATA_DIR`` or /var/lib/bakery
+and reused; sandboxes get random names (netns names are host-global and other test runs may be
+going on) and are always destroyed, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bakery.local.base import default_data_dir, ensure_base_image, load_base_metadata
+from bakery.local.layers import LayerStore
+from bakery.local.prereqs import check_prerequisites
+from bakery.local.sandbox import Sandbox
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_pem: str
+    public_openssh: str
+
+    def paramiko_key(self) -> paramiko.Ed25519Key:
+        return paramiko.Ed25519Key.from_private_key(io.StringIO(self.private_pem))
+
+    def paramiko_public(self) -> paramiko.Ed25519Key:
+        return paramiko.Ed25519Key(data=base64.b64decode(self.public_openssh.split()[1]))
+
+
+def new_keypair() -> KeyPair:
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return KeyPair(private, public.decode())
+
+
+def wait_for_ssh(box: Sandbox, user: KeyPair, host: KeyPair, timeout: float = 60.0) -> paramiko.SSHClient:
+    """Connect as root with the pinned host key, retrying until sshd listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = box.connect(22, timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or not box.is_running():
+                raise AssertionError(f"sshd never came up in {box.name}:\n{box.boot_log()}") from None
+            time.sleep(0.02)
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.get_host_keys().add(box.name, "ssh-ed25519", host.paramiko_public())
+    client.connect(
+        box.name, username="root", pkey=user.paramiko_key(), sock=sock,
+        look_for_keys=False, allow_agent=False, timeout=10,
+    )  # fmt: skip
+    return client
+
+
+def wait_for_boot(box: Sandbox, timeout: float = 60.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while "done" not in box.boot_status():
+        assert box.is_running(), box.boot_log()
+        assert time.monotonic() < deadline, f"cloud-init did not finish:\n{box.boot_log()}"
+        time.sleep(0.02)
+    return box.boot_status()
+
+
+@pytest.fixture(scope="session")
+def local_base() -> Path:
+    problems = check_prerequisites()
+    if problems:
+        pytest.skip("local cloud unavailable: " + "; ".join(problems))
+    return ensure_base_image(default_data_dir(), log=lambda msg: None)
+
+
+@pytest.fixture(scope="session")
+def local_base_id(local_base: Path) -> str:
+    return str(load_base_metadata(local_base)["id"])
+
+
+@pytest.fixture
+def local_store(tmp_path: Path, local_base: Path, local_base_id: str) -> LayerStore:
+    store = LayerStore(tmp_path / "layers")
+    store.add_base(local_base_id, local_base, load_base_metadata(local_base))
+    return store
+
+
+@pytest.fixture
+def local_state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "instances"
+    path.mkdir()
+    return path
+
+
+StartFn = Callable[..., Sandbox]
+
+
+@pytest.fixture
+def local_sandboxes(local_state_dir: Path) -> Iterator[StartFn]:
+    """``start(lowers, **kwargs)``: a sandbox with a unique name, destroyed after the test."""
+    started: list[Sandbox] = []
+
+    def start(lowers: list[Path], **kwargs: object) -> Sandbox:
+        name = f"t-{secrets.token_hex(4)}"
+        kwargs.setdefault("meta_data", {})
+        kwargs.setdefault("user_data", b"#cloud-config\n")
+        kwargs.setdefault("egress", False)
+        box = Sandbox.start(name, lowers, local_state_dir, **kwargs)  # type: ignore[arg-type]
+        started.append(box)
+        return box
+
+    yield start
+    for box in started:
+        box.destroy()
+
+
+@pytest.fixture
+def local_keys() -> tuple[KeyPair, KeyPair]:
+    """(user key pair, pinned ed25519 host key)."""
+    return new_keypair(), new_keypair()
+
+
+@pytest.fixture
+def local_ssh() -> Iterator[Callable[..., paramiko.SSHClient]]:
+    """``ssh(box, user_key, host_key)``: root SSH client with the host key pinned; closed after the test."""
+    clients: list[paramiko.SSHClient] = []
+
+    def ssh(box: Sandbox, user: KeyPair, host: KeyPair, timeout: float = 60.0) -> paramiko.SSHClient:
+        client = wait_for_ssh(box, user, host, timeout)
+        clients.append(client)
+        return client
+
+    yield ssh
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def local_boot_wait() -> Callable[..., dict[str, int]]:
+    """``wait(box)``: block until all cloud-init stages ran; returns the per-stage exit codes."""
+    return wait_for_boot
