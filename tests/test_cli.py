@@ -1,0 +1,113 @@
+"""The invoke front door: exit codes, one-line errors, JSON on stdout, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, leftovers, recipe_text, write_recipe
+
+pytestmark = pytest.mark.e2e
+
+
+def invoke(args, env, **kw):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, **kw)
+
+
+@pytest.fixture
+def cli_env(moto, tmp_path):
+    recipes = tmp_path / "recipes"
+    env = {**os.environ, "INVOKE_BAKERY_ENDPOINT_URL": moto.url, "INVOKE_BAKERY_RECIPES_DIR": str(recipes),
+           "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state"), "INVOKE_BAKERY_CLOUD": "aws"}
+    env.pop("BAKERY_DEBUG", None)
+    return env, recipes
+
+
+def test_list_shows_every_task_with_help(cli_env):
+    env, _ = cli_env
+    out = invoke(["--list"], env)
+    assert out.returncode == 0
+    for name in ("bake", "images", "validate", "clean"):
+        assert name in out.stdout
+    helped = invoke(["--help", "bake"], env)
+    for flag in ("--recipe", "--var", "--force", "--keep-on-error", "--json"):
+        assert flag in helped.stdout
+
+
+def test_bake_prints_the_manifest_as_json_and_images_lists_it(cli_env, builder_host):
+    env, recipes = cli_env
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - name: hi\n    shell: echo hi\n"))
+    out = invoke(["bake", "--recipe", "web", "--json"], env)
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads(out.stdout)
+    assert manifest["ami_id"].startswith("ami-") and manifest["steps"][0]["name"] == "hi"
+    assert "hi | hi" in out.stderr  # progress and step output on stderr
+
+    again = invoke(["bake", "--recipe", "web"], env)
+    assert again.returncode == 0 and "unchanged" in again.stdout
+
+    listed = json.loads(invoke(["images", "--json"], env).stdout)
+    assert [r["ami_id"] for r in listed] == [manifest["ami_id"]]
+    assert listed[0]["recipe"] == "web" and listed[0]["inputs_hash"] == manifest["inputs_hash"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bake", "--recipe", "nope"], "no such recipe 'nope'"),
+    (["bake", "--recipe", "web", "--var", "novalue"], "--var 'novalue': expected KEY=VALUE"),
+    (["bake", "--recipe", "web", "--var", "x=1"], "variable 'x' is not declared"),
+])
+def test_bad_input_is_one_line_nonzero_and_no_traceback(cli_env, builder_host, moto, args, message):
+    env, recipes = cli_env
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - name: hi\n    shell: echo hi\n"))
+    out = invoke(args, env)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in out.stderr
+    assert leftovers(moto.client()) == {}
+
+
+def test_validate_reports_every_broken_recipe(cli_env):
+    env, recipes = cli_env
+    write_recipe(recipes, "good", "source: {ami: ami-12345678}\n")
+    write_recipe(recipes, "bad1", "source: {ami: ami-12345678}\ncolour: red\n")
+    write_recipe(recipes, "bad2", "source: [\n")
+    out = invoke(["validate"], env)
+    assert out.returncode == 2
+    assert "bad1.yaml:2: colour: unknown key" in out.stdout and "bad2.yaml" in out.stdout
+    assert "2 problem(s) in 3 file(s)" in out.stderr
+
+
+def test_the_shipped_recipes_validate(moto):
+    env = {**os.environ}
+    out = invoke(["validate"], env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 file(s) valid" in out.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_step_cleans_up_everything(cli_env, builder_host, moto, sig):
+    env, recipes = cli_env
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - name: long\n    shell: echo started; sleep 30\n"))
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--recipe", "web"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    seen = ""
+    while "long | started" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "long | started" in seen
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert leftovers(moto.client()) == {}
