@@ -1,75 +1,17 @@
-"""Real components for the tests: a moto server on 127.0.0.1 and a real OpenSSH sshd.
-
-moto's instances have no host, so `FakeBuilderHost` plays the part EC2 and cloud-init
-play on AWS: when bakery's builder instance appears in moto, it reads the instance's
-user data (the pinned host key) and key pair (the login key) and starts a real sshd
-with them. That sshd runs in a private mount namespace where /root, /home, /etc/ssh,
-/etc/machine-id, /tmp and /srv are scratch directories, so the bake's steps and its
-hygiene (which deletes host keys and authorized_keys) never touch this machine.
-"""
+"""Fixtures: real processes (moto server, sshd) on free loopback ports, stopped by PID."""
 
 from __future__ import annotations
 
-import base64
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import FakeBuilderHost, MotoServer, stop_process
+
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_SESSION_TOKEN="testing",
                   AWS_DEFAULT_REGION="us-east-1")
 os.environ.pop("AWS_PROFILE", None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class MotoServer:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("moto server did not start")
-                time.sleep(0.05)
-
-    def reset(self) -> None:
-        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10)
-
-    def client(self, service: str = "ec2", region: str = "us-east-1"):
-        import boto3
-        return boto3.client(service, endpoint_url=self.url, region_name=region)
 
 
 @pytest.fixture(scope="session")
@@ -89,105 +31,6 @@ def moto(moto_server):
     ec2.create_image(InstanceId=seed, Name="test-debian-12-amd64-20260101")
     ec2.terminate_instances(InstanceIds=[seed])
     yield moto_server
-
-
-SSHD_CONFIG = """\
-ListenAddress 127.0.0.1
-Port {port}
-HostKey /etc/ssh/ssh_host_ed25519_key
-PidFile none
-AuthorizedKeysFile /root/.ssh/authorized_keys
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-UseDNS no
-PrintMotd no
-MaxSessions 100
-MaxStartups 100:30:200
-Subsystem sftp internal-sftp
-LogLevel ERROR
-"""
-
-# Runs as the namespace's first process: bind the scratch tree over the paths a bake touches.
-NAMESPACE_SCRIPT = """\
-set -e
-S="$1"
-mount --bind "$S" /mnt
-mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd
-for d in root home etc/ssh srv var/tmp; do mount --bind "/mnt/fs/$d" "/$d"; done
-mount --bind /mnt/fs/etc/machine-id /etc/machine-id
-mount -t tmpfs tmpfs /tmp
-exec /usr/sbin/sshd -D -e -f /mnt/sshd_config
-"""
-
-
-class FakeBuilderHost:
-    """A real sshd that becomes "the builder" once bakery launches one in moto."""
-
-    def __init__(self, moto: MotoServer, scratch: Path, host_key_mode: str = "user-data", start: bool = True):
-        self.moto = moto
-        self.scratch = scratch
-        self.port = free_port()
-        self.host_key_mode = host_key_mode
-        self.start_sshd = start
-        self.proc: subprocess.Popen | None = None
-        self.instance_id: str | None = None
-        self.served: list[str] = []
-        self.user_data: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self.fs = scratch / "fs"
-        for d in ("root/.ssh", "home", "etc/ssh", "srv", "var/tmp"):
-            (self.fs / d).mkdir(parents=True, exist_ok=True)
-        (self.fs / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
-        (scratch / "sshd_config").write_text(SSHD_CONFIG.format(port=self.port))
-        self._thread.start()
-
-    def _watch(self) -> None:
-        ec2 = self.moto.client()
-        while not self._stop.is_set():
-            try:
-                resp = ec2.describe_instances(Filters=[{"Name": "tag:bakery:role", "Values": ["builder"]},
-                                                       {"Name": "instance-state-name", "Values": ["pending", "running"]}])
-                found = [i for r in resp["Reservations"] for i in r["Instances"]]
-            except Exception:  # noqa: BLE001 - the server may be resetting between tests
-                found = []
-            fresh = [i for i in found if i["InstanceId"] not in self.served]
-            if fresh:
-                self._become(ec2, fresh[0])
-            time.sleep(0.02)
-
-    def _become(self, ec2, instance: dict) -> None:
-        if self.proc is not None:  # a new build: the previous builder's sshd goes away
-            stop_process(self.proc)
-        self.instance_id = instance["InstanceId"]
-        self.served.append(self.instance_id)
-        raw = ec2.describe_instance_attribute(InstanceId=self.instance_id, Attribute="userData")
-        self.user_data = base64.b64decode(raw["UserData"]["Value"]).decode()
-        config = yaml.safe_load(self.user_data)
-        key = ec2.describe_key_pairs(KeyNames=[instance["KeyName"]], IncludePublicKey=True)["KeyPairs"][0]
-        (self.fs / "root/.ssh/authorized_keys").write_text(key["PublicKey"].strip() + "\n")
-        host_key = self.fs / "etc/ssh/ssh_host_ed25519_key"
-        if self.host_key_mode == "user-data":
-            host_key.write_text(config["ssh_keys"]["ed25519_private"])
-        else:  # a man in the middle: some other ed25519 key
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
-        host_key.chmod(0o600)
-        if not self.start_sshd:
-            self.proc = subprocess.Popen(["true"])
-            return
-        self.proc = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.scratch)],
-            stdout=subprocess.DEVNULL, stderr=open(self.scratch / "sshd.log", "ab"))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        if self.proc is not None:
-            stop_process(self.proc)
 
 
 @pytest.fixture
@@ -210,27 +53,6 @@ def make_builder_host(moto, tmp_path):
         host.close()
 
 
-def write_recipe(recipes: Path, name: str, body: str) -> Path:
-    recipes.mkdir(parents=True, exist_ok=True)
-    path = recipes / f"{name}.yaml"
-    path.write_text(body)
-    return path
-
-
-def recipe_text(port: int, steps: str, extra: str = "") -> str:
-    """A recipe aimed at the fake builder host on 127.0.0.1:port."""
-    return f"""\
-description: test recipe
-source:
-  filter: {{name: "test-debian-12-amd64-*", owners: [self]}}
-builder:
-  instance_types: [t3.micro, t3.small]
-  ssh: {{user: root, interface: host, host: 127.0.0.1, port: {port}, timeout: 20}}
-{extra}steps:
-{steps}
-"""
-
-
 @pytest.fixture
 def settings_for(moto, tmp_path):
     from bakery.settings import Settings
@@ -239,16 +61,3 @@ def settings_for(moto, tmp_path):
         return Settings(cloud="aws", region="us-east-1", endpoint_url=moto.url, project_dir=tmp_path,
                         recipes_dir=recipes, state_dir=tmp_path / "state", **kw)
     return make
-
-
-def leftovers(ec2) -> dict[str, list[str]]:
-    """Everything bakery might leak, as the endpoint sees it (completed images excluded)."""
-    instances = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
-                 if i["State"]["Name"] != "terminated"]
-    groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"] != "default"]
-    keys = [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]]
-    images = [i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]
-              if any(t["Key"] == "bakery:build-id" for t in i.get("Tags", []))
-              and not any(t["Key"] == "bakery:complete" for t in i.get("Tags", []))]
-    return {k: v for k, v in {"instances": instances, "security_groups": groups, "key_pairs": keys,
-                              "unfinished_images": images}.items() if v}

@@ -10,7 +10,7 @@ import pytest
 
 from bakery.bake import bake
 from bakery.progress import Reporter
-from tests.conftest import leftovers, recipe_text, write_recipe
+from tests.support import leftovers, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 

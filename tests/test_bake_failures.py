@@ -12,7 +12,7 @@ from bakery.errors import CloudError, ConfigError, RemoteError, StepFailed, Wait
 from bakery.progress import Reporter
 from bakery.recipe import load_recipe
 from bakery.remote.ssh import HostKeyMismatch
-from tests.conftest import leftovers, recipe_text, write_recipe
+from tests.support import leftovers, recipe_text, write_recipe
 from tests.faults import Fault
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, leftovers, recipe_text, write_recipe
+from tests.support import ROOT, leftovers, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 
