@@ -77,7 +77,43 @@ def clean(c, build_id, dry_run=False):
         emit(f"{build_id}: {len(report.removed)} resource(s) {verb}")
 
 
-ns = Collection(bake, images, validate, clean)
+@task
+def local_up(c):
+    """Start the local cloud (moto endpoint on 127.0.0.1; builds the Debian base image once)."""
+    with command():
+        from bakery.local.cloud import LocalCloud
+
+        cloud = LocalCloud(settings_from(c).local_data)
+        emit(f"local cloud up: {cloud.up()}")
+
+
+@task
+def local_down(c):
+    """Destroy every local instance and stop the endpoint; baked images are kept."""
+    with command():
+        from bakery.local.cloud import LocalCloud
+
+        result = LocalCloud(settings_from(c).local_data).down()
+        emit(f"local cloud down: {result['instances_destroyed']} instance(s) destroyed, "
+             f"endpoint {'stopped' if result['endpoint_stopped'] else 'was not running'}")
+
+
+@task(help={"json": "print JSON on stdout"})
+def local_status(c, json=False):
+    """Show the local endpoint, its instances and its images."""
+    with command():
+        from bakery.local.status import render_status, status
+
+        info = status(settings_from(c).local_data)
+        emit(__import__("json").dumps(info, indent=2) if json else render_status(info))
+
+
+local = Collection("local")
+local.add_task(local_up, "up")
+local.add_task(local_down, "down")
+local.add_task(local_status, "status")
+
+ns = Collection(bake, images, validate, clean, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,

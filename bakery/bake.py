@@ -15,7 +15,6 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Callable
 
 from bakery.errors import BakeryError, CloudError, ConfigError, RemoteError, StepFailed
@@ -34,6 +33,7 @@ fi
 
 # Run before the snapshot so no image carries this build's secrets or identity.
 HYGIENE = """\
+if command -v apt-get >/dev/null 2>&1; then apt-get clean; fi
 if command -v cloud-init >/dev/null 2>&1; then cloud-init clean --logs --seed; fi
 rm -f /etc/ssh/ssh_host_*
 rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys
@@ -110,7 +110,7 @@ class Bake:
     """One run of one recipe. `run()` returns the Manifest or raises a BakeryError."""
 
     def __init__(self, settings: Settings, recipe: Recipe, variables: dict[str, str], *,
-                 report: Reporter, force: bool = False, keep_on_error: bool = False, ec2=None, hooks=None):
+                 report: Reporter, force: bool = False, keep_on_error: bool = False, ec2=None):
         from bakery.cloud.ec2 import EC2
 
         self.settings = settings
@@ -120,7 +120,6 @@ class Bake:
         self.force = force
         self.keep_on_error = keep_on_error
         self.ec2 = ec2 or EC2(settings)
-        self.hooks = hooks
         self.build_id = new_build_id()
         self.context = template_context(recipe, self.variables, self.build_id,
                                         datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"))
@@ -198,7 +197,7 @@ class Bake:
         with r.stage("create temporary security group") as s:
             subnet = ec2.subnet(b.subnet)
             from bakery.cloud.ec2 import caller_cidr
-            cidr = b.ssh.allowed_cidr or caller_cidr(self.settings)
+            cidr = b.ssh.allowed_cidr or caller_cidr(ec2.settings)
             group = ec2.create_security_group(f"bakery-{recipe.name}-{self.build_id}", subnet["VpcId"], cidr,
                                               self.tags("security-group", True))
             self.resources["security_group"] = group
@@ -215,8 +214,6 @@ class Bake:
 
         with r.stage("wait for builder to run") as s:
             instance = ec2.wait_instance_state(iid, "running", timeout=600)
-            if self.hooks:
-                self.hooks.instance_running(instance)
 
         connector = self._connector(instance, login, host_key)
         with r.stage("wait for SSH") as s:
@@ -251,8 +248,6 @@ class Bake:
         image_tags = {**recipe.image.tags, "Name": name, **self.tags("image", False),
                       "bakery:inputs-hash": digest, "bakery:source-ami": source.id}
         with r.stage("create image") as s:
-            if self.hooks:
-                self.hooks.before_create_image(instance)
             image_id = ec2.create_image(iid, name, recipe.image.description or recipe.description, image_tags)
             self.resources["image"] = image_id
             s.detail = f"{image_id} {name}"
@@ -329,8 +324,8 @@ class Bake:
             host = self.settings.ssh_host
         if self.settings.ssh_port:
             port = self.settings.ssh_port
-        if self.hooks:
-            factory = self.hooks.socket_factory(instance)
+        if self.ec2.local:  # sandboxes have no routed address: connect inside their netns
+            factory = self.ec2.local.socket_factory(instance)
         if not host and factory is None:
             raise RemoteError(f"builder {instance['InstanceId']} has no {ssh.interface.replace('_', ' ')} "
                               "(use interface: private_ip, or a subnet that maps public IPs)")
@@ -380,8 +375,6 @@ class Bake:
                                  f"{f' after {attempts} attempts' if attempts > 1 else ''}")
 
     def _terminate(self, instance_id: str) -> None:
-        if self.hooks:
-            self.hooks.before_terminate(instance_id)
         self.ec2.terminate_instance(instance_id)
         self.ec2.wait_instance_state(instance_id, "terminated", timeout=600)
 
@@ -407,7 +400,6 @@ class Bake:
 
 
 def bake(settings: Settings, recipe_name: str, variables: dict[str, str], *, report: Reporter,
-         force: bool = False, keep_on_error: bool = False, hooks=None) -> Manifest:
+         force: bool = False, keep_on_error: bool = False) -> Manifest:
     recipe = load_recipe(settings.recipes, recipe_name)
-    return Bake(settings, recipe, variables, report=report, force=force, keep_on_error=keep_on_error,
-                hooks=hooks).run()
+    return Bake(settings, recipe, variables, report=report, force=force, keep_on_error=keep_on_error).run()

@@ -19,7 +19,7 @@ class CleanReport:
     dry_run: bool = False
 
 
-def clean_build(ec2: EC2, build_id: str, *, dry_run: bool = False, hooks=None) -> CleanReport:
+def clean_build(ec2: EC2, build_id: str, *, dry_run: bool = False) -> CleanReport:
     report = CleanReport(build_id, dry_run=dry_run)
     tag = [{"Name": "tag:bakery:build-id", "Values": [build_id]}]
     c = ec2.client
@@ -30,8 +30,6 @@ def clean_build(ec2: EC2, build_id: str, *, dry_run: bool = False, hooks=None) -
     for iid in instances:
         report.removed.append(f"instance {iid}")
         if not dry_run:
-            if hooks:
-                hooks.before_terminate(iid)
             ec2.terminate_instance(iid)
     if not dry_run:
         for iid in instances:

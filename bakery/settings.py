@@ -41,6 +41,14 @@ class Settings:
         """Per-project run state: manifests and temporary keys (0700)."""
         return self.state_dir or self.project_dir / ".bakery"
 
+    @property
+    def local_data(self) -> Path:
+        """The local cloud's base image, layers, instances and endpoint state."""
+        if self.data_dir:
+            return self.data_dir
+        from bakery.local.base import default_data_dir
+        return default_data_dir()
+
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
              project_dir: Path | None = None) -> "Settings":

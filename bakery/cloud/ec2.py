@@ -8,8 +8,10 @@ to the next instance type.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import socket
+import sys
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -70,6 +72,17 @@ class EC2:
     """A thin, typed facade over one region's EC2 and SSM clients."""
 
     def __init__(self, settings: Settings, session: "boto3.session.Session | None" = None):
+        self.local = None
+        if settings.cloud == "local":
+            # The embedded cloud: our own moto endpoint, started on demand, and throwaway
+            # credentials so real AWS credentials are never sent to it.
+            from bakery.local.cloud import LocalCloud
+
+            self.local = LocalCloud(settings.local_data)
+            url = self.local.up(log=lambda line: print(f"local cloud: {line}", file=sys.stderr, flush=True))
+            settings = dataclasses.replace(settings, endpoint_url=url)
+            session = session or boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local",
+                                                       region_name=settings.region)
         self.settings = settings
         self.region = settings.region
         session = session or boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
@@ -79,6 +92,8 @@ class EC2:
         self.client = session.client("ec2", endpoint_url=settings.endpoint_url, config=config)
         self._ssm = None
         self._config = config
+        if self.local:
+            self.local.attach(self.client)
 
     @property
     def ssm(self):

@@ -22,7 +22,7 @@ from pathlib import Path
 from bakery.local.errors import LocalCloudError
 
 SUITE = "bookworm"
-PACKAGES = ("openssh-server", "cloud-init", "ca-certificates", "iproute2", "curl")
+PACKAGES = ("openssh-server", "cloud-init", "ca-certificates", "iproute2", "curl", "sudo")
 MIRRORS = (
     "deb http://deb.debian.org/debian bookworm main",
     "deb http://deb.debian.org/debian bookworm-updates main",
@@ -37,7 +37,16 @@ network: {config: disabled}          # the launcher owns networking
 resize_rootfs: false
 growpart: {mode: "off"}              # avoids the cc_resizefs "/dev/overlay did not exist" warning
 locale: C.UTF-8                      # en_US.UTF-8 is not generated; cc_locale would fail
-disable_root: false                  # install the key pair's public key for root, which bakery logs in as
+manage_etc_hosts: localhost          # no DNS for instance hostnames here: sudo must resolve its own
+disable_root: false                  # the key pair's key also works for root (tests log in as root)
+system_info:                         # like Debian's official AMIs: log in as `admin`, passwordless sudo
+  default_user:
+    name: admin
+    lock_passwd: true
+    gecos: Debian
+    groups: [adm, sudo]
+    sudo: ["ALL=(ALL) NOPASSWD:ALL"]
+    shell: /bin/bash
 """
 #: run on the host after the install; "$1" is the rootfs being built
 CUSTOMIZE_HOOKS = (
@@ -181,6 +190,7 @@ def _build_locked(bdir: Path, log: Log) -> Path:
     if bdir.exists():
         shutil.rmtree(bdir)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{bdir.name}-", dir=parent))
+    os.chmod(tmp, 0o755)
     log_file = parent / f"{bdir.name}.build.log"
     log(f"building Debian {SUITE} base image in {bdir} (mmdebstrap, about 30 s, once)")
     started = time.monotonic()

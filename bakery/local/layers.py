@@ -84,6 +84,13 @@ class LayerStore:
                 f"layer for {image_id} is missing or corrupt: {path}; re-bake the image or deregister it"
             ) from None
 
+    def update_meta(self, image_id: str, updates: dict[str, object]) -> None:
+        """Merge ``updates`` into an image's caller-owned ``meta`` (e.g. its EC2 tags)."""
+        with self._locked():
+            record = self.meta(image_id)
+            record["meta"] = {**dict(record.get("meta") or {}), **updates}
+            self._write_meta(image_id, record)
+
     def layer_file(self, image_id: str) -> Path:
         return self._dir(image_id) / "layer.tar.zst"
 
@@ -234,6 +241,7 @@ class LayerStore:
             for stale in d.glob(".fs-*"):
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=".fs-", dir=d))
+            os.chmod(tmp, 0o755)  # the layer's root dir; tar restores the captured mode if present
             src = self.layer_file(image_id)
             cmd = ["tar", "--zstd", *TAR_XATTR_ARGS, "-xpf", str(src), "-C", str(tmp)]
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 from bakery.local.errors import LocalCloudError
 from bakery.local.layers import TAR_XATTR_ARGS
+from bakery.local.procs import alive as _alive
+from bakery.local.procs import starttime as _starttime
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -107,24 +109,6 @@ def _setns_net(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, starttime) of a host pid, or None if it does not exist."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[19])
-
-
-def _alive(pid: int, starttime: int) -> bool:
-    """True if ``pid`` is still the process we started (same start time) and not a zombie."""
-    if pid <= 0:
-        return False
-    st = _proc_stat(pid)
-    return st is not None and st[1] == starttime and st[0] not in ("Z", "X")
 
 
 def _reap(pid: int) -> None:
@@ -215,8 +199,7 @@ class Sandbox:
             return 0, 0
 
     def _write_pid(self, role: str, pid: int) -> int:
-        st = _proc_stat(pid)
-        starttime = st[1] if st else 0
+        starttime = _starttime(pid)
         tmp = self._pidfile(role).with_suffix(".tmp")
         tmp.write_text(f"{pid} {starttime}\n")
         os.replace(tmp, self._pidfile(role))
@@ -341,9 +324,13 @@ class Sandbox:
         _CHILDREN[launcher.pid] = launcher
         self._own.append(launcher.pid)
         self._write_pid("unshare", launcher.pid)
-        self.pid, self._starttime = self._find_init(launcher)
-        if slirp is not None:
-            self._wait_slirp(slirp, ready_r)
+        try:
+            self.pid, self._starttime = self._find_init(launcher)
+            if slirp is not None:
+                self._wait_slirp(slirp, ready_r)
+        finally:
+            if ready_r >= 0:
+                os.close(ready_r)
         self._wait_setup()
 
     def _find_init(self, launcher: subprocess.Popen[bytes]) -> tuple[int, int]:
@@ -366,20 +353,17 @@ class Sandbox:
         )
 
     def _wait_slirp(self, slirp: subprocess.Popen[bytes], ready_r: int) -> None:
-        try:
-            deadline = time.monotonic() + 5
-            os.set_blocking(ready_r, False)
-            while time.monotonic() < deadline:
-                try:
-                    if os.read(ready_r, 1):
-                        return
-                except BlockingIOError:
-                    pass
-                if slirp.poll() is not None:
-                    break
-                time.sleep(0.002)
-        finally:
-            os.close(ready_r)
+        deadline = time.monotonic() + 5
+        os.set_blocking(ready_r, False)
+        while time.monotonic() < deadline:
+            try:
+                if os.read(ready_r, 1):
+                    return
+            except BlockingIOError:
+                pass
+            if slirp.poll() is not None:
+                break
+            time.sleep(0.002)
         log = self.dir / "logs" / "slirp4netns.log"
         raise LocalCloudError(f"sandbox {self.name}: slirp4netns egress did not come up: {self._tail(log)}")
 

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
+
 import time
 from pathlib import Path
 

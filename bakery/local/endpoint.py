@@ -1,0 +1,126 @@
+"""The local cloud's EC2 endpoint: a moto server on 127.0.0.1, started on demand.
+
+It runs detached, so images and instances outlive a single `invoke` command. moto keeps
+state in memory only; the layer store is the durable record of images. Each start
+hands moto the store's images through MOTO_AMIS_PATH, so AMI ids, names, owners and
+tags survive `local.down` / `local.up` and a reboot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bakery.local.errors import LocalCloudError
+from bakery.local.procs import alive, starttime
+
+DEFAULT_PORT = 4599
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    pid: int
+    starttime: int
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Endpoint:
+    def __init__(self, data_dir: Path):
+        self.dir = data_dir / "endpoint"
+        self.state_file = self.dir / "moto.json"
+        self.log_file = self.dir / "moto.log"
+        self.amis_file = self.dir / "amis.json"
+
+    def state(self) -> EndpointState | None:
+        try:
+            raw = json.loads(self.state_file.read_text())
+            state = EndpointState(int(raw["pid"]), int(raw["starttime"]), int(raw["port"]))
+        except (OSError, ValueError, KeyError):
+            return None
+        return state if alive(state.pid, state.starttime) else None
+
+    def running_url(self) -> str | None:
+        state = self.state()
+        return state.url if state and _healthy(state.url) else None
+
+    def up(self, images: list[dict]) -> str:
+        """Start the server (if it is not running) with `images` preloaded; return its URL."""
+        url = self.running_url()
+        if url:
+            return url
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.amis_file.write_text(json.dumps(images, indent=1) + "\n")
+        port = _pick_port(self._last_port())
+        env = {**os.environ, "MOTO_AMIS_PATH": str(self.amis_file), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                    start_new_session=True)  # outlives this command, ignores its Ctrl-C
+        state = EndpointState(proc.pid, starttime(proc.pid), port)
+        self.state_file.write_text(json.dumps({"pid": state.pid, "starttime": state.starttime, "port": port}) + "\n")
+        deadline = time.monotonic() + 30
+        while not _healthy(state.url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.down()
+                raise LocalCloudError(f"local EC2 endpoint (moto server) did not start on {state.url}; "
+                                      f"see {self.log_file}")
+            time.sleep(0.05)
+        return state.url
+
+    def down(self) -> bool:
+        """Stop the server; True if one was running."""
+        state = self.state()
+        if state is None:
+            self.state_file.unlink(missing_ok=True)
+            return False
+        os.kill(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while alive(state.pid, state.starttime):
+            if time.monotonic() > deadline:
+                os.kill(state.pid, signal.SIGKILL)
+                deadline += 5
+            try:
+                os.waitpid(state.pid, os.WNOHANG)  # our own child when started by this process
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        self.state_file.unlink(missing_ok=True)
+        return True
+
+    def _last_port(self) -> int:
+        try:
+            return int(json.loads(self.state_file.read_text())["port"])
+        except (OSError, ValueError, KeyError):
+            return DEFAULT_PORT
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _pick_port(preferred: int) -> int:
+    """The same port as last time when free (stable URLs in logs), else any free one."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return s.getsockname()[1]
+            except OSError:
+                continue
+    raise LocalCloudError("no free TCP port on 127.0.0.1 for the local EC2 endpoint")

@@ -1,0 +1,194 @@
+"""The local cloud end to end: bake over SSH into a real sandbox, capture the image,
+boot it with real cloud-init, and leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bakery.bake import bake
+from bakery.cloud.ec2 import EC2
+from bakery.errors import StepFailed
+from bakery.local.cloud import LocalCloud
+from bakery.local.errors import LocalCloudError
+from bakery.local.sandbox import Sandbox
+from bakery.progress import Reporter
+from bakery.settings import Settings
+from tests.support import ROOT, write_recipe
+
+pytestmark = pytest.mark.local
+
+RECIPE = """\
+source:
+  filter: {{name: "debian-12-amd64-*", owners: ["136693071363"]}}
+builder:
+  ssh: {{user: admin, timeout: 60}}
+steps:
+  - name: write marker
+    shell: echo "baked by {{{{ recipe }}}}" > /etc/bakery-marker && echo "$(id -un) on $(hostname)"
+  - name: upload tree
+    upload: {{source: files/tree, dest: /opt/tree, mode: "0644"}}
+{extra}"""
+
+USER_DATA = """\
+#cloud-config
+write_files:
+  - {path: /etc/app/app.env, content: "APP_ENV=local-test\\n"}
+runcmd:
+  - [sh, -c, 'cat /etc/bakery-marker > /run/seen-marker']
+"""
+
+
+def netns_names() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def layer_listing(layer: Path) -> list[str]:
+    out = subprocess.run(["tar", "--zstd", "-tf", str(layer)], capture_output=True, text=True, check=True).stdout
+    return [line.removeprefix("./") for line in out.splitlines()]
+
+
+def layer_file(layer: Path, member: str) -> bytes:
+    return subprocess.run(["tar", "--zstd", "-xOf", str(layer), f"./{member}"], capture_output=True,
+                          check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    """A private local cloud (own data dir and endpoint) sharing the machine's cached base image."""
+    data = tmp_path_factory.mktemp("localcloud")
+    shared = Path(os.environ.get("BAKERY_DATA_DIR", "/var/lib/bakery"))
+    (shared / "base").mkdir(parents=True, exist_ok=True)
+    (data / "base").symlink_to(shared / "base")
+    cloud = LocalCloud(data)
+    cloud.up(log=lambda line: print(line, file=sys.stderr))
+    yield cloud
+    before = netns_names()
+    cloud.down()
+    assert not any(n.startswith("bakery-i-") and (data / "instances" / n[7:]).exists() for n in before)
+
+
+@pytest.fixture
+def settings(cloud, tmp_path):
+    recipes = tmp_path / "recipes"
+    (recipes / "files/tree").mkdir(parents=True)
+    (recipes / "files/tree/a.txt").write_text("tree file\n")
+    return Settings(cloud="local", data_dir=cloud.data_dir, project_dir=tmp_path, recipes_dir=recipes,
+                    state_dir=tmp_path / "state")
+
+
+def assert_no_sandboxes(cloud):
+    assert cloud.sandboxes() == []
+    assert not {f"bakery-{d.name}" for d in (cloud.data_dir / "instances").glob("i-*")} & netns_names()
+
+
+def test_bake_runs_in_a_sandbox_and_the_image_is_a_clean_layer(cloud, settings):
+    write_recipe(settings.recipes, "t1", RECIPE.format(extra=""))
+    log = Reporter(stream=open(os.devnull, "w"))
+    manifest = bake(settings, "t1", {}, report=log)
+
+    record = cloud.layers.meta(manifest.ami_id)
+    assert record["kind"] == "layer" and record["meta"]["ec2"]["tags"]["bakery:complete"] == "true"
+    layer = cloud.layers.layer_file(manifest.ami_id)
+    names = layer_listing(layer)
+    assert layer_file(layer, "etc/bakery-marker") == b"baked by t1\n"
+    assert layer_file(layer, "opt/tree/a.txt") == b"tree file\n"
+    # hygiene: nothing of this build's identity or secrets is in the image
+    leaked = [n for n in names if n.endswith("authorized_keys") or n.startswith("etc/ssh/ssh_host_")
+              or n.startswith("var/lib/cloud/seed/nocloud/") or n.startswith("var/lib/cloud/instance")
+              or n.endswith("_history")]
+    assert leaked == []
+    if "etc/machine-id" in names:  # the base has none; a bake that created one leaves it empty
+        assert layer_file(layer, "etc/machine-id") == b""
+    assert_no_sandboxes(cloud)
+
+
+def test_an_instance_boots_the_image_with_real_cloud_init(cloud, settings):
+    write_recipe(settings.recipes, "t2", RECIPE.format(extra=""))
+    manifest = bake(settings, "t2", {}, report=Reporter(quiet=True))
+    ec2 = EC2(settings)
+    inst = ec2.client.run_instances(ImageId=manifest.ami_id, InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                                    UserData=USER_DATA)["Instances"][0]
+    box = Sandbox.attach(inst["InstanceId"], cloud.instances_dir)
+    deadline = time.monotonic() + 60
+    while "done" not in box.boot_status():
+        assert time.monotonic() < deadline, box.boot_log()
+        time.sleep(0.05)
+    assert box.boot_status()["final"] == 0, box.boot_log()
+    assert box.exec(["cat", "/etc/app/app.env"], timeout=10).stdout == "APP_ENV=local-test\n"
+    assert box.exec(["cat", "/run/seen-marker"], timeout=10).stdout == "baked by t2\n"  # the baked layer is there
+
+    ec2.client.terminate_instances(InstanceIds=[inst["InstanceId"]])
+    assert_no_sandboxes(cloud)
+
+
+def test_images_survive_an_endpoint_restart(cloud, settings):
+    write_recipe(settings.recipes, "t3", RECIPE.format(extra=""))
+    manifest = bake(settings, "t3", {}, report=Reporter(quiet=True))
+    cloud.down()
+    cloud.up()
+    image = EC2(settings).client.describe_images(ImageIds=[manifest.ami_id])["Images"][0]
+    tags = {t["Key"]: t["Value"] for t in image["Tags"]}
+    assert tags["bakery:inputs-hash"] == manifest.inputs_hash and tags["bakery:complete"] == "true"
+    again = bake(settings, "t3", {}, report=Reporter(quiet=True))
+    assert again.skipped and again.ami_id == manifest.ami_id
+
+
+def test_a_failing_step_leaves_no_sandbox(cloud, settings):
+    write_recipe(settings.recipes, "t4", RECIPE.format(extra="  - name: fails\n    shell: exit 9\n"))
+    with pytest.raises(StepFailed, match="fails exited with status 9"):
+        bake(settings, "t4", {}, report=Reporter(quiet=True))
+    assert_no_sandboxes(cloud)
+    ec2 = EC2(settings).client
+    live = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] != "terminated"]
+    assert live == []
+
+
+def test_a_corrupt_layer_is_refused_and_nothing_runs(cloud, settings):
+    write_recipe(settings.recipes, "t5", RECIPE.format(extra=""))
+    manifest = bake(settings, "t5", {}, report=Reporter(quiet=True))
+    layer = cloud.layers.layer_file(manifest.ami_id)
+    layer.write_bytes(layer.read_bytes()[:100])
+    ec2 = EC2(settings)
+    with pytest.raises(LocalCloudError, match=f"layer for {manifest.ami_id} is missing or corrupt"):
+        ec2.client.run_instances(ImageId=manifest.ami_id, InstanceType="t3.micro", MinCount=1, MaxCount=1)
+    live = [i for r in ec2.client.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] != "terminated"]
+    assert live == []
+    assert_no_sandboxes(cloud)
+
+
+def test_deregistering_an_image_removes_its_layer(cloud, settings):
+    write_recipe(settings.recipes, "t6", RECIPE.format(extra=""))
+    manifest = bake(settings, "t6", {}, report=Reporter(quiet=True))
+    assert (cloud.layers.root / manifest.ami_id).is_dir()
+    EC2(settings).deregister_image(manifest.ami_id)
+    assert not (cloud.layers.root / manifest.ami_id).exists()
+
+
+def test_the_shipped_web_recipe_bakes_on_the_local_cloud_through_the_cli(cloud, settings):
+    """The Quickstart path: really installs nginx in the sandbox over SSH (needs the Debian mirror)."""
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "INVOKE_BAKERY_DATA_DIR": str(cloud.data_dir),
+           "INVOKE_BAKERY_STATE_DIR": str(settings.state)}
+    out = subprocess.run([sys.executable, "-m", "invoke", "bake", "--recipe", "web", "--json"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    manifest = json.loads(out.stdout)
+    assert "install nginx | Setting up nginx" in out.stderr
+    layer = cloud.layers.layer_file(manifest["ami_id"])
+    assert "usr/sbin/nginx" in layer_listing(layer)
+    assert b"<title>bakery web</title>" in layer_file(layer, "var/www/html/index.html")
+
+    again = subprocess.run([sys.executable, "-m", "invoke", "bake", "--recipe", "web"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "unchanged" in again.stdout
+    assert "launch builder" not in again.stderr
+    assert_no_sandboxes(cloud)
