@@ -25,7 +25,9 @@ def settings_from(ctx):
     from bakery.settings import Settings
 
     cfg = ctx.config.get("bakery", {}) or {}
-    project = Path(ctx.config.get("_project_dir") or Path(__file__).resolve().parent.parent)
+    # the directory holding tasks.py: recipes/ and .bakery/ are found relative to it
+    prefix = getattr(ctx.config, "_project_prefix", None)
+    project = Path(prefix) if prefix else Path.cwd()
     return Settings.load(dict(cfg), project_dir=project)
 
 

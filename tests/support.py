@@ -138,7 +138,7 @@ class FakeBuilderHost:
 
     def _become(self, ec2, instance: dict) -> None:
         if self.proc is not None:  # a new build: the previous builder's sshd goes away
-            stop_process(self.proc)
+            self._stop_sshd()
         self.instance_id = instance["InstanceId"]
         self.served.append(self.instance_id)
         raw = ec2.describe_instance_attribute(InstanceId=self.instance_id, Attribute="userData")
@@ -164,8 +164,15 @@ class FakeBuilderHost:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        self._stop_sshd()
+
+    def _stop_sshd(self) -> None:
+        # unshare --fork ignores SIGTERM while it waits; SIGKILL it and --kill-child ends sshd's
+        # pid namespace with it.
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
         if self.proc is not None:
-            stop_process(self.proc)
+            self.proc.wait(10)
 
 
 def write_recipe(recipes: Path, name: str, body: str) -> Path:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything bakery needs on a Debian 12 / Ubuntu machine, as root:
+#   - system packages: OpenSSH (the tests' stand-in builder), and the local cloud's
+#     mmdebstrap, slirp4netns, zstd, iproute2 and util-linux (namespaces, overlayfs)
+#   - the project with its dev extra, in ./.venv (Debian's system Python refuses
+#     global pip installs, PEP 668)
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends \
+  openssh-server openssh-client mmdebstrap slirp4netns zstd iproute2 util-linux tar \
+  ca-certificates python3 python3-venv
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "bakery installed: .venv/bin/invoke --list"
