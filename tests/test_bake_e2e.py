@@ -113,3 +113,61 @@ def test_changed_inputs_bake_a_new_image(moto, recipes, builder_host, settings_f
     by_file, _ = run(settings)
     assert not by_file.skipped and by_file.inputs_hash not in (first.inputs_hash, by_var.inputs_hash)
     assert len(builder_host.served) == 3
+
+
+def test_the_builder_is_launched_locked_down(moto, tmp_path, builder_host, settings_for):
+    """IMDSv2, encrypted root volume, tags at creation, a client token, the instance profile."""
+    from bakery.bake import Bake
+    from bakery.cloud.ec2 import EC2
+    from bakery.recipe import load_recipe
+
+    iam = moto.client("iam")
+    iam.create_role(RoleName="bake", AssumeRolePolicyDocument="{}")
+    iam.create_instance_profile(InstanceProfileName="bake-profile")
+    iam.add_role_to_instance_profile(InstanceProfileName="bake-profile", RoleName="bake")
+    recipes = tmp_path / "recipes"
+    extra = ("  iam_instance_profile: bake-profile\n"
+             "  root_volume: {size_gb: 12, type: gp3, encrypted: true, kms_key_id: alias/bake}\n")
+    body = recipe_text(builder_host.port, "  - {name: hi, shell: echo hi}\n").replace(
+        "  ssh:", extra + "  ssh:", 1)
+    write_recipe(recipes, "web", body)
+    settings = settings_for(recipes)
+    ec2 = EC2(settings)
+    sent: list[dict] = []
+    ec2.client.meta.events.register("provide-client-params.ec2.RunInstances", lambda params, **_: sent.append(params))
+    Bake(settings, load_recipe(recipes, "web"), {}, report=Reporter(quiet=True), ec2=ec2).run()
+
+    (params,) = sent
+    assert params["MetadataOptions"]["HttpTokens"] == "required"
+    ebs = params["BlockDeviceMappings"][0]["Ebs"]
+    assert ebs == {"VolumeSize": 12, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True,
+                   "KmsKeyId": "alias/bake"}
+    assert params["IamInstanceProfile"] == {"Name": "bake-profile"} and len(params["ClientToken"]) == 36
+    kinds = {spec["ResourceType"] for spec in params["TagSpecifications"]}
+    assert kinds == {"instance", "volume", "network-interface"}
+    group = params["NetworkInterfaces"][0]["Groups"][0]
+    assert "ssh_keys" in builder_host.user_data and "ed25519_private" in builder_host.user_data
+    # the temporary group admitted SSH from the caller only (it is gone now: look at what was sent)
+    assert group.startswith("sg-") and leftovers(moto.client()) == {}
+
+
+def test_source_from_an_ssm_parameter(moto, tmp_path, builder_host, settings_for):
+    ec2 = moto.client()
+    source = ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"]
+    moto.client("ssm").put_parameter(Name="/images/debian", Value=source, Type="String", DataType="aws:ec2:image")
+    recipes = tmp_path / "recipes"
+    body = recipe_text(builder_host.port, "  - {name: hi, shell: echo hi}\n").replace(
+        '  filter: {name: "test-debian-12-amd64-*", owners: [self]}', "  ssm_parameter: /images/debian")
+    write_recipe(recipes, "web", body)
+    manifest, _ = run(settings_for(recipes))
+    assert manifest.source_ami == source
+
+
+def test_a_proxy_command_reaches_the_builder(moto, tmp_path, builder_host, settings_for):
+    recipes = tmp_path / "recipes"
+    body = recipe_text(builder_host.port, "  - {name: hi, shell: echo via proxy}\n").replace(
+        "interface: host,", "interface: host, proxy_command: 'socat - TCP:%h:%p',")
+    write_recipe(recipes, "web", body)
+    manifest, log = run(settings_for(recipes))
+    assert "hi | via proxy" in log and manifest.ami_id
+    assert leftovers(moto.client()) == {}

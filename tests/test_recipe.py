@@ -1,0 +1,119 @@
+"""Recipes as specifications: what loads, what is refused, and what the inputs hash notices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from botocore.stub import Stubber
+
+from bakery.cloud.ec2 import EC2
+from bakery.errors import ConfigError
+from bakery.recipe import Source, SourceFilter, inputs_hash, load_recipe
+from bakery.settings import Settings
+from tests.support import write_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_recipes_extend_the_base(tmp_path):
+    web = load_recipe(ROOT / "recipes", "web")
+    base = load_recipe(ROOT / "recipes", "base")
+    assert [s.name for s in web.steps[: len(base.steps)]] == [s.name for s in base.steps]
+    assert web.source == base.source and web.builder == base.builder
+    assert web.image.ssm_parameter == "/bakery/images/web" and web.files[0].name == "base.yaml"
+    for name in ("app", "db"):
+        assert load_recipe(ROOT / "recipes", name).steps[0].name == base.steps[0].name
+
+
+def recipe(tmp_path, body: str, name: str = "r") -> Path:
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, name, body)
+    return recipes
+
+
+@pytest.mark.parametrize("body, message", [
+    ("a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+     "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n", "alias bomb"),
+    ("source: {ami: ami-12345678}\nsource: {ami: ami-12345678}\n", r"r.yaml:2: duplicate key 'source'"),
+    ("base: &b {ami: ami-12345678}\nsource:\n  <<: *b\n", "merge keys"),
+    ("- just\n- a list\n", "expected a mapping at the top level"),
+    ("source: {ami: ami-12345678}\nsteps:\n  - {name: a, shell: x}\n  - {name: a, shell: y}\n", "duplicate step name 'a'"),
+    ("source: {ami: ami-12345678}\nsteps:\n  - {name: a, shell: x, upload: {source: f, dest: /f}}\n",
+     "give exactly one of shell, script, upload"),
+    ("source: {ami: ami-12345678}\nsteps:\n  - {name: a, upload: {source: missing, dest: /f}}\n",
+     r"r.yaml:3: steps\[0\].upload.source: 'missing' does not exist"),
+    ("source: {ami: ami-12345678}\nsteps:\n  - {name: a, upload: {source: /etc/passwd, dest: /f}}\n",
+     "must be relative"),
+    ("source: {ami: ami-12345678}\nsteps:\n  - {name: a, upload: {source: x, dest: relative/path}}\n",
+     "dest must be an absolute path"),
+    ("source: {ami: ami-12345678}\nimage: {name: 'bad name!{{ recipe }}'}\n", "not a valid AMI name"),
+    ("source: {ami: ami-12345678}\nimage: {tags: {'aws:x': y}}\n", "reserved prefix"),
+    ("source: {ami: not-an-ami}\n", r"source.ami: String should match pattern"),
+    ("source: {ami: ami-12345678}\nbuilder: {instance_types: [huge]}\n", "is not an instance type"),
+    ("source: {ami: ami-12345678}\nbuilder: {ssh: {interface: host}}\n", "interface 'host' needs ssh.host"),
+    ("source: {ami: ami-12345678}\nvariables: {recipe: {default: x}}\n", "name is reserved"),
+    ("extends: r\nsource: {ami: ami-12345678}\n", "extends cycle: r -> r"),
+    ("extends: nothere\n", "no such recipe 'nothere'"),
+    ("description: no source\n", "r.yaml:1: source: required field is missing"),
+])
+def test_malformed_recipes_are_refused_with_file_line_and_field(tmp_path, body, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(recipe(tmp_path, body), "r")
+
+
+def test_oversized_and_binary_files_are_refused(tmp_path):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "big.yaml").write_text("# x\n" * 100_000)
+    with pytest.raises(ConfigError, match="more than the 262144-byte limit"):
+        load_recipe(recipes, "big")
+    (recipes / "bin.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_recipe(recipes, "bin")
+
+
+def test_the_inputs_hash_changes_with_every_input_and_only_then(tmp_path):
+    recipes = recipe(tmp_path, "source: {ami: ami-12345678}\nvariables: {v: {default: a}}\nsteps:\n"
+                               "  - {name: up, upload: {source: files, dest: /f}}\n")
+    (recipes / "files").mkdir()
+    (recipes / "files/one").write_text("1")
+    r = load_recipe(recipes, "r")
+    h = inputs_hash(r, {"v": "a"}, "ami-12345678")
+    assert h == inputs_hash(load_recipe(recipes, "r"), {"v": "a"}, "ami-12345678")
+    assert h != inputs_hash(r, {"v": "b"}, "ami-12345678")
+    assert h != inputs_hash(r, {"v": "a"}, "ami-87654321")
+    (recipes / "files/one").write_text("2")
+    assert h != inputs_hash(r, {"v": "a"}, "ami-12345678")
+    (recipes / "files/one").write_text("1")
+    (recipes / "files/one").chmod(0o755)
+    assert h != inputs_hash(r, {"v": "a"}, "ami-12345678")
+
+
+def images(*specs):
+    return {"Images": [{"ImageId": i, "Name": n, "CreationDate": d, "State": "available", "RootDeviceName": "/dev/xvda",
+                        "OwnerId": "136693071363", **({"DeprecationTime": dep} if dep else {})}
+                       for i, n, d, dep in specs]}
+
+
+def stubbed(response):
+    ec2 = EC2(Settings(cloud="aws", region="us-east-1", endpoint_url="http://127.0.0.1:9"))
+    stub = Stubber(ec2.client)
+    stub.add_response("describe_images", response)
+    stub.activate()
+    return ec2
+
+
+def test_the_source_filter_takes_the_newest_match_and_skips_deprecated_images():
+    ec2 = stubbed(images(("ami-00000001", "debian-12-amd64-20260101", "2026-01-01T00:00:00.000Z", None),
+                         ("ami-00000003", "debian-12-amd64-20260301", "2026-03-01T00:00:00.000Z", "2026-04-01T00:00:00.000Z"),
+                         ("ami-00000002", "debian-12-amd64-20260201", "2026-02-01T00:00:00.000Z", None)))
+    src = ec2.resolve_source(Source(filter=SourceFilter(name="debian-12-amd64-*", owners=["136693071363"])))
+    assert src.id == "ami-00000002"
+
+
+def test_an_ambiguous_filter_without_most_recent_is_an_error():
+    ec2 = stubbed(images(("ami-00000001", "debian-12-a", "2026-01-01T00:00:00.000Z", None),
+                         ("ami-00000002", "debian-12-b", "2026-02-01T00:00:00.000Z", None)))
+    with pytest.raises(ConfigError, match="2 images match"):
+        ec2.resolve_source(Source(filter=SourceFilter(name="debian-12-*", owners=["self"], most_recent=False)))
