@@ -48,9 +48,39 @@ def images(c, recipe=None, json=False):
         emit(__import__("json").dumps(rows, indent=2) if json else render_table(rows))
 
 
+@task(
+    help={
+        "env": "environment name: envs/NAME.yaml",
+        "tier": "launch only this tier",
+        "dry-run": "print the plan (images, counts, subnets, user data size and hash); create nothing",
+        "keep-on-error": "on failure keep the instances this run launched instead of terminating them",
+        "json": "print the launch report as JSON on stdout",
+    },
+)
+def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
+    """Launch an environment's tiers from their images with rendered user data; wait until healthy."""
+    with command():
+        from bakery.launch import launch as run_launch
+        from bakery.launch_output import summary
+        from bakery.progress import Reporter
+
+        report = run_launch(settings_from(c), env, tier=tier, dry_run=dry_run, keep_on_error=keep_on_error,
+                            report=Reporter(prefix=f"[{env}] "))
+        emit(report.to_json() if json else summary(report))
+
+
+@task(help={"env": "environment name", "tier": "tier name"})
+def render(c, env, tier):
+    """Print the exact user data `launch` would send for one tier (before gzip and base64)."""
+    with command():
+        from bakery.launch_output import rendered_user_data
+
+        emit(rendered_user_data(settings_from(c), env, tier))
+
+
 @task
 def validate(c):
-    """Load and check every recipe; one line per problem, non-zero exit if any."""
+    """Check every recipe, environment and user data template; one line per problem."""
     with command():
         from bakery.validate import validate_all
 
@@ -113,9 +143,10 @@ local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
-ns = Collection(bake, images, validate, clean, local)
+ns = Collection(bake, launch, render, images, validate, clean, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,
-                         "project_dir": None, "recipes_dir": None, "state_dir": None,
+                         "project_dir": None, "recipes_dir": None, "envs_dir": None,
+                         "userdata_dir": None, "state_dir": None,
                          "ssh_host": None, "ssh_port": None, "data_dir": None}})

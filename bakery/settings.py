@@ -15,8 +15,8 @@ from typing import Any, Mapping
 from bakery.errors import ConfigError
 
 CLOUDS = ("aws", "local")
-KNOWN_KEYS = {"cloud", "region", "profile", "endpoint_url", "project_dir", "recipes_dir", "state_dir",
-              "ssh_host", "ssh_port", "data_dir"}
+KNOWN_KEYS = {"cloud", "region", "profile", "endpoint_url", "project_dir", "recipes_dir", "envs_dir",
+              "userdata_dir", "state_dir", "ssh_host", "ssh_port", "data_dir"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class Settings:
     endpoint_url: str | None = None
     project_dir: Path = field(default_factory=Path.cwd)
     recipes_dir: Path | None = None
+    envs_dir: Path | None = None
+    userdata_dir: Path | None = None
     state_dir: Path | None = None
     ssh_host: str | None = None  # override: reach every builder here (a tunnel, a test sshd)
     ssh_port: int | None = None
@@ -35,6 +37,14 @@ class Settings:
     @property
     def recipes(self) -> Path:
         return self.recipes_dir or self.project_dir / "recipes"
+
+    @property
+    def envs(self) -> Path:
+        return self.envs_dir or self.project_dir / "envs"
+
+    @property
+    def userdata(self) -> Path:
+        return self.userdata_dir or self.project_dir / "userdata"
 
     @property
     def state(self) -> Path:
@@ -75,5 +85,6 @@ class Settings:
 
         return cls(cloud=cloud, region=region, profile=cfg.get("profile") or env.get("AWS_PROFILE"),
                    endpoint_url=cfg.get("endpoint_url") or env.get("AWS_ENDPOINT_URL_EC2") or env.get("AWS_ENDPOINT_URL"),
-                   project_dir=project, recipes_dir=opt_path("recipes_dir"), state_dir=opt_path("state_dir"),
+                   project_dir=project, recipes_dir=opt_path("recipes_dir"), envs_dir=opt_path("envs_dir"),
+                   userdata_dir=opt_path("userdata_dir"), state_dir=opt_path("state_dir"),
                    ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"))

@@ -1,20 +1,44 @@
-"""`invoke validate`: check every config file, collecting one line per problem."""
+"""`invoke validate`: check every config file offline, collecting one line per problem.
+
+Recipes, environments and every tier's user data (rendered with a placeholder image id,
+schema-checked, secret-linted and sized) are checked without any cloud call.
+"""
 
 from __future__ import annotations
 
+from bakery.environment import list_environments, load_environment
 from bakery.errors import ConfigError
 from bakery.recipe import list_recipes, load_recipe
 from bakery.settings import Settings
 
+PLACEHOLDER_IMAGE = "ami-00000000000000000"
+
 
 def validate_all(settings: Settings) -> tuple[list[str], int]:
+    from bakery.launch import render_tier
+
     problems: list[str] = []
-    names = list_recipes(settings.recipes)
-    if not names:
+    recipes = list_recipes(settings.recipes)
+    if not recipes:
         problems.append(f"{settings.recipes}: no recipes found")
-    for name in names:
+    for name in recipes:
         try:
             load_recipe(settings.recipes, name)
         except ConfigError as exc:
             problems.append(exc.message)
-    return problems, len(names)
+    envs = list_environments(settings.envs)
+    for name in envs:
+        try:
+            env = load_environment(settings.envs, name)
+        except ConfigError as exc:
+            problems.append(exc.message)
+            continue
+        for tier, spec in env.tiers.items():
+            try:
+                if spec.image.recipe and spec.image.recipe not in recipes:
+                    raise ConfigError(f"{env.path}: tiers.{tier}.image.recipe: no recipe {spec.image.recipe!r} "
+                                      f"in {settings.recipes}")
+                render_tier(settings, env, tier, spec.image.ami or PLACEHOLDER_IMAGE, settings.region)
+            except ConfigError as exc:
+                problems.append(exc.message)
+    return problems, len(recipes) + len(envs)

@@ -22,17 +22,20 @@ def ec2_error(code: str, message: str, status: int) -> AWSResponse:
 
 
 class Fault:
-    """Fail `operation` with `code` for the first `times` calls (None: always)."""
+    """Fail `operation` with `code` for `times` calls (None: always), after letting `after` calls through."""
 
     def __init__(self, client, operation: str, code: str, status: int = 400, times: int | None = 1,
-                 message: str = "injected fault"):
+                 message: str = "injected fault", after: int = 0):
         self.operation, self.code, self.status, self.times, self.message = operation, code, status, times, message
+        self.after = after
         self.calls = 0
         self.injected = 0
         client.meta.events.register(f"before-send.ec2.{operation}", self._handler)
 
     def _handler(self, request, **_):
         self.calls += 1
+        if self.calls <= self.after:
+            return None
         if self.times is None or self.injected < self.times:
             self.injected += 1
             return ec2_error(self.code, self.message, self.status)

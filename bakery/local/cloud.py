@@ -109,7 +109,11 @@ class LocalCloud:
 
     def socket_factory(self, instance: dict):
         name = instance["InstanceId"]
-        return lambda timeout: Sandbox.attach(name, self.instances_dir).connect(22, timeout)
+        return lambda timeout: self.connect(name, 22, timeout)
+
+    def connect(self, instance_id: str, port: int, timeout: float):
+        """A TCP socket to the instance's port, opened inside its network namespace."""
+        return Sandbox.attach(instance_id, self.instances_dir).connect(port, timeout)
 
     def _after_run(self, client, http_response, parsed, context, **_):
         if http_response.status_code >= 300:

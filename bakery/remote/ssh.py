@@ -8,6 +8,7 @@ server must present the host key we generated for it, or we refuse.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import socket
 import tarfile
@@ -22,6 +23,10 @@ from bakery.cloud.waits import Backoff, wait_for
 from bakery.errors import RemoteError
 from bakery.remote.connector import OutputSink, RunResult
 from bakery.remote.keys import fingerprint
+
+# paramiko logs every failed handshake attempt at ERROR while we are still retrying; keep
+# that out of the user's terminal (it reaches the root logger's handlers under --debug).
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CHUNK = 256 * 1024
 WINDOW = 16 * 1024 * 1024

@@ -1,0 +1,395 @@
+"""Launch an environment: plan every tier, then run instances, wait, check health.
+
+Planning (images resolved, user data rendered and validated, subnets and groups
+resolved) happens for every tier before anything is created, so bad input never
+leaves half an environment behind. Launching is idempotent by tag: each instance
+fills a numbered slot (`bakery:slot`), and a re-run only fills the empty ones.
+What this run launched is terminated again if the run fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import secrets as pysecrets
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from bakery.environment import Environment, Tier, load_environment
+from bakery.errors import CloudError, ConfigError
+from bakery.progress import Reporter
+from bakery.settings import Settings
+from bakery.signals import shielded
+
+LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+
+@dataclass
+class TierPlan:
+    tier: str
+    strategy: str
+    image_id: str
+    image_name: str
+    recipe: str | None
+    instance_type: str
+    count: int
+    existing: list[str]
+    missing_slots: list[int]
+    subnets: list[str]
+    vpc_id: str
+    security_groups: list[str]
+    user_data_size: int
+    user_data_raw_size: int
+    user_data_gzipped: bool
+    user_data_sha256: str
+    root_device_name: str = "/dev/xvda"
+    user_data: bytes = field(default=b"", repr=False)
+
+
+@dataclass
+class InstanceReport:
+    tier: str
+    slot: int
+    instance_id: str
+    private_ip: str | None
+    public_ip: str | None
+    image_id: str
+    running_s: float | None = None
+    ready_s: float | None = None
+    health: str = "not checked"
+
+
+@dataclass
+class LaunchReport:
+    environment: str
+    launch_id: str
+    region: str
+    dry_run: bool
+    plans: list[TierPlan]
+    instances: list[InstanceReport] = field(default_factory=list)
+    launch_templates: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for plan in data["plans"]:
+            plan.pop("user_data", None)
+        return json.dumps(data, indent=2, sort_keys=True)
+
+
+def template_context(env: Environment, tier: str, image_id: str, region: str) -> dict[str, object]:
+    """What every user data template receives (README: 'Variables every template receives')."""
+    spec = env.tiers[tier]
+    return {**env.variables_for(tier), "environment": env.name, "tier": tier, "region": region,
+            "image_id": image_id, "recipe": spec.image.recipe or ""}
+
+
+def render_tier(settings: Settings, env: Environment, tier: str, image_id: str, region: str):
+    """The exact user data a tier's instances get (None for strategy `baked`)."""
+    from bakery.userdata import PartSpec, Secret, lint_value, render_user_data
+
+    spec = env.tiers[tier]
+    if spec.strategy == "baked":
+        return None
+    where = f"{env.path}: tiers.{tier}"
+    for key, value in env.variables_for(tier).items():
+        lint_value(value, f"{where}: variable {key}")
+    extra = []
+    if spec.strategy == "bootstrap":
+        from bakery.bootstrap import bootstrap_script
+        from bakery.recipe import load_recipe
+
+        recipe = load_recipe(settings.recipes, spec.image.recipe)
+        extra.append((f"bootstrap-{recipe.name}.sh", "text/x-shellscript",
+                      bootstrap_script(recipe, recipe.resolve_vars({}))))
+    return render_user_data(settings.userdata, [PartSpec(p) for p in spec.user_data.parts],
+                            template_context(env, tier, image_id, region),
+                            secrets=[Secret(k, v) for k, v in spec.secrets.items()], region=region,
+                            where=where, extra_parts=extra)
+
+
+class Launcher:
+    def __init__(self, settings: Settings, env: Environment, *, report: Reporter, ec2=None,
+                 keep_on_error: bool = False):
+        from bakery.cloud.ec2 import EC2
+
+        self.settings = settings
+        self.env = env
+        self.report = report
+        self.ec2 = ec2 or EC2(settings)
+        self.keep_on_error = keep_on_error
+        self.launch_id = datetime.now(timezone.utc).strftime("l-%Y%m%d%H%M%S-") + pysecrets.token_hex(3)
+
+    # ---- plan ---------------------------------------------------------------------------
+
+    def plan(self, tiers: dict[str, Tier]) -> list[TierPlan]:
+        plans = []
+        for name, spec in tiers.items():
+            with self.report.stage(f"plan tier {name}") as s:
+                plans.append(self._plan_tier(name, spec))
+                p = plans[-1]
+                s.detail = (f"{p.strategy}, {p.image_id}, {p.count} x {p.instance_type} "
+                            f"({len(p.existing)} running, {len(p.missing_slots)} to launch), "
+                            f"user data {p.user_data_size} bytes")
+        return plans
+
+    def _plan_tier(self, name: str, spec: Tier) -> TierPlan:
+        where = f"{self.env.path}: tiers.{name}"
+        image = self.image(name, spec, where)
+        user_data = render_tier(self.settings, self.env, name, image["ImageId"], self.ec2.region)
+        subnets = self._subnets(spec, where)
+        vpc = subnets[0]["VpcId"]
+        if any(s["VpcId"] != vpc for s in subnets):
+            raise ConfigError(f"{where}.subnets: subnets are in different VPCs ({', '.join(sorted({s['VpcId'] for s in subnets}))})")
+        groups = self._groups(spec, vpc, where)
+        existing = self._existing(name)
+        taken = {int(t) for i in existing for t in [_tag(i, "bakery:slot")] if t and t.isdigit()}
+        return TierPlan(
+            tier=name, strategy=spec.strategy, image_id=image["ImageId"], image_name=image.get("Name", ""),
+            recipe=spec.image.recipe, instance_type=spec.instance_type, count=spec.count,
+            existing=[i["InstanceId"] for i in existing], missing_slots=[i for i in range(spec.count) if i not in taken],
+            subnets=[s["SubnetId"] for s in subnets], vpc_id=vpc, security_groups=groups,
+            user_data_size=user_data.size if user_data else 0,
+            user_data_raw_size=len(user_data.text.encode()) if user_data else 0,
+            user_data_gzipped=bool(user_data and user_data.gzipped),
+            user_data_sha256=user_data.sha256 if user_data else "",
+            root_device_name=image.get("RootDeviceName") or "/dev/xvda",
+            user_data=user_data.payload if user_data else b"")
+
+    def image(self, name: str, spec: Tier, where: str) -> dict:
+        """The image a tier launches from (read-only calls)."""
+        ref = spec.image
+        if spec.strategy == "bootstrap":  # the recipe's own source image; its steps run at boot
+            from bakery.recipe import load_recipe
+
+            recipe = load_recipe(self.settings.recipes, ref.recipe)
+            source = self.ec2.resolve_source(recipe.source)
+            return {"ImageId": source.id, "Name": source.name, "RootDeviceName": source.root_device_name}
+        if ref.recipe:
+            images = self.ec2.bakery_images(recipe=ref.recipe)
+            if not images:
+                raise ConfigError(f"{where}.image.recipe: no finished image of recipe {ref.recipe!r} in "
+                                  f"{self.ec2.region}; bake one first: invoke bake --recipe {ref.recipe}")
+            return images[0]
+        if ref.ssm_parameter:
+            value = self.ec2.call(f"ssm get-parameter {ref.ssm_parameter}", self.ec2.ssm.get_parameter,
+                                  Name=ref.ssm_parameter)["Parameter"]["Value"]
+            return self._by_id(value, f"{where}.image.ssm_parameter ({ref.ssm_parameter})")
+        return self._by_id(ref.ami, f"{where}.image.ami")
+
+    def _by_id(self, ami: str, what: str) -> dict:
+        try:
+            images = self.ec2.client.describe_images(ImageIds=[ami]).get("Images", [])
+        except Exception:  # noqa: BLE001 - any lookup failure means "not usable"
+            images = []
+        if not images or images[0].get("State") != "available":
+            raise ConfigError(f"{what}: image {ami} does not exist or is not available in {self.ec2.region}")
+        return images[0]
+
+    def _subnets(self, spec: Tier, where: str) -> list[dict]:
+        c = self.ec2.client
+        if not spec.subnets:
+            resp = self.ec2.call("describe-subnets (default VPC)", c.describe_subnets,
+                                 Filters=[{"Name": "default-for-az", "Values": ["true"]}])
+            subnets = sorted(resp["Subnets"], key=lambda s: (s.get("AvailabilityZone", ""), s["SubnetId"]))
+            if not subnets:
+                raise ConfigError(f"{where}.subnets: not set and region {self.ec2.region} has no default VPC")
+            return subnets[:1]
+        out = []
+        for ref in spec.subnets:
+            filters = ([{"Name": "subnet-id", "Values": [ref]}] if ref.startswith("subnet-")
+                       else [{"Name": "tag:Name", "Values": [ref]}])
+            found = self.ec2.call("describe-subnets", c.describe_subnets, Filters=filters)["Subnets"]
+            if len(found) != 1:
+                raise ConfigError(f"{where}.subnets: {ref!r} matches {len(found)} subnets in {self.ec2.region} "
+                                  "(expected exactly one)")
+            out.append(found[0])
+        return out
+
+    def _groups(self, spec: Tier, vpc: str, where: str) -> list[str]:
+        c = self.ec2.client
+        refs = spec.security_groups or ["default"]
+        out = []
+        for ref in refs:
+            key = "group-id" if ref.startswith("sg-") else "group-name"
+            found = self.ec2.call("describe-security-groups", c.describe_security_groups,
+                                  Filters=[{"Name": key, "Values": [ref]}, {"Name": "vpc-id", "Values": [vpc]}])
+            if len(found["SecurityGroups"]) != 1:
+                raise ConfigError(f"{where}.security_groups: {ref!r} is not a security group of {vpc}")
+            out.append(found["SecurityGroups"][0]["GroupId"])
+        return out
+
+    def _existing(self, tier: str) -> list[dict]:
+        resp = self.ec2.call("describe-instances", self.ec2.client.describe_instances, Filters=[
+            {"Name": "tag:bakery:environment", "Values": [self.env.name]},
+            {"Name": "tag:bakery:tier", "Values": [tier]},
+            {"Name": "instance-state-name", "Values": LIVE_STATES}])
+        return [i for r in resp["Reservations"] for i in r["Instances"]]
+
+    # ---- launch -------------------------------------------------------------------------
+
+    def launch(self, plans: list[TierPlan]) -> list[InstanceReport]:
+        started = time.monotonic()
+        launched: list[tuple[InstanceReport, float]] = []
+        with contextlib.ExitStack() as stack:
+            def rollback():
+                ids = [r.instance_id for r, _ in launched]
+                if ids and not self.keep_on_error:
+                    with shielded(), self.report.stage(f"roll back: terminate {len(ids)} instance(s)"):
+                        self.ec2.client.terminate_instances(InstanceIds=ids)
+            stack.callback(rollback)
+            for plan in plans:
+                spec = self.env.tiers[plan.tier]
+                for slot in plan.missing_slots:
+                    with self.report.stage(f"launch {plan.tier} slot {slot}") as s:
+                        t0 = time.monotonic()
+                        inst = self._run(plan, spec, slot)
+                        rep = InstanceReport(plan.tier, slot, inst["InstanceId"], inst.get("PrivateIpAddress"),
+                                             inst.get("PublicIpAddress"), plan.image_id)
+                        launched.append((rep, t0))
+                        s.detail = f"{rep.instance_id} ({plan.instance_type}, {plan.subnets[slot % len(plan.subnets)]})"
+            for rep, t0 in launched:
+                with self.report.stage(f"wait for {rep.instance_id} to run"):
+                    inst = self.ec2.wait_instance_state(rep.instance_id, "running", timeout=600)
+                    rep.running_s = round(time.monotonic() - t0, 3)
+                    rep.private_ip, rep.public_ip = inst.get("PrivateIpAddress"), inst.get("PublicIpAddress")
+            self._health(launched)
+            stack.pop_all()  # success: keep everything
+        self.report.info(f"launched {len(launched)} instance(s) in {time.monotonic() - started:.1f}s")
+        return [r for r, _ in launched]
+
+    def _run(self, plan: TierPlan, spec: Tier, slot: int) -> dict:
+        from bakery.cloud.ec2 import tag_list
+        from bakery.recipe import RootVolume
+
+        tags = {**self.env.tags, **spec.tags, "Name": f"{self.env.name}-{plan.tier}-{slot}",
+                "bakery:environment": self.env.name, "bakery:tier": plan.tier, "bakery:slot": str(slot),
+                "bakery:launch-id": self.launch_id, "bakery:strategy": plan.strategy}
+        volume = spec.root_volume or RootVolume()
+        ebs = {"VolumeSize": volume.size_gb, "VolumeType": volume.type, "Encrypted": volume.encrypted,
+               "DeleteOnTermination": True, **({"KmsKeyId": volume.kms_key_id} if volume.kms_key_id else {})}
+        nic = {"DeviceIndex": 0, "SubnetId": plan.subnets[slot % len(plan.subnets)], "Groups": plan.security_groups,
+               "DeleteOnTermination": True}
+        if spec.public_ip is not None:
+            nic["AssociatePublicIpAddress"] = spec.public_ip
+        params = {
+            "ImageId": plan.image_id, "InstanceType": plan.instance_type, "MinCount": 1, "MaxCount": 1,
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
+            "BlockDeviceMappings": [{"DeviceName": volume.device_name or plan.root_device_name, "Ebs": ebs}],
+            "NetworkInterfaces": [nic],
+            "TagSpecifications": [{"ResourceType": k, "Tags": tag_list(tags)}
+                                  for k in ("instance", "volume", "network-interface")],
+            # a retried call of this run never launches twice; another run is guarded by the slot tags
+            "ClientToken": str(uuid.uuid5(uuid.NAMESPACE_URL, f"bakery/{self.launch_id}/{plan.tier}/{slot}")),
+        }
+        if plan.user_data:
+            params["UserData"] = plan.user_data
+        if spec.iam_instance_profile:
+            params["IamInstanceProfile"] = {"Name": spec.iam_instance_profile}
+        if spec.key_name:
+            params["KeyName"] = spec.key_name
+        resp = self.ec2.call(f"run-instances ({plan.tier})", self.ec2.client.run_instances, **params)
+        return resp["Instances"][0]
+
+    def _health(self, launched) -> None:
+        from bakery.health import check_until
+
+        for rep, t0 in launched:
+            check = self.env.tiers[rep.tier].health_check
+            if check is None:
+                rep.ready_s = rep.running_s
+                continue
+            with self.report.stage(f"health of {rep.tier} {rep.instance_id}") as s:
+                address = rep.public_ip if check.address == "public_ip" else rep.private_ip
+                check_until(self.ec2, rep.instance_id, address, check, deadline=t0 + check.timeout)
+                rep.ready_s = round(time.monotonic() - t0, 3)
+                rep.health = "healthy"
+                s.detail = f"{check.type} :{check.port}{check.path if check.type == 'http' else ''} ok, " \
+                           f"ready {rep.ready_s:.2f}s after launch"
+
+    # ---- after launch -------------------------------------------------------------------
+
+    def register_targets(self, instances: list[InstanceReport]) -> None:
+        by_tier: dict[str, list[str]] = {}
+        for rep in instances:
+            by_tier.setdefault(rep.tier, []).append(rep.instance_id)
+        for tier, ids in by_tier.items():
+            arn = self.env.tiers[tier].target_group_arn
+            if not arn:
+                continue
+            elb = self.ec2.session.client("elbv2", endpoint_url=self.ec2.settings.endpoint_url)
+            with self.report.stage(f"register {tier} in target group"):
+                targets = [{"Id": i} for i in ids]
+                self.ec2.call("elbv2 register-targets", elb.register_targets, TargetGroupArn=arn, Targets=targets)
+                elb.get_waiter("target_in_service").wait(TargetGroupArn=arn, Targets=targets,
+                                                         WaiterConfig={"Delay": 2, "MaxAttempts": 150})
+
+    def write_launch_templates(self, plans: list[TierPlan]) -> dict[str, str]:
+        """A new launch template version per tier that asks for one, pinned to this image and user data."""
+        out = {}
+        c = self.ec2.client
+        for plan in plans:
+            spec = self.env.tiers[plan.tier].launch_template
+            if spec is None:
+                continue
+            data = {"ImageId": plan.image_id, "InstanceType": plan.instance_type,
+                    "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+                    "SecurityGroupIds": plan.security_groups,
+                    "TagSpecifications": [{"ResourceType": "instance", "Tags": [
+                        {"Key": "bakery:environment", "Value": self.env.name},
+                        {"Key": "bakery:tier", "Value": plan.tier}]}]}
+            if plan.user_data:  # launch templates take base64 that the caller encodes (unlike RunInstances)
+                data["UserData"] = base64.b64encode(plan.user_data).decode()
+            with self.report.stage(f"launch template {spec.name}") as s:
+                try:
+                    self.ec2.call("describe-launch-templates", c.describe_launch_templates,
+                                  LaunchTemplateNames=[spec.name])
+                    exists = True
+                except CloudError as exc:
+                    if "NotFound" not in self.ec2.code_of(exc):
+                        raise
+                    exists = False
+                if exists:
+                    resp = self.ec2.call("create-launch-template-version", c.create_launch_template_version,
+                                         LaunchTemplateName=spec.name, LaunchTemplateData=data,
+                                         VersionDescription=f"bakery {self.launch_id}")
+                    version = resp["LaunchTemplateVersion"]["VersionNumber"]
+                else:
+                    resp = self.ec2.call("create-launch-template", c.create_launch_template,
+                                         LaunchTemplateName=spec.name, LaunchTemplateData=data,
+                                         VersionDescription=f"bakery {self.launch_id}")
+                    version = resp["LaunchTemplate"]["LatestVersionNumber"]
+                if spec.set_default:
+                    self.ec2.call("modify-launch-template", c.modify_launch_template,
+                                  LaunchTemplateName=spec.name, DefaultVersion=str(version))
+                out[plan.tier] = f"{spec.name}:{version}"
+                s.detail = out[plan.tier]
+        return out
+
+
+def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_run: bool = False,
+           report: Reporter, keep_on_error: bool = False) -> LaunchReport:
+    env = load_environment(settings.envs, env_name)
+    tiers = env.select(tier)
+    started = time.monotonic()
+    launcher = Launcher(settings, env, report=report, keep_on_error=keep_on_error)
+    plans = launcher.plan(tiers)
+    result = LaunchReport(environment=env.name, launch_id=launcher.launch_id, region=launcher.ec2.region,
+                          dry_run=dry_run, plans=plans)
+    if not dry_run:
+        result.instances = launcher.launch(plans)
+        launcher.register_targets(result.instances)
+        result.launch_templates = launcher.write_launch_templates(plans)
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _tag(resource: dict, key: str) -> str | None:
+    for t in resource.get("Tags", []):
+        if t["Key"] == key:
+            return t["Value"]
+    return None
+

@@ -1,0 +1,1 @@
+"""Vendored JSON schemas, shipped as package data (see LICENSE-cloud-init)."""

@@ -1,0 +1,228 @@
+"""Launching environments against a moto server: bake first, then launch the tiers.
+
+Health checks are left out here on purpose: moto's instance addresses are not real
+hosts (and may be public addresses), so nothing may dial them. The local cloud tests
+cover health checks against real sandboxes.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+
+import pytest
+
+from bakery.bake import bake
+from bakery.errors import CloudError, ConfigError
+from bakery.launch import Launcher, launch
+from bakery.environment import load_environment
+from bakery.progress import Reporter
+from tests.faults import Fault
+from tests.support import recipe_text, write_recipe
+
+pytestmark = pytest.mark.e2e
+
+WEB_TEMPLATE = """\
+#cloud-config
+{# variables: greeting, environment, tier #}
+write_files:
+  - path: /etc/bakery/env
+    content: {{ ("ENVIRONMENT=" ~ environment ~ "\\nTIER=" ~ tier ~ "\\nGREETING=" ~ greeting ~ "\\n") | yaml }}
+runcmd:
+  - [sh, -c, 'echo {{ image_id }} > /etc/bakery/image']
+"""
+
+MOTD = """#!/bin/sh
+echo "{{ environment | shquote }} {{ tier | shquote }}" > /etc/motd
+"""
+
+ENV = """\
+description: test environment
+variables: {{greeting: hello}}
+tags: {{cost-center: platform}}
+tiers:
+  web:
+    image: {{recipe: web}}
+    instance_type: t3.small
+    count: 2
+    subnets: [web-a, web-b]
+    security_groups: [web-sg]
+    tags: {{role: frontend}}
+    user_data:
+      parts: [web.yaml.j2, motd.sh.j2]
+      variables: {{greeting: {greeting}}}
+  app:
+    image: {{recipe: app}}
+    count: 1
+    subnets: [app-a]
+    security_groups: [app-sg]
+    user_data:
+      parts: [web.yaml.j2]
+{extra}"""
+
+
+@pytest.fixture
+def world(moto, tmp_path, builder_host, settings_for):
+    """Two baked recipes, a VPC with named subnets and groups, templates and environments."""
+    recipes = tmp_path / "recipes"
+    for name in ("web", "app"):
+        write_recipe(recipes, name, recipe_text(builder_host.port, f"  - {{name: hi, shell: echo {name}}}\n"))
+    (tmp_path / "userdata").mkdir()
+    (tmp_path / "userdata/web.yaml.j2").write_text(WEB_TEMPLATE)
+    (tmp_path / "userdata/motd.sh.j2").write_text(MOTD)
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    (envs / "prod.yaml").write_text(ENV.format(greeting="bonjour", extra=""))
+    (envs / "staging.yaml").write_text(ENV.format(greeting="hallo", extra=""))
+
+    ec2 = moto.client()
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnets = {}
+    for name, cidr, az in (("web-a", "10.20.1.0/24", "us-east-1a"), ("web-b", "10.20.2.0/24", "us-east-1b"),
+                           ("app-a", "10.20.3.0/24", "us-east-1a")):
+        sid = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=az)["Subnet"]["SubnetId"]
+        ec2.create_tags(Resources=[sid], Tags=[{"Key": "Name", "Value": name}])
+        subnets[name] = sid
+    groups = {n: ec2.create_security_group(GroupName=n, Description=n, VpcId=vpc)["GroupId"] for n in ("web-sg", "app-sg")}
+
+    settings = settings_for(recipes, envs_dir=envs, userdata_dir=tmp_path / "userdata")
+    images = {n: bake(settings, n, {}, report=Reporter(quiet=True)).ami_id for n in ("web", "app")}
+    return {"settings": settings, "ec2": ec2, "subnets": subnets, "groups": groups, "images": images, "envs": envs}
+
+
+def instances(ec2, env: str, states=("pending", "running")) -> list[dict]:
+    resp = ec2.describe_instances(Filters=[{"Name": "tag:bakery:environment", "Values": [env]},
+                                           {"Name": "instance-state-name", "Values": list(states)}])
+    return sorted((i for r in resp["Reservations"] for i in r["Instances"]),
+                  key=lambda i: ({t["Key"]: t["Value"] for t in i["Tags"]}["Name"]))
+
+
+def user_data_of(ec2, instance_id: str) -> str:
+    raw = base64.b64decode(ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+                           ["UserData"]["Value"])
+    return gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
+
+
+@pytest.mark.parametrize("env, greeting", [("prod", "bonjour"), ("staging", "hallo")])
+def test_tiers_launch_with_their_images_network_tags_and_user_data(world, env, greeting):
+    report = launch(world["settings"], env, report=Reporter(quiet=True))
+    ec2 = world["ec2"]
+    launched = instances(ec2, env)
+    assert len(launched) == 3 == len(report.instances)
+    by_tier: dict[str, list[dict]] = {}
+    for inst in launched:
+        tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+        by_tier.setdefault(tags["bakery:tier"], []).append(inst)
+        assert tags["cost-center"] == "platform" and tags["bakery:environment"] == env
+        assert inst["MetadataOptions"]["HttpTokens"] == "required"
+        assert inst["ImageId"] == world["images"][tags["bakery:tier"]]
+        groups = [g["GroupId"] for g in inst["NetworkInterfaces"][0]["Groups"]]
+        assert groups == [world["groups"][f"{tags['bakery:tier']}-sg"]]
+        text = user_data_of(ec2, inst["InstanceId"])
+        assert f"GREETING={greeting}" in text.replace("\\n", "\n") or "GREETING" in text
+        assert inst["ImageId"] in text  # the template saw the image id it was launched with
+    web, app = by_tier["web"], by_tier["app"]
+    assert [i["SubnetId"] for i in web] == [world["subnets"]["web-a"], world["subnets"]["web-b"]]
+    assert app[0]["SubnetId"] == world["subnets"]["app-a"]
+    assert {t["Key"]: t["Value"] for t in web[0]["Tags"]}["role"] == "frontend"
+
+    web_text = user_data_of(ec2, web[0]["InstanceId"])
+    assert "Content-Type: multipart/mixed" in web_text and "text/x-shellscript" in web_text
+    plan = next(p for p in report.plans if p.tier == "web")
+    assert plan.user_data_sha256 and plan.user_data_size <= 16383
+    volumes = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [web[0]["InstanceId"]]}])
+    assert all(v["Encrypted"] for v in volumes["Volumes"])
+
+
+def test_launch_is_idempotent_and_dry_run_creates_nothing(world):
+    ec2 = world["ec2"]
+    dry = launch(world["settings"], "prod", dry_run=True, report=Reporter(quiet=True))
+    assert instances(ec2, "prod") == [] and [len(p.missing_slots) for p in dry.plans] == [2, 1]
+    launch(world["settings"], "prod", report=Reporter(quiet=True))
+    again = launch(world["settings"], "prod", report=Reporter(quiet=True))
+    assert again.instances == [] and len(instances(ec2, "prod")) == 3
+    # a lost instance is replaced in its own slot, and only that one
+    lost = instances(ec2, "prod")[0]["InstanceId"]
+    ec2.terminate_instances(InstanceIds=[lost])
+    refill = launch(world["settings"], "prod", report=Reporter(quiet=True))
+    assert len(refill.instances) == 1 and len(instances(ec2, "prod")) == 3
+
+
+def test_only_the_named_tier_launches(world):
+    launch(world["settings"], "prod", tier="app", report=Reporter(quiet=True))
+    tiers = {t["Value"] for i in instances(world["ec2"], "prod") for t in i["Tags"] if t["Key"] == "bakery:tier"}
+    assert tiers == {"app"}
+
+
+def test_a_failure_midway_rolls_back_what_this_run_launched(world):
+    env = load_environment(world["settings"].envs, "prod")
+    launcher = Launcher(world["settings"], env, report=Reporter(quiet=True))
+    plans = launcher.plan(env.tiers)
+    Fault(launcher.ec2.client, "RunInstances", "UnauthorizedOperation", status=403, times=None, after=2)
+    with pytest.raises(CloudError, match="not authorised"):
+        launcher.launch(plans)
+    assert instances(world["ec2"], "prod") == []
+
+
+def test_bootstrap_runs_the_recipe_at_boot_from_the_source_image(world):
+    envs = world["envs"]
+    (envs / "dev.yaml").write_text("tiers:\n  web:\n    image: {recipe: web}\n    strategy: bootstrap\n"
+                                   "    user_data: {parts: [motd.sh.j2]}\n")
+    report = launch(world["settings"], "dev", report=Reporter(quiet=True))
+    inst = instances(world["ec2"], "dev")[0]
+    source = world["ec2"].describe_images(Filters=[{"Name": "name", "Values": ["test-debian-12-amd64-*"]}],
+                                          Owners=["self"])["Images"][0]["ImageId"]
+    assert inst["ImageId"] == source and report.plans[0].strategy == "bootstrap"
+    text = user_data_of(world["ec2"], inst["InstanceId"])
+    assert "bakery bootstrap of recipe web" in text and "bakery_step hi" in text
+
+
+def test_launch_template_version_and_target_group(world, moto):
+    elb = moto.client("elbv2")
+    vpc = world["ec2"].describe_subnets(SubnetIds=[world["subnets"]["app-a"]])["Subnets"][0]["VpcId"]
+    tg = elb.create_target_group(Name="app-tg", Protocol="HTTP", Port=8080, VpcId=vpc, TargetType="instance")
+    arn = tg["TargetGroups"][0]["TargetGroupArn"]
+    envs = world["envs"]
+    (envs / "asg.yaml").write_text(
+        "tiers:\n  app:\n    image: {recipe: app}\n    subnets: [app-a]\n    security_groups: [app-sg]\n"
+        f"    user_data: {{parts: [web.yaml.j2], variables: {{greeting: hi}}}}\n    target_group_arn: {arn}\n"
+        "    launch_template: {name: asg-app}\n")
+    report = launch(world["settings"], "asg", report=Reporter(quiet=True))
+    assert report.launch_templates == {"app": "asg-app:1"}
+    data = world["ec2"].describe_launch_template_versions(LaunchTemplateName="asg-app")["LaunchTemplateVersions"][0]
+    assert data["LaunchTemplateData"]["ImageId"] == world["images"]["app"]
+    sent = base64.b64decode(data["LaunchTemplateData"]["UserData"])
+    sent = gzip.decompress(sent) if sent[:2] == b"\x1f\x8b" else sent
+    assert b"#cloud-config" in sent  # base64 encoded by bakery, as launch templates require
+    health = elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
+    assert [h["Target"]["Id"] for h in health] == [report.instances[0].instance_id]
+    launch(world["settings"], "asg", report=Reporter(quiet=True))  # nothing new to launch, still a new version
+    versions = world["ec2"].describe_launch_template_versions(LaunchTemplateName="asg-app")["LaunchTemplateVersions"]
+    assert len(versions) == 2
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t, r"no tier 'nope'"),
+    (lambda t: t.replace("[web.yaml.j2, motd.sh.j2]", "[missing.yaml.j2]"), r"missing.yaml.j2"),
+    (lambda t: t.replace("greeting: bonjour", "other: 1").replace("{greeting: hello}", "{}"),
+     r"'greeting' is undefined"),
+    (lambda t: t.replace("greeting: bonjour", "greeting: AKIAIOSFODNN7EXAMPLE"), r"tiers.web"),
+    (lambda t: t.replace("security_groups: [web-sg]", "security_groups: [nope-sg]"), r"'nope-sg' is not a security group"),
+    (lambda t: t.replace("image: {recipe: app}", "image: {ami: ami-0000000000000beef}"), r"ami-0000000000000beef does not exist"),
+    (lambda t: t.replace("count: 2", "count: many"), r"prod.yaml:\d+: tiers.web.count"),
+    (lambda t: t.replace("tiers:", "colour: red\ntiers:"), r"prod.yaml:\d+: colour: unknown key"),
+])
+def test_bad_environments_launch_nothing(world, edit, message):
+    path = world["envs"] / "prod.yaml"
+    path.write_text(edit(path.read_text()))
+    tier = "nope" if "nope'" in message else None
+    with pytest.raises(ConfigError, match=message):
+        launch(world["settings"], "prod", tier=tier, report=Reporter(stream=io.StringIO()))
+    assert instances(world["ec2"], "prod", states=("pending", "running", "stopped", "terminated")) == []
+
+
+def test_a_recipe_never_baked_is_a_clear_error(world):
+    (world["envs"] / "x.yaml").write_text("tiers:\n  db:\n    image: {recipe: db}\n")
+    with pytest.raises(ConfigError, match=r"no finished image of recipe 'db'.*invoke bake --recipe db"):
+        launch(world["settings"], "x", report=Reporter(quiet=True))
