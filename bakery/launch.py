@@ -72,6 +72,7 @@ class LaunchReport:
     instances: list[InstanceReport] = field(default_factory=list)
     launch_templates: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    local: bool = False
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -295,20 +296,31 @@ class Launcher:
         return resp["Instances"][0]
 
     def _health(self, launched) -> None:
+        """Check every instance at once: each one's readiness is timed from its own launch."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from bakery.health import check_until
 
-        for rep, t0 in launched:
+        def one(rep: InstanceReport, t0: float) -> None:
             check = self.env.tiers[rep.tier].health_check
             if check is None:
                 rep.ready_s = rep.running_s
-                continue
-            with self.report.stage(f"health of {rep.tier} {rep.instance_id}") as s:
-                address = rep.public_ip if check.address == "public_ip" else rep.private_ip
-                check_until(self.ec2, rep.instance_id, address, check, deadline=t0 + check.timeout)
-                rep.ready_s = round(time.monotonic() - t0, 3)
-                rep.health = "healthy"
-                s.detail = f"{check.type} :{check.port}{check.path if check.type == 'http' else ''} ok, " \
-                           f"ready {rep.ready_s:.2f}s after launch"
+                return
+            address = rep.public_ip if check.address == "public_ip" else rep.private_ip
+            check_until(self.ec2, rep.instance_id, address, check, deadline=t0 + check.timeout)
+            rep.ready_s = round(time.monotonic() - t0, 3)
+            rep.health = "healthy"
+
+        if not any(self.env.tiers[r.tier].health_check for r, _ in launched):
+            for rep, t0 in launched:
+                one(rep, t0)
+            return
+        with self.report.stage("health checks") as s, ThreadPoolExecutor(max_workers=16) as pool:
+            futures = [pool.submit(one, rep, t0) for rep, t0 in launched]
+            for future in futures:
+                future.result()  # the first failure (a WaitTimeout naming the instance) propagates
+            s.detail = ", ".join(f"{r.tier}[{r.slot}] ready {r.ready_s:.2f}s" for r, _ in launched
+                                 if r.health == "healthy")
 
     # ---- after launch -------------------------------------------------------------------
 
@@ -378,7 +390,7 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
     launcher = Launcher(settings, env, report=report, keep_on_error=keep_on_error)
     plans = launcher.plan(tiers)
     result = LaunchReport(environment=env.name, launch_id=launcher.launch_id, region=launcher.ec2.region,
-                          dry_run=dry_run, plans=plans)
+                          dry_run=dry_run, plans=plans, local=launcher.ec2.local is not None)
     if not dry_run:
         result.instances = launcher.launch(plans)
         launcher.register_targets(result.instances)

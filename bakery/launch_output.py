@@ -29,6 +29,11 @@ def summary(report: LaunchReport) -> str:
             lines.append(f"  {p.tier}: {len(p.existing)} already running, nothing to launch")
     for tier, version in report.launch_templates.items():
         lines.append(f"  {tier}: launch template {version}")
+    if report.local and report.instances:
+        first = report.instances[0]
+        lines.append("reach an instance (local cloud: each has its own network namespace, no routed address):")
+        lines.append(f"  ip netns exec bakery-{first.instance_id} curl -s http://127.0.0.1/health")
+        lines.append(f"  nsenter --net=/run/netns/bakery-{first.instance_id} ss -ltn")
     return "\n".join(lines)
 
 
