@@ -192,3 +192,74 @@ def test_the_shipped_web_recipe_bakes_on_the_local_cloud_through_the_cli(cloud, 
     assert again.returncode == 0 and "unchanged" in again.stdout
     assert "launch builder" not in again.stderr
     assert_no_sandboxes(cloud)
+
+
+def cli(args: list[str], cloud, settings, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "INVOKE_BAKERY_DATA_DIR": str(cloud.data_dir),
+           "INVOKE_BAKERY_STATE_DIR": str(settings.state)}
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_launch_prod_on_the_local_cloud_to_passing_health_checks(cloud, settings):
+    """The mission end to end: bake the three tiers, launch prod, user data applied by real cloud-init."""
+    for recipe in ("web", "app", "db"):
+        out = cli(["bake", "--recipe", recipe], cloud, settings)
+        assert out.returncode == 0, out.stderr[-3000:]
+    out = cli(["launch", "--env", "prod", "--json"], cloud, settings)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert [(i["tier"], i["health"]) for i in report["instances"]] == [
+        ("web", "healthy"), ("web", "healthy"), ("app", "healthy"), ("app", "healthy"), ("db", "healthy")]
+    assert all(i["ready_s"] > 0 for i in report["instances"])
+
+    web = Sandbox.attach(report["instances"][0]["instance_id"], cloud.instances_dir)
+    env_file = web.exec(["cat", "/etc/bakery/env"], timeout=10).stdout
+    assert "ENVIRONMENT=prod" in env_file and "TIER=web" in env_file
+    assert "server_name www.example.com;" in web.exec(["cat", "/etc/nginx/conf.d/bakery-web.conf"], timeout=10).stdout
+    assert "bakery: prod / web" in web.exec(["cat", "/etc/motd"], timeout=10).stdout
+    app = Sandbox.attach(report["instances"][2]["instance_id"], cloud.instances_dir)
+    assert app.exec(["cat", "/etc/app/app.env"], timeout=10).stdout.startswith("APP_ENV=prod")
+    sock = cloud.connect(app.name, 8080, 5)
+    sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    assert b"app env=prod" in sock.recv(4096)
+    sock.close()
+
+    again = cli(["launch", "--env", "prod", "--json"], cloud, settings)
+    assert again.returncode == 0 and json.loads(again.stdout)["instances"] == []  # idempotent
+
+    result = cloud.down()
+    assert result["instances_destroyed"] == 5
+    assert_no_sandboxes(cloud)
+    cloud.up()
+
+
+def test_shipped_user_data_passes_the_real_cloud_init_schema_check(cloud, tmp_path):
+    """`cloud-init schema -c` of Debian's cloud-init (the base image's own) on every rendered cloud-config."""
+    import email
+
+    from bakery.environment import list_environments, load_environment
+    from bakery.launch import render_tier
+
+    rootfs = Path(str(cloud.layers.meta(cloud.ensure_base())["path"]))
+    settings = Settings(cloud="local", project_dir=ROOT)
+    checked = 0
+    for name in list_environments(settings.envs):
+        env = load_environment(settings.envs, name)
+        for tier in env.tiers:
+            user_data = render_tier(settings, env, tier, "ami-00000000000000000", "us-east-1")
+            if user_data is None:
+                continue
+            msg = email.message_from_string(user_data.text)
+            parts = [p.get_payload() for p in msg.walk() if p.get_content_type() == "text/cloud-config"] \
+                if msg.is_multipart() else [user_data.text]
+            for i, text in enumerate(p for p in parts if p.startswith("#cloud-config")):
+                path = tmp_path / f"{name}-{tier}-{i}.yaml"
+                path.write_text(text)
+                out = subprocess.run(
+                    ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                     'mount --bind "$1" "$2/mnt" && chroot "$2" cloud-init schema -c "/mnt/$3"', "sh",
+                     str(tmp_path), str(rootfs), path.name], capture_output=True, text=True, timeout=60)
+                assert out.returncode == 0 and "Valid cloud-config" in out.stdout, (path.name, out.stdout, out.stderr)
+                checked += 1
+    assert checked >= 7
