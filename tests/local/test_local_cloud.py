@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from bakery.bake import bake
 from bakery.cloud.ec2 import EC2
-from bakery.errors import StepFailed
+from bakery.errors import StepFailed, WaitTimeout
 from bakery.local.cloud import LocalCloud
 from bakery.local.errors import LocalCloudError
 from bakery.local.sandbox import Sandbox
@@ -263,3 +264,36 @@ def test_shipped_user_data_passes_the_real_cloud_init_schema_check(cloud, tmp_pa
                 assert out.returncode == 0 and "Valid cloud-config" in out.stdout, (path.name, out.stdout, out.stderr)
                 checked += 1
     assert checked >= 7
+
+
+def test_a_sandbox_whose_sshd_never_starts_times_out_and_leaves_nothing(cloud, settings):
+    write_recipe(settings.recipes, "nossh", RECIPE.format(extra="  - name: break sshd\n    shell: rm -f /usr/sbin/sshd\n"))
+    broken = bake(settings, "nossh", {}, report=Reporter(quiet=True))
+    body = RECIPE.format(extra="").replace('filter: {name: "debian-12-amd64-*", owners: ["136693071363"]}',
+                                           f"ami: {broken.ami_id}").replace("timeout: 60", "timeout: 5")
+    write_recipe(settings.recipes, "onbroken", body)
+    with pytest.raises(WaitTimeout, match="waiting for SSH on builder i-"):
+        bake(settings, "onbroken", {}, report=Reporter(quiet=True))
+    assert_no_sandboxes(cloud)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_local_bake_leaves_no_sandbox(cloud, settings, sig):
+    write_recipe(settings.recipes, "slow", RECIPE.format(extra="  - name: long\n    shell: echo started; sleep 60\n"))
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "INVOKE_BAKERY_DATA_DIR": str(cloud.data_dir),
+           "INVOKE_BAKERY_STATE_DIR": str(settings.state), "INVOKE_BAKERY_RECIPES_DIR": str(settings.recipes)}
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--recipe", "slow"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 120
+    while "long | started" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "long | started" in seen, seen
+    assert len(cloud.sandboxes()) == 1
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert_no_sandboxes(cloud)
