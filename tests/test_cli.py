@@ -25,6 +25,7 @@ def invoke(args, env, **kw):
 def cli_env(moto, tmp_path):
     recipes = tmp_path / "recipes"
     env = {**os.environ, "INVOKE_BAKERY_ENDPOINT_URL": moto.url, "INVOKE_BAKERY_RECIPES_DIR": str(recipes),
+           "INVOKE_BAKERY_ENVS_DIR": str(tmp_path / "envs"),
            "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state"), "INVOKE_BAKERY_CLOUD": "aws"}
     env.pop("BAKERY_DEBUG", None)
     return env, recipes
@@ -85,11 +86,11 @@ def test_validate_reports_every_broken_recipe(cli_env):
     assert "2 problem(s) in 3 file(s)" in out.stderr
 
 
-def test_the_shipped_recipes_validate(moto):
+def test_the_shipped_recipes_and_environments_validate(moto):
     env = {**os.environ}
     out = invoke(["validate"], env)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "4 file(s) valid" in out.stdout
+    assert "7 file(s) valid" in out.stdout  # 4 recipes, 3 environments (each tier's user data rendered)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

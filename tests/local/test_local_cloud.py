@@ -86,7 +86,8 @@ def settings(cloud, tmp_path):
 
 
 def assert_no_sandboxes(cloud):
-    assert cloud.sandboxes() == []
+    left = [(box.name, box.is_running()) for box in cloud.sandboxes()]
+    assert left == [], f"sandboxes left behind: {left}"
     assert not {f"bakery-{d.name}" for d in (cloud.data_dir / "instances").glob("i-*")} & netns_names()
 
 
@@ -292,7 +293,7 @@ def test_a_signal_during_a_local_bake_leaves_no_sandbox(cloud, settings, sig):
             break
         seen += line
     assert "long | started" in seen, seen
-    assert len(cloud.sandboxes()) == 1
+    assert len(cloud.sandboxes()) == 1, [box.name for box in cloud.sandboxes()]
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err
