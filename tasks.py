@@ -73,9 +73,11 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
 def render(c, env, tier):
     """Print the exact user data `launch` would send for one tier (before gzip and base64)."""
     with command():
+        import sys
+
         from bakery.launch_output import rendered_user_data
 
-        emit(rendered_user_data(settings_from(c), env, tier))
+        sys.stdout.write(rendered_user_data(settings_from(c), env, tier))  # byte for byte, no added newline
 
 
 @task

@@ -226,3 +226,27 @@ def test_a_recipe_never_baked_is_a_clear_error(world):
     (world["envs"] / "x.yaml").write_text("tiers:\n  db:\n    image: {recipe: db}\n")
     with pytest.raises(ConfigError, match=r"no finished image of recipe 'db'.*invoke bake --recipe db"):
         launch(world["settings"], "x", report=Reporter(quiet=True))
+
+
+def test_render_prints_exactly_what_launch_sends(world, moto):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    settings = world["settings"]
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "aws", "INVOKE_BAKERY_ENDPOINT_URL": moto.url,
+           "INVOKE_BAKERY_RECIPES_DIR": str(settings.recipes), "INVOKE_BAKERY_ENVS_DIR": str(settings.envs),
+           "INVOKE_BAKERY_USERDATA_DIR": str(settings.userdata), "INVOKE_BAKERY_STATE_DIR": str(settings.state)}
+    rendered = subprocess.run([sys.executable, "-m", "invoke", "render", "--env", "prod", "--tier", "web"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    launch(settings, "prod", tier="web", report=Reporter(quiet=True))
+    sent = user_data_of(world["ec2"], instances(world["ec2"], "prod")[0]["InstanceId"])
+    assert rendered.stdout == sent
+
+    missing = subprocess.run([sys.executable, "-m", "invoke", "launch", "--env", "nope"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "no such environment 'nope' (known: prod, staging)" in missing.stderr
