@@ -12,18 +12,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bakery.configfile import load_yaml, validate
 from bakery.errors import ConfigError
-from bakery.recipe import AMI_RE, NAME_RE, RootVolume
+from bakery.models import AMI_RE, NAME_RE, SSM_PATH, Strict, UserTags, exactly_one
+from bakery.recipe import RootVolume
 
 VAR_NAME = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
 RESERVED_VARS = ("environment", "tier", "region", "image_id", "recipe", "instance_index")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ImageRef(Strict):
@@ -31,13 +28,11 @@ class ImageRef(Strict):
 
     recipe: Annotated[str, Field(pattern=NAME_RE)] | None = None
     ami: Annotated[str, Field(pattern=AMI_RE)] | None = None
-    ssm_parameter: Annotated[str, Field(pattern=r"^/[\w./-]+$")] | None = None
+    ssm_parameter: SSM_PATH | None = None
 
     @model_validator(mode="after")
     def _one(self) -> "ImageRef":
-        given = [k for k in ("recipe", "ami", "ssm_parameter") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of recipe, ami, ssm_parameter (got {', '.join(given) or 'none'})")
+        exactly_one(self, "recipe", "ami", "ssm_parameter")
         return self
 
 
@@ -79,21 +74,13 @@ class Tier(Strict):
     public_ip: bool | None = None  # None: follow the subnet's MapPublicIpOnLaunch
     key_name: str | None = None
     root_volume: RootVolume | None = None
-    tags: dict[str, str] = {}
+    tags: UserTags = {}
     user_data: UserDataSpec = UserDataSpec()
     secrets: dict[Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")],
                   Annotated[str, Field(pattern=r"^(ssm:/[\w./-]+|secretsmanager:[\w/+=.@-]+)$")]] = {}
     health_check: HealthCheck | None = None
     target_group_arn: Annotated[str, Field(pattern=r"^arn:aws[\w-]*:elasticloadbalancing:")] | None = None
     launch_template: LaunchTemplateSpec | None = None
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if k.startswith(("aws:", "bakery:")):
-                raise ValueError(f"tag key {k!r} uses a reserved prefix (aws:, bakery:)")
-        return v
 
     @model_validator(mode="after")
     def _strategy(self) -> "Tier":
@@ -109,7 +96,7 @@ class Environment(Strict):
     path: Path
     description: str = ""
     variables: dict[VAR_NAME, object] = {}
-    tags: dict[str, str] = {}
+    tags: UserTags = {}
     tiers: dict[Annotated[str, Field(pattern=NAME_RE)], Tier] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -15,17 +15,11 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from bakery.configfile import LineMap, load_yaml, validate
 from bakery.errors import ConfigError
-
-NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-AMI_RE = r"^ami-[0-9a-f]{8,17}$"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from bakery.models import AMI_RE, NAME_RE, SSM_PATH, Strict, UserTags, exactly_one
 
 
 class SourceFilter(Strict):
@@ -41,13 +35,11 @@ class Source(Strict):
 
     ami: Annotated[str, Field(pattern=AMI_RE)] | None = None
     filter: SourceFilter | None = None
-    ssm_parameter: Annotated[str, Field(pattern=r"^/[\w./-]+$")] | None = None
+    ssm_parameter: SSM_PATH | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Source":
-        given = [k for k in ("ami", "filter", "ssm_parameter") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of ami, filter, ssm_parameter (got {', '.join(given) or 'none'})")
+        exactly_one(self, "ami", "filter", "ssm_parameter")
         return self
 
 
@@ -163,16 +155,8 @@ class Variable(Strict):
 class Image(Strict):
     name: str = Field("{{ recipe }}-{{ timestamp }}", min_length=1)
     description: str = ""
-    tags: dict[str, str] = {}
-    ssm_parameter: Annotated[str, Field(pattern=r"^/[\w./-]+$")] | None = None
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if k.startswith(("aws:", "bakery:")):
-                raise ValueError(f"tag key {k!r} uses a reserved prefix (aws:, bakery:)")
-        return v
+    tags: UserTags = {}
+    ssm_parameter: SSM_PATH | None = None
 
 
 class RecipeDoc(Strict):

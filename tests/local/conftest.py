@@ -8,43 +8,27 @@ going on) and are always destroyed, also when a test fails.
 from __future__ import annotations
 
 import base64
-import io
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bakery.local.base import default_data_dir, ensure_base_image, load_base_metadata
 from bakery.local.layers import LayerStore
 from bakery.local.prereqs import check_prerequisites
 from bakery.local.sandbox import Sandbox
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    private_pem: str
-    public_openssh: str
-
-    def paramiko_key(self) -> paramiko.Ed25519Key:
-        return paramiko.Ed25519Key.from_private_key(io.StringIO(self.private_pem))
-
-    def paramiko_public(self) -> paramiko.Ed25519Key:
-        return paramiko.Ed25519Key(data=base64.b64decode(self.public_openssh.split()[1]))
+from bakery.remote.keys import KeyPair, generate
 
 
 def new_keypair() -> KeyPair:
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return KeyPair(private, public.decode())
+    return generate("bakery-test")
+
+
+def public_key(pair: KeyPair) -> paramiko.Ed25519Key:
+    return paramiko.Ed25519Key(data=base64.b64decode(pair.public_openssh.split()[1]))
 
 
 def wait_for_ssh(box: Sandbox, user: KeyPair, host: KeyPair, timeout: float = 60.0) -> paramiko.SSHClient:
@@ -60,7 +44,7 @@ def wait_for_ssh(box: Sandbox, user: KeyPair, host: KeyPair, timeout: float = 60
             time.sleep(0.02)
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.get_host_keys().add(box.name, "ssh-ed25519", host.paramiko_public())
+    client.get_host_keys().add(box.name, "ssh-ed25519", public_key(host))
     client.connect(
         box.name, username="root", pkey=user.paramiko_key(), sock=sock,
         look_for_keys=False, allow_agent=False, timeout=10,

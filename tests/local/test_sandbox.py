@@ -19,6 +19,7 @@ from bakery.local.errors import LocalCloudError
 from bakery.local.layers import LayerStore
 from bakery.local.prereqs import check_prerequisites, require
 from bakery.local.sandbox import Sandbox
+from tests.local.conftest import public_key
 
 pytestmark = pytest.mark.local
 
@@ -71,7 +72,7 @@ def test_boot_runs_cloud_init_and_ssh_uses_pinned_host_key(
     user, host = local_keys
     user_data = cloud_config({
         "write_files": [{"path": "/etc/myapp/hello.txt", "content": "hello from cloud-init\n"}],
-        "ssh_keys": {"ed25519_private": host.private_pem, "ed25519_public": host.public_openssh},
+        "ssh_keys": {"ed25519_private": host.private_openssh, "ed25519_public": host.public_openssh},
     })  # fmt: skip
     started = time.monotonic()
     box = local_sandboxes([local_base], user_data=user_data, meta_data={"public-keys": [user.public_openssh]})
@@ -79,7 +80,7 @@ def test_boot_runs_cloud_init_and_ssh_uses_pinned_host_key(
     assert box.is_running() and os.getsid(box.pid) != os.getsid(0)  # detached from our session
 
     client = local_ssh(box, user, host)
-    assert client.get_transport().get_remote_server_key() == host.paramiko_public()
+    assert client.get_transport().get_remote_server_key() == public_key(host)
 
     def run(cmd: str) -> str:
         _, out, err = client.exec_command(cmd)
