@@ -67,11 +67,16 @@ class LocalCloud:
 
     def down(self) -> dict[str, int]:
         """Destroy every instance and stop the endpoint; images stay in the layer store."""
-        destroyed = 0
+        destroyed, failures = 0, []
         for box in self.sandboxes():
-            box.destroy()
-            destroyed += 1
+            try:
+                box.destroy()
+                destroyed += 1
+            except LocalCloudError as exc:  # keep going: one stuck sandbox must not strand the rest
+                failures.append(exc.message)
         stopped = self.endpoint.down()
+        if failures:
+            raise LocalCloudError(f"local.down: {len(failures)} instance(s) could not be removed: {failures[0]}")
         return {"instances_destroyed": destroyed, "endpoint_stopped": int(stopped)}
 
     def sandboxes(self) -> list[Sandbox]:

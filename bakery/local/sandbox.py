@@ -521,7 +521,11 @@ class Sandbox:
         self._own = [pid for pid in self._own if pid in _CHILDREN]
         self.pid, self._starttime = 0, 0
         if self.netns_path.exists():
-            _run(["ip", "netns", "del", self.netns], f"sandbox {self.name}: deleting its network namespace")
+            try:
+                _run(["ip", "netns", "del", self.netns], f"sandbox {self.name}: deleting its network namespace")
+            except LocalCloudError:
+                if self.netns_path.exists():  # else another process stopping it at the same time won
+                    raise
         for mountpoint in self._host_mounts():  # normally none: sandbox mounts live in its own ns
             _run(["umount", "-l", mountpoint], f"sandbox {self.name}: unmounting {mountpoint}")
 
