@@ -117,7 +117,7 @@ def main() -> None:
     print(f"  {'packer build (wall)':28}{pm:>9.3f}s   " + " ".join(f"{x:.3f}" for x in packer))
     print(f"  {'invoke bake (wall)':28}{bm:>9.3f}s   " + " ".join(f"{x:.3f}" for x in bakery))
     print(f"  ratio bakery/packer: {bm / pm:.2f}  (target for issue 8: <= 0.33)")
-    print(f"  bakery last run: shell step median {result['bakery_last_run_shell_step_median_s']}s, "
+    print(f"  bakery last run: shell step median {result['bakery_last_run_shell_step_median_s']:.3f}s, "
           f"upload {result['bakery_last_run_upload_s']}s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
