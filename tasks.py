@@ -140,12 +140,64 @@ def local_status(c, json=False):
         emit(__import__("json").dumps(info, indent=2) if json else render_status(info))
 
 
+@task(help={"env": "environment name", "dry-run": "only print the plan", "json": "print JSON on stdout"})
+def network_up(c, env, dry_run=False, json=False):
+    """Create the environment's VPC, subnets, groups, ACLs, Elastic IPs and persistent ENIs that are missing."""
+    with command():
+        from bakery.network import Network
+        from bakery.network import open_env
+
+        ec2, environment = open_env(settings_from(c), env)
+        actions = Network(ec2, environment).up(dry_run=dry_run)
+        if json:
+            emit(__import__("json").dumps([a.__dict__ for a in actions], indent=2))
+        else:
+            emit("\n".join(a.line() for a in actions) + ("\n(dry run: nothing created)" if dry_run else ""))
+
+
+@task(help={"env": "environment name", "json": "print JSON on stdout"})
+def network_status(c, env, json=False):
+    """Show each ENI (IPs, MAC, groups, attachment) and Elastic IP; warn about idle Elastic IPs."""
+    with command():
+        from bakery.network import render_status, status
+        from bakery.network import open_env
+
+        info = status(*open_env(settings_from(c), env))
+        emit(__import__("json").dumps(info, indent=2) if json else render_status(info))
+
+
+@task(help={"env": "environment name", "tier": "tier whose persistent ENIs move",
+            "to": "instance id to move them to (default: the tier's running standby)", "json": "print JSON"})
+def failover(c, env, tier, to=None, json=False):
+    """Move a tier's persistent ENIs and Elastic IPs to a hot standby; report the time taken."""
+    with command():
+        from dataclasses import asdict
+
+        from bakery.network import failover as run_failover
+        from bakery.network import open_env
+        from bakery.progress import Reporter
+
+        ec2, environment = open_env(settings_from(c), env)
+        result = run_failover(ec2, environment, tier, to, Reporter(prefix=f"[{env}] "))
+        if json:
+            emit(__import__("json").dumps(asdict(result), indent=2))
+        else:
+            emit(f"{env}/{tier}: interfaces moved {result.from_instance} -> {result.to_instance} "
+                 f"in {result.seconds:.2f}s")
+            for i in result.interfaces:
+                emit(f"  {i['eni']} dev {i['device_index']} {','.join(i['ips'])} {i['mac']}")
+
+
+network = Collection("network")
+network.add_task(network_up, "up")
+network.add_task(network_status, "status")
+
 local = Collection("local")
 local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
-ns = Collection(bake, launch, render, images, validate, clean, local)
+ns = Collection(bake, launch, render, failover, images, validate, clean, network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,

@@ -8,11 +8,12 @@ Environment-wide variables are shared by all tiers; a tier's own override them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from bakery.configfile import load_yaml, validate
 from bakery.errors import ConfigError
@@ -58,6 +59,174 @@ class UserDataSpec(Strict):
         return v
 
 
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"invalid CIDR {value!r}: {exc}") from None
+    return value
+
+
+def _ip(value: str) -> str:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"invalid IPv4 address {value!r}") from None
+    return value
+
+
+CIDR = Annotated[str, AfterValidator(_cidr)]
+IP = Annotated[str, AfterValidator(_ip)]
+NET_NAME = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+class VpcSpec(Strict):
+    """The environment's VPC: created by `network.up` (cidr) or an existing one (id)."""
+
+    cidr: CIDR | None = None
+    id: Annotated[str, Field(pattern=r"^vpc-[0-9a-f]+$")] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "VpcSpec":
+        exactly_one(self, "cidr", "id")
+        return self
+
+
+class SubnetSpec(Strict):
+    cidr: CIDR | None = None
+    id: Annotated[str, Field(pattern=r"^subnet-[0-9a-f]+$")] | None = None
+    az: str | None = Field(None, pattern=r"^[a-z]{2}-[a-z]+-\d[a-z]$")
+    public: bool = False  # MapPublicIpOnLaunch: instances get a public IP unless an interface says otherwise
+
+    @model_validator(mode="after")
+    def _one(self) -> "SubnetSpec":
+        exactly_one(self, "cidr", "id")
+        return self
+
+
+class Rule(Strict):
+    """A security group rule: protocol and ports from a CIDR or from another group of the environment."""
+
+    protocol: Literal["tcp", "udp", "icmp", "all"] = "tcp"
+    ports: Annotated[str, Field(pattern=r"^\d{1,5}(-\d{1,5})?$")] | int | None = None
+    cidr: CIDR | None = None
+    group: NET_NAME | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _source(self) -> "Rule":
+        exactly_one(self, "cidr", "group")
+        if self.protocol in ("tcp", "udp") and self.ports is None:
+            raise ValueError(f"protocol {self.protocol} needs ports (e.g. 443 or 8000-8100)")
+        return self
+
+    def port_range(self) -> tuple[int, int]:
+        if self.ports is None:
+            return (-1, -1)
+        low, _, high = str(self.ports).partition("-")
+        return int(low), int(high or low)
+
+
+class GroupSpec(Strict):
+    description: str = "managed by bakery"
+    ingress: list[Rule] = []
+    egress: list[Rule] | None = None  # None: EC2's default, all outbound allowed
+
+
+class AclEntry(Strict):
+    rule: int = Field(ge=1, le=32766)
+    action: Literal["allow", "deny"]
+    protocol: Literal["tcp", "udp", "icmp", "all"] = "all"
+    ports: Annotated[str, Field(pattern=r"^\d{1,5}(-\d{1,5})?$")] | int | None = None
+    cidr: CIDR
+
+    def port_range(self) -> tuple[int, int]:
+        if self.ports is None:
+            return (0, 65535)
+        low, _, high = str(self.ports).partition("-")
+        return int(low), int(high or low)
+
+
+class AclSpec(Strict):
+    """A network ACL: stateless, numbered rules evaluated lowest first, both directions declared."""
+
+    subnets: list[NET_NAME] = Field(min_length=1)
+    ingress: list[AclEntry] = []
+    egress: list[AclEntry] = []
+
+    @model_validator(mode="after")
+    def _numbers(self) -> "AclSpec":
+        for direction in ("ingress", "egress"):
+            numbers = [e.rule for e in getattr(self, direction)]
+            if len(numbers) != len(set(numbers)):
+                raise ValueError(f"{direction}: duplicate rule numbers {sorted(numbers)}")
+        return self
+
+
+class ElasticIP(Strict):
+    description: str = ""
+
+
+class NetworkSpec(Strict):
+    vpc: VpcSpec
+    subnets: dict[NET_NAME, SubnetSpec] = Field(min_length=1)
+    security_groups: dict[NET_NAME, GroupSpec] = {}
+    network_acls: dict[NET_NAME, AclSpec] = {}
+    elastic_ips: dict[NET_NAME, ElasticIP] = {}
+
+    @model_validator(mode="after")
+    def _refs(self) -> "NetworkSpec":
+        for name, group in self.security_groups.items():
+            for rule in group.ingress + (group.egress or []):
+                if rule.group and rule.group not in self.security_groups:
+                    raise ValueError(f"security_groups.{name}: rule refers to unknown group {rule.group!r}")
+        for name, acl in self.network_acls.items():
+            for subnet in acl.subnets:
+                if subnet not in self.subnets:
+                    raise ValueError(f"network_acls.{name}.subnets: unknown subnet {subnet!r}")
+        if self.vpc.cidr:
+            vpc = ipaddress.IPv4Network(self.vpc.cidr)
+            for name, subnet in self.subnets.items():
+                if subnet.cidr and not ipaddress.IPv4Network(subnet.cidr).subnet_of(vpc):
+                    raise ValueError(f"subnets.{name}: {subnet.cidr} is not inside the VPC's {self.vpc.cidr}")
+        return self
+
+
+class EipBinding(Strict):
+    name: NET_NAME                   # an entry of network.elastic_ips
+    private_ip: IP | None = None     # default: the interface's primary private IP
+
+
+class Interface(Strict):
+    """One ENI of a tier's instance (the seed's unit of networking)."""
+
+    device_index: int = Field(ge=0, le=31)
+    subnet: str
+    security_groups: list[str] = []
+    private_ip: IP | None = None
+    secondary_ips: list[IP] = []
+    secondary_ip_count: int = Field(0, ge=0, le=49)
+    source_dest_check: bool = True
+    persistent: bool = False  # created once by network.up, survives instances, moves on failover
+    public_ip: bool | None = None
+    elastic_ip: EipBinding | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _checks(self) -> "Interface":
+        if self.secondary_ips and self.secondary_ip_count:
+            raise ValueError("give secondary_ips or secondary_ip_count, not both")
+        if self.persistent and self.device_index == 0:
+            raise ValueError("a persistent interface cannot be device_index 0: EC2 never detaches an "
+                             "instance's primary interface, so it could not fail over (use 1 or more)")
+        if self.persistent and self.private_ip is None:
+            raise ValueError("a persistent interface needs a static private_ip (clients keep using it)")
+        return self
+
+    def ips(self) -> list[str]:
+        return ([self.private_ip] if self.private_ip else []) + list(self.secondary_ips)
+
+
 class LaunchTemplateSpec(Strict):
     name: str = Field(pattern=r"^[a-zA-Z0-9()./_-]{3,128}$")
     set_default: bool = True
@@ -79,8 +248,32 @@ class Tier(Strict):
     secrets: dict[Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")],
                   Annotated[str, Field(pattern=r"^(ssm:/[\w./-]+|secretsmanager:[\w/+=.@-]+)$")]] = {}
     health_check: HealthCheck | None = None
+    interfaces: list[Interface] = []
+    standby: int = Field(0, ge=0, le=10, description="hot standby instances for ENI failover")
     target_group_arn: Annotated[str, Field(pattern=r"^arn:aws[\w-]*:elasticloadbalancing:")] | None = None
     launch_template: LaunchTemplateSpec | None = None
+
+    @model_validator(mode="after")
+    def _interfaces(self) -> "Tier":
+        if not self.interfaces:
+            if self.standby:
+                raise ValueError("standby instances take over persistent interfaces: declare interfaces")
+            return self
+        if self.subnets or self.security_groups or self.public_ip is not None:
+            raise ValueError("with interfaces, give subnet, security_groups and public_ip per interface")
+        indexes = [i.device_index for i in self.interfaces]
+        if len(indexes) != len(set(indexes)):
+            raise ValueError(f"interfaces: duplicate device_index {sorted(indexes)}")
+        if 0 not in indexes:
+            raise ValueError("interfaces: one interface must be device_index 0 (the primary)")
+        static = [i for i in self.interfaces if not i.persistent and (i.private_ip or i.secondary_ips)]
+        if static and self.count + self.standby > 1:
+            raise ValueError("interfaces: a static private_ip on a non-persistent interface works for one "
+                             "instance only (count + standby = 1)")
+        if any(i.persistent for i in self.interfaces) and self.count != 1:
+            raise ValueError("a tier with persistent interfaces runs one active instance (count: 1) "
+                             "plus standby instances")
+        return self
 
     @model_validator(mode="after")
     def _strategy(self) -> "Tier":
@@ -97,6 +290,7 @@ class Environment(Strict):
     description: str = ""
     variables: dict[VAR_NAME, object] = {}
     tags: UserTags = {}
+    network: NetworkSpec | None = None
     tiers: dict[Annotated[str, Field(pattern=NAME_RE)], Tier] = Field(min_length=1)
 
     @model_validator(mode="after")

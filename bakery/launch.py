@@ -37,7 +37,7 @@ class TierPlan:
     instance_type: str
     count: int
     existing: list[str]
-    missing_slots: list[int]
+    missing_slots: list[str]
     subnets: list[str]
     vpc_id: str
     security_groups: list[str]
@@ -47,12 +47,13 @@ class TierPlan:
     user_data_sha256: str
     root_device_name: str = "/dev/xvda"
     user_data: bytes = field(default=b"", repr=False)
+    interfaces: list = field(default_factory=list, repr=False)  # network.ResolvedInterface, when declared
 
 
 @dataclass
 class InstanceReport:
     tier: str
-    slot: int
+    slot: str
     instance_id: str
     private_ip: str | None
     public_ip: str | None
@@ -75,9 +76,7 @@ class LaunchReport:
     local: bool = False
 
     def to_json(self) -> str:
-        data = asdict(self)
-        for plan in data["plans"]:
-            plan.pop("user_data", None)
+        data = asdict(self, dict_factory=lambda items: {k: v for k, v in items if k not in ("user_data", "interfaces")})
         return json.dumps(data, indent=2, sort_keys=True)
 
 
@@ -93,8 +92,8 @@ def render_tier(settings: Settings, env: Environment, tier: str, image_id: str, 
     from bakery.userdata import PartSpec, Secret, lint_value, render_user_data
 
     spec = env.tiers[tier]
-    if spec.strategy == "baked":
-        return None
+    if spec.strategy == "baked" or (spec.strategy == "combined" and not spec.user_data.parts and not spec.secrets):
+        return None  # nothing per-environment to send
     where = f"{env.path}: tiers.{tier}"
     for key, value in env.variables_for(tier).items():
         lint_value(value, f"{where}: variable {key}")
@@ -141,24 +140,38 @@ class Launcher:
         where = f"{self.env.path}: tiers.{name}"
         image = self.image(name, spec, where)
         user_data = render_tier(self.settings, self.env, name, image["ImageId"], self.ec2.region)
-        subnets = self._subnets(spec, where)
+        resolved = []
+        if spec.interfaces:
+            from bakery.network import Network
+
+            resolved = Network(self.ec2, self.env).resolve_interfaces(name, spec)
+            primary = resolved[0]
+            if primary.subnet.id is None:
+                raise ConfigError(f"{where}.interfaces: subnet {primary.spec.subnet!r} does not exist yet: "
+                                  f"run invoke network.up --env {self.env.name}")
+            subnets = [{"SubnetId": primary.subnet.id, "VpcId": primary.subnet.vpc}]
+            groups = primary.groups
+        else:
+            subnets = self._subnets(spec, where)
         vpc = subnets[0]["VpcId"]
         if any(s["VpcId"] != vpc for s in subnets):
             raise ConfigError(f"{where}.subnets: subnets are in different VPCs ({', '.join(sorted({s['VpcId'] for s in subnets}))})")
-        groups = self._groups(spec, vpc, where)
+        if not spec.interfaces:
+            groups = self._groups(spec, vpc, where)
         existing = self._existing(name)
-        taken = {int(t) for i in existing for t in [_tag(i, "bakery:slot")] if t and t.isdigit()}
+        taken = {_tag(i, "bakery:slot") for i in existing}
+        slots = [str(i) for i in range(spec.count)] + [f"standby-{i}" for i in range(spec.standby)]
         return TierPlan(
             tier=name, strategy=spec.strategy, image_id=image["ImageId"], image_name=image.get("Name", ""),
             recipe=spec.image.recipe, instance_type=spec.instance_type, count=spec.count,
-            existing=[i["InstanceId"] for i in existing], missing_slots=[i for i in range(spec.count) if i not in taken],
+            existing=[i["InstanceId"] for i in existing], missing_slots=[s for s in slots if s not in taken],
             subnets=[s["SubnetId"] for s in subnets], vpc_id=vpc, security_groups=groups,
             user_data_size=user_data.size if user_data else 0,
             user_data_raw_size=len(user_data.text.encode()) if user_data else 0,
             user_data_gzipped=bool(user_data and user_data.gzipped),
             user_data_sha256=user_data.sha256 if user_data else "",
             root_device_name=image.get("RootDeviceName") or "/dev/xvda",
-            user_data=user_data.payload if user_data else b"")
+            user_data=user_data.payload if user_data else b"", interfaces=resolved)
 
     def image(self, name: str, spec: Tier, where: str) -> dict:
         """The image a tier launches from (read-only calls)."""
@@ -251,36 +264,49 @@ class Launcher:
                         rep = InstanceReport(plan.tier, slot, inst["InstanceId"], inst.get("PrivateIpAddress"),
                                              inst.get("PublicIpAddress"), plan.image_id)
                         launched.append((rep, t0))
-                        s.detail = f"{rep.instance_id} ({plan.instance_type}, {plan.subnets[slot % len(plan.subnets)]})"
+                        s.detail = f"{rep.instance_id} ({plan.instance_type}, {inst.get('SubnetId')})"
             for rep, t0 in launched:
                 with self.report.stage(f"wait for {rep.instance_id} to run"):
                     inst = self.ec2.wait_instance_state(rep.instance_id, "running", timeout=600)
                     rep.running_s = round(time.monotonic() - t0, 3)
-                    rep.private_ip, rep.public_ip = inst.get("PrivateIpAddress"), inst.get("PublicIpAddress")
+                plan = next(p for p in plans if p.tier == rep.tier)
+                if plan.interfaces:
+                    from bakery.network import Network
+
+                    with self.report.stage(f"network interfaces of {rep.instance_id}"):
+                        Network(self.ec2, self.env).configure_attached(rep.instance_id, plan.interfaces,
+                                                                       active=rep.slot.isdigit())
+                        inst = self.ec2.describe_instance(rep.instance_id)
+                rep.private_ip, rep.public_ip = inst.get("PrivateIpAddress"), inst.get("PublicIpAddress")
             self._health(launched)
             stack.pop_all()  # success: keep everything
         self.report.info(f"launched {len(launched)} instance(s) in {time.monotonic() - started:.1f}s")
         return [r for r, _ in launched]
 
-    def _run(self, plan: TierPlan, spec: Tier, slot: int) -> dict:
+    def _run(self, plan: TierPlan, spec: Tier, slot: str) -> dict:
         from bakery.cloud.ec2 import tag_list
         from bakery.recipe import RootVolume
 
         tags = {**self.env.tags, **spec.tags, "Name": f"{self.env.name}-{plan.tier}-{slot}",
                 "bakery:environment": self.env.name, "bakery:tier": plan.tier, "bakery:slot": str(slot),
-                "bakery:launch-id": self.launch_id, "bakery:strategy": plan.strategy}
+                "bakery:launch-id": self.launch_id, "bakery:strategy": plan.strategy,
+                "bakery:role": "standby" if slot.startswith("standby") else "active"}
         volume = spec.root_volume or RootVolume()
         ebs = {"VolumeSize": volume.size_gb, "VolumeType": volume.type, "Encrypted": volume.encrypted,
                "DeleteOnTermination": True, **({"KmsKeyId": volume.kms_key_id} if volume.kms_key_id else {})}
-        nic = {"DeviceIndex": 0, "SubnetId": plan.subnets[slot % len(plan.subnets)], "Groups": plan.security_groups,
-               "DeleteOnTermination": True}
-        if spec.public_ip is not None:
-            nic["AssociatePublicIpAddress"] = spec.public_ip
+        if plan.interfaces:
+            nics = [_nic(r) for r in plan.interfaces if not r.spec.persistent]
+        else:
+            index = int(slot) if slot.isdigit() else spec.count + int(slot.rpartition("-")[2])
+            nics = [{"DeviceIndex": 0, "SubnetId": plan.subnets[index % len(plan.subnets)],
+                     "Groups": plan.security_groups, "DeleteOnTermination": True}]
+            if spec.public_ip is not None:
+                nics[0]["AssociatePublicIpAddress"] = spec.public_ip
         params = {
             "ImageId": plan.image_id, "InstanceType": plan.instance_type, "MinCount": 1, "MaxCount": 1,
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
             "BlockDeviceMappings": [{"DeviceName": volume.device_name or plan.root_device_name, "Ebs": ebs}],
-            "NetworkInterfaces": [nic],
+            "NetworkInterfaces": nics,
             "TagSpecifications": [{"ResourceType": k, "Tags": tag_list(tags)}
                                   for k in ("instance", "volume", "network-interface")],
             # a retried call of this run never launches twice; another run is guarded by the slot tags
@@ -397,6 +423,17 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
         result.launch_templates = launcher.write_launch_templates(plans)
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _nic(r) -> dict:
+    """A launch-time (non-persistent) ENI of a tier that declares interfaces."""
+    nic = {"DeviceIndex": r.spec.device_index, "SubnetId": r.subnet.id, "Groups": r.groups,
+           "DeleteOnTermination": True, "Description": r.spec.description or "bakery"}
+    if r.spec.private_ip:
+        nic["PrivateIpAddress"] = r.spec.private_ip
+    if r.spec.public_ip is not None:
+        nic["AssociatePublicIpAddress"] = r.spec.public_ip
+    return nic
 
 
 def _tag(resource: dict, key: str) -> str | None:

@@ -1,0 +1,339 @@
+"""EC2 networking for the local cloud: VPCs, subnets and ENIs as real Linux interfaces.
+
+Each VPC is a network namespace ``bakery-vpc-<id>`` holding one bridge per subnet. A bridge carries
+the subnet's first host address (x.x.x.1, the VPC router as on AWS) and the namespace forwards
+between its bridges. An ENI is a veth pair created in the VPC namespace: one end is a bridge port,
+the other is created directly inside the instance's namespace as ``eth<device index>`` with the
+ENI's MAC and private IPs. MAC and IPs move with the ENI, so on failover a client on the subnet
+keeps its neighbour entry; only the bridge relearns the port. The host's own namespace is never
+touched. What exists is recorded in ``state_dir/vpcnet/state.json`` (under an flock) so a later
+process can detach or move what an earlier one attached; the kernel stays the truth for whether an
+interface still exists (deleting an instance's netns takes its veth with it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bakery.local.errors import LocalCloudError
+
+NETNS_DIR = Path("/run/netns")
+#: routes to sibling subnets via the router lose to a directly connected subnet (metric 0)
+ROUTE_METRIC = 100
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+_GONE = ("Cannot find device", "Cannot open network namespace", "No such file or directory")
+
+
+def _short(prefix: str, ident: str) -> str:
+    """Stable interface name below IFNAMSIZ (16): EC2 ids are too long to use as they are."""
+    return prefix + hashlib.sha1(ident.encode()).hexdigest()[: 15 - len(prefix)]
+
+
+def _mac(ident: str) -> str:
+    """Fixed, locally administered bridge MAC: otherwise the bridge takes its ports' lowest MAC
+    and the router's address would change under the clients whenever an ENI moves."""
+    h = hashlib.sha1(ident.encode()).hexdigest()
+    return "02:" + ":".join(h[i : i + 2] for i in range(0, 10, 2))
+
+
+def _ip_argv(ns: str) -> list[str]:
+    """``ip`` inside a netns given by name (under /run/netns) or by path (e.g. /proc/<pid>/ns/net)."""
+    return ["nsenter", f"--net={ns}", "ip"] if "/" in ns else ["ip", "-n", ns]
+
+
+def _run(argv: list[str], what: str, *, input: str | None = None, ok: tuple[str, ...] = ()) -> str:
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+                          stdin=None if input is not None else subprocess.DEVNULL)
+    if proc.returncode == 0:
+        return proc.stdout
+    err = proc.stderr.strip()
+    if ok and any(s in err for s in ok):
+        return ""
+    failed = " ".join(argv)
+    m = re.search(r"Command failed -:(\d+)", err)
+    if m and input is not None:  # `ip -batch -` names the failing line
+        failed = " ".join(argv[:-2]) + " " + input.splitlines()[int(m.group(1)) - 1]
+    raise LocalCloudError(f"{what} failed: {(err.splitlines() or ['?'])[0]} (command: {failed})")
+
+
+def _batch(ns: str, lines: list[str], what: str) -> None:
+    """Several ``ip`` commands in one process: an ENI move is a handful of them, each a fork."""
+    if lines:
+        _run([*_ip_argv(ns), "-batch", "-"], what, input="\n".join(lines) + "\n")
+
+
+def _ns_path(ns: str) -> str:
+    return ns if "/" in ns else str(NETNS_DIR / ns)
+
+
+def _sysctl(ns: str, settings: dict[str, object], what: str) -> None:
+    # nsenter, as /proc/sys/net shows the netns of the process that writes it
+    _run(["nsenter", f"--net={_ns_path(ns)}", "sysctl", "-qw", *[f"{k}={v}" for k, v in settings.items()]], what)
+
+
+def _links(ns: str) -> set[str]:
+    out = _run([*_ip_argv(ns), "-j", "link", "show"], f"listing interfaces in {ns}", ok=_GONE)
+    return {link["ifname"] for link in json.loads(out or "[]")}
+
+
+def _ns_exists(ns: str) -> bool:
+    return Path(_ns_path(ns)).exists()
+
+
+class VpcFabric:
+    """One network namespace per VPC (``bakery-vpc-<id>``) holding a Linux bridge per subnet and
+    acting as the VPC router. Instance namespaces are passed by name (``bakery-<instance>``, as
+    ``Sandbox.netns``) or by path (``Sandbox.netns_path``, ``/proc/<pid>/ns/net``)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir) / "vpcnet"
+
+    @contextlib.contextmanager
+    def _state(self) -> Iterator[dict[str, Any]]:
+        """The state file under an exclusive lock; saved even on error, since the kernel objects
+        made before the error exist and must stay findable by ``teardown``."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            path = self.dir / "state.json"
+            try:
+                before = path.read_text()
+            except FileNotFoundError:
+                before = json.dumps({"vpcs": {}, "subnets": {}, "attachments": {}, "clients": {}})
+            state = json.loads(before)
+            try:
+                yield state
+            finally:
+                after = json.dumps(state, indent=1) + "\n"
+                if after != before:
+                    tmp = path.with_suffix(".tmp")
+                    tmp.write_text(after)
+                    os.replace(tmp, path)
+
+    @staticmethod
+    def _vpc_netns(vpc_id: str) -> str:
+        short = vpc_id.removeprefix("vpc-")
+        if not _NAME_RE.match(short):
+            raise LocalCloudError(f"invalid VPC id {vpc_id!r}: expected vpc-<lowercase letters/digits>")
+        return f"bakery-vpc-{short}"
+
+    @staticmethod
+    def _subnet(st: dict[str, Any], subnet_id: str) -> tuple[dict[str, Any], str, ipaddress.IPv4Network]:
+        """(record, VPC netns, network) of a known subnet."""
+        sub = st["subnets"].get(subnet_id)
+        if sub is None:
+            raise LocalCloudError(f"unknown subnet {subnet_id}: create it with ensure_subnet(vpc, subnet, cidr) first")
+        return sub, st["vpcs"][sub["vpc"]]["netns"], ipaddress.IPv4Network(sub["cidr"])
+
+    @staticmethod
+    def _check_ips(ips: list[str], net: ipaddress.IPv4Network, who: str) -> None:
+        for ip in ips:
+            try:
+                addr = ipaddress.IPv4Address(ip)
+            except ValueError:
+                raise LocalCloudError(f"{who}: {ip!r} is not an IPv4 address") from None
+            if addr not in net or int(addr) - int(net.network_address) < 4 or addr == net.broadcast_address:
+                raise LocalCloudError(f"{who}: {ip} is not in {net} or is one of the 5 addresses EC2 reserves")
+
+    def ensure_subnet(self, vpc_id: str, subnet_id: str, cidr: str) -> None:
+        """Create (idempotently) the VPC netns and the subnet's bridge with the router address;
+        instances already in the VPC get a route to the new subnet."""
+        vns = self._vpc_netns(vpc_id)
+        try:
+            net = ipaddress.IPv4Network(cidr)
+        except ValueError as exc:
+            raise LocalCloudError(f"subnet {subnet_id}: bad CIDR {cidr!r}: {exc}") from None
+        if net.prefixlen > 28:
+            raise LocalCloudError(f"subnet {subnet_id}: {cidr} is smaller than a /28, which EC2 does not allow")
+        with self._state() as st:
+            sub = st["subnets"].get(subnet_id)
+            if sub and (sub["vpc"], sub["cidr"]) != (vpc_id, str(net)):
+                raise LocalCloudError(f"subnet {subnet_id} is already {sub['cidr']} in {sub['vpc']}; "
+                                      f"cannot make it {net} in {vpc_id}")
+            for oid, other in st["subnets"].items():
+                if oid != subnet_id and other["vpc"] == vpc_id and net.overlaps(ipaddress.IPv4Network(other["cidr"])):
+                    raise LocalCloudError(f"subnet {subnet_id} ({net}) overlaps {oid} ({other['cidr']}) in {vpc_id}")
+            if not _ns_exists(vns):
+                _run(["ip", "netns", "add", vns], f"creating the network namespace of {vpc_id}")
+            st["vpcs"][vpc_id] = {"netns": vns}
+            bridge, router = _short("br", subnet_id), str(next(net.hosts()))
+            if bridge not in _links(vns):
+                mac = _mac(subnet_id)
+                _batch(vns, ["link set lo up", f"link add {bridge} address {mac} type bridge forward_delay 0",
+                             f"address add {router}/{net.prefixlen} dev {bridge}", f"link set {bridge} up"],
+                       f"creating the bridge of {subnet_id} in {vns}")
+                _sysctl(vns, {"net.ipv4.ip_forward": 1}, f"enabling routing in {vns}")
+            new = subnet_id not in st["subnets"]
+            st["subnets"][subnet_id] = {"vpc": vpc_id, "cidr": str(net), "bridge": bridge, "router": router}
+            for eni, att in st["attachments"].items() if new else ():
+                att_sub = st["subnets"][att["subnet"]]
+                if att_sub["vpc"] == vpc_id and att["subnet"] != subnet_id and _ns_exists(att["netns"]):
+                    _batch(att["netns"], [self._route(str(net), att_sub["router"], att)],
+                           f"routing {eni} in {att['netns']} to new subnet {subnet_id}")
+
+    @staticmethod
+    def _route(cidr: str, router: str, att: dict[str, Any]) -> str:
+        return f"route add {cidr} via {router} dev {att['ifname']} metric {ROUTE_METRIC + att['device_index']}"
+
+    def attach(self, eni_id: str, subnet_id: str, netns_path: str, device_index: int, mac: str,
+               ips: list[str], source_dest_check: bool = True) -> str:
+        """Plug the ENI into the instance netns (name or path) as ``eth<device_index>`` with its MAC
+        and IPs (first = primary); returns that interface name. Idempotent for the same instance;
+        an ENI attached to another live instance is an error (detach first, as on EC2)."""
+        ns, ifname, veth = str(netns_path), f"eth{device_index}", _short("v", eni_id)
+        if ns.startswith(f"{NETNS_DIR}/") and "/" not in ns[len(f"{NETNS_DIR}/"):]:
+            ns = ns[len(f"{NETNS_DIR}/"):]  # one spelling per netns, so idempotency and errors match
+        if not ips:
+            raise LocalCloudError(f"attaching {eni_id}: no private IP given")
+        with self._state() as st:
+            sub, vns, net = self._subnet(st, subnet_id)
+            self._check_ips(ips, net, f"attaching {eni_id} to {subnet_id}")
+            cur = st["attachments"].get(eni_id)
+            if cur is not None:
+                if _ns_exists(cur["netns"]) and cur["veth"] in _links(self._subnet(st, cur["subnet"])[1]):
+                    if (cur["netns"], cur["device_index"], cur["subnet"]) == (ns, device_index, subnet_id):
+                        return cur["ifname"]
+                    raise LocalCloudError(f"{eni_id} is attached to {cur['netns']} as {cur['ifname']}; "
+                                          f"detach it before attaching it to {ns}")
+                self._detach(st, eni_id)  # its instance is gone: the record (and any lingering veth) is stale
+            what = f"attaching {eni_id} to {ns} as {ifname}"
+            _run([*_ip_argv(vns), "link", "add", veth, "type", "veth", "peer", "name", ifname,
+                  "address", mac, "netns", ns], what)
+            att = {"subnet": subnet_id, "netns": ns, "ifname": ifname, "veth": veth, "mac": mac,
+                   "ips": list(ips), "device_index": device_index, "source_dest_check": source_dest_check}
+            try:
+                _batch(vns, [f"link set {veth} master {sub['bridge']} up"], what)
+                others = [s["cidr"] for k, s in st["subnets"].items() if s["vpc"] == sub["vpc"] and k != subnet_id]
+                _batch(ns, [*[f"address add {ip}/{net.prefixlen} dev {ifname}" for ip in ips],
+                            f"link set {ifname} up", *[self._route(c, sub["router"], att) for c in others]], what)
+                if not source_dest_check:
+                    self._apply_sdc(st, att, False)
+            except LocalCloudError:
+                _run([*_ip_argv(vns), "link", "del", veth], f"undoing {what}", ok=_GONE)
+                raise
+            st["attachments"][eni_id] = att
+            return ifname
+
+    def _apply_sdc(self, st: dict[str, Any], att: dict[str, Any], check: bool) -> None:
+        """Check off (NAT/firewall appliances) lets the instance forward and accept asymmetric
+        traffic; on restores the defaults unless another ENI of the instance still has it off."""
+        what = f"setting source/dest check {'on' if check else 'off'} for {att['ifname']} in {att['netns']}"
+        if not check:
+            _sysctl(att["netns"], {"net.ipv4.ip_forward": 1, f"net.ipv4.conf.{att['ifname']}.rp_filter": 0}, what)
+            return
+        forward = any(not a["source_dest_check"] for a in st["attachments"].values()
+                      if a["netns"] == att["netns"] and a is not att)
+        _run(["nsenter", f"--net={_ns_path(att['netns'])}", "sh", "-c", f"sysctl -qw net.ipv4.ip_forward={int(forward)} "
+              f"net.ipv4.conf.{att['ifname']}.rp_filter=$(sysctl -n net.ipv4.conf.default.rp_filter)"], what)
+
+    def set_source_dest_check(self, eni_id: str, enabled: bool) -> None:
+        """ModifyNetworkInterfaceAttribute SourceDestCheck on an attached ENI (else only recorded
+        by EC2; pass it to ``attach``)."""
+        with self._state() as st:
+            att = st["attachments"].get(eni_id)
+            if att is not None and att["source_dest_check"] != enabled:
+                att["source_dest_check"] = enabled
+                self._apply_sdc(st, att, enabled)
+
+    def detach(self, eni_id: str) -> None:
+        """Delete the ENI's veth (both ends go). Idempotent; fine if the instance netns is gone."""
+        with self._state() as st:
+            self._detach(st, eni_id)
+
+    def _detach(self, st: dict[str, Any], eni_id: str) -> None:
+        att = st["attachments"].get(eni_id)
+        if att is not None:
+            vns = self._subnet(st, att["subnet"])[1]
+            _run([*_ip_argv(vns), "link", "del", att["veth"]], f"detaching {eni_id} from {att['netns']}", ok=_GONE)
+            del st["attachments"][eni_id]
+
+    def add_ips(self, eni_id: str, ips: list[str]) -> None:
+        """AssignPrivateIpAddresses: add secondary IPs to an attached ENI. An unattached ENI has
+        nothing to change here: ``attach`` gets all its IPs."""
+        with self._state() as st:
+            att = st["attachments"].get(eni_id)
+            if att is None:
+                return
+            _, _, net = self._subnet(st, att["subnet"])
+            new = [ip for ip in ips if ip not in att["ips"]]
+            self._check_ips(new, net, f"adding IPs to {eni_id}")
+            _batch(att["netns"], [f"address add {ip}/{net.prefixlen} dev {att['ifname']}" for ip in new],
+                   f"adding IPs to {eni_id} ({att['ifname']} in {att['netns']})")
+            att["ips"] += new
+
+    def client(self, subnet_id: str, ip: str, name: str) -> str:
+        """A client host netns ``bakery-cl-<name>`` on the subnet (default route via the VPC router),
+        to measure from inside the VPC; returns the netns name."""
+        if not _NAME_RE.match(name):
+            raise LocalCloudError(f"invalid client name {name!r}: use lowercase letters, digits or '-'")
+        cns, veth = f"bakery-cl-{name}", _short("c", name)
+        with self._state() as st:
+            sub, vns, net = self._subnet(st, subnet_id)
+            self._check_ips([ip], net, f"client {name}")
+            if name in st["clients"]:
+                if (st["clients"][name]["subnet"], st["clients"][name]["ip"]) == (subnet_id, ip) and _ns_exists(cns):
+                    return cns
+                raise LocalCloudError(f"client {name} already exists in another subnet or with another IP; "
+                                      f"remove_client({name!r}) first")
+            what = f"creating client {cns} at {ip} in {subnet_id}"
+            _run(["ip", "netns", "add", cns], what)
+            st["clients"][name] = {"subnet": subnet_id, "ip": ip, "netns": cns, "veth": veth}
+            try:
+                _run([*_ip_argv(vns), "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", cns], what)
+                _batch(vns, [f"link set {veth} master {sub['bridge']} up"], what)
+                _batch(cns, ["link set lo up", f"address add {ip}/{net.prefixlen} dev eth0", "link set eth0 up",
+                             f"route add default via {sub['router']}"], what)
+            except LocalCloudError:
+                self._remove_client(st, name)
+                raise
+            return cns
+
+    def remove_client(self, name: str) -> None:
+        with self._state() as st:
+            self._remove_client(st, name)
+
+    def _remove_client(self, st: dict[str, Any], name: str) -> None:
+        cl = st["clients"].get(name)
+        if cl is not None:
+            vns = self._subnet(st, cl["subnet"])[1]
+            _run([*_ip_argv(vns), "link", "del", cl["veth"]], f"removing client {name}", ok=_GONE)
+            _run(["ip", "netns", "del", cl["netns"]], f"removing client {name}", ok=_GONE)
+            del st["clients"][name]
+
+    def teardown(self, vpc_id: str | None = None) -> None:
+        """Remove clients, ENI veths and the VPC netns, for one VPC or all; idempotent."""
+        with self._state() as st:
+            for vpc in [vpc_id] if vpc_id else list(st["vpcs"]):
+                subnets = {sid for sid, s in st["subnets"].items() if s["vpc"] == vpc}
+                for name in [n for n, c in st["clients"].items() if c["subnet"] in subnets]:
+                    self._remove_client(st, name)
+                for eni in [e for e, a in st["attachments"].items() if a["subnet"] in subnets]:
+                    self._detach(st, eni)
+                vns = self._vpc_netns(vpc)
+                _run(["ip", "netns", "del", vns], f"deleting {vns}", ok=_GONE)
+                for sid in subnets:
+                    del st["subnets"][sid]
+                st["vpcs"].pop(vpc, None)
+
+    def status(self) -> dict[str, Any]:
+        """The recorded VPCs, subnets (bridge, cidr, router), attachments (eni -> instance netns,
+        ifname, mac, ips) and clients, each with ``live``: whether its interface still exists."""
+        with self._state() as st:
+            out = copy.deepcopy(st)
+        links = {vpc: _links(v["netns"]) for vpc, v in out["vpcs"].items()}
+        for sub in out["subnets"].values():
+            sub["live"] = sub["bridge"] in links[sub["vpc"]]
+        for rec in [*out["attachments"].values(), *out["clients"].values()]:
+            rec["live"] = rec["veth"] in links[out["subnets"][rec["subnet"]]["vpc"]]
+        return out

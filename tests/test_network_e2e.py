@@ -1,0 +1,207 @@
+"""Multi-ENI tiers, Elastic IPs and ENI failover against a moto server."""
+
+from __future__ import annotations
+
+import pytest
+
+from bakery.bake import bake
+from bakery.cloud.ec2 import EC2
+from bakery.environment import load_environment
+from bakery.errors import ConfigError
+from bakery.launch import launch
+from bakery.network import Network, failover, status
+from bakery.progress import Reporter
+from tests.support import recipe_text, write_recipe
+
+pytestmark = pytest.mark.e2e
+
+NETWORK_ENV = """\
+network:
+  vpc: {cidr: 10.30.0.0/16}
+  subnets:
+    web-a: {cidr: 10.30.1.0/24, az: us-east-1a, public: true}
+    db-a: {cidr: 10.30.2.0/24, az: us-east-1a}
+    web-b: {cidr: 10.30.3.0/24, az: us-east-1b}
+  security_groups:
+    web-sg: {ingress: [{protocol: tcp, ports: 80, cidr: 0.0.0.0/0}]}
+    app-web-sg: {ingress: [{protocol: tcp, ports: 8080, group: web-sg}]}
+    app-db-sg: {}
+    db-sg: {ingress: [{protocol: tcp, ports: 5432, group: app-db-sg}]}
+  network_acls:
+    db-acl:
+      subnets: [db-a]
+      ingress:
+        - {rule: 100, action: allow, protocol: tcp, ports: 5432, cidr: 10.30.1.0/24}
+        - {rule: 200, action: deny, protocol: all, cidr: 0.0.0.0/0}
+      egress:
+        - {rule: 100, action: allow, protocol: all, cidr: 10.30.0.0/16}
+  elastic_ips:
+    app-eip: {}
+tiers:
+  app:
+    image: {recipe: app}
+    instance_type: t3.small
+    count: 1
+    standby: 1
+    interfaces:
+      - {device_index: 0, subnet: web-a, security_groups: [web-sg]}
+      - device_index: 1
+        subnet: web-a
+        security_groups: [app-web-sg]
+        private_ip: 10.30.1.20
+        secondary_ips: [10.30.1.21]
+        persistent: true
+        elastic_ip: {name: app-eip, private_ip: 10.30.1.21}
+      - {device_index: 2, subnet: db-a, security_groups: [app-db-sg], private_ip: 10.30.2.20, persistent: true}
+  fw:
+    image: {recipe: app}
+    instance_type: t3.small
+    interfaces:
+      - {device_index: 0, subnet: web-a, security_groups: [web-sg], source_dest_check: false}
+      - {device_index: 1, subnet: db-a, security_groups: [db-sg], private_ip: 10.30.2.30, source_dest_check: false}
+"""
+
+
+@pytest.fixture
+def net(moto, tmp_path, builder_host, settings_for):
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "app", recipe_text(builder_host.port, "  - {name: hi, shell: echo app}\n"))
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    (envs / "prod.yaml").write_text(NETWORK_ENV)
+    settings = settings_for(recipes, envs_dir=envs)
+    bake(settings, "app", {}, report=Reporter(quiet=True))
+    ec2 = EC2(settings)
+    return {"settings": settings, "ec2": ec2, "c": moto.client(), "envs": envs,
+            "env": lambda: load_environment(envs, "prod")}
+
+
+def by_tag(items, key="TagSet"):
+    return {{t["Key"]: t["Value"] for t in i.get(key, [])}.get("bakery:network-name"): i for i in items}
+
+
+def test_network_up_creates_everything_once_and_dry_run_nothing(net):
+    c = net["c"]
+    vpcs_before = len(c.describe_vpcs()["Vpcs"])
+    plan = Network(net["ec2"], net["env"]()).up(dry_run=True)
+    assert {a.status for a in plan} == {"create"} and len(c.describe_vpcs()["Vpcs"]) == vpcs_before
+    assert [a.kind for a in plan].count("interface") == 2
+
+    created = Network(net["ec2"], net["env"]()).up(dry_run=False)
+    assert {a.status for a in created} == {"created"} and len(created) == len(plan)
+    again = Network(net["ec2"], net["env"]()).up(dry_run=False)
+    assert {a.status for a in again} == {"exists"}
+
+    flt = [{"Name": "tag:bakery:environment", "Values": ["prod"]}]
+    subnets = by_tag(c.describe_subnets(Filters=flt)["Subnets"], "Tags")
+    assert subnets["subnet/web-a"]["MapPublicIpOnLaunch"] and not subnets["subnet/db-a"]["MapPublicIpOnLaunch"]
+    assert subnets["subnet/web-b"]["AvailabilityZone"] == "us-east-1b"
+    groups = by_tag(c.describe_security_groups(Filters=flt)["SecurityGroups"], "Tags")
+    db_rule = groups["sg/db-sg"]["IpPermissions"][0]
+    assert db_rule["FromPort"] == 5432 and db_rule["UserIdGroupPairs"][0]["GroupId"] == groups["sg/app-db-sg"]["GroupId"]
+    acl = c.describe_network_acls(Filters=flt)["NetworkAcls"][0]
+    rules = sorted((e["RuleNumber"], e["RuleAction"], e["Egress"]) for e in acl["Entries"] if e["RuleNumber"] < 32767)
+    assert rules == [(100, "allow", False), (100, "allow", True), (200, "deny", False)]
+    assert [a["SubnetId"] for a in acl["Associations"]] == [subnets["subnet/db-a"]["SubnetId"]]
+    enis = by_tag(c.describe_network_interfaces(Filters=flt)["NetworkInterfaces"])
+    eni1 = enis["eni/app/1"]
+    assert sorted(a["PrivateIpAddress"] for a in eni1["PrivateIpAddresses"]) == ["10.30.1.20", "10.30.1.21"]
+    assert enis["eni/app/2"]["PrivateIpAddress"] == "10.30.2.20" and eni1["Status"] == "available"
+    assert len(c.describe_addresses(Filters=flt)["Addresses"]) == 1
+
+
+def test_launch_attaches_persistent_enis_to_the_active_instance_and_failover_moves_them(net):
+    settings, c = net["settings"], net["c"]
+    Network(net["ec2"], net["env"]()).up(dry_run=False)
+    warned = status(net["ec2"], net["env"]())["warnings"]
+    assert len(warned) == 1 and "app-eip" in warned[0] and "charged while idle" in warned[0]
+
+    report = launch(settings, "prod", report=Reporter(quiet=True))
+    roles = {r.slot: r.instance_id for r in report.instances if r.tier == "app"}
+    active, standby = roles["0"], roles["standby-0"]
+    inst = c.describe_instances(InstanceIds=[active])["Reservations"][0]["Instances"][0]
+    attached = {n["Attachment"]["DeviceIndex"]: n for n in inst["NetworkInterfaces"]}
+    assert sorted(attached) == [0, 1, 2]
+    assert attached[1]["PrivateIpAddress"] == "10.30.1.20" and attached[2]["PrivateIpAddress"] == "10.30.2.20"
+    spare = c.describe_instances(InstanceIds=[standby])["Reservations"][0]["Instances"][0]
+    assert [n["Attachment"]["DeviceIndex"] for n in spare["NetworkInterfaces"]] == [0]
+    flt = [{"Name": "tag:bakery:environment", "Values": ["prod"]}]
+    eip = c.describe_addresses(Filters=flt)["Addresses"][0]
+    assert eip["NetworkInterfaceId"] == attached[1]["NetworkInterfaceId"]
+    shown = status(net["ec2"], net["env"]())
+    assert shown["warnings"] == [] and shown["elastic_ips"][0]["instance"] == active
+
+    fw = next(r.instance_id for r in report.instances if r.tier == "fw")
+    fw_enis = c.describe_instances(InstanceIds=[fw])["Reservations"][0]["Instances"][0]["NetworkInterfaces"]
+    assert len(fw_enis) == 2 and all(
+        c.describe_network_interface_attribute(NetworkInterfaceId=n["NetworkInterfaceId"], Attribute="sourceDestCheck")
+        ["SourceDestCheck"]["Value"] is False for n in fw_enis)
+
+    macs = {n["NetworkInterfaceId"]: n["MacAddress"] for n in attached.values()}
+    moved = failover(net["ec2"], net["env"](), "app", None, Reporter(quiet=True))
+    assert (moved.from_instance, moved.to_instance) == (active, standby) and moved.seconds < 60
+    spare = c.describe_instances(InstanceIds=[standby])["Reservations"][0]["Instances"][0]
+    now = {n["Attachment"]["DeviceIndex"]: n for n in spare["NetworkInterfaces"]}
+    assert sorted(now) == [0, 1, 2]
+    assert now[1]["NetworkInterfaceId"] == attached[1]["NetworkInterfaceId"]
+    assert sorted(a["PrivateIpAddress"] for a in now[1]["PrivateIpAddresses"]) == ["10.30.1.20", "10.30.1.21"]
+    assert now[1]["MacAddress"] == macs[now[1]["NetworkInterfaceId"]]  # MAC-bound licences survive the move
+    assert now[2]["PrivateIpAddress"] == "10.30.2.20"
+    eip = c.describe_addresses(Filters=flt)["Addresses"][0]
+    assert eip["NetworkInterfaceId"] == now[1]["NetworkInterfaceId"]
+    assert status(net["ec2"], net["env"]())["elastic_ips"][0]["instance"] == standby
+    tags = {t["Key"]: t["Value"] for t in spare["Tags"]}
+    assert tags["bakery:role"] == "active" and tags["bakery:slot"] == "0"
+
+    # a failed (stopped) active instance: the detach is forced, and the interfaces come back
+    c.stop_instances(InstanceIds=[standby])
+    back = failover(net["ec2"], net["env"](), "app", active, Reporter(quiet=True))
+    assert back.to_instance == active
+    inst = c.describe_instances(InstanceIds=[active])["Reservations"][0]["Instances"][0]
+    assert sorted(n["Attachment"]["DeviceIndex"] for n in inst["NetworkInterfaces"]) == [0, 1, 2]
+
+
+def test_launch_before_network_up_says_what_to_run(net):
+    with pytest.raises(ConfigError, match="run invoke network.up --env prod"):
+        launch(net["settings"], "prod", report=Reporter(quiet=True))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("{device_index: 2, subnet: db-a,", "{device_index: 2, subnet: web-b,").replace(
+        "private_ip: 10.30.2.20", "private_ip: 10.30.3.20"), "interfaces span availability zones us-east-1a, us-east-1b"),
+    (lambda t: t.replace("{device_index: 2, subnet: db-a", "{device_index: 1, subnet: db-a"), "duplicate device_index"),
+    (lambda t: t.replace("instance_type: t3.small\n    count: 1", "instance_type: t3.micro\n    count: 1"),
+     "3 interfaces, but t3.micro allows 2"),
+    (lambda t: t.replace("private_ip: 10.30.2.20", "private_ip: 10.30.9.20"), "10.30.9.20 is outside subnet db-a"),
+    (lambda t: t.replace("elastic_ip: {name: app-eip, private_ip: 10.30.1.21}",
+                         "elastic_ip: {name: app-eip, private_ip: 10.30.1.99}"), "does not have"),
+    (lambda t: t.replace("{device_index: 0, subnet: web-a, security_groups: [web-sg]}",
+                         "{device_index: 0, subnet: web-a, security_groups: [web-sg], persistent: true, private_ip: 10.30.1.5}"),
+     "cannot be device_index 0"),
+    (lambda t: t.replace("secondary_ips: [10.30.1.21]", "secondary_ips: [10.30.1.21, 10.30.1.22, 10.30.1.23, 10.30.1.24]")
+     .replace("private_ip: 10.30.1.21}", "private_ip: 10.30.1.21}"), "wants 5 private IPs, but t3.small allows 4"),
+    (lambda t: t.replace("cidr: 10.30.2.0/24, az", "cidr: 10.31.2.0/24, az"), "not inside the VPC"),
+    (lambda t: t.replace("ports: 5432, group: app-db-sg", "ports: 5432, group: nope-sg"), "unknown group 'nope-sg'"),
+])
+def test_what_aws_would_reject_late_is_refused_before_anything_is_created(net, edit, message):
+    path = net["envs"] / "prod.yaml"
+    path.write_text(edit(NETWORK_ENV))
+    vpcs = len(net["c"].describe_vpcs()["Vpcs"])
+    with pytest.raises(ConfigError, match=message):
+        env = load_environment(net["envs"], "prod")
+        Network(net["ec2"], env).up(dry_run=False)
+        launch(net["settings"], "prod", report=Reporter(quiet=True))
+    c = net["c"]
+    flt = [{"Name": "tag:bakery:environment", "Values": ["prod"]}]
+    if "t3.micro" not in message and "5 private IPs" not in message:  # offline-detectable: nothing at all was made
+        assert len(c.describe_vpcs()["Vpcs"]) == vpcs
+    assert c.describe_instances(Filters=flt)["Reservations"] == []
+
+
+def test_security_groups_from_another_vpc_are_refused(net):
+    default_sg = net["c"].describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+    Network(net["ec2"], net["env"]()).up(dry_run=False)
+    (net["envs"] / "prod.yaml").write_text(NETWORK_ENV.replace("security_groups: [app-db-sg]",
+                                                               f"security_groups: [{default_sg}]"))
+    with pytest.raises(ConfigError, match="must be in the same VPC as the subnet"):
+        launch(net["settings"], "prod", report=Reporter(quiet=True))
