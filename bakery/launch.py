@@ -74,6 +74,7 @@ class LaunchReport:
     launch_templates: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     local: bool = False
+    network: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = asdict(self, dict_factory=lambda items: {k: v for k, v in items if k not in ("user_data", "interfaces")})
@@ -414,9 +415,23 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
     tiers = env.select(tier)
     started = time.monotonic()
     launcher = Launcher(settings, env, report=report, keep_on_error=keep_on_error)
+    network_actions = []
+    if env.network is not None:  # the network comes first: tiers resolve their subnets and ENIs in it
+        from bakery.network import Network
+
+        with report.stage("network") as s:
+            network_actions = Network(launcher.ec2, env, report).up(dry_run=dry_run)
+            made = [a for a in network_actions if a.status != "exists"]
+            s.detail = f"{len(network_actions) - len(made)} in place, {len(made)} {'to create' if dry_run else 'created'}"
+        if dry_run and any(a.status == "create" for a in network_actions):
+            # tiers cannot be planned against subnets that do not exist yet
+            return LaunchReport(environment=env.name, launch_id=launcher.launch_id, region=launcher.ec2.region,
+                                dry_run=True, plans=[], network=[a.line() for a in network_actions],
+                                local=launcher.ec2.local is not None)
     plans = launcher.plan(tiers)
     result = LaunchReport(environment=env.name, launch_id=launcher.launch_id, region=launcher.ec2.region,
-                          dry_run=dry_run, plans=plans, local=launcher.ec2.local is not None)
+                          dry_run=dry_run, plans=plans, local=launcher.ec2.local is not None,
+                          network=[a.line() for a in network_actions])
     if not dry_run:
         result.instances = launcher.launch(plans)
         launcher.register_targets(result.instances)

@@ -12,6 +12,9 @@ def summary(report: LaunchReport) -> str:
     lines = []
     if report.dry_run:
         lines.append(f"plan for {report.environment} in {report.region} (dry run: nothing created)")
+        lines += [f"  network: {line}" for line in report.network]
+        if not report.plans and report.network:
+            lines.append("  (tiers are planned once the network exists)")
         for p in report.plans:
             ud = (f"{p.user_data_size} bytes{' gzip' if p.user_data_gzipped else ''} "
                   f"(raw {p.user_data_raw_size}), sha256 {p.user_data_sha256[:16]}" if p.user_data_size else "none")

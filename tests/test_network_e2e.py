@@ -161,9 +161,14 @@ def test_launch_attaches_persistent_enis_to_the_active_instance_and_failover_mov
     assert sorted(n["Attachment"]["DeviceIndex"] for n in inst["NetworkInterfaces"]) == [0, 1, 2]
 
 
-def test_launch_before_network_up_says_what_to_run(net):
-    with pytest.raises(ConfigError, match="run invoke network.up --env prod"):
-        launch(net["settings"], "prod", report=Reporter(quiet=True))
+def test_launch_brings_the_network_up_first_and_dry_run_only_plans_it(net):
+    c = net["c"]
+    vpcs = len(c.describe_vpcs()["Vpcs"])
+    dry = launch(net["settings"], "prod", dry_run=True, report=Reporter(quiet=True))
+    assert dry.plans == [] and any("create   vpc" in line for line in dry.network)
+    assert len(c.describe_vpcs()["Vpcs"]) == vpcs
+    report = launch(net["settings"], "prod", report=Reporter(quiet=True))
+    assert len(report.instances) == 3 and any("created  interface" in line for line in report.network)
 
 
 @pytest.mark.parametrize("edit, message", [
