@@ -48,6 +48,7 @@ class TierPlan:
     root_device_name: str = "/dev/xvda"
     user_data: bytes = field(default=b"", repr=False)
     interfaces: list = field(default_factory=list, repr=False)  # network.ResolvedInterface, when declared
+    health_check: dict | None = None
 
 
 @dataclass
@@ -172,7 +173,8 @@ class Launcher:
             user_data_gzipped=bool(user_data and user_data.gzipped),
             user_data_sha256=user_data.sha256 if user_data else "",
             root_device_name=image.get("RootDeviceName") or "/dev/xvda",
-            user_data=user_data.payload if user_data else b"", interfaces=resolved)
+            user_data=user_data.payload if user_data else b"", interfaces=resolved,
+            health_check=spec.health_check.model_dump() if spec.health_check else None)
 
     def image(self, name: str, spec: Tier, where: str) -> dict:
         """The image a tier launches from (read-only calls)."""
@@ -256,7 +258,8 @@ class Launcher:
                     with shielded(), self.report.stage(f"roll back: terminate {len(ids)} instance(s)"):
                         self.ec2.client.terminate_instances(InstanceIds=ids)
             stack.callback(rollback)
-            for plan in plans:
+            # Tiers that ask for fixed addresses go first, before automatic ones can take them.
+            for plan in sorted(plans, key=lambda p: not any(r.spec.private_ip for r in p.interfaces)):
                 spec = self.env.tiers[plan.tier]
                 for slot in plan.missing_slots:
                     with self.report.stage(f"launch {plan.tier} slot {slot}") as s:

@@ -32,11 +32,13 @@ def summary(report: LaunchReport) -> str:
             lines.append(f"  {p.tier}: {len(p.existing)} already running, nothing to launch")
     for tier, version in report.launch_templates.items():
         lines.append(f"  {tier}: launch template {version}")
-    if report.local and report.instances:
-        first = report.instances[0]
+    checked = [(r, p) for r in report.instances for p in report.plans if p.tier == r.tier and p.health_check]
+    if report.local and checked:
+        first, plan = checked[0]
+        hc = plan.health_check
         lines.append("reach an instance (local cloud: each has its own network namespace, no routed address):")
-        lines.append(f"  ip netns exec bakery-{first.instance_id} curl -s http://127.0.0.1/health")
-        lines.append(f"  nsenter --net=/run/netns/bakery-{first.instance_id} ss -ltn")
+        lines.append(f"  ip netns exec bakery-{first.instance_id} curl -s http://127.0.0.1:{hc['port']}{hc['path']}"
+                     if hc["type"] == "http" else f"  ip netns exec bakery-{first.instance_id} ss -ltn")
     return "\n".join(lines)
 
 

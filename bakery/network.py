@@ -150,6 +150,9 @@ class Network:
         if online:
             self._check_limits(tier, spec, where)
             for r in out:
+                if r.subnet.id and not r.spec.persistent:
+                    self._check_free(r, where)
+            for r in out:
                 if r.spec.persistent:
                     eni = self.find("eni", f"{tier}/{r.spec.device_index}")
                     if eni is None:
@@ -163,6 +166,17 @@ class Network:
                                           f"run invoke network.up --env {self.env.name}")
                     r.eip_allocation = eip["AllocationId"]
         return out
+
+    def _check_free(self, r: ResolvedInterface, where: str) -> None:
+        """A fixed address already held by another ENI would fail RunInstances late (InvalidIPAddress.InUse)."""
+        for ip in r.spec.ips():
+            used = self.ec2.call("describe-network-interfaces", self.c.describe_network_interfaces, Filters=[
+                {"Name": "subnet-id", "Values": [r.subnet.id]},
+                {"Name": "addresses.private-ip-address", "Values": [ip]}])["NetworkInterfaces"]
+            if used:
+                holder = (used[0].get("Attachment") or {}).get("InstanceId") or "no instance"
+                raise ConfigError(f"{where}: {ip} is already in use by {used[0]['NetworkInterfaceId']} ({holder}); "
+                                  "a fixed address can belong to one interface only")
 
     def _declared(self, ref: str, where: str) -> SubnetInfo:
         if self.spec and ref in self.spec.subnets:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 import boto3
 import botocore.exceptions
+import botocore.parsers
 from botocore.config import Config
 
 from bakery.cloud.waits import Backoff, wait_for
@@ -65,6 +66,8 @@ def error_message(exc: BaseException, action: str) -> str:
         return f"{action}: no AWS credentials found (set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return f"{action}: cannot reach the endpoint {exc.kwargs.get('endpoint_url', '')}"
+    if isinstance(exc, botocore.parsers.ResponseParserError):
+        return f"{action}: the endpoint failed with an unreadable response (a server error; see its log)"
     return f"{action}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
@@ -109,7 +112,7 @@ class EC2:
             if code in CAPACITY_CODES:
                 raise CapacityError(error_message(exc, action)) from exc
             raise CloudError(error_message(exc, action)) from exc
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        except (botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError, OSError) as exc:
             raise CloudError(error_message(exc, action)) from exc
 
     def code_of(self, exc: CloudError) -> str:

@@ -13,6 +13,7 @@ sshd (`socket_factory`), since sandboxes have no routed address.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import datetime as dt
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from bakery.local.endpoint import Endpoint
 from bakery.local.errors import LocalCloudError
 from bakery.local.layers import LayerStore
 from bakery.local.sandbox import Sandbox
+from bakery.local.vpcnet import VpcFabric
 
 DEBIAN_OWNER = "136693071363"  # Debian's AWS account: recipes filter on it, here as on AWS
 LOCAL_ACCOUNT = "123456789012"  # moto's account: images we bake are owned by "self"
@@ -35,6 +37,7 @@ class LocalCloud:
         self.layers = LayerStore(data_dir / "images")
         self.instances_dir = data_dir / "instances"
         self.endpoint = Endpoint(data_dir)
+        self.fabric = VpcFabric(data_dir)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -74,6 +77,7 @@ class LocalCloud:
                 destroyed += 1
             except LocalCloudError as exc:  # keep going: one stuck sandbox must not strand the rest
                 failures.append(exc.message)
+        self.fabric.teardown()
         stopped = self.endpoint.down()
         if failures:
             raise LocalCloudError(f"local.down: {len(failures)} instance(s) could not be removed: {failures[0]}")
@@ -103,8 +107,16 @@ class LocalCloud:
 
     def attach(self, client) -> None:
         events = client.meta.events
-        for op in ("CreateImage", "CreateTags", "DeregisterImage", "RunInstances"):
+        for op in ("CreateImage", "CreateTags", "DeregisterImage", "RunInstances", "AttachNetworkInterface",
+                   "AssignPrivateIpAddresses", "ModifyNetworkInterfaceAttribute"):
             events.register(f"provide-client-params.ec2.{op}", _stash_params)
+        # DetachNetworkInterface names only the attachment: find its ENI before the call forgets it
+        events.register("provide-client-params.ec2.DetachNetworkInterface",
+                        lambda params, context, **_: self._stash_detach(client, params, context))
+        events.register("after-call.ec2.AttachNetworkInterface", lambda **kw: self._after_attach(client, **kw))
+        events.register("after-call.ec2.DetachNetworkInterface", self._after_detach)
+        events.register("after-call.ec2.AssignPrivateIpAddresses", lambda **kw: self._after_assign(client, **kw))
+        events.register("after-call.ec2.ModifyNetworkInterfaceAttribute", self._after_modify_eni)
         events.register("after-call.ec2.RunInstances", lambda **kw: self._after_run(client, **kw))
         events.register("after-call.ec2.StopInstances", self._after_stop)
         events.register("after-call.ec2.TerminateInstances", self._after_terminate)
@@ -127,6 +139,8 @@ class LocalCloud:
         try:
             for inst in parsed.get("Instances", []):
                 started.append(self._boot(client, inst))
+                for nic in inst.get("NetworkInterfaces", []):
+                    self._wire(client, nic["NetworkInterfaceId"], inst["InstanceId"], nic["Attachment"]["DeviceIndex"])
         except BaseException:
             for box in started:
                 box.destroy()
@@ -166,7 +180,53 @@ class LocalCloud:
     def _after_terminate(self, http_response, parsed, **_):
         if http_response.status_code < 300:
             for box in self._each_sandbox(parsed, "TerminatingInstances"):
+                for eni, att in self.fabric.status()["attachments"].items():
+                    if att["netns"] == box.netns:
+                        self.fabric.detach(eni)
                 box.destroy()
+
+    # ---- ENIs: the VPC fabric follows EC2's view of attachments ------------------------
+
+    def _wire(self, client, eni_id: str, instance_id: str, device_index: int) -> None:
+        """Give the instance's sandbox a veth for this ENI: its MAC, its IPs, on its subnet's bridge."""
+        if not (self.instances_dir / instance_id / "sandbox.json").is_file():
+            return
+        eni = client.describe_network_interfaces(NetworkInterfaceIds=[eni_id])["NetworkInterfaces"][0]
+        subnet = client.describe_subnets(SubnetIds=[eni["SubnetId"]])["Subnets"][0]
+        ips = [a["PrivateIpAddress"] for a in sorted(eni.get("PrivateIpAddresses", []), key=lambda a: not a.get("Primary"))]
+        net = ipaddress.IPv4Network(subnet["CidrBlock"])
+        if not ips or any(ipaddress.IPv4Address(ip) not in net for ip in ips):
+            return  # moto's default VPC hands out addresses outside the subnet: nothing real to wire
+        self.fabric.ensure_subnet(subnet["VpcId"], subnet["SubnetId"], subnet["CidrBlock"])
+        box = Sandbox.attach(instance_id, self.instances_dir)
+        self.fabric.attach(eni_id, subnet["SubnetId"], box.netns, device_index, eni["MacAddress"], ips,
+                           eni.get("SourceDestCheck", True))
+
+    def _after_attach(self, client, http_response, context, **_):
+        if http_response.status_code < 300:
+            p = context.get("bakery_params", {})
+            self._wire(client, p["NetworkInterfaceId"], p["InstanceId"], p["DeviceIndex"])
+
+    def _stash_detach(self, client, params, context) -> None:
+        found = client.describe_network_interfaces(Filters=[
+            {"Name": "attachment.attachment-id", "Values": [params["AttachmentId"]]}])["NetworkInterfaces"]
+        context["bakery_eni"] = found[0]["NetworkInterfaceId"] if found else None
+
+    def _after_detach(self, http_response, context, **_):
+        if http_response.status_code < 300 and context.get("bakery_eni"):
+            self.fabric.detach(context["bakery_eni"])
+
+    def _after_assign(self, client, http_response, context, **_):
+        if http_response.status_code < 300:
+            eni_id = context["bakery_params"]["NetworkInterfaceId"]
+            eni = client.describe_network_interfaces(NetworkInterfaceIds=[eni_id])["NetworkInterfaces"][0]
+            self.fabric.add_ips(eni_id, [a["PrivateIpAddress"] for a in eni.get("PrivateIpAddresses", [])])
+
+    def _after_modify_eni(self, http_response, context, **_):
+        p = context.get("bakery_params", {})
+        if http_response.status_code < 300 and "SourceDestCheck" in p:
+            if p["NetworkInterfaceId"] in self.fabric.status()["attachments"]:
+                self.fabric.set_source_dest_check(p["NetworkInterfaceId"], p["SourceDestCheck"]["Value"])
 
     def _after_create_image(self, client, http_response, parsed, context, **_):
         if http_response.status_code >= 300:

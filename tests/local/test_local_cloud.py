@@ -311,3 +311,97 @@ def test_a_signal_during_a_local_bake_leaves_no_sandbox(cloud, settings, sig):
             proc.wait()
     assert proc.returncode == 130 and "Traceback" not in err
     assert_no_sandboxes(cloud)
+
+
+FAILOVER_ENV = """\
+network:
+  vpc: {cidr: 10.40.0.0/16}
+  subnets:
+    front: {cidr: 10.40.1.0/24, az: us-east-1a}
+    back: {cidr: 10.40.2.0/24, az: us-east-1a}
+  security_groups:
+    any: {ingress: [{protocol: all, cidr: 10.40.0.0/16}]}
+tiers:
+  app:
+    image: {recipe: t7}
+    instance_type: t3.small
+    count: 1
+    standby: 1
+    interfaces:
+      - {device_index: 0, subnet: back, security_groups: [any]}
+      - {device_index: 1, subnet: front, security_groups: [any], private_ip: 10.40.1.20, persistent: true}
+    user_data: {parts: [who.yaml.j2]}
+    health_check: {type: http, port: 8080, path: /, timeout: 60}
+"""
+
+WHO = """\
+#cloud-config
+runcmd:
+  - [sh, -c, 'mkdir -p /srv/who && hostname > /srv/who/index.html && cd /srv/who && (nohup python3 -m http.server 8080 >/dev/null 2>&1 &)']
+"""
+
+
+def test_a_client_keeps_the_same_address_and_mac_through_an_eni_failover(cloud, settings, tmp_path):
+    """The seed's HA pattern, for real: the app's ENI (IP and MAC) moves to the hot standby."""
+    import threading
+
+    from bakery.launch import launch
+    from bakery.network import failover
+
+    write_recipe(settings.recipes, "t7", RECIPE.format(extra=""))
+    bake(settings, "t7", {}, report=Reporter(quiet=True))
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs/ha.yaml").write_text(FAILOVER_ENV)
+    (tmp_path / "userdata").mkdir()
+    (tmp_path / "userdata/who.yaml.j2").write_text(WHO)
+    settings = Settings(cloud="local", data_dir=cloud.data_dir, project_dir=tmp_path, recipes_dir=settings.recipes,
+                        envs_dir=tmp_path / "envs", userdata_dir=tmp_path / "userdata", state_dir=settings.state)
+    report = launch(settings, "ha", report=Reporter(quiet=True))
+    slots = {r.slot: r for r in report.instances}
+    active, standby = slots["0"], slots["standby-0"]
+    ec2 = EC2(settings)
+    front = ec2.client.describe_subnets(Filters=[{"Name": "tag:bakery:network-name", "Values": ["subnet/front"]}])
+    client = cloud.fabric.client(front["Subnets"][0]["SubnetId"], "10.40.1.50", "ha")
+    try:
+        def ask() -> str:
+            out = subprocess.run(["ip", "netns", "exec", client, "curl", "-s", "-m", "0.3", "http://10.40.1.20:8080/"],
+                                 capture_output=True, text=True)
+            return out.stdout.strip()
+
+        def host(instance) -> str:
+            return Sandbox.attach(instance.instance_id, cloud.instances_dir).exec(["hostname"], timeout=10).stdout.strip()
+
+        assert ask() == host(active)
+        mac_before = subprocess.run(["ip", "-n", client, "neigh", "show", "10.40.1.20"], capture_output=True,
+                                    text=True).stdout.split("lladdr")[1].split()[0]
+        answers: list[tuple[float, str]] = []
+        stop = threading.Event()
+
+        def poll():  # a client that keeps talking to the same address during the failover
+            while not stop.is_set() and len(answers) < 2000:
+                answers.append((time.monotonic(), ask()))
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        from bakery.environment import load_environment
+        moved = failover(ec2, load_environment(settings.envs, "ha"), "app", None, Reporter(quiet=True))
+        deadline = time.monotonic() + 10
+        target = host(standby)
+        while not any(t > started and a == target for t, a in answers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        poller.join()
+        first_good = min(t for t, a in answers if t > started and a == target)
+        print(f"\nENI failover: API {moved.seconds:.3f}s, client's first good answer {first_good - started:.3f}s "
+              f"after failover start")
+        assert moved.to_instance == standby.instance_id
+        assert ask() == target
+        mac_after = subprocess.run(["ip", "-n", client, "neigh", "show", "10.40.1.20"], capture_output=True,
+                                   text=True).stdout.split("lladdr")[1].split()[0]
+        assert mac_after == mac_before
+    finally:
+        cloud.fabric.remove_client("ha")
+        ids = [r.instance_id for r in report.instances]
+        EC2(settings).client.terminate_instances(InstanceIds=ids)
+    assert_no_sandboxes(cloud)
