@@ -143,10 +143,15 @@ class Launcher:
         image = self.image(name, spec, where)
         user_data = render_tier(self.settings, self.env, name, image["ImageId"], self.ec2.region)
         resolved = []
+        existing = self._existing(name)
+        taken = {_tag(i, "bakery:slot") for i in existing}
+        slots = [str(i) for i in range(spec.count)] + [f"standby-{i}" for i in range(spec.standby)]
+        missing = [s for s in slots if s not in taken]
         if spec.interfaces:
             from bakery.network import Network
 
-            resolved = Network(self.ec2, self.env).resolve_interfaces(name, spec)
+            # fixed addresses must be free only when this run launches instances to hold them
+            resolved = Network(self.ec2, self.env).resolve_interfaces(name, spec, new_instances=bool(missing))
             primary = resolved[0]
             if primary.subnet.id is None:
                 raise ConfigError(f"{where}.interfaces: subnet {primary.spec.subnet!r} does not exist yet: "
@@ -160,13 +165,10 @@ class Launcher:
             raise ConfigError(f"{where}.subnets: subnets are in different VPCs ({', '.join(sorted({s['VpcId'] for s in subnets}))})")
         if not spec.interfaces:
             groups = self._groups(spec, vpc, where)
-        existing = self._existing(name)
-        taken = {_tag(i, "bakery:slot") for i in existing}
-        slots = [str(i) for i in range(spec.count)] + [f"standby-{i}" for i in range(spec.standby)]
         return TierPlan(
             tier=name, strategy=spec.strategy, image_id=image["ImageId"], image_name=image.get("Name", ""),
             recipe=spec.image.recipe, instance_type=spec.instance_type, count=spec.count,
-            existing=[i["InstanceId"] for i in existing], missing_slots=[s for s in slots if s not in taken],
+            existing=[i["InstanceId"] for i in existing], missing_slots=missing,
             subnets=[s["SubnetId"] for s in subnets], vpc_id=vpc, security_groups=groups,
             user_data_size=user_data.size if user_data else 0,
             user_data_raw_size=len(user_data.text.encode()) if user_data else 0,

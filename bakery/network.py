@@ -121,7 +121,8 @@ class Network:
 
     # ---- checks -------------------------------------------------------------------------
 
-    def resolve_interfaces(self, tier: str, spec: Tier, *, online: bool = True) -> list[ResolvedInterface]:
+    def resolve_interfaces(self, tier: str, spec: Tier, *, online: bool = True,
+                           new_instances: bool = True) -> list[ResolvedInterface]:
         """Resolve a tier's interfaces and refuse what EC2 would reject late or silently."""
         where = f"{self.env.path}: tiers.{tier}.interfaces"
         out = []
@@ -150,7 +151,7 @@ class Network:
         if online:
             self._check_limits(tier, spec, where)
             for r in out:
-                if r.subnet.id and not r.spec.persistent:
+                if new_instances and r.subnet.id and not r.spec.persistent:
                     self._check_free(r, where)
             for r in out:
                 if r.spec.persistent:

@@ -210,3 +210,14 @@ def test_security_groups_from_another_vpc_are_refused(net):
                                                                f"security_groups: [{default_sg}]"))
     with pytest.raises(ConfigError, match="must be in the same VPC as the subnet"):
         launch(net["settings"], "prod", report=Reporter(quiet=True))
+
+
+def test_a_fixed_address_already_taken_is_refused_before_launch(net):
+    Network(net["ec2"], net["env"]()).up(dry_run=False)
+    c = net["c"]
+    db_a = c.describe_subnets(Filters=[{"Name": "tag:bakery:network-name", "Values": ["subnet/db-a"]}])["Subnets"][0]
+    squatter = c.create_network_interface(SubnetId=db_a["SubnetId"], PrivateIpAddress="10.30.2.30")
+    with pytest.raises(ConfigError, match=r"10.30.2.30 is already in use by eni-"):
+        launch(net["settings"], "prod", report=Reporter(quiet=True))
+    assert c.describe_instances(Filters=[{"Name": "tag:bakery:environment", "Values": ["prod"]}])["Reservations"] == []
+    assert squatter["NetworkInterface"]["Status"] == "available"

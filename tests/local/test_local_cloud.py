@@ -213,7 +213,7 @@ def test_launch_prod_on_the_local_cloud_to_passing_health_checks(cloud, settings
     finally:  # the five instances must not outlive this test, pass or fail
         result = cloud.down()
         cloud.up()
-    assert result["instances_destroyed"] == 5
+    assert result["instances_destroyed"] == 6
     assert_no_sandboxes(cloud)
 
 
@@ -221,17 +221,25 @@ def _launch_prod_and_look_inside(cloud, settings):
     out = cli(["launch", "--env", "prod", "--json"], cloud, settings)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
-    assert [(i["tier"], i["health"]) for i in report["instances"]] == [
-        ("web", "healthy"), ("web", "healthy"), ("app", "healthy"), ("app", "healthy"), ("db", "healthy")]
+    health = sorted((i["tier"], i["slot"], i["health"]) for i in report["instances"])
+    assert health == [("app", "0", "healthy"), ("app", "standby-0", "healthy"), ("db", "0", "healthy"),
+                      ("edge", "0", "not checked"), ("web", "0", "healthy"), ("web", "1", "healthy")]
     assert all(i["ready_s"] > 0 for i in report["instances"])
+    by = {(i["tier"], i["slot"]): i["instance_id"] for i in report["instances"]}
 
-    web = Sandbox.attach(report["instances"][0]["instance_id"], cloud.instances_dir)
+    web = Sandbox.attach(by[("web", "0")], cloud.instances_dir)
     env_file = web.exec(["cat", "/etc/bakery/env"], timeout=10).stdout
     assert "ENVIRONMENT=prod" in env_file and "TIER=web" in env_file
     assert "server_name www.example.com;" in web.exec(["cat", "/etc/nginx/conf.d/bakery-web.conf"], timeout=10).stdout
     assert "bakery: prod / web" in web.exec(["cat", "/etc/motd"], timeout=10).stdout
-    app = Sandbox.attach(report["instances"][2]["instance_id"], cloud.instances_dir)
+    app = Sandbox.attach(by[("app", "0")], cloud.instances_dir)
     assert app.exec(["cat", "/etc/app/app.env"], timeout=10).stdout.startswith("APP_ENV=prod")
+    # the tiers talk over the VPC: web reaches the app's persistent front ENI (10.20.1.20)
+    via_vpc = subprocess.run(["ip", "netns", "exec", f"bakery-{web.name}", "curl", "-s", "-m", "5",
+                              "http://10.20.1.20:8080/"], capture_output=True, text=True)
+    assert via_vpc.stdout == "app env=prod\n"
+    addrs = subprocess.run(["ip", "-n", f"bakery-{app.name}", "-br", "addr"], capture_output=True, text=True).stdout
+    assert "10.20.1.20/24" in addrs and "10.20.3.20/24" in addrs  # dual-homed
     sock = cloud.connect(app.name, 8080, 5)
     sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
     response = b""
