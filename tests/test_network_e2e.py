@@ -116,8 +116,17 @@ def test_launch_attaches_persistent_enis_to_the_active_instance_and_failover_mov
     warned = status(net["ec2"], net["env"]())["warnings"]
     assert len(warned) == 1 and "app-eip" in warned[0] and "charged while idle" in warned[0]
 
-    report = launch(settings, "prod", report=Reporter(quiet=True))
-    roles = {r.slot: r.instance_id for r in report.instances if r.tier == "app"}
+    from bakery.launch import Launcher
+
+    env = net["env"]()
+    launcher = Launcher(settings, env, report=Reporter(quiet=True))
+    sent: list[dict] = []  # moto records an EIP on the ENI's primary IP whatever we ask: check what we ask
+    launcher.ec2.client.meta.events.register("provide-client-params.ec2.AssociateAddress",
+                                             lambda params, **_: sent.append(dict(params)))
+    plans = launcher.plan(env.tiers)
+    launched = launcher.launch(plans)
+    assert [(p["PrivateIpAddress"], p["AllowReassociation"]) for p in sent] == [("10.30.1.21", True)]
+    roles = {r.slot: r.instance_id for r in launched if r.tier == "app"}
     active, standby = roles["0"], roles["standby-0"]
     inst = c.describe_instances(InstanceIds=[active])["Reservations"][0]["Instances"][0]
     attached = {n["Attachment"]["DeviceIndex"]: n for n in inst["NetworkInterfaces"]}
@@ -131,7 +140,7 @@ def test_launch_attaches_persistent_enis_to_the_active_instance_and_failover_mov
     shown = status(net["ec2"], net["env"]())
     assert shown["warnings"] == [] and shown["elastic_ips"][0]["instance"] == active
 
-    fw = next(r.instance_id for r in report.instances if r.tier == "fw")
+    fw = next(r.instance_id for r in launched if r.tier == "fw")
     fw_enis = c.describe_instances(InstanceIds=[fw])["Reservations"][0]["Instances"][0]["NetworkInterfaces"]
     assert len(fw_enis) == 2 and all(
         c.describe_network_interface_attribute(NetworkInterfaceId=n["NetworkInterfaceId"], Attribute="sourceDestCheck")
