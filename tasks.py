@@ -38,6 +38,55 @@ def bake(c, recipe, var=None, force=False, keep_on_error=False, json=False):
                  f"(manifest: {manifest.manifest_path})")
 
 
+@task(
+    iterable=["recipe"],
+    help={"recipe": "only these recipes (repeatable; default: every recipe)",
+          "force": "bake even when nothing changed", "json": "print the table as JSON on stdout"},
+)
+def rebake(c, recipe=None, force=False, json=False):
+    """Bake every recipe whose inputs changed; table of decisions (also to $GITHUB_STEP_SUMMARY)."""
+    with command():
+        from invoke.exceptions import Exit
+
+        from bakery.lifecycle import rebake as run_rebake
+        from bakery.lifecycle import rows_json, table
+        from bakery.progress import Reporter
+
+        rows = run_rebake(settings_from(c), recipe or None, force=force, report=Reporter())
+        emit(__import__("json").dumps(rows_json(rows), indent=2) if json else table(rows))
+        failed = [r.recipe for r in rows if r.decision == "failed"]
+        if failed:
+            raise Exit(f"error: {len(failed)} recipe(s) failed: {', '.join(failed)}", code=1)
+
+
+@task(
+    iterable=["region"],
+    help={"recipe": "recipe whose images to prune", "keep": "how many of the newest images to keep",
+          "region": "also prune in this region (repeatable)", "dry-run": "only list what would go",
+          "json": "print JSON on stdout"},
+)
+def prune(c, recipe, keep=3, region=None, dry_run=False, json=False):
+    """Deregister old images of a recipe (and their snapshots), never one that is still used."""
+    with command():
+        from dataclasses import asdict
+
+        from bakery.lifecycle import prune as run_prune
+        from bakery.progress import Reporter
+
+        reports = run_prune(settings_from(c), recipe, int(keep), dry_run=dry_run, report=Reporter(),
+                            regions=region or [])
+        if json:
+            emit(__import__("json").dumps([asdict(r) for r in reports], indent=2))
+            return
+        verb = "would remove" if dry_run else "removed"
+        for r in reports:
+            emit(f"{r.recipe}: kept {len(r.kept)}, {verb} {len(r.removed)}, spared {len(r.spared)} in use")
+            for ami, why in r.spared.items():
+                emit(f"  spared {ami}: used by {why}")
+            for ami in r.removed:
+                emit(f"  {verb} {ami}")
+
+
 @task(help={"recipe": "only this recipe's images", "json": "print JSON on stdout"})
 def images(c, recipe=None, json=False):
     """List baked images, newest first: recipe, inputs hash, creation time, state."""
@@ -197,7 +246,7 @@ local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
-ns = Collection(bake, launch, render, failover, images, validate, clean, network, local)
+ns = Collection(bake, rebake, prune, launch, render, failover, images, validate, clean, network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,

@@ -8,6 +8,7 @@ success, failure, exception, Ctrl-C and SIGTERM, and only for what was created.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets
 import shutil
@@ -73,6 +74,7 @@ class Manifest:
     steps: list[StepRecord] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
     ssm_parameter: str | None = None
+    published: dict | None = None
     manifest_path: str | None = None
 
     def to_json(self) -> str:
@@ -265,18 +267,36 @@ class Bake:
             ec2.tag(snapshots, {**image_tags, "bakery:role": "snapshot"})
         manifest.ami_id, manifest.image_name = image_id, name
 
+        if recipe.checks:
+            try:
+                self._smoke(stack, image_id, subnet, group, key_name, login, cidr)
+            except BakeryError as exc:
+                # Keep the image for inspection, marked so nothing ever uses or publishes it.
+                ec2.tag([image_id], {"bakery:smoke": "failed"})
+                image_done[0] = True
+                raise StepFailed(f"{recipe.path}: smoke test of {image_id} failed, not published: {exc.message}") from None
+            ec2.tag([image_id], {"bakery:smoke": "passed"})
+
         if recipe.image.ssm_parameter:
             with r.stage("publish SSM parameter") as s:
                 version = ec2.publish_parameter(recipe.image.ssm_parameter, image_id)
                 manifest.ssm_parameter = recipe.image.ssm_parameter
                 s.detail = f"{recipe.image.ssm_parameter} = {image_id} (version {version})"
+        if recipe.publish:
+            from bakery.promote import publish
+
+            # copies are undone only if the bake fails before the image is finished
+            published = publish(ec2, recipe.publish, image_id, name, image_tags, report=r,
+                                undo=lambda label, fn: stack.undo(label, lambda: None if image_done[0] else fn()))
+            manifest.published = dataclasses.asdict(published)
         # Only now is the image a finished product: skips and lifecycle commands look for this tag.
         ec2.tag([image_id], {"bakery:complete": "true"})
         image_done[0] = True
 
     # ---- pieces -------------------------------------------------------------------------
 
-    def _launch(self, source, subnet: dict, group: str, key_name: str, host_key) -> dict:
+    def _launch(self, source, subnet: dict, group: str, key_name: str, host_key, *, role: str = "builder",
+                user_data: str | None = None) -> dict:
         """Try each instance type in order; capacity errors move on to the next one."""
         from bakery.cloud.ec2 import CapacityError, tag_list
         from bakery.userdata_builder import builder_user_data
@@ -288,14 +308,14 @@ class Bake:
             volume["KmsKeyId"] = b.root_volume.kms_key_id
         params = {
             "ImageId": source.id, "KeyName": key_name,
-            "UserData": builder_user_data(host_key),
+            "UserData": user_data or builder_user_data(host_key),
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
             "BlockDeviceMappings": [{"DeviceName": b.root_volume.device_name or source.root_device_name, "Ebs": volume}],
             "NetworkInterfaces": [{"DeviceIndex": 0, "SubnetId": subnet["SubnetId"], "Groups": [group],
                                    "AssociatePublicIpAddress": b.ssh.interface == "public_ip",
                                    "DeleteOnTermination": True}],
             "InstanceInitiatedShutdownBehavior": "terminate",
-            "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list(self.tags("builder", True))}
+            "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list(self.tags(role, True))}
                                   for kind in ("instance", "volume", "network-interface")],
         }
         if b.iam_instance_profile:
@@ -303,13 +323,101 @@ class Bake:
         errors = []
         for itype in b.instance_types:
             # The same token for a retried call of the same attempt: EC2 launches at most once.
-            token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"bakery/{self.build_id}/{itype}"))
+            token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"bakery/{self.build_id}/{role}/{itype}"))
             try:
                 return self.ec2.run_instance(InstanceType=itype, ClientToken=token, **params)
             except CapacityError as exc:
                 errors.append(exc.message)
                 self.report.warn(f"{exc.message}; trying the next instance type")
         raise CloudError(f"no capacity for any of {', '.join(b.instance_types)}: {errors[-1]}")
+
+    def _smoke(self, stack: CleanupStack, image_id: str, subnet: dict, group: str, key_name: str, login,
+               cidr: str) -> None:
+        """Boot the new image once, as a user would, and run the recipe's checks against it."""
+        from bakery.cloud.ec2 import SourceImage
+        from bakery.remote import keys
+
+        r, ec2, checks = self.report, self.ec2, self.recipe.checks
+        host_key = keys.generate(f"bakery-smoke-{self.build_id}")
+        with r.stage("smoke test: launch") as s:
+            user_data = self._smoke_user_data(host_key, image_id)
+            if checks.health_check and not self.ec2.local:  # the temporary group admits only SSH so far
+                ec2.call("authorize-security-group-ingress", ec2.client.authorize_security_group_ingress,
+                         GroupId=group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": checks.health_check.port,
+                                                        "ToPort": checks.health_check.port,
+                                                        "IpRanges": [{"CidrIp": cidr}]}])
+            image = ec2.client.describe_images(ImageIds=[image_id])["Images"][0]
+            source = SourceImage(image_id, image.get("Name", ""), image.get("RootDeviceName") or "/dev/xvda", "")
+            instance = self._launch(source, subnet, group, key_name, host_key, role="smoke", user_data=user_data)
+            iid = instance["InstanceId"]
+            stack.undo(f"smoke instance {iid}", lambda: self._terminate(iid))
+            started = time.monotonic()
+            instance = ec2.wait_instance_state(iid, "running", timeout=checks.timeout)
+            s.detail = iid
+        connector = self._connector(instance, login, host_key)
+        with r.stage("smoke test: SSH"):
+            connector.connect(timeout=checks.timeout)
+        try:
+            res = connector.run(CLOUD_INIT_WAIT, env={}, timeout=checks.timeout, sudo=False,
+                                on_output=lambda line: r.output("smoke cloud-init", line))
+            if res.exit_status != 0:
+                raise RemoteError(f"cloud-init did not finish cleanly on {iid} (exit {res.exit_status})")
+            for check in checks.commands:
+                with r.stage(f"smoke check: {check.name}"):
+                    res = connector.run(check.shell, env={}, timeout=check.timeout, sudo=True,
+                                        on_output=lambda line, n=check.name: r.output(f"check {n}", line))
+                    if res.exit_status != 0:
+                        why = "timed out" if res.timed_out else f"exited with status {res.exit_status}"
+                        raise RemoteError(f"check {check.name!r} {why}")
+        finally:
+            connector.close()
+        if checks.health_check:
+            from bakery.environment import HealthCheck
+            from bakery.health import check_until
+
+            hc = checks.health_check
+            with r.stage(f"smoke check: HTTP :{hc.port}{hc.path}"):
+                address = instance.get("PublicIpAddress") if self.recipe.builder.ssh.interface == "public_ip" \
+                    else instance.get("PrivateIpAddress")
+                check_until(ec2, iid, self.settings.ssh_host or address,
+                            HealthCheck(type="http", port=hc.port, path=hc.path, expect_status=hc.expect_status),
+                            deadline=started + checks.timeout)
+        with r.stage("smoke test: terminate"):
+            self._terminate(iid)
+
+    def _smoke_user_data(self, host_key, image_id: str) -> str:
+        """The pinned host key, plus the named environment's user data for its tier when declared."""
+        import email.message
+        from email.mime.multipart import MIMEMultipart
+        from email.mime.text import MIMEText
+
+        from bakery.userdata_builder import builder_user_data
+
+        checks = self.recipe.checks
+        host_part = builder_user_data(host_key)
+        if checks.environment is None:
+            return host_part
+        from bakery.environment import load_environment
+        from bakery.launch import render_tier
+
+        env = load_environment(self.settings.envs, checks.environment)
+        env.select(checks.tier)
+        rendered = render_tier(self.settings, env, checks.tier, image_id, self.ec2.region)
+        doc = MIMEMultipart("mixed")
+        part = MIMEText(host_part, "cloud-config")
+        part.add_header("Content-Disposition", "attachment", filename="00-bakery-hostkey.yaml")
+        part["Merge-Type"] = "list(append)+dict(no_replace,recurse_list)+str()"
+        doc.attach(part)
+        if rendered is not None:
+            inner = email.message_from_string(rendered.text)
+            if not inner.is_multipart():
+                ctype = "cloud-config" if rendered.text.startswith("#cloud-config") else "x-shellscript"
+                inner = MIMEText(rendered.text, ctype)
+                inner.add_header("Content-Disposition", "attachment", filename=f"01-{checks.tier}")
+                if ctype == "cloud-config":
+                    inner["Merge-Type"] = "list(append)+dict(no_replace,recurse_list)+str()"
+            doc.attach(inner)
+        return doc.as_string()
 
     def _connector(self, instance: dict, login, host_key):
         from bakery.remote.ssh import Bastion, SSHConnector, Target

@@ -47,9 +47,9 @@ def clean_build(ec2: EC2, build_id: str, *, dry_run: bool = False) -> CleanRepor
 
     images = ec2.call("describe-images", c.describe_images, Owners=["self"], Filters=tag)["Images"]
     for image in images:
-        done = any(t["Key"] == "bakery:complete" and t["Value"] == "true" for t in image.get("Tags", []))
-        if done:
-            continue
+        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+        if tags.get("bakery:complete") == "true" or tags.get("bakery:smoke") == "failed":
+            continue  # the product, or a rejected image kept (marked) for inspection
         report.removed.append(f"unfinished image {image['ImageId']}")
         if not dry_run:
             ec2.deregister_image(image["ImageId"])

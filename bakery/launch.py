@@ -364,7 +364,8 @@ class Launcher:
             arn = self.env.tiers[tier].target_group_arn
             if not arn:
                 continue
-            elb = self.ec2.session.client("elbv2", endpoint_url=self.ec2.settings.endpoint_url)
+            elb = self.ec2.session.client("elbv2", region_name=self.ec2.region,
+                                          endpoint_url=self.ec2.settings.endpoint_url)
             with self.report.stage(f"register {tier} in target group"):
                 targets = [{"Id": i} for i in ids]
                 self.ec2.call("elbv2 register-targets", elb.register_targets, TargetGroupArn=arn, Targets=targets)

@@ -159,6 +159,61 @@ class Image(Strict):
     ssm_parameter: SSM_PATH | None = None
 
 
+class Check(Strict):
+    name: str = Field(min_length=1, max_length=80)
+    shell: str = Field(min_length=1)
+    timeout: float = Field(120, gt=0, le=3600)
+
+
+class Checks(Strict):
+    """The smoke test: a throwaway instance of the new image must pass these before it is published."""
+
+    environment: Annotated[str, Field(pattern=NAME_RE)] | None = None  # whose user data the instance gets
+    tier: Annotated[str, Field(pattern=NAME_RE)] | None = None
+    commands: list[Check] = []
+    health_check: "HealthCheckRef | None" = None
+    timeout: float = Field(300, gt=0, le=3600, description="deadline for the instance to boot and answer")
+
+    @model_validator(mode="after")
+    def _pair(self) -> "Checks":
+        if (self.environment is None) != (self.tier is None):
+            raise ValueError("give environment and tier together (whose user data the smoke instance gets)")
+        if not self.commands and self.health_check is None:
+            raise ValueError("declare commands and/or a health_check")
+        return self
+
+
+class HealthCheckRef(Strict):
+    port: int = Field(80, ge=1, le=65535)
+    path: str = Field("/health", pattern=r"^/")
+    expect_status: int = Field(200, ge=100, le=599)
+
+
+class LaunchTemplateRef(Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9()./_-]{3,128}$")
+
+
+class Publish(Strict):
+    """Where a smoke-tested image goes: other regions, other accounts, SSM, a launch template."""
+
+    regions: list[Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")]] = []
+    kms_key_ids: dict[str, str] = {}  # region -> KMS key for the encrypted copy there
+    share_with: list[Annotated[str, Field(pattern=r"^\d{12}$")]] = []
+    ssm_parameter: SSM_PATH | None = None  # written in every region (home and copies), DataType aws:ec2:image
+    launch_template: LaunchTemplateRef | None = None  # a new version pinned to the home-region AMI
+    deprecate_after_days: int | None = Field(None, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _kms(self) -> "Publish":
+        for region in self.kms_key_ids:
+            if region not in self.regions:
+                raise ValueError(f"kms_key_ids: {region} is not one of the copy regions")
+        return self
+
+
+Checks.model_rebuild()
+
+
 class RecipeDoc(Strict):
     """The YAML document as written (one file, before `extends` is applied)."""
 
@@ -169,6 +224,8 @@ class RecipeDoc(Strict):
     variables: dict[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")], Variable] = {}
     steps: list[Step] = []
     image: Image | None = None
+    checks: Checks | None = None
+    publish: Publish | None = None
 
 
 class Recipe(Strict):
@@ -183,6 +240,8 @@ class Recipe(Strict):
     variables: dict[str, Variable]
     steps: list[Step]
     image: Image
+    checks: Checks | None = None
+    publish: Publish | None = None
     root: Path = Field(description="directory script and upload sources are relative to")
 
     def local_path(self, rel: str) -> Path:
@@ -235,9 +294,10 @@ def load_recipe(recipes_dir: Path, name: str) -> Recipe:
         current = doc.extends
     chain.reverse()  # parents first
 
-    merged: dict = {"description": "", "source": None, "builder": None, "variables": {}, "steps": [], "image": None}
+    merged: dict = {"description": "", "source": None, "builder": None, "variables": {}, "steps": [], "image": None,
+                    "checks": None, "publish": None}
     for _, doc, _ in chain:
-        for key in ("source", "builder", "image"):
+        for key in ("source", "builder", "image", "checks", "publish"):
             if getattr(doc, key) is not None:
                 merged[key] = getattr(doc, key)
         merged["description"] = doc.description or merged["description"]
@@ -251,7 +311,8 @@ def load_recipe(recipes_dir: Path, name: str) -> Recipe:
         name=name, path=top, files=[p for p, _, _ in chain], root=recipes_dir,
         description=merged["description"], source=merged["source"],
         builder=merged["builder"] or Builder(), variables=merged["variables"],
-        steps=merged["steps"], image=merged["image"] or Image(),
+        steps=merged["steps"], image=merged["image"] or Image(), checks=merged["checks"],
+        publish=merged["publish"],
     )
     _check_steps(recipe, chain)
     _check_templates(recipe, chain)

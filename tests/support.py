@@ -100,6 +100,19 @@ exec /usr/sbin/sshd -D -e -f /mnt/sshd_config
 """
 
 
+def _host_key_config(user_data: str) -> dict:
+    """The cloud-config carrying ssh_keys, in plain or multipart user data (the smoke instance's)."""
+    if not user_data.startswith("Content-Type: multipart"):
+        return yaml.safe_load(user_data)
+    import email
+    for part in email.message_from_string(user_data).walk():
+        if part.get_content_type() == "text/cloud-config":
+            config = yaml.safe_load(part.get_payload())
+            if isinstance(config, dict) and "ssh_keys" in config:
+                return config
+    raise AssertionError("no ssh_keys in the instance's user data")
+
+
 class FakeBuilderHost:
     """A real sshd that becomes "the builder" once bakery launches one in moto."""
 
@@ -126,7 +139,7 @@ class FakeBuilderHost:
         ec2 = self.moto.client()
         while not self._stop.is_set():
             try:
-                resp = ec2.describe_instances(Filters=[{"Name": "tag:bakery:role", "Values": ["builder"]},
+                resp = ec2.describe_instances(Filters=[{"Name": "tag:bakery:role", "Values": ["builder", "smoke"]},
                                                        {"Name": "instance-state-name", "Values": ["pending", "running"]}])
                 found = [i for r in resp["Reservations"] for i in r["Instances"]]
             except Exception:  # noqa: BLE001 - the server may be resetting between tests
@@ -143,7 +156,7 @@ class FakeBuilderHost:
         self.served.append(self.instance_id)
         raw = ec2.describe_instance_attribute(InstanceId=self.instance_id, Attribute="userData")
         self.user_data = base64.b64decode(raw["UserData"]["Value"]).decode()
-        config = yaml.safe_load(self.user_data)
+        config = _host_key_config(self.user_data)
         key = ec2.describe_key_pairs(KeyNames=[instance["KeyName"]], IncludePublicKey=True)["KeyPairs"][0]
         (self.fs / "root/.ssh/authorized_keys").write_text(key["PublicKey"].strip() + "\n")
         host_key = self.fs / "etc/ssh/ssh_host_ed25519_key"
@@ -204,6 +217,7 @@ def leftovers(ec2) -> dict[str, list[str]]:
     keys = [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]]
     images = [i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]
               if any(t["Key"] == "bakery:build-id" for t in i.get("Tags", []))
-              and not any(t["Key"] == "bakery:complete" for t in i.get("Tags", []))]
+              and not any(t["Key"] == "bakery:complete" for t in i.get("Tags", []))
+              and {"Key": "bakery:smoke", "Value": "failed"} not in i.get("Tags", [])]  # kept, marked, on purpose
     return {k: v for k, v in {"instances": instances, "security_groups": groups, "key_pairs": keys,
                               "unfinished_images": images}.items() if v}

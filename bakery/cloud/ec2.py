@@ -92,7 +92,9 @@ class EC2:
         config = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=60,
                         user_agent_extra="bakery")
         self.session = session
-        self.client = session.client("ec2", endpoint_url=settings.endpoint_url, config=config)
+        # region_name explicitly: a facade for another region may share the home region's session
+        self.client = session.client("ec2", region_name=settings.region, endpoint_url=settings.endpoint_url,
+                                     config=config)
         self._ssm = None
         self._config = config
         if self.local:
@@ -101,7 +103,8 @@ class EC2:
     @property
     def ssm(self):
         if self._ssm is None:
-            self._ssm = self.session.client("ssm", endpoint_url=self.settings.endpoint_url, config=self._config)
+            self._ssm = self.session.client("ssm", region_name=self.region, endpoint_url=self.settings.endpoint_url,
+                                            config=self._config)
         return self._ssm
 
     def call(self, action: str, fn: Callable[..., Any], **kwargs) -> Any:
