@@ -144,6 +144,24 @@ def validate(c):
         emit(f"ok: {checked} file(s) valid")
 
 
+@task(help={"dry-run": "only list what would be removed",
+            "older-than": "builds whose temporary resources are older than this (30m, 6h, 2d; default: expired)",
+            "run-id": "builds of this CI run (BAKERY_RUN_ID at bake time), whatever their age"})
+def janitor(c, dry_run=False, older_than=None, run_id=None):
+    """Remove what dead bakes left behind (builders, key pairs, groups, unfinished images), by tags."""
+    with command():
+        from bakery.cloud.ec2 import EC2
+        from bakery.janitor import janitor as run_janitor
+        from bakery.janitor import parse_duration
+
+        age = parse_duration(older_than) if older_than else None
+        report = run_janitor(EC2(settings_from(c)), older_than=age, run_id=run_id, dry_run=dry_run)
+        verb = "would remove" if dry_run else "removed"
+        for build, removed in report.builds.items():
+            emit(f"{build}: {verb} {', '.join(removed) or 'nothing'}")
+        emit(f"janitor: {len(report.builds)} dead build(s), {len(report.live)} live build(s) left alone")
+
+
 @task(help={"build-id": "the build to remove (printed by bake)", "dry-run": "only list what would be removed"})
 def clean(c, build_id, dry_run=False):
     """Remove what one build left behind (instances, security groups, key pairs, unfinished images)."""
@@ -246,7 +264,7 @@ local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
-ns = Collection(bake, rebake, prune, launch, render, failover, images, validate, clean, network, local)
+ns = Collection(bake, rebake, prune, launch, render, failover, images, validate, clean, janitor, network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,

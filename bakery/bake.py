@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import secrets
 import shutil
 import time
@@ -133,6 +134,8 @@ class Bake:
 
     def tags(self, role: str, temporary: bool) -> dict[str, str]:
         tags = {"bakery:recipe": self.recipe.name, "bakery:build-id": self.build_id, "bakery:role": role}
+        if os.environ.get("BAKERY_RUN_ID"):  # a CI run's clean-up job finds its own builds by this
+            tags["bakery:run-id"] = os.environ["BAKERY_RUN_ID"]
         if temporary:
             tags["bakery:expires"] = (datetime.now(timezone.utc) + TEMP_TTL).strftime("%Y-%m-%dT%H:%M:%SZ")
             tags["Name"] = f"bakery-{role}-{self.recipe.name}-{self.build_id}"

@@ -1,0 +1,49 @@
+"""The GitHub workflows, checked offline: schema-valid, and the properties the rebake relies on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / ".github" / "workflows"
+
+
+def load(name: str) -> dict:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as True
+    return data
+
+
+def test_both_workflows_pass_githubs_schema():
+    exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
+    out = subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", str(WORKFLOWS / "rebake.yml"),
+                          str(WORKFLOWS / "ci.yml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_rebake_runs_weekly_and_on_demand_with_oidc_and_never_cancels_a_bake():
+    wf = load("rebake.yml")
+    assert wf["on"]["schedule"][0]["cron"].split()[-1] == "1"  # weekly, on Mondays
+    assert set(wf["on"]["workflow_dispatch"]["inputs"]) == {"recipes", "force"}
+    assert wf["permissions"]["id-token"] == "write"
+    job = wf["jobs"]["rebake"]
+    assert job["concurrency"]["group"] == "rebake-${{ matrix.recipe }}" and job["concurrency"]["cancel-in-progress"] is False
+    assert "matrix" in job["strategy"] and job["strategy"]["fail-fast"] is False
+    creds = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials"))
+    assert creds["with"]["role-to-assume"] == "${{ vars.BAKERY_ROLE_ARN }}"
+    assert int(creds["with"]["role-duration-seconds"]) >= 7200  # longer than the 1 h default
+    cleanup = wf["jobs"]["cleanup"]
+    assert cleanup["if"] == "always()" and any("invoke janitor --run-id" in s.get("run", "") for s in cleanup["steps"])
+    assert wf["env"]["BAKERY_RUN_ID"] == "${{ github.run_id }}"
+
+
+def test_ci_runs_the_same_command_as_dot_ci_run():
+    wf = load("ci.yml")
+    assert {"push", "pull_request"} <= set(wf["on"])
+    assert any(".ci/run" in s.get("run", "") for s in wf["jobs"]["test"]["steps"])
+    assert "pytest -q" in (ROOT / ".ci" / "run").read_text()
