@@ -72,7 +72,10 @@ def cloud(tmp_path_factory):
     cloud.up(log=lambda line: print(line, file=sys.stderr))
     yield cloud
     before = netns_names()
-    cloud.down()
+    try:
+        cloud.down()
+    finally:
+        cloud.endpoint.down()  # even when an instance would not go: never leave a moto server behind
     assert not any(n.startswith("bakery-i-") and (data / "instances" / n[7:]).exists() for n in before)
 
 
