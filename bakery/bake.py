@@ -159,16 +159,15 @@ class Bake:
                             image_name=None, source_ami=source.id, inputs_hash=digest, skipped=False, reason="",
                             started_at=started_at, seconds=0.0, variables=self.variables)
         self.manifest = manifest
-        if not self.force:
-            existing = self.ec2.bakery_images(recipe=self.recipe.name, inputs_hash=digest)
-            if existing:
-                image = existing[0]
-                manifest.skipped, manifest.ami_id, manifest.image_name = True, image["ImageId"], image.get("Name")
-                manifest.reason = f"inputs unchanged: {image['ImageId']} already has inputs hash {digest}"
-                manifest.seconds = round(time.monotonic() - self.started, 3)
-                return manifest
+        if not self.force and self._skip(manifest, digest):
+            return manifest
+        # Two bakes of one recipe on this machine: the second waits, then finds the first's image.
+        lock = self._lock()
+        if not self.force and self._skip(manifest, digest):
+            lock.close()
+            return manifest
         manifest.reason = "forced" if self.force else "no image with these inputs"
-        with CleanupStack(r) as stack:
+        with lock, CleanupStack(r) as stack:
             try:
                 self._bake(stack, source, digest, manifest)
             except BaseException:
@@ -180,6 +179,22 @@ class Bake:
         manifest.seconds = round(time.monotonic() - self.started, 3)
         self._write_manifest(manifest)
         return manifest
+
+    def _skip(self, manifest: Manifest, digest: str) -> bool:
+        existing = self.ec2.bakery_images(recipe=self.recipe.name, inputs_hash=digest)
+        if not existing:
+            return False
+        image = existing[0]
+        manifest.skipped, manifest.ami_id, manifest.image_name = True, image["ImageId"], image.get("Name")
+        manifest.reason = f"inputs unchanged: {image['ImageId']} already has inputs hash {digest}"
+        manifest.seconds = round(time.monotonic() - self.started, 3)
+        return True
+
+    def _lock(self):
+        from bakery.locks import exclusive
+
+        return exclusive(self.settings.state / "locks", f"bake-{self.ec2.region}-{self.recipe.name}",
+                         lambda: self.report.info(f"another bake of {self.recipe.name} is running here; waiting"))
 
     def _bake(self, stack: CleanupStack, source, digest: str, manifest: Manifest) -> None:
         from bakery.remote import keys

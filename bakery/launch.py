@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 
 from bakery.environment import Environment, Tier, load_environment
 from bakery.errors import CloudError, ConfigError
+from bakery.locks import exclusive
 from bakery.progress import Reporter
 from bakery.settings import Settings
 from bakery.signals import shielded
@@ -315,8 +316,12 @@ class Launcher:
             "NetworkInterfaces": nics,
             "TagSpecifications": [{"ResourceType": k, "Tags": tag_list(tags)}
                                   for k in ("instance", "volume", "network-interface")],
-            # a retried call of this run never launches twice; another run is guarded by the slot tags
-            "ClientToken": str(uuid.uuid5(uuid.NAMESPACE_URL, f"bakery/{self.launch_id}/{plan.tier}/{slot}")),
+            # The same token for every launch that sees the same world (slot, instances already there,
+            # image, user data): a retried call, or a concurrent launch on another machine, gets the
+            # same instance back from EC2 instead of a second one. A replaced instance changes the world.
+            "ClientToken": str(uuid.uuid5(uuid.NAMESPACE_URL, "bakery/" + "/".join(
+                [self.env.name, plan.tier, slot, ",".join(sorted(plan.existing)), plan.image_id,
+                 plan.user_data_sha256]))),
         }
         if plan.user_data:
             params["UserData"] = plan.user_data
@@ -421,6 +426,14 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
     tiers = env.select(tier)
     started = time.monotonic()
     launcher = Launcher(settings, env, report=report, keep_on_error=keep_on_error)
+    # planning counts the instances already there: a concurrent launch here must wait its turn
+    with exclusive(settings.state / "locks", f"launch-{launcher.ec2.region}-{env.name}",
+                   lambda: report.info(f"another launch of {env.name} is running here; waiting")):
+        return _launch_locked(launcher, env, tiers, dry_run, report, started)
+
+
+def _launch_locked(launcher: "Launcher", env: Environment, tiers: dict, dry_run: bool, report: Reporter,
+                   started: float) -> LaunchReport:
     network_actions = []
     if env.network is not None:  # the network comes first: tiers resolve their subnets and ENIs in it
         from bakery.network import Network
