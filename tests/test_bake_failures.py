@@ -190,3 +190,15 @@ def test_connection_dropped_mid_step(moto, tmp_path, builder_host, settings_for)
     with pytest.raises(RemoteError):
         run_bake(settings)
     assert_clean(moto)
+
+
+def test_credentials_that_expire_before_a_wait_fail_early_and_clean_up(moto, tmp_path, builder_host, settings_for,
+                                                                        monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    soon = datetime.now(timezone.utc) + timedelta(seconds=120)
+    monkeypatch.setenv("AWS_CREDENTIAL_EXPIRATION", soon.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    settings = settings_for(make(tmp_path, builder_host.port))
+    with pytest.raises(CloudError, match=r"credentials expire in \d+s, before this wait's 600s deadline"):
+        run_bake(settings)
+    assert_clean(moto)

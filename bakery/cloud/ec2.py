@@ -118,6 +118,25 @@ class EC2:
         except (botocore.exceptions.BotoCoreError, botocore.parsers.ResponseParserError, OSError) as exc:
             raise CloudError(error_message(exc, action)) from exc
 
+    def ensure_credentials_last(self, seconds: float, what: str) -> None:
+        """Fail now, while clean-up can still run, if the credentials cannot outlive this wait.
+
+        Credentials that refresh themselves (assume-role, web identity, SSO) are fine; temporary
+        ones that cannot (e.g. exported with AWS_CREDENTIAL_EXPIRATION) are checked against the
+        wait's deadline, instead of hanging on ExpiredToken half way (a classic Packer complaint).
+        """
+        from datetime import datetime, timezone
+
+        creds = self.session.get_credentials()
+        expiry = getattr(creds, "_expiry_time", None)
+        if creds is None or expiry is None or getattr(creds, "method", "") not in ("env", "shared-credentials-file"):
+            return
+        left = (expiry - datetime.now(timezone.utc)).total_seconds()
+        if left < seconds:
+            raise CloudError(f"{what}: the AWS credentials expire in {max(0, int(left))}s, before this wait's "
+                             f"{int(seconds)}s deadline; renew them with a longer session (e.g. "
+                             "role-duration-seconds) and bake again")
+
     def code_of(self, exc: CloudError) -> str:
         cause = exc.__cause__
         if isinstance(cause, botocore.exceptions.ClientError):
@@ -201,6 +220,7 @@ class EC2:
                 if m.get("Ebs", {}).get("SnapshotId")]
 
     def wait_image_available(self, image_id: str, timeout: float, backoff: Backoff | None = None) -> dict:
+        self.ensure_credentials_last(timeout, f"waiting for image {image_id}")
         def check():
             images = self._describe_images(ImageIds=[image_id])
             if not images:
@@ -299,6 +319,8 @@ class EC2:
 
     def wait_instance_state(self, instance_id: str, want: str, timeout: float,
                             backoff: Backoff | None = None) -> dict:
+        if want != "terminated":  # clean-up must still try, whatever the credentials' lifetime
+            self.ensure_credentials_last(timeout, f"waiting for instance {instance_id} to be {want}")
         bad = {"running": {"shutting-down", "terminated", "stopping", "stopped"},
                "stopped": {"terminated", "shutting-down"}, "terminated": set()}[want]
 
