@@ -218,10 +218,11 @@ class Bake:
             subnet = ec2.subnet(b.subnet)
             from bakery.cloud.ec2 import caller_cidr
             cidr = b.ssh.allowed_cidr or caller_cidr(ec2.settings)
-            group = ec2.create_security_group(f"bakery-{recipe.name}-{self.build_id}", subnet["VpcId"], cidr,
+            group = ec2.create_security_group(f"bakery-{recipe.name}-{self.build_id}", subnet["VpcId"],
                                               self.tags("security-group", True))
             self.resources["security_group"] = group
             stack.undo(f"security group {group}", lambda: ec2.delete_security_group(group))
+            ec2.allow_ssh(group, cidr)
             s.detail = f"{group}: tcp/22 from {cidr} only"
 
         host_key = keys.generate(f"bakery-host-{self.build_id}")

@@ -271,15 +271,17 @@ class EC2:
                               "set builder.subnet to a subnet id")
         return subnets[0]
 
-    def create_security_group(self, name: str, vpc_id: str, cidr: str, tags: dict[str, str]) -> str:
+    def create_security_group(self, name: str, vpc_id: str, tags: dict[str, str]) -> str:
+        """An empty group; the caller registers its deletion before opening anything in it."""
         resp = self.call("create-security-group", self.client.create_security_group, GroupName=name,
                          Description="bakery builder: SSH from the caller only", VpcId=vpc_id,
                          TagSpecifications=[{"ResourceType": "security-group", "Tags": tag_list(tags)}])
-        group_id = resp["GroupId"]
+        return resp["GroupId"]
+
+    def allow_ssh(self, group_id: str, cidr: str) -> None:
         self.call("authorize-security-group-ingress", self.client.authorize_security_group_ingress,
                   GroupId=group_id, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
                                                     "IpRanges": [{"CidrIp": cidr, "Description": "bakery caller"}]}])
-        return group_id
 
     def delete_security_group(self, group_id: str, timeout: float = 120) -> None:
         """Retry on DependencyViolation: the builder's ENI lingers for a while after terminate."""
