@@ -128,7 +128,6 @@ class Bake:
                                         datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"))
         self.started = time.monotonic()
         self.manifest: Manifest | None = None
-        self.failed = False
 
     # ---- tags ---------------------------------------------------------------------------
 
@@ -171,7 +170,6 @@ class Bake:
             try:
                 self._bake(stack, source, digest, manifest)
             except BaseException:
-                self.failed = True
                 if self.keep_on_error:
                     self._keep(stack)
                 raise
@@ -463,6 +461,8 @@ class Bake:
                                    proxy_command=ssh.proxy_command, bastion=bastion))
 
     def _run_step(self, connector, index: int, step: Step) -> StepRecord:
+        from bakery.remote.ssh import ConnectionLost
+
         r = self.report
         label = f"step {index + 1}/{len(self.recipe.steps)}: {step.name}"
         attempts, start = 0, time.monotonic()
@@ -476,9 +476,9 @@ class Bake:
                         connector.put(self.recipe.local_path(up.source), up.dest, mode=up.mode, owner=up.owner,
                                       sudo=step.sudo)
                         status, timed_out = 0, False
-                    except RemoteError as exc:
-                        if "connection lost" in exc.message:
-                            raise
+                    except ConnectionLost:
+                        raise
+                    except RemoteError as exc:  # the upload itself failed (disk full, bad owner): a step failure
                         r.output(step.name, exc.message)
                         status, timed_out = 1, False
                 else:

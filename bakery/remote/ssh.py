@@ -33,6 +33,10 @@ WINDOW = 16 * 1024 * 1024
 SocketFactory = Callable[[float], socket.socket]
 
 
+class ConnectionLost(RemoteError):
+    """The SSH connection itself failed (as opposed to a command or upload that failed on it)."""
+
+
 class HostKeyMismatch(RemoteError):
     """The server is not the machine we launched: never retried."""
 
@@ -140,14 +144,14 @@ class SSHConnector:
 
     def _exec(self, command: str) -> paramiko.Channel:
         if self.transport is None or not self.transport.is_active():
-            raise RemoteError(f"{self.target.label}: SSH connection lost")
+            raise ConnectionLost(f"{self.target.label}: SSH connection lost")
         try:
             chan = self.transport.open_session(timeout=30)
             chan.set_combine_stderr(True)
             chan.exec_command(command)
             return chan
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise RemoteError(f"{self.target.label}: SSH connection lost ({exc or type(exc).__name__})") from exc
+            raise ConnectionLost(f"{self.target.label}: SSH connection lost ({exc or type(exc).__name__})") from exc
 
     def run(self, script: str, *, env: Mapping[str, str], timeout: float, sudo: bool,
             on_output: OutputSink) -> RunResult:
@@ -169,7 +173,7 @@ class SSHConnector:
             chan.shutdown_write()
             status, late = self._drain(chan, on_output, deadline=start + timeout + 15)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise RemoteError(f"{self.target.label}: SSH connection lost while running a step ({exc or type(exc).__name__})") from exc
+            raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step ({exc or type(exc).__name__})") from exc
         finally:
             chan.close()
         timed_out = late or status == 124 or (status == 137 and time.monotonic() - start >= timeout)
@@ -186,7 +190,7 @@ class SSHConnector:
                 if time.monotonic() > deadline:
                     return -1, True
                 if not self.transport.is_active():
-                    raise RemoteError(f"{self.target.label}: SSH connection lost while running a step")
+                    raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step")
                 continue
             if not data:
                 break
@@ -200,7 +204,7 @@ class SSHConnector:
             if time.monotonic() > deadline:
                 return -1, True
             if not self.transport.is_active():
-                raise RemoteError(f"{self.target.label}: SSH connection lost while running a step")
+                raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step")
             time.sleep(0.01)
         return chan.recv_exit_status(), False
 
@@ -241,7 +245,7 @@ class SSHConnector:
             chan.shutdown_write()
             status, _ = self._drain(chan, out.append, deadline=time.monotonic() + 600)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise RemoteError(f"{self.target.label}: SSH connection lost during upload of {local} ({exc or type(exc).__name__})") from exc
+            raise ConnectionLost(f"{self.target.label}: SSH connection lost during upload of {local} ({exc or type(exc).__name__})") from exc
         finally:
             chan.close()
         if status != 0:
