@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Per-step latency: bakery's SSH connector against OpenSSH with a ControlMaster connection.
+
+Both run N trivial steps (`echo step $i`) on the same private sshd on 127.0.0.1 (own host
+key, own authorized key, root's ~/.bashrc masked in a private mount namespace so neither
+pays a slow shell start-up). OpenSSH: one `ssh -S ctl host cmd` per step over an
+established master. bakery: one `SSHConnector.run` per step over its one connection
+(what a recipe's shell step costs). Runs alternate; medians of per-step times and the ratio.
+
+    python3 bench/step_latency.py [--steps 50] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bakery.remote import keys  # noqa: E402
+from bakery.remote.ssh import SSHConnector, Target  # noqa: E402
+from tests.support import free_port, stop_process  # noqa: E402
+
+SSHD = """\
+ListenAddress 127.0.0.1
+Port {port}
+HostKey {dir}/host_key
+PidFile none
+AuthorizedKeysFile {dir}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+MaxSessions 1000
+LogLevel ERROR
+"""
+
+
+def start_sshd(work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    (work / "sshd_config").write_text(SSHD.format(port=port, dir=work))
+    bashrc = Path.home() / ".bashrc"
+    mask = f'mount --bind /dev/null {bashrc} && ' if bashrc.exists() else ""
+    proc = subprocess.Popen(["unshare", "-m", "-p", "--fork", "--kill-child", "--propagation", "private", "sh", "-c",
+                             f"mount -t tmpfs tmpfs /run && mkdir -m 755 /run/sshd && {mask}"
+                             f"exec /usr/sbin/sshd -D -e -f {work}/sshd_config"], stderr=subprocess.DEVNULL)
+    return proc, port
+
+
+def openssh(work: Path, port: int, steps: int) -> list[float]:
+    ctl = work / "ctl"
+    base = ["ssh", "-i", str(work / "id"), "-p", str(port), "-o", f"UserKnownHostsFile={work}/known_hosts",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-S", str(ctl)]
+    subprocess.run(base + ["-M", "-f", "-N", "root@127.0.0.1"], check=True)
+    times = []
+    try:
+        for i in range(steps):
+            t0 = time.perf_counter()
+            subprocess.run(base + ["root@127.0.0.1", f"echo step {i}"], check=True, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t0)
+    finally:
+        subprocess.run(base + ["-O", "exit", "root@127.0.0.1"], stderr=subprocess.DEVNULL)
+    return times
+
+
+def bakery(work: Path, port: int, steps: int, login, host) -> list[float]:
+    conn = SSHConnector(Target(host="127.0.0.1", port=port, user="root", login_key=login.paramiko_key(),
+                               host_key=host.public_openssh, label="bench"))
+    conn.connect(timeout=10)
+    times = []
+    try:
+        for i in range(steps):
+            t0 = time.perf_counter()
+            res = conn.run(f"echo step {i}", env={}, timeout=60, sudo=False, on_output=lambda line: None)
+            assert res.exit_status == 0
+            times.append(time.perf_counter() - t0)
+    finally:
+        conn.close()
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bakery-steps-") as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o700)
+        login, host = keys.generate("bench"), keys.generate("bench-host")
+        login.write_private(work, "id")
+        host.write_private(work, "host_key")
+        (work / "authorized_keys").write_text(login.public_openssh + "\n")
+        sshd, port = start_sshd(work)
+        (work / "known_hosts").write_text(f"[127.0.0.1]:{port} {host.public_openssh}\n")
+        time.sleep(0.3)
+        try:
+            ours, theirs = [], []
+            for _ in range(args.runs):
+                theirs += openssh(work, port, args.steps)
+                ours += bakery(work, port, args.steps, login, host)
+        finally:
+            sshd.kill()
+            stop_process(sshd)
+    o, b = statistics.median(theirs) * 1000, statistics.median(ours) * 1000
+    print(f"{args.steps} steps x {args.runs} alternating runs, same sshd on 127.0.0.1")
+    print(f"  OpenSSH ControlMaster, one `ssh -S` per step: {o:.1f} ms median per step")
+    print(f"  bakery SSHConnector.run per step:            {b:.1f} ms median per step")
+    print(f"  ratio bakery/OpenSSH: {b / o:.2f}  (issue 8 target: <= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
