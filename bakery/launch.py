@@ -424,6 +424,12 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
            report: Reporter, keep_on_error: bool = False) -> LaunchReport:
     env = load_environment(settings.envs, env_name)
     tiers = env.select(tier)
+    # Bad templates, variables and secrets are refused before any cloud call (and before the
+    # local cloud starts): render every tier once offline, as `invoke validate` does.
+    from bakery.validate import PLACEHOLDER_IMAGE
+
+    for name, spec in tiers.items():
+        render_tier(settings, env, name, spec.image.ami or PLACEHOLDER_IMAGE, settings.region)
     started = time.monotonic()
     launcher = Launcher(settings, env, report=report, keep_on_error=keep_on_error)
     # planning counts the instances already there: a concurrent launch here must wait its turn

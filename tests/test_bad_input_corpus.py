@@ -1,0 +1,158 @@
+"""The bad-input corpus, through the real command line.
+
+Every case is a malformed recipe, environment, template or flag. Each must end with one
+line on stderr that starts with `error:` and names the file (or flag) and the problem, a
+non-zero exit, no traceback, and nothing created at the endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT, leftovers
+
+pytestmark = pytest.mark.e2e
+
+GOOD_RECIPE = """\
+source: {ami: ami-12345678}
+variables: {v: {default: x}}
+steps:
+  - {name: hi, shell: echo hi}
+"""
+GOOD_ENV = """\
+tiers:
+  web:
+    image: {recipe: web}
+    user_data: {parts: [web.yaml.j2], variables: {greeting: hi}}
+"""
+GOOD_TEMPLATE = "#cloud-config\nwrite_files:\n  - {path: /etc/greeting, content: {{ greeting | yaml }}}\n"
+
+BOMB = "".join(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9 if i else ["x"] * 9) + "]\n" for i in range(9))
+
+# (case id, files to write {relative path: text}, argv after `invoke`, expected text in the message)
+RECIPES = [
+    ("recipe-unknown-key", {"recipes/web.yaml": GOOD_RECIPE + "colour: red\n"}, ["bake", "--recipe", "web"], "web.yaml:5: colour: unknown key"),
+    ("recipe-wrong-type", {"recipes/web.yaml": GOOD_RECIPE.replace("echo hi}", "echo hi, timeout: soon}")}, ["bake", "--recipe", "web"], "timeout"),
+    ("recipe-steps-not-list", {"recipes/web.yaml": "source: {ami: ami-12345678}\nsteps: {a: 1}\n"}, ["bake", "--recipe", "web"], "steps"),
+    ("recipe-invalid-yaml", {"recipes/web.yaml": "steps: [\n"}, ["bake", "--recipe", "web"], "invalid YAML"),
+    ("recipe-tabs", {"recipes/web.yaml": "source:\n\tami: x\n"}, ["bake", "--recipe", "web"], "invalid YAML"),
+    ("recipe-alias-bomb", {"recipes/web.yaml": BOMB}, ["bake", "--recipe", "web"], "alias bomb"),
+    ("recipe-merge-key", {"recipes/web.yaml": "b: &b {ami: ami-12345678}\nsource: {<<: *b}\n"}, ["bake", "--recipe", "web"], "merge keys"),
+    ("recipe-duplicate-key", {"recipes/web.yaml": GOOD_RECIPE + "variables: {}\n"}, ["bake", "--recipe", "web"], "duplicate key 'variables'"),
+    ("recipe-huge", {"recipes/web.yaml": "# pad\n" * 60000}, ["bake", "--recipe", "web"], "byte limit"),
+    ("recipe-binary", {"recipes/web.yaml": "\udcff"}, ["bake", "--recipe", "web"], "not UTF-8"),
+    ("recipe-top-level-list", {"recipes/web.yaml": "- a\n"}, ["bake", "--recipe", "web"], "expected a mapping"),
+    ("recipe-empty-source", {"recipes/web.yaml": "source: {}\n"}, ["bake", "--recipe", "web"], "give exactly one of ami, filter, ssm_parameter"),
+    ("recipe-bad-ami", {"recipes/web.yaml": "source: {ami: image-1}\n"}, ["bake", "--recipe", "web"], "source.ami"),
+    ("recipe-upload-traversal", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: ../../etc/shadow, dest: /x}}\n"}, ["bake", "--recipe", "web"], "points outside"),
+    ("recipe-upload-absolute", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: /etc/shadow, dest: /x}}\n"}, ["bake", "--recipe", "web"], "must be relative"),
+    ("recipe-script-missing", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: s, script: nope.sh}\n"}, ["bake", "--recipe", "web"], "'nope.sh' does not exist"),
+    ("recipe-dest-relative", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: web.yaml, dest: etc/x}}\n"}, ["bake", "--recipe", "web"], "dest must be an absolute path"),
+    ("recipe-dest-dotdot", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: web.yaml, dest: /a/../etc}}\n"}, ["bake", "--recipe", "web"], "without '..'"),
+    ("recipe-bad-cidr", {"recipes/web.yaml": GOOD_RECIPE + "builder: {ssh: {allowed_cidr: 10.0.0.0/33}}\n"}, ["bake", "--recipe", "web"], "invalid CIDR"),
+    ("recipe-host-cidr", {"recipes/web.yaml": GOOD_RECIPE + "builder: {ssh: {allowed_cidr: 10.0.0.1/24}}\n"}, ["bake", "--recipe", "web"], "invalid CIDR"),
+    ("recipe-bad-instance-type", {"recipes/web.yaml": GOOD_RECIPE + "builder: {instance_types: [big]}\n"}, ["bake", "--recipe", "web"], "is not an instance type"),
+    ("recipe-bad-port", {"recipes/web.yaml": GOOD_RECIPE + "builder: {ssh: {port: 70000}}\n"}, ["bake", "--recipe", "web"], "builder.ssh.port"),
+    ("recipe-bad-user", {"recipes/web.yaml": GOOD_RECIPE + "builder: {ssh: {user: 'root; rm -rf /'}}\n"}, ["bake", "--recipe", "web"], "builder.ssh.user"),
+    ("recipe-undefined-in-step", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: t, shell: 'echo {{ nope }}'}\n"}, ["bake", "--recipe", "web"], "'nope' is undefined"),
+    ("recipe-template-injection", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: t, shell: \"{{ ''.__class__.__mro__[1].__subclasses__() }}\"}\n"}, ["bake", "--recipe", "web"], "steps[1] (t).shell"),
+    ("recipe-template-syntax", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: t, shell: 'echo {{ v '}\n"}, ["bake", "--recipe", "web"], "template syntax error"),
+    ("recipe-bad-image-name", {"recipes/web.yaml": GOOD_RECIPE + "image: {name: 'x'}\n"}, ["bake", "--recipe", "web"], "not a valid AMI name"),
+    ("recipe-reserved-tag", {"recipes/web.yaml": GOOD_RECIPE + "image: {tags: {'bakery:complete': 'true'}}\n"}, ["bake", "--recipe", "web"], "reserved prefix"),
+    ("recipe-duplicate-step", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: hi, shell: echo again}\n"}, ["bake", "--recipe", "web"], "duplicate step name 'hi'"),
+    ("recipe-extends-cycle", {"recipes/web.yaml": "extends: web\n" + GOOD_RECIPE}, ["bake", "--recipe", "web"], "extends cycle"),
+    ("recipe-extends-missing", {"recipes/web.yaml": "extends: nothere\n"}, ["bake", "--recipe", "web"], "no such recipe 'nothere'"),
+    ("recipe-retries-negative", {"recipes/web.yaml": GOOD_RECIPE.replace("echo hi}", "echo hi, retries: -1}")}, ["bake", "--recipe", "web"], "retries"),
+    ("recipe-bad-policy", {"recipes/web.yaml": GOOD_RECIPE.replace("echo hi}", "echo hi, on_failure: ignore}")}, ["bake", "--recipe", "web"], "on_failure"),
+    ("recipe-bad-env-name", {"recipes/web.yaml": GOOD_RECIPE.replace("echo hi}", "echo hi, env: {'1BAD': x}}")}, ["bake", "--recipe", "web"], "env"),
+    ("recipe-publish-bad-account", {"recipes/web.yaml": GOOD_RECIPE + "publish: {share_with: ['12']}\n"}, ["bake", "--recipe", "web"], "publish.share_with"),
+    ("recipe-checks-empty", {"recipes/web.yaml": GOOD_RECIPE + "checks: {}\n"}, ["bake", "--recipe", "web"], "declare commands and/or a health_check"),
+]
+FLAGS = [
+    ("flag-unknown-recipe", {}, ["bake", "--recipe", "nope"], "no such recipe 'nope'"),
+    ("flag-recipe-traversal", {}, ["bake", "--recipe", "../../etc/passwd"], "recipe name '../../etc/passwd' is invalid"),
+    ("flag-var-no-equals", {}, ["bake", "--recipe", "web", "--var", "v"], "--var 'v': expected KEY=VALUE"),
+    ("flag-var-undeclared", {}, ["bake", "--recipe", "web", "--var", "w=1"], "variable 'w' is not declared"),
+    ("flag-var-twice", {}, ["bake", "--recipe", "web", "--var", "v=1", "--var", "v=2"], "--var v: given twice"),
+    ("flag-unknown-env", {}, ["launch", "--env", "nope"], "no such environment 'nope'"),
+    ("flag-env-traversal", {}, ["launch", "--env", "../x"], "environment name '../x' is invalid"),
+    ("flag-unknown-tier", {}, ["launch", "--env", "prod", "--tier", "nope"], "no tier 'nope'"),
+    ("flag-render-unknown-tier", {}, ["render", "--env", "prod", "--tier", "nope"], "no tier 'nope'"),
+    ("flag-prune-keep-zero", {}, ["prune", "--recipe", "web", "--keep", "0"], "keep at least one image"),
+    ("flag-prune-unknown", {}, ["prune", "--recipe", "nope", "--keep", "2"], "no such recipe 'nope'"),
+    ("flag-janitor-duration", {}, ["janitor", "--older-than", "soon"], "--older-than 'soon'"),
+    ("flag-rebake-unknown", {}, ["rebake", "--recipe", "nope"], "no such recipe 'nope'"),
+    ("flag-failover-no-persistent", {}, ["failover", "--env", "prod", "--tier", "web"], "has no persistent interfaces"),
+]
+ENVS = [
+    ("env-unknown-key", {"envs/prod.yaml": GOOD_ENV + "colour: red\n"}, "prod.yaml:5: colour: unknown key"),
+    ("env-name-key", {"envs/prod.yaml": "name: other\n" + GOOD_ENV}, "an environment's name is its file name"),
+    ("env-no-tiers", {"envs/prod.yaml": "tiers: {}\n"}, "tiers"),
+    ("env-count-type", {"envs/prod.yaml": GOOD_ENV.replace("image: {recipe: web}", "image: {recipe: web}\n    count: lots")}, "tiers.web.count"),
+    ("env-count-negative", {"envs/prod.yaml": GOOD_ENV.replace("image: {recipe: web}", "image: {recipe: web}\n    count: -1")}, "tiers.web.count"),
+    ("env-image-two", {"envs/prod.yaml": GOOD_ENV.replace("{recipe: web}", "{recipe: web, ami: ami-12345678}")}, "give exactly one of recipe, ami, ssm_parameter"),
+    ("env-bad-strategy", {"envs/prod.yaml": GOOD_ENV.replace("image: {recipe: web}", "image: {recipe: web}\n    strategy: magic")}, "strategy"),
+    ("env-baked-with-userdata", {"envs/prod.yaml": GOOD_ENV.replace("image: {recipe: web}", "image: {recipe: web}\n    strategy: baked")}, "launches the image alone"),
+    ("env-reserved-var", {"envs/prod.yaml": "variables: {tier: x}\n" + GOOD_ENV}, "name is reserved"),
+    ("env-reserved-tag", {"envs/prod.yaml": "tags: {'aws:x': y}\n" + GOOD_ENV}, "reserved prefix"),
+    ("env-secret-akia", {"envs/prod.yaml": GOOD_ENV.replace("greeting: hi", "greeting: AKIAIOSFODNN7EXAMPLE")}, "tiers.web"),
+    ("env-secret-password", {"envs/prod.yaml": GOOD_ENV.replace("greeting: hi", "greeting: hi, db_password: hunter2")}, "db_password"),
+    ("env-secret-pem", {"envs/prod.yaml": GOOD_ENV.replace("greeting: hi", "greeting: '-----BEGIN RSA PRIVATE KEY-----\\nMIIE\\n-----END RSA PRIVATE KEY-----'")}, "tiers.web"),
+    ("env-bad-secret-ref", {"envs/prod.yaml": GOOD_ENV + "    secrets: {DB: 'vault:/x'}\n"}, "secrets"),
+    ("env-template-missing", {"envs/prod.yaml": GOOD_ENV.replace("[web.yaml.j2]", "[nope.yaml.j2]")}, "nope.yaml.j2"),
+    ("env-template-traversal", {"envs/prod.yaml": GOOD_ENV.replace("[web.yaml.j2]", "[../recipes/web.yaml]")}, "must be a path inside userdata/"),
+    ("env-include-traversal", {"userdata/web.yaml.j2": "#cloud-config\n{% include '../recipes/web.yaml' %}\n"}, "refused"),
+    ("env-template-injection", {"userdata/web.yaml.j2": "#cloud-config\nx: {{ greeting.__class__.__mro__ }}\n"}, "userdata/web.yaml.j2"),
+    ("env-undefined-var", {"envs/prod.yaml": GOOD_ENV.replace("greeting: hi", "other: hi")}, "'greeting' is undefined"),
+    ("env-template-syntax", {"userdata/web.yaml.j2": "#cloud-config\nx: {{ greeting \n"}, "syntax error"),
+    ("env-schema-invalid", {"userdata/web.yaml.j2": "#cloud-config\npackages: nginx\n"}, "packages: 'nginx' is not of type 'array'"),
+    ("env-yaml-injection-proof", {"userdata/web.yaml.j2": "#cloud-config\nwrite_files: {{ greeting }}\n"}, "cloud-config schema"),
+    ("env-user-data-too-big", {"envs/prod.yaml": GOOD_ENV.replace("greeting: hi", "greeting: '" + "".join(
+        f"{(i * 7919) % 1000003:x}" for i in range(6000)) + "'")}, "over EC2's 16383-byte limit"),
+    ("env-bad-cidr", {"envs/prod.yaml": "network:\n  vpc: {cidr: 10.0.0.0/99}\n  subnets: {a: {cidr: 10.0.1.0/24}}\n" + GOOD_ENV}, "invalid CIDR"),
+    ("env-bad-ip", {"envs/prod.yaml": "network:\n  vpc: {cidr: 10.0.0.0/16}\n  subnets: {a: {cidr: 10.0.1.0/24}}\n" + GOOD_ENV.replace(
+        "image: {recipe: web}", "image: {recipe: web}\n    interfaces: [{device_index: 0, subnet: a, private_ip: 10.0.1.300}]")}, "invalid IPv4 address"),
+    ("env-persistent-primary", {"envs/prod.yaml": GOOD_ENV.replace("image: {recipe: web}", "image: {recipe: web}\n    interfaces: [{device_index: 0, subnet: a, private_ip: 10.0.1.9, persistent: true}]")}, "cannot be device_index 0"),
+]
+
+
+def corpus():
+    for case, files, argv, expected in RECIPES + FLAGS:
+        yield pytest.param(files, argv, expected, id=case)
+    for case, files, expected in ENVS:
+        yield pytest.param(files, ["launch", "--env", "prod"], expected, id=case)
+
+
+def test_the_corpus_is_large():
+    assert len(list(corpus())) >= 60
+
+
+@pytest.mark.parametrize("files, argv, expected", corpus())
+def test_bad_input_is_refused_cleanly(moto, tmp_path, files, argv, expected):
+    project = {"recipes/web.yaml": GOOD_RECIPE, "envs/prod.yaml": GOOD_ENV, "userdata/web.yaml.j2": GOOD_TEMPLATE,
+               **files}
+    for rel, text in project.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "aws", "INVOKE_BAKERY_ENDPOINT_URL": moto.url,
+           "INVOKE_BAKERY_RECIPES_DIR": str(tmp_path / "recipes"), "INVOKE_BAKERY_ENVS_DIR": str(tmp_path / "envs"),
+           "INVOKE_BAKERY_USERDATA_DIR": str(tmp_path / "userdata"), "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state")}
+    env.pop("BAKERY_DEBUG", None)
+    ec2 = moto.client()
+    vpcs = len(ec2.describe_vpcs()["Vpcs"])
+    out = subprocess.run([sys.executable, "-m", "invoke", *argv], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0, out.stdout
+    assert "Traceback" not in out.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert expected in lines[0], lines[0]
+    assert leftovers(ec2) == {} and len(ec2.describe_vpcs()["Vpcs"]) == vpcs
+    running = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+               if i["State"]["Name"] != "terminated"]
+    assert running == []
