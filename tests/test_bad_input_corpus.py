@@ -131,7 +131,7 @@ def test_the_corpus_is_large():
     assert len(list(corpus())) >= 60
 
 
-@pytest.mark.parametrize("files, argv, expected", corpus())
+@pytest.mark.parametrize("files, argv, expected", list(corpus()))
 def test_bad_input_is_refused_cleanly(moto, tmp_path, files, argv, expected):
     project = {"recipes/web.yaml": GOOD_RECIPE, "envs/prod.yaml": GOOD_ENV, "userdata/web.yaml.j2": GOOD_TEMPLATE,
                **files}
