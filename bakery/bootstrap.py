@@ -11,7 +11,6 @@ base64, so large uploads hit the 16 KB user data limit and are reported there.
 from __future__ import annotations
 
 import base64
-import gzip
 import io
 import shlex
 import tarfile
@@ -83,7 +82,3 @@ def bootstrap_script(recipe: Recipe, variables: dict[str, str]) -> str:
                    f"{step.on_failure} {int(step.timeout)} <<'{marker}'\n{body.rstrip()}\n{marker}\n)\n")
     out.append("echo 'bakery: bootstrap finished'\n")
     return "".join(out)
-
-
-def gzip_size(text: str) -> int:
-    return len(gzip.compress(text.encode(), 9))

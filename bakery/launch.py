@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from bakery.environment import Environment, Tier, load_environment
-from bakery.errors import CloudError, ConfigError
+from bakery.errors import ConfigError
 from bakery.locks import exclusive
 from bakery.progress import Reporter
 from bakery.settings import Settings
@@ -149,10 +149,8 @@ class Launcher:
         slots = [str(i) for i in range(spec.count)] + [f"standby-{i}" for i in range(spec.standby)]
         missing = [s for s in slots if s not in taken]
         if spec.interfaces:
-            from bakery.network import Network
-
             # fixed addresses must be free only when this run launches instances to hold them
-            resolved = Network(self.ec2, self.env).resolve_interfaces(name, spec, new_instances=bool(missing))
+            resolved = self._network().resolve_interfaces(name, spec, new_instances=bool(missing))
             primary = resolved[0]
             if primary.subnet.id is None:
                 raise ConfigError(f"{where}.interfaces: subnet {primary.spec.subnet!r} does not exist yet: "
@@ -197,50 +195,43 @@ class Launcher:
         if ref.ssm_parameter:
             value = self.ec2.call(f"ssm get-parameter {ref.ssm_parameter}", self.ec2.ssm.get_parameter,
                                   Name=ref.ssm_parameter)["Parameter"]["Value"]
-            return self._by_id(value, f"{where}.image.ssm_parameter ({ref.ssm_parameter})")
-        return self._by_id(ref.ami, f"{where}.image.ami")
-
-    def _by_id(self, ami: str, what: str) -> dict:
-        try:
-            images = self.ec2.client.describe_images(ImageIds=[ami]).get("Images", [])
-        except Exception:  # noqa: BLE001 - any lookup failure means "not usable"
-            images = []
-        if not images or images[0].get("State") != "available":
-            raise ConfigError(f"{what}: image {ami} does not exist or is not available in {self.ec2.region}")
-        return images[0]
+            return self.ec2.available_image(value, f"{where}.image.ssm_parameter ({ref.ssm_parameter})")
+        return self.ec2.available_image(ref.ami, f"{where}.image.ami")
 
     def _subnets(self, spec: Tier, where: str) -> list[dict]:
-        c = self.ec2.client
+        """The tier's subnets (declared network names, ids or Name tags); default: the default VPC's first."""
         if not spec.subnets:
-            resp = self.ec2.call("describe-subnets (default VPC)", c.describe_subnets,
+            resp = self.ec2.call("describe-subnets (default VPC)", self.ec2.client.describe_subnets,
                                  Filters=[{"Name": "default-for-az", "Values": ["true"]}])
             subnets = sorted(resp["Subnets"], key=lambda s: (s.get("AvailabilityZone", ""), s["SubnetId"]))
             if not subnets:
                 raise ConfigError(f"{where}.subnets: not set and region {self.ec2.region} has no default VPC")
             return subnets[:1]
+        network = self._network()
         out = []
         for ref in spec.subnets:
-            filters = ([{"Name": "subnet-id", "Values": [ref]}] if ref.startswith("subnet-")
-                       else [{"Name": "tag:Name", "Values": [ref]}])
-            found = self.ec2.call("describe-subnets", c.describe_subnets, Filters=filters)["Subnets"]
-            if len(found) != 1:
-                raise ConfigError(f"{where}.subnets: {ref!r} matches {len(found)} subnets in {self.ec2.region} "
-                                  "(expected exactly one)")
-            out.append(found[0])
+            info = network.subnet(ref, f"{where}.subnets")
+            if info.id is None:
+                raise ConfigError(f"{where}.subnets: subnet {ref!r} does not exist yet: "
+                                  f"run invoke network.up --env {self.env.name}")
+            out.append({"SubnetId": info.id, "VpcId": info.vpc})
         return out
 
     def _groups(self, spec: Tier, vpc: str, where: str) -> list[str]:
-        c = self.ec2.client
-        refs = spec.security_groups or ["default"]
+        network = self._network()
         out = []
-        for ref in refs:
-            key = "group-id" if ref.startswith("sg-") else "group-name"
-            found = self.ec2.call("describe-security-groups", c.describe_security_groups,
-                                  Filters=[{"Name": key, "Values": [ref]}, {"Name": "vpc-id", "Values": [vpc]}])
-            if len(found["SecurityGroups"]) != 1:
-                raise ConfigError(f"{where}.security_groups: {ref!r} is not a security group of {vpc}")
-            out.append(found["SecurityGroups"][0]["GroupId"])
+        for ref in spec.security_groups or ["default"]:
+            group = network.group(ref, vpc, f"{where}.security_groups")
+            if group is None:
+                raise ConfigError(f"{where}.security_groups: {ref!r} does not exist yet: "
+                                  f"run invoke network.up --env {self.env.name}")
+            out.append(group)
         return out
+
+    def _network(self):
+        from bakery.network import Network
+
+        return Network(self.ec2, self.env)
 
     def _existing(self, tier: str) -> list[dict]:
         resp = self.ec2.call("describe-instances", self.ec2.client.describe_instances, Filters=[
@@ -394,24 +385,7 @@ class Launcher:
             if plan.user_data:  # launch templates take base64 that the caller encodes (unlike RunInstances)
                 data["UserData"] = base64.b64encode(plan.user_data).decode()
             with self.report.stage(f"launch template {spec.name}") as s:
-                try:
-                    self.ec2.call("describe-launch-templates", c.describe_launch_templates,
-                                  LaunchTemplateNames=[spec.name])
-                    exists = True
-                except CloudError as exc:
-                    if "NotFound" not in self.ec2.code_of(exc):
-                        raise
-                    exists = False
-                if exists:
-                    resp = self.ec2.call("create-launch-template-version", c.create_launch_template_version,
-                                         LaunchTemplateName=spec.name, LaunchTemplateData=data,
-                                         VersionDescription=f"bakery {self.launch_id}")
-                    version = resp["LaunchTemplateVersion"]["VersionNumber"]
-                else:
-                    resp = self.ec2.call("create-launch-template", c.create_launch_template,
-                                         LaunchTemplateName=spec.name, LaunchTemplateData=data,
-                                         VersionDescription=f"bakery {self.launch_id}")
-                    version = resp["LaunchTemplate"]["LatestVersionNumber"]
+                version = self.ec2.new_launch_template_version(spec.name, data, f"bakery {self.launch_id}")
                 if spec.set_default:
                     self.ec2.call("modify-launch-template", c.modify_launch_template,
                                   LaunchTemplateName=spec.name, DefaultVersion=str(version))

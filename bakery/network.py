@@ -376,10 +376,13 @@ class Network:
         self._wait_eni(eni["NetworkInterfaceId"], lambda e: e.get("Status") == "available",
                        f"{eni['NetworkInterfaceId']} to detach", timeout)
 
+    def describe_eni(self, eni_id: str) -> dict:
+        return self.ec2.call("describe-network-interfaces", self.c.describe_network_interfaces,
+                             NetworkInterfaceIds=[eni_id])["NetworkInterfaces"][0]
+
     def _wait_eni(self, eni_id: str, ready, what: str, timeout: float) -> dict:
         def check():
-            e = self.ec2.call("describe-network-interfaces", self.c.describe_network_interfaces,
-                              NetworkInterfaceIds=[eni_id])["NetworkInterfaces"][0]
+            e = self.describe_eni(eni_id)
             return e if ready(e) else None
         return wait_for(check, what=what, timeout=timeout, backoff=Backoff(initial=0.05, factor=1.5, max_interval=1.0))
 
@@ -406,7 +409,7 @@ def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter)
         raise ConfigError(f"{env.path}: tiers.{tier} has no persistent interfaces to fail over")
     net = Network(ec2, env, report)
     resolved = [r for r in net.resolve_interfaces(tier, spec) if r.spec.persistent]
-    enis = [net._wait_eni(r.eni_id, lambda e: True, r.eni_id, 10) for r in resolved]
+    enis = [net.describe_eni(r.eni_id) for r in resolved]
     current = {e.get("Attachment", {}).get("InstanceId") for e in enis} - {None}
     source = current.pop() if len(current) == 1 else None
     target = to or _standby(ec2, env.name, tier, exclude=source)

@@ -79,23 +79,9 @@ def publish(ec2: EC2, spec: Publish, image_id: str, name: str, tags: dict[str, s
 
     if spec.launch_template:
         with report.stage(f"launch template {spec.launch_template.name}") as s:
-            c = ec2.client
-            try:
-                ec2.call("describe-launch-templates", c.describe_launch_templates,
-                         LaunchTemplateNames=[spec.launch_template.name])
-                resp = ec2.call("create-launch-template-version", c.create_launch_template_version,
-                                LaunchTemplateName=spec.launch_template.name, SourceVersion="$Latest",
-                                LaunchTemplateData={"ImageId": image_id}, VersionDescription=f"bakery {name}")
-                version = resp["LaunchTemplateVersion"]["VersionNumber"]
-            except CloudError as exc:
-                if "NotFound" not in ec2.code_of(exc):
-                    raise
-                resp = ec2.call("create-launch-template", c.create_launch_template,
-                                LaunchTemplateName=spec.launch_template.name,
-                                LaunchTemplateData={"ImageId": image_id,
-                                                    "MetadataOptions": {"HttpTokens": "required"}},
-                                VersionDescription=f"bakery {name}")
-                version = resp["LaunchTemplate"]["LatestVersionNumber"]
+            version = ec2.new_launch_template_version(
+                spec.launch_template.name, {"ImageId": image_id}, f"bakery {name}", merge_latest=True,
+                initial={"MetadataOptions": {"HttpTokens": "required"}})
             result.launch_template = f"{spec.launch_template.name}:{version}"
             s.detail = result.launch_template
 

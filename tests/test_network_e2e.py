@@ -230,3 +230,18 @@ def test_a_fixed_address_already_taken_is_refused_before_launch(net):
         launch(net["settings"], "prod", report=Reporter(quiet=True))
     assert c.describe_instances(Filters=[{"Name": "tag:bakery:environment", "Values": ["prod"]}])["Reservations"] == []
     assert squatter["NetworkInterface"]["Status"] == "available"
+
+
+def test_a_tier_without_interfaces_uses_the_networks_subnets_and_groups_by_name(net):
+    """`subnets:` and `security_groups:` name what network.up made (tagged), not just Name tags."""
+    (net["envs"] / "simple.yaml").write_text(
+        NETWORK_ENV.split("tiers:")[0]
+        + "tiers:\n  web:\n    image: {recipe: app}\n    subnets: [web-a]\n    security_groups: [web-sg]\n")
+    report = launch(net["settings"], "simple", report=Reporter(quiet=True))
+    c = net["c"]
+    inst = c.describe_instances(InstanceIds=[report.instances[0].instance_id])["Reservations"][0]["Instances"][0]
+    flt = [{"Name": "tag:bakery:environment", "Values": ["simple"]}]
+    subnet = c.describe_subnets(Filters=flt + [{"Name": "tag:bakery:network-name", "Values": ["subnet/web-a"]}])
+    group = c.describe_security_groups(Filters=flt + [{"Name": "tag:bakery:network-name", "Values": ["sg/web-sg"]}])
+    assert inst["SubnetId"] == subnet["Subnets"][0]["SubnetId"]
+    assert [g["GroupId"] for g in inst["NetworkInterfaces"][0]["Groups"]] == [group["SecurityGroups"][0]["GroupId"]]

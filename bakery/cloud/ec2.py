@@ -171,6 +171,10 @@ class EC2:
         return _source(images[0])
 
     def _image_by_id(self, ami: str, what: str) -> SourceImage:
+        return _source(self.available_image(ami, what))
+
+    def available_image(self, ami: str, what: str) -> dict:
+        """The image, or a ConfigError naming `what` when it does not exist or is not available."""
         try:
             images = self._describe_images(ImageIds=[ami])
         except CloudError as exc:
@@ -180,7 +184,7 @@ class EC2:
                 raise
         if not images or images[0].get("State") != "available":
             raise ConfigError(f"{what}: image {ami} does not exist or is not available in {self.region}")
-        return _source(images[0])
+        return images[0]
 
     def _describe_images(self, **kwargs) -> list[dict]:
         pages = self.client.get_paginator("describe_images")
@@ -350,6 +354,27 @@ class EC2:
         except CloudError as exc:
             if self.code_of(exc) != "InvalidInstanceID.NotFound":
                 raise
+
+    # ---- launch templates -----------------------------------------------------------------
+
+    def new_launch_template_version(self, name: str, data: dict, description: str, *,
+                                    merge_latest: bool = False, initial: dict | None = None) -> int:
+        """A new version of the named template (created on first use, with `initial` added to
+        `data`); returns its number. `merge_latest` keeps everything else from the latest version
+        and changes only `data`'s keys."""
+        c = self.client
+        try:
+            self.call("describe-launch-templates", c.describe_launch_templates, LaunchTemplateNames=[name])
+        except CloudError as exc:
+            if "NotFound" not in self.code_of(exc):
+                raise
+            resp = self.call("create-launch-template", c.create_launch_template, LaunchTemplateName=name,
+                             LaunchTemplateData={**(initial or {}), **data}, VersionDescription=description)
+            return resp["LaunchTemplate"]["LatestVersionNumber"]
+        resp = self.call("create-launch-template-version", c.create_launch_template_version,
+                         LaunchTemplateName=name, LaunchTemplateData=data, VersionDescription=description,
+                         **({"SourceVersion": "$Latest"} if merge_latest else {}))
+        return resp["LaunchTemplateVersion"]["VersionNumber"]
 
     # ---- SSM ----------------------------------------------------------------------------
 
