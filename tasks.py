@@ -148,18 +148,27 @@ def validate(c):
             "older-than": "builds whose temporary resources are older than this (30m, 6h, 2d; default: expired)",
             "run-id": "builds of this CI run (BAKERY_RUN_ID at bake time), whatever their age"})
 def janitor(c, dry_run=False, older_than=None, run_id=None):
-    """Remove what dead bakes left behind (builders, key pairs, groups, unfinished images), by tags."""
+    """Remove what dead runs left behind (builders, key pairs, groups, unfinished images, launches), by ledger and tags."""
     with command():
         from bakery.cloud.ec2 import EC2
         from bakery.janitor import janitor as run_janitor
         from bakery.janitor import parse_duration
 
         age = parse_duration(older_than) if older_than else None
-        report = run_janitor(EC2(settings_from(c)), older_than=age, run_id=run_id, dry_run=dry_run)
+        settings = settings_from(c)
+        report = run_janitor(EC2(settings), older_than=age, run_id=run_id, dry_run=dry_run,
+                             ledger_dir=settings.state / "ledger")
         verb = "would remove" if dry_run else "removed"
         for build, removed in report.builds.items():
             emit(f"{build}: {verb} {', '.join(removed) or 'nothing'}")
-        emit(f"janitor: {len(report.builds)} dead build(s), {len(report.live)} live build(s) left alone")
+        for failure in report.failed:
+            emit(f"not removed (left in the ledger): {failure}")
+        emit(f"janitor: {len(report.builds)} dead run(s), {len(report.live)} live run(s) left alone"
+             + (f", {len(report.failed)} failure(s)" if report.failed else ""))
+        if report.failed:
+            from bakery.errors import CloudError
+
+            raise CloudError(f"janitor: {len(report.failed)} resource(s) not removed; run it again when the cause is fixed")
 
 
 @task(help={"build-id": "the build to remove (printed by bake)", "dry-run": "only list what would be removed"})

@@ -87,12 +87,44 @@ def new_build_id() -> str:
 
 
 class CleanupStack(contextlib.ExitStack):
-    """ExitStack whose undo actions are shielded from signals and never mask the cause."""
+    """ExitStack whose undo actions are shielded from signals and never mask the cause.
 
-    def __init__(self, report: Reporter | None = None):  # pop_all() builds one without arguments
+    Cloud resources go through `created()`: journalled in the run's ledger before anything
+    waits on them, so a crash Python cannot see still leaves a record for the janitor.
+    """
+
+    def __init__(self, report: Reporter | None = None, ledger=None):  # pop_all() builds one without arguments
         super().__init__()
         self.report = report
+        self.ledger = ledger
         self.failures: list[str] = []
+        self._kept: set[tuple] = set()
+
+    def created(self, kind: str, rid: str, region: str | None, label: str, fn: Callable[[], None],
+                **extra) -> None:
+        """Journal a new resource and register its undo (skipped once `keep()` says it is a product)."""
+        key = (kind, rid, region)
+        if self.ledger is not None:
+            self.ledger.created(kind, rid, region, **extra)
+
+        def undo():
+            if key in self._kept:
+                return
+            fn()
+            if self.ledger is not None:
+                self.ledger.removed(kind, rid, region)
+        self.undo(label, undo)
+
+    def keep(self, kind: str, rid: str, region: str | None) -> None:
+        self._kept.add((kind, rid, region))
+        if self.ledger is not None:
+            self.ledger.kept(kind, rid, region)
+
+    def keep_all(self) -> None:
+        """--keep-on-error: everything outstanding stays for inspection (its tags still expire)."""
+        if self.ledger is not None:
+            for e in self.ledger.outstanding():
+                self.keep(e.kind, e.id, e.region)
 
     def undo(self, label: str, fn: Callable[[], None]) -> None:
         def run():
@@ -166,7 +198,10 @@ class Bake:
             lock.close()
             return manifest
         manifest.reason = "forced" if self.force else "no image with these inputs"
-        with lock, CleanupStack(r) as stack:
+        from bakery.ledger import Ledger
+
+        with lock, Ledger(self.settings.state / "ledger", self.build_id, f"bake {self.recipe.name}") as ledger, \
+                CleanupStack(r, ledger) as stack:
             try:
                 self._bake(stack, source, digest, manifest)
             except BaseException:
@@ -198,18 +233,20 @@ class Bake:
         from bakery.remote import keys
 
         r, ec2, recipe = self.report, self.ec2, self.recipe
+        region = ec2.region
         b = recipe.builder
         self.resources: dict[str, str] = {}
 
         with r.stage("create temporary key pair") as s:
             login = keys.generate(f"bakery-{self.build_id}")
             key_dir = self.settings.state / "keys" / self.build_id
+            stack.created("key-file", str(key_dir), None, "private key file",
+                          lambda: shutil.rmtree(key_dir, ignore_errors=True))
             self.key_file = login.write_private(key_dir, "id_ed25519")
-            stack.undo("private key file", lambda: shutil.rmtree(key_dir, ignore_errors=True))
             key_name = f"bakery-{recipe.name}-{self.build_id}"
             ec2.import_key_pair(key_name, login.public_openssh, self.tags("key-pair", True))
             self.resources["key_pair"] = key_name
-            stack.undo(f"key pair {key_name}", lambda: ec2.delete_key_pair(key_name))
+            stack.created("key-pair", key_name, region, f"key pair {key_name}", lambda: ec2.delete_key_pair(key_name))
             s.detail = key_name
 
         with r.stage("create temporary security group") as s:
@@ -219,7 +256,8 @@ class Bake:
             group = ec2.create_security_group(f"bakery-{recipe.name}-{self.build_id}", subnet["VpcId"],
                                               self.tags("security-group", True))
             self.resources["security_group"] = group
-            stack.undo(f"security group {group}", lambda: ec2.delete_security_group(group))
+            stack.created("security-group", group, region, f"security group {group}",
+                          lambda: ec2.delete_security_group(group))
             ec2.allow_ssh(group, cidr)
             s.detail = f"{group}: tcp/22 from {cidr} only"
 
@@ -228,7 +266,7 @@ class Bake:
             instance = self._launch(source, subnet, group, key_name, host_key)
             iid = instance["InstanceId"]
             self.resources["instance"] = iid
-            stack.undo(f"builder {iid}", lambda: self._terminate(iid))
+            stack.created("instance", iid, region, f"builder {iid}", lambda: self._terminate(iid))
             s.detail = f"{iid} ({instance['InstanceType']})"
 
         with r.stage("wait for builder to run") as s:
@@ -270,12 +308,14 @@ class Bake:
             image_id = ec2.create_image(iid, name, recipe.image.description or recipe.description, image_tags)
             self.resources["image"] = image_id
             s.detail = f"{image_id} {name}"
-            image_done = [False]
+            stack.created("image", image_id, region, f"unfinished image {image_id}",
+                          lambda: ec2.deregister_image(image_id))
+        # what becomes part of the product once the image is finished (until then: undone on failure)
+        products = [("image", image_id, region)]
 
-            def drop_unfinished_image():
-                if not image_done[0]:
-                    ec2.deregister_image(image_id)
-            stack.undo(f"unfinished image {image_id}", drop_unfinished_image)
+        def made(kind: str, rid: str, where: str | None, label: str, fn, **extra) -> None:
+            products.append((kind, rid, where))
+            stack.created(kind, rid, where, label, fn, **extra)
 
         with r.stage("wait for image"):
             ec2.wait_image_available(image_id, timeout=3600)
@@ -290,25 +330,29 @@ class Bake:
             except BakeryError as exc:
                 # Keep the image for inspection, marked so nothing ever uses or publishes it.
                 ec2.tag([image_id], {"bakery:smoke": "failed"})
-                image_done[0] = True
+                stack.keep("image", image_id, region)
                 raise StepFailed(f"{recipe.path}: smoke test of {image_id} failed, not published: {exc.message}") from None
             ec2.tag([image_id], {"bakery:smoke": "passed"})
 
         if recipe.image.ssm_parameter:
             with r.stage("publish SSM parameter") as s:
-                version = ec2.publish_parameter(recipe.image.ssm_parameter, image_id)
+                param = recipe.image.ssm_parameter
+                previous = ec2.parameter_value(param)
+                # journalled before the put: restoring is a no-op unless the parameter holds this image
+                made("ssm-parameter", param, region, f"SSM parameter {param}",
+                     lambda: ec2.restore_parameter(param, previous, image_id), previous=previous, value=image_id)
+                version = ec2.publish_parameter(param, image_id)
                 manifest.ssm_parameter = recipe.image.ssm_parameter
                 s.detail = f"{recipe.image.ssm_parameter} = {image_id} (version {version})"
         if recipe.publish:
             from bakery.promote import publish
 
-            # copies are undone only if the bake fails before the image is finished
-            published = publish(ec2, recipe.publish, image_id, name, image_tags, report=r,
-                                undo=lambda label, fn: stack.undo(label, lambda: None if image_done[0] else fn()))
+            published = publish(ec2, recipe.publish, image_id, name, image_tags, report=r, created=made)
             manifest.published = dataclasses.asdict(published)
         # Only now is the image a finished product: skips and lifecycle commands look for this tag.
         ec2.tag([image_id], {"bakery:complete": "true"})
-        image_done[0] = True
+        for product in products:
+            stack.keep(*product)
 
     # ---- pieces -------------------------------------------------------------------------
 
@@ -367,7 +411,7 @@ class Bake:
             source = SourceImage(image_id, image.get("Name", ""), image.get("RootDeviceName") or "/dev/xvda", "")
             instance = self._launch(source, subnet, group, key_name, host_key, role="smoke", user_data=user_data)
             iid = instance["InstanceId"]
-            stack.undo(f"smoke instance {iid}", lambda: self._terminate(iid))
+            stack.created("instance", iid, self.ec2.region, f"smoke instance {iid}", lambda: self._terminate(iid))
             started = time.monotonic()
             instance = ec2.wait_instance_state(iid, "running", timeout=checks.timeout)
             s.detail = iid
@@ -507,6 +551,7 @@ class Bake:
 
     def _keep(self, stack: CleanupStack) -> None:
         """--keep-on-error: leave the builder for debugging and say how to reach and remove it."""
+        stack.keep_all()
         stack.pop_all()
         res = getattr(self, "resources", {})
         iid = res.get("instance")

@@ -1,27 +1,34 @@
-"""`invoke janitor`: remove what dead runs left behind, found by bakery's tags alone (so it
-works on a fresh machine, e.g. a CI clean-up job).
+"""`invoke janitor`: remove what dead runs left behind, by the local ledger and by tags.
 
-A build counts as dead when its temporary resources are older than `--older-than`
-(creation time = `bakery:expires` minus the TTL the bake set), or when it belongs to the
-CI run named by `--run-id` (the run's jobs have ended when its clean-up job runs).
-Nothing without bakery's tags is ever looked at; a finished image is never touched.
+The ledger (bakery/ledger.py) names, by id, what each run on this machine created and has not
+removed; a run whose ledger lock is free is dead (its process is gone), so its leftovers go at
+once. Tags find the rest from anywhere, e.g. a CI clean-up job on a fresh machine: a build counts
+as dead when its temporary resources are older than `--older-than` (creation time =
+`bakery:expires` minus the TTL the bake set), or when it belongs to the CI run named by
+`--run-id` (the run's jobs have ended when its clean-up job runs).
+Nothing that another run's tags claim is touched, nor a finished image, nor a live run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+from bakery import ledger
 from bakery.bake import TEMP_TTL
 from bakery.cleanup import clean_build
-from bakery.errors import ConfigError
+from bakery.errors import BakeryError, ConfigError
 
 
 @dataclass
 class JanitorReport:
     builds: dict[str, list[str]] = field(default_factory=dict)  # build id -> what was (or would be) removed
     live: list[str] = field(default_factory=list)               # builds left alone
+    failed: list[str] = field(default_factory=list)             # what could not be removed (stays in the ledger)
     dry_run: bool = False
 
 
@@ -59,20 +66,155 @@ def _builds(ec2) -> dict[str, dict[str, str]]:
     return found
 
 
-def janitor(ec2, *, older_than: timedelta | None, run_id: str | None, dry_run: bool) -> JanitorReport:
+def janitor(ec2, *, older_than: timedelta | None, run_id: str | None, dry_run: bool,
+            ledger_dir: Path | None = None) -> JanitorReport:
+    report = JanitorReport(dry_run=dry_run)
+    dead_here: set[str] = set()
+    if ledger_dir is not None:
+        dead, live = ledger.dead_runs(ledger_dir)
+        report.live.extend(live)
+        for run in dead:
+            if run_id is not None and run.ci_run != run_id:
+                continue
+            dead_here.add(run.run)
+            report.builds[run.run] = _clean_ledger_run(ec2, run, dry_run, report)
     if older_than is None and run_id is None:
         older_than = TEMP_TTL  # by default only what has outlived its own expiry tag
-    report = JanitorReport(dry_run=dry_run)
     now = datetime.now(timezone.utc)
     for build, tags in sorted(_builds(ec2).items()):
-        dead = False
+        if build in report.live:
+            continue
+        dead = build in dead_here
         if run_id is not None:
-            dead = tags.get("bakery:run-id") == run_id
+            dead = dead or tags.get("bakery:run-id") == run_id
         elif "bakery:expires" in tags:
             expires = datetime.strptime(tags["bakery:expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-            dead = expires - TEMP_TTL + older_than <= now
+            dead = dead or expires - TEMP_TTL + older_than <= now
         if not dead:
             report.live.append(build)
             continue
-        report.builds[build] = clean_build(ec2, build, dry_run=dry_run).removed
+        listed = report.builds.setdefault(build, [])
+        by_ledger = {item.split()[1] for item in listed}  # "kind id [in region]"
+        listed.extend(item for item in clean_build(ec2, build, dry_run=dry_run).removed
+                      if item.split()[-1] not in by_ledger)
     return report
+
+
+def _clean_ledger_run(ec2, run: ledger.DeadRun, dry_run: bool, report: JanitorReport) -> list[str]:
+    """Remove a dead run's outstanding entries in dependency order; record what went."""
+    regions = {ec2.region: ec2}
+
+    def in_region(region: str):
+        if region not in regions:
+            regions[region] = type(ec2)(dataclasses.replace(ec2.settings, region=region), session=ec2.session)
+        return regions[region]
+
+    removed, gone, terminating = [], [], []
+
+    def wait_terminated():
+        for inst in terminating:  # groups and key pairs outlive the instances that use them
+            in_region(inst.region).wait_instance_state(inst.id, "terminated", timeout=600)
+        gone.extend(terminating)
+        terminating.clear()
+
+    order = {kind: i for i, kind in enumerate(ledger.REMOVAL_ORDER)}
+    for entry in sorted(run.outstanding, key=lambda e: order.get(e.kind, len(order))):
+        if entry.kind != "instance" and terminating:
+            wait_terminated()
+        try:
+            verdict = _remove(in_region(entry.region) if entry.region else None, run.run, entry, dry_run)
+        except BakeryError as exc:
+            report.failed.append(f"{run.run}: {entry.label()}: {exc.message}")
+            continue  # stays in the ledger for the next janitor
+        if verdict == "removed":
+            removed.append(entry.label())
+        if verdict == "removed" and entry.kind == "instance" and not dry_run:
+            terminating.append(entry)
+        else:
+            gone.append(entry)  # removed, already gone, or not ours to remove: settled either way
+    if terminating:
+        wait_terminated()
+    if not dry_run:
+        ledger.settle(run, gone)
+    return removed
+
+
+def _claims(tags_list, run: str) -> bool:
+    """False when the resource's tags say it belongs to another run."""
+    tags = {t["Key"]: t["Value"] for t in tags_list or []}
+    owner = tags.get("bakery:build-id") or tags.get("bakery:launch-id")
+    return owner in (None, run)
+
+
+def _remove(ec2, run: str, entry: ledger.Entry, dry_run: bool) -> str:
+    """'removed' (or would be), 'gone' (nothing left to do), or 'spared' (a product or not ours)."""
+    kind, rid = entry.kind, entry.id
+    if kind == "key-file":
+        if not Path(rid).exists():
+            return "gone"
+        if not dry_run:
+            shutil.rmtree(rid, ignore_errors=True)
+        return "removed"
+    if kind == "instance":
+        inst = ec2.describe_instance(rid)
+        if inst is None or inst["State"]["Name"] in ("shutting-down", "terminated"):
+            return "gone"
+        if not _claims(inst.get("Tags"), run):
+            return "spared"
+        if not dry_run:
+            ec2.terminate_instance(rid)
+        return "removed"
+    if kind == "security-group":
+        group = _lookup(ec2, f"describe-security-groups {rid}", ec2.client.describe_security_groups,
+                        "SecurityGroups", ("InvalidGroup.NotFound",), GroupIds=[rid])
+        if group is None:
+            return "gone"
+        if not _claims(group.get("Tags"), run):
+            return "spared"
+        if not dry_run:
+            ec2.delete_security_group(rid)
+        return "removed"
+    if kind == "key-pair":
+        key = _lookup(ec2, f"describe-key-pairs {rid}", ec2.client.describe_key_pairs, "KeyPairs",
+                      ("InvalidKeyPair.NotFound",), KeyNames=[rid])
+        if key is None:
+            return "gone"
+        if not _claims(key.get("Tags"), run):
+            return "spared"
+        if not dry_run:
+            ec2.delete_key_pair(rid)
+        return "removed"
+    if kind == "image":
+        image = _lookup(ec2, f"describe-images {rid}", ec2.client.describe_images, "Images",
+                        ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"), ImageIds=[rid])
+        if image is None or image.get("State") == "deregistered":
+            return "gone"
+        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+        if tags.get("bakery:complete") == "true" or tags.get("bakery:smoke") == "failed" \
+                or not _claims(image.get("Tags"), run):
+            return "spared"  # the run died after finishing it, or it is someone else's
+        if not dry_run:
+            ec2.deregister_image(rid)
+        return "removed"
+    if kind == "ssm-parameter":
+        value = entry.extra.get("value")
+        if ec2.parameter_value(rid) != value:
+            return "gone"  # never published, already restored, or published over since
+        if not dry_run:
+            ec2.restore_parameter(rid, entry.extra.get("previous"), value)
+        return "removed"
+    if kind == "launch-template-version":
+        if not dry_run:
+            ec2.delete_launch_template_version(entry.extra["name"], int(entry.extra["version"]))
+        return "removed"
+    raise ConfigError(f"ledger {run}: unknown resource kind {kind!r}")
+
+
+def _lookup(ec2, what: str, fn, key: str, not_found: tuple[str, ...], **kwargs) -> dict | None:
+    try:
+        items = ec2.call(what, fn, **kwargs)[key]
+    except BakeryError as exc:
+        if ec2.code_of(exc) in not_found:
+            return None
+        raise
+    return items[0] if items else None

@@ -124,6 +124,7 @@ class Launcher:
         self.report = report
         self.ec2 = ec2 or EC2(settings)
         self.keep_on_error = keep_on_error
+        self.ledger = None  # set for the duration of a real launch
         self.launch_id = datetime.now(timezone.utc).strftime("l-%Y%m%d%H%M%S-") + pysecrets.token_hex(3)
 
     # ---- plan ---------------------------------------------------------------------------
@@ -248,9 +249,12 @@ class Launcher:
         with contextlib.ExitStack() as stack:
             def rollback():
                 ids = [r.instance_id for r, _ in launched]
-                if ids and not self.keep_on_error:
+                if self.keep_on_error:
+                    self._journal("kept", ids)  # left for inspection, on purpose
+                elif ids:
                     with shielded(), self.report.stage(f"roll back: terminate {len(ids)} instance(s)"):
                         self.ec2.client.terminate_instances(InstanceIds=ids)
+                        self._journal("removed", ids)
             stack.callback(rollback)
             # Tiers that ask for fixed addresses go first, before automatic ones can take them.
             for plan in sorted(plans, key=lambda p: not any(r.spec.private_ip for r in p.interfaces)):
@@ -259,6 +263,7 @@ class Launcher:
                     with self.report.stage(f"launch {plan.tier} slot {slot}") as s:
                         t0 = time.monotonic()
                         inst = self._run(plan, spec, slot)
+                        self._journal("created", [inst["InstanceId"]])
                         rep = InstanceReport(plan.tier, slot, inst["InstanceId"], inst.get("PrivateIpAddress"),
                                              inst.get("PublicIpAddress"), plan.image_id)
                         launched.append((rep, t0))
@@ -278,8 +283,15 @@ class Launcher:
                 rep.private_ip, rep.public_ip = inst.get("PrivateIpAddress"), inst.get("PublicIpAddress")
             self._health(launched)
             stack.pop_all()  # success: keep everything
+            self._journal("kept", [r.instance_id for r, _ in launched])
         self.report.info(f"launched {len(launched)} instance(s) in {time.monotonic() - started:.1f}s")
         return [r for r, _ in launched]
+
+    def _journal(self, event: str, instance_ids: list[str]) -> None:
+        """Until the launch succeeds its instances are the janitor's if this process dies."""
+        if self.ledger is not None:
+            for iid in instance_ids:
+                getattr(self.ledger, event)("instance", iid, self.ec2.region)
 
     def _run(self, plan: TierPlan, spec: Tier, slot: str) -> dict:
         from bakery.cloud.ec2 import tag_list
@@ -432,7 +444,11 @@ def _launch_locked(launcher: "Launcher", env: Environment, tiers: dict, dry_run:
                           dry_run=dry_run, plans=plans, local=launcher.ec2.local is not None,
                           network=[a.line() for a in network_actions])
     if not dry_run:
-        result.instances = launcher.launch(plans)
+        from bakery.ledger import Ledger
+
+        with Ledger(launcher.settings.state / "ledger", launcher.launch_id, f"launch {env.name}") as ledger:
+            launcher.ledger = ledger
+            result.instances = launcher.launch(plans)
         launcher.register_targets(result.instances)
         result.launch_templates = launcher.write_launch_templates(plans)
     result.seconds = round(time.monotonic() - started, 3)

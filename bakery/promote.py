@@ -2,8 +2,9 @@
 for other accounts, the AMI id in SSM in every region, a pinned launch template version,
 and a deprecation time.
 
-Copies are registered on the bake's clean-up stack as they are made, so a publish that
-fails half-way leaves no orphan copy in some region: publishing is all or nothing.
+Everything published is registered on the bake's clean-up stack (and its ledger) as it is
+made, so a publish that fails half-way leaves no orphan copy in some region and no SSM value or
+template version naming an image that is then removed: publishing is all or nothing.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class Published:
 
 
 def publish(ec2: EC2, spec: Publish, image_id: str, name: str, tags: dict[str, str], *, report: Reporter,
-            undo) -> Published:
-    """`undo(label, fn)` registers a clean-up on the caller's stack (kept only if publishing fails)."""
+            created) -> Published:
+    """`created(kind, id, region, label, undo, **extra)` journals a resource and registers its undo on
+    the caller's stack (run only if the bake fails before the image is finished)."""
     result = Published(images={ec2.region: image_id})
     regions = {ec2.region: ec2}
     for region in spec.regions:
@@ -44,13 +46,16 @@ def publish(ec2: EC2, spec: Publish, image_id: str, name: str, tags: dict[str, s
                 resp = target.call(f"copy-image to {region}", target.client.copy_image, SourceImageId=image_id,
                                    SourceRegion=ec2.region, Name=name, CopyImageTags=True,
                                    **({"Encrypted": True, "KmsKeyId": kms} if kms else {}))
-                return region, resp["ImageId"]
+                copy_id = resp["ImageId"]
+                # registered as soon as it exists: a copy failing in another region must not orphan this one
+                created("image", copy_id, region, f"copy {copy_id} in {region}",
+                        lambda: target.deregister_image(copy_id))
+                return region, copy_id
 
             with ThreadPoolExecutor(max_workers=len(spec.regions)) as pool:
-                copies = list(pool.map(copy, spec.regions))
+                futures = [pool.submit(copy, region) for region in spec.regions]
+            copies = [f.result() for f in futures]  # every copy has returned (or failed) by now
             for region, copy_id in copies:
-                target = regions[region]
-                undo(f"copy {copy_id} in {region}", lambda t=target, c=copy_id: t.deregister_image(c))
                 result.images[region] = copy_id
             with ThreadPoolExecutor(max_workers=len(copies)) as pool:
                 list(pool.map(lambda rc: regions[rc[0]].wait_image_available(rc[1], timeout=3600), copies))
@@ -75,13 +80,21 @@ def publish(ec2: EC2, spec: Publish, image_id: str, name: str, tags: dict[str, s
     if spec.ssm_parameter:
         with report.stage(f"publish {spec.ssm_parameter} in {len(result.images)} region(s)"):
             for region, ami in result.images.items():
-                result.ssm_versions[region] = regions[region].publish_parameter(spec.ssm_parameter, ami)
+                target, param = regions[region], spec.ssm_parameter
+                previous = target.parameter_value(param)
+                created("ssm-parameter", param, region, f"SSM parameter {param} in {region}",
+                        lambda t=target, p=param, v=previous, a=ami: t.restore_parameter(p, v, a),
+                        previous=previous, value=ami)
+                result.ssm_versions[region] = target.publish_parameter(param, ami)
 
     if spec.launch_template:
         with report.stage(f"launch template {spec.launch_template.name}") as s:
+            lt = spec.launch_template.name
             version = ec2.new_launch_template_version(
-                spec.launch_template.name, {"ImageId": image_id}, f"bakery {name}", merge_latest=True,
+                lt, {"ImageId": image_id}, f"bakery {name}", merge_latest=True,
                 initial={"MetadataOptions": {"HttpTokens": "required"}})
+            created("launch-template-version", f"{lt}:{version}", ec2.region, f"launch template {lt} version {version}",
+                    lambda: ec2.delete_launch_template_version(lt, version), name=lt, version=version)
             result.launch_template = f"{spec.launch_template.name}:{version}"
             s.detail = result.launch_template
 

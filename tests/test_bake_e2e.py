@@ -88,6 +88,7 @@ def test_a_recipe_becomes_a_tagged_image_and_nothing_else_is_left(moto, recipes,
     assert on_disk["ami_id"] == manifest.ami_id and len(on_disk["steps"]) == 4
     assert leftovers(ec2) == {}
     assert not (settings_for(recipes).state / "keys" / manifest.build_id).exists()
+    assert list((settings_for(recipes).state / "ledger").iterdir()) == []  # everything settled: no journal
 
 
 def test_unchanged_inputs_skip_the_bake_and_force_bakes_again(moto, recipes, builder_host, settings_for):

@@ -48,6 +48,7 @@ def test_a_failing_step_aborts_and_leaves_nothing(moto, tmp_path, builder_host, 
         run_bake(settings)
     assert not (builder_host.fs / "srv/never").exists()
     assert_clean(moto)
+    assert list((settings.state / "ledger").iterdir()) == []  # every undo ran and was journalled
 
 
 def test_retries_and_continue_policy(moto, tmp_path, builder_host, settings_for):
@@ -137,6 +138,11 @@ def test_keep_on_error_keeps_the_builder_and_clean_removes_it(moto, tmp_path, bu
     kept = leftovers(moto.client())
     assert set(kept) == {"instances", "security_groups", "key_pairs"}
     assert f"invoke clean --build-id {runner.build_id}" in out.getvalue()
+    # kept on purpose: the janitor leaves it until its tags expire, ledger or not
+    from bakery.janitor import janitor
+    assert janitor(EC2(settings), older_than=None, run_id=None, dry_run=False,
+                   ledger_dir=settings.state / "ledger").builds == {}
+    assert leftovers(moto.client()) == kept
     report = clean_build(EC2(settings), runner.build_id)
     assert len(report.removed) == 3
     assert_clean(moto)

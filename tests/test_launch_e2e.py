@@ -165,6 +165,50 @@ def test_a_failure_midway_rolls_back_what_this_run_launched(world):
     assert instances(world["ec2"], "prod") == []
 
 
+CRASH_MID_LAUNCH = """
+import os, sys
+from pathlib import Path
+from bakery.launch import launch
+from bakery.progress import Reporter
+from bakery.settings import Settings
+calls = []
+def crash(**_):  # the process dies on the third RunInstances: no rollback, no clean-up code runs
+    calls.append(1)
+    if len(calls) == 3:
+        os._exit(9)
+import bakery.cloud.ec2 as ec2
+real = ec2.EC2.__init__
+def hooked(self, *a, **kw):
+    real(self, *a, **kw)
+    self.client.meta.events.register("before-send.ec2.RunInstances", crash)
+ec2.EC2.__init__ = hooked
+d = sys.argv[1:]
+launch(Settings(cloud="aws", region="us-east-1", endpoint_url=d[0], project_dir=Path(d[1]), recipes_dir=Path(d[2]),
+                envs_dir=Path(d[3]), userdata_dir=Path(d[4]), state_dir=Path(d[5])), "prod", report=Reporter(quiet=True))
+"""
+
+
+def test_a_launch_that_dies_mid_way_is_rolled_back_by_the_janitor_from_its_ledger(world):
+    import subprocess
+    import sys
+
+    from bakery.cloud.ec2 import EC2
+    from bakery.janitor import janitor
+    from tests.support import ROOT
+
+    s = world["settings"]
+    died = subprocess.run([sys.executable, "-c", CRASH_MID_LAUNCH, s.endpoint_url, str(s.project_dir),
+                           str(s.recipes_dir), str(s.envs_dir), str(s.userdata_dir), str(s.state_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert died.returncode == 9, died.stderr
+    half = [i["InstanceId"] for i in instances(world["ec2"], "prod")]
+    assert len(half) == 2  # a half-launched fleet that never passed its health checks
+    report = janitor(EC2(s), older_than=None, run_id=None, dry_run=False, ledger_dir=s.state / "ledger")
+    (run, removed), = report.builds.items()
+    assert run.startswith("l-") and sorted(r.split()[1] for r in removed) == sorted(half)
+    assert instances(world["ec2"], "prod") == [] and list((s.state / "ledger").iterdir()) == []
+
+
 def test_bootstrap_runs_the_recipe_at_boot_from_the_source_image(world):
     envs = world["envs"]
     (envs / "dev.yaml").write_text("tiers:\n  web:\n    image: {recipe: web}\n    strategy: bootstrap\n"

@@ -136,3 +136,32 @@ def test_prune_keeps_the_newest_and_spares_every_used_image(moto, recipes, build
     assert ec2.describe_images(ImageIds=[oldest])["Images"] == []
     snaps = ec2.describe_snapshots(Filters=[{"Name": "tag:bakery:recipe", "Values": ["web"]}])["Snapshots"]
     assert len(snaps) == 4  # the pruned image's snapshot went with it
+
+
+def test_a_publish_that_fails_half_way_takes_back_every_copy_and_every_ssm_value(moto, recipes, builder_host,
+                                                                                 settings_for):
+    from bakery.bake import Bake
+    from bakery.cloud.ec2 import EC2
+    from bakery.errors import CloudError
+    from bakery.recipe import load_recipe
+    from tests.faults import Fault
+
+    extra = ("publish:\n  regions: [us-west-2, eu-west-1]\n  ssm_parameter: /bakery/images/web\n"
+             "  launch_template: {name: web-lt}\n")
+    write_recipe(recipes, "web", recipe_text(builder_host.port, OK, extra))
+    settings = settings_for(recipes)
+    ssm = moto.client("ssm")
+    previous = moto.client().describe_images(Owners=["self"])["Images"][0]["ImageId"]
+    ssm.put_parameter(Name="/bakery/images/web", Value=previous, Type="String", DataType="aws:ec2:image")
+    ec2 = EC2(settings)
+    Fault(ec2.client, "CreateLaunchTemplate", code="UnauthorizedOperation", times=None,
+          message="You are not authorized to perform this operation.")  # the last thing publish does
+    runner = Bake(settings, load_recipe(recipes, "web"), {}, report=quiet(), ec2=ec2)
+    with pytest.raises(CloudError, match="not authorised"):
+        runner.run()
+    assert ssm.get_parameter(Name="/bakery/images/web")["Parameter"]["Value"] == previous  # put back
+    for region in ("us-west-2", "eu-west-1"):
+        assert moto.client("ssm", region).describe_parameters()["Parameters"] == []  # created, then deleted
+        assert moto.client("ec2", region).describe_images(Owners=["self"])["Images"] == []  # copy deregistered
+    assert leftovers(moto.client()) == {}
+    assert list((settings.state / "ledger").iterdir()) == []

@@ -376,7 +376,46 @@ class EC2:
                          **({"SourceVersion": "$Latest"} if merge_latest else {}))
         return resp["LaunchTemplateVersion"]["VersionNumber"]
 
+    def delete_launch_template_version(self, name: str, version: int) -> None:
+        """Undo `new_launch_template_version`: version 1 was the template's creation, so the
+        template goes with it; a later version is deleted unless something made it the default."""
+        c = self.client
+        try:
+            if version == 1:
+                self.call(f"delete-launch-template {name}", c.delete_launch_template, LaunchTemplateName=name)
+                return
+            resp = self.call(f"delete-launch-template-versions {name}", c.delete_launch_template_versions,
+                             LaunchTemplateName=name, Versions=[str(version)])
+        except CloudError as exc:
+            if "NotFound" in self.code_of(exc):
+                return
+            raise
+        for failed in resp.get("UnsuccessfullyDeletedLaunchTemplateVersions", []):
+            error = failed.get("ResponseError", {})
+            if error.get("Code") != "launchTemplateVersionDoesNotExist":
+                raise CloudError(f"launch template {name} version {version} not deleted: "
+                                 f"{error.get('Message', error.get('Code', 'unknown error'))}")
+
     # ---- SSM ----------------------------------------------------------------------------
+
+    def parameter_value(self, name: str) -> str | None:
+        try:
+            return self.call(f"ssm get-parameter {name}", self.ssm.get_parameter, Name=name)["Parameter"]["Value"]
+        except CloudError as exc:
+            if self.code_of(exc) == "ParameterNotFound":
+                return None
+            raise
+
+    def restore_parameter(self, name: str, previous: str | None, ours: str) -> None:
+        """Undo `publish_parameter`, only while the parameter still holds our value (a later
+        publish by someone else wins): put the previous value back, or delete what we created."""
+        if self.parameter_value(name) != ours:
+            return
+        if previous is None:
+            self.call(f"ssm delete-parameter {name}", self.ssm.delete_parameter, Name=name)
+        else:
+            self.call(f"ssm put-parameter {name}", self.ssm.put_parameter, Name=name, Value=previous,
+                      Type="String", DataType="aws:ec2:image", Overwrite=True)
 
     def publish_parameter(self, name: str, image_id: str) -> int:
         resp = self.call(f"ssm put-parameter {name}", self.ssm.put_parameter, Name=name, Value=image_id,
