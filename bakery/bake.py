@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from bakery.errors import BakeryError, CloudError, ConfigError, RemoteError, StepFailed
+from bakery.hygiene import HYGIENE, LEFTOVER_CHECK, findings
 from bakery.progress import Reporter
 from bakery.recipe import Recipe, Step, inputs_hash, load_recipe, render_step, template_context
 from bakery.settings import Settings
@@ -31,18 +32,6 @@ if command -v cloud-init >/dev/null 2>&1; then
   # 2 = done with recoverable errors: the builder is usable, the recipe decides.
   [ "$rc" -eq 0 ] || [ "$rc" -eq 2 ] || { cloud-init status --long; exit "$rc"; }
 fi
-"""
-
-# Run before the snapshot so no image carries this build's secrets or identity.
-HYGIENE = """\
-if command -v apt-get >/dev/null 2>&1; then apt-get clean; fi
-if command -v cloud-init >/dev/null 2>&1; then cloud-init clean --logs --seed; fi
-rm -f /etc/ssh/ssh_host_*
-rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys
-rm -f /root/.*_history /home/*/.*_history
-rm -rf /tmp/bakery-* /var/tmp/bakery-*
-if [ -f /etc/machine-id ]; then truncate -s 0 /etc/machine-id; fi
-sync
 """
 
 TEMP_TTL = timedelta(hours=6)
@@ -294,6 +283,17 @@ class Bake:
             if res.exit_status != 0:
                 raise RemoteError(f"{connector.target.label}: hygiene before the snapshot failed "
                                   f"(exit {res.exit_status})")
+        with r.stage("check image for leftovers") as s:
+            lines: list[str] = []
+            res = connector.run(LEFTOVER_CHECK, env={}, timeout=300, sudo=True, on_output=lines.append)
+            leaks = findings(lines)
+            if leaks:
+                more = f" and {len(leaks) - 3} more" if len(leaks) > 3 else ""
+                raise StepFailed(f"{recipe.path}: refusing to snapshot: the image would carry "
+                                 f"{', '.join(leaks[:3])}{more}; remove it in a step")
+            if res.exit_status != 0:
+                raise RemoteError(f"{connector.target.label}: leftover check failed (exit {res.exit_status})")
+            s.detail = "none"
         connector.close()
 
         with r.stage("stop builder"):

@@ -51,6 +51,31 @@ def test_a_failing_step_aborts_and_leaves_nothing(moto, tmp_path, builder_host, 
     assert list((settings.state / "ledger").iterdir()) == []  # every undo ran and was journalled
 
 
+@pytest.mark.parametrize("step, leak", [
+    ("mkdir -p /root/.aws && printf '[default]\\naws_access_key_id = AKIA2EXAMPLEREALKEY7Q\\n' > /root/.aws/credentials",
+     "/root/.aws/credentials, /root/.aws/credentials (AWS credentials)"),
+    ("mkdir -p /srv/app && echo 'export AWS_SECRET=x aws_secret_access_key=wJalrXUtnFEMI/K7MDENG' > /srv/app/env",
+     "/srv/app/env (AWS credentials)"),
+    ("mkdir -p /home/app/.aws && touch /home/app/.aws/credentials", "/home/app/.aws/credentials"),
+])
+def test_an_image_that_would_carry_aws_credentials_is_refused(moto, tmp_path, builder_host, settings_for,
+                                                                        step, leak):
+    settings = settings_for(make(tmp_path, builder_host.port, f"  - name: leaky\n    shell: {step!r}\n"))
+    with pytest.raises(StepFailed) as refused:
+        run_bake(settings)
+    assert refused.value.message.endswith(f"web.yaml: refusing to snapshot: the image would carry {leak}; "
+                                          "remove it in a step")
+    assert moto.client().describe_images(Owners=["self"], Filters=[
+        {"Name": "tag:bakery:recipe", "Values": ["web"]}])["Images"] == []  # no snapshot was taken
+    assert_clean(moto)
+
+
+def test_aws_documented_example_key_is_not_a_leak(moto, tmp_path, builder_host, settings_for):
+    step = "mkdir -p /srv/doc && echo 'key: AKIAIOSFODNN7EXAMPLE' > /srv/doc/example.txt"
+    runner, log = run_bake(settings_for(make(tmp_path, builder_host.port, f"  - name: docs\n    shell: {step!r}\n")))
+    assert runner.manifest.ami_id and "check image for leftovers: none" in log
+
+
 def test_retries_and_continue_policy(moto, tmp_path, builder_host, settings_for):
     steps = ("  - name: flaky\n    shell: test -f /srv/once || { touch /srv/once; exit 1; }\n    retries: 1\n"
              "  - name: tolerated\n    shell: exit 7\n    on_failure: continue\n")
