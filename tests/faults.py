@@ -22,17 +22,23 @@ def ec2_error(code: str, message: str, status: int) -> AWSResponse:
 
 
 class Fault:
-    """Fail `operation` with `code` for `times` calls (None: always), after letting `after` calls through."""
+    """Fail `operation` with `code` for `times` calls (None: always), after letting `after` calls through.
+    With `match`, only the calls whose parameters it accepts count (e.g. DescribeImages of one image)."""
 
     def __init__(self, client, operation: str, code: str, status: int = 400, times: int | None = 1,
-                 message: str = "injected fault", after: int = 0):
+                 message: str = "injected fault", after: int = 0, match=None):
         self.operation, self.code, self.status, self.times, self.message = operation, code, status, times, message
         self.after = after
+        self.match = match
         self.calls = 0
         self.injected = 0
         client.meta.events.register(f"before-send.ec2.{operation}", self._handler)
 
     def _handler(self, request, **_):
+        if self.match is not None:
+            body = request.body if isinstance(request.body, bytes) else (request.body or "").encode()
+            if not self.match(operation_of(request.headers, body)[1]):
+                return None
         self.calls += 1
         if self.calls <= self.after:
             return None
@@ -40,3 +46,167 @@ class Fault:
             self.injected += 1
             return ec2_error(self.code, self.message, self.status)
         return None
+
+
+class Stale:
+    """The endpoint keeps showing an old state: in every answer to `operation` (DescribeInstances
+    or DescribeImages), the items `match` selects that are in state `actual` are shown in
+    `shown` instead, so a waiter for `actual` never sees it."""
+
+    def __init__(self, client, operation: str, actual: str, shown: str, match=lambda item: True):
+        self.operation, self.actual, self.shown, self.match = operation, actual, shown, match
+        self.rewritten = 0
+        client.meta.events.register(f"after-call.ec2.{operation}", self._rewrite)
+
+    def _rewrite(self, parsed, **_):
+        if self.operation == "DescribeInstances":
+            items = [i for r in parsed.get("Reservations", []) for i in r.get("Instances", [])]
+        else:
+            items = parsed.get("Images", [])
+        for item in items:
+            state = item.get("State")
+            name = state.get("Name") if isinstance(state, dict) else state
+            if name != self.actual or not self.match(item):
+                continue
+            self.rewritten += 1
+            if isinstance(state, dict):
+                item["State"] = {**state, "Name": self.shown}
+            else:
+                item["State"] = self.shown
+
+
+def role_is(role: str):
+    """Match an instance or image by its bakery:role tag."""
+    return lambda item: {"Key": "bakery:role", "Value": role} in item.get("Tags", [])
+
+
+class ShortWaits:
+    """Mixin for the EC2 facade: every wait gives up after `seconds` instead of minutes or hours,
+    so a waiter that times out costs a test seconds. (The bake's waits have no setting.)"""
+
+    seconds = 2.0
+
+    def wait_instance_state(self, instance_id, want, timeout, *args, **kwargs):
+        return super().wait_instance_state(instance_id, want, min(timeout, self.seconds), *args, **kwargs)
+
+    def wait_image_available(self, image_id, timeout, *args, **kwargs):
+        return super().wait_image_available(image_id, min(timeout, self.seconds), *args, **kwargs)
+
+    def delete_security_group(self, group_id, timeout=120, *args, **kwargs):
+        return super().delete_security_group(group_id, min(timeout, self.seconds), *args, **kwargs)
+
+
+def short_waits(settings, seconds: float = 2.0):
+    """The EC2 facade of `settings` with ShortWaits."""
+    from bakery.cloud.ec2 import EC2
+
+    facade = type("ShortWaitsEC2", (ShortWaits, EC2), {"seconds": seconds})
+    return facade(settings)
+
+
+def operation_of(headers, body: bytes) -> tuple[str, dict[str, str]]:
+    """The API operation of a request and its parameters (query protocol: EC2, ELB; JSON: SSM)."""
+    import json
+    import urllib.parse
+
+    target = headers.get("X-Amz-Target")
+    if target:
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            params = {}
+        return target.rpartition(".")[2], {k: str(v) for k, v in params.items()}
+    params = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode(errors="replace")).items()}
+    return params.get("Action", ""), params
+
+
+class Gate:
+    """An HTTP proxy in front of the endpoint that holds one call: the `nth` call of `operation`
+    whose parameters satisfy `match`. For a process we cannot hook (the CLI), this is how a test
+    knows it is inside a given call, and keeps it there until a signal arrives.
+
+    mode "before": the held call has not reached the endpoint, and never will.
+    mode "after":  the endpoint has done it, and its answer is never delivered (lost in flight).
+    """
+
+    def __init__(self, upstream: str, operation: str, *, nth: int = 1, match=lambda params: True,
+                 mode: str = "before"):
+        import http.server
+        import threading
+        import urllib.parse
+
+        self.operation, self.nth, self.match, self.mode = operation, nth, match, mode
+        self.seen = 0
+        self.calls: list[str] = []
+        self.held = threading.Event()     # the call is being held now
+        self._done = threading.Event()    # the test is finished with it: drop it
+        self._lock = threading.Lock()
+        up = urllib.parse.urlsplit(upstream)
+        self._upstream = (up.hostname, up.port)
+        gate = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                gate._relay(self)
+
+            do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _relay(self, handler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        operation, params = operation_of(handler.headers, body)
+        hold = False
+        with self._lock:
+            self.calls.append(operation)
+            if operation == self.operation and self.match(params):
+                self.seen += 1
+                hold = self.seen == self.nth
+        if hold and self.mode == "before":
+            self.held.set()
+            self._done.wait(120)
+            handler.close_connection = True  # never forwarded: the caller has given up
+            return
+        status, headers, payload = self._forward(handler, body)
+        if hold:
+            self.held.set()
+            self._done.wait(120)
+            handler.close_connection = True  # done by the endpoint; the answer is lost
+            return
+        try:
+            handler.send_response(status)
+            for key, value in headers:
+                if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                    handler.send_header(key, value)
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+        except OSError:
+            handler.close_connection = True
+
+    def _forward(self, handler, body: bytes):
+        import http.client
+
+        conn = http.client.HTTPConnection(*self._upstream, timeout=60)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() != "connection"}
+            conn.request(handler.command, handler.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.getheaders(), resp.read()
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._done.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -96,8 +97,77 @@ mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd
 for d in root home etc/ssh srv var/tmp; do mount --bind "/mnt/fs/$d" "/$d"; done
 mount --bind /mnt/fs/etc/machine-id /etc/machine-id
 mount -t tmpfs tmpfs /tmp
+if [ -d /mnt/sbin ]; then mount --bind /mnt/sbin /usr/local/sbin; fi  # stand-in tools, first on root's PATH
 exec /usr/sbin/sshd -D -e -f /mnt/sshd_config
 """
+
+
+# The stand-in for cloud-init on the fake builder: `status` and `clean` succeed, fail or hang
+# as /srv/fake-cloud-init/<subcommand> says, and say so on stderr (which the bake shows).
+FAKE_CLOUD_INIT = """\
+#!/bin/sh
+mode=$(cat "/srv/fake-cloud-init/$1" 2>/dev/null || echo ok)
+echo "fake cloud-init $1: $mode" >&2
+case "$mode" in
+  fail) exit 1 ;;
+  hang) exec sleep 300 ;;
+esac
+exit 0
+"""
+
+
+class SilentServer:
+    """A TCP listener on 127.0.0.1:port that accepts connections and never sends a byte: an SSH
+    server that never sends its banner. `accepted` is set once someone has connected."""
+
+    def __init__(self, port: int):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(16)
+        self.accepted = threading.Event()
+        self.conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            self.accepted.set()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(5)
+        for conn in self.conns:
+            conn.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _host_key_config(user_data: str) -> dict:
@@ -116,8 +186,16 @@ def _host_key_config(user_data: str) -> dict:
 class FakeBuilderHost:
     """A real sshd that becomes "the builder" once bakery launches one in moto."""
 
-    def __init__(self, moto: MotoServer, scratch: Path, host_key_mode: str = "user-data", start: bool = True):
+    def __init__(self, moto: MotoServer, scratch: Path, host_key_mode: str = "user-data", start: bool = True,
+                 faults: dict[str, str] | None = None, fake_cloud_init: bool = False):
+        """`faults` maps an instance role (builder, smoke) to what answers on its SSH port instead
+        of a good sshd: "refused" (nothing), "silent" (a listener that never sends the SSH banner)
+        or "other-host-key" (an sshd with another host key: a man in the middle).
+        `fake_cloud_init` puts a stand-in cloud-init first on root's PATH inside the namespace; its
+        subcommands (status, clean) do what `set_cloud_init` says: ok, fail or hang."""
         self.moto = moto
+        self.faults = dict(faults or {})
+        self.silent: SilentServer | None = None
         self.scratch = scratch
         self.port = free_port()
         self.host_key_mode = host_key_mode
@@ -133,6 +211,11 @@ class FakeBuilderHost:
             (self.fs / d).mkdir(parents=True, exist_ok=True)
         (self.fs / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
         (scratch / "sshd_config").write_text(SSHD_CONFIG.format(port=self.port))
+        if fake_cloud_init:
+            (scratch / "sbin").mkdir(exist_ok=True)
+            tool = scratch / "sbin/cloud-init"
+            tool.write_text(FAKE_CLOUD_INIT)
+            tool.chmod(0o755)
         self._thread.start()
 
     def _watch(self) -> None:
@@ -152,6 +235,8 @@ class FakeBuilderHost:
     def _become(self, ec2, instance: dict) -> None:
         if self.proc is not None:  # a new build: the previous builder's sshd goes away
             self._stop_sshd()
+        role = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}.get("bakery:role")
+        fault = self.faults.get(role)
         self.instance_id = instance["InstanceId"]
         self.served.append(self.instance_id)
         raw = ec2.describe_instance_attribute(InstanceId=self.instance_id, Attribute="userData")
@@ -160,12 +245,14 @@ class FakeBuilderHost:
         key = ec2.describe_key_pairs(KeyNames=[instance["KeyName"]], IncludePublicKey=True)["KeyPairs"][0]
         (self.fs / "root/.ssh/authorized_keys").write_text(key["PublicKey"].strip() + "\n")
         host_key = self.fs / "etc/ssh/ssh_host_ed25519_key"
-        if self.host_key_mode == "user-data":
+        if self.host_key_mode == "user-data" and fault != "other-host-key":
             host_key.write_text(config["ssh_keys"]["ed25519_private"])
         else:  # a man in the middle: some other ed25519 key
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
         host_key.chmod(0o600)
-        if not self.start_sshd:
+        if fault == "silent":
+            self.silent = SilentServer(self.port)
+        if not self.start_sshd or fault in ("refused", "silent"):
             self.proc = subprocess.Popen(["true"])
             return
         self.proc = subprocess.Popen(
@@ -179,7 +266,27 @@ class FakeBuilderHost:
         self._thread.join(5)
         self._stop_sshd()
 
+    def set_cloud_init(self, subcommand: str, mode: str) -> None:
+        """What the stand-in cloud-init does for `subcommand` from now on: ok, fail or hang."""
+        (self.fs / "srv/fake-cloud-init").mkdir(exist_ok=True)
+        (self.fs / "srv/fake-cloud-init" / subcommand).write_text(mode + "\n")
+
+    def kill_server(self) -> None:
+        """The builder's sshd dies, and every session and command it ran with it."""
+        self._stop_sshd()
+
+    def kill_sessions(self) -> list[int]:
+        """SIGKILL the per-connection sshd processes (the listener stays): connections drop."""
+        listener = [p for p in _children(self.proc.pid) if _comm(p) == "sshd"] if self.proc else []
+        sessions = [c for p in listener for c in _children(p)]
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        return sessions
+
     def _stop_sshd(self) -> None:
+        if self.silent is not None:
+            self.silent.close()
+            self.silent = None
         # unshare --fork ignores SIGTERM while it waits; SIGKILL it and --kill-child ends sshd's
         # pid namespace with it.
         if self.proc is not None and self.proc.poll() is None:
@@ -221,3 +328,65 @@ def leftovers(ec2) -> dict[str, list[str]]:
               and {"Key": "bakery:smoke", "Value": "failed"} not in i.get("Tags", [])]  # kept, marked, on purpose
     return {k: v for k, v in {"instances": instances, "security_groups": groups, "key_pairs": keys,
                               "unfinished_images": images}.items() if v}
+
+
+def endpoint_state(ec2, ssm=None) -> dict[str, dict[str, str]]:
+    """Everything on the endpoint that a bake or a launch can create or change: for each kind,
+    id -> what it is. Shown as AWS would show it: moto keeps a terminated instance's network
+    interfaces attached, where AWS deletes them (DeleteOnTermination) or detaches them."""
+    def tags(item, key="Tags"):
+        return {t["Key"]: t["Value"] for t in item.get(key) or []}
+
+    state: dict[str, dict[str, str]] = {}
+    instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    gone = {i["InstanceId"] for i in instances if i["State"]["Name"] == "terminated"}
+    state["instances"] = {i["InstanceId"]: f"{i['State']['Name']} {tags(i).get('bakery:role', '')}".strip()
+                          for i in instances if i["InstanceId"] not in gone}
+    state["security_groups"] = {g["GroupId"]: g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]
+                                if g["GroupName"] != "default"}
+    state["key_pairs"] = {k["KeyName"]: "key pair" for k in ec2.describe_key_pairs()["KeyPairs"]}
+    state["images"] = {}
+    for image in ec2.describe_images(Owners=["self"])["Images"]:
+        t = tags(image)
+        marks = [m for m in ("complete", "smoke") if f"bakery:{m}" in t]
+        state["images"][image["ImageId"]] = " ".join([image["State"]] + [f"{m}={t[f'bakery:{m}']}" for m in marks])
+    state["snapshots"] = {s["SnapshotId"]: "snapshot" for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    state["volumes"] = {v["VolumeId"]: v["State"] for v in ec2.describe_volumes()["Volumes"]}
+    state["network_interfaces"] = {}
+    for eni in ec2.describe_network_interfaces()["NetworkInterfaces"]:
+        att = eni.get("Attachment") or {}
+        holder = att.get("InstanceId")
+        if holder in gone:
+            if att.get("DeleteOnTermination"):
+                continue
+            holder = None
+        state["network_interfaces"][eni["NetworkInterfaceId"]] = f"attached to {holder}" if holder else "available"
+    state["elastic_ips"] = {a["AllocationId"]: f"on {a['NetworkInterfaceId']}" if a.get("NetworkInterfaceId") else "free"
+                            for a in ec2.describe_addresses()["Addresses"]}
+    state["vpcs"] = {v["VpcId"]: v["CidrBlock"] for v in ec2.describe_vpcs()["Vpcs"] if not v.get("IsDefault")}
+    state["subnets"] = {s["SubnetId"]: s["CidrBlock"] for s in ec2.describe_subnets()["Subnets"]
+                        if not s.get("DefaultForAz")}
+    state["launch_templates"] = {t["LaunchTemplateName"]: f"version {t['LatestVersionNumber']}"
+                                 for t in ec2.describe_launch_templates()["LaunchTemplates"]}
+    if ssm is not None:
+        state["ssm_parameters"] = {p["Name"]: f"version {p.get('Version')}"
+                                   for p in ssm.describe_parameters()["Parameters"]}
+    return state
+
+
+def changes(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """What differs, by kind: id -> its state now ("gone" for what went away)."""
+    out = {}
+    for kind in after:
+        was, now = before.get(kind, {}), after[kind]
+        diff = {rid: desc for rid, desc in now.items() if was.get(rid) != desc}
+        diff.update({rid: "gone" for rid in was if rid not in now})
+        if diff:
+            out[kind] = diff
+    return out
+
+
+def local_leftovers(settings) -> list[str]:
+    """What a run left on this machine: private key files of builds."""
+    keys = settings.state / "keys"
+    return sorted(str(p.relative_to(settings.state)) for p in keys.iterdir()) if keys.is_dir() else []

@@ -1,60 +1,126 @@
-"""The fault matrix: every EC2 call of the bake, under every relevant fault.
+"""The fault matrix, EC2 side: every EC2 call of the bake, at the stage that makes it, under every
+fault that applies to it (injected on the real HTTP path by botocore hooks: tests/faults.py).
 
-Throttling and server errors must be absorbed by retries (the bake succeeds); an expired
-token must stop the bake with one clear error. Either way the endpoint then holds nothing
-of that build except, on success, its finished image.
+Throttling and server errors are absorbed by retries: the bake succeeds. An expired token stops
+the bake with one line, unless it hits a clean-up call: then the bake still succeeds, reports the
+clean-up failure, and the janitor removes what is left (it is tagged). Capacity errors move on to
+the next instance type. A waiter that never sees its state gives up with one line. After every
+case the endpoint holds nothing of that build except, on success, its finished image and the
+image's snapshots (tests/matrix.py checks the full state).
 """
 
 from __future__ import annotations
 
-import io
+from dataclasses import dataclass
+from typing import Callable
 
 import pytest
 
-from bakery.bake import Bake
-from bakery.cloud.ec2 import EC2
-from bakery.errors import CloudError
-from bakery.progress import Reporter
-from bakery.recipe import load_recipe
-from tests.faults import Fault
-from tests.support import leftovers, recipe_text, write_recipe
+from bakery.errors import CloudError, WaitTimeout
+from tests.faults import Fault, Stale, role_is, short_waits
+from tests.matrix import Baked, Fails, Rejected, Tap, check_bake, run_bake
+from tests.support import endpoint_state, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 
-OPERATIONS = ["DescribeImages", "ImportKeyPair", "DescribeSubnets", "CreateSecurityGroup",
-              "AuthorizeSecurityGroupIngress", "RunInstances", "DescribeInstances", "StopInstances",
-              "CreateImage", "CreateTags", "TerminateInstances", "DeleteSecurityGroup", "DeleteKeyPair"]
-FAULTS = {
+STEPS = "  - {name: hi, shell: echo hi}\n"
+CHECKS = "checks:\n  timeout: 3\n  commands:\n    - {name: hello, shell: 'true'}\n"
+
+TRANSIENT = {
     "throttling": dict(code="Throttling", status=400, times=2, message="Rate exceeded"),
     "server-error": dict(code="InternalError", status=500, times=2, message="An internal error has occurred"),
-    "auth-expired": dict(code="ExpiredToken", status=400, times=1, message="The security token included in the request is expired"),
 }
+EXPIRED = dict(code="ExpiredToken", status=400, times=1, message="The security token included in the request is expired")
+CAPACITY = dict(code="InsufficientInstanceCapacity", status=500, message="We currently do not have sufficient capacity")
+STOPPED_HERE = Fails(CloudError, r"not authorised \(ExpiredToken\)")
+CLEAN_UP_REFUSED = Baked(warning=r"clean-up of .* failed: .*ExpiredToken", janitor=True)
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-@pytest.mark.parametrize("operation", OPERATIONS)
-def test_fault(moto, tmp_path, builder_host, settings_for, operation, fault):
+@dataclass(frozen=True)
+class Row:
+    stage: str
+    call: str
+    fault: str
+    inject: Callable  # the EC2 facade -> the injected fault (which counts how often it fired)
+    outcome: object
+    smoke: bool = False  # the recipe has a smoke test
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}:{self.call}:{self.fault}".replace(" ", "-")
+
+
+def fault(operation: str, match=None, after: int = 0, **kind):
+    return lambda ec2: Fault(ec2.client, operation, match=match, after=after, **kind)
+
+
+def calls(stage: str, call: str, expired, smoke: bool = False, **where) -> list[Row]:
+    """A call under throttling and server errors (retried: baked) and an expired token (`expired`)."""
+    operation = call.partition("(")[0]
+    rows = [Row(stage, call, name, fault(operation, **where, **kind), Baked(), smoke) for name, kind in TRANSIENT.items()]
+    return rows + [Row(stage, call, "auth-expired", fault(operation, **where, **EXPIRED), expired, smoke)]
+
+
+def stale(operation: str, actual: str, shown: str, match):
+    return lambda ec2: Stale(ec2.client, operation, actual, shown, match)
+
+
+new_image = dict(match=lambda p: p.get("ImageId.1", "").startswith("ami-"))
+snapshots = dict(match=lambda p: p.get("ResourceId.1", "").startswith("snap-"))
+completion = dict(match=lambda p: "bakery:complete" in p.values())
+baked_image = lambda image: any(t["Key"] == "bakery:build-id" for t in image.get("Tags", []))  # noqa: E731
+never = r"timed out after 2s waiting for"
+
+MATRIX = [
+    *calls("resolve source image", "DescribeImages", STOPPED_HERE),
+    *calls("create temporary key pair", "ImportKeyPair", STOPPED_HERE),
+    *calls("create temporary security group", "DescribeSubnets", STOPPED_HERE),
+    *calls("create temporary security group", "CreateSecurityGroup", STOPPED_HERE),
+    *calls("create temporary security group", "AuthorizeSecurityGroupIngress", STOPPED_HERE),
+    *calls("launch builder", "RunInstances", STOPPED_HERE),
+    Row("launch builder", "RunInstances", "capacity-once", fault("RunInstances", times=1, **CAPACITY), Baked()),
+    Row("launch builder", "RunInstances", "capacity-everywhere", fault("RunInstances", times=None, **CAPACITY),
+        Fails(CloudError, r"no capacity for any of t3.micro, t3.small: run-instances \(t3.small\): InsufficientInstanceCapacity")),
+    *calls("wait for builder to run", "DescribeInstances", STOPPED_HERE),
+    Row("wait for builder to run", "DescribeInstances", "waiter-timeout", stale("DescribeInstances", "running", "pending",
+        role_is("builder")), Fails(WaitTimeout, rf"{never} instance i-\w+ to be running")),
+    *calls("stop builder", "StopInstances", STOPPED_HERE),
+    Row("stop builder", "DescribeInstances", "waiter-timeout", stale("DescribeInstances", "stopped", "stopping",
+        role_is("builder")), Fails(WaitTimeout, rf"{never} instance i-\w+ to be stopped")),
+    *calls("create image", "CreateImage", STOPPED_HERE),
+    *calls("wait for image", "DescribeImages(new image)", STOPPED_HERE, **new_image),
+    Row("wait for image", "DescribeImages(new image)", "waiter-timeout", stale("DescribeImages", "available", "pending",
+        baked_image), Fails(WaitTimeout, rf"{never} image ami-\w+ to become available")),
+    *calls("wait for image", "CreateTags(snapshots)", STOPPED_HERE, **snapshots),
+    *calls("mark image complete", "CreateTags(complete)", STOPPED_HERE, **completion),
+    *calls("clean up", "TerminateInstances", CLEAN_UP_REFUSED),
+    Row("clean up", "DescribeInstances", "waiter-timeout", stale("DescribeInstances", "terminated", "shutting-down",
+        role_is("builder")), Baked(warning=rf"clean-up of builder i-\w+ failed: {never} instance i-\w+ to be terminated")),
+    *calls("clean up", "DeleteSecurityGroup", CLEAN_UP_REFUSED),
+    Row("clean up", "DeleteSecurityGroup", "dependency-violation-forever",
+        fault("DeleteSecurityGroup", code="DependencyViolation", times=None, message="resource has a dependent object"),
+        Baked(warning=rf"clean-up of security group sg-\w+ failed: {never} security group sg-\w+ to be deletable",
+              janitor=True)),
+    *calls("clean up", "DeleteKeyPair", CLEAN_UP_REFUSED),
+    *calls("smoke test: launch", "RunInstances(smoke)", Rejected(r"not authorised \(ExpiredToken\)"), smoke=True, after=1),
+    Row("smoke test: launch", "RunInstances(smoke)", "capacity-once",
+        fault("RunInstances", after=1, times=1, **CAPACITY), Baked(), smoke=True),
+    Row("smoke test: launch", "RunInstances(smoke)", "capacity-everywhere",
+        fault("RunInstances", after=1, times=None, **CAPACITY), Rejected(r"no capacity for any of"), smoke=True),
+    Row("smoke test: launch", "DescribeInstances", "waiter-timeout", stale("DescribeInstances", "running", "pending",
+        role_is("smoke")), Rejected(rf"{never} instance i-\w+ to be running"), smoke=True),
+]
+
+
+@pytest.mark.parametrize("row", MATRIX, ids=[r.id for r in MATRIX])
+def test_bake_under_an_ec2_fault(moto, tmp_path, builder_host, settings_for, row):
     recipes = tmp_path / "recipes"
-    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - {name: hi, shell: echo hi}\n"))
+    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS, CHECKS if row.smoke else ""))
     settings = settings_for(recipes)
-    ec2 = EC2(settings)
-    injected = Fault(ec2.client, operation, **FAULTS[fault])
-    runner = Bake(settings, load_recipe(recipes, "web"), {}, report=Reporter(stream=io.StringIO()), ec2=ec2)
-    if fault == "auth-expired" and operation not in ("TerminateInstances", "DeleteSecurityGroup", "DeleteKeyPair"):
-        with pytest.raises(CloudError, match="not authorised \\(ExpiredToken\\)"):
-            runner.run()
-    elif fault == "auth-expired":
-        # a clean-up call refused once: the bake still finishes, the clean-up failure is reported,
-        # and the janitor (or a retry) has what it needs: everything left is tagged with the build
-        runner.run()
-    else:
-        manifest = runner.run()
-        assert manifest.ami_id
-    assert injected.injected >= 1, f"{operation} was never called"
-    left = leftovers(moto.client())
-    if fault == "auth-expired" and operation in ("TerminateInstances", "DeleteSecurityGroup", "DeleteKeyPair"):
-        from bakery.cleanup import clean_build
-
-        clean_build(EC2(settings), runner.build_id)  # what the janitor does once the resources expire
-        left = leftovers(moto.client())
-    assert left == {}
+    ec2 = short_waits(settings)
+    injected = row.inject(ec2)
+    before, tap = endpoint_state(moto.client()), Tap()
+    runner, manifest, error = run_bake(settings, ec2, tap)
+    assert getattr(injected, "injected", None) or getattr(injected, "rewritten", None), f"{row.call} never faulted"
+    check_bake(row.outcome, moto=moto, before=before, settings=settings, runner=runner, manifest=manifest,
+               error=error, tap=tap, smoke=row.smoke)

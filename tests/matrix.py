@@ -1,0 +1,114 @@
+"""The fault matrix's harness: one bake under one fault, then its outcome and the endpoint's
+full state, checked the same way in every case (tests/test_fault_matrix*.py).
+
+Outcomes, as the matrix tables name them:
+  Baked     the bake succeeds; the endpoint gains the finished image and its snapshots, nothing else
+  Fails     the bake fails with one line (a BakeryError of the given class); the endpoint is as before
+  Rejected  the smoke test fails: the image is kept, marked smoke=failed, with its snapshots; nothing else
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+from bakery.errors import BakeryError, StepFailed
+from tests.support import changes, endpoint_state, local_leftovers
+
+
+@dataclass(frozen=True)
+class Baked:
+    warning: str | None = None  # a clean-up that failed is reported (what it left is tagged)...
+    janitor: bool = False       # ...and the janitor removes it once the fault has passed
+
+    def __str__(self) -> str:
+        return "baked" + (", clean-up left to the janitor" if self.janitor else "")
+
+
+@dataclass(frozen=True)
+class Fails:
+    error: type[BakeryError]
+    message: str  # a regular expression the one-line message matches
+
+    def __str__(self) -> str:
+        return f"fails: {self.error.__name__}"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    message: str
+
+    def __str__(self) -> str:
+        return "smoke test rejects the image"
+
+
+class Tap(io.StringIO):
+    """A progress stream that can act: `when(text, action)` runs `action` once, in the writing
+    (bake's) thread, as soon as a line containing `text` is written, so a fault lands exactly there."""
+
+    def __init__(self):
+        super().__init__()
+        self._hooks: list[list] = []
+
+    def when(self, text: str, action) -> None:
+        self._hooks.append([text, action, False])
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        for hook in self._hooks:
+            if not hook[2] and hook[0] in self.getvalue():
+                hook[2] = True
+                hook[1]()
+        return n
+
+
+def product(client, ami: str, marks: str) -> dict[str, dict[str, str]]:
+    """What a bake may leave: its image (in state `marks`) and the image's snapshots."""
+    image = client.describe_images(ImageIds=[ami])["Images"][0]
+    snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+    return {"images": {ami: marks}, **({"snapshots": {s: "snapshot" for s in snaps}} if snaps else {})}
+
+
+def run_bake(settings, ec2, tap: Tap, recipe: str = "web"):
+    """(runner, manifest, error): a BakeryError is an outcome; anything else escapes the test."""
+    from bakery.bake import Bake
+    from bakery.progress import Reporter
+    from bakery.recipe import load_recipe
+
+    runner = Bake(settings, load_recipe(settings.recipes, recipe), {}, report=Reporter(stream=tap), ec2=ec2)
+    try:
+        return runner, runner.run(), None
+    except BakeryError as exc:
+        return runner, None, exc
+
+
+def check_bake(outcome, *, moto, before, settings, runner, manifest, error, tap: Tap, smoke: bool) -> None:
+    """The outcome is the expected one, and the endpoint holds exactly what that outcome allows."""
+    log = tap.getvalue()
+    assert "Traceback" not in log
+    client = moto.client()
+    if error is not None:
+        assert "\n" not in error.message, error.message
+    if isinstance(outcome, Fails):
+        assert isinstance(error, outcome.error), f"expected {outcome.error.__name__}, got {error!r}\n{log}"
+        assert re.search(outcome.message, error.message), error.message
+        expected = {}
+    elif isinstance(outcome, Rejected):
+        assert isinstance(error, StepFailed), f"expected the smoke test to fail, got {error!r}\n{log}"
+        assert re.search(outcome.message, error.message), error.message
+        ami = re.search(r"smoke test of (ami-\w+) failed, not published", error.message).group(1)
+        expected = product(client, ami, "available smoke=failed")
+    else:
+        assert error is None, f"{error.message}\n{log}"
+        assert manifest.ami_id and not manifest.skipped
+        if outcome.warning:
+            assert re.search(outcome.warning, log), log
+        if outcome.janitor:
+            from bakery.cleanup import clean_build
+            from bakery.cloud.ec2 import EC2
+
+            clean_build(EC2(settings), runner.build_id)  # what the janitor does once the resources expire
+        expected = product(client, manifest.ami_id, "available complete=true" + (" smoke=passed" if smoke else ""))
+    assert changes(before, endpoint_state(client)) == expected
+    assert local_leftovers(settings) == []
