@@ -173,7 +173,10 @@ class Bake:
                 raise ConfigError(f"{self.recipe.path}: {exc.message}") from None
             s.detail = f"{source.id} ({source.name})"
         with r.stage("hash inputs") as s:
-            digest = inputs_hash(self.recipe, self.variables, source.id)
+            from bakery.digests import DigestCache
+
+            digest = inputs_hash(self.recipe, self.variables, source.id,
+                                 DigestCache(self.settings.state / "digests.json"))
             s.detail = digest
         manifest = Manifest(recipe=self.recipe.name, build_id=self.build_id, region=self.ec2.region, ami_id=None,
                             image_name=None, source_ami=source.id, inputs_hash=digest, skipped=False, reason="",

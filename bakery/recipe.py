@@ -385,8 +385,13 @@ def _check_templates(recipe: Recipe, chain) -> None:
         render_step(recipe, step, i, context)
 
 
-def inputs_hash(recipe: Recipe, variables: dict[str, str], source_ami: str) -> str:
-    """Hash of everything that determines the image: a matching tag means nothing changed."""
+def inputs_hash(recipe: Recipe, variables: dict[str, str], source_ami: str, digests=None) -> str:
+    """Hash of everything that determines the image: a matching tag means nothing changed.
+
+    `digests` (a bakery.digests.DigestCache) spares re-reading files that have not changed."""
+    from bakery.digests import DigestCache
+
+    digests = digests or DigestCache(None)
     h = hashlib.sha256()
 
     def feed(label: str, data: bytes) -> None:
@@ -408,7 +413,6 @@ def inputs_hash(recipe: Recipe, variables: dict[str, str], source_ami: str) -> s
             if f.is_symlink():
                 feed("link", str(f.readlink()).encode())
             else:
-                with f.open("rb") as fh:
-                    file_hash = hashlib.file_digest(fh, "sha256").digest()
-                feed("content", file_hash)
+                feed("content", digests.sha256(f))
+    digests.save()
     return h.hexdigest()[:32]

@@ -117,3 +117,29 @@ def test_an_ambiguous_filter_without_most_recent_is_an_error():
                          ("ami-00000002", "debian-12-b", "2026-02-01T00:00:00.000Z", None)))
     with pytest.raises(ConfigError, match="2 images match"):
         ec2.resolve_source(Source(filter=SourceFilter(name="debian-12-*", owners=["self"], most_recent=False)))
+
+
+def test_remembered_digests_are_trusted_only_while_the_file_is_unchanged_and_not_racy(tmp_path):
+    import json
+    import os
+    import time
+
+    from bakery.digests import DigestCache
+
+    f, store = tmp_path / "big.bin", tmp_path / "digests.json"
+    f.write_bytes(b"x" * 1000)
+    old = time.time() - 60
+    os.utime(f, (old, old))
+    real = DigestCache(store).sha256(f)
+    cache = DigestCache(store)
+    cache.sha256(f)
+    cache.save()
+    # plant a marker digest: returned only if the cache is trusted instead of reading the file
+    entries = json.loads(store.read_text())
+    entries[str(f.resolve())][1] = "ab" * 32
+    store.write_text(json.dumps(entries))
+    assert DigestCache(store).sha256(f) == bytes.fromhex("ab" * 32)   # unchanged file: not re-read
+    f.write_bytes(b"y" * 1000)                                         # same size, new content
+    assert DigestCache(store).sha256(f) != bytes.fromhex("ab" * 32)   # stat changed: re-read
+    fresh = DigestCache(store)
+    assert fresh.sha256(f) == fresh.sha256(f) != real                  # written just now: racy, re-read

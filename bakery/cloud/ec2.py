@@ -71,6 +71,17 @@ def error_message(exc: BaseException, action: str) -> str:
     return f"{action}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
+def new_session(**kwargs) -> "boto3.session.Session":
+    """A boto3 session whose clients load bakery's trimmed service models (see service_models)."""
+    import botocore.session
+
+    from bakery.cloud.service_models import use_trimmed_models
+
+    core = botocore.session.Session()
+    use_trimmed_models(core)
+    return boto3.session.Session(botocore_session=core, **kwargs)
+
+
 class EC2:
     """A thin, typed facade over one region's EC2 and SSM clients."""
 
@@ -84,11 +95,11 @@ class EC2:
             self.local = LocalCloud(settings.local_data)
             url = self.local.up(log=lambda line: print(f"local cloud: {line}", file=sys.stderr, flush=True))
             settings = dataclasses.replace(settings, endpoint_url=url)
-            session = session or boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local",
-                                                       region_name=settings.region)
+            session = session or new_session(aws_access_key_id="local", aws_secret_access_key="local",
+                                              region_name=settings.region)
         self.settings = settings
         self.region = settings.region
-        session = session or boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
+        session = session or new_session(profile_name=settings.profile, region_name=settings.region)
         config = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=60,
                         user_agent_extra="bakery")
         self.session = session
