@@ -390,3 +390,34 @@ def local_leftovers(settings) -> list[str]:
     """What a run left on this machine: private key files of builds."""
     keys = settings.state / "keys"
     return sorted(str(p.relative_to(settings.state)) for p in keys.iterdir()) if keys.is_dir() else []
+
+
+class SlowDisk:
+    """A file on the builder that takes the first bytes written to it and then no more (a FIFO
+    that nobody drains): whatever writes it blocks part way. `on_write` runs (in a thread of its
+    own) once the first bytes have arrived."""
+
+    def __init__(self, path: Path, on_write):
+        import select
+
+        os.mkfifo(path)
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self._stop = threading.Event()
+        self.written = threading.Event()
+
+        def watch():
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            while not self._stop.is_set():
+                if any(ev & select.POLLIN for _, ev in poller.poll(50)):
+                    os.read(self._fd, 1)
+                    self.written.set()
+                    on_write()
+                    return
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        os.close(self._fd)
