@@ -1,14 +1,18 @@
-"""SSH connector (paramiko): one connection per bake, one channel per step.
+"""SSH connector (paramiko): one connection per bake, one persistent runner for the steps.
 
 Why not Packer's way: Packer opens several SSH sessions per shell step (upload the
-script, chmod, run, rm) and never checks the host key. Here each step is a single
-exec whose stdin carries the script, uploads are one streamed `cat`/`tar`, and the
-server must present the host key we generated for it, or we refuse.
+script, chmod, run, rm) and never checks the host key. Here the first step starts a
+small bash loop on one session channel (`RUNNER`) and every step is one framed request
+on it: no channel open, no sshd session, no login shell per step, two processes on the
+builder (`timeout` and the script's interpreter). Uploads are one streamed `cat`/`tar`,
+and the server must present the host key we generated for it, or we refuse.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import shlex
 import socket
 import tarfile
@@ -30,7 +34,43 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CHUNK = 256 * 1024
 WINDOW = 16 * 1024 * 1024
+# How long past a step's timeout we wait for it locally: the remote `timeout -k 10s` must have
+# ended it by then, so the builder or the runner is stuck and the runner is abandoned.
+DEADLINE_GRACE = 15.0
+RUNNER_SHELL = "bash"  # without it (or when sudo refuses it) steps fall back to one exec each
 SocketFactory = Callable[[float], socket.socket]
+
+# The remote half of the runner, started once per connection (and once more under `sudo -n`
+# for sudo steps when we are not root). Request: "<len cmd> <len script>\n<cmd><script>", in
+# bytes; `cmd` runs the step file: env prefix assignments, `timeout`, stdin from /dev/null
+# (so `apt-get` cannot swallow the next request). Reply: the step's output, then the frame
+# "\n<nonce> <status>\n"; its leading newline ends the output's last line, so the frame
+# always stands on a line of its own and the reader drops exactly that newline. A "go" frame
+# before the step starts tells a runner that died before it took the step (safe to resend)
+# from one that died in it.
+RUNNER = r"""trap '' PIPE
+exec 2>&1
+umask 077
+_bk_n=$1
+_bk_T=$(command -v timeout) || exit 127
+_bk_new() { _bk_d=$(mktemp -d /tmp/bakery-run.XXXXXXXX) && _bk_f=$_bk_d/step && : >"$_bk_f" && chmod 700 "$_bk_f"; }
+_bk_new || exit 125
+trap 'rm -rf "$_bk_d"' EXIT
+_bk_read() { local LC_ALL=C; IFS= read -r -N "$1" "$2"; }
+printf '\n%s ready\n' "$_bk_n"
+while read -r _bk_nc _bk_ns && _bk_read "$_bk_nc" _bk_c && _bk_read "$_bk_ns" _bk_s; do
+  if { [[ -O $_bk_d && ! -L $_bk_d && -x $_bk_f ]] || _bk_new; } && printf '%s' "$_bk_s" >"$_bk_f"; then
+    printf '\n%s go\n' "$_bk_n"
+    eval "$_bk_c"; _bk_rc=$?
+  else
+    _bk_rc=125
+  fi
+  printf '\n%s %d\n' "$_bk_n" "$_bk_rc"
+done
+"""
+# Names bash refuses or drops as prefix assignments; a step using one gets its env through env(1).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_BASH_OWN = {"UID", "EUID", "PPID", "SHELLOPTS", "GROUPS", "FUNCNAME", "_", "DIRSTACK", "PIPESTATUS"}
 
 
 class ConnectionLost(RemoteError):
@@ -67,6 +107,8 @@ class SSHConnector:
         self.target = target
         self.transport: paramiko.Transport | None = None
         self._bastion: paramiko.SSHClient | None = None
+        self._runners: dict[bool, _Runner] = {}  # keyed by "runs under sudo"
+        self._no_runner: set[bool] = set()       # runners that could not start: those steps exec
         self.attempts = 0
 
     # ---- connect ------------------------------------------------------------------------
@@ -155,29 +197,121 @@ class SSHConnector:
 
     def run(self, script: str, *, env: Mapping[str, str], timeout: float, sudo: bool,
             on_output: OutputSink) -> RunResult:
-        """One exec per step: stdin carries the script into a private temp file that runs
-        with stdin from /dev/null (so `apt-get` cannot swallow the script), under `timeout`."""
+        """A step on the persistent runner (one per sudo-ness, started by the first step that
+        needs it); one exec per step where the builder has no bash or sudo refuses the runner."""
         if not script.startswith("#!"):
             script = "#!/bin/sh -e\n" + script
-        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        prefix = self._sudo(sudo)
+        body = script.encode()
         secs = max(1, int(round(timeout)))
+        start = time.monotonic()
+        deadline = start + timeout + DEADLINE_GRACE
+        via_sudo = bool(self._sudo(sudo))
+        status = None
+        if via_sudo not in self._no_runner and b"\0" not in body:  # bash's read drops NUL bytes
+            status, late = self._run_on_runner(via_sudo, body, env, secs, on_output, deadline)
+        if status is None:
+            status, late = self._run_exec(body, env, secs, self._sudo(sudo), on_output, deadline)
+        timed_out = late or status == 124 or (status == 137 and time.monotonic() - start >= timeout)
+        return RunResult(exit_status=status, timed_out=timed_out, seconds=time.monotonic() - start)
+
+    def _run_on_runner(self, via_sudo: bool, body: bytes, env: Mapping[str, str], secs: int, on_output: OutputSink,
+                       deadline: float) -> tuple[int | None, bool]:
+        """(status, late), or (None, False) when no runner could start: the caller then execs."""
+        cmd = _step_command(env, secs).encode()
+        request = b"%d %d\n%s%s" % (len(cmd), len(body), cmd, body)
+        for last_try in (False, True):
+            runner = self._runners.get(via_sudo)
+            if runner is None or runner.chan.closed or runner.chan.eof_received:
+                nonce = secrets.token_hex(16)  # no step's output can end a step early by guessing it
+                runner = self._runners[via_sudo] = _Runner(self._exec(_runner_command(via_sudo, nonce)), nonce)
+            try:
+                # Sent before the runner says it is ready: the first step costs no extra round trip.
+                runner.chan.sendall(request)
+                if not runner.ready:
+                    runner.ready = self._frame(runner, lambda line: None, deadline) == b"ready"
+                    if not runner.ready:  # no bash, sudo refused it, or a builder stuck before it started
+                        self._abandon(via_sudo)
+                        if time.monotonic() > deadline:
+                            return -1, True
+                        self._no_runner.add(via_sudo)
+                        return None, False
+                frame = self._frame(runner, on_output, deadline)
+                if frame == b"go":
+                    frame = self._frame(runner, on_output, deadline)
+                elif frame == b"" and not last_try:  # it died before taking the step: resend to a fresh one
+                    self._abandon(via_sudo)
+                    continue
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                self._abandon(via_sudo)
+                if self.transport is None or not self.transport.is_active():
+                    raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step "
+                                         f"({exc or type(exc).__name__})") from exc
+                if not last_try:  # its channel closed under our request: the step never started
+                    continue
+                return -1, False
+            except BaseException:  # lost connection, Ctrl-C: the stream is mid-step, so no later step may use it
+                self._abandon(via_sudo)
+                raise
+            break
+        if frame is None:  # local deadline passed: the step may still run; a fresh runner takes the next
+            self._abandon(via_sudo)
+            return -1, True
+        if frame.isdigit():
+            return int(frame), False
+        # The runner went away mid-step (killed): its exit status if any, and a fresh runner next time.
+        chan = runner.chan
+        self._abandon(via_sudo)
+        return (chan.exit_status if chan.exit_status_ready() else -1), False
+
+    def _frame(self, runner: "_Runner", on_output: OutputSink, deadline: float) -> bytes | None:
+        """Stream lines up to the runner's next frame and return what the frame says (a status or
+        b"ready"); b"" if the runner's channel ended without one, None if the deadline passed."""
+        chan = runner.chan
+        chan.settimeout(0.5)
+        while True:
+            frame = runner.parse(on_output)
+            if frame is not None:
+                return frame
+            if time.monotonic() > deadline:
+                return None
+            try:
+                data = chan.recv(1 << 20)
+            except socket.timeout:
+                data = None
+            if not data and not self.transport.is_active():
+                raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step")
+            if data == b"":
+                runner.flush(on_output)
+                end = time.monotonic() + 1  # sshd may send the exit status just after the EOF
+                while not chan.exit_status_ready() and not chan.closed and time.monotonic() < end:
+                    time.sleep(0.01)
+                return b""
+            if data:
+                runner.pending += data
+
+    def _abandon(self, via_sudo: bool) -> None:
+        runner = self._runners.pop(via_sudo, None)
+        if runner is not None:
+            runner.chan.close()
+
+    def _run_exec(self, body: bytes, env: Mapping[str, str], secs: int, prefix: str, on_output: OutputSink,
+                  deadline: float) -> tuple[int, bool]:
+        """One exec per step: stdin carries the script into a private temp file that runs
+        with stdin from /dev/null (so `apt-get` cannot swallow the script), under `timeout`."""
+        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         command = (
             'umask 077; f=$(mktemp /tmp/bakery-step.XXXXXXXX) || exit 125; cat > "$f" && chmod 700 "$f" || exit 125; '
             f'{prefix}env {envs} timeout -k 10s {secs}s "$f" </dev/null; rc=$?; rm -f "$f"; exit $rc'
         )
-        start = time.monotonic()
         chan = self._exec(command)
         try:
-            chan.sendall(script.encode())
+            chan.sendall(body)
             chan.shutdown_write()
-            status, late = self._drain(chan, on_output, deadline=start + timeout + 15)
+            return self._drain(chan, on_output, deadline=deadline)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step ({exc or type(exc).__name__})") from exc
         finally:
             chan.close()
-        timed_out = late or status == 124 or (status == 137 and time.monotonic() - start >= timeout)
-        return RunResult(exit_status=status, timed_out=timed_out, seconds=time.monotonic() - start)
 
     def _drain(self, chan: paramiko.Channel, on_output: OutputSink, deadline: float) -> tuple[int, bool]:
         """Stream output line by line; a local deadline backs up the remote `timeout`."""
@@ -253,6 +387,16 @@ class SSHConnector:
             raise RemoteError(f"{self.target.label}: upload of {local} failed: {detail}")
 
     def close(self) -> None:
+        for via_sudo in list(self._runners):
+            runner = self._runners.pop(via_sudo)
+            try:  # EOF ends the loop; its EXIT trap removes the step dir
+                runner.chan.shutdown_write()
+                end = time.monotonic() + 2
+                while not runner.chan.exit_status_ready() and not runner.chan.closed and time.monotonic() < end:
+                    time.sleep(0.002)
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+            runner.chan.close()
         self._drop()
         if self._bastion is not None:
             self._bastion.close()
@@ -262,6 +406,56 @@ class SSHConnector:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+def _runner_command(via_sudo: bool, nonce: str) -> str:
+    return f"exec {'sudo -n ' if via_sudo else ''}{RUNNER_SHELL} --noprofile --norc -c {shlex.quote(RUNNER)} bakery-runner {nonce}"
+
+
+def _step_command(env: Mapping[str, str], secs: int) -> str:
+    run = f'"$_bk_T" -k 10s {secs}s "$_bk_f" </dev/null'
+    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    if all(_NAME.match(k) and k not in _BASH_OWN and not k.startswith("BASH") for k in env):
+        return f"{assigns} {run}" if assigns else run
+    return f"env {assigns} {run}"
+
+
+class _Runner:
+    """Our end of one runner channel: splits its stream into output lines and frames."""
+
+    def __init__(self, chan: paramiko.Channel, nonce: str):
+        self.chan = chan
+        self.mark = nonce.encode() + b" "
+        self.ready = False
+        self.pending = b""  # received, not yet split into lines
+        self.held = False   # an empty line that may be the frame's own leading newline
+
+    def parse(self, on_output: OutputSink) -> bytes | None:
+        """Emit complete lines; at a frame line return what follows the nonce."""
+        if b"\n" not in self.pending:
+            return None
+        lines = self.pending.split(b"\n")
+        self.pending = lines.pop()
+        for i, line in enumerate(lines):
+            if line.startswith(self.mark):
+                # Anything after the frame is a background job's late output: the next step shows it.
+                self.pending = b"\n".join([*lines[i + 1:], self.pending])
+                self.held = False
+                return line[len(self.mark):]
+            if self.held:
+                on_output("")
+            self.held = not line
+            if line:
+                on_output(line.decode("utf-8", "replace").rstrip("\r"))
+        return None
+
+    def flush(self, on_output: OutputSink) -> None:
+        """The channel ended without a frame: whatever is left is output."""
+        if self.held:
+            on_output("")
+        if self.pending:
+            on_output(self.pending.decode("utf-8", "replace"))
+        self.pending, self.held = b"", False
 
 
 class _ChannelWriter:

@@ -1,0 +1,264 @@
+"""The persistent step runner of SSHConnector, against a real OpenSSH sshd.
+
+The sshd is `FakeBuilderHost`'s (private mount and pid namespace, its own /tmp), started for
+a builder instance launched in moto; the sudo path runs in a local-cloud sandbox as `admin`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bakery.remote import keys, ssh
+from bakery.remote.ssh import ConnectionLost, SSHConnector, Target
+from tests.local.conftest import (  # noqa: F401 - fixtures for the sudo test
+    local_base, local_base_id, local_boot_wait, local_keys, local_sandboxes, local_state_dir)
+from tests.support import FakeBuilderHost
+
+# The runner's pid as /proc shows it: the step's parent is `timeout`, whose parent is the runner.
+# (FakeBuilderHost's sshd has its own pid namespace but the host's /proc: these are host pids.)
+RUNNER_PID = "read -r _ _ _ t _ </proc/self/stat; read -r _ _ _ r _ </proc/$t/stat; echo $r"
+
+
+class Builder:
+    """A builder instance in moto and the real sshd FakeBuilderHost starts for it."""
+
+    def __init__(self, moto_server, scratch: Path):
+        self.login, self.host_key = keys.generate("test"), keys.generate("test-host")
+        self.host = FakeBuilderHost(moto_server, scratch)
+        ec2 = moto_server.client()
+        name = f"runner-test-{scratch.name}"
+        ec2.import_key_pair(KeyName=name, PublicKeyMaterial=self.login.public_openssh.encode())
+        user_data = "#cloud-config\n" + yaml.safe_dump({"ssh_keys": {"ed25519_private": self.host_key.private_openssh}})
+        ec2.run_instances(ImageId="ami-0123456789abcdef0", MinCount=1, MaxCount=1, KeyName=name, UserData=user_data,
+                          TagSpecifications=[{"ResourceType": "instance",
+                                              "Tags": [{"Key": "bakery:role", "Value": "builder"}]}])
+        self.open: list[SSHConnector] = []
+
+    def connect(self) -> SSHConnector:
+        conn = SSHConnector(Target(host="127.0.0.1", port=self.host.port, user="root",
+                                   login_key=self.login.paramiko_key(), host_key=self.host_key.public_openssh,
+                                   label="test builder"))
+        conn.connect(timeout=20)
+        self.open.append(conn)
+        return conn
+
+    def close(self) -> None:
+        for conn in self.open:
+            conn.close()
+        self.host.close()
+
+
+@pytest.fixture(scope="module")
+def builder(moto_server, tmp_path_factory):
+    b = Builder(moto_server, tmp_path_factory.mktemp("runner-builder"))
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def conn(builder):
+    c = builder.connect()
+    yield c
+    c.close()
+
+
+def run(conn, script: str, *, env=None, timeout: float = 30, sudo: bool = False):
+    lines: list[str] = []
+    res = conn.run(script, env=env or {}, timeout=timeout, sudo=sudo, on_output=lines.append)
+    return res, lines
+
+
+def test_many_steps_share_one_runner_and_keep_their_own_output_and_status(conn):
+    pids = set()
+    for i in range(30):
+        res, lines = run(conn, f"echo step {i}; {RUNNER_PID}; exit {i % 3}", timeout=30)
+        assert (res.exit_status, res.timed_out) == (i % 3, False)
+        assert lines[0] == f"step {i}"
+        pids.add(lines[1])
+    assert len(pids) == 1
+
+
+def test_the_last_line_without_a_newline_is_still_a_line(conn):
+    assert run(conn, "printf 'a\\nb'")[1] == ["a", "b"]
+    assert run(conn, "printf 'a\\n\\n'")[1] == ["a", ""]  # an empty last line is output, not the frame
+    assert run(conn, "printf ''")[1] == []
+    assert run(conn, "echo next")[1] == ["next"]  # nothing of the previous step leaks in
+
+
+def test_output_that_looks_like_a_frame_is_output(conn):
+    fake = "0123456789abcdef0123456789abcdef 0"
+    res, lines = run(conn, f"printf '\\n{fake}\\n{fake[:32]} ready\\n'; exit 7")
+    assert res.exit_status == 7
+    assert lines == ["", fake, f"{fake[:32]} ready"]
+
+
+def test_stdout_and_stderr_arrive_interleaved_in_order(conn):
+    assert run(conn, "echo out; echo err >&2; echo out2")[1] == ["out", "err", "out2"]
+
+
+def test_binary_output_is_decoded_line_by_line_with_replacement(conn, tmp_path):
+    data = bytes(range(256)) * 16 + b"\r\n\xff\xfe tail"
+    (tmp_path / "blob").write_bytes(data)
+    conn.put(tmp_path / "blob", "/tmp/blob", mode=None, owner=None, sudo=False)
+    _, lines = run(conn, "cat /tmp/blob")
+    assert lines == [part.decode("utf-8", "replace").rstrip("\r") for part in data.split(b"\n")]
+
+
+def test_large_output_streams_completely(conn):
+    res, lines = run(conn, "seq 1 300000", timeout=60)
+    assert res.exit_status == 0
+    assert len(lines) == 300000 and lines[0] == "1" and lines[-1] == "300000"
+
+
+def test_a_step_reading_stdin_gets_eof_and_cannot_swallow_the_next_request(conn):
+    res, lines = run(conn, "cat; read x || echo eof")
+    assert (res.exit_status, lines) == (0, ["eof"])
+    assert run(conn, "echo after")[1] == ["after"]
+
+
+def test_env_values_with_quotes_newlines_and_dollars_arrive_verbatim(conn):
+    env = {"A": "it's \"quoted\" $HOME `id` \\n", "B": "line1\nline2\n", "EMPTY": ""}
+    res, lines = run(conn, "printf '[%s]' \"$A\" \"$B\" \"$EMPTY\"; echo", env=env)
+    assert lines == ["[it's \"quoted\" $HOME `id` \\n][line1", "line2", "][]"]
+    # names bash keeps for itself still reach the step (through env(1))
+    assert run(conn, "echo $UID", env={"UID": "4242"})[1] == ["4242"]
+    assert run(conn, "echo ${A-unset}")[1] == ["unset"]  # env is per step
+
+
+def test_the_default_shell_is_sh_with_errexit_and_a_shebang_is_honoured(conn):
+    res, lines = run(conn, "echo before; false; echo after")
+    assert (res.exit_status, lines) == (1, ["before"])
+    res, lines = run(conn, "#!/bin/bash\necho ${BASH_VERSION:+bash}; [[ x == x ]] && echo ok; exit 5")
+    assert (res.exit_status, lines) == (5, ["bash", "ok"])
+    res, lines = run(conn, "#!/bin/sh\nfalse; echo no errexit without -e")
+    assert lines == ["no errexit without -e"]
+
+
+def test_a_step_past_its_timeout_is_killed_and_the_runner_carries_on(conn):
+    before = run(conn, RUNNER_PID)[1]
+    res, lines = run(conn, "echo started; sleep 30", timeout=1)
+    assert res.timed_out and res.exit_status == 124 and res.seconds < 5
+    assert lines == ["started"]
+    assert run(conn, RUNNER_PID)[1] == before
+
+
+def test_a_stuck_runner_is_abandoned_at_the_local_deadline_and_the_next_step_gets_a_fresh_one(conn, monkeypatch):
+    monkeypatch.setattr(ssh, "DEADLINE_GRACE", 1.0)
+    old = run(conn, RUNNER_PID)[1][0]
+    os.kill(int(old), signal.SIGSTOP)
+    try:
+        res, _ = run(conn, "echo lost", timeout=1)
+        assert res.timed_out and res.exit_status == -1 and res.seconds < 5
+        res, lines = run(conn, RUNNER_PID)
+        assert res.exit_status == 0 and lines[0] != old
+    finally:
+        os.kill(int(old), signal.SIGCONT)  # it reads EOF on its abandoned channel and exits
+
+
+def test_a_runner_killed_mid_step_fails_that_step_and_the_next_gets_a_fresh_one(conn):
+    seen = []
+
+    def kill_runner(line):
+        seen.append(line)
+        os.kill(int(line), signal.SIGKILL)
+    res = conn.run(f"{RUNNER_PID}; sleep 2", env={}, timeout=30, sudo=False, on_output=kill_runner)
+    assert (res.exit_status, res.timed_out) == (-1, False)  # no status: it ended with its runner
+    res, lines = run(conn, RUNNER_PID)
+    assert res.exit_status == 0 and lines[0] != seen[0]
+    os.kill(int(lines[0]), signal.SIGKILL)  # between steps, too
+    assert run(conn, "echo fresh")[1] == ["fresh"]
+
+
+def test_an_exception_mid_step_leaves_no_half_read_output_for_the_next_step(conn):
+    def interrupted(line):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        conn.run("echo first; sleep 0.3; echo second; exit 3", env={}, timeout=30, sudo=False, on_output=interrupted)
+    res, lines = run(conn, "echo next")
+    assert (res.exit_status, lines) == (0, ["next"])
+
+
+def test_a_step_that_removes_the_runner_dir_does_not_break_the_next(conn):
+    assert run(conn, "rm -rf /tmp/bakery-*")[0].exit_status == 0  # as the image hygiene does
+    assert run(conn, "echo still here")[1] == ["still here"]
+
+
+def test_uploads_between_steps_use_the_same_runner(conn, tmp_path):
+    (tmp_path / "f.txt").write_text("file\n")
+    (tmp_path / "d/sub").mkdir(parents=True)
+    (tmp_path / "d/sub/x").write_text("x\n")
+    pid = run(conn, RUNNER_PID)[1]
+    conn.put(tmp_path / "f.txt", "/srv/f.txt", mode="0640", owner=None, sudo=False)
+    assert run(conn, "cat /srv/f.txt; stat -c %a /srv/f.txt")[1] == ["file", "640"]
+    conn.put(tmp_path / "d", "/srv/d", mode=None, owner=None, sudo=False)
+    assert run(conn, "cat /srv/d/sub/x")[1] == ["x"]
+    assert run(conn, RUNNER_PID)[1] == pid
+
+
+def test_close_ends_the_runner_and_removes_its_files(builder):
+    conn = builder.connect()
+    pid = run(conn, RUNNER_PID)[1][0]
+    assert run(conn, "ls -d /tmp/bakery-run.* | wc -l")[1] == ["1"]
+    conn.close()
+    other = builder.connect()
+    assert run(other, f"test -e /proc/{pid} && echo alive || echo gone")[1] == ["gone"]
+    assert run(other, "ls -d /tmp/bakery-run.* | wc -l")[1] == ["1"]  # only the new connection's
+    other.close()
+
+
+def test_without_bash_every_step_is_one_exec(conn, monkeypatch):
+    monkeypatch.setattr(ssh, "RUNNER_SHELL", "no-such-shell-for-bakery")
+    for i in range(3):
+        res, lines = run(conn, f"echo step {i}; exit {i}", env={"V": "v'1"})
+        assert (res.exit_status, lines) == (i, [f"step {i}"])
+    assert run(conn, "echo $V", env={"V": "x y"})[1] == ["x y"]
+    assert run(conn, "sleep 30", timeout=1)[0].timed_out
+
+
+def test_a_dropped_connection_mid_step_is_connection_lost(moto_server, tmp_path):
+    b = Builder(moto_server, tmp_path / "dropped")
+    try:
+        conn = b.connect()
+        assert run(conn, "echo up")[1] == ["up"]
+        threading.Timer(0.5, b.host._stop_sshd).start()  # kills sshd's whole pid namespace
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            run(conn, "sleep 30", timeout=60)
+        assert time.monotonic() - started < 10
+    finally:
+        b.close()
+
+
+@pytest.mark.local
+def test_sudo_steps_run_as_root_and_plain_steps_as_the_login_user(local_base, local_sandboxes, local_keys,
+                                                                   local_boot_wait):
+    user, host = local_keys
+    user_data = "#cloud-config\n" + yaml.safe_dump({"ssh_keys": {"ed25519_private": host.private_openssh,
+                                                                 "ed25519_public": host.public_openssh}})
+    box = local_sandboxes([local_base], user_data=user_data.encode(), meta_data={"public-keys": [user.public_openssh]})
+    local_boot_wait(box)  # cloud-init creates `admin` with passwordless sudo
+    conn = SSHConnector(Target(host="sandbox", port=22, user="admin", login_key=user.paramiko_key(),
+                               host_key=host.public_openssh, label=box.name,
+                               sock_factory=lambda timeout: box.connect(22, timeout)))
+    conn.connect(timeout=60)
+    try:
+        runners = {}
+        for i in range(3):  # interleaved: each kind keeps its own runner
+            for sudo, who in ((True, "root"), (False, "admin")):
+                res, lines = run(conn, f"id -un; echo \"$V\"; {RUNNER_PID}", env={"V": f"v {i}"}, sudo=sudo)
+                assert (res.exit_status, lines[:2]) == (0, [who, f"v {i}"])
+                runners.setdefault(sudo, set()).add(lines[2])
+        assert len(runners[True]) == len(runners[False]) == 1 and runners[True] != runners[False]
+        res, _ = run(conn, "sleep 30", sudo=True, timeout=1)
+        assert res.timed_out and res.exit_status == 124
+    finally:
+        conn.close()
+
+
