@@ -37,12 +37,6 @@ LOST = r"SSH connection lost"
 # paramiko either reports the banner wait or, when its own 10 s handshake timeout wins the race,
 # that the session never came up
 NO_BANNER = r"waiting for SSH on builder i-\w+ .*(Error reading SSH protocol banner|No existing session)"
-# A connection that drops while an upload waits for the remote end is reported as the upload
-# failing (exit status -1 -> "exited with status 1"), not as a lost connection; with `retries`
-# the upload would be retried on the dead connection. bakery/remote/ssh.py `_drain` returns the
-# -1 of a channel closed under it instead of raising ConnectionLost.
-UPLOAD_DROP_BUG = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                    reason="a drop during an upload is reported as the upload failing")
 
 
 def checks(shell: str = "true", timeout: float = 20) -> str:
@@ -88,10 +82,8 @@ MATRIX = [
         steps="  - {name: long, shell: 'echo started; sleep 30'}\n", when=("long | started", "kill_sessions")),
     Row("step (upload)", "non-zero", Fails(StepFailed, r"step 1/1: payload exited with status 1"),
         steps=UPLOAD.replace("/srv/payload.bin", "/dev/null/payload.bin")),
-    pytest.param(Row("step (upload)", "drop", Fails(ConnectionLost, LOST), steps=UPLOAD, slow_upload="kill_server"),
-                 marks=UPLOAD_DROP_BUG),
-    pytest.param(Row("step (upload)", "drop-session", Fails(ConnectionLost, LOST), steps=UPLOAD,
-                     slow_upload="kill_sessions"), marks=UPLOAD_DROP_BUG),
+    Row("step (upload)", "drop", Fails(ConnectionLost, LOST), steps=UPLOAD, slow_upload="kill_server"),
+    Row("step (upload)", "drop-session", Fails(ConnectionLost, LOST), steps=UPLOAD, slow_upload="kill_sessions"),
     Row("clean image (hygiene)", "non-zero", Fails(RemoteError, r"hygiene before the snapshot failed \(exit 1\)"),
         cloud_init={"clean": "fail"}),
     Row("clean image (hygiene)", "drop", Fails(ConnectionLost, LOST), cloud_init={"clean": "hang"},

@@ -15,6 +15,7 @@ import re
 import secrets
 import shlex
 import socket
+import stat
 import tarfile
 import time
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ WINDOW = 16 * 1024 * 1024
 DEADLINE_GRACE = 15.0
 RUNNER_SHELL = "bash"  # without it (or when sudo refuses it) steps fall back to one exec each
 SocketFactory = Callable[[float], socket.socket]
+STEP = " while running a step"
+# What we offer, fastest first as measured with paramiko (bench/upload_throughput.py): AES-GCM
+# needs no separate MAC pass. No CBC, 3DES, SHA-1 or MD5 (OpenSSH's own defaults dropped them).
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256", "hmac-sha2-512")
 
 # The remote half of the runner, started once per connection (and once more under `sudo -n`
 # for sudo steps when we are not root). Request: "<len cmd> <len script>\n<cmd><script>", in
@@ -164,8 +170,11 @@ class SSHConnector:
         try:
             transport.banner_timeout = 10
             transport.handshake_timeout = 10
+            options = transport.get_security_options()
             # Ask only for the key type we pinned, so the server cannot offer another one.
-            transport.get_security_options().key_types = [t.host_key.split()[0]]
+            options.key_types = [t.host_key.split()[0]]
+            options.ciphers = [c for c in CIPHERS if c in options.ciphers]
+            options.digests = [m for m in MACS if m in options.digests]
             transport.start_client(timeout=10)
             presented = transport.get_remote_server_key()
             got = f"{presented.get_name()} {presented.get_base64()}"
@@ -184,16 +193,23 @@ class SSHConnector:
 
     # ---- run ----------------------------------------------------------------------------
 
+    def _alive(self) -> bool:
+        return self.transport is not None and self.transport.is_active()
+
+    def _lost(self, doing: str, exc: BaseException | None = None) -> ConnectionLost:
+        why = f" ({exc or type(exc).__name__})" if exc is not None else ""
+        return ConnectionLost(f"{self.target.label}: SSH connection lost{doing}{why}")
+
     def _exec(self, command: str) -> paramiko.Channel:
-        if self.transport is None or not self.transport.is_active():
-            raise ConnectionLost(f"{self.target.label}: SSH connection lost")
+        if not self._alive():
+            raise self._lost("")
         try:
             chan = self.transport.open_session(timeout=30)
             chan.set_combine_stderr(True)
             chan.exec_command(command)
             return chan
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ConnectionLost(f"{self.target.label}: SSH connection lost ({exc or type(exc).__name__})") from exc
+            raise self._lost("", exc) from exc
 
     def run(self, script: str, *, env: Mapping[str, str], timeout: float, sudo: bool,
             on_output: OutputSink) -> RunResult:
@@ -243,9 +259,8 @@ class SSHConnector:
                     continue
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 self._abandon(via_sudo)
-                if self.transport is None or not self.transport.is_active():
-                    raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step "
-                                         f"({exc or type(exc).__name__})") from exc
+                if not self._alive():
+                    raise self._lost(STEP, exc) from exc
                 if not last_try:  # its channel closed under our request: the step never started
                     continue
                 return -1, False
@@ -278,8 +293,8 @@ class SSHConnector:
                 data = chan.recv(1 << 20)
             except socket.timeout:
                 data = None
-            if not data and not self.transport.is_active():
-                raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step")
+            if not data and not self._alive():
+                raise self._lost(STEP)
             if data == b"":
                 runner.flush(on_output)
                 end = time.monotonic() + 1  # sshd may send the exit status just after the EOF
@@ -307,14 +322,15 @@ class SSHConnector:
         try:
             chan.sendall(body)
             chan.shutdown_write()
-            return self._drain(chan, on_output, deadline=deadline)
+            return self._drain(chan, on_output, deadline, STEP)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step ({exc or type(exc).__name__})") from exc
+            raise self._lost(STEP, exc) from exc
         finally:
             chan.close()
 
-    def _drain(self, chan: paramiko.Channel, on_output: OutputSink, deadline: float) -> tuple[int, bool]:
-        """Stream output line by line; a local deadline backs up the remote `timeout`."""
+    def _drain(self, chan: paramiko.Channel, on_output: OutputSink, deadline: float, doing: str) -> tuple[int, bool]:
+        """Stream output line by line; a local deadline backs up the remote `timeout`. A channel
+        that ends because the connection died is ConnectionLost, not a command's failure."""
         chan.settimeout(0.5)
         pending = b""
         while True:
@@ -323,8 +339,8 @@ class SSHConnector:
             except socket.timeout:
                 if time.monotonic() > deadline:
                     return -1, True
-                if not self.transport.is_active():
-                    raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step")
+                if not self._alive():
+                    raise self._lost(doing)
                 continue
             if not data:
                 break
@@ -337,9 +353,11 @@ class SSHConnector:
         while not chan.exit_status_ready():
             if time.monotonic() > deadline:
                 return -1, True
-            if not self.transport.is_active():
-                raise ConnectionLost(f"{self.target.label}: SSH connection lost while running a step")
+            if not self._alive():
+                raise self._lost(doing)
             time.sleep(0.01)
+        if not self._alive():  # the channel was closed under us, with no exit status
+            raise self._lost(doing)
         return chan.recv_exit_status(), False
 
     def _sudo(self, sudo: bool) -> str:
@@ -366,20 +384,19 @@ class SSHConnector:
     def _stream(self, local: Path, command: str, tar: bool) -> None:
         chan = self._exec(command)
         out: list[str] = []
+        doing = f" during upload of {local}"
         try:
-            if tar:
-                with tarfile.open(fileobj=_ChannelWriter(chan), mode="w|", format=tarfile.PAX_FORMAT,
-                                  bufsize=CHUNK) as archive:
-                    for path in sorted(local.rglob("*")):
-                        archive.add(path, arcname=str(path.relative_to(local)), recursive=False)
-            else:
-                with local.open("rb") as fh:
-                    while block := fh.read(CHUNK):
-                        chan.sendall(block)
-            chan.shutdown_write()
-            status, _ = self._drain(chan, out.append, deadline=time.monotonic() + 600)
+            try:
+                with _ChannelWriter(chan) as writer:
+                    _write_tar(writer, local) if tar else _write_file(writer, local)
+                chan.shutdown_write()
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                if not self._alive():
+                    raise self._lost(doing, exc) from exc
+                # The command stopped reading (no space, not a directory): its output says why.
+            status, _ = self._drain(chan, out.append, time.monotonic() + 600, doing)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise ConnectionLost(f"{self.target.label}: SSH connection lost during upload of {local} ({exc or type(exc).__name__})") from exc
+            raise self._lost(doing, exc) from exc
         finally:
             chan.close()
         if status != 0:
@@ -458,15 +475,65 @@ class _Runner:
         self.pending, self.held = b"", False
 
 
+def _write_file(writer: "_ChannelWriter", local: Path) -> None:
+    with local.open("rb", buffering=0) as fh:
+        while block := fh.read(CHUNK):
+            writer.write(block)
+
+
+def _write_tar(writer: "_ChannelWriter", local: Path) -> None:
+    """The tree as a tar stream. Headers are made here, not by TarFile.add: no passwd/group
+    lookups per file and whole-second mtimes, so no pax record per file (the owner is not kept
+    anyway: the remote tar runs with --no-same-owner)."""
+    with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for path in sorted(local.rglob("*")):
+            name = str(path.relative_to(local))
+            st = path.lstat()
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                archive.add(path, arcname=name, recursive=False)  # symlinks and the like: tarfile's way
+                continue
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
+            if stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+                continue
+            info.size = st.st_size
+            with path.open("rb") as fh:
+                archive.addfile(info, fh)
+
+
 class _ChannelWriter:
-    """Just enough of a file object for tarfile's stream mode."""
+    """A write-only file object on a channel that gathers small writes (tar headers, small
+    files) into large sends, and sends without the copy per packet Channel.sendall makes of
+    what is left of a bytes object."""
 
     def __init__(self, chan: paramiko.Channel):
         self.chan = chan
+        self.buf = bytearray()
+        self.offset = 0
 
     def write(self, data: bytes) -> int:
-        self.chan.sendall(data)
+        self.offset += len(data)
+        if not self.buf and len(data) >= CHUNK:
+            self.chan.sendall(memoryview(data))
+            return len(data)
+        self.buf += data
+        if len(self.buf) >= CHUNK:
+            self.flush()
         return len(data)
 
-    def close(self) -> None:
-        pass
+    def tell(self) -> int:  # TarFile in "w" mode keeps its own offset from this
+        return self.offset
+
+    def flush(self) -> None:
+        if self.buf:
+            self.chan.sendall(memoryview(self.buf))
+            del self.buf[:]
+
+    def __enter__(self) -> "_ChannelWriter":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.flush()
