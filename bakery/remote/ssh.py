@@ -11,6 +11,7 @@ and the server must present the host key we generated for it, or we refuse.
 from __future__ import annotations
 
 import logging
+import posixpath
 import re
 import secrets
 import shlex
@@ -350,12 +351,11 @@ class SSHConnector:
                 on_output(line.decode("utf-8", "replace").rstrip("\r"))
         if pending:
             on_output(pending.decode("utf-8", "replace"))
-        while not chan.exit_status_ready():
+        while not chan.status_event.wait(0.5):  # set by the exit status, or when the channel closes
             if time.monotonic() > deadline:
                 return -1, True
             if not self._alive():
                 raise self._lost(doing)
-            time.sleep(0.01)
         if not self._alive():  # the channel was closed under us, with no exit status
             raise self._lost(doing)
         return chan.recv_exit_status(), False
@@ -378,7 +378,7 @@ class SSHConnector:
         else:
             tmp = shlex.quote(dest + ".bakery-part")
             fix = (f" && chmod {mode} {tmp}" if mode else "") + (f" && chown {shlex.quote(owner)} {tmp}" if owner else "")
-            inner = f"mkdir -p $(dirname {q}) && cat > {tmp}{fix} && mv -f {tmp} {q}"
+            inner = f"mkdir -p {shlex.quote(posixpath.dirname(dest) or '.')} && cat > {tmp}{fix} && mv -f {tmp} {q}"
             self._stream(local, self._sudo(sudo) + "sh -c " + shlex.quote(inner), tar=False)
 
     def _stream(self, local: Path, command: str, tar: bool) -> None:
