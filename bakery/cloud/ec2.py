@@ -23,7 +23,7 @@ import botocore.parsers
 from botocore.config import Config
 
 from bakery.cloud.waits import Backoff, wait_for
-from bakery.errors import CloudError, ConfigError
+from bakery.errors import CloudError, ConfigError, Interrupted
 from bakery.settings import Settings
 
 TAG_PREFIX = "bakery:"
@@ -103,6 +103,8 @@ class EC2:
         config = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=60,
                         user_agent_extra="bakery")
         self.session = session
+        # every client made from this session (EC2, SSM, ELB) lets a signal through (see below)
+        session.events.register("needs-retry", _interrupted_is_not_retried, unique_id="bakery-interrupted")
         # region_name explicitly: a facade for another region may share the home region's session
         self.client = session.client("ec2", region_name=settings.region, endpoint_url=settings.endpoint_url,
                                      config=config)
@@ -435,6 +437,15 @@ class EC2:
         if got["Value"] != image_id:
             raise CloudError(f"ssm parameter {name} reads back {got['Value']!r}, expected {image_id}")
         return resp.get("Version", 0)
+
+
+def _interrupted_is_not_retried(caught_exception=None, **_) -> None:
+    """Ctrl-C or SIGTERM during a request raises Interrupted inside botocore's send, which wraps
+    any exception there in a retryable HTTPClientError: the call would be sent again and the
+    signal lost. Raise it instead of retrying."""
+    cause = getattr(caught_exception, "kwargs", {}).get("error")
+    if isinstance(cause, Interrupted):
+        raise cause
 
 
 def _is_deprecated(image: dict) -> bool:
