@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from bakery.errors import BakeryError, CloudError, ConfigError, RemoteError, StepFailed
+from bakery.errors import BakeryError, CloudError, ConfigError, Interrupted, RemoteError, StepFailed
 from bakery.hygiene import HYGIENE, LEFTOVER_CHECK, findings
 from bakery.progress import Reporter
 from bakery.recipe import Recipe, Step, inputs_hash, load_recipe, render_step, template_context
@@ -202,14 +202,19 @@ class Bake:
         _prefetch("bakery.remote.ssh")
         from bakery.ledger import Ledger
 
-        with lock, Ledger(self.settings.state / "ledger", self.build_id, f"bake {self.recipe.name}") as ledger, \
-                CleanupStack(r, ledger) as stack:
-            try:
-                self._bake(stack, source, digest, manifest)
-            except BaseException:
-                if self.keep_on_error:
-                    self._keep(stack)
-                raise
+        try:
+            with lock, Ledger(self.settings.state / "ledger", self.build_id, f"bake {self.recipe.name}") as ledger, \
+                    CleanupStack(r, ledger) as stack:
+                try:
+                    self._bake(stack, source, digest, manifest)
+                except BaseException:
+                    if self.keep_on_error:
+                        self._keep(stack)
+                    raise
+        except BaseException:
+            if not self.keep_on_error:
+                self._sweep()
+            raise
         manifest.stages = r.timings()
         manifest.seconds = round(time.monotonic() - self.started, 3)
         self._write_manifest(manifest)
@@ -340,6 +345,8 @@ class Bake:
         if recipe.checks:
             try:
                 self._smoke(stack, image_id, subnet, group, key_name, login, cidr)
+            except Interrupted:
+                raise  # not a verdict on the image
             except BakeryError as exc:
                 # Keep the image for inspection, marked so nothing ever uses or publishes it.
                 ec2.tag([image_id], {"bakery:smoke": "failed"})
@@ -557,6 +564,20 @@ class Bake:
                                       round(time.monotonic() - start, 3))
                 raise StepFailed(f"{self.recipe.path}: {label} {why}"
                                  f"{f' after {attempts} attempts' if attempts > 1 else ''}")
+
+    def _sweep(self) -> None:
+        """After a failure, what carries this build's tags but never reached the clean-up stack:
+        the endpoint made it and its answer was lost (a signal while the create call was in flight)."""
+        from bakery.cleanup import clean_build
+
+        with shielded():
+            try:
+                found = clean_build(self.ec2, self.build_id).removed
+            except Exception as exc:  # noqa: BLE001 - never mask the failure on its way out
+                self.report.warn(f"clean-up sweep of build {self.build_id} failed: {getattr(exc, 'message', exc)}")
+                return
+        if found:
+            self.report.warn(f"removed what the endpoint made without answering: {', '.join(found)}")
 
     def _terminate(self, instance_id: str) -> None:
         self.ec2.terminate_instance(instance_id)
