@@ -139,7 +139,8 @@ class Gate:
         self.seen = 0
         self.calls: list[str] = []
         self.held = threading.Event()     # the call is being held now
-        self._done = threading.Event()    # the test is finished with it: drop it
+        self._done = threading.Event()    # the test is finished with it: drop it (or let it through)
+        self._let_through = False
         self._lock = threading.Lock()
         up = urllib.parse.urlsplit(upstream)
         self._upstream = (up.hostname, up.port)
@@ -174,8 +175,10 @@ class Gate:
         if hold and self.mode == "before":
             self.held.set()
             self._done.wait(120)
-            handler.close_connection = True  # never forwarded: the caller has given up
-            return
+            if not self._let_through:
+                handler.close_connection = True  # never forwarded: the caller has given up
+                return
+            hold = False
         status, headers, payload = self._forward(handler, body)
         if hold:
             self.held.set()
@@ -204,6 +207,11 @@ class Gate:
             return resp.status, resp.getheaders(), resp.read()
         finally:
             conn.close()
+
+    def release(self) -> None:
+        """Let a call held "before" through after all: it reaches the endpoint and is answered."""
+        self._let_through = True
+        self._done.set()
 
     def close(self) -> None:
         self._done.set()

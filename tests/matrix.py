@@ -112,3 +112,70 @@ def check_bake(outcome, *, moto, before, settings, runner, manifest, error, tap:
         expected = product(client, manifest.ami_id, "available complete=true" + (" smoke=passed" if smoke else ""))
     assert changes(before, endpoint_state(client)) == expected
     assert local_leftovers(settings) == []
+
+
+def cli_environment(endpoint: str, tmp_path, **extra: str) -> dict[str, str]:
+    """The environment that points `invoke` at `endpoint` and this test's directories."""
+    import os
+
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "aws", "INVOKE_BAKERY_ENDPOINT_URL": endpoint,
+           "INVOKE_BAKERY_RECIPES_DIR": str(tmp_path / "recipes"), "INVOKE_BAKERY_ENVS_DIR": str(tmp_path / "envs"),
+           "INVOKE_BAKERY_USERDATA_DIR": str(tmp_path / "userdata"),
+           "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state"), **extra}
+    env.pop("BAKERY_DEBUG", None)
+    return env
+
+
+class CliRun:
+    """`invoke ARGS` as a subprocess, its progress (stderr) read line by line as it comes."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        import subprocess
+        import sys
+        import threading
+
+        from tests.support import ROOT
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def printed(self, text: str, timeout: float = 60) -> bool:
+        """Wait until a progress line contains `text` (False if the process ended first)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: any(text in line for line in self.lines)
+                                          or not self._reader.is_alive(), timeout) \
+                and any(text in line for line in self.lines)
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr) once the process has ended."""
+        self.proc.wait(timeout)  # stdout is one line at most: it fits in the pipe
+        out = self.proc.stdout.read()
+        self._reader.join(timeout)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return self.proc.returncode, out, "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        if not self.proc.stdout.closed:
+            self.finish()
+
+
+def assert_one_line_error(err: str, starts: str) -> None:
+    """The run ended with one line `error: ...` and no traceback."""
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(starts), err
