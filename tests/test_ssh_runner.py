@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -84,6 +85,16 @@ def test_many_steps_share_one_runner_and_keep_their_own_output_and_status(conn):
         assert lines[0] == f"step {i}"
         pids.add(lines[1])
     assert len(pids) == 1
+
+
+def test_the_runner_sizes_requests_in_bytes_under_a_utf8_locale():
+    # bash's `read -N` counts characters of the locale; the runner must count bytes.
+    body = "#!/bin/sh -e\nprintf '%s\\n' \"$GREETING\" 'héllo ✓'\n".encode()
+    cmd = ssh._step_command({"GREETING": "grüß"}, 10).encode()
+    request = b"%d %d\n%s%s" % (len(cmd), len(body), cmd, body)
+    done = subprocess.run(["bash", "--noprofile", "--norc", "-c", ssh.RUNNER, "bakery-runner", "n0nce"],
+                          input=request * 2, env={**os.environ, "LC_ALL": "C.UTF-8"}, capture_output=True, timeout=30)
+    assert done.stdout.decode() == "\nn0nce ready\n" + "\nn0nce go\ngrüß\nhéllo ✓\n\nn0nce 0\n" * 2
 
 
 def test_the_last_line_without_a_newline_is_still_a_line(conn):
