@@ -97,6 +97,19 @@ def test_the_runner_sizes_requests_in_bytes_under_a_utf8_locale():
     assert done.stdout.decode() == "\nn0nce ready\n" + "\nn0nce go\ngrüß\nhéllo ✓\n\nn0nce 0\n" * 2
 
 
+def test_files_a_step_creates_get_the_logins_usual_modes(conn, builder):
+    # the sshd here runs with umask 022, as sshd does by default: the step's files are 0644, not 0600
+    res, lines = run(conn, "mkdir -p /srv/modes && touch /srv/modes/f && stat -c %a /srv/modes/f")
+    assert res.exit_status == 0 and lines == ["644"]
+    res, lines = run(conn, "echo data > /srv/modes/g; stat -c %a /srv/modes/g", timeout=10)
+    assert lines == ["644"]
+
+
+def test_without_bash_steps_get_the_same_modes(conn, monkeypatch):
+    monkeypatch.setattr(ssh, "RUNNER_SHELL", "no-such-shell-for-bakery")
+    assert run(conn, "mkdir -p /srv/modes2 && touch /srv/modes2/f && stat -c %a /srv/modes2/f")[1] == ["644"]
+
+
 def test_the_last_line_without_a_newline_is_still_a_line(conn):
     assert run(conn, "printf 'a\\nb'")[1] == ["a", "b"]
     assert run(conn, "printf 'a\\n\\n'")[1] == ["a", ""]  # an empty last line is output, not the frame

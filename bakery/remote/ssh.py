@@ -57,9 +57,10 @@ MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-
 # from one that died in it.
 RUNNER = r"""trap '' PIPE
 exec 2>&1
-umask 077
 _bk_n=$1
 _bk_T=$(command -v timeout) || exit 127
+# mktemp makes the dir 0700 whatever the umask: steps keep the login's umask, so the files
+# they write into the image get the usual modes (0644, not 0600)
 _bk_new() { _bk_d=$(mktemp -d /tmp/bakery-run.XXXXXXXX) && _bk_f=$_bk_d/step && : >"$_bk_f" && chmod 700 "$_bk_f"; }
 _bk_new || exit 125
 trap 'rm -rf "$_bk_d"' EXIT
@@ -316,7 +317,7 @@ class SSHConnector:
         with stdin from /dev/null (so `apt-get` cannot swallow the script), under `timeout`."""
         envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         command = (
-            'umask 077; f=$(mktemp /tmp/bakery-step.XXXXXXXX) || exit 125; cat > "$f" && chmod 700 "$f" || exit 125; '
+            'f=$(mktemp /tmp/bakery-step.XXXXXXXX) || exit 125; cat > "$f" && chmod 700 "$f" || exit 125; '
             f'{prefix}env {envs} timeout -k 10s {secs}s "$f" </dev/null; rc=$?; rm -f "$f"; exit $rc'
         )
         chan = self._exec(command)
