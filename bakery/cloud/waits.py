@@ -7,8 +7,8 @@ one, so neither API latency nor a slow connect attempt stretches the cadence, an
 first poll after the resource is ready starts at most `max_interval` later. Packer's
 fixed 15 s poll adds up to 15 s per wait.
 
-The default cap, 0.9 s, keeps a wait's lag under 1 s on AWS (plus half a round trip,
-~0.05 s) at about one DescribeInstances/DescribeImages call per second: 6 % of EC2's
+The default cap, 0.9 s, keeps a wait's lag under 1 s on AWS (0.9 s plus half a round
+trip, ~0.05 s) at about one DescribeInstances/DescribeImages call per second: 6 % of EC2's
 refill rate for a non-mutating action (20 tokens/s per account and region, bucket of
 100), so a dozen concurrent bakes stay clear of RequestLimitExceeded. The opening burst
 (0.1, 0.2, 0.4, 0.8 s) costs four extra calls and catches instant endpoints early.
