@@ -7,10 +7,11 @@
 
 from invoke import Collection, task
 
-from bakery.cli import command, emit, parse_vars, settings_from
+from bakery.cli import command, emit, parse_vars, required, settings_from
 
 
 @task(
+    positional=[],
     iterable=["var"],
     help={
         "recipe": "recipe name: recipes/NAME.yaml",
@@ -23,6 +24,7 @@ from bakery.cli import command, emit, parse_vars, settings_from
 def bake(c, recipe, var=None, force=False, keep_on_error=False, json=False):
     """Bake an AMI from a recipe (skipped when an image with the same inputs exists)."""
     with command():
+        required(recipe=recipe)
         from bakery.bake import bake as run_bake
         from bakery.progress import Reporter
 
@@ -60,6 +62,7 @@ def rebake(c, recipe=None, force=False, json=False):
 
 
 @task(
+    positional=[],
     iterable=["region"],
     help={"recipe": "recipe whose images to prune", "keep": "how many of the newest images to keep",
           "region": "also prune in this region (repeatable)", "dry-run": "only list what would go",
@@ -68,6 +71,7 @@ def rebake(c, recipe=None, force=False, json=False):
 def prune(c, recipe, keep=3, region=None, dry_run=False, json=False):
     """Deregister old images of a recipe (and their snapshots), never one that is still used."""
     with command():
+        required(recipe=recipe)
         from dataclasses import asdict
 
         from bakery.lifecycle import prune as run_prune
@@ -98,6 +102,7 @@ def images(c, recipe=None, json=False):
 
 
 @task(
+    positional=[],
     help={
         "env": "environment name: envs/NAME.yaml",
         "tier": "launch only this tier",
@@ -109,6 +114,7 @@ def images(c, recipe=None, json=False):
 def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
     """Launch an environment's tiers from their images with rendered user data; wait until healthy."""
     with command():
+        required(env=env)
         from bakery.launch import launch as run_launch
         from bakery.launch_output import summary
         from bakery.progress import Reporter
@@ -118,10 +124,11 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
         emit(report.to_json() if json else summary(report))
 
 
-@task(help={"env": "environment name", "tier": "tier name"})
+@task(positional=[], help={"env": "environment name", "tier": "tier name"})
 def render(c, env, tier):
     """Print the exact user data `launch` would send for one tier (before gzip and base64)."""
     with command():
+        required(env=env, tier=tier)
         import sys
 
         from bakery.launch_output import rendered_user_data
@@ -171,10 +178,11 @@ def janitor(c, dry_run=False, older_than=None, run_id=None):
             raise CloudError(f"janitor: {len(report.failed)} resource(s) not removed; run it again when the cause is fixed")
 
 
-@task(help={"build-id": "the build to remove (printed by bake)", "dry-run": "only list what would be removed"})
+@task(positional=[], help={"build-id": "the build to remove (printed by bake)", "dry-run": "only list what would be removed"})
 def clean(c, build_id, dry_run=False):
     """Remove what one build left behind (instances, security groups, key pairs, unfinished images)."""
     with command():
+        required(build_id=build_id)
         from bakery.cleanup import clean_build
         from bakery.cloud.ec2 import EC2
 
@@ -216,10 +224,11 @@ def local_status(c, json=False):
         emit(__import__("json").dumps(info, indent=2) if json else render_status(info))
 
 
-@task(help={"env": "environment name", "dry-run": "only print the plan", "json": "print JSON on stdout"})
+@task(positional=[], help={"env": "environment name", "dry-run": "only print the plan", "json": "print JSON on stdout"})
 def network_up(c, env, dry_run=False, json=False):
     """Create the environment's VPC, subnets, groups, ACLs, Elastic IPs and persistent ENIs that are missing."""
     with command():
+        required(env=env)
         from bakery.network import Network
         from bakery.network import open_env
 
@@ -231,10 +240,11 @@ def network_up(c, env, dry_run=False, json=False):
             emit("\n".join(a.line() for a in actions) + ("\n(dry run: nothing created)" if dry_run else ""))
 
 
-@task(help={"env": "environment name", "json": "print JSON on stdout"})
+@task(positional=[], help={"env": "environment name", "json": "print JSON on stdout"})
 def network_status(c, env, json=False):
     """Show each ENI (IPs, MAC, groups, attachment) and Elastic IP; warn about idle Elastic IPs."""
     with command():
+        required(env=env)
         from bakery.network import render_status, status
         from bakery.network import open_env
 
@@ -242,11 +252,12 @@ def network_status(c, env, json=False):
         emit(__import__("json").dumps(info, indent=2) if json else render_status(info))
 
 
-@task(help={"env": "environment name", "tier": "tier whose persistent ENIs move",
+@task(positional=[], help={"env": "environment name", "tier": "tier whose persistent ENIs move",
             "to": "instance id to move them to (default: the tier's running standby)", "json": "print JSON"})
 def failover(c, env, tier, to=None, json=False):
     """Move a tier's persistent ENIs and Elastic IPs to a hot standby; report the time taken."""
     with command():
+        required(env=env, tier=tier)
         from dataclasses import asdict
 
         from bakery.network import failover as run_failover

@@ -31,6 +31,14 @@ def settings_from(ctx):
     return Settings.load(dict(cfg), project_dir=project)
 
 
+def required(**flags) -> None:
+    """Refuse a task's missing flags in one line. Tasks take no positional arguments (invoke
+    would fill them with anything, `--help` included), so invoke passes None for a flag not given."""
+    missing = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value in (None, "")]
+    if missing:
+        raise ConfigError(f"missing {' and '.join(missing)} (see: invoke --help TASK)")
+
+
 def parse_vars(pairs: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs or []:

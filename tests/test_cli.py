@@ -31,6 +31,19 @@ def cli_env(moto, tmp_path):
     return env, recipes
 
 
+@pytest.mark.parametrize("task, flag", [("bake", "--recipe"), ("launch", "--env"), ("render", "--env and --tier"),
+                                        ("failover", "--tier"), ("clean", "--build-id"), ("prune", "--recipe")])
+def test_task_help_after_the_task_name_and_missing_flags_are_one_line(cli_env, moto, task, flag):
+    env, _ = cli_env
+    for help_flag in ("--help", "-h"):
+        helped = invoke([task, help_flag], env)
+        assert helped.returncode == 0 and f"{flag.split()[0]}=" in helped.stdout, helped.stderr
+    args = ["--env", "prod"] if task == "failover" else []
+    missing = invoke([task, *args], env)
+    assert (missing.returncode, missing.stderr.strip()) == (2, f"error: missing {flag} (see: invoke --help TASK)")
+    assert leftovers(moto.client()) == {}
+
+
 def test_list_shows_every_task_with_help(cli_env):
     env, _ = cli_env
     out = invoke(["--list"], env)

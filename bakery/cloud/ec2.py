@@ -346,7 +346,8 @@ class EC2:
         def check():
             inst = self.describe_instance(instance_id)
             if inst is None:
-                return None
+                # not found: not yet visible after RunInstances, or already forgotten after termination
+                return {"InstanceId": instance_id, "State": {"Name": "terminated"}} if want == "terminated" else None
             state = inst["State"]["Name"]
             if state == want:
                 return inst

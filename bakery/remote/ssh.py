@@ -138,7 +138,7 @@ class SSHConnector:
                 return None
 
         wait_for(attempt, what=f"SSH on {t.label}", timeout=timeout,
-                 backoff=Backoff(initial=0.05, factor=1.6, max_interval=2.0), hint=lambda: last_error[0])
+                 backoff=Backoff(initial=0.05, factor=1.6, max_interval=0.9), hint=lambda: last_error[0])
 
     def _socket(self, timeout: float):
         t = self.target
