@@ -87,6 +87,8 @@ FLAGS = [
     ("flag-janitor-duration", {}, ["janitor", "--older-than", "soon"], "--older-than 'soon'"),
     ("flag-rebake-unknown", {}, ["rebake", "--recipe", "nope"], "no such recipe 'nope'"),
     ("flag-failover-no-persistent", {}, ["failover", "--env", "prod", "--tier", "web"], "has no persistent interfaces"),
+    ("flag-missing-recipe", {}, ["bake"], "missing --recipe"),
+    ("flag-missing-env-and-tier", {}, ["render"], "missing --env and --tier"),
 ]
 ENVS = [
     ("env-unknown-key", {"envs/prod.yaml": GOOD_ENV + "colour: red\n"}, "prod.yaml:5: colour: unknown key"),

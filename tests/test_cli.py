@@ -44,6 +44,13 @@ def test_task_help_after_the_task_name_and_missing_flags_are_one_line(cli_env, m
     assert leftovers(moto.client()) == {}
 
 
+def test_an_unknown_aws_profile_is_one_line(cli_env):
+    env, _ = cli_env
+    out = invoke(["images"], {**env, "INVOKE_BAKERY_PROFILE": "no-such-profile"})
+    assert (out.returncode, out.stderr.strip()) == (
+        2, "error: AWS profile 'no-such-profile' not found (bakery.profile / AWS_PROFILE; see ~/.aws/config)")
+
+
 def test_list_shows_every_task_with_help(cli_env):
     env, _ = cli_env
     out = invoke(["--list"], env)

@@ -1,4 +1,4 @@
-"""The only place that calls the EC2 and SSM APIs (boto3).
+"""The only place that calls the EC2 and SSM APIs (botocore).
 
 Every call that fails becomes a CloudError whose message names the call and the
 endpoint's error code. Throttling and 5xx are retried by botocore's standard retry
@@ -17,7 +17,6 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-import boto3
 import botocore.exceptions
 import botocore.parsers
 from botocore.config import Config
@@ -71,21 +70,39 @@ def error_message(exc: BaseException, action: str) -> str:
     return f"{action}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def new_session(**kwargs) -> "boto3.session.Session":
-    """A boto3 session whose clients load bakery's trimmed service models (see service_models)."""
-    import botocore.session
+class Session:
+    """The part of boto3.Session bakery uses, on botocore alone: importing boto3 also imports
+    s3transfer (~60 ms of every command's start-up), and bakery has no use for resources."""
 
-    from bakery.cloud.service_models import use_trimmed_models
+    def __init__(self, *, profile_name: str | None = None, region_name: str | None = None,
+                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None):
+        import botocore.session
 
-    core = botocore.session.Session()
-    use_trimmed_models(core)
-    return boto3.session.Session(botocore_session=core, **kwargs)
+        from bakery.cloud.service_models import use_trimmed_models
+
+        self.core = botocore.session.Session(profile=profile_name)
+        if aws_access_key_id:
+            self.core.set_credentials(aws_access_key_id, aws_secret_access_key)
+        if region_name:
+            self.core.set_config_variable("region", region_name)
+        try:
+            use_trimmed_models(self.core)  # the first thing that reads the profile
+        except botocore.exceptions.ProfileNotFound:
+            raise ConfigError(f"AWS profile {profile_name!r} not found (bakery.profile / AWS_PROFILE; "
+                              "see ~/.aws/config)") from None
+        self.events = self.core.get_component("event_emitter")
+
+    def client(self, service: str, **kwargs):
+        return self.core.create_client(service, **kwargs)
+
+    def get_credentials(self):
+        return self.core.get_credentials()
 
 
 class EC2:
     """A thin, typed facade over one region's EC2 and SSM clients."""
 
-    def __init__(self, settings: Settings, session: "boto3.session.Session | None" = None):
+    def __init__(self, settings: Settings, session: Session | None = None):
         self.local = None
         if settings.cloud == "local":
             # The embedded cloud: our own moto endpoint, started on demand, and throwaway
@@ -95,11 +112,11 @@ class EC2:
             self.local = LocalCloud(settings.local_data)
             url = self.local.up(log=lambda line: print(f"local cloud: {line}", file=sys.stderr, flush=True))
             settings = dataclasses.replace(settings, endpoint_url=url)
-            session = session or new_session(aws_access_key_id="local", aws_secret_access_key="local",
-                                              region_name=settings.region)
+            session = session or Session(aws_access_key_id="local", aws_secret_access_key="local",
+                                         region_name=settings.region)
         self.settings = settings
         self.region = settings.region
-        session = session or new_session(profile_name=settings.profile, region_name=settings.region)
+        session = session or Session(profile_name=settings.profile, region_name=settings.region)
         config = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=60,
                         user_agent_extra="bakery")
         self.session = session
