@@ -1,5 +1,5 @@
-"""Trimmed service models: every EC2 and SSM operation bakery calls is in them, and a client
-built from them sends the same requests as one built from botocore's full models."""
+"""Trimmed botocore data: every service and operation bakery calls is in it, and a client built
+from it sends the same requests as one built from botocore's own data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import botocore.session
 import pytest
 from botocore import xform_name
 
-from bakery.cloud.service_models import OPERATIONS, data_path, trim, use_trimmed_models
+from bakery.cloud.service_models import OPERATIONS, WHOLE, data_path, trim, use_trimmed_models
 from tests.support import ROOT
 
 
@@ -30,6 +30,16 @@ def operations_in_source(service: str) -> set[str]:
                 elif f"{service}." in node.value and name in model.operation_names:
                     used.add(name)
     return used
+
+
+def test_every_service_bakery_makes_a_client_for_is_in_the_trimmed_data():
+    made = set()
+    for path in [*Path(ROOT, "bakery").rglob("*.py"), Path(ROOT, "tasks.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("client", "create_client") \
+                    and node.args and isinstance(node.args[0], ast.Constant):
+                made.add(node.args[0].value)
+    assert made and made <= set(OPERATIONS) | set(WHOLE)
 
 
 @pytest.mark.parametrize("service", sorted(OPERATIONS))
@@ -68,9 +78,16 @@ def test_clients_on_the_trimmed_models_serialise_requests_exactly_like_the_full_
     assert sent["full"] == sent["trimmed"]
 
 
-def test_a_session_gets_the_trimmed_models_once():
+def test_a_session_reads_only_the_trimmed_data_and_still_resolves_endpoints_everywhere():
     session = botocore.session.Session()
     use_trimmed_models(session)
     use_trimmed_models(session)
-    paths = session.get_component("data_loader").search_paths
-    assert sum("botocore-" in p for p in paths) == 1
+    assert session.get_component("data_loader").search_paths == [str(data_path())]
+    for region in ("us-east-1", "eu-west-1", "cn-north-1", "us-gov-west-1"):
+        for service in ("ec2", "ssm", "elbv2"):
+            client = session.create_client(service, region_name=region, aws_access_key_id="a",
+                                           aws_secret_access_key="b")
+            assert region in client.meta.endpoint_url and service.replace("elbv2", "elasticloadbalancing") in \
+                client.meta.endpoint_url
+    assert session.create_client("ec2", region_name="us-east-1", aws_access_key_id="a",
+                                 aws_secret_access_key="b").get_paginator("describe_images")

@@ -1,13 +1,15 @@
-"""Trimmed botocore service models: every bakery command starts ~0.1 s sooner.
+"""Trimmed botocore data: every bakery command starts ~0.15 s sooner.
 
-botocore parses the whole EC2 model (830 operations, 4.4 MB of JSON) and builds a method per
-operation each time a process creates an EC2 client, although bakery calls 48 of them. Here the
-models are cut down, once per botocore version, to the operations bakery calls (with every shape
-they reach) and put first on the client's data path, botocore's documented way to supply
-models. Paginators, waiters and endpoint rules still come from botocore itself.
+Each time a process creates an EC2 client, botocore parses the whole EC2 model (830 operations,
+4.4 MB of JSON) and builds a method per operation, although bakery calls 48 of them; it also
+lists and stats all 447 services' directories, twice, and parses every service's endpoints.
+Here, once per botocore version, the data bakery needs (the EC2 and SSM models cut down to the
+operations bakery calls, with every shape they reach; elbv2 whole; endpoints of these services
+only; paginators, waiters and endpoint rules as they are) is written to a cache directory that
+becomes the session's only data path: botocore's documented way to supply its models.
 
-The operation lists are checked by tests/test_service_models.py against bakery's source, so a
-new call cannot be missed. If the cache cannot be written, clients use the full models.
+tests/test_service_models.py checks the operation and service lists against bakery's source, so
+a new call cannot be missed. If the cache cannot be written, clients use botocore's own data.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ OPERATIONS = {
     ),
     "ssm": ("DeleteParameter", "DescribeParameters", "GetParameter", "GetParameterHistory", "PutParameter"),
 }
+WHOLE = ("elbv2",)  # target registration at launch: rare, small, kept as botocore ships it
+ROOT_FILES = ("_retry", "partitions", "sdk-default-configuration")
+SERVICE_FILES = ("endpoint-rule-set-1", "paginators-1", "paginators-1.sdk-extras", "waiters-2")
+FORMAT = 2  # bump when what _build writes changes
 
 
 def cache_root() -> Path:
@@ -45,7 +51,7 @@ def data_path(root: Path | None = None) -> Path | None:
     """The directory of trimmed models for this botocore, built on first use; None if impossible."""
     import botocore
 
-    key = hashlib.sha256(json.dumps(OPERATIONS, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([FORMAT, OPERATIONS, WHOLE], sort_keys=True).encode()).hexdigest()[:12]
     path = (root or cache_root()) / f"botocore-{botocore.__version__}-{key}"
     if path.is_dir():
         return path
@@ -57,17 +63,34 @@ def data_path(root: Path | None = None) -> Path | None:
 
 
 def _build(path: Path) -> None:
+    from botocore.exceptions import DataNotFoundError
     from botocore.loaders import Loader
 
     loader = Loader()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".models-", dir=path.parent))
-    for service, operations in OPERATIONS.items():
+
+    def write(rel: str, data: dict) -> None:
+        target = staging / f"{rel}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(data))
+
+    for name in ROOT_FILES:
+        write(name, loader.load_data(name))
+    endpoints = loader.load_data("endpoints")
+    ours = set(OPERATIONS) | set(WHOLE)
+    for partition in endpoints["partitions"]:
+        partition["services"] = {k: v for k, v in partition["services"].items() if k in ours}
+    write("endpoints", endpoints)
+    for service in sorted(ours):
         version = loader.determine_latest_version(service, "service-2")
         model = loader.load_service_model(service, "service-2", version)
-        target = staging / service / version
-        target.mkdir(parents=True)
-        (target / "service-2.json").write_text(json.dumps(trim(model, operations)))
+        write(f"{service}/{version}/service-2", trim(model, OPERATIONS[service]) if service in OPERATIONS else model)
+        for name in SERVICE_FILES:
+            try:
+                write(f"{service}/{version}/{name}", loader.load_service_model(service, name, version))
+            except DataNotFoundError:
+                pass  # not every service has every file
     try:
         staging.rename(path)  # atomic: a concurrent process sees all of it or builds its own
     except OSError:
@@ -92,8 +115,8 @@ def trim(model: dict, operations: tuple[str, ...]) -> dict:
 
 
 def use_trimmed_models(botocore_session) -> None:
-    """Put the trimmed models first on this session's data path (once per session)."""
+    """Make the trimmed data this session's only data path (idempotent)."""
     loader = botocore_session.get_component("data_loader")
     path = data_path()
-    if path is not None and str(path) not in loader.search_paths:
-        loader.search_paths.insert(0, str(path))
+    if path is not None:
+        loader.search_paths[:] = [str(path)]
