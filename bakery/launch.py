@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from bakery.environment import Environment, Tier, load_environment
-from bakery.errors import ConfigError
+from bakery.errors import BakeryError, ConfigError
 from bakery.locks import exclusive
 from bakery.progress import Reporter
 from bakery.settings import Settings
@@ -251,10 +251,12 @@ class Launcher:
                 ids = [r.instance_id for r, _ in launched]
                 if self.keep_on_error:
                     self._journal("kept", ids)  # left for inspection, on purpose
-                elif ids:
-                    with shielded(), self.report.stage(f"roll back: terminate {len(ids)} instance(s)"):
-                        self.ec2.client.terminate_instances(InstanceIds=ids)
-                        self._journal("removed", ids)
+                    return
+                with shielded():
+                    try:
+                        self._roll_back(ids)
+                    except BakeryError as exc:  # never mask why the launch failed
+                        self.report.warn(f"roll back failed: {exc.message}; run invoke janitor")
             stack.callback(rollback)
             # Tiers that ask for fixed addresses go first, before automatic ones can take them.
             for plan in sorted(plans, key=lambda p: not any(r.spec.private_ip for r in p.interfaces)):
@@ -286,6 +288,27 @@ class Launcher:
             self._journal("kept", [r.instance_id for r, _ in launched])
         self.report.info(f"launched {len(launched)} instance(s) in {time.monotonic() - started:.1f}s")
         return [r for r, _ in launched]
+
+    def _roll_back(self, ids: list[str]) -> None:
+        """Terminate what this launch started, by id and by its launch-id tag (the endpoint may have
+        launched one whose answer a signal cut off), and take back the Elastic IPs it put on their
+        interfaces; persistent ENIs detach as their instances terminate."""
+        c, call = self.ec2.client, self.ec2.call
+        tagged = call("describe-instances", c.describe_instances, Filters=[
+            {"Name": "tag:bakery:launch-id", "Values": [self.launch_id]},
+            {"Name": "instance-state-name", "Values": LIVE_STATES}])["Reservations"]
+        ids = sorted(set(ids) | {i["InstanceId"] for r in tagged for i in r["Instances"]})
+        if not ids:
+            return
+        with self.report.stage(f"roll back: terminate {len(ids)} instance(s)"):
+            enis = {e["NetworkInterfaceId"] for e in call("describe-network-interfaces", c.describe_network_interfaces,
+                    Filters=[{"Name": "attachment.instance-id", "Values": ids}])["NetworkInterfaces"]}
+            for a in call("describe-addresses", c.describe_addresses, Filters=[
+                    {"Name": "tag:bakery:environment", "Values": [self.env.name]}])["Addresses"]:
+                if a.get("AssociationId") and a.get("NetworkInterfaceId") in enis:
+                    call("disassociate-address", c.disassociate_address, AssociationId=a["AssociationId"])
+            call("terminate-instances", c.terminate_instances, InstanceIds=ids)
+            self._journal("removed", ids)
 
     def _journal(self, event: str, instance_ids: list[str]) -> None:
         """Until the launch succeeds its instances are the janitor's if this process dies."""
