@@ -7,6 +7,17 @@ from __future__ import annotations
 from botocore.awsrequest import AWSResponse
 
 
+# The faults a real endpoint answers with, as Fault(...) keyword arguments.
+TRANSIENT = {  # retried by botocore: the caller never sees them
+    "throttling": dict(code="Throttling", status=400, times=2, message="Rate exceeded"),
+    "server-error": dict(code="InternalError", status=500, times=2, message="An internal error has occurred"),
+}
+EXPIRED = dict(code="ExpiredToken", status=400, times=1, message="The security token included in the request is expired")
+# (AWS sends this one with HTTP 500, which botocore retries 8 times with backoff before bakery sees
+# it; sent with 400 here so the matrix does not sleep through those retries.)
+CAPACITY = dict(code="InsufficientInstanceCapacity", status=400, message="We currently do not have sufficient capacity")
+
+
 class _Raw:
     def __init__(self, body: bytes):
         self.body = body

@@ -330,30 +330,42 @@ def leftovers(ec2) -> dict[str, list[str]]:
                               "unfinished_images": images}.items() if v}
 
 
+def every_page(client, operation: str, key: str, **kwargs) -> list[dict]:
+    """`key`'s items from every page of `operation` (moto pages DescribeInstances at 100 too)."""
+    if not client.can_paginate(operation):
+        return getattr(client, operation)(**kwargs)[key]
+    return [item for page in client.get_paginator(operation).paginate(**kwargs) for item in page[key]]
+
+
 def endpoint_state(ec2, ssm=None) -> dict[str, dict[str, str]]:
     """Everything on the endpoint that a bake or a launch can create or change: for each kind,
-    id -> what it is. Shown as AWS would show it: moto keeps a terminated instance's network
-    interfaces attached, where AWS deletes them (DeleteOnTermination) or detaches them."""
+    id -> what it is. Shown as AWS would show it: moto may keep a terminated instance's network
+    interfaces and volumes attached, where AWS deletes them (DeleteOnTermination) or detaches them."""
     def tags(item, key="Tags"):
         return {t["Key"]: t["Value"] for t in item.get(key) or []}
 
+    def every(operation: str, key: str, **kwargs) -> list[dict]:
+        return every_page(ec2, operation, key, **kwargs)
+
     state: dict[str, dict[str, str]] = {}
-    instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    instances = [i for r in every("describe_instances", "Reservations") for i in r["Instances"]]
     gone = {i["InstanceId"] for i in instances if i["State"]["Name"] == "terminated"}
     state["instances"] = {i["InstanceId"]: f"{i['State']['Name']} {tags(i).get('bakery:role', '')}".strip()
                           for i in instances if i["InstanceId"] not in gone}
-    state["security_groups"] = {g["GroupId"]: g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]
+    state["security_groups"] = {g["GroupId"]: g["GroupName"] for g in every("describe_security_groups", "SecurityGroups")
                                 if g["GroupName"] != "default"}
-    state["key_pairs"] = {k["KeyName"]: "key pair" for k in ec2.describe_key_pairs()["KeyPairs"]}
+    state["key_pairs"] = {k["KeyName"]: "key pair" for k in every("describe_key_pairs", "KeyPairs")}
     state["images"] = {}
-    for image in ec2.describe_images(Owners=["self"])["Images"]:
+    for image in every("describe_images", "Images", Owners=["self"]):
         t = tags(image)
         marks = [m for m in ("complete", "smoke") if f"bakery:{m}" in t]
         state["images"][image["ImageId"]] = " ".join([image["State"]] + [f"{m}={t[f'bakery:{m}']}" for m in marks])
-    state["snapshots"] = {s["SnapshotId"]: "snapshot" for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
-    state["volumes"] = {v["VolumeId"]: v["State"] for v in ec2.describe_volumes()["Volumes"]}
+    state["snapshots"] = {s["SnapshotId"]: "snapshot" for s in every("describe_snapshots", "Snapshots", OwnerIds=["self"])}
+    state["volumes"] = {v["VolumeId"]: v["State"] for v in every("describe_volumes", "Volumes")
+                        if not any(a.get("InstanceId") in gone and a.get("DeleteOnTermination")
+                                   for a in v.get("Attachments", []))}
     state["network_interfaces"] = {}
-    for eni in ec2.describe_network_interfaces()["NetworkInterfaces"]:
+    for eni in every("describe_network_interfaces", "NetworkInterfaces"):
         att = eni.get("Attachment") or {}
         holder = att.get("InstanceId")
         if holder in gone:
@@ -362,12 +374,12 @@ def endpoint_state(ec2, ssm=None) -> dict[str, dict[str, str]]:
             holder = None
         state["network_interfaces"][eni["NetworkInterfaceId"]] = f"attached to {holder}" if holder else "available"
     state["elastic_ips"] = {a["AllocationId"]: f"on {a['NetworkInterfaceId']}" if a.get("NetworkInterfaceId") else "free"
-                            for a in ec2.describe_addresses()["Addresses"]}
-    state["vpcs"] = {v["VpcId"]: v["CidrBlock"] for v in ec2.describe_vpcs()["Vpcs"] if not v.get("IsDefault")}
-    state["subnets"] = {s["SubnetId"]: s["CidrBlock"] for s in ec2.describe_subnets()["Subnets"]
+                            for a in every("describe_addresses", "Addresses")}
+    state["vpcs"] = {v["VpcId"]: v["CidrBlock"] for v in every("describe_vpcs", "Vpcs") if not v.get("IsDefault")}
+    state["subnets"] = {s["SubnetId"]: s["CidrBlock"] for s in every("describe_subnets", "Subnets")
                         if not s.get("DefaultForAz")}
     state["launch_templates"] = {t["LaunchTemplateName"]: f"version {t['LatestVersionNumber']}"
-                                 for t in ec2.describe_launch_templates()["LaunchTemplates"]}
+                                 for t in every("describe_launch_templates", "LaunchTemplates")}
     if ssm is not None:
         state["ssm_parameters"] = {p["Name"]: f"version {p.get('Version')}"
                                    for p in ssm.describe_parameters()["Parameters"]}

@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 
 from bakery.errors import CloudError, WaitTimeout
-from tests.faults import Fault, Stale, role_is, short_waits
+from tests.faults import CAPACITY, EXPIRED, TRANSIENT, Fault, Stale, role_is, short_waits
 from tests.matrix import Baked, Fails, Rejected, Tap, check_bake, run_bake
 from tests.support import endpoint_state, recipe_text, write_recipe
 
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.e2e
 STEPS = "  - {name: hi, shell: echo hi}\n"
 CHECKS = "checks:\n  timeout: 3\n  commands:\n    - {name: hello, shell: 'true'}\n"
 
-TRANSIENT = {
-    "throttling": dict(code="Throttling", status=400, times=2, message="Rate exceeded"),
-    "server-error": dict(code="InternalError", status=500, times=2, message="An internal error has occurred"),
-}
-EXPIRED = dict(code="ExpiredToken", status=400, times=1, message="The security token included in the request is expired")
-CAPACITY = dict(code="InsufficientInstanceCapacity", status=500, message="We currently do not have sufficient capacity")
 STOPPED_HERE = Fails(CloudError, r"not authorised \(ExpiredToken\)")
 CLEAN_UP_REFUSED = Baked(warning=r"clean-up of .* failed: .*ExpiredToken", janitor=True)
 
