@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     ours, theirs = [], []
     with private_sshd("bakery-steps-") as server:
@@ -154,6 +157,11 @@ def main() -> None:
     print(f"  OpenSSH ControlMaster, one `ssh -S` per step: {o:.1f} ms median per step")
     print(f"  bakery SSHConnector.run per step:            {b:.1f} ms median per step")
     print(f"  ratio bakery/OpenSSH: {b / o:.2f}  (issue 8 target: <= 0.5)")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "steps": args.steps, "runs": args.runs,
+            "openssh_ms_per_step": round(o, 2), "bakery_ms_per_step": round(b, 2),
+            "ratio_bakery_over_openssh": round(b / o, 3)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

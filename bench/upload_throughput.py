@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import os
 import random
 import shutil
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=50)
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--dir", default="/dev/shm", help="where sources and copies go")
+    ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     times: dict[tuple[str, str], list[float]] = {}
     with private_sshd("bakery-upload-") as server, tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -119,6 +122,13 @@ def report(times: dict[tuple[str, str], list[float]], args, big_bytes: int, tree
     print(f"  big file: bakery throughput / best OpenSSH: {best / med[('big.bin', 'bakery')]:.2f}  (target >= 0.8)")
     print(f"  small files: bakery time / scp time: {med[('tree', 'bakery')] / med[('tree', 'scp')]:.2f}  "
           f"(target < 1), / sftp time: {med[('tree', 'bakery')] / med[('tree', 'sftp')]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "runs": args.runs,
+            "median_s": {f"{payload} {tool}": round(s, 4) for (payload, tool), s in med.items()},
+            "big_throughput_ratio_bakery_over_best_openssh": round(best / med[("big.bin", "bakery")], 3),
+            "small_files_ratio_bakery_over_scp": round(med[("tree", "bakery")] / med[("tree", "scp")], 3)},
+            indent=2) + "\n")
 
 
 if __name__ == "__main__":
