@@ -4,6 +4,7 @@ what a failing AWS would send."""
 
 from __future__ import annotations
 
+import pytest
 from botocore.awsrequest import AWSResponse
 
 
@@ -16,6 +17,25 @@ EXPIRED = dict(code="ExpiredToken", status=400, times=1, message="The security t
 # (AWS sends this one with HTTP 500, which botocore retries 8 times with backoff before bakery sees
 # it; sent with 400 here so the matrix does not sleep through those retries.)
 CAPACITY = dict(code="InsufficientInstanceCapacity", status=400, message="We currently do not have sufficient capacity")
+
+
+@pytest.fixture
+def scaled_backoff():
+    """botocore's retry backoff sleeps a hundredth of its time (0-1 s, then 0-2 s, ... per retry):
+    whether and how often to retry is still botocore's decision; only the waiting is shortened.
+    (botocore.endpoint uses `time` for that sleep alone.) Use it in modules that inject many
+    transient faults in process."""
+    import time
+    import types
+
+    import botocore.endpoint
+
+    fast = types.SimpleNamespace(**{n: getattr(time, n) for n in dir(time) if not n.startswith("_")})
+    fast.sleep = lambda seconds: time.sleep(seconds / 100)
+    real = botocore.endpoint.time
+    botocore.endpoint.time = fast
+    yield
+    botocore.endpoint.time = real
 
 
 class _Raw:

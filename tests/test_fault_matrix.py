@@ -17,11 +17,12 @@ from typing import Callable
 import pytest
 
 from bakery.errors import CloudError, WaitTimeout
-from tests.faults import CAPACITY, EXPIRED, TRANSIENT, Fault, Stale, role_is, short_waits
+from tests.faults import (CAPACITY, EXPIRED, TRANSIENT, Fault, Stale, role_is, scaled_backoff,  # noqa: F401 (fixture)
+                          short_waits)
 from tests.matrix import Baked, Fails, Rejected, Tap, check_bake, run_bake
 from tests.support import endpoint_state, recipe_text, write_recipe
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("scaled_backoff")]
 
 STEPS = "  - {name: hi, shell: echo hi}\n"
 CHECKS = "checks:\n  timeout: 3\n  commands:\n    - {name: hello, shell: 'true'}\n"

@@ -2,10 +2,12 @@
 under every fault that applies to it; and SIGINT in the middle of a launch.
 
 The environment has the network of tests/test_network_e2e.py and one tier that uses all of it
-(ENV below). `network.up` has made the network once for the module; the calls below were found by
-recording every EC2 call of a launch with a botocore hook.
+(ENV below); each case starts from a fresh endpoint where `network.up` has made that network and a
+finished image exists. The calls below were found by recording every EC2 call of a launch with a
+botocore hook.
 
-Throttling and server errors are retried: the fleet comes up. An expired token, no capacity or
+Throttling and server errors are retried: the fleet comes up (each stage's calls all meet the
+fault in one case; botocore's backoff sleeps are scaled down). An expired token, no capacity or
 a waiter that never sees `running` fail the launch with one line and roll it back: no instance
 of the launch is left and the network is as `network.up` left it (persistent ENIs detached,
 Elastic IP not associated). A failure writing the launch template comes after the fleet is up:
@@ -24,7 +26,6 @@ from typing import Callable
 
 import pytest
 
-from bakery.bake import bake
 from bakery.cloud.ec2 import EC2
 from bakery.environment import load_environment
 from bakery.errors import BakeryError, CloudError, WaitTimeout
@@ -32,88 +33,51 @@ from bakery.launch import Launcher, _launch_locked
 from bakery.network import Network
 from bakery.progress import Reporter
 from bakery.settings import Settings
-from tests.faults import CAPACITY, EXPIRED, TRANSIENT, Fault, Gate, Stale, short_waits
+from tests.faults import (CAPACITY, EXPIRED, TRANSIENT, Fault, Gate, Stale, scaled_backoff,  # noqa: F401 (fixture)
+                          short_waits)
 from tests.matrix import CliRun, assert_one_line_error, cli_environment
-from tests.support import (FakeBuilderHost, MotoServer, changes, endpoint_state, every_page, recipe_text,
-                           stop_process, write_recipe)
+from tests.support import changes, endpoint_state
 from tests.test_network_e2e import NETWORK_ENV
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("scaled_backoff")]
 
 # The network of tests/test_network_e2e.py and its `app` tier, which uses all of it: a launch-time
 # ENI (here with source/dest check off), two persistent ENIs (one with a secondary IP and the
-# Elastic IP) and a hot standby; plus a launch template. Two instances per launch keep the module's
-# moto (which never forgets a terminated instance) fast.
+# Elastic IP) and a hot standby; plus a launch template.
 ENV = (NETWORK_ENV.split("  fw:")[0]
        .replace("    standby: 1\n", "    standby: 1\n    launch_template: {name: app-lt}\n")
        .replace("security_groups: [web-sg]}", "security_groups: [web-sg], source_dest_check: false}"))
 assert "launch_template" in ENV and "source_dest_check: false" in ENV and "fw" not in ENV
 
 
+@dataclass
 class World:
-    """A moto server of its own, with the image baked and the network up; `take_down()` removes
-    whatever a case launched (as AWS would on terminate), back to exactly that state."""
+    """A fresh endpoint with the environment's network up and a finished image of recipe `app`."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.server = MotoServer()
-        self.client = self.server.client()
-        seed = self.client.run_instances(ImageId="ami-0123456789abcdef0", MinCount=1, MaxCount=1)["Instances"][0]
-        self.client.create_image(InstanceId=seed["InstanceId"], Name="test-debian-12-amd64-20260101")
-        self.client.terminate_instances(InstanceIds=[seed["InstanceId"]])
-        host = FakeBuilderHost(self.server, root / "builder")
-        try:
-            write_recipe(root / "recipes", "app", recipe_text(host.port, "  - {name: hi, shell: echo app}\n"))
-            (root / "envs").mkdir()
-            (root / "envs/prod.yaml").write_text(ENV)
-            self.settings = Settings(cloud="aws", region="us-east-1", endpoint_url=self.server.url, project_dir=root,
-                                     recipes_dir=root / "recipes", envs_dir=root / "envs", state_dir=root / "state")
-            bake(self.settings, "app", {}, report=Reporter(quiet=True))
-        finally:
-            host.close()
-        Network(EC2(self.settings), self.env()).up(dry_run=False)
-        self.pristine = endpoint_state(self.client)
-        self.eni = {name: eni["NetworkInterfaceId"] for eni in self.client.describe_network_interfaces()["NetworkInterfaces"]
-                    for name in [{t["Key"]: t["Value"] for t in eni.get("TagSet", [])}.get("bakery:network-name")] if name}
+    root: Path
+    settings: Settings
+    client: object
+    eni: dict[str, str]  # persistent ENI name (eni/app/1) -> id
 
     def env(self):
         return load_environment(self.settings.envs, "prod")
 
-    def take_down(self) -> None:
-        c = self.client
-        live = [i["InstanceId"] for r in every_page(c, "describe_instances", "Reservations") for i in r["Instances"]
-                if i["State"]["Name"] != "terminated"]
-        if live:
-            c.terminate_instances(InstanceIds=live)
-        for a in c.describe_addresses()["Addresses"]:
-            if a.get("AssociationId"):
-                c.disassociate_address(AssociationId=a["AssociationId"])
-        for eni in every_page(c, "describe_network_interfaces", "NetworkInterfaces"):
-            att = eni.get("Attachment") or {}
-            if att.get("DeleteOnTermination"):
-                c.delete_network_interface(NetworkInterfaceId=eni["NetworkInterfaceId"])
-            elif att.get("AttachmentId") and att.get("DeviceIndex") != 0:  # (moto's own primary ENIs stay)
-                c.detach_network_interface(AttachmentId=att["AttachmentId"], Force=True)
-        for t in c.describe_launch_templates()["LaunchTemplates"]:
-            c.delete_launch_template(LaunchTemplateName=t["LaunchTemplateName"])
-
-    def close(self) -> None:
-        stop_process(self.server.proc)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    w = World(tmp_path_factory.mktemp("launch-world"))
-    yield w
-    w.close()
-
 
 @pytest.fixture
-def network_only(world):
-    """The world before the case; after it, the world is taken down to that again (and checked)."""
-    yield world
-    world.take_down()
-    assert endpoint_state(world.client) == world.pristine
+def world(moto, tmp_path, settings_for) -> World:
+    c = moto.client()
+    # The image a bake of `app` leaves, as far as launch can tell: available, tagged finished.
+    seed = c.run_instances(ImageId="ami-0123456789abcdef0", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    c.create_image(InstanceId=seed, Name="app-20260101000000", TagSpecifications=[{"ResourceType": "image", "Tags": [
+        {"Key": "bakery:recipe", "Value": "app"}, {"Key": "bakery:complete", "Value": "true"}]}])
+    c.terminate_instances(InstanceIds=[seed])
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs/prod.yaml").write_text(ENV)
+    settings = settings_for(tmp_path / "recipes", envs_dir=tmp_path / "envs")
+    Network(EC2(settings), load_environment(settings.envs, "prod")).up(dry_run=False)
+    enis = {name: eni["NetworkInterfaceId"] for eni in c.describe_network_interfaces()["NetworkInterfaces"]
+            for name in [{t["Key"]: t["Value"] for t in eni.get("TagSet", [])}.get("bakery:network-name")] if name}
+    return World(tmp_path, settings, c, enis)
 
 
 # ---- outcomes ----------------------------------------------------------------------------------
@@ -175,7 +139,7 @@ class Row:
     stage: str
     call: str
     fault: str
-    inject: Callable  # the EC2 facade -> the injected fault
+    inject: Callable  # the EC2 facade -> the injected faults
     outcome: object
 
     @property
@@ -184,56 +148,55 @@ class Row:
 
 
 def fault(operation: str, **kind):
-    return lambda ec2: Fault(ec2.client, operation, **kind)
+    return lambda ec2: [Fault(ec2.client, operation, **kind)]
 
 
 EXPIRED_MESSAGE = r"not authorised \(ExpiredToken\)"
 EXPIRED_HERE = RolledBack(CloudError, EXPIRED_MESSAGE)
 by_id = dict(match=lambda p: "InstanceId.1" in p)
 
+STAGES = {  # stage -> its calls -> what an expired token on that call does
+    "network up": dict.fromkeys(["DescribeVpcs", "DescribeSubnets", "DescribeSecurityGroups",
+                                 "AuthorizeSecurityGroupIngress", "DescribeNetworkAcls", "DescribeAddresses",
+                                 "DescribeNetworkInterfaces"], EXPIRED_HERE),
+    "plan tiers": dict.fromkeys(["DescribeImages", "DescribeInstances(existing)", "DescribeInstanceTypes"],
+                                EXPIRED_HERE),
+    "launch slots": {"RunInstances": EXPIRED_HERE},
+    "wait for instances": {"DescribeInstances(by id)": EXPIRED_HERE},
+    "network interfaces": dict.fromkeys(["AttachNetworkInterface", "AssociateAddress",
+                                         "ModifyNetworkInterfaceAttribute"], EXPIRED_HERE),
+    "launch template": {"DescribeLaunchTemplates": TemplateFails(EXPIRED_MESSAGE),
+                        "CreateLaunchTemplate": TemplateFails(EXPIRED_MESSAGE),
+                        "ModifyLaunchTemplate": TemplateFails(EXPIRED_MESSAGE, version_written=True)},
+}
 
-def calls(stage: str, call: str, expired, **where) -> list[Row]:
-    """A call throttled once and failing with a 5xx once (each retried once: the fleet comes up; once
-    keeps botocore's backoff sleep short), and meeting an expired token (`expired`)."""
-    operation = call.partition("(")[0]
-    return [Row(stage, call, f"{name}-once", fault(operation, **where, **{**kind, "times": 1}), Launched())
-            for name, kind in TRANSIENT.items()] \
-        + [Row(stage, call, "auth-expired", fault(operation, **where, **EXPIRED), expired)]
+
+def every_call(calls: list[str], kind: dict):
+    """Each of the stage's calls meets the fault (e.g. is throttled the first two times it is made)."""
+    return lambda ec2: [Fault(ec2.client, c.partition("(")[0], **kind, **(by_id if c.endswith("(by id)") else {}))
+                        for c in calls]
 
 
 MATRIX = [
-    *calls("network up", "DescribeVpcs", EXPIRED_HERE),
-    *calls("network up", "DescribeSubnets", EXPIRED_HERE),
-    *calls("network up", "DescribeSecurityGroups", EXPIRED_HERE),
-    *calls("network up", "AuthorizeSecurityGroupIngress", EXPIRED_HERE),
-    *calls("network up", "DescribeNetworkAcls", EXPIRED_HERE),
-    *calls("network up", "DescribeAddresses", EXPIRED_HERE),
-    *calls("network up", "DescribeNetworkInterfaces", EXPIRED_HERE),
-    *calls("plan tiers", "DescribeImages", EXPIRED_HERE),
-    *calls("plan tiers", "DescribeInstances(existing)", EXPIRED_HERE),
-    *calls("plan tiers", "DescribeInstanceTypes", EXPIRED_HERE),
-    *calls("launch slots", "RunInstances", EXPIRED_HERE),
+    # Throttling and 5xx on every call of a stage at once: all retried, the fleet comes up.
+    *[Row(stage, "every call", name, every_call(list(calls), kind), Launched())
+      for stage, calls in STAGES.items() for name, kind in TRANSIENT.items()],
+    # An expired token on each call in turn.
+    *[Row(stage, call, "auth-expired", every_call([call], EXPIRED), expired)
+      for stage, calls in STAGES.items() for call, expired in calls.items()],
     Row("launch slots", "RunInstances(standby)", "auth-expired", fault("RunInstances", after=1, **EXPIRED), EXPIRED_HERE),
     Row("launch slots", "RunInstances(standby)", "capacity", fault("RunInstances", after=1, times=None, **CAPACITY),
         RolledBack(CloudError, r"run-instances \(app\): InsufficientInstanceCapacity")),
-    *calls("wait for instances", "DescribeInstances(by id)", EXPIRED_HERE, **by_id),
     Row("wait for instances", "DescribeInstances(by id)", "waiter-timeout",
-        lambda ec2: Stale(ec2.client, "DescribeInstances", "running", "pending"),
+        lambda ec2: [Stale(ec2.client, "DescribeInstances", "running", "pending")],
         RolledBack(WaitTimeout, r"timed out after 2s waiting for instance i-\w+ to be running")),
-    *calls("network interfaces", "AttachNetworkInterface", EXPIRED_HERE),
     Row("network interfaces", "AttachNetworkInterface(second)", "auth-expired",
         fault("AttachNetworkInterface", after=1, **EXPIRED), EXPIRED_HERE),
-    *calls("network interfaces", "AssociateAddress", EXPIRED_HERE),
-    *calls("network interfaces", "ModifyNetworkInterfaceAttribute", EXPIRED_HERE),
-    *calls("launch template", "DescribeLaunchTemplates", TemplateFails(EXPIRED_MESSAGE)),
-    *calls("launch template", "CreateLaunchTemplate", TemplateFails(EXPIRED_MESSAGE)),
-    *calls("launch template", "ModifyLaunchTemplate", TemplateFails(EXPIRED_MESSAGE, version_written=True)),
 ]
 
 
 @pytest.mark.parametrize("row", MATRIX, ids=lambda row: row.id)
-def test_launch_under_an_ec2_fault(network_only, row):
-    world = network_only
+def test_launch_under_an_ec2_fault(world, row):
     ec2 = short_waits(world.settings)
     injected = row.inject(ec2)
     out = io.StringIO()
@@ -245,7 +208,8 @@ def test_launch_under_an_ec2_fault(network_only, row):
         report = _launch_locked(launcher, env, env.select(None), False, launcher.report, time.monotonic())
     except BakeryError as exc:
         error = exc
-    assert getattr(injected, "injected", None) or getattr(injected, "rewritten", None), f"{row.call} never faulted"
+    assert all(getattr(f, "injected", None) or getattr(f, "rewritten", None) for f in injected), \
+        f"{row.call}: {[f.operation for f in injected if not (getattr(f, 'injected', 0) or getattr(f, 'rewritten', 0))]} never faulted"
     assert "Traceback" not in out.getvalue() and (error is None or "\n" not in error.message)
     row.outcome.check(world, changes(before, endpoint_state(world.client)), report, error)
 
@@ -261,10 +225,9 @@ INTERRUPTED_AT = {
 
 
 @pytest.mark.parametrize("held", INTERRUPTED_AT.values(), ids=[k.replace(" ", "-") for k in INTERRUPTED_AT])
-def test_sigint_mid_launch_rolls_it_back(network_only, held):
-    world = network_only
+def test_sigint_mid_launch_rolls_it_back(moto, world, held):
     before = endpoint_state(world.client)
-    gate = Gate(world.server.url, **held)
+    gate = Gate(moto.url, **held)
     run = CliRun(["launch", "--env", "prod"], cli_environment(gate.url, world.root))
     try:
         assert gate.held.wait(60), "".join(run.lines)
