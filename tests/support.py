@@ -187,13 +187,15 @@ class FakeBuilderHost:
     """A real sshd that becomes "the builder" once bakery launches one in moto."""
 
     def __init__(self, moto: MotoServer, scratch: Path, host_key_mode: str = "user-data", start: bool = True,
-                 faults: dict[str, str] | None = None, fake_cloud_init: bool = False):
+                 faults: dict[str, str] | None = None, fake_cloud_init: bool = False, recipe: str | None = None):
         """`faults` maps an instance role (builder, smoke) to what answers on its SSH port instead
         of a good sshd: "refused" (nothing), "silent" (a listener that never sends the SSH banner)
         or "other-host-key" (an sshd with another host key: a man in the middle).
         `fake_cloud_init` puts a stand-in cloud-init first on root's PATH inside the namespace; its
-        subcommands (status, clean) do what `set_cloud_init` says: ok, fail or hang."""
+        subcommands (status, clean) do what `set_cloud_init` says: ok, fail or hang.
+        `recipe`: serve only that recipe's instances (several hosts, several bakes at once)."""
         self.moto = moto
+        self.recipe = recipe
         self.faults = dict(faults or {})
         self.silent: SilentServer | None = None
         self.scratch = scratch
@@ -222,8 +224,10 @@ class FakeBuilderHost:
         ec2 = self.moto.client()
         while not self._stop.is_set():
             try:
+                mine = [{"Name": "tag:bakery:recipe", "Values": [self.recipe]}] if self.recipe else []
                 resp = ec2.describe_instances(Filters=[{"Name": "tag:bakery:role", "Values": ["builder", "smoke"]},
-                                                       {"Name": "instance-state-name", "Values": ["pending", "running"]}])
+                                                       {"Name": "instance-state-name", "Values": ["pending", "running"]},
+                                                       *mine])
                 found = [i for r in resp["Reservations"] for i in r["Instances"]]
             except Exception:  # noqa: BLE001 - the server may be resetting between tests
                 found = []

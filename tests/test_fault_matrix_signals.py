@@ -14,6 +14,7 @@ build left on the endpoint or on this machine. SIGKILL: nothing of ours runs; `i
 from __future__ import annotations
 
 import signal
+import types
 from dataclasses import dataclass, field
 
 import pytest
@@ -69,21 +70,25 @@ SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
 
 class Bench:
-    """One bake of recipe `web` through the command line, with the stage's hold in place."""
+    """One bake of `recipe` through the command line, with the stage's hold in place: its own
+    builder host, endpoint proxy and state directory, so two benches can run at once."""
 
-    def __init__(self, moto, tmp_path, make_builder_host, stage: Stage, gate: dict | None = None, **env: str):
-        self.host = make_builder_host(faults={"builder": "silent"} if stage.no_banner else {}, fake_cloud_init=True)
+    def __init__(self, moto, tmp_path, make_builder_host, stage: Stage, gate: dict | None = None,
+                 recipe: str = "web", **env: str):
+        self.host = make_builder_host(faults={"builder": "silent"} if stage.no_banner else {}, fake_cloud_init=True,
+                                      recipe=recipe)
         for subcommand, mode in stage.cloud_init.items():
             self.host.set_cloud_init(subcommand, mode)
         recipes = tmp_path / "recipes"
-        (recipes / "files").mkdir(parents=True)
+        (recipes / "files").mkdir(parents=True, exist_ok=True)
         (recipes / "files/payload.bin").write_bytes(b"\0" * (1 << 20))
-        write_recipe(recipes, "web", recipe_text(self.host.port, stage.steps, stage.extra))
+        write_recipe(recipes, recipe, recipe_text(self.host.port, stage.steps, stage.extra))
         self.stage, self.moto, self.tmp_path = stage, moto, tmp_path
+        self.state = tmp_path / f"state-{recipe}"
         self.gate = Gate(moto.url, **(gate or stage.held or dict(operation="-")))
         self.disk = SlowDisk(self.host.fs / "srv/payload.bin.bakery-part", lambda: None) if stage.upload_stuck else None
-        self.before = endpoint_state(moto.client())
-        self.run = CliRun(["bake", "--recipe", "web"], cli_environment(self.gate.url, tmp_path, **env))
+        self.run = CliRun(["bake", "--recipe", recipe],
+                          cli_environment(self.gate.url, tmp_path, INVOKE_BAKERY_STATE_DIR=str(self.state), **env))
 
     def inside(self, timeout: float = 60) -> bool:
         """Wait until the bake is inside its stage, and held there."""
@@ -97,8 +102,8 @@ class Bench:
         return self.run.printed("✓ wait for builder to run", timeout) and _waits_for(
             lambda: self.host.silent is not None and self.host.silent.accepted.is_set(), timeout)
 
-    def left(self) -> dict:
-        return changes(self.before, endpoint_state(self.moto.client()))
+    def key_files_left(self) -> list[str]:
+        return local_leftovers(types.SimpleNamespace(state=self.state))
 
     def close(self) -> None:
         self.run.kill()
@@ -119,7 +124,7 @@ def _waits_for(condition, timeout: float) -> bool:
 
 
 @pytest.fixture
-def bench(moto, tmp_path, make_builder_host, settings_for):
+def bench(moto, tmp_path, make_builder_host):
     benches = []
 
     def make(stage: Stage, **kw) -> Bench:
@@ -130,21 +135,30 @@ def bench(moto, tmp_path, make_builder_host, settings_for):
         b.close()
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.fixture
+def endpoint(moto):
+    """What the endpoint holds before the case; `.left()`: what the case added or changed."""
+    before = endpoint_state(moto.client())
+    return types.SimpleNamespace(left=lambda: changes(before, endpoint_state(moto.client())))
+
+
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.id)
-def test_a_signal_inside_a_stage_stops_the_bake_and_leaves_nothing(bench, tmp_path, settings_for, stage, sig):
-    b = bench(stage)
-    assert b.inside(), f"the bake never reached {stage.name}:\n{''.join(b.run.lines)}"
-    b.run.proc.send_signal(sig)
-    code, _, err = b.run.finish()
-    assert code == 130, err
-    assert_one_line_error(err, f"error: interrupted by {sig.name}; cleaned up what this run created")
-    assert b.left() == {}
-    assert local_leftovers(settings_for(tmp_path / "recipes")) == []
+def test_sigint_and_sigterm_inside_a_stage_stop_the_bake_and_leave_nothing(bench, endpoint, stage):
+    """Two bakes at once, one for each signal (different recipes, builders and state)."""
+    runs = {sig: bench(stage, recipe=f"web-{sig.name.lower()}") for sig in SIGNALS}
+    for sig, b in runs.items():
+        assert b.inside(), f"the bake never reached {stage.name}:\n{''.join(b.run.lines)}"
+        b.run.proc.send_signal(sig)
+    for sig, b in runs.items():
+        code, _, err = b.run.finish()
+        assert code == 130, err
+        assert_one_line_error(err, f"error: interrupted by {sig.name}; cleaned up what this run created")
+        assert b.key_files_left() == []
+    assert endpoint.left() == {}
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-def test_a_signal_during_clean_up_is_noted_and_clean_up_finishes(bench, tmp_path, settings_for, sig):
+def test_a_signal_during_clean_up_is_noted_and_clean_up_finishes(bench, endpoint, sig):
     b = bench(Stage("clean up", steps="  - {name: breaks, shell: 'exit 3'}\n"),
               gate=dict(operation="TerminateInstances"))
     assert b.gate.held.wait(60), "".join(b.run.lines)
@@ -155,8 +169,7 @@ def test_a_signal_during_clean_up_is_noted_and_clean_up_finishes(bench, tmp_path
     assert code == 1, err  # the bake's own failure, not the signal, is what the run reports
     assert_one_line_error(err, "error: ")
     assert "step 1/1: breaks exited with status 3" in err.strip().splitlines()[-1]
-    assert b.left() == {}
-    assert local_leftovers(settings_for(tmp_path / "recipes")) == []
+    assert endpoint.left() == {} and b.key_files_left() == []
 
 
 CREATED_IN_FLIGHT = [
@@ -168,7 +181,7 @@ CREATED_IN_FLIGHT = [
 
 
 @pytest.mark.parametrize("stage", CREATED_IN_FLIGHT, ids=lambda s: s.id)
-def test_sigint_while_a_create_call_is_in_flight_leaves_nothing(bench, stage):
+def test_sigint_while_a_create_call_is_in_flight_leaves_nothing(bench, endpoint, stage):
     """The endpoint has created the resource; the answer (its id) never reaches the bake."""
     b = bench(stage)
     assert b.inside(), "".join(b.run.lines)
@@ -176,7 +189,7 @@ def test_sigint_while_a_create_call_is_in_flight_leaves_nothing(bench, stage):
     code, _, err = b.run.finish()
     assert code == 130, err
     assert_one_line_error(err, "error: interrupted by SIGINT")
-    assert b.left() == {}
+    assert endpoint.left() == {}
 
 
 KILLED_AT = [
@@ -187,16 +200,17 @@ KILLED_AT = [
 
 
 @pytest.mark.parametrize("stage", KILLED_AT, ids=lambda s: s.id)
-def test_sigkill_inside_a_stage_then_the_janitor_leaves_nothing(bench, tmp_path, stage):
+def test_sigkill_inside_a_stage_then_the_janitor_leaves_nothing(bench, endpoint, tmp_path, stage):
     b = bench(stage, BAKERY_RUN_ID="run-77")
     assert b.inside(), "".join(b.run.lines)
     b.run.proc.send_signal(signal.SIGKILL)
     code, _, _ = b.run.finish()
     assert code == -signal.SIGKILL
-    assert b.left() != {}  # no clean-up code ran: the build is still there
+    assert endpoint.left() != {}  # no clean-up code ran: the build is still there
     b.gate.close()
-    swept = CliRun(["janitor", "--run-id", "run-77"], cli_environment(b.moto.url, tmp_path))
+    swept = CliRun(["janitor", "--run-id", "run-77"],
+                   cli_environment(b.moto.url, tmp_path, INVOKE_BAKERY_STATE_DIR=str(b.state)))
     code, out, err = swept.finish()
     assert code == 0, out + err
     assert "Traceback" not in err and "1 dead" in out, out
-    assert b.left() == {}
+    assert endpoint.left() == {}
