@@ -120,11 +120,14 @@ def test_throttling_is_retried(moto, tmp_path, builder_host, settings_for):
     assert_clean(moto)
 
 
-def test_capacity_errors_fall_back_to_the_next_instance_type(moto, tmp_path, builder_host, settings_for):
+@pytest.mark.parametrize("status", [400, 500])  # EC2 sends InsufficientInstanceCapacity as a 500
+def test_capacity_errors_fall_back_to_the_next_instance_type_without_retrying(moto, tmp_path, builder_host,
+                                                                              settings_for, status):
     settings = settings_for(make(tmp_path, builder_host.port))
     ec2 = EC2(settings)
-    Fault(ec2.client, "RunInstances", "InsufficientInstanceCapacity", times=1)
+    fault = Fault(ec2.client, "RunInstances", "InsufficientInstanceCapacity", status=status, times=1)
     runner, log = run_bake(settings, ec2=ec2)
+    assert fault.calls == 2  # the refused t3.micro once (botocore's retries would sleep on it), then t3.small
     builder = moto.client().describe_instances(InstanceIds=[builder_host.instance_id])
     assert builder["Reservations"][0]["Instances"][0]["InstanceType"] == "t3.small"
     assert "trying the next instance type" in log

@@ -122,6 +122,7 @@ class EC2:
         self.session = session
         # every client made from this session (EC2, SSM, ELB) lets a signal through (see below)
         session.events.register("needs-retry", _interrupted_is_not_retried, unique_id="bakery-interrupted")
+        session.events.register("needs-retry.ec2", _capacity_is_not_retried, unique_id="bakery-capacity")
         # region_name explicitly: a facade for another region may share the home region's session
         self.client = session.client("ec2", region_name=settings.region, endpoint_url=settings.endpoint_url,
                                      config=config)
@@ -464,6 +465,16 @@ def _interrupted_is_not_retried(caught_exception=None, **_) -> None:
     cause = getattr(caught_exception, "kwargs", {}).get("error")
     if isinstance(cause, Interrupted):
         raise cause
+
+
+def _capacity_is_not_retried(response=None, operation=None, **_) -> None:
+    """EC2 answers InsufficientInstanceCapacity with HTTP 500, which botocore's standard mode
+    retries up to 8 times with backoff: the next instance type is the better answer. Raising
+    here ends the call with the error before botocore sleeps."""
+    parsed = response[1] if isinstance(response, tuple) and len(response) == 2 else None
+    code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+    if code in CAPACITY_CODES and operation is not None:
+        raise botocore.exceptions.ClientError(parsed, operation.name)
 
 
 def _is_deprecated(image: dict) -> bool:
