@@ -355,8 +355,16 @@ class Launcher:
             params["IamInstanceProfile"] = {"Name": spec.iam_instance_profile}
         if spec.key_name:
             params["KeyName"] = spec.key_name
-        resp = self.ec2.call(f"run-instances ({plan.tier})", self.ec2.client.run_instances, **params)
-        return resp["Instances"][0]
+        inst = self.ec2.call(f"run-instances ({plan.tier})", self.ec2.client.run_instances, **params)["Instances"][0]
+        # EC2 remembers a token for hours: after a rolled-back launch the same world asks again and
+        # is handed the instance that was terminated. Ask again under a token derived from it, so
+        # every launcher that meets the same dead instance still agrees on the next token.
+        for _ in range(5):
+            if inst["State"]["Name"] not in ("shutting-down", "terminated"):
+                break
+            params["ClientToken"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{params['ClientToken']}/{inst['InstanceId']}"))
+            inst = self.ec2.call(f"run-instances ({plan.tier})", self.ec2.client.run_instances, **params)["Instances"][0]
+        return inst
 
     def _health(self, launched) -> None:
         """Check every instance at once: each one's readiness is timed from its own launch."""

@@ -165,6 +165,30 @@ def test_a_failure_midway_rolls_back_what_this_run_launched(world):
     assert instances(world["ec2"], "prod") == []
 
 
+def test_a_token_ec2_answers_with_a_terminated_instance_is_asked_again_under_a_derived_token(world):
+    """After a roll-back, the same world derives the same client token, and AWS (not moto, which
+    ignores tokens) answers it with the instance it terminated: stand in for that answer once."""
+    import uuid
+
+    env = load_environment(world["settings"].envs, "prod")
+    launcher = Launcher(world["settings"], env, report=Reporter(quiet=True))
+    plans = [p for p in launcher.plan(env.tiers) if p.tier == "app"]
+    tokens, dead = [], []
+
+    def record(params, **_):
+        tokens.append(params["ClientToken"])
+
+    def answer_with_a_dead_instance_once(parsed, **_):
+        if not dead:
+            dead.append(parsed["Instances"][0]["InstanceId"])
+            parsed["Instances"][0]["State"] = {"Code": 48, "Name": "terminated"}
+    launcher.ec2.client.meta.events.register("before-parameter-build.ec2.RunInstances", record)
+    launcher.ec2.client.meta.events.register("after-call.ec2.RunInstances", answer_with_a_dead_instance_once)
+    (launched,) = launcher.launch(plans)
+    assert tokens[1] == str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tokens[0]}/{dead[0]}")) and len(tokens) == 2
+    assert launched.instance_id not in dead
+
+
 CRASH_MID_LAUNCH = """
 import os, sys
 from pathlib import Path
