@@ -316,3 +316,30 @@ def test_an_upload_the_builder_refuses_is_an_upload_error_not_a_lost_connection(
         conn.put(tmp_path / "big", "/srv/plainfile/big", mode=None, owner=None, sudo=False)
     assert not isinstance(err.value, ConnectionLost)
     assert run(conn, "echo still connected")[1] == ["still connected"]
+
+
+def test_a_port_that_never_sends_its_banner_costs_no_more_than_the_wait_has_left(monkeypatch):
+    import socket
+
+    from bakery.errors import WaitTimeout
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does) and never says a word
+    asked = []
+    real = ssh.paramiko.Transport.start_client
+
+    def start_client(self, event=None, timeout=None):
+        asked.append((self.banner_timeout, timeout))
+        return real(self, event=event, timeout=timeout)
+    monkeypatch.setattr(ssh.paramiko.Transport, "start_client", start_client)
+    login, host = keys.generate("t"), keys.generate("h")
+    conn = SSHConnector(Target(host="127.0.0.1", port=silent.getsockname()[1], user="root",
+                               login_key=login.paramiko_key(), host_key=host.public_openssh, label="silent"))
+    try:
+        with pytest.raises(WaitTimeout, match="SSH on silent"):
+            conn.connect(timeout=1.5)
+    finally:
+        conn.close()
+        silent.close()
+    assert asked and all(banner <= 1.5 and total <= 1.5 for banner, total in asked)

@@ -124,11 +124,14 @@ class SSHConnector:
     def connect(self, timeout: float) -> None:
         t = self.target
         last_error = ["no attempt yet"]
+        deadline = time.monotonic() + timeout
 
         def attempt():
             self.attempts += 1
             try:
-                self.transport = self._handshake()
+                # each attempt gets at most 10 s, and never more than the wait has left: a port that
+                # accepts but never sends its banner must not outlive the recipe's ssh.timeout
+                self.transport = self._handshake(max(0.5, min(10.0, deadline - time.monotonic())))
                 return True
             except HostKeyMismatch:
                 raise
@@ -165,19 +168,19 @@ class SSHConnector:
         return self._bastion.get_transport().open_channel("direct-tcpip", (t.host, t.port), ("127.0.0.1", 0),
                                                          timeout=timeout)
 
-    def _handshake(self) -> paramiko.Transport:
+    def _handshake(self, timeout: float) -> paramiko.Transport:
         t = self.target
-        sock = self._socket(10.0)
+        sock = self._socket(timeout)
         transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=32768)
         try:
-            transport.banner_timeout = 10
-            transport.handshake_timeout = 10
+            transport.banner_timeout = timeout
+            transport.handshake_timeout = timeout
             options = transport.get_security_options()
             # Ask only for the key type we pinned, so the server cannot offer another one.
             options.key_types = [t.host_key.split()[0]]
             options.ciphers = [c for c in CIPHERS if c in options.ciphers]
             options.digests = [m for m in MACS if m in options.digests]
-            transport.start_client(timeout=10)
+            transport.start_client(timeout=timeout)
             presented = transport.get_remote_server_key()
             got = f"{presented.get_name()} {presented.get_base64()}"
             if got.split()[:2] != t.host_key.split()[:2]:
