@@ -22,9 +22,8 @@ class CleanReport:
 def clean_build(ec2: EC2, build_id: str, *, dry_run: bool = False) -> CleanReport:
     report = CleanReport(build_id, dry_run=dry_run)
     tag = [{"Name": "tag:bakery:build-id", "Values": [build_id]}]
-    c = ec2.client
 
-    reservations = ec2.call("describe-instances", c.describe_instances, Filters=tag)["Reservations"]
+    reservations = ec2.describe_all("describe_instances", "Reservations", Filters=tag)
     instances = [i["InstanceId"] for r in reservations for i in r["Instances"]
                  if i["State"]["Name"] not in ("terminated",)]
     for iid in instances:
@@ -35,17 +34,17 @@ def clean_build(ec2: EC2, build_id: str, *, dry_run: bool = False) -> CleanRepor
         for iid in instances:
             ec2.wait_instance_state(iid, "terminated", timeout=600)
 
-    for group in ec2.call("describe-security-groups", c.describe_security_groups, Filters=tag)["SecurityGroups"]:
+    for group in ec2.describe_all("describe_security_groups", "SecurityGroups", Filters=tag):
         report.removed.append(f"security group {group['GroupId']}")
         if not dry_run:
             ec2.delete_security_group(group["GroupId"])
 
-    for key in ec2.call("describe-key-pairs", c.describe_key_pairs, Filters=tag)["KeyPairs"]:
+    for key in ec2.describe_all("describe_key_pairs", "KeyPairs", Filters=tag):
         report.removed.append(f"key pair {key['KeyName']}")
         if not dry_run:
             ec2.delete_key_pair(key["KeyName"])
 
-    images = ec2.call("describe-images", c.describe_images, Owners=["self"], Filters=tag)["Images"]
+    images = ec2.describe_all("describe_images", "Images", Owners=["self"], Filters=tag)
     for image in images:
         tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
         if tags.get("bakery:complete") == "true" or tags.get("bakery:smoke") == "failed":

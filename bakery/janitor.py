@@ -42,7 +42,6 @@ def parse_duration(text: str) -> timedelta:
 
 def _builds(ec2) -> dict[str, dict[str, str]]:
     """Every build id on a temporary resource, with the tags seen on it."""
-    c = ec2.client
     flt = [{"Name": "tag-key", "Values": ["bakery:build-id"]}]
     found: dict[str, dict[str, str]] = {}
 
@@ -51,15 +50,15 @@ def _builds(ec2) -> dict[str, dict[str, str]]:
         if "bakery:build-id" in tags:
             found.setdefault(tags["bakery:build-id"], tags)
 
-    for r in ec2.call("describe-instances", c.describe_instances, Filters=flt + [
-            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])["Reservations"]:
+    for r in ec2.describe_all("describe_instances", "Reservations", Filters=flt + [
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]):
         for inst in r["Instances"]:
             note(inst.get("Tags"))
-    for g in ec2.call("describe-security-groups", c.describe_security_groups, Filters=flt)["SecurityGroups"]:
+    for g in ec2.describe_all("describe_security_groups", "SecurityGroups", Filters=flt):
         note(g.get("Tags"))
-    for k in ec2.call("describe-key-pairs", c.describe_key_pairs, Filters=flt)["KeyPairs"]:
+    for k in ec2.describe_all("describe_key_pairs", "KeyPairs", Filters=flt):
         note(k.get("Tags"))
-    for image in ec2.call("describe-images", c.describe_images, Owners=["self"], Filters=flt)["Images"]:
+    for image in ec2.describe_all("describe_images", "Images", Owners=["self"], Filters=flt):
         tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
         if tags.get("bakery:complete") != "true" and tags.get("bakery:smoke") != "failed":
             note(image.get("Tags"))

@@ -235,11 +235,11 @@ class Launcher:
         return Network(self.ec2, self.env)
 
     def _existing(self, tier: str) -> list[dict]:
-        resp = self.ec2.call("describe-instances", self.ec2.client.describe_instances, Filters=[
+        reservations = self.ec2.describe_all("describe_instances", "Reservations", Filters=[
             {"Name": "tag:bakery:environment", "Values": [self.env.name]},
             {"Name": "tag:bakery:tier", "Values": [tier]},
             {"Name": "instance-state-name", "Values": LIVE_STATES}])
-        return [i for r in resp["Reservations"] for i in r["Instances"]]
+        return [i for r in reservations for i in r["Instances"]]
 
     # ---- launch -------------------------------------------------------------------------
 
@@ -294,9 +294,9 @@ class Launcher:
         launched one whose answer a signal cut off), and take back the Elastic IPs it put on their
         interfaces; persistent ENIs detach as their instances terminate."""
         c, call = self.ec2.client, self.ec2.call
-        tagged = call("describe-instances", c.describe_instances, Filters=[
+        tagged = self.ec2.describe_all("describe_instances", "Reservations", Filters=[
             {"Name": "tag:bakery:launch-id", "Values": [self.launch_id]},
-            {"Name": "instance-state-name", "Values": LIVE_STATES}])["Reservations"]
+            {"Name": "instance-state-name", "Values": LIVE_STATES}])
         ids = sorted(set(ids) | {i["InstanceId"] for r in tagged for i in r["Instances"]})
         if not ids:
             return

@@ -100,9 +100,8 @@ def references(ec2) -> dict[str, str]:
                 for v in hist["Parameters"]:
                     if str(v.get("Value", "")).startswith("ami-"):
                         used.setdefault(v["Value"], f"SSM parameter {param['Name']} version {v.get('Version')}")
-    resp = ec2.call("describe-instances", c.describe_instances, Filters=[
-        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
-    for r in resp["Reservations"]:
+    for r in ec2.describe_all("describe_instances", "Reservations", Filters=[
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]):
         for inst in r["Instances"]:
             used.setdefault(inst["ImageId"], f"instance {inst['InstanceId']} ({inst['State']['Name']})")
     return used

@@ -445,10 +445,10 @@ def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter)
 
 
 def _standby(ec2, env: str, tier: str, exclude: str | None) -> str:
-    resp = ec2.call("describe-instances", ec2.client.describe_instances, Filters=[
+    reservations = ec2.describe_all("describe_instances", "Reservations", Filters=[
         {"Name": "tag:bakery:environment", "Values": [env]}, {"Name": "tag:bakery:tier", "Values": [tier]},
         {"Name": "tag:bakery:role", "Values": ["standby"]}, {"Name": "instance-state-name", "Values": ["running"]}])
-    ids = sorted(i["InstanceId"] for r in resp["Reservations"] for i in r["Instances"] if i["InstanceId"] != exclude)
+    ids = sorted(i["InstanceId"] for r in reservations for i in r["Instances"] if i["InstanceId"] != exclude)
     if not ids:
         raise ConfigError(f"failover: tier {tier} of {env} has no running standby instance "
                           "(set standby: 1 and launch, or pass --to INSTANCE)")
@@ -460,8 +460,8 @@ def status(ec2, env: Environment) -> dict:
     flt = [{"Name": "tag:bakery:environment", "Values": [env.name]}]
     enis = ec2.call("describe-network-interfaces", ec2.client.describe_network_interfaces, Filters=flt)["NetworkInterfaces"]
     # launch-time ENIs carry the instance's tags, not the network's: add those of the environment's instances
-    instances = ec2.call("describe-instances", ec2.client.describe_instances, Filters=flt + [
-        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])["Reservations"]
+    instances = ec2.describe_all("describe_instances", "Reservations", Filters=flt + [
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
     states = {i["InstanceId"]: i["State"]["Name"] for r in instances for i in r["Instances"]}
     seen = {e["NetworkInterfaceId"] for e in enis}
     for r in instances:

@@ -218,13 +218,20 @@ class EC2:
         return images[0]
 
     def _describe_images(self, **kwargs) -> list[dict]:
-        pages = self.client.get_paginator("describe_images")
+        return self.describe_all("describe_images", "Images", **kwargs)
+
+    def describe_all(self, operation: str, key: str, **kwargs) -> list[dict]:
+        """Every item across pages: a large account's instances, groups or images do not fit one."""
+        client = self.client
+        action = operation.replace("_", "-")
+        if not client.can_paginate(operation):
+            return self.call(action, getattr(client, operation), **kwargs).get(key, [])
         out: list[dict] = []
         try:
-            for page in pages.paginate(**kwargs):
-                out.extend(page.get("Images", []))
+            for page in client.get_paginator(operation).paginate(**kwargs):
+                out.extend(page.get(key, []))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise CloudError(error_message(exc, "describe-images")) from exc
+            raise CloudError(error_message(exc, action)) from exc
         return out
 
     def bakery_images(self, recipe: str | None = None, inputs_hash: str | None = None,
