@@ -336,15 +336,16 @@ class Bake:
             stack.created(kind, rid, where, label, fn, **extra)
 
         with r.stage("wait for image"):
-            ec2.wait_image_available(image_id, timeout=3600)
-            snapshots = ec2.image_snapshots(image_id)
+            from bakery.cloud.ec2 import snapshots_of
+
+            image = ec2.wait_image_available(image_id, timeout=3600)
             # CreateImage cannot tag snapshots everywhere (moto, older APIs): tag them explicitly.
-            ec2.tag(snapshots, {**image_tags, "bakery:role": "snapshot"})
+            ec2.tag(snapshots_of(image), {**image_tags, "bakery:role": "snapshot"})
         manifest.ami_id, manifest.image_name = image_id, name
 
         if recipe.checks:
             try:
-                self._smoke(stack, image_id, subnet, group, key_name, login, cidr)
+                self._smoke(stack, image, subnet, group, key_name, login, cidr)
             except Interrupted:
                 raise  # not a verdict on the image
             except BakeryError as exc:
@@ -412,13 +413,14 @@ class Bake:
                 self.report.warn(f"{exc.message}; trying the next instance type")
         raise CloudError(f"no capacity for any of {', '.join(b.instance_types)}: {errors[-1]}")
 
-    def _smoke(self, stack: CleanupStack, image_id: str, subnet: dict, group: str, key_name: str, login,
+    def _smoke(self, stack: CleanupStack, image: dict, subnet: dict, group: str, key_name: str, login,
                cidr: str) -> None:
         """Boot the new image once, as a user would, and run the recipe's checks against it."""
-        from bakery.cloud.ec2 import SourceImage
+        from bakery.cloud.ec2 import source_image
         from bakery.remote import keys
 
         r, ec2, checks = self.report, self.ec2, self.recipe.checks
+        image_id = image["ImageId"]
         host_key = keys.generate(f"bakery-smoke-{self.build_id}")
         with r.stage("smoke test: launch") as s:
             user_data = self._smoke_user_data(host_key, image_id)
@@ -427,9 +429,7 @@ class Bake:
                          GroupId=group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": checks.health_check.port,
                                                         "ToPort": checks.health_check.port,
                                                         "IpRanges": [{"CidrIp": cidr}]}])
-            image = ec2.client.describe_images(ImageIds=[image_id])["Images"][0]
-            source = SourceImage(image_id, image.get("Name", ""), image.get("RootDeviceName") or "/dev/xvda", "")
-            instance = self._launch(source, subnet, group, key_name, host_key, role="smoke", user_data=user_data)
+            instance = self._launch(source_image(image), subnet, group, key_name, host_key, role="smoke", user_data=user_data)
             iid = instance["InstanceId"]
             stack.created("instance", iid, self.ec2.region, f"smoke instance {iid}", lambda: self._terminate(iid))
             started = time.monotonic()

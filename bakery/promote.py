@@ -13,7 +13,7 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-from bakery.cloud.ec2 import EC2
+from bakery.cloud.ec2 import EC2, snapshots_of
 from bakery.errors import CloudError
 from bakery.progress import Reporter
 from bakery.recipe import Publish
@@ -58,11 +58,11 @@ def publish(ec2: EC2, spec: Publish, image_id: str, name: str, tags: dict[str, s
             for region, copy_id in copies:
                 result.images[region] = copy_id
             with ThreadPoolExecutor(max_workers=len(copies)) as pool:
-                list(pool.map(lambda rc: regions[rc[0]].wait_image_available(rc[1], timeout=3600), copies))
-            for region, copy_id in copies:  # CopyImageTags is not honoured everywhere: tag explicitly
+                ready = list(pool.map(lambda rc: regions[rc[0]].wait_image_available(rc[1], timeout=3600), copies))
+            for (region, copy_id), image in zip(copies, ready):  # CopyImageTags is not honoured everywhere
                 target = regions[region]
                 target.tag([copy_id], {**tags, "bakery:copied-from": f"{ec2.region}/{image_id}"})
-                target.tag(target.image_snapshots(copy_id), {**tags, "bakery:role": "snapshot"})
+                target.tag(snapshots_of(image), {**tags, "bakery:role": "snapshot"})
             s.detail = ", ".join(f"{r}: {i}" for r, i in copies)
 
     if spec.share_with:

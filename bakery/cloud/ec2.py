@@ -199,10 +199,10 @@ class EC2:
         if len(images) > 1 and not f.most_recent:
             raise ConfigError(f"source.filter: {len(images)} images match {f.name!r}; "
                               "narrow the filter or set most_recent: true")
-        return _source(images[0])
+        return source_image(images[0])
 
     def _image_by_id(self, ami: str, what: str) -> SourceImage:
-        return _source(self.available_image(ami, what))
+        return source_image(self.available_image(ami, what))
 
     def available_image(self, ami: str, what: str) -> dict:
         """The image, or a ConfigError naming `what` when it does not exist or is not available."""
@@ -256,10 +256,7 @@ class EC2:
 
     def image_snapshots(self, image_id: str) -> list[str]:
         images = self._describe_images(ImageIds=[image_id])
-        if not images:
-            return []
-        return [m["Ebs"]["SnapshotId"] for m in images[0].get("BlockDeviceMappings", [])
-                if m.get("Ebs", {}).get("SnapshotId")]
+        return snapshots_of(images[0]) if images else []
 
     def wait_image_available(self, image_id: str, timeout: float, backoff: Backoff | None = None) -> dict:
         self.ensure_credentials_last(timeout, f"waiting for image {image_id}")
@@ -474,6 +471,11 @@ def _interrupted_is_not_retried(caught_exception=None, **_) -> None:
         raise cause
 
 
+def snapshots_of(image: dict) -> list[str]:
+    """The EBS snapshots behind an image, from its DescribeImages record."""
+    return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+
+
 def _capacity_is_not_retried(response=None, operation=None, **_) -> None:
     """EC2 answers InsufficientInstanceCapacity with HTTP 500, which botocore's standard mode
     retries up to 8 times with backoff: the next instance type is the better answer. Raising
@@ -495,7 +497,7 @@ def _is_deprecated(image: dict) -> bool:
         return False
 
 
-def _source(image: dict) -> SourceImage:
+def source_image(image: dict) -> SourceImage:
     return SourceImage(id=image["ImageId"], name=image.get("Name", ""),
                        root_device_name=image.get("RootDeviceName") or "/dev/xvda",
                        owner=image.get("OwnerId", ""))
