@@ -138,74 +138,60 @@ def _clean_ledger_run(ec2, run: ledger.DeadRun, dry_run: bool, report: JanitorRe
     return removed
 
 
-def _claims(tags_list, run: str) -> bool:
-    """False when the resource's tags say it belongs to another run."""
-    tags = {t["Key"]: t["Value"] for t in tags_list or []}
+def _claim(found: dict | None, run: str) -> str:
+    """'gone' when there is nothing, 'spared' when its tags say it belongs to another run, else 'ours'."""
+    if found is None:
+        return "gone"
+    tags = {t["Key"]: t["Value"] for t in found.get("Tags") or []}
     owner = tags.get("bakery:build-id") or tags.get("bakery:launch-id")
-    return owner in (None, run)
+    return "ours" if owner in (None, run) else "spared"
 
 
 def _remove(ec2, run: str, entry: ledger.Entry, dry_run: bool) -> str:
     """'removed' (or would be), 'gone' (nothing left to do), or 'spared' (a product or not ours)."""
+    state, delete = _inspect(ec2, run, entry)
+    if state != "ours":
+        return state
+    if not dry_run:
+        delete()
+    return "removed"
+
+
+def _inspect(ec2, run: str, entry: ledger.Entry):
+    """What is left of one ledger entry ('gone', 'spared' or 'ours'), and how to remove it."""
     kind, rid = entry.kind, entry.id
     if kind == "key-file":
-        if not Path(rid).exists():
-            return "gone"
-        if not dry_run:
-            shutil.rmtree(rid, ignore_errors=True)
-        return "removed"
+        return ("ours" if Path(rid).exists() else "gone"), lambda: shutil.rmtree(rid, ignore_errors=True)
     if kind == "instance":
         inst = ec2.describe_instance(rid)
-        if inst is None or inst["State"]["Name"] in ("shutting-down", "terminated"):
-            return "gone"
-        if not _claims(inst.get("Tags"), run):
-            return "spared"
-        if not dry_run:
-            ec2.terminate_instance(rid)
-        return "removed"
+        if inst is not None and inst["State"]["Name"] in ("shutting-down", "terminated"):
+            inst = None
+        return _claim(inst, run), lambda: ec2.terminate_instance(rid)
     if kind == "security-group":
         group = _lookup(ec2, f"describe-security-groups {rid}", ec2.client.describe_security_groups,
                         "SecurityGroups", ("InvalidGroup.NotFound",), GroupIds=[rid])
-        if group is None:
-            return "gone"
-        if not _claims(group.get("Tags"), run):
-            return "spared"
-        if not dry_run:
-            ec2.delete_security_group(rid)
-        return "removed"
+        return _claim(group, run), lambda: ec2.delete_security_group(rid)
     if kind == "key-pair":
         key = _lookup(ec2, f"describe-key-pairs {rid}", ec2.client.describe_key_pairs, "KeyPairs",
                       ("InvalidKeyPair.NotFound",), KeyNames=[rid])
-        if key is None:
-            return "gone"
-        if not _claims(key.get("Tags"), run):
-            return "spared"
-        if not dry_run:
-            ec2.delete_key_pair(rid)
-        return "removed"
+        return _claim(key, run), lambda: ec2.delete_key_pair(rid)
     if kind == "image":
         image = _lookup(ec2, f"describe-images {rid}", ec2.client.describe_images, "Images",
                         ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"), ImageIds=[rid])
-        if image is None or image.get("State") == "deregistered":
-            return "gone"
-        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
-        if tags.get("bakery:complete") == "true" or tags.get("bakery:smoke") == "failed" \
-                or not _claims(image.get("Tags"), run):
-            return "spared"  # the run died after finishing it, or it is someone else's
-        if not dry_run:
-            ec2.deregister_image(rid)
-        return "removed"
+        if image is not None and image.get("State") == "deregistered":
+            image = None
+        state = _claim(image, run)
+        tags = {t["Key"]: t["Value"] for t in (image or {}).get("Tags", [])}
+        if state == "ours" and (tags.get("bakery:complete") == "true" or tags.get("bakery:smoke") == "failed"):
+            state = "spared"  # the run died after finishing it (or the smoke test kept it)
+        return state, lambda: ec2.deregister_image(rid)
     if kind == "ssm-parameter":
         value = entry.extra.get("value")
-        if ec2.parameter_value(rid) != value:
-            return "gone"  # never published, already restored, or published over since
-        if not dry_run:
-            ec2.restore_parameter(rid, entry.extra.get("previous"), value)
-        return "removed"
+        # gone: never published, already restored, or published over since
+        state = "ours" if ec2.parameter_value(rid) == value else "gone"
+        return state, lambda: ec2.restore_parameter(rid, entry.extra.get("previous"), value)
     if kind == "launch-template-version":
-        if not dry_run:
-            ec2.delete_launch_template_version(entry.extra["name"], int(entry.extra["version"]))
-        return "removed"
+        return "ours", lambda: ec2.delete_launch_template_version(entry.extra["name"], int(entry.extra["version"]))
     raise ConfigError(f"ledger {run}: unknown resource kind {kind!r}")
 
 
