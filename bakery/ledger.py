@@ -101,9 +101,14 @@ class Ledger:
             self._write({"event": event, "kind": kind, "id": rid, "region": region})
 
     def _write(self, record: dict) -> None:
-        record = {"t": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **record}
-        os.write(self._fd, (json.dumps(record, sort_keys=True) + "\n").encode())
-        os.fsync(self._fd)
+        _append(self._fd, record)
+
+
+def _append(fd: int, record: dict) -> None:
+    """One timestamped JSON line, on disk before the caller goes on."""
+    record = {"t": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **record}
+    os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
+    os.fsync(fd)
 
 
 def read(path: Path) -> tuple[dict, list[Entry]]:
@@ -154,7 +159,9 @@ def settle(run: DeadRun, gone: list[Entry]) -> None:
     if not left:
         run.path.unlink(missing_ok=True)
         return
-    with open(run.path, "a") as fh:
+    fd = os.open(run.path, os.O_WRONLY | os.O_APPEND)
+    try:
         for e in gone:
-            fh.write(json.dumps({"event": "removed", "kind": e.kind, "id": e.id, "region": e.region,
-                                 "by": "janitor"}, sort_keys=True) + "\n")
+            _append(fd, {"event": "removed", "kind": e.kind, "id": e.id, "region": e.region, "by": "janitor"})
+    finally:
+        os.close(fd)
