@@ -50,8 +50,8 @@ def rebake(c, recipe=None, force=False, json=False):
     with command():
         from invoke.exceptions import Exit
 
-        from bakery.lifecycle import rebake as run_rebake
-        from bakery.lifecycle import rows_json, table
+        from bakery.bake.rebake import rebake as run_rebake
+        from bakery.bake.rebake import rows_json, table
         from bakery.progress import Reporter
 
         rows = run_rebake(settings_from(c), recipe or None, force=force, report=Reporter())
@@ -74,7 +74,7 @@ def prune(c, recipe, keep=3, region=None, dry_run=False, json=False):
         required(recipe=recipe)
         from dataclasses import asdict
 
-        from bakery.lifecycle import prune as run_prune
+        from bakery.bake.rebake import prune as run_prune
         from bakery.progress import Reporter
 
         reports = run_prune(settings_from(c), recipe, int(keep), dry_run=dry_run, report=Reporter(),
@@ -95,7 +95,7 @@ def prune(c, recipe, keep=3, region=None, dry_run=False, json=False):
 def images(c, recipe=None, json=False):
     """List baked images, newest first: recipe, inputs hash, creation time, state."""
     with command():
-        from bakery.images import image_rows, render_table
+        from bakery.bake.images import image_rows, render_table
 
         rows = image_rows(settings_from(c), recipe)
         emit(__import__("json").dumps(rows, indent=2) if json else render_table(rows))
@@ -116,7 +116,7 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
     with command():
         required(env=env)
         from bakery.launch import launch as run_launch
-        from bakery.launch_output import summary
+        from bakery.cli.launch import summary
         from bakery.progress import Reporter
 
         report = run_launch(settings_from(c), env, tier=tier, dry_run=dry_run, keep_on_error=keep_on_error,
@@ -131,7 +131,7 @@ def render(c, env, tier):
         required(env=env, tier=tier)
         import sys
 
-        from bakery.launch_output import rendered_user_data
+        from bakery.cli.launch import rendered_user_data
 
         sys.stdout.write(rendered_user_data(settings_from(c), env, tier))  # byte for byte, no added newline
 
@@ -140,7 +140,7 @@ def render(c, env, tier):
 def validate(c):
     """Check every recipe, environment and user data template; one line per problem."""
     with command():
-        from bakery.validate import validate_all
+        from bakery.render.validate import validate_all
 
         problems, checked = validate_all(settings_from(c))
         for line in problems:
@@ -158,8 +158,8 @@ def janitor(c, dry_run=False, older_than=None, run_id=None):
     """Remove what dead runs left behind (builders, key pairs, groups, unfinished images, launches), by ledger and tags."""
     with command():
         from bakery.cloud.ec2 import EC2
-        from bakery.janitor import janitor as run_janitor
-        from bakery.janitor import parse_duration
+        from bakery.housekeeping.janitor import janitor as run_janitor
+        from bakery.housekeeping.janitor import parse_duration
 
         age = parse_duration(older_than) if older_than else None
         settings = settings_from(c)
@@ -183,7 +183,7 @@ def clean(c, build_id, dry_run=False):
     """Remove what one build left behind (instances, security groups, key pairs, unfinished images)."""
     with command():
         required(build_id=build_id)
-        from bakery.cleanup import clean_build
+        from bakery.housekeeping.cleanup import clean_build
         from bakery.cloud.ec2 import EC2
 
         report = clean_build(EC2(settings_from(c)), build_id, dry_run=dry_run)

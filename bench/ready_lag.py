@@ -33,7 +33,7 @@ from bakery.cloud.ec2 import EC2  # noqa: E402
 from bakery.launch import launch  # noqa: E402
 from bakery.local.cloud import LocalCloud  # noqa: E402
 from bakery.progress import Reporter  # noqa: E402
-from bakery.settings import Settings  # noqa: E402
+from bakery.config.settings import Settings  # noqa: E402
 
 ENV = """\
 tiers:

@@ -55,7 +55,7 @@ def make_builder_host(moto, tmp_path):
 
 @pytest.fixture
 def settings_for(moto, tmp_path):
-    from bakery.settings import Settings
+    from bakery.config.settings import Settings
 
     def make(recipes: Path, **kw):
         return Settings(cloud="aws", region="us-east-1", endpoint_url=moto.url, project_dir=tmp_path,

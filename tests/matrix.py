@@ -74,7 +74,7 @@ def run_bake(settings, ec2, tap: Tap, recipe: str = "web"):
     """(runner, manifest, error): a BakeryError is an outcome; anything else escapes the test."""
     from bakery.bake import Bake
     from bakery.progress import Reporter
-    from bakery.recipe import load_recipe
+    from bakery.config.recipe import load_recipe
 
     runner = Bake(settings, load_recipe(settings.recipes, recipe), {}, report=Reporter(stream=tap), ec2=ec2)
     try:
@@ -105,7 +105,7 @@ def check_bake(outcome, *, moto, before, settings, runner, manifest, error, tap:
         if outcome.warning:
             assert re.search(outcome.warning, log), log
         if outcome.janitor:
-            from bakery.cleanup import clean_build
+            from bakery.housekeeping.cleanup import clean_build
             from bakery.cloud.ec2 import EC2
 
             clean_build(EC2(settings), runner.build_id)  # what the janitor does once the resources expire

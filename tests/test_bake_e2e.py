@@ -120,7 +120,7 @@ def test_the_builder_is_launched_locked_down(moto, tmp_path, builder_host, setti
     """IMDSv2, encrypted root volume, tags at creation, a client token, the instance profile."""
     from bakery.bake import Bake
     from bakery.cloud.ec2 import EC2
-    from bakery.recipe import load_recipe
+    from bakery.config.recipe import load_recipe
 
     iam = moto.client("iam")
     iam.create_role(RoleName="bake", AssumeRolePolicyDocument="{}")

@@ -10,7 +10,7 @@ from bakery.bake import Bake, bake
 from bakery.cloud.ec2 import EC2
 from bakery.errors import CloudError, ConfigError, RemoteError, StepFailed, WaitTimeout
 from bakery.progress import Reporter
-from bakery.recipe import load_recipe
+from bakery.config.recipe import load_recipe
 from bakery.remote.ssh import HostKeyMismatch
 from tests.support import leftovers, recipe_text, write_recipe
 from tests.faults import Fault
@@ -155,7 +155,7 @@ def test_auth_errors_at_any_stage_stop_the_bake_cleanly(moto, tmp_path, builder_
 
 
 def test_keep_on_error_keeps_the_builder_and_clean_removes_it(moto, tmp_path, builder_host, settings_for):
-    from bakery.cleanup import clean_build
+    from bakery.housekeeping.cleanup import clean_build
 
     steps = "  - name: breaks\n    shell: exit 1\n"
     settings = settings_for(make(tmp_path, builder_host.port, steps))
@@ -167,7 +167,7 @@ def test_keep_on_error_keeps_the_builder_and_clean_removes_it(moto, tmp_path, bu
     assert set(kept) == {"instances", "security_groups", "key_pairs"}
     assert f"invoke clean --build-id {runner.build_id}" in out.getvalue()
     # kept on purpose: the janitor leaves it until its tags expire, ledger or not
-    from bakery.janitor import janitor
+    from bakery.housekeeping.janitor import janitor
     assert janitor(EC2(settings), older_than=None, run_id=None, dry_run=False,
                    ledger_dir=settings.state / "ledger").builds == {}
     assert leftovers(moto.client()) == kept

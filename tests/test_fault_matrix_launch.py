@@ -27,12 +27,12 @@ from typing import Callable
 import pytest
 
 from bakery.cloud.ec2 import EC2
-from bakery.environment import load_environment
+from bakery.config.environment import load_environment
 from bakery.errors import BakeryError, CloudError, WaitTimeout
 from bakery.launch import Launcher, _launch_locked
 from bakery.network import Network
 from bakery.progress import Reporter
-from bakery.settings import Settings
+from bakery.config.settings import Settings
 from tests.faults import (CAPACITY, EXPIRED, TRANSIENT, Fault, Gate, Stale, scaled_backoff,  # noqa: F401 (fixture)
                           short_waits)
 from tests.matrix import CliRun, assert_one_line_error, cli_environment

@@ -14,7 +14,7 @@ import pytest
 
 from bakery.cloud.ec2 import EC2
 from bakery.errors import ConfigError
-from bakery.janitor import janitor, parse_duration
+from bakery.housekeeping.janitor import janitor, parse_duration
 from tests.support import ROOT, leftovers, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ import pytest
 from bakery.bake import bake
 from bakery.errors import CloudError, ConfigError
 from bakery.launch import Launcher, launch
-from bakery.environment import load_environment
+from bakery.config.environment import load_environment
 from bakery.progress import Reporter
 from tests.faults import Fault
 from tests.support import recipe_text, write_recipe
@@ -194,7 +194,7 @@ import os, sys
 from pathlib import Path
 from bakery.launch import launch
 from bakery.progress import Reporter
-from bakery.settings import Settings
+from bakery.config.settings import Settings
 calls = []
 def crash(**_):  # the process dies on the third RunInstances: no rollback, no clean-up code runs
     calls.append(1)
@@ -217,7 +217,7 @@ def test_a_launch_that_dies_mid_way_is_rolled_back_by_the_janitor_from_its_ledge
     import sys
 
     from bakery.cloud.ec2 import EC2
-    from bakery.janitor import janitor
+    from bakery.housekeeping.janitor import janitor
     from tests.support import ROOT
 
     s = world["settings"]

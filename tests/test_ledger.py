@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from bakery import ledger
+from bakery.housekeeping import ledger
 from bakery.cloud.ec2 import EC2
-from bakery.janitor import janitor
-from bakery.ledger import Ledger
+from bakery.housekeeping.janitor import janitor
+from bakery.housekeeping.ledger import Ledger
 from tests.support import ROOT, leftovers
 
 
@@ -48,7 +48,7 @@ def test_an_unsettled_run_keeps_its_journal_and_a_torn_last_line_is_ignored(tmp_
 
 def test_a_run_is_live_while_its_process_holds_the_journal_even_after_sigkill_it_is_dead(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from bakery.ledger import Ledger;"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from bakery.housekeeping.ledger import Ledger;"
          f"j = Ledger(Path({str(tmp_path)!r}), 'b-3', 'bake db'); j.created('instance', 'i-3', 'us-east-1');"
          "print('ready', flush=True); time.sleep(60)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -8,7 +8,7 @@ import pytest
 
 from bakery.bake import bake
 from bakery.errors import StepFailed
-from bakery.lifecycle import prune, rebake
+from bakery.bake.rebake import prune, rebake
 from bakery.progress import Reporter
 from tests.support import leftovers, recipe_text, write_recipe
 
@@ -143,7 +143,7 @@ def test_a_publish_that_fails_half_way_takes_back_every_copy_and_every_ssm_value
     from bakery.bake import Bake
     from bakery.cloud.ec2 import EC2
     from bakery.errors import CloudError
-    from bakery.recipe import load_recipe
+    from bakery.config.recipe import load_recipe
     from tests.faults import Fault
 
     extra = ("publish:\n  regions: [us-west-2, eu-west-1]\n  ssm_parameter: /bakery/images/web\n"

@@ -6,7 +6,7 @@ import pytest
 
 from bakery.bake import bake
 from bakery.cloud.ec2 import EC2
-from bakery.environment import load_environment
+from bakery.config.environment import load_environment
 from bakery.errors import ConfigError
 from bakery.launch import launch
 from bakery.network import Network, failover, status

@@ -9,8 +9,8 @@ from botocore.stub import Stubber
 
 from bakery.cloud.ec2 import EC2
 from bakery.errors import ConfigError
-from bakery.recipe import Source, SourceFilter, inputs_hash, load_recipe
-from bakery.settings import Settings
+from bakery.config.recipe import Source, SourceFilter, inputs_hash, load_recipe
+from bakery.config.settings import Settings
 from tests.support import write_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ def test_remembered_digests_are_trusted_only_while_the_file_is_unchanged_and_not
     import os
     import time
 
-    from bakery.digests import DigestCache
+    from bakery.bake.digests import DigestCache
 
     f, store = tmp_path / "big.bin", tmp_path / "digests.json"
     f.write_bytes(b"x" * 1000)

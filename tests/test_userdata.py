@@ -1,4 +1,4 @@
-"""Specifications for bakery.userdata: shipped templates, template errors, safety and packing."""
+"""Specifications for bakery.render.userdata: shipped templates, template errors, safety and packing."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from bakery.errors import ConfigError
-from bakery.userdata import (MAX_USER_DATA, MERGE_TYPE, PartSpec, Secret, UserData, lint_value,
+from bakery.render.userdata import (MAX_USER_DATA, MERGE_TYPE, PartSpec, Secret, UserData, lint_value,
                              render_user_data)
 
 SHIPPED = Path(__file__).resolve().parent.parent / "userdata"
@@ -66,7 +66,7 @@ def udir(tmp_path: Path):
 
 
 def vendored_schema() -> dict:
-    return json.loads(resources.files("bakery.schemas").joinpath("cloud-config-v1.json").read_text())
+    return json.loads(resources.files("bakery.render.schemas").joinpath("cloud-config-v1.json").read_text())
 
 
 # ---------------------------------------------------------------- shipped templates

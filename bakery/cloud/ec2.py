@@ -23,7 +23,7 @@ from botocore.config import Config
 
 from bakery.cloud.waits import Backoff, wait_for
 from bakery.errors import CloudError, ConfigError, Interrupted
-from bakery.settings import Settings
+from bakery.config.settings import Settings
 
 TAG_PREFIX = "bakery:"
 AUTH_CODES = {"AuthFailure", "UnauthorizedOperation", "ExpiredToken", "ExpiredTokenException",

@@ -20,7 +20,7 @@ from bakery.local.cloud import LocalCloud
 from bakery.local.errors import LocalCloudError
 from bakery.local.sandbox import Sandbox
 from bakery.progress import Reporter
-from bakery.settings import Settings
+from bakery.config.settings import Settings
 from tests.support import ROOT, write_recipe
 
 pytestmark = pytest.mark.local
@@ -259,7 +259,7 @@ def test_shipped_user_data_passes_the_real_cloud_init_schema_check(cloud, tmp_pa
     """`cloud-init schema -c` of Debian's cloud-init (the base image's own) on every rendered cloud-config."""
     import email
 
-    from bakery.environment import list_environments, load_environment
+    from bakery.config.environment import list_environments, load_environment
     from bakery.launch import render_tier
 
     rootfs = Path(str(cloud.layers.meta(cloud.ensure_base())["path"]))
@@ -395,7 +395,7 @@ def test_a_client_keeps_the_same_address_and_mac_through_an_eni_failover(cloud, 
         poller.start()
         time.sleep(0.2)
         started = time.monotonic()
-        from bakery.environment import load_environment
+        from bakery.config.environment import load_environment
         moved = failover(ec2, load_environment(settings.envs, "ha"), "app", None, Reporter(quiet=True))
         deadline = time.monotonic() + 10
         target = host(standby)

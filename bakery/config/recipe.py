@@ -17,9 +17,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bakery.configfile import LineMap, load_yaml, validate
+from bakery.config.yamlfile import LineMap, load_yaml, validate
 from bakery.errors import ConfigError
-from bakery.models import AMI_RE, NAME_RE, SSM_PATH, Strict, UserTags, exactly_one
+from bakery.config.models import AMI_RE, NAME_RE, SSM_PATH, Strict, UserTags, exactly_one
 
 
 class SourceFilter(Strict):
@@ -359,7 +359,7 @@ def template_context(recipe: Recipe, variables: dict[str, str], build_id: str, t
 
 def render_step(recipe: Recipe, step: Step, index: int, context: dict[str, str]) -> Step:
     """The step with variables substituted into its shell text, env values and upload dest."""
-    from bakery.templating import render_text
+    from bakery.config.templating import render_text
 
     where = f"{recipe.path}: steps[{index}] ({step.name})"
     update: dict = {"env": {k: render_text(v, context, f"{where}.env.{k}") for k, v in step.env.items()}}
@@ -373,7 +373,7 @@ def render_step(recipe: Recipe, step: Step, index: int, context: dict[str, str])
 
 def _check_templates(recipe: Recipe, chain) -> None:
     """Render every template once with the defaults (or placeholders) to prove it renders."""
-    from bakery.templating import BUILTINS, image_name
+    from bakery.config.templating import BUILTINS, image_name
 
     for key in recipe.variables:
         if key in BUILTINS:
@@ -388,8 +388,8 @@ def _check_templates(recipe: Recipe, chain) -> None:
 def inputs_hash(recipe: Recipe, variables: dict[str, str], source_ami: str, digests=None) -> str:
     """Hash of everything that determines the image: a matching tag means nothing changed.
 
-    `digests` (a bakery.digests.DigestCache) spares re-reading files that have not changed."""
-    from bakery.digests import DigestCache
+    `digests` (a bakery.bake.digests.DigestCache) spares re-reading files that have not changed."""
+    from bakery.bake.digests import DigestCache
 
     digests = digests or DigestCache(None)
     h = hashlib.sha256()

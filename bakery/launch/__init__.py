@@ -18,11 +18,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from bakery.environment import Environment, Tier, load_environment
+from bakery.config.environment import Environment, Tier, load_environment
 from bakery.errors import BakeryError, ConfigError
-from bakery.locks import exclusive
+from bakery.housekeeping.locks import exclusive
 from bakery.progress import Reporter
-from bakery.settings import Settings
+from bakery.config.settings import Settings
 from bakery.signals import shielded
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -92,7 +92,7 @@ def template_context(env: Environment, tier: str, image_id: str, region: str) ->
 
 def render_tier(settings: Settings, env: Environment, tier: str, image_id: str, region: str):
     """The exact user data a tier's instances get (None for strategy `baked`)."""
-    from bakery.userdata import PartSpec, Secret, lint_value, render_user_data
+    from bakery.render.userdata import PartSpec, Secret, lint_value, render_user_data
 
     spec = env.tiers[tier]
     if spec.strategy == "baked" or (spec.strategy == "combined" and not spec.user_data.parts and not spec.secrets):
@@ -102,8 +102,8 @@ def render_tier(settings: Settings, env: Environment, tier: str, image_id: str, 
         lint_value(value, f"{where}: variable {key}")
     extra = []
     if spec.strategy == "bootstrap":
-        from bakery.bootstrap import bootstrap_script
-        from bakery.recipe import load_recipe
+        from bakery.render.bootstrap import bootstrap_script
+        from bakery.config.recipe import load_recipe
 
         recipe = load_recipe(settings.recipes, spec.image.recipe)
         extra.append((f"bootstrap-{recipe.name}.sh", "text/x-shellscript",
@@ -182,7 +182,7 @@ class Launcher:
         """The image a tier launches from (read-only calls)."""
         ref = spec.image
         if spec.strategy == "bootstrap":  # the recipe's own source image; its steps run at boot
-            from bakery.recipe import load_recipe
+            from bakery.config.recipe import load_recipe
 
             recipe = load_recipe(self.settings.recipes, ref.recipe)
             source = self.ec2.resolve_source(recipe.source)
@@ -318,7 +318,7 @@ class Launcher:
 
     def _run(self, plan: TierPlan, spec: Tier, slot: str) -> dict:
         from bakery.cloud.ec2 import tag_list
-        from bakery.recipe import RootVolume
+        from bakery.config.recipe import RootVolume
 
         tags = {**self.env.tags, **spec.tags, "Name": f"{self.env.name}-{plan.tier}-{slot}",
                 "bakery:environment": self.env.name, "bakery:tier": plan.tier, "bakery:slot": str(slot),
@@ -370,7 +370,7 @@ class Launcher:
         """Check every instance at once: each one's readiness is timed from its own launch."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from bakery.health import check_until
+        from bakery.remote.health import check_until
 
         def one(rep: InstanceReport, t0: float) -> None:
             check = self.env.tiers[rep.tier].health_check
@@ -443,7 +443,7 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
     tiers = env.select(tier)
     # Bad templates, variables and secrets are refused before any cloud call (and before the
     # local cloud starts): render every tier once offline, as `invoke validate` does.
-    from bakery.validate import PLACEHOLDER_IMAGE
+    from bakery.render.validate import PLACEHOLDER_IMAGE
 
     for name, spec in tiers.items():
         render_tier(settings, env, name, spec.image.ami or PLACEHOLDER_IMAGE, settings.region)
@@ -475,7 +475,7 @@ def _launch_locked(launcher: "Launcher", env: Environment, tiers: dict, dry_run:
                           dry_run=dry_run, plans=plans, local=launcher.ec2.local is not None,
                           network=[a.line() for a in network_actions])
     if not dry_run:
-        from bakery.ledger import Ledger
+        from bakery.housekeeping.ledger import Ledger
 
         with Ledger(launcher.settings.state / "ledger", launcher.launch_id, f"launch {env.name}") as ledger:
             launcher.ledger = ledger

@@ -14,7 +14,7 @@ import socket
 import time
 
 from bakery.cloud.waits import Backoff, wait_for
-from bakery.environment import HealthCheck
+from bakery.config.environment import HealthCheck
 from bakery.errors import WaitTimeout
 
 

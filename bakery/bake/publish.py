@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from bakery.cloud.ec2 import EC2, snapshots_of
 from bakery.errors import CloudError
 from bakery.progress import Reporter
-from bakery.recipe import Publish
+from bakery.config.recipe import Publish
 
 
 @dataclasses.dataclass

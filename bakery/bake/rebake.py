@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 from bakery.errors import BakeryError, ConfigError
 from bakery.progress import Reporter
-from bakery.recipe import list_recipes
-from bakery.settings import Settings
+from bakery.config.recipe import list_recipes
+from bakery.config.settings import Settings
 
 
 @dataclass

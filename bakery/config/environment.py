@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from bakery.configfile import load_yaml, validate
+from bakery.config.yamlfile import load_yaml, validate
 from bakery.errors import ConfigError
-from bakery.models import AMI_RE, NAME_RE, SSM_PATH, Strict, UserTags, exactly_one
-from bakery.recipe import RootVolume
+from bakery.config.models import AMI_RE, NAME_RE, SSM_PATH, Strict, UserTags, exactly_one
+from bakery.config.recipe import RootVolume
 
 VAR_NAME = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
 RESERVED_VARS = ("environment", "tier", "region", "image_id", "recipe", "instance_index")

@@ -15,7 +15,7 @@ import io
 import shlex
 import tarfile
 
-from bakery.recipe import Recipe, render_step, template_context
+from bakery.config.recipe import Recipe, render_step, template_context
 
 HEADER = """#!/bin/sh
 # bakery bootstrap of recipe {recipe}: the recipe's steps, in order, at first boot.

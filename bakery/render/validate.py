@@ -6,10 +6,10 @@ schema-checked, secret-linted and sized) are checked without any cloud call.
 
 from __future__ import annotations
 
-from bakery.environment import list_environments, load_environment
+from bakery.config.environment import list_environments, load_environment
 from bakery.errors import ConfigError
-from bakery.recipe import list_recipes, load_recipe
-from bakery.settings import Settings
+from bakery.config.recipe import list_recipes, load_recipe
+from bakery.config.settings import Settings
 
 PLACEHOLDER_IMAGE = "ami-00000000000000000"
 

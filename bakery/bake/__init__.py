@@ -20,10 +20,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from bakery.errors import BakeryError, CloudError, ConfigError, Interrupted, RemoteError, StepFailed
-from bakery.hygiene import HYGIENE, LEFTOVER_CHECK, findings
+from bakery.bake.hygiene import HYGIENE, LEFTOVER_CHECK, findings
 from bakery.progress import Reporter
-from bakery.recipe import Recipe, Step, inputs_hash, load_recipe, render_step, template_context
-from bakery.settings import Settings
+from bakery.config.recipe import Recipe, Step, inputs_hash, load_recipe, render_step, template_context
+from bakery.config.settings import Settings
 from bakery.signals import shielded
 
 CLOUD_INIT_WAIT = """\
@@ -182,7 +182,7 @@ class Bake:
                 raise ConfigError(f"{self.recipe.path}: {exc.message}") from None
             s.detail = f"{source.id} ({source.name})"
         with r.stage("hash inputs") as s:
-            from bakery.digests import DigestCache
+            from bakery.bake.digests import DigestCache
 
             digest = inputs_hash(self.recipe, self.variables, source.id,
                                  DigestCache(self.settings.state / "digests.json"))
@@ -200,7 +200,7 @@ class Bake:
             return manifest
         manifest.reason = "forced" if self.force else "no image with these inputs"
         _prefetch("bakery.remote.ssh")
-        from bakery.ledger import Ledger
+        from bakery.housekeeping.ledger import Ledger
 
         try:
             with lock, Ledger(self.settings.state / "ledger", self.build_id, f"bake {self.recipe.name}") as ledger, \
@@ -231,7 +231,7 @@ class Bake:
         return True
 
     def _lock(self):
-        from bakery.locks import exclusive
+        from bakery.housekeeping.locks import exclusive
 
         return exclusive(self.settings.state / "locks", f"bake-{self.ec2.region}-{self.recipe.name}",
                          lambda: self.report.info(f"another bake of {self.recipe.name} is running here; waiting"))
@@ -318,7 +318,7 @@ class Bake:
             ec2.stop_instance(iid)
             ec2.wait_instance_state(iid, "stopped", timeout=900)
 
-        from bakery.templating import image_name
+        from bakery.config.templating import image_name
         name = image_name(recipe.image.name, self.context, f"{recipe.path}: image.name")
         image_tags = {**recipe.image.tags, "Name": name, **self.tags("image", False),
                       "bakery:inputs-hash": digest, "bakery:source-ami": source.id}
@@ -366,7 +366,7 @@ class Bake:
                 manifest.ssm_parameter = recipe.image.ssm_parameter
                 s.detail = f"{recipe.image.ssm_parameter} = {image_id} (version {version})"
         if recipe.publish:
-            from bakery.promote import publish
+            from bakery.bake.publish import publish
 
             published = publish(ec2, recipe.publish, image_id, name, image_tags, report=r, created=made)
             manifest.published = dataclasses.asdict(published)
@@ -381,7 +381,7 @@ class Bake:
                 user_data: str | None = None) -> dict:
         """Try each instance type in order; capacity errors move on to the next one."""
         from bakery.cloud.ec2 import CapacityError, tag_list
-        from bakery.userdata_builder import builder_user_data
+        from bakery.render.builder import builder_user_data
 
         b = self.recipe.builder
         volume = {"VolumeSize": b.root_volume.size_gb, "VolumeType": b.root_volume.type,
@@ -453,8 +453,8 @@ class Bake:
         finally:
             connector.close()
         if checks.health_check:
-            from bakery.environment import HealthCheck
-            from bakery.health import check_until
+            from bakery.config.environment import HealthCheck
+            from bakery.remote.health import check_until
 
             hc = checks.health_check
             with r.stage(f"smoke check: HTTP :{hc.port}{hc.path}"):
@@ -472,13 +472,13 @@ class Bake:
         from email.mime.multipart import MIMEMultipart
         from email.mime.text import MIMEText
 
-        from bakery.userdata_builder import builder_user_data
+        from bakery.render.builder import builder_user_data
 
         checks = self.recipe.checks
         host_part = builder_user_data(host_key)
         if checks.environment is None:
             return host_part
-        from bakery.environment import load_environment
+        from bakery.config.environment import load_environment
         from bakery.launch import render_tier
 
         env = load_environment(self.settings.envs, checks.environment)
@@ -568,7 +568,7 @@ class Bake:
     def _sweep(self) -> None:
         """After a failure, what carries this build's tags but never reached the clean-up stack:
         the endpoint made it and its answer was lost (a signal while the create call was in flight)."""
-        from bakery.cleanup import clean_build
+        from bakery.housekeeping.cleanup import clean_build
 
         with shielded():
             try:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bakery import ledger
+from bakery.housekeeping import ledger
 from bakery.bake import TEMP_TTL
-from bakery.cleanup import clean_build
+from bakery.housekeeping.cleanup import clean_build
 from bakery.errors import BakeryError, ConfigError
 
 

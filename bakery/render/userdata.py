@@ -200,7 +200,7 @@ def _validator() -> tuple[Any, frozenset[str]]:
     """cloud-init 22.4's own schema (vendored, draft-04), loaded once on first use."""
     import jsonschema
 
-    schema = json.loads(resources.files("bakery.schemas").joinpath("cloud-config-v1.json").read_text("utf-8"))
+    schema = json.loads(resources.files("bakery.render.schemas").joinpath("cloud-config-v1.json").read_text("utf-8"))
     known = {k for d in schema["$defs"].values() for k in d.get("properties", {})}
     return jsonschema.Draft4Validator(schema), frozenset(known | _EXTRA_KEYS)
 

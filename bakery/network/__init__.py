@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from bakery.cloud.waits import Backoff, wait_for
-from bakery.environment import Environment, Interface, NetworkSpec, Tier
+from bakery.config.environment import Environment, Interface, NetworkSpec, Tier
 from bakery.errors import CloudError, ConfigError
 from bakery.progress import Reporter
 
@@ -517,7 +517,7 @@ def open_env(settings, name: str):
     """(EC2 facade, Environment) for the network tasks: the environment is loaded, and bad
     input refused, before any cloud call."""
     from bakery.cloud.ec2 import EC2
-    from bakery.environment import load_environment
+    from bakery.config.environment import load_environment
 
     env = load_environment(settings.envs, name)
     return EC2(settings), env

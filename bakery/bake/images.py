@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bakery.cloud.ec2 import EC2, tags_of
-from bakery.settings import Settings
+from bakery.config.settings import Settings
 
 
 def image_rows(settings: Settings, recipe: str | None) -> list[dict]:

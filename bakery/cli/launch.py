@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bakery.environment import load_environment
+from bakery.config.environment import load_environment
 from bakery.errors import ConfigError
 from bakery.launch import LaunchReport, render_tier
-from bakery.settings import Settings
+from bakery.config.settings import Settings
 
 
 def summary(report: LaunchReport) -> str:

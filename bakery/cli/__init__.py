@@ -22,7 +22,7 @@ def debug_enabled() -> bool:
 
 
 def settings_from(ctx):
-    from bakery.settings import Settings
+    from bakery.config.settings import Settings
 
     cfg = ctx.config.get("bakery", {}) or {}
     # the directory holding tasks.py: recipes/ and .bakery/ are found relative to it
