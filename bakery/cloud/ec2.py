@@ -21,6 +21,7 @@ import botocore.exceptions
 import botocore.parsers
 from botocore.config import Config
 
+from bakery.cloud.vpc import VpcAPI
 from bakery.cloud.waits import Backoff, wait_for
 from bakery.errors import CloudError, ConfigError, Interrupted
 from bakery.config.settings import Settings
@@ -99,7 +100,7 @@ class Session:
         return self.core.get_credentials()
 
 
-class EC2:
+class EC2(VpcAPI):
     """A thin, typed facade over one region's EC2 and SSM clients."""
 
     def __init__(self, settings: Settings, session: Session | None = None):

@@ -1,0 +1,113 @@
+"""bakery's tag vocabulary: every `bakery:*` key, what it means, and the tag sets built from them.
+
+Tags are how bakery finds its own resources again without a state file: a skip finds the image
+with the same inputs hash, a re-launch counts the instances in each slot, `network.up` finds what
+exists, the janitor tells a dead build from a live one and a product from a leftover. A key
+spelled twice is a lookup that silently finds nothing, so every key is defined here once and
+nowhere else (tests/test_architecture.py holds the source to that).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+PREFIX = "bakery:"  # reserved: users' own tags may not start with it (nor with aws:)
+
+# ---- builds (bake): temporary resources and the images they make
+RECIPE = "bakery:recipe"            # the recipe an image, builder or key pair belongs to
+BUILD_ID = "bakery:build-id"        # one bake; the janitor and `invoke clean` find a build's leftovers by it
+ROLE = "bakery:role"                # builder | smoke | key-pair | security-group | image | snapshot (bakes);
+                                    # active | standby | failed (launched instances)
+RUN_ID = "bakery:run-id"            # the CI run (BAKERY_RUN_ID) a build belongs to: its clean-up job's handle
+EXPIRES = "bakery:expires"          # when a temporary resource is the janitor's, whatever happened to its run
+INPUTS_HASH = "bakery:inputs-hash"  # everything that determines the image: the skip looks for it
+SOURCE_AMI = "bakery:source-ami"
+COMPLETE = "bakery:complete"        # "true" once smoke-tested and published: the product; never removed by clean-up
+SMOKE = "bakery:smoke"              # passed | failed: a failed image is kept for inspection, never used
+COPIED_FROM = "bakery:copied-from"  # REGION/AMI a region copy was made from
+
+# ---- launches (environments)
+ENVIRONMENT = "bakery:environment"
+TIER = "bakery:tier"
+SLOT = "bakery:slot"                # 0..count-1, standby-N, or failed-EPOCH after a failover
+LAUNCH_ID = "bakery:launch-id"      # one `invoke launch`: its roll-back and the janitor find its instances
+STRATEGY = "bakery:strategy"        # combined | baked | bootstrap
+NETWORK_NAME = "bakery:network-name"  # KIND/NAME of a declared network resource (vpc/vpc, subnet/web, eni/app/1)
+
+# How long a bake's temporary resources live before any janitor may take them.
+TEMP_TTL = timedelta(hours=6)
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+# Values of ROLE
+ROLE_ACTIVE, ROLE_STANDBY, ROLE_FAILED = "active", "standby", "failed"
+# Instances that still hold a slot (or a group, key pair or ENI)
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def tags_of(resource: dict) -> dict[str, str]:
+    """A resource's tags as a dict (EC2 says Tags, or TagSet for ENIs)."""
+    return {t["Key"]: t["Value"] for t in resource.get("Tags") or resource.get("TagSet") or []}
+
+
+def tag_specs(tags: dict[str, str], *kinds: str) -> list[dict]:
+    """TagSpecifications: the same tags on every resource kind a create call makes."""
+    return [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in kinds]
+
+
+def tag_filter(key: str, *values: str) -> dict:
+    """A Describe* filter on a tag's value (or, with no values, on the key's presence)."""
+    if not values:
+        return {"Name": "tag-key", "Values": [key]}
+    return {"Name": f"tag:{key}", "Values": list(values)}
+
+
+def ci_run_id() -> str | None:
+    return os.environ.get("BAKERY_RUN_ID") or None
+
+
+def build_tags(recipe: str, build_id: str, role: str, *, temporary: bool) -> dict[str, str]:
+    """What every resource of a bake carries; temporary ones also expire and get a Name."""
+    tags = {RECIPE: recipe, BUILD_ID: build_id, ROLE: role}
+    if ci_run_id():  # a CI run's clean-up job finds its own builds by this
+        tags[RUN_ID] = ci_run_id()
+    if temporary:
+        tags[EXPIRES] = (datetime.now(timezone.utc) + TEMP_TTL).strftime(TIME_FORMAT)
+        tags["Name"] = f"bakery-{role}-{recipe}-{build_id}"
+    return tags
+
+
+def created_at(tags: dict[str, str]) -> datetime | None:
+    """When a temporary resource was made, from its expiry tag."""
+    if EXPIRES not in tags:
+        return None
+    return datetime.strptime(tags[EXPIRES], TIME_FORMAT).replace(tzinfo=timezone.utc) - TEMP_TTL
+
+
+def is_product(tags: dict[str, str]) -> bool:
+    """A finished image, or one a smoke test rejected and kept for inspection: never clean-up's."""
+    return tags.get(COMPLETE) == "true" or tags.get(SMOKE) == "failed"
+
+
+def owner_run(tags: dict[str, str]) -> str | None:
+    """The build or launch a resource belongs to."""
+    return tags.get(BUILD_ID) or tags.get(LAUNCH_ID)
+
+
+def instance_tags(env: str, tier: str, slot: str, launch_id: str, strategy: str) -> dict[str, str]:
+    """bakery's own tags on a launched instance (and its volume and ENIs)."""
+    role = ROLE_STANDBY if slot.startswith("standby") else ROLE_ACTIVE
+    return {"Name": f"{env}-{tier}-{slot}", ENVIRONMENT: env, TIER: tier, SLOT: slot, LAUNCH_ID: launch_id,
+            STRATEGY: strategy, ROLE: role}
+
+
+def network_tags(env: str, kind: str, name: str, **extra: str) -> dict[str, str]:
+    return {"Name": f"{env}-{name}", ENVIRONMENT: env, NETWORK_NAME: f"{kind}/{name}", **extra}
+
+
+def network_filters(env: str, kind: str, name: str) -> list[dict]:
+    return [tag_filter(ENVIRONMENT, env), tag_filter(NETWORK_NAME, f"{kind}/{name}")]
