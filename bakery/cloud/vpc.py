@@ -1,11 +1,216 @@
 """EC2 networking calls: VPCs, subnets, security groups, network ACLs, Elastic IPs, ENIs.
 
 A mixin of the EC2 facade (bakery/cloud/ec2.py): every method goes through `self.call` or
-`self.describe_all`, so errors are mapped and retried in one place.
+`self.describe_all`, so errors are mapped and retried in one place. What is API-level stays
+here: request shapes, protocol numbers, an endpoint's quirks, and which error codes mean
+"already done". What a name in an environment means is bakery/network's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from bakery.cloud.tags import LIVE_STATES, network_filters, tag_specs
+from bakery.errors import CloudError
+
+# Each kind of declared network resource (the KIND of a NETWORK_NAME tag): its Describe*, the
+# response's list and the id field of an item
+KINDS = {"vpc": ("describe_vpcs", "Vpcs", "VpcId"),
+         "subnet": ("describe_subnets", "Subnets", "SubnetId"),
+         "sg": ("describe_security_groups", "SecurityGroups", "GroupId"),
+         "acl": ("describe_network_acls", "NetworkAcls", "NetworkAclId"),
+         "eip": ("describe_addresses", "Addresses", "AllocationId"),
+         "eni": ("describe_network_interfaces", "NetworkInterfaces", "NetworkInterfaceId")}
+IP_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "all": "-1"}   # security group rules
+ACL_PROTOCOLS = {"tcp": "6", "udp": "17", "icmp": "1", "all": "-1"}        # network ACL entries
+
+
+def field_filter(name: str, *values: str) -> dict:
+    """A Describe* filter on a field (subnet-id, vpc-id, ...); tags.tag_filter is the one on a tag."""
+    return {"Name": name, "Values": list(values)}
+
+
+@dataclass(frozen=True)
+class NetworkLimits:
+    """What one instance type allows: network interfaces, and private IPv4 addresses on each."""
+
+    interfaces: int
+    ips_per_interface: int
+
 
 class VpcAPI:
     """Networking operations of the EC2 facade."""
+
+    # ---- finding ------------------------------------------------------------------------
+
+    def find_tagged(self, kind: str, env: str, name: str) -> dict | None:
+        """The network resource `network.up` made for KIND/NAME of an environment, if any."""
+        operation, key, _ = KINDS[kind]
+        found = self._describe(operation, key, network_filters(env, kind, name))
+        return found[0] if found else None
+
+    def find_tagged_id(self, kind: str, env: str, name: str) -> str | None:
+        """The id (the allocation id of an Elastic IP) of what `find_tagged` finds."""
+        found = self.find_tagged(kind, env, name)
+        return found[KINDS[kind][2]] if found else None
+
+    def subnets(self, *filters: dict, ids: list[str] | None = None) -> list[dict]:
+        return self._describe("describe_subnets", "Subnets", filters, SubnetIds=ids)
+
+    def security_groups(self, *filters: dict) -> list[dict]:
+        return self._describe("describe_security_groups", "SecurityGroups", filters)
+
+    def network_interfaces(self, *filters: dict, ids: list[str] | None = None) -> list[dict]:
+        return self._describe("describe_network_interfaces", "NetworkInterfaces", filters, NetworkInterfaceIds=ids)
+
+    def network_interface(self, eni_id: str) -> dict:
+        return self.network_interfaces(ids=[eni_id])[0]
+
+    def addresses(self, *filters: dict) -> list[dict]:
+        return self._describe("describe_addresses", "Addresses", filters)
+
+    def instances_matching(self, *filters: dict, states: Iterable[str] = LIVE_STATES) -> list[dict]:
+        """Every instance matching the filters in one of `states` (all pages)."""
+        reservations = self.describe_all("describe_instances", "Reservations",
+                                         Filters=[*filters, field_filter("instance-state-name", *states)])
+        return [i for r in reservations for i in r["Instances"]]
+
+    def instance_type_network_limits(self, itype: str) -> NetworkLimits:
+        resp = self.call("describe-instance-types", self.client.describe_instance_types, InstanceTypes=[itype])
+        info = resp["InstanceTypes"][0]["NetworkInfo"]
+        return NetworkLimits(info["MaximumNetworkInterfaces"], info["Ipv4AddressesPerInterface"])
+
+    def _describe(self, operation: str, key: str, filters: Iterable[dict], **ids: list[str] | None) -> list[dict]:
+        kw = {name: value for name, value in ids.items() if value}
+        if filters:
+            kw["Filters"] = list(filters)
+        return self.call(operation.replace("_", "-"), getattr(self.client, operation), **kw)[key]
+
+    # ---- VPC, subnets -------------------------------------------------------------------
+
+    def create_vpc(self, cidr: str, tags: dict[str, str]) -> str:
+        resp = self.call("create-vpc", self.client.create_vpc, CidrBlock=cidr, TagSpecifications=tag_specs(tags, "vpc"))
+        return resp["Vpc"]["VpcId"]
+
+    def create_subnet(self, vpc_id: str, cidr: str, tags: dict[str, str], *, az: str | None = None,
+                      public: bool = False) -> str:
+        """A subnet; a public one gives its instances a public IP unless their interface says otherwise."""
+        kw = {"AvailabilityZone": az} if az else {}
+        subnet_id = self.call("create-subnet", self.client.create_subnet, VpcId=vpc_id, CidrBlock=cidr,
+                              TagSpecifications=tag_specs(tags, "subnet"), **kw)["Subnet"]["SubnetId"]
+        if public:
+            self.call("modify-subnet-attribute", self.client.modify_subnet_attribute, SubnetId=subnet_id,
+                      MapPublicIpOnLaunch={"Value": True})
+        return subnet_id
+
+    # ---- security groups ----------------------------------------------------------------
+
+    def create_group(self, vpc_id: str, name: str, description: str, tags: dict[str, str]) -> str:
+        """A security group of an environment's network (`create_security_group` is a builder's)."""
+        resp = self.call("create-security-group", self.client.create_security_group, GroupName=name,
+                         Description=description, VpcId=vpc_id, TagSpecifications=tag_specs(tags, "security-group"))
+        return resp["GroupId"]
+
+    def authorize(self, group_id: str, *, egress: bool, protocol: str, ports: tuple[int, int],
+                  cidr: str | None = None, source_group: str | None = None, description: str = "") -> bool:
+        """Allow one rule (from a CIDR or from another group); False when it was already there."""
+        low, high = ports
+        permission: dict = {"IpProtocol": IP_PROTOCOLS[protocol], "FromPort": low, "ToPort": high}
+        if cidr:
+            permission["IpRanges"] = [{"CidrIp": cidr, "Description": description}]
+        else:
+            permission["UserIdGroupPairs"] = [{"GroupId": source_group, "Description": description}]
+        call = self.client.authorize_security_group_egress if egress else self.client.authorize_security_group_ingress
+        try:
+            self.call("authorize-security-group-rule", call, GroupId=group_id, IpPermissions=[permission])
+        except CloudError as exc:
+            if self.code_of(exc) != "InvalidPermission.Duplicate":
+                raise
+            return False  # already there: authorizing is idempotent
+        return True
+
+    # ---- network ACLs -------------------------------------------------------------------
+
+    def create_network_acl(self, vpc_id: str, tags: dict[str, str]) -> str:
+        resp = self.call("create-network-acl", self.client.create_network_acl, VpcId=vpc_id,
+                         TagSpecifications=tag_specs(tags, "network-acl"))
+        return resp["NetworkAcl"]["NetworkAclId"]
+
+    def add_network_acl_entry(self, acl_id: str, *, rule: int, action: str, egress: bool, protocol: str,
+                              cidr: str, ports: tuple[int, int]) -> None:
+        """One numbered entry; `ports` counts for tcp and udp only."""
+        low, high = ports
+        kw = {"PortRange": {"From": low, "To": high}} if protocol in ("tcp", "udp") else {}
+        self.call("create-network-acl-entry", self.client.create_network_acl_entry, NetworkAclId=acl_id,
+                  RuleNumber=rule, Protocol=ACL_PROTOCOLS[protocol], RuleAction=action, Egress=egress,
+                  CidrBlock=cidr, **kw)
+
+    def associate_network_acl(self, acl_id: str, subnet_id: str) -> None:
+        """Make the ACL the subnet's: a subnet always has one, so its association is replaced."""
+        current = self._describe("describe_network_acls", "NetworkAcls",
+                                 [field_filter("association.subnet-id", subnet_id)])
+        for acl in current:
+            for assoc in acl.get("Associations", []):
+                if assoc.get("SubnetId") == subnet_id:
+                    self.call("replace-network-acl-association", self.client.replace_network_acl_association,
+                              AssociationId=assoc["NetworkAclAssociationId"], NetworkAclId=acl_id)
+
+    # ---- Elastic IPs --------------------------------------------------------------------
+
+    def allocate_address(self, tags: dict[str, str]) -> str:
+        """A VPC Elastic IP; its allocation id."""
+        resp = self.call("allocate-address", self.client.allocate_address, Domain="vpc",
+                         TagSpecifications=tag_specs(tags, "elastic-ip"))
+        return resp["AllocationId"]
+
+    def associate_address(self, allocation_id: str, eni_id: str, private_ip: str | None) -> None:
+        """Put the Elastic IP on one address of an ENI, taking it from wherever it is."""
+        self.call("associate-address", self.client.associate_address, AllocationId=allocation_id,
+                  NetworkInterfaceId=eni_id, PrivateIpAddress=private_ip, AllowReassociation=True)
+
+    def disassociate_address(self, association_id: str) -> None:
+        self.call("disassociate-address", self.client.disassociate_address, AssociationId=association_id)
+
+    # ---- network interfaces -------------------------------------------------------------
+
+    def create_network_interface(self, subnet_id: str, group_ids: list[str], description: str,
+                                 tags: dict[str, str], *, private_ip: str | None = None,
+                                 secondary_ips: Sequence[str] = (), secondary_ip_count: int = 0,
+                                 source_dest_check: bool = True) -> str:
+        """An ENI with its addresses and source/dest check as asked; its id."""
+        kw: dict = {"PrivateIpAddress": private_ip} if private_ip else {}
+        if secondary_ips:
+            kw = {"PrivateIpAddresses": [{"PrivateIpAddress": private_ip, "Primary": True}] + [
+                {"PrivateIpAddress": ip, "Primary": False} for ip in secondary_ips]}
+        elif secondary_ip_count:
+            kw["SecondaryPrivateIpAddressCount"] = secondary_ip_count
+        eni = self.call("create-network-interface", self.client.create_network_interface, SubnetId=subnet_id,
+                        Groups=group_ids, Description=description,
+                        TagSpecifications=tag_specs(tags, "network-interface"), **kw)["NetworkInterface"]
+        eni_id = eni["NetworkInterfaceId"]
+        have = {a["PrivateIpAddress"] for a in eni.get("PrivateIpAddresses", [])}
+        missing = [ip for ip in secondary_ips if ip not in have]
+        if missing:  # some endpoints (moto) ignore secondaries at create time
+            self.assign_private_ips(eni_id, missing)
+        if not source_dest_check:
+            self.set_source_dest_check(eni_id, False)
+        return eni_id
+
+    def assign_private_ips(self, eni_id: str, ips: list[str] | None = None, *, count: int = 0) -> None:
+        """Add these secondary addresses to an ENI, or `count` more that EC2 picks."""
+        kw = {"PrivateIpAddresses": ips} if ips else {"SecondaryPrivateIpAddressCount": count}
+        self.call("assign-private-ip-addresses", self.client.assign_private_ip_addresses,
+                  NetworkInterfaceId=eni_id, **kw)
+
+    def set_source_dest_check(self, eni_id: str, enabled: bool) -> None:
+        self.call("modify-network-interface-attribute", self.client.modify_network_interface_attribute,
+                  NetworkInterfaceId=eni_id, SourceDestCheck={"Value": enabled})
+
+    def attach_network_interface(self, eni_id: str, instance_id: str, device_index: int) -> None:
+        self.call("attach-network-interface", self.client.attach_network_interface, NetworkInterfaceId=eni_id,
+                  InstanceId=instance_id, DeviceIndex=device_index)
+
+    def detach_network_interface(self, attachment_id: str, *, force: bool) -> None:
+        self.call("detach-network-interface", self.client.detach_network_interface,
+                  AttachmentId=attachment_id, Force=force)
