@@ -1,13 +1,15 @@
-"""bakery's front door: parse flags, call bakery, print. No logic lives here.
+"""bakery's front door: parse flags, call bakery, print what bakery.cli.show formats.
 
     invoke bake --recipe web            bake an image from recipes/web.yaml
-    invoke images                       list baked images
-    invoke validate                     check every recipe
+    invoke launch --env prod            launch an environment from envs/prod.yaml
+    invoke validate                     check every recipe, environment and template offline
+
+Imports happen inside the tasks, so `invoke --list` and `--help` load no SDK.
 """
 
 from invoke import Collection, task
 
-from bakery.cli import command, emit, parse_vars, required, settings_from
+from bakery.cli import command, parse_int, parse_vars, required, settings_from
 
 
 @task(
@@ -25,19 +27,12 @@ def bake(c, recipe, var=None, force=False, keep_on_error=False, json=False):
     """Bake an AMI from a recipe (skipped when an image with the same inputs exists)."""
     with command():
         required(recipe=recipe)
-        from bakery.bake import bake as run_bake
+        from bakery.bake.run import bake as run_bake
+        from bakery.cli import show
         from bakery.progress import Reporter
 
-        settings = settings_from(c)
-        manifest = run_bake(settings, recipe, parse_vars(var), report=Reporter(prefix=f"[{recipe}] "),
-                            force=force, keep_on_error=keep_on_error)
-        if json:
-            emit(manifest.to_json())
-        elif manifest.skipped:
-            emit(f"{manifest.ami_id} unchanged ({manifest.reason})")
-        else:
-            emit(f"{manifest.ami_id} {manifest.image_name} baked in {manifest.seconds:.1f}s "
-                 f"(manifest: {manifest.manifest_path})")
+        show.bake(run_bake(settings_from(c), recipe, parse_vars(var), report=Reporter(prefix=f"[{recipe}] "),
+                           force=force, keep_on_error=keep_on_error), json=json)
 
 
 @task(
@@ -48,17 +43,11 @@ def bake(c, recipe, var=None, force=False, keep_on_error=False, json=False):
 def rebake(c, recipe=None, force=False, json=False):
     """Bake every recipe whose inputs changed; table of decisions (also to $GITHUB_STEP_SUMMARY)."""
     with command():
-        from invoke.exceptions import Exit
-
         from bakery.bake.rebake import rebake as run_rebake
-        from bakery.bake.rebake import rows_json, table
+        from bakery.cli import show
         from bakery.progress import Reporter
 
-        rows = run_rebake(settings_from(c), recipe or None, force=force, report=Reporter())
-        emit(__import__("json").dumps(rows_json(rows), indent=2) if json else table(rows))
-        failed = [r.recipe for r in rows if r.decision == "failed"]
-        if failed:
-            raise Exit(f"error: {len(failed)} recipe(s) failed: {', '.join(failed)}", code=1)
+        show.rebake(run_rebake(settings_from(c), recipe or None, force=force, report=Reporter()), json=json)
 
 
 @task(
@@ -72,33 +61,26 @@ def prune(c, recipe, keep=3, region=None, dry_run=False, json=False):
     """Deregister old images of a recipe (and their snapshots), never one that is still used."""
     with command():
         required(recipe=recipe)
-        from dataclasses import asdict
-
-        from bakery.bake.rebake import prune as run_prune
+        from bakery.cli import show
+        from bakery.cloud.connect import open_cloud
+        from bakery.housekeeping import prune as pruning
         from bakery.progress import Reporter
 
-        reports = run_prune(settings_from(c), recipe, int(keep), dry_run=dry_run, report=Reporter(),
-                            regions=region or [])
-        if json:
-            emit(__import__("json").dumps([asdict(r) for r in reports], indent=2))
-            return
-        verb = "would remove" if dry_run else "removed"
-        for r in reports:
-            emit(f"{r.recipe}: kept {len(r.kept)}, {verb} {len(r.removed)}, spared {len(r.spared)} in use")
-            for ami, why in r.spared.items():
-                emit(f"  spared {ami}: used by {why}")
-            for ami in r.removed:
-                emit(f"  {verb} {ami}")
+        settings, keep = settings_from(c), parse_int("--keep", keep)
+        pruning.check(settings, recipe, keep)
+        reports = pruning.prune(open_cloud(settings).ec2, recipe, keep, dry_run=dry_run, report=Reporter(),
+                                regions=region or [])
+        show.prune(reports, json=json, dry_run=dry_run)
 
 
 @task(help={"recipe": "only this recipe's images", "json": "print JSON on stdout"})
 def images(c, recipe=None, json=False):
     """List baked images, newest first: recipe, inputs hash, creation time, state."""
     with command():
-        from bakery.bake.images import image_rows, render_table
+        from bakery.bake.images import image_rows
+        from bakery.cli import show
 
-        rows = image_rows(settings_from(c), recipe)
-        emit(__import__("json").dumps(rows, indent=2) if json else render_table(rows))
+        show.images(image_rows(settings_from(c), recipe), json=json)
 
 
 @task(
@@ -115,40 +97,33 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
     """Launch an environment's tiers from their images with rendered user data; wait until healthy."""
     with command():
         required(env=env)
-        from bakery.launch import launch as run_launch
-        from bakery.cli.launch import summary
+        from bakery.cli import show
+        from bakery.launch.run import launch as run_launch
         from bakery.progress import Reporter
 
-        report = run_launch(settings_from(c), env, tier=tier, dry_run=dry_run, keep_on_error=keep_on_error,
-                            report=Reporter(prefix=f"[{env}] "))
-        emit(report.to_json() if json else summary(report))
+        show.launch(run_launch(settings_from(c), env, tier=tier, dry_run=dry_run, keep_on_error=keep_on_error,
+                               report=Reporter(prefix=f"[{env}] ")), json=json)
 
 
 @task(positional=[], help={"env": "environment name", "tier": "tier name"})
 def render(c, env, tier):
-    """Print the exact user data `launch` would send for one tier (before gzip and base64)."""
+    """Print the exact user data `launch` would send for one tier (before gzip and base64); offline."""
     with command():
         required(env=env, tier=tier)
-        import sys
+        from bakery.cli import show
+        from bakery.render.tier import render_for
 
-        from bakery.cli.launch import rendered_user_data
-
-        sys.stdout.write(rendered_user_data(settings_from(c), env, tier))  # byte for byte, no added newline
+        show.render(*render_for(settings_from(c), env, tier))
 
 
 @task
 def validate(c):
     """Check every recipe, environment and user data template; one line per problem."""
     with command():
+        from bakery.cli import show
         from bakery.render.validate import validate_all
 
-        problems, checked = validate_all(settings_from(c))
-        for line in problems:
-            emit(line)
-        if problems:
-            from invoke.exceptions import Exit
-            raise Exit(f"error: {len(problems)} problem(s) in {checked} file(s)", code=2)
-        emit(f"ok: {checked} file(s) valid")
+        show.validate(*validate_all(settings_from(c)))
 
 
 @task(help={"dry-run": "only list what would be removed",
@@ -157,25 +132,15 @@ def validate(c):
 def janitor(c, dry_run=False, older_than=None, run_id=None):
     """Remove what dead runs left behind (builders, key pairs, groups, unfinished images, launches), by ledger and tags."""
     with command():
-        from bakery.cloud.ec2 import EC2
+        from bakery.cli import show
+        from bakery.cloud.connect import open_cloud
         from bakery.housekeeping.janitor import janitor as run_janitor
         from bakery.housekeeping.janitor import parse_duration
 
         age = parse_duration(older_than) if older_than else None
         settings = settings_from(c)
-        report = run_janitor(EC2(settings), older_than=age, run_id=run_id, dry_run=dry_run,
-                             ledger_dir=settings.state / "ledger")
-        verb = "would remove" if dry_run else "removed"
-        for build, removed in report.builds.items():
-            emit(f"{build}: {verb} {', '.join(removed) or 'nothing'}")
-        for failure in report.failed:
-            emit(f"not removed (left in the ledger): {failure}")
-        emit(f"janitor: {len(report.builds)} dead run(s), {len(report.live)} live run(s) left alone"
-             + (f", {len(report.failed)} failure(s)" if report.failed else ""))
-        if report.failed:
-            from bakery.errors import CloudError
-
-            raise CloudError(f"janitor: {len(report.failed)} resource(s) not removed; run it again when the cause is fixed")
+        show.janitor(run_janitor(open_cloud(settings).ec2, older_than=age, run_id=run_id, dry_run=dry_run,
+                                 ledger_dir=settings.state / "ledger"))
 
 
 @task(positional=[], help={"build-id": "the build to remove (printed by bake)", "dry-run": "only list what would be removed"})
@@ -183,45 +148,41 @@ def clean(c, build_id, dry_run=False):
     """Remove what one build left behind (instances, security groups, key pairs, unfinished images)."""
     with command():
         required(build_id=build_id)
+        from bakery.cli import show
+        from bakery.cloud.connect import open_cloud
         from bakery.housekeeping.cleanup import clean_build
-        from bakery.cloud.ec2 import EC2
 
-        report = clean_build(EC2(settings_from(c)), build_id, dry_run=dry_run)
-        verb = "would remove" if dry_run else "removed"
-        for item in report.removed:
-            emit(f"{verb} {item}")
-        emit(f"{build_id}: {len(report.removed)} resource(s) {verb}")
+        show.clean(clean_build(open_cloud(settings_from(c)).ec2, build_id, dry_run=dry_run))
 
 
 @task
 def local_up(c):
     """Start the local cloud (moto endpoint on 127.0.0.1; builds the Debian base image once)."""
     with command():
+        from bakery.cli import show
         from bakery.local.cloud import LocalCloud
 
-        cloud = LocalCloud(settings_from(c).local_data)
-        emit(f"local cloud up: {cloud.up()}")
+        show.local_up(LocalCloud(settings_from(c).local_data).up())
 
 
 @task
 def local_down(c):
     """Destroy every local instance and stop the endpoint; baked images are kept."""
     with command():
+        from bakery.cli import show
         from bakery.local.cloud import LocalCloud
 
-        result = LocalCloud(settings_from(c).local_data).down()
-        emit(f"local cloud down: {result['instances_destroyed']} instance(s) destroyed, "
-             f"endpoint {'stopped' if result['endpoint_stopped'] else 'was not running'}")
+        show.local_down(LocalCloud(settings_from(c).local_data).down())
 
 
 @task(help={"json": "print JSON on stdout"})
 def local_status(c, json=False):
     """Show the local endpoint, its instances and its images."""
     with command():
-        from bakery.local.status import render_status, status
+        from bakery.cli import show
+        from bakery.local.status import status
 
-        info = status(settings_from(c).local_data)
-        emit(__import__("json").dumps(info, indent=2) if json else render_status(info))
+        show.local_status(status(settings_from(c).local_data), json=json)
 
 
 @task(positional=[], help={"env": "environment name", "dry-run": "only print the plan", "json": "print JSON on stdout"})
@@ -229,15 +190,11 @@ def network_up(c, env, dry_run=False, json=False):
     """Create the environment's VPC, subnets, groups, ACLs, Elastic IPs and persistent ENIs that are missing."""
     with command():
         required(env=env)
-        from bakery.network import Network
-        from bakery.network import open_env
+        from bakery.cli import show
+        from bakery.network import Network, open_env
 
         ec2, environment = open_env(settings_from(c), env)
-        actions = Network(ec2, environment).up(dry_run=dry_run)
-        if json:
-            emit(__import__("json").dumps([a.__dict__ for a in actions], indent=2))
-        else:
-            emit("\n".join(a.line() for a in actions) + ("\n(dry run: nothing created)" if dry_run else ""))
+        show.network_up(Network(ec2, environment).up(dry_run=dry_run), json=json, dry_run=dry_run)
 
 
 @task(positional=[], help={"env": "environment name", "json": "print JSON on stdout"})
@@ -245,11 +202,10 @@ def network_status(c, env, json=False):
     """Show each ENI (IPs, MAC, groups, attachment) and Elastic IP; warn about idle Elastic IPs."""
     with command():
         required(env=env)
-        from bakery.network import render_status, status
-        from bakery.network import open_env
+        from bakery.cli import show
+        from bakery.network import open_env, status
 
-        info = status(*open_env(settings_from(c), env))
-        emit(__import__("json").dumps(info, indent=2) if json else render_status(info))
+        show.network_status(status(*open_env(settings_from(c), env)), json=json)
 
 
 @task(positional=[], help={"env": "environment name", "tier": "tier whose persistent ENIs move",
@@ -258,21 +214,13 @@ def failover(c, env, tier, to=None, json=False):
     """Move a tier's persistent ENIs and Elastic IPs to a hot standby; report the time taken."""
     with command():
         required(env=env, tier=tier)
-        from dataclasses import asdict
-
+        from bakery.cli import show
         from bakery.network import failover as run_failover
         from bakery.network import open_env
         from bakery.progress import Reporter
 
         ec2, environment = open_env(settings_from(c), env)
-        result = run_failover(ec2, environment, tier, to, Reporter(prefix=f"[{env}] "))
-        if json:
-            emit(__import__("json").dumps(asdict(result), indent=2))
-        else:
-            emit(f"{env}/{tier}: interfaces moved {result.from_instance} -> {result.to_instance} "
-                 f"in {result.seconds:.2f}s")
-            for i in result.interfaces:
-                emit(f"  {i['eni']} dev {i['device_index']} {','.join(i['ips'])} {i['mac']}")
+        show.failover(run_failover(ec2, environment, tier, to, Reporter(prefix=f"[{env}] ")), json=json)
 
 
 network = Collection("network")

@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bakery.bake import bake  # noqa: E402
-from bakery.cloud.ec2 import EC2  # noqa: E402
-from bakery.launch import launch  # noqa: E402
+from bakery.bake.run import bake  # noqa: E402
+from bakery.cloud.connect import open_cloud  # noqa: E402
+from bakery.launch.run import launch  # noqa: E402
 from bakery.local.cloud import LocalCloud  # noqa: E402
 from bakery.progress import Reporter  # noqa: E402
 from bakery.config.settings import Settings  # noqa: E402
@@ -70,7 +70,7 @@ def main() -> None:
             cloud.up(log=lambda line: print(line, file=sys.stderr))
             manifest = bake(settings, "web", {}, report=Reporter(quiet=True))
             print(f"web image {manifest.ami_id} ({'unchanged' if manifest.skipped else 'baked'})", file=sys.stderr)
-            ec2 = EC2(settings)
+            ec2 = open_cloud(settings).ec2
             times: dict[str, list[float]] = {"combined": [], "bootstrap": []}
             for i in range(args.runs):
                 for strategy in times:

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bakery.remote import keys  # noqa: E402
+from bakery.remote.dial import Machine, Route, TcpDial  # noqa: E402
 from bakery.remote.ssh import SSHConnector, Target  # noqa: E402
 from tests.support import free_port, stop_process  # noqa: E402
 
@@ -78,7 +79,8 @@ class Server:
                 "-o", f"UserKnownHostsFile={self.work}/known_hosts", "-o", "StrictHostKeyChecking=yes"]
 
     def connector(self) -> SSHConnector:
-        conn = SSHConnector(Target(host="127.0.0.1", port=self.port, user="root", login_key=self.login.paramiko_key(),
+        conn = SSHConnector(Target(opener=TcpDial()(Machine("bench"), self.port, Route("host", "127.0.0.1")), user="root",
+                                   login_key=self.login.paramiko_key(),
                                    host_key=self.host.public_openssh, label="bench"))
         conn.connect(timeout=10)
         return conn

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from bakery.errors import BakeryError, StepFailed
-from tests.support import changes, endpoint_state, local_leftovers
+from tests.support import cloud_of, changes, endpoint_state, local_leftovers
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,11 @@ def product(client, ami: str, marks: str) -> dict[str, dict[str, str]]:
 
 def run_bake(settings, ec2, tap: Tap, recipe: str = "web"):
     """(runner, manifest, error): a BakeryError is an outcome; anything else escapes the test."""
-    from bakery.bake import Bake
+    from bakery.bake.run import Bake
     from bakery.progress import Reporter
     from bakery.config.recipe import load_recipe
 
-    runner = Bake(settings, load_recipe(settings.recipes, recipe), {}, report=Reporter(stream=tap), ec2=ec2)
+    runner = Bake(settings, load_recipe(settings.recipes, recipe), {}, report=Reporter(stream=tap), cloud=cloud_of(ec2))
     try:
         return runner, runner.run(), None
     except BakeryError as exc:

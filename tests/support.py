@@ -5,7 +5,7 @@ moto's instances have no host, so `FakeBuilderHost` plays the part EC2 and cloud
 play on AWS: when bakery's builder instance appears in moto, it reads the instance's
 user data (the pinned host key) and key pair (the login key) and starts a real sshd
 with them. That sshd runs in a private mount namespace where /root, /home, /etc/ssh,
-/etc/machine-id, /tmp, /srv and /var/cache/apt are scratch directories, so the bake's steps and its
+/etc/machine-id, /tmp, /srv, /var/cache/apt and /var/lib/apt/lists are scratch directories, so the bake's steps and its
 hygiene (which deletes host keys and authorized_keys) never touch this machine.
 """
 
@@ -94,7 +94,7 @@ set -e
 S="$1"
 mount --bind "$S" /mnt
 mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd
-for d in root home etc/ssh srv var/tmp var/cache/apt; do mount --bind "/mnt/fs/$d" "/$d"; done
+for d in root home etc/ssh srv var/tmp var/cache/apt var/lib/apt/lists; do mount --bind "/mnt/fs/$d" "/$d"; done
 mount --bind /mnt/fs/etc/machine-id /etc/machine-id
 mount -t tmpfs tmpfs /tmp
 if [ -d /mnt/sbin ]; then mount --bind /mnt/sbin /usr/local/sbin; fi  # stand-in tools, first on root's PATH
@@ -209,9 +209,10 @@ class FakeBuilderHost:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self.fs = scratch / "fs"
-        # a private apt cache too: hygiene's `apt-get clean` must neither empty the host's cache nor
-        # contend for its lock with another bake running at the same time
-        for d in ("root/.ssh", "home", "etc/ssh", "srv", "var/tmp", "var/cache/apt/archives/partial"):
+        # a private apt cache and lists too: hygiene's `apt-get clean` must neither empty the host's
+        # cache nor contend for its locks (archives/lock, lists/lock) with another bake running at once
+        for d in ("root/.ssh", "home", "etc/ssh", "srv", "var/tmp", "var/cache/apt/archives/partial",
+                  "var/lib/apt/lists/partial"):
             (self.fs / d).mkdir(parents=True, exist_ok=True)
         (self.fs / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
         (scratch / "sshd_config").write_text(SSHD_CONFIG.format(port=self.port))
@@ -439,3 +440,11 @@ class SlowDisk:
         self._stop.set()
         self._thread.join(5)
         os.close(self._fd)
+
+
+def cloud_of(ec2):
+    """The cloud a test's own EC2 facade (with faults, short waits) stands for: TCP to addresses."""
+    from bakery.cloud.connect import Cloud
+    from bakery.remote.dial import TcpDial
+
+    return Cloud(ec2, TcpDial(ec2.settings.ssh_host, ec2.settings.ssh_port))

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from bakery.bake import bake
+from bakery.bake.run import bake
 from bakery.progress import Reporter
-from tests.support import leftovers, recipe_text, write_recipe
+from tests.support import cloud_of, leftovers, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -118,7 +118,7 @@ def test_changed_inputs_bake_a_new_image(moto, recipes, builder_host, settings_f
 
 def test_the_builder_is_launched_locked_down(moto, tmp_path, builder_host, settings_for):
     """IMDSv2, encrypted root volume, tags at creation, a client token, the instance profile."""
-    from bakery.bake import Bake
+    from bakery.bake.run import Bake
     from bakery.cloud.ec2 import EC2
     from bakery.config.recipe import load_recipe
 
@@ -136,7 +136,7 @@ def test_the_builder_is_launched_locked_down(moto, tmp_path, builder_host, setti
     ec2 = EC2(settings)
     sent: list[dict] = []
     ec2.client.meta.events.register("provide-client-params.ec2.RunInstances", lambda params, **_: sent.append(params))
-    Bake(settings, load_recipe(recipes, "web"), {}, report=Reporter(quiet=True), ec2=ec2).run()
+    Bake(settings, load_recipe(recipes, "web"), {}, report=Reporter(quiet=True), cloud=cloud_of(ec2)).run()
 
     (params,) = sent
     assert params["MetadataOptions"]["HttpTokens"] == "required"

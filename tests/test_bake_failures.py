@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import pytest
 
-from bakery.bake import Bake, bake
+from bakery.bake.run import Bake, bake
 from bakery.cloud.ec2 import EC2
 from bakery.errors import CloudError, ConfigError, RemoteError, StepFailed, WaitTimeout
 from bakery.progress import Reporter
 from bakery.config.recipe import load_recipe
 from bakery.remote.ssh import HostKeyMismatch
-from tests.support import leftovers, recipe_text, write_recipe
+from tests.support import cloud_of, leftovers, recipe_text, write_recipe
 from tests.faults import Fault
 
 pytestmark = pytest.mark.e2e
@@ -26,15 +27,18 @@ def make(tmp_path, port, steps=OK_STEPS, extra="", name="web"):
     return recipes
 
 
-def run_bake(settings, name="web", ec2=None, **kw) -> tuple[Bake, str]:
+@dataclass
+class Baked:
+    build_id: str
+    manifest: object
+
+
+def run_bake(settings, name="web", **kw) -> tuple[Baked, str]:
+    """A bake that succeeded (its build id and manifest) and its progress log; a failure raises."""
     out = io.StringIO()
     runner = Bake(settings, load_recipe(settings.recipes, name), kw.pop("variables", {}),
-                  report=Reporter(stream=out), ec2=ec2, **kw)
-    try:
-        runner.run()
-    finally:
-        runner.log = out.getvalue()
-    return runner, out.getvalue()
+                  report=Reporter(stream=out), **kw)
+    return Baked(runner.build_id, runner.run()), out.getvalue()
 
 
 def assert_clean(moto):
@@ -115,7 +119,7 @@ def test_throttling_is_retried(moto, tmp_path, builder_host, settings_for):
     settings = settings_for(make(tmp_path, builder_host.port))
     ec2 = EC2(settings)
     throttle = Fault(ec2.client, "RunInstances", "RequestLimitExceeded", status=503, times=2)
-    runner, _ = run_bake(settings, ec2=ec2)
+    runner, _ = run_bake(settings, cloud=cloud_of(ec2))
     assert runner.manifest.ami_id and throttle.injected == 2 and throttle.calls == 3
     assert_clean(moto)
 
@@ -126,7 +130,7 @@ def test_capacity_errors_fall_back_to_the_next_instance_type_without_retrying(mo
     settings = settings_for(make(tmp_path, builder_host.port))
     ec2 = EC2(settings)
     fault = Fault(ec2.client, "RunInstances", "InsufficientInstanceCapacity", status=status, times=1)
-    runner, log = run_bake(settings, ec2=ec2)
+    runner, log = run_bake(settings, cloud=cloud_of(ec2))
     assert fault.calls == 2  # the refused t3.micro once (botocore's retries would sleep on it), then t3.small
     builder = moto.client().describe_instances(InstanceIds=[builder_host.instance_id])
     assert builder["Reservations"][0]["Instances"][0]["InstanceType"] == "t3.small"
@@ -139,7 +143,7 @@ def test_no_capacity_anywhere_is_one_error(moto, tmp_path, builder_host, setting
     ec2 = EC2(settings)
     Fault(ec2.client, "RunInstances", "InsufficientInstanceCapacity", times=None)
     with pytest.raises(CloudError, match="no capacity for any of t3.micro, t3.small"):
-        run_bake(settings, ec2=ec2)
+        run_bake(settings, cloud=cloud_of(ec2))
     assert_clean(moto)
 
 
@@ -150,7 +154,7 @@ def test_auth_errors_at_any_stage_stop_the_bake_cleanly(moto, tmp_path, builder_
     Fault(ec2.client, operation, "UnauthorizedOperation", status=403, times=None,
           message="You are not authorized to perform this operation.")
     with pytest.raises(CloudError, match="not authorised \\(UnauthorizedOperation\\)"):
-        run_bake(settings, ec2=ec2)
+        run_bake(settings, cloud=cloud_of(ec2))
     assert_clean(moto)
 
 

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bakery.bake import bake
-from bakery.launch import launch
+from bakery.bake.run import bake
+from bakery.launch.run import launch
 from bakery.progress import Reporter
 from tests.support import leftovers, recipe_text, write_recipe
 

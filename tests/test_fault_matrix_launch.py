@@ -29,14 +29,14 @@ import pytest
 from bakery.cloud.ec2 import EC2
 from bakery.config.environment import load_environment
 from bakery.errors import BakeryError, CloudError, WaitTimeout
-from bakery.launch import Launcher, _launch_locked
+from bakery.launch.run import Launch
 from bakery.network import Network
 from bakery.progress import Reporter
 from bakery.config.settings import Settings
 from tests.faults import (CAPACITY, EXPIRED, TRANSIENT, Fault, Gate, Stale, scaled_backoff,  # noqa: F401 (fixture)
                           short_waits)
 from tests.matrix import CliRun, assert_one_line_error, cli_environment
-from tests.support import changes, endpoint_state
+from tests.support import cloud_of, changes, endpoint_state
 from tests.test_network_e2e import NETWORK_ENV
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("scaled_backoff")]
@@ -201,11 +201,11 @@ def test_launch_under_an_ec2_fault(world, row):
     injected = row.inject(ec2)
     out = io.StringIO()
     env = world.env()
-    launcher = Launcher(world.settings, env, report=Reporter(stream=out), ec2=ec2)
+    launcher = Launch(world.settings, env, report=Reporter(stream=out), cloud=cloud_of(ec2))
     before = endpoint_state(world.client)
     report = error = None
     try:
-        report = _launch_locked(launcher, env, env.select(None), False, launcher.report, time.monotonic())
+        report = launcher.run(env.select(None), dry_run=False)
     except BakeryError as exc:
         error = exc
     assert all(getattr(f, "injected", None) or getattr(f, "rewritten", None) for f in injected), \

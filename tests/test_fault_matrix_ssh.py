@@ -36,7 +36,7 @@ UPLOAD = "  - name: payload\n    upload: {source: files/payload.bin, dest: /srv/
 LOST = r"SSH connection lost"
 # paramiko either reports the banner wait or, when its own 10 s handshake timeout wins the race,
 # that the session never came up
-NO_BANNER = r"waiting for SSH on builder i-\w+ .*(Error reading SSH protocol banner|No existing session)"
+NO_BANNER = r"waiting for SSH on {} i-\w+ .*(Error reading SSH protocol banner|No existing session)"
 
 
 def checks(shell: str = "true", timeout: float = 20) -> str:
@@ -64,7 +64,7 @@ class Row:
 MATRIX = [
     Row("wait for SSH", "refused", Fails(WaitTimeout, r"waiting for SSH on builder i-\w+ \(127.0.0.1:\d+\): .*[Rr]efused"),
         serve={"builder": "refused"}, ssh_timeout=2),
-    Row("wait for SSH", "banner-timeout", Fails(WaitTimeout, NO_BANNER),
+    Row("wait for SSH", "banner-timeout", Fails(WaitTimeout, NO_BANNER.format("builder")),
         serve={"builder": "silent"}, ssh_timeout=2),
     Row("wait for SSH", "host-key-mismatch", Fails(HostKeyMismatch, r"host key mismatch: expected SHA256:\S+, "
         r"server presented SHA256:\S+; refusing to connect"), serve={"builder": "other-host-key"}),
@@ -93,16 +93,16 @@ MATRIX = [
         " = abc\\n\" > /root/.aws/credentials'}\n"),
     Row("check image for leftovers", "drop", Fails(ConnectionLost, LOST),
         when=("✓ clean image (hygiene)", "kill_server")),
-    Row("smoke test: SSH", "refused", Rejected(r"waiting for SSH on builder i-\w+ .*[Rr]efused"),
+    Row("smoke test: SSH", "refused", Rejected(r"waiting for SSH on smoke instance i-\w+ .*[Rr]efused"),
         extra=checks(), serve={"smoke": "refused"}),
-    Row("smoke test: SSH", "banner-timeout", Rejected(NO_BANNER),
+    Row("smoke test: SSH", "banner-timeout", Rejected(NO_BANNER.format("smoke instance")),
         extra=checks(), serve={"smoke": "silent"}),
     Row("smoke test: SSH", "host-key-mismatch", Rejected(r"host key mismatch"),
         extra=checks(), serve={"smoke": "other-host-key"}),
-    Row("smoke test: cloud-init", "non-zero", Rejected(r"cloud-init did not finish cleanly on i-\w+ \(exit 1\)"),
+    Row("smoke test: cloud-init", "non-zero", Rejected(r"smoke instance i-\w+ .*: cloud-init did not finish cleanly \(exit 1\)"),
         extra=checks(), steps="  - {name: breaks-next-boot, shell: 'mkdir -p /srv/fake-cloud-init && "
                               "echo fail > /srv/fake-cloud-init/status'}\n"),
-    Row("smoke test: cloud-init", "hang", Rejected(r"cloud-init did not finish cleanly on i-\w+"),
+    Row("smoke test: cloud-init", "hang", Rejected(r"smoke instance i-\w+ .*: cloud-init did not finish cleanly"),
         extra=checks(), steps="  - {name: hangs-next-boot, shell: 'mkdir -p /srv/fake-cloud-init && "
                               "echo hang > /srv/fake-cloud-init/status'}\n"),
     Row("smoke check", "non-zero", Rejected(r"check 'hello' exited with status 1"), extra=checks("false")),

@@ -13,9 +13,10 @@ import io
 
 import pytest
 
-from bakery.bake import bake
+from bakery.bake.run import bake
 from bakery.errors import CloudError, ConfigError
-from bakery.launch import Launcher, launch
+from bakery.cloud.connect import open_cloud
+from bakery.launch.run import Launch, launch
 from bakery.config.environment import load_environment
 from bakery.progress import Reporter
 from tests.faults import Fault
@@ -157,7 +158,7 @@ def test_only_the_named_tier_launches(world):
 
 def test_a_failure_midway_rolls_back_what_this_run_launched(world):
     env = load_environment(world["settings"].envs, "prod")
-    launcher = Launcher(world["settings"], env, report=Reporter(quiet=True))
+    launcher = Launch(world["settings"], env, report=Reporter(quiet=True), cloud=open_cloud(world["settings"]))
     plans = launcher.plan(env.tiers)
     Fault(launcher.ec2.client, "RunInstances", "UnauthorizedOperation", status=403, times=None, after=2)
     with pytest.raises(CloudError, match="not authorised"):
@@ -171,7 +172,7 @@ def test_a_token_ec2_answers_with_a_terminated_instance_is_asked_again_under_a_d
     import uuid
 
     env = load_environment(world["settings"].envs, "prod")
-    launcher = Launcher(world["settings"], env, report=Reporter(quiet=True))
+    launcher = Launch(world["settings"], env, report=Reporter(quiet=True), cloud=open_cloud(world["settings"]))
     plans = [p for p in launcher.plan(env.tiers) if p.tier == "app"]
     tokens, dead = [], []
 
@@ -192,7 +193,7 @@ def test_a_token_ec2_answers_with_a_terminated_instance_is_asked_again_under_a_d
 CRASH_MID_LAUNCH = """
 import os, sys
 from pathlib import Path
-from bakery.launch import launch
+from bakery.launch.run import launch
 from bakery.progress import Reporter
 from bakery.config.settings import Settings
 calls = []
@@ -296,24 +297,37 @@ def test_a_recipe_never_baked_is_a_clear_error(world):
         launch(world["settings"], "x", report=Reporter(quiet=True))
 
 
-def test_render_prints_exactly_what_launch_sends(world, moto):
+def test_render_works_offline_and_prints_what_launch_sends_but_the_image_id(world, moto):
+    """`invoke render` starts no cloud (here the endpoint is unreachable) and prints the tier's user
+    data with a marked placeholder for the image id it cannot know; launch sends the same parts
+    with the real id."""
+    import email
     import os
     import subprocess
     import sys
 
+    from bakery.render.tier import PLACEHOLDER_IMAGE
     from tests.support import ROOT
 
     settings = world["settings"]
-    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "aws", "INVOKE_BAKERY_ENDPOINT_URL": moto.url,
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "aws", "INVOKE_BAKERY_ENDPOINT_URL": "http://127.0.0.1:9",
            "INVOKE_BAKERY_RECIPES_DIR": str(settings.recipes), "INVOKE_BAKERY_ENVS_DIR": str(settings.envs),
            "INVOKE_BAKERY_USERDATA_DIR": str(settings.userdata), "INVOKE_BAKERY_STATE_DIR": str(settings.state)}
     rendered = subprocess.run([sys.executable, "-m", "invoke", "render", "--env", "prod", "--tier", "web"], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=60)
     assert rendered.returncode == 0, rendered.stderr
+    assert rendered.stderr.count("\n") == 1 and f"image_id is the placeholder {PLACEHOLDER_IMAGE}" in rendered.stderr
     launch(settings, "prod", tier="web", report=Reporter(quiet=True))
     sent = user_data_of(world["ec2"], instances(world["ec2"], "prod")[0]["InstanceId"])
-    assert rendered.stdout == sent
 
+    def parts(text: str) -> list[tuple[str, str]]:
+        return [(p.get_filename(), p.get_payload()) for p in email.message_from_string(text).walk()
+                if not p.is_multipart()]
+    image = world["images"]["web"]
+    assert PLACEHOLDER_IMAGE in rendered.stdout and image in sent
+    assert [(n, t.replace(PLACEHOLDER_IMAGE, image)) for n, t in parts(rendered.stdout)] == parts(sent)
+
+    env["INVOKE_BAKERY_ENDPOINT_URL"] = moto.url
     missing = subprocess.run([sys.executable, "-m", "invoke", "launch", "--env", "nope"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1

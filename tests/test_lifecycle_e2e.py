@@ -6,11 +6,13 @@ import io
 
 import pytest
 
-from bakery.bake import bake
+from bakery.bake.run import bake
 from bakery.errors import StepFailed
-from bakery.bake.rebake import prune, rebake
+from bakery.bake.rebake import rebake
+from bakery.cloud.ec2 import EC2
+from bakery.housekeeping.prune import prune
 from bakery.progress import Reporter
-from tests.support import leftovers, recipe_text, write_recipe
+from tests.support import cloud_of, leftovers, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -31,18 +33,26 @@ def quiet():
 
 def test_rebake_bakes_only_what_changed_and_reports_why(moto, recipes, builder_host, settings_for, tmp_path,
                                                         monkeypatch):
+    from bakery.cli import show
+
     settings = settings_for(recipes)
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    first = rebake(settings, None, report=quiet())
+
+    def rebake_and_show(names):  # what `invoke rebake` does: the decisions, then the table and job summary
+        rows = rebake(settings, names, report=quiet())
+        show.rebake(rows, json=False)
+        return rows
+
+    first = rebake_and_show(None)
     assert [(r.recipe, r.decision) for r in first] == [("app", "rebaked"), ("web", "rebaked")]
 
-    second = rebake(settings, None, report=quiet())
+    second = rebake_and_show(None)
     assert [r.decision for r in second] == ["unchanged", "unchanged"]
     assert all("inputs unchanged" in r.reason for r in second)
 
     (recipes / "web.yaml").write_text(recipe_text(builder_host.port, OK + "  - {name: more, shell: echo more}\n"))
-    third = rebake(settings, None, report=quiet())
+    third = rebake_and_show(None)
     assert [(r.recipe, r.decision) for r in third] == [("app", "unchanged"), ("web", "rebaked")]
 
     # a newer source image (a weekly security patch) changes every recipe's inputs
@@ -52,7 +62,7 @@ def test_rebake_bakes_only_what_changed_and_reports_why(moto, recipes, builder_h
     time.sleep(1.1)  # CreationDate has one-second resolution
     ec2.create_image(InstanceId=seed, Name="test-debian-12-amd64-20260201")
     ec2.terminate_instances(InstanceIds=[seed])
-    fourth = rebake(settings, ["web"], report=quiet())
+    fourth = rebake_and_show(["web"])
     assert fourth[0].decision == "rebaked"
     text = summary.read_text()
     assert text.count("| recipe | decision |") == 4 and "| web | rebaked |" in text
@@ -127,9 +137,9 @@ def test_prune_keeps_the_newest_and_spares_every_used_image(moto, recipes, build
     ssm.put_parameter(Name="/p", Value=newest, Type="String", DataType="aws:ec2:image", Overwrite=True)
     ec2.run_instances(ImageId=by_instance, MinCount=1, MaxCount=1)
 
-    dry = prune(settings, "web", 1, dry_run=True, report=quiet())[0]
+    dry = prune(EC2(settings), "web", 1, dry_run=True, report=quiet())[0]
     assert dry.removed == [oldest] and len(ec2.describe_images(ImageIds=[oldest])["Images"]) == 1
-    done = prune(settings, "web", 1, dry_run=False, report=quiet())[0]
+    done = prune(EC2(settings), "web", 1, dry_run=False, report=quiet())[0]
     assert done.kept == [newest] and done.removed == [oldest]
     assert set(done.spared) == {by_lt, by_ssm, by_instance}
     assert "version 1" in done.spared[by_ssm] and "launch template pinned" in done.spared[by_lt]
@@ -140,7 +150,7 @@ def test_prune_keeps_the_newest_and_spares_every_used_image(moto, recipes, build
 
 def test_a_publish_that_fails_half_way_takes_back_every_copy_and_every_ssm_value(moto, recipes, builder_host,
                                                                                  settings_for):
-    from bakery.bake import Bake
+    from bakery.bake.run import Bake
     from bakery.cloud.ec2 import EC2
     from bakery.errors import CloudError
     from bakery.config.recipe import load_recipe
@@ -156,7 +166,7 @@ def test_a_publish_that_fails_half_way_takes_back_every_copy_and_every_ssm_value
     ec2 = EC2(settings)
     Fault(ec2.client, "CreateLaunchTemplate", code="UnauthorizedOperation", times=None,
           message="You are not authorized to perform this operation.")  # the last thing publish does
-    runner = Bake(settings, load_recipe(recipes, "web"), {}, report=quiet(), ec2=ec2)
+    runner = Bake(settings, load_recipe(recipes, "web"), {}, report=quiet(), cloud=cloud_of(ec2))
     with pytest.raises(CloudError, match="not authorised"):
         runner.run()
     assert ssm.get_parameter(Name="/bakery/images/web")["Parameter"]["Value"] == previous  # put back

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from bakery.bake import bake
+from bakery.bake.run import bake
 from bakery.cloud.ec2 import EC2
 from bakery.config.environment import load_environment
 from bakery.errors import ConfigError
-from bakery.launch import launch
+from bakery.cloud.connect import open_cloud
+from bakery.launch.run import launch
 from bakery.network import Network, failover, status
 from bakery.progress import Reporter
 from tests.support import recipe_text, write_recipe
@@ -116,10 +117,10 @@ def test_launch_attaches_persistent_enis_to_the_active_instance_and_failover_mov
     warned = status(net["ec2"], net["env"]())["warnings"]
     assert len(warned) == 1 and "app-eip" in warned[0] and "charged while idle" in warned[0]
 
-    from bakery.launch import Launcher
+    from bakery.launch.run import Launch
 
     env = net["env"]()
-    launcher = Launcher(settings, env, report=Reporter(quiet=True))
+    launcher = Launch(settings, env, report=Reporter(quiet=True), cloud=open_cloud(settings))
     sent: list[dict] = []  # moto records an EIP on the ENI's primary IP whatever we ask: check what we ask
     launcher.ec2.client.meta.events.register("provide-client-params.ec2.AssociateAddress",
                                              lambda params, **_: sent.append(dict(params)))

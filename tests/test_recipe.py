@@ -9,7 +9,8 @@ from botocore.stub import Stubber
 
 from bakery.cloud.ec2 import EC2
 from bakery.errors import ConfigError
-from bakery.config.recipe import Source, SourceFilter, inputs_hash, load_recipe
+from bakery.bake.inputs import inputs_hash
+from bakery.config.recipe import Source, SourceFilter, load_recipe
 from bakery.config.settings import Settings
 from tests.support import write_recipe
 

@@ -18,6 +18,7 @@ import yaml
 
 from bakery.errors import RemoteError
 from bakery.remote import keys, ssh
+from bakery.remote.dial import Machine, Opener, Route, TcpDial
 from bakery.remote.ssh import ConnectionLost, SSHConnector, Target
 from tests.local.conftest import (  # noqa: F401 - fixtures for the sudo test
     local_base, local_base_id, local_boot_wait, local_keys, local_sandboxes, local_state_dir)
@@ -44,7 +45,7 @@ class Builder:
         self.open: list[SSHConnector] = []
 
     def connect(self) -> SSHConnector:
-        conn = SSHConnector(Target(host="127.0.0.1", port=self.host.port, user="root",
+        conn = SSHConnector(Target(opener=TcpDial()(Machine("test"), self.host.port, Route("host", "127.0.0.1")), user="root",
                                    login_key=self.login.paramiko_key(), host_key=self.host_key.public_openssh,
                                    label="test builder"))
         conn.connect(timeout=20)
@@ -266,9 +267,8 @@ def test_sudo_steps_run_as_root_and_plain_steps_as_the_login_user(local_base, lo
                                                                  "ed25519_public": host.public_openssh}})
     box = local_sandboxes([local_base], user_data=user_data.encode(), meta_data={"public-keys": [user.public_openssh]})
     local_boot_wait(box)  # cloud-init creates `admin` with passwordless sudo
-    conn = SSHConnector(Target(host="sandbox", port=22, user="admin", login_key=user.paramiko_key(),
-                               host_key=host.public_openssh, label=box.name,
-                               sock_factory=lambda timeout: box.connect(22, timeout)))
+    conn = SSHConnector(Target(opener=Opener("", lambda timeout: box.connect(22, timeout)), user="admin",
+                               login_key=user.paramiko_key(), host_key=host.public_openssh, label=box.name))
     conn.connect(timeout=60)
     try:
         runners = {}
@@ -334,7 +334,7 @@ def test_a_port_that_never_sends_its_banner_costs_no_more_than_the_wait_has_left
         return real(self, event=event, timeout=timeout)
     monkeypatch.setattr(ssh.paramiko.Transport, "start_client", start_client)
     login, host = keys.generate("t"), keys.generate("h")
-    conn = SSHConnector(Target(host="127.0.0.1", port=silent.getsockname()[1], user="root",
+    conn = SSHConnector(Target(opener=TcpDial()(Machine("silent"), silent.getsockname()[1], Route("host", "127.0.0.1")), user="root",
                                login_key=login.paramiko_key(), host_key=host.public_openssh, label="silent"))
     try:
         with pytest.raises(WaitTimeout, match="SSH on silent"):

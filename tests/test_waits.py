@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bakery.cloud import waits
-from bakery.cloud.waits import Backoff, wait_for
+from bakery import waits
+from bakery.waits import Backoff, wait_for
 from bakery.errors import WaitTimeout
 
 

@@ -1,10 +1,10 @@
-"""Publishing a smoke-tested image: copies to other regions (in parallel), launch permissions
-for other accounts, the AMI id in SSM in every region, a pinned launch template version,
-and a deprecation time.
+"""Publishing a smoke-tested image: the AMI id in SSM, copies to other regions (in parallel),
+launch permissions for other accounts, the AMI id in SSM in every region, a pinned launch
+template version, and a deprecation time.
 
-Everything published is registered on the bake's clean-up stack (and its ledger) as it is
-made, so a publish that fails half-way leaves no orphan copy in some region and no SSM value or
-template version naming an image that is then removed: publishing is all or nothing.
+Everything published is a product registered on the bake's clean-up stack (and its ledger) as
+it is made, so a publish that fails half-way leaves no orphan copy in some region and no SSM
+value or template version naming an image that is then removed: publishing is all or nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-from bakery.cloud.ec2 import EC2, snapshots_of
+from bakery.bake.state import BakeState
+from bakery.cloud import tags as T
+from bakery.cloud.images import snapshots_of
 from bakery.errors import CloudError
-from bakery.progress import Reporter
-from bakery.config.recipe import Publish
 
 
 @dataclasses.dataclass
@@ -29,86 +29,103 @@ class Published:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def publish(ec2: EC2, spec: Publish, image_id: str, name: str, tags: dict[str, str], *, report: Reporter,
-            created) -> Published:
-    """`created(kind, id, region, label, undo, **extra)` journals a resource and registers its undo on
-    the caller's stack (run only if the bake fails before the image is finished)."""
-    result = Published(images={ec2.region: image_id})
-    regions = {ec2.region: ec2}
-    for region in spec.regions:
-        regions[region] = EC2(dataclasses.replace(ec2.settings, region=region), session=ec2.session)
+def put_parameter(ctx, ec2, name: str, image_id: str) -> int:
+    """Point the parameter at the image; undone (the previous value put back) unless the bake finishes.
+    Journalled before the put: restoring is a no-op unless the parameter holds this image."""
+    previous = ec2.parameter_value(name)
+    ctx.stack.created("ssm-parameter", name, ec2.region, f"SSM parameter {name} in {ec2.region}",
+                      lambda: ec2.restore_parameter(name, previous, image_id), product=True,
+                      previous=previous, value=image_id)
+    return ec2.publish_parameter(name, image_id)
 
-    if spec.regions:
-        with report.stage(f"copy to {', '.join(spec.regions)}") as s:
-            def copy(region: str) -> tuple[str, str]:
-                target = regions[region]
-                kms = spec.kms_key_ids.get(region)
-                resp = target.call(f"copy-image to {region}", target.client.copy_image, SourceImageId=image_id,
-                                   SourceRegion=ec2.region, Name=name, CopyImageTags=True,
-                                   **({"Encrypted": True, "KmsKeyId": kms} if kms else {}))
-                copy_id = resp["ImageId"]
-                # registered as soon as it exists: a copy failing in another region must not orphan this one
-                created("image", copy_id, region, f"copy {copy_id} in {region}",
-                        lambda: target.deregister_image(copy_id))
-                return region, copy_id
 
-            with ThreadPoolExecutor(max_workers=len(spec.regions)) as pool:
-                futures = [pool.submit(copy, region) for region in spec.regions]
-            copies = [f.result() for f in futures]  # every copy has returned (or failed) by now
-            for region, copy_id in copies:
-                result.images[region] = copy_id
-            with ThreadPoolExecutor(max_workers=len(copies)) as pool:
-                ready = list(pool.map(lambda rc: regions[rc[0]].wait_image_available(rc[1], timeout=3600), copies))
-            for (region, copy_id), image in zip(copies, ready):  # CopyImageTags is not honoured everywhere
-                target = regions[region]
-                target.tag([copy_id], {**tags, "bakery:copied-from": f"{ec2.region}/{image_id}"})
-                target.tag(snapshots_of(image), {**tags, "bakery:role": "snapshot"})
-            s.detail = ", ".join(f"{r}: {i}" for r, i in copies)
+class PublishParameter:
+    """image.ssm_parameter: the home region's parameter names the new image."""
 
-    if spec.share_with:
-        with report.stage(f"share with {', '.join(spec.share_with)}"):
-            for region, ami in result.images.items():
-                target = regions[region]
-                target.call("modify-image-attribute", target.client.modify_image_attribute, ImageId=ami,
-                            LaunchPermission={"Add": [{"UserId": a} for a in spec.share_with]})
-                for snap in target.image_snapshots(ami):
-                    target.call("modify-snapshot-attribute", target.client.modify_snapshot_attribute,
-                                SnapshotId=snap, Attribute="createVolumePermission", OperationType="add",
-                                UserIds=spec.share_with)
-            result.shared_with = list(spec.share_with)
+    title = "publish SSM parameter"
 
-    if spec.ssm_parameter:
-        with report.stage(f"publish {spec.ssm_parameter} in {len(result.images)} region(s)"):
-            for region, ami in result.images.items():
-                target, param = regions[region], spec.ssm_parameter
-                previous = target.parameter_value(param)
-                created("ssm-parameter", param, region, f"SSM parameter {param} in {region}",
-                        lambda t=target, p=param, v=previous, a=ami: t.restore_parameter(p, v, a),
-                        previous=previous, value=ami)
-                result.ssm_versions[region] = target.publish_parameter(param, ami)
+    def run(self, state: BakeState, ctx) -> str:
+        param = state.recipe.image.ssm_parameter
+        version = put_parameter(ctx, ctx.ec2, param, state.image_id)
+        state.manifest.ssm_parameter = param
+        return f"{param} = {state.image_id} (version {version})"
 
-    if spec.launch_template:
-        with report.stage(f"launch template {spec.launch_template.name}") as s:
-            lt = spec.launch_template.name
-            version = ec2.new_launch_template_version(
-                lt, {"ImageId": image_id}, f"bakery {name}", merge_latest=True,
-                initial={"MetadataOptions": {"HttpTokens": "required"}})
-            created("launch-template-version", f"{lt}:{version}", ec2.region, f"launch template {lt} version {version}",
-                    lambda: ec2.delete_launch_template_version(lt, version), name=lt, version=version)
-            result.launch_template = f"{spec.launch_template.name}:{version}"
-            s.detail = result.launch_template
 
-    if spec.deprecate_after_days:
-        when = (datetime.now(timezone.utc) + timedelta(days=spec.deprecate_after_days)).replace(microsecond=0)
+class Publish:
+    """The recipe's publish: section."""
+
+    title = None  # a stage per part: copies, sharing, SSM, launch template
+
+    def run(self, state: BakeState, ctx) -> None:
+        spec, ec2, report = state.recipe.publish, ctx.ec2, ctx.report
+        result = Published(images={ec2.region: state.image_id})
+        if spec.regions:
+            with report.stage(f"copy to {', '.join(spec.regions)}") as s:
+                copies = self._copy(state, ctx)
+                result.images.update(copies)
+                s.detail = ", ".join(f"{r}: {i}" for r, i in copies.items())
+        if spec.share_with:
+            with report.stage(f"share with {', '.join(spec.share_with)}"):
+                for region, ami in result.images.items():
+                    ec2.in_region(region).share_image(ami, spec.share_with)
+                result.shared_with = list(spec.share_with)
+        if spec.ssm_parameter:
+            with report.stage(f"publish {spec.ssm_parameter} in {len(result.images)} region(s)"):
+                for region, ami in result.images.items():
+                    result.ssm_versions[region] = put_parameter(ctx, ec2.in_region(region), spec.ssm_parameter, ami)
+        if spec.launch_template:
+            with report.stage(f"launch template {spec.launch_template.name}") as s:
+                result.launch_template = self._template(state, ctx, spec.launch_template.name)
+                s.detail = result.launch_template
+        if spec.deprecate_after_days:
+            self._deprecate(ctx, result, spec.deprecate_after_days)
+        state.manifest.published = dataclasses.asdict(result)
+
+    @staticmethod
+    def _copy(state: BakeState, ctx) -> dict[str, str]:
+        spec, ec2 = state.recipe.publish, ctx.ec2
+
+        def copy(region: str) -> tuple[str, str]:
+            target = ec2.in_region(region)
+            copy_id = target.copy_image_from(ec2, state.image_id, state.image_name, spec.kms_key_ids.get(region))
+            # registered as soon as it exists: a copy failing in another region must not orphan this one
+            ctx.stack.created("image", copy_id, region, f"copy {copy_id} in {region}",
+                              lambda: target.deregister_image(copy_id), product=True)
+            return region, copy_id
+
+        with ThreadPoolExecutor(max_workers=len(spec.regions)) as pool:
+            futures = [pool.submit(copy, region) for region in spec.regions]
+        copies = [f.result() for f in futures]  # every copy has returned (or failed) by now
+        with ThreadPoolExecutor(max_workers=len(copies)) as pool:
+            ready = list(pool.map(lambda rc: ec2.in_region(rc[0]).wait_image_available(rc[1], timeout=3600), copies))
+        for (region, copy_id), image in zip(copies, ready):  # CopyImageTags is not honoured everywhere
+            target = ec2.in_region(region)
+            target.tag([copy_id], {**state.image_tags, T.COPIED_FROM: f"{ec2.region}/{state.image_id}"})
+            target.tag(snapshots_of(image), {**state.image_tags, T.ROLE: "snapshot"})
+        return dict(copies)
+
+    @staticmethod
+    def _template(state: BakeState, ctx, name: str) -> str:
+        ec2 = ctx.ec2
+        version = ec2.new_launch_template_version(name, {"ImageId": state.image_id}, f"bakery {state.image_name}",
+                                                  merge_latest=True,
+                                                  initial={"MetadataOptions": {"HttpTokens": "required"}})
+        ctx.stack.created("launch-template-version", f"{name}:{version}", ec2.region,
+                          f"launch template {name} version {version}",
+                          lambda: ec2.delete_launch_template_version(name, version), product=True,
+                          name=name, version=version)
+        return f"{name}:{version}"
+
+    @staticmethod
+    def _deprecate(ctx, result: Published, days: int) -> None:
+        when = (datetime.now(timezone.utc) + timedelta(days=days)).replace(microsecond=0)
         for region, ami in result.images.items():
-            target = regions[region]
             try:
-                target.call("enable-image-deprecation", target.client.enable_image_deprecation, ImageId=ami,
-                            DeprecateAt=when)
+                ctx.ec2.in_region(region).deprecate_image(ami, when)
                 result.deprecate_at = when.strftime("%Y-%m-%dT%H:%M:%SZ")
             except CloudError as exc:
                 # moto and some compatible endpoints lack EnableImageDeprecation: say so, do not fail the bake
-                warning = f"deprecation time not set on {ami} in {region}: the endpoint does not support it ({exc.message})"
+                warning = (f"deprecation time not set on {ami} in {region}: the endpoint does not support it "
+                           f"({exc.message})")
                 result.warnings.append(warning)
-                report.warn(warning)
-    return result
+                ctx.report.warn(warning)

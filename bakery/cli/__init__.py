@@ -51,6 +51,17 @@ def parse_vars(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def parse_int(flag: str, value) -> int:
+    """A whole-number flag (e.g. `--keep 3`), refused in one line when it is not one."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r}: expected a whole number") from None
+    if abs(number) > 1_000_000:
+        raise ConfigError(f"{flag} {number}: out of range")
+    return number
+
+
 @contextlib.contextmanager
 def command():
     from invoke.exceptions import Exit

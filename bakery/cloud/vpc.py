@@ -70,12 +70,6 @@ class VpcAPI:
     def addresses(self, *filters: dict) -> list[dict]:
         return self._describe("describe_addresses", "Addresses", filters)
 
-    def instances_matching(self, *filters: dict, states: Iterable[str] = LIVE_STATES) -> list[dict]:
-        """Every instance matching the filters in one of `states` (all pages)."""
-        reservations = self.describe_all("describe_instances", "Reservations",
-                                         Filters=[*filters, field_filter("instance-state-name", *states)])
-        return [i for r in reservations for i in r["Instances"]]
-
     def instance_type_network_limits(self, itype: str) -> NetworkLimits:
         resp = self.call("describe-instance-types", self.client.describe_instance_types, InstanceTypes=[itype])
         info = resp["InstanceTypes"][0]["NetworkInfo"]
@@ -105,12 +99,6 @@ class VpcAPI:
         return subnet_id
 
     # ---- security groups ----------------------------------------------------------------
-
-    def create_group(self, vpc_id: str, name: str, description: str, tags: dict[str, str]) -> str:
-        """A security group of an environment's network (`create_security_group` is a builder's)."""
-        resp = self.call("create-security-group", self.client.create_security_group, GroupName=name,
-                         Description=description, VpcId=vpc_id, TagSpecifications=tag_specs(tags, "security-group"))
-        return resp["GroupId"]
 
     def authorize(self, group_id: str, *, egress: bool, protocol: str, ports: tuple[int, int],
                   cidr: str | None = None, source_group: str | None = None, description: str = "") -> bool:

@@ -8,9 +8,7 @@ recipes directory, variables are declared, the image name template renders.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import json
 import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -383,36 +381,3 @@ def _check_templates(recipe: Recipe, chain) -> None:
     image_name(recipe.image.name, context, f"{chain[-1][0]}: image.name")
     for i, step in enumerate(recipe.steps):
         render_step(recipe, step, i, context)
-
-
-def inputs_hash(recipe: Recipe, variables: dict[str, str], source_ami: str, digests=None) -> str:
-    """Hash of everything that determines the image: a matching tag means nothing changed.
-
-    `digests` (a bakery.bake.digests.DigestCache) spares re-reading files that have not changed."""
-    from bakery.bake.digests import DigestCache
-
-    digests = digests or DigestCache(None)
-    h = hashlib.sha256()
-
-    def feed(label: str, data: bytes) -> None:
-        h.update(label.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
-
-    body = recipe.model_dump(mode="json", exclude={"path", "files", "root"})
-    feed("recipe", json.dumps(body, sort_keys=True).encode())
-    feed("variables", json.dumps(variables, sort_keys=True).encode())
-    feed("source", source_ami.encode())
-    for step in recipe.steps:
-        rel = step.script if step.script is not None else step.upload.source if step.upload else None
-        if rel is None:
-            continue
-        local = recipe.local_path(rel)
-        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() or p.is_symlink())
-        for f in files:
-            feed("path", str(f.relative_to(recipe.root)).encode())
-            feed("mode", oct(f.lstat().st_mode).encode())
-            if f.is_symlink():
-                feed("link", str(f.readlink()).encode())
-            else:
-                feed("content", digests.sha256(f))
-    digests.save()
-    return h.hexdigest()[:32]

@@ -54,10 +54,7 @@ class Settings:
     @property
     def local_data(self) -> Path:
         """The local cloud's base image, layers, instances and endpoint state."""
-        if self.data_dir:
-            return self.data_dir
-        from bakery.local.base import default_data_dir
-        return default_data_dir()
+        return self.data_dir or default_data_dir()
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
@@ -88,3 +85,14 @@ class Settings:
                    project_dir=project, recipes_dir=opt_path("recipes_dir"), envs_dir=opt_path("envs_dir"),
                    userdata_dir=opt_path("userdata_dir"), state_dir=opt_path("state_dir"),
                    ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"))
+
+
+def default_data_dir() -> Path:
+    """``$BAKERY_DATA_DIR``, else ``/var/lib/bakery`` for root (the local cloud needs root anyway)."""
+    env = os.environ.get("BAKERY_DATA_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/bakery")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "bakery"

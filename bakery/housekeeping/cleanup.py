@@ -1,15 +1,17 @@
-"""Remove what one build left behind (after --keep-on-error, or a crash), found by its tags.
+"""Remove what one run left behind, found by its tag (after --keep-on-error, a crash, or an
+answer a signal cut off).
 
-Order matters: instances first (they hold the security group and key pair), then the
-security group (retrying while the ENI detaches), then key pairs, then images that
-never completed and their snapshots. A completed image is the product: never touched.
+Order matters: instances first (they hold the security group and key pair), then the security
+group (retrying while the ENI detaches), then key pairs, then images that never completed and
+their snapshots. A finished image is the product, and an image a smoke test rejected is kept for
+inspection: clean-up never touches either.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bakery.cloud.ec2 import EC2
+from bakery.cloud import tags as T
 
 
 @dataclass
@@ -19,13 +21,18 @@ class CleanReport:
     dry_run: bool = False
 
 
-def clean_build(ec2: EC2, build_id: str, *, dry_run: bool = False) -> CleanReport:
-    report = CleanReport(build_id, dry_run=dry_run)
-    tag = [{"Name": "tag:bakery:build-id", "Values": [build_id]}]
+def clean_build(ec2, build_id: str, *, dry_run: bool = False) -> CleanReport:
+    return clean_tagged(ec2, T.BUILD_ID, build_id, dry_run=dry_run)
 
-    reservations = ec2.describe_all("describe_instances", "Reservations", Filters=tag)
-    instances = [i["InstanceId"] for r in reservations for i in r["Instances"]
-                 if i["State"]["Name"] not in ("terminated",)]
+
+def clean_launch(ec2, launch_id: str) -> CleanReport:
+    return clean_tagged(ec2, T.LAUNCH_ID, launch_id)
+
+
+def clean_tagged(ec2, key: str, run_id: str, *, dry_run: bool = False) -> CleanReport:
+    report = CleanReport(run_id, dry_run=dry_run)
+    found = ec2.tagged(key, run_id)
+    instances = [i["InstanceId"] for i in found["instances"]]
     for iid in instances:
         report.removed.append(f"instance {iid}")
         if not dry_run:
@@ -33,22 +40,17 @@ def clean_build(ec2: EC2, build_id: str, *, dry_run: bool = False) -> CleanRepor
     if not dry_run:
         for iid in instances:
             ec2.wait_instance_state(iid, "terminated", timeout=600)
-
-    for group in ec2.describe_all("describe_security_groups", "SecurityGroups", Filters=tag):
+    for group in found["security_groups"]:
         report.removed.append(f"security group {group['GroupId']}")
         if not dry_run:
             ec2.delete_security_group(group["GroupId"])
-
-    for key in ec2.describe_all("describe_key_pairs", "KeyPairs", Filters=tag):
-        report.removed.append(f"key pair {key['KeyName']}")
+    for key_pair in found["key_pairs"]:
+        report.removed.append(f"key pair {key_pair['KeyName']}")
         if not dry_run:
-            ec2.delete_key_pair(key["KeyName"])
-
-    images = ec2.describe_all("describe_images", "Images", Owners=["self"], Filters=tag)
-    for image in images:
-        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
-        if tags.get("bakery:complete") == "true" or tags.get("bakery:smoke") == "failed":
-            continue  # the product, or a rejected image kept (marked) for inspection
+            ec2.delete_key_pair(key_pair["KeyName"])
+    for image in found["images"]:
+        if T.is_product(T.tags_of(image)):
+            continue
         report.removed.append(f"unfinished image {image['ImageId']}")
         if not dry_run:
             ec2.deregister_image(image["ImageId"])

@@ -11,17 +11,16 @@ Nothing that another run's tags claim is touched, nor a finished image, nor a li
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bakery.housekeeping import ledger
-from bakery.bake import TEMP_TTL
-from bakery.housekeeping.cleanup import clean_build
+from bakery.cloud import tags as T
 from bakery.errors import BakeryError, ConfigError
+from bakery.housekeeping import ledger
+from bakery.housekeeping.cleanup import clean_build
 
 
 @dataclass
@@ -41,27 +40,13 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _builds(ec2) -> dict[str, dict[str, str]]:
-    """Every build id on a temporary resource, with the tags seen on it."""
-    flt = [{"Name": "tag-key", "Values": ["bakery:build-id"]}]
+    """Every build id on a temporary resource (not on a product), with the tags seen on it."""
     found: dict[str, dict[str, str]] = {}
-
-    def note(tags_list):
-        tags = {t["Key"]: t["Value"] for t in tags_list or []}
-        if "bakery:build-id" in tags:
-            found.setdefault(tags["bakery:build-id"], tags)
-
-    for r in ec2.describe_all("describe_instances", "Reservations", Filters=flt + [
-            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]):
-        for inst in r["Instances"]:
-            note(inst.get("Tags"))
-    for g in ec2.describe_all("describe_security_groups", "SecurityGroups", Filters=flt):
-        note(g.get("Tags"))
-    for k in ec2.describe_all("describe_key_pairs", "KeyPairs", Filters=flt):
-        note(k.get("Tags"))
-    for image in ec2.describe_all("describe_images", "Images", Owners=["self"], Filters=flt):
-        tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
-        if tags.get("bakery:complete") != "true" and tags.get("bakery:smoke") != "failed":
-            note(image.get("Tags"))
+    for resources in ec2.tagged(T.BUILD_ID, None).values():
+        for resource in resources:
+            tags = T.tags_of(resource)
+            if not T.is_product(tags):
+                found.setdefault(tags[T.BUILD_ID], tags)
     return found
 
 
@@ -78,17 +63,16 @@ def janitor(ec2, *, older_than: timedelta | None, run_id: str | None, dry_run: b
             dead_here.add(run.run)
             report.builds[run.run] = _clean_ledger_run(ec2, run, dry_run, report)
     if older_than is None and run_id is None:
-        older_than = TEMP_TTL  # by default only what has outlived its own expiry tag
+        older_than = T.TEMP_TTL  # by default only what has outlived its own expiry tag
     now = datetime.now(timezone.utc)
     for build, tags in sorted(_builds(ec2).items()):
         if build in report.live:
             continue
         dead = build in dead_here
         if run_id is not None:
-            dead = dead or tags.get("bakery:run-id") == run_id
-        elif "bakery:expires" in tags:
-            expires = datetime.strptime(tags["bakery:expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-            dead = dead or expires - TEMP_TTL + older_than <= now
+            dead = dead or tags.get(T.RUN_ID) == run_id
+        elif T.created_at(tags) is not None:
+            dead = dead or T.created_at(tags) + older_than <= now
         if not dead:
             report.live.append(build)
             continue
@@ -101,18 +85,11 @@ def janitor(ec2, *, older_than: timedelta | None, run_id: str | None, dry_run: b
 
 def _clean_ledger_run(ec2, run: ledger.DeadRun, dry_run: bool, report: JanitorReport) -> list[str]:
     """Remove a dead run's outstanding entries in dependency order; record what went."""
-    regions = {ec2.region: ec2}
-
-    def in_region(region: str):
-        if region not in regions:
-            regions[region] = type(ec2)(dataclasses.replace(ec2.settings, region=region), session=ec2.session)
-        return regions[region]
-
     removed, gone, terminating = [], [], []
 
     def wait_terminated():
         for inst in terminating:  # groups and key pairs outlive the instances that use them
-            in_region(inst.region).wait_instance_state(inst.id, "terminated", timeout=600)
+            ec2.in_region(inst.region).wait_instance_state(inst.id, "terminated", timeout=600)
         gone.extend(terminating)
         terminating.clear()
 
@@ -121,7 +98,7 @@ def _clean_ledger_run(ec2, run: ledger.DeadRun, dry_run: bool, report: JanitorRe
         if entry.kind != "instance" and terminating:
             wait_terminated()
         try:
-            verdict = _remove(in_region(entry.region) if entry.region else None, run.run, entry, dry_run)
+            verdict = _remove(ec2.in_region(entry.region) if entry.region else None, run.run, entry, dry_run)
         except BakeryError as exc:
             report.failed.append(f"{run.run}: {entry.label()}: {exc.message}")
             continue  # stays in the ledger for the next janitor
@@ -142,9 +119,7 @@ def _claim(found: dict | None, run: str) -> str:
     """'gone' when there is nothing, 'spared' when its tags say it belongs to another run, else 'ours'."""
     if found is None:
         return "gone"
-    tags = {t["Key"]: t["Value"] for t in found.get("Tags") or []}
-    owner = tags.get("bakery:build-id") or tags.get("bakery:launch-id")
-    return "ours" if owner in (None, run) else "spared"
+    return "ours" if T.owner_run(T.tags_of(found)) in (None, run) else "spared"
 
 
 def _remove(ec2, run: str, entry: ledger.Entry, dry_run: bool) -> str:
@@ -168,21 +143,13 @@ def _inspect(ec2, run: str, entry: ledger.Entry):
             inst = None
         return _claim(inst, run), lambda: ec2.terminate_instance(rid)
     if kind == "security-group":
-        group = _lookup(ec2, f"describe-security-groups {rid}", ec2.client.describe_security_groups,
-                        "SecurityGroups", ("InvalidGroup.NotFound",), GroupIds=[rid])
-        return _claim(group, run), lambda: ec2.delete_security_group(rid)
+        return _claim(ec2.security_group(rid), run), lambda: ec2.delete_security_group(rid)
     if kind == "key-pair":
-        key = _lookup(ec2, f"describe-key-pairs {rid}", ec2.client.describe_key_pairs, "KeyPairs",
-                      ("InvalidKeyPair.NotFound",), KeyNames=[rid])
-        return _claim(key, run), lambda: ec2.delete_key_pair(rid)
+        return _claim(ec2.key_pair(rid), run), lambda: ec2.delete_key_pair(rid)
     if kind == "image":
-        image = _lookup(ec2, f"describe-images {rid}", ec2.client.describe_images, "Images",
-                        ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"), ImageIds=[rid])
-        if image is not None and image.get("State") == "deregistered":
-            image = None
+        image = ec2.image(rid)
         state = _claim(image, run)
-        tags = {t["Key"]: t["Value"] for t in (image or {}).get("Tags", [])}
-        if state == "ours" and (tags.get("bakery:complete") == "true" or tags.get("bakery:smoke") == "failed"):
+        if state == "ours" and T.is_product(T.tags_of(image)):
             state = "spared"  # the run died after finishing it (or the smoke test kept it)
         return state, lambda: ec2.deregister_image(rid)
     if kind == "ssm-parameter":
@@ -193,13 +160,3 @@ def _inspect(ec2, run: str, entry: ledger.Entry):
     if kind == "launch-template-version":
         return "ours", lambda: ec2.delete_launch_template_version(entry.extra["name"], int(entry.extra["version"]))
     raise ConfigError(f"ledger {run}: unknown resource kind {kind!r}")
-
-
-def _lookup(ec2, what: str, fn, key: str, not_found: tuple[str, ...], **kwargs) -> dict | None:
-    try:
-        items = ec2.call(what, fn, **kwargs)[key]
-    except BakeryError as exc:
-        if ec2.code_of(exc) in not_found:
-            return None
-        raise
-    return items[0] if items else None

@@ -61,17 +61,6 @@ ROOTFS_NAME = "rootfs"
 Log = Callable[[str], None]
 
 
-def default_data_dir() -> Path:
-    """``$BAKERY_DATA_DIR``, else ``/var/lib/bakery`` for root (the local cloud needs root anyway)."""
-    env = os.environ.get("BAKERY_DATA_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/bakery")
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "bakery"
-
-
 def _recipe() -> dict[str, object]:
     return {
         "suite": SUITE,

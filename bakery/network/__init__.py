@@ -25,7 +25,7 @@ from bakery.network.status import status
 from bakery.progress import Reporter
 
 __all__ = ["Action", "FailoverReport", "Network", "ResolvedInterface", "SubnetInfo", "failover", "open_env",
-           "render_status", "status"]
+           "status"]
 
 
 class Network(Resolver):
@@ -59,18 +59,8 @@ class Network(Resolver):
 def open_env(settings, name: str):
     """(EC2 facade, Environment) for the network tasks: the environment is loaded, and bad
     input refused, before any cloud call."""
-    from bakery.cloud.ec2 import EC2
+    from bakery.cloud.connect import open_cloud
     from bakery.config.environment import load_environment
 
     env = load_environment(settings.envs, name)
-    return EC2(settings), env
-
-
-def __getattr__(name: str):
-    # Transitional: render_status is the CLI's now (bakery/cli/network.py); tasks.py still
-    # imports it from here. Remove once it imports bakery.cli.network.
-    if name == "render_status":
-        from bakery.cli.network import render_status
-
-        return render_status
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return open_cloud(settings).ec2, env

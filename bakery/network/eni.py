@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from bakery.cloud.tags import ENVIRONMENT, ROLE, ROLE_ACTIVE, ROLE_FAILED, ROLE_STANDBY, SLOT, TIER, tag_filter
-from bakery.cloud.waits import Backoff, wait_for
+from bakery.waits import Backoff, wait_for
 from bakery.config.environment import Environment
 from bakery.errors import CloudError, ConfigError
 from bakery.network.resolve import ResolvedInterface, Resolver
@@ -129,7 +129,7 @@ def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter)
 
 def standby(ec2, env: str, tier: str, exclude: str | None) -> str:
     """The tier's first running standby instance other than `exclude`."""
-    instances = ec2.instances_matching(tag_filter(ENVIRONMENT, env), tag_filter(TIER, tier),
+    instances = ec2.instances(tag_filter(ENVIRONMENT, env), tag_filter(TIER, tier),
                                        tag_filter(ROLE, ROLE_STANDBY), states=("running",))
     ids = sorted(i["InstanceId"] for i in instances if i["InstanceId"] != exclude)
     if not ids:

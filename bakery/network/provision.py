@@ -57,8 +57,8 @@ class Provisioner:
         groups: dict[str, str | None] = {}
         for name, decl in net.security_groups.items():
             groups[name] = self.ensure("security-group", name, self.names.find_id("sg", name),
-                                       lambda: self.ec2.create_group(vpc, f"{self.env.name}-{name}",
-                                                                     decl.description, self.tags("sg", name)))
+                                       lambda: self.ec2.create_security_group(f"{self.env.name}-{name}", vpc,
+                                                                              self.tags("sg", name), decl.description))
         if not self.dry_run:  # after every group exists: a rule may name any of them
             for name, decl in net.security_groups.items():
                 self.rules(groups[name], decl, groups)

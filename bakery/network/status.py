@@ -12,7 +12,7 @@ def status(ec2, env: Environment) -> dict:
     mine = tag_filter(ENVIRONMENT, env.name)
     enis = ec2.network_interfaces(mine)
     # launch-time ENIs carry the instance's tags, not the network's: add those of the environment's instances
-    instances = ec2.instances_matching(mine)
+    instances = ec2.instances(mine)
     states = {i["InstanceId"]: i["State"]["Name"] for i in instances}
     seen = {e["NetworkInterfaceId"] for e in enis}
     others = sorted({nic["NetworkInterfaceId"] for i in instances for nic in i.get("NetworkInterfaces", [])} - seen)

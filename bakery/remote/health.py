@@ -1,10 +1,9 @@
 """Health checks: is the instance ready for service (HTTP status or TCP connect)?
 
-On AWS the check dials the instance's address; on the local cloud, which has no routed
-addresses, it dials inside the instance's network namespace. Either way it polls with
-back-off until the deadline, which is measured from the launch. Probes are capped at one
-every 0.5 s: they cost the instance almost nothing, and the cap bounds how late we notice
-readiness (the ready-for-service time `invoke launch` reports).
+A check is handed an Opener (bakery.remote.dial) for the instance's port and polls it with
+back-off until the deadline, which is measured from the launch. Probes are capped at one every
+0.5 s: they cost the instance almost nothing, and the cap bounds how late we notice readiness
+(the ready-for-service time `invoke launch` reports).
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ import http.client
 import socket
 import time
 
-from bakery.cloud.waits import Backoff, wait_for
+from bakery.waits import Backoff, wait_for
 from bakery.config.environment import HealthCheck
-from bakery.errors import WaitTimeout
+from bakery.remote.dial import Opener
 
 
 class _SocketHTTPConnection(http.client.HTTPConnection):
@@ -30,7 +29,7 @@ class _SocketHTTPConnection(http.client.HTTPConnection):
 def probe(connect, check: HealthCheck, host: str) -> str | None:
     """None when healthy, else what went wrong (for the timeout message)."""
     try:
-        sock = connect(check.port, 3.0)
+        sock = connect(3.0)
     except OSError as exc:
         return f"connect: {exc.strerror or exc}"
     try:
@@ -46,20 +45,12 @@ def probe(connect, check: HealthCheck, host: str) -> str | None:
         sock.close()
 
 
-def check_until(ec2, instance_id: str, address: str | None, check: HealthCheck, deadline: float) -> None:
-    if ec2.local is not None:
-        def connect(port, timeout):
-            return ec2.local.connect(instance_id, port, timeout)
-    else:
-        if not address:
-            raise WaitTimeout(f"health of {instance_id}: it has no {check.address.replace('_', ' ')} to check")
-
-        def connect(port, timeout):
-            return socket.create_connection((address, port), timeout=timeout)
+def check_until(opener: Opener, instance_id: str, check: HealthCheck, deadline: float) -> None:
+    """Poll until the check passes; a WaitTimeout naming the instance and the last problem otherwise."""
     last = ["not checked yet"]
 
     def attempt():
-        problem = probe(connect, check, address or instance_id)
+        problem = probe(opener.open, check, opener.where.rpartition(":")[0] or instance_id)
         if problem is None:
             return True
         last[0] = problem

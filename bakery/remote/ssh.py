@@ -21,13 +21,14 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import paramiko
 
-from bakery.cloud.waits import Backoff, wait_for
+from bakery.waits import Backoff, wait_for
 from bakery.errors import RemoteError
 from bakery.remote.connector import OutputSink, RunResult
+from bakery.remote.dial import Opener
 from bakery.remote.keys import fingerprint
 
 # paramiko logs every failed handshake attempt at ERROR while we are still retrying; keep
@@ -40,7 +41,6 @@ WINDOW = 16 * 1024 * 1024
 # ended it by then, so the builder or the runner is stuck and the runner is abandoned.
 DEADLINE_GRACE = 15.0
 RUNNER_SHELL = "bash"  # without it (or when sudo refuses it) steps fall back to one exec each
-SocketFactory = Callable[[float], socket.socket]
 STEP = " while running a step"
 # What we offer, fastest first as measured with paramiko (bench/upload_throughput.py): AES-GCM
 # needs no separate MAC pass. No CBC, 3DES, SHA-1 or MD5 (OpenSSH's own defaults dropped them).
@@ -91,30 +91,17 @@ class HostKeyMismatch(RemoteError):
 
 @dataclass(frozen=True)
 class Target:
-    host: str
-    port: int
+    opener: Opener       # how to reach the SSH port (bakery.remote.dial): TCP, a hop, or a namespace
     user: str
     login_key: "paramiko.PKey"
     host_key: str  # the only acceptable server key, "ssh-ed25519 AAAA..."
     label: str     # for messages: "builder i-0abc (127.0.0.1:2222)"
-    sock_factory: SocketFactory | None = None
-    proxy_command: str | None = None
-    bastion: "Bastion | None" = None
-
-
-@dataclass(frozen=True)
-class Bastion:
-    host: str
-    port: int
-    user: str
-    key_file: str | None
 
 
 class SSHConnector:
     def __init__(self, target: Target):
         self.target = target
         self.transport: paramiko.Transport | None = None
-        self._bastion: paramiko.SSHClient | None = None
         self._runners: dict[bool, _Runner] = {}  # keyed by "runs under sudo"
         self._no_runner: set[bool] = set()       # runners that could not start: those steps exec
         self.attempts = 0
@@ -143,34 +130,9 @@ class SSHConnector:
         wait_for(attempt, what=f"SSH on {t.label}", timeout=timeout,
                  backoff=Backoff(initial=0.05, factor=1.6, max_interval=0.9), hint=lambda: last_error[0])
 
-    def _socket(self, timeout: float):
-        t = self.target
-        if t.sock_factory:
-            return t.sock_factory(timeout)
-        if t.proxy_command:
-            cmd = t.proxy_command.replace("%h", t.host).replace("%p", str(t.port)).replace("%r", t.user)
-            return paramiko.ProxyCommand(cmd)
-        if t.bastion:
-            return self._bastion_channel(timeout)
-        sock = socket.create_connection((t.host, t.port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    def _bastion_channel(self, timeout: float):
-        b, t = self.target.bastion, self.target
-        if self._bastion is None:
-            client = paramiko.SSHClient()
-            client.load_system_host_keys()  # a bastion is long-lived: it must be in known_hosts
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            client.connect(b.host, port=b.port, username=b.user, key_filename=b.key_file, timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout)
-            self._bastion = client
-        return self._bastion.get_transport().open_channel("direct-tcpip", (t.host, t.port), ("127.0.0.1", 0),
-                                                         timeout=timeout)
-
     def _handshake(self, timeout: float) -> paramiko.Transport:
         t = self.target
-        sock = self._socket(timeout)
+        sock = self.target.opener.open(timeout)
         transport = paramiko.Transport(sock, default_window_size=WINDOW, default_max_packet_size=32768)
         try:
             transport.banner_timeout = timeout
@@ -419,9 +381,7 @@ class SSHConnector:
                 pass
             runner.chan.close()
         self._drop()
-        if self._bastion is not None:
-            self._bastion.close()
-            self._bastion = None
+        self.target.opener.close()
 
     def _drop(self) -> None:
         if self.transport is not None:

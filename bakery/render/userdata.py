@@ -78,6 +78,7 @@ class UserData:
     size: int  # len(payload)
     sha256: str  # of payload; stable across renders (fixed MIME boundary, gzip mtime 0)
     parts: list[tuple[str, str]]  # (template, content_type); the generated secrets script first
+    documents: list[tuple[str, str, str]] = ()  # (part filename, content_type, text) as packed, in order
 
 
 # ---------------------------------------------------------------- literal-secret lint
@@ -302,7 +303,7 @@ def _content_type(text: str, declared: str | None, show: str) -> str:
                       "start with '#cloud-config' or '#!', or declare content_type")
 
 
-def _mime(parts: list[tuple[str, str, str]]) -> str:
+def multipart(parts: list[tuple[str, str, str]]) -> str:
     """parts: (filename, content_type, text). The boundary is derived from the content, so
     identical input gives an identical document (and sha256) on every render."""
     digest = hashlib.sha256("\0".join(t for _, _, t in parts).encode()).hexdigest()[:32]
@@ -348,7 +349,7 @@ def render_user_data(userdata_dir: Path, parts: list[PartSpec], context: dict[st
     for i, (template, ctype, text) in enumerate(rendered, start=1):
         # cloud-init runs shell parts from one directory in name order: keep the declared order.
         mime_parts.append((f"{i:02d}-{Path(template).name.removesuffix('.j2')}", ctype, text))
-    text = mime_parts[0][2] if len(mime_parts) == 1 else _mime(mime_parts)
+    text = mime_parts[0][2] if len(mime_parts) == 1 else multipart(mime_parts)
 
     raw = text.encode("utf-8")
     packed = gzip.compress(raw, compresslevel=9, mtime=0)
@@ -359,4 +360,5 @@ def render_user_data(userdata_dir: Path, parts: list[PartSpec], context: dict[st
                           f"{MAX_USER_DATA}-byte limit even compressed; move content into the image")
     return UserData(text=text, payload=payload, gzipped=gzipped, size=len(payload),
                     sha256=hashlib.sha256(payload).hexdigest(),
-                    parts=([(SECRETS_PART, SHELL)] if secrets else []) + [(t, c) for t, c, _ in rendered])
+                    parts=([(SECRETS_PART, SHELL)] if secrets else []) + [(t, c) for t, c, _ in rendered],
+                    documents=mime_parts)

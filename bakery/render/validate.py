@@ -7,16 +7,13 @@ schema-checked, secret-linted and sized) are checked without any cloud call.
 from __future__ import annotations
 
 from bakery.config.environment import list_environments, load_environment
-from bakery.errors import ConfigError
 from bakery.config.recipe import list_recipes, load_recipe
 from bakery.config.settings import Settings
-
-PLACEHOLDER_IMAGE = "ami-00000000000000000"
+from bakery.errors import ConfigError
+from bakery.render.tier import render_offline
 
 
 def validate_all(settings: Settings) -> tuple[list[str], int]:
-    from bakery.launch import render_tier
-
     problems: list[str] = []
     recipes = list_recipes(settings.recipes)
     if not recipes:
@@ -38,7 +35,7 @@ def validate_all(settings: Settings) -> tuple[list[str], int]:
                 if spec.image.recipe and spec.image.recipe not in recipes:
                     raise ConfigError(f"{env.path}: tiers.{tier}.image.recipe: no recipe {spec.image.recipe!r} "
                                       f"in {settings.recipes}")
-                render_tier(settings, env, tier, spec.image.ami or PLACEHOLDER_IMAGE, settings.region)
+                render_offline(settings, env, tier)
             except ConfigError as exc:
                 problems.append(exc.message)
     return problems, len(recipes) + len(envs)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bakery.bake import bake
-from bakery.cloud.ec2 import EC2
+from bakery.bake.run import bake
+from bakery.cloud.connect import open_cloud
 from bakery.errors import StepFailed, WaitTimeout
 from bakery.local.cloud import LocalCloud
 from bakery.local.errors import LocalCloudError
@@ -118,7 +118,7 @@ def test_bake_runs_in_a_sandbox_and_the_image_is_a_clean_layer(cloud, settings):
 def test_an_instance_boots_the_image_with_real_cloud_init(cloud, settings):
     write_recipe(settings.recipes, "t2", RECIPE.format(extra=""))
     manifest = bake(settings, "t2", {}, report=Reporter(quiet=True))
-    ec2 = EC2(settings)
+    ec2 = open_cloud(settings).ec2
     inst = ec2.client.run_instances(ImageId=manifest.ami_id, InstanceType="t3.micro", MinCount=1, MaxCount=1,
                                     UserData=USER_DATA)["Instances"][0]
     box = Sandbox.attach(inst["InstanceId"], cloud.instances_dir)
@@ -139,7 +139,7 @@ def test_images_survive_an_endpoint_restart(cloud, settings):
     manifest = bake(settings, "t3", {}, report=Reporter(quiet=True))
     cloud.down()
     cloud.up()
-    image = EC2(settings).client.describe_images(ImageIds=[manifest.ami_id])["Images"][0]
+    image = open_cloud(settings).ec2.client.describe_images(ImageIds=[manifest.ami_id])["Images"][0]
     tags = {t["Key"]: t["Value"] for t in image["Tags"]}
     assert tags["bakery:inputs-hash"] == manifest.inputs_hash and tags["bakery:complete"] == "true"
     again = bake(settings, "t3", {}, report=Reporter(quiet=True))
@@ -151,7 +151,7 @@ def test_a_failing_step_leaves_no_sandbox(cloud, settings):
     with pytest.raises(StepFailed, match="fails exited with status 9"):
         bake(settings, "t4", {}, report=Reporter(quiet=True))
     assert_no_sandboxes(cloud)
-    ec2 = EC2(settings).client
+    ec2 = open_cloud(settings).ec2.client
     live = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
             if i["State"]["Name"] != "terminated"]
     assert live == []
@@ -162,7 +162,7 @@ def test_a_corrupt_layer_is_refused_and_nothing_runs(cloud, settings):
     manifest = bake(settings, "t5", {}, report=Reporter(quiet=True))
     layer = cloud.layers.layer_file(manifest.ami_id)
     layer.write_bytes(layer.read_bytes()[:100])
-    ec2 = EC2(settings)
+    ec2 = open_cloud(settings).ec2
     with pytest.raises(LocalCloudError, match=f"layer for {manifest.ami_id} is missing or corrupt"):
         ec2.client.run_instances(ImageId=manifest.ami_id, InstanceType="t3.micro", MinCount=1, MaxCount=1)
     live = [i for r in ec2.client.describe_instances()["Reservations"] for i in r["Instances"]
@@ -175,7 +175,7 @@ def test_deregistering_an_image_removes_its_layer(cloud, settings):
     write_recipe(settings.recipes, "t6", RECIPE.format(extra=""))
     manifest = bake(settings, "t6", {}, report=Reporter(quiet=True))
     assert (cloud.layers.root / manifest.ami_id).is_dir()
-    EC2(settings).deregister_image(manifest.ami_id)
+    open_cloud(settings).ec2.deregister_image(manifest.ami_id)
     assert not (cloud.layers.root / manifest.ami_id).exists()
 
 
@@ -260,7 +260,7 @@ def test_shipped_user_data_passes_the_real_cloud_init_schema_check(cloud, tmp_pa
     import email
 
     from bakery.config.environment import list_environments, load_environment
-    from bakery.launch import render_tier
+    from bakery.render.tier import render_tier
 
     rootfs = Path(str(cloud.layers.meta(cloud.ensure_base())["path"]))
     settings = Settings(cloud="local", project_dir=ROOT)
@@ -356,7 +356,7 @@ def test_a_client_keeps_the_same_address_and_mac_through_an_eni_failover(cloud, 
     """The seed's HA pattern, for real: the app's ENI (IP and MAC) moves to the hot standby."""
     import threading
 
-    from bakery.launch import launch
+    from bakery.launch.run import launch
     from bakery.network import failover
 
     write_recipe(settings.recipes, "t7", RECIPE.format(extra=""))
@@ -370,7 +370,7 @@ def test_a_client_keeps_the_same_address_and_mac_through_an_eni_failover(cloud, 
     report = launch(settings, "ha", report=Reporter(quiet=True))
     slots = {r.slot: r for r in report.instances}
     active, standby = slots["0"], slots["standby-0"]
-    ec2 = EC2(settings)
+    ec2 = open_cloud(settings).ec2
     front = ec2.client.describe_subnets(Filters=[{"Name": "tag:bakery:network-name", "Values": ["subnet/front"]}])
     client = cloud.fabric.client(front["Subnets"][0]["SubnetId"], "10.40.1.50", "ha")
     try:
@@ -414,5 +414,5 @@ def test_a_client_keeps_the_same_address_and_mac_through_an_eni_failover(cloud, 
     finally:
         cloud.fabric.remove_client("ha")
         ids = [r.instance_id for r in report.instances]
-        EC2(settings).client.terminate_instances(InstanceIds=ids)
+        open_cloud(settings).ec2.client.terminate_instances(InstanceIds=ids)
     assert_no_sandboxes(cloud)

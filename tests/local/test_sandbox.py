@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bakery.local.base import default_data_dir, ensure_base_image, load_base_metadata
+from bakery.config.settings import default_data_dir
+from bakery.local.base import ensure_base_image, load_base_metadata
 from bakery.local.errors import LocalCloudError
 from bakery.local.layers import LayerStore
 from bakery.local.prereqs import check_prerequisites, require

@@ -1,0 +1,72 @@
+"""The bake as data: a list of steps over one typed state, run in order.
+
+Like Packer's builder (builder/ebs/builder.go, multistep/basic_runner.go), each step does one
+thing and, the moment it creates something, registers that thing's undo on the run's clean-up
+stack (bakery/housekeeping/stack.py), which undoes in reverse however the bake ends. A step
+that fails raises; the runner stops there. Spot builders, a reboot, or another way to publish
+are a step added to or swapped in this list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bakery.bake import publish, smoke
+from bakery.bake import steps as s
+from bakery.bake.state import BakeState
+from bakery.cloud.ec2 import EC2
+from bakery.config.recipe import Recipe
+from bakery.config.settings import Settings
+from bakery.housekeeping.stack import CleanupStack
+from bakery.progress import Reporter
+from bakery.remote.dial import Dial
+
+
+@dataclass
+class Context:
+    """The services a step uses (the state is what steps hand each other)."""
+
+    settings: Settings
+    ec2: EC2
+    dial: Dial
+    report: Reporter
+    stack: CleanupStack
+
+
+class Step(Protocol):
+    title: str | None  # its stage line; None when the step reports its own stages
+
+    def run(self, state: BakeState, ctx: Context) -> str | None:
+        """Do the step (registering the undo of what it creates); the stage line's detail."""
+
+
+def steps_for(recipe: Recipe) -> list[Step]:
+    """What a bake does, top to bottom."""
+    return [
+        s.CreateKeyPair(),
+        s.CreateSecurityGroup(),
+        s.LaunchBuilder(),
+        s.WaitForBuilder(),
+        s.ConnectSSH(),
+        s.WaitForCloudInit(),
+        *(s.RunRecipeStep(index) for index in range(len(recipe.steps))),
+        s.CleanImage(),
+        s.CheckForLeftovers(),
+        s.StopBuilder(),
+        s.CreateImage(),
+        s.WaitForImage(),
+        *([smoke.SmokeTest()] if recipe.checks else []),
+        *([publish.PublishParameter()] if recipe.image.ssm_parameter else []),
+        *([publish.Publish()] if recipe.publish else []),
+        s.MarkFinished(),
+    ]
+
+
+def run_steps(steps: list[Step], state: BakeState, ctx: Context) -> None:
+    for step in steps:
+        if step.title is None:
+            step.run(state, ctx)
+            continue
+        with ctx.report.stage(step.title) as stage:
+            stage.detail = step.run(state, ctx) or ""

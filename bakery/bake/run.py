@@ -1,0 +1,123 @@
+"""One bake of one recipe: decide whether to bake at all, then run the pipeline.
+
+Before anything is created: the source image is resolved and the inputs hashed; a finished image
+with the same inputs hash ends the bake there (well under a second, no builder). Otherwise, under
+a lock that makes a second bake of the same recipe on this machine wait and then find the first
+one's image, the pipeline's steps run inside a tracked run: a ledger and one clean-up stack that
+undoes what was made in reverse on any failure or signal (bakery/housekeeping/stack.py).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import datetime, timezone
+
+from bakery.bake.pipeline import Context, run_steps, steps_for
+from bakery.bake.state import BakeState, Manifest
+from bakery.cloud.connect import Cloud, open_cloud
+from bakery.config.recipe import Recipe, load_recipe, template_context
+from bakery.config.settings import Settings
+from bakery.errors import ConfigError
+from bakery.progress import Reporter
+
+
+def new_build_id() -> str:
+    return datetime.now(timezone.utc).strftime("b-%Y%m%d%H%M%S-") + secrets.token_hex(3)
+
+
+class Bake:
+    """One run of one recipe. `run()` returns the Manifest or raises a BakeryError."""
+
+    def __init__(self, settings: Settings, recipe: Recipe, variables: dict[str, str], *, report: Reporter,
+                 force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None):
+        self.settings = settings
+        self.recipe = recipe
+        self.variables = recipe.resolve_vars(variables)  # bad --var refused before the cloud opens
+        self.report = report
+        self.force = force
+        self.keep_on_error = keep_on_error
+        self.cloud = cloud or open_cloud(settings)
+        self.build_id = new_build_id()
+        self.started = time.monotonic()
+
+    def run(self) -> Manifest:
+        ec2, r = self.cloud.ec2, self.report
+        started_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with r.stage("resolve source image") as s:
+            try:
+                source = ec2.resolve_source(self.recipe.source)
+            except ConfigError as exc:
+                raise ConfigError(f"{self.recipe.path}: {exc.message}") from None
+            s.detail = f"{source.id} ({source.name})"
+        with r.stage("hash inputs") as s:
+            from bakery.bake.digests import DigestCache
+            from bakery.bake.inputs import inputs_hash
+
+            digest = inputs_hash(self.recipe, self.variables, source.id,
+                                 DigestCache(self.settings.state / "digests.json"))
+            s.detail = digest
+        manifest = Manifest(recipe=self.recipe.name, build_id=self.build_id, region=ec2.region, ami_id=None,
+                            image_name=None, source_ami=source.id, inputs_hash=digest, skipped=False, reason="",
+                            started_at=started_at, seconds=0.0, variables=self.variables)
+        if not self.force and self._skip(manifest):
+            return manifest
+        # Two bakes of one recipe on this machine: the second waits, then finds the first's image.
+        with self._lock():
+            if not self.force and self._skip(manifest):
+                return manifest
+            manifest.reason = "forced" if self.force else "no image with these inputs"
+            state = BakeState(recipe=self.recipe, variables=self.variables, build_id=self.build_id,
+                              context=template_context(self.recipe, self.variables, self.build_id,
+                                                       datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")),
+                              source=source, manifest=manifest)
+            self._build(state)
+        manifest.stages = r.timings()
+        manifest.seconds = round(time.monotonic() - self.started, 3)
+        manifest.write(self.settings.state / "manifests")
+        return manifest
+
+    def _build(self, state: BakeState) -> None:
+        from bakery.housekeeping.cleanup import clean_build
+        from bakery.housekeeping.stack import tracked_run
+
+        ec2 = self.cloud.ec2
+        with tracked_run(self.settings.state, self.build_id, f"bake {self.recipe.name}", self.report,
+                         keep_on_error=self.keep_on_error, on_keep=lambda: self._kept(state),
+                         sweep=lambda: clean_build(ec2, self.build_id).removed) as stack:
+            ctx = Context(self.settings, ec2, self.cloud.dial, self.report, stack)
+            run_steps(steps_for(self.recipe), state, ctx)
+
+    def _skip(self, manifest: Manifest) -> bool:
+        existing = self.cloud.ec2.bakery_images(recipe=self.recipe.name, inputs_hash=manifest.inputs_hash)
+        if not existing:
+            return False
+        image = existing[0]
+        manifest.skipped, manifest.ami_id, manifest.image_name = True, image["ImageId"], image.get("Name")
+        manifest.reason = f"inputs unchanged: {image['ImageId']} already has inputs hash {manifest.inputs_hash}"
+        manifest.seconds = round(time.monotonic() - self.started, 3)
+        return True
+
+    def _lock(self):
+        from bakery.housekeeping.locks import exclusive
+
+        return exclusive(self.settings.state / "locks", f"bake-{self.cloud.ec2.region}-{self.recipe.name}",
+                         lambda: self.report.info(f"another bake of {self.recipe.name} is running here; waiting"))
+
+    def _kept(self, state: BakeState) -> None:
+        """--keep-on-error: say what was kept, how to reach the builder and how to remove it all."""
+        made = [("key pair", state.key_name), ("security group", state.group_id),
+                ("instance", (state.builder or {}).get("InstanceId")), ("image", state.image_id)]
+        self.report.warn(f"--keep-on-error: kept build {self.build_id}: "
+                         + ", ".join(f"{what} {rid}" for what, rid in made if rid))
+        if state.builder and state.key_file:
+            self.report.warn(f"  reach it:  ssh -i {state.key_file} {self.recipe.builder.ssh.user}@<builder address>")
+        self.report.warn(f"  remove it: invoke clean --build-id {self.build_id}")
+
+
+def bake(settings: Settings, recipe_name: str, variables: dict[str, str], *, report: Reporter,
+         force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None) -> Manifest:
+    """Load and check the recipe offline, then open the cloud and bake it."""
+    recipe = load_recipe(settings.recipes, recipe_name)
+    return Bake(settings, recipe, variables, report=report, force=force, keep_on_error=keep_on_error,
+                cloud=cloud).run()

@@ -1,0 +1,306 @@
+"""The bake's steps on the builder: from a key pair to a finished image.
+
+Each step reads what earlier steps wrote into the BakeState, does one thing, and registers the
+undo of anything it creates on `ctx.stack` before it waits on it. Steps that create cloud
+resources journal them (kind, id, region) so the janitor can find them after a crash.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+from bakery.bake.hygiene import HYGIENE, LEFTOVER_CHECK, findings
+from bakery.bake.state import BakeState, StepRecord
+from bakery.cloud import tags as T
+from bakery.cloud.access import caller_cidr
+from bakery.cloud.images import snapshots_of
+from bakery.cloud.instances import InstanceSpec, Nic, Volume
+from bakery.config.recipe import render_step
+from bakery.errors import RemoteError, StepFailed
+
+# Waits for cloud-init inside the builder (or smoke instance): its modules may still be writing
+# files the recipe's steps depend on. 2 = done with recoverable errors: usable, the recipe decides.
+CLOUD_INIT_WAIT = """\
+if command -v cloud-init >/dev/null 2>&1; then
+  cloud-init status --wait >/dev/null; rc=$?
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 2 ] || { cloud-init status --long; exit "$rc"; }
+fi
+"""
+CLOUD_INIT_TIMEOUT = 900
+INSTANCE_TIMEOUT = 600
+
+
+def prefetch(module: str) -> None:
+    """Import on a thread while this one waits on EC2: paramiko and cryptography take ~0.15 s
+    of CPU to import, which then hides behind the builder's launch instead of following it."""
+    import importlib
+
+    threading.Thread(target=importlib.import_module, args=(module,), name=f"import {module}", daemon=True).start()
+
+
+def builder_spec(state: BakeState, role: str, image_id: str, root_device: str, user_data: str) -> InstanceSpec:
+    """The builder (role 'builder') or the smoke instance (role 'smoke'): the recipe's builder settings."""
+    b = state.recipe.builder
+    v = b.root_volume
+    return InstanceSpec(
+        image_id=image_id, instance_types=tuple(b.instance_types),
+        nics=(Nic(0, state.subnet["SubnetId"], (state.group_id,), public_ip=b.ssh.interface == "public_ip"),),
+        volume=Volume(v.size_gb, v.type, v.encrypted, v.kms_key_id, v.device_name or root_device),
+        tags=T.build_tags(state.recipe.name, state.build_id, role, temporary=True),
+        token=f"{state.build_id}/{role}", user_data=user_data, key_name=state.key_name,
+        instance_profile=b.iam_instance_profile, imds_hop_limit=1, terminate_on_shutdown=True)
+
+
+def launch(state: BakeState, ctx, spec: InstanceSpec, what: str) -> dict:
+    """Start the instance and register its termination (waited for) before anything waits on it."""
+    ec2 = ctx.ec2
+    instance = ec2.launch(spec, on_capacity=ctx.report.warn)
+    iid = instance["InstanceId"]
+    ctx.stack.created("instance", iid, ec2.region, f"{what} {iid}", lambda: ec2.terminate_and_wait(iid))
+    return instance
+
+
+def ssh_to(state: BakeState, ctx, instance: dict, host_key, what: str):
+    """An SSH connector to the instance through the dial, pinned to the host key we gave it."""
+    from bakery.remote.dial import Bastion, Machine, Route
+    from bakery.remote.ssh import SSHConnector, Target
+
+    ssh = state.recipe.builder.ssh
+    bastion = Bastion(ssh.bastion.host, ssh.bastion.port, ssh.bastion.user, ssh.bastion.key_file) if ssh.bastion else None
+    route = Route(address=ssh.interface, host=ssh.host, proxy_command=ssh.proxy_command, bastion=bastion, user=ssh.user)
+    opener = ctx.dial(Machine.of(instance), ssh.port, route, ssh=True)
+    label = f"{what} {instance['InstanceId']}" + (f" ({opener.where})" if opener.where else "")
+    return SSHConnector(Target(opener=opener, user=ssh.user, login_key=state.login.paramiko_key(),
+                               host_key=host_key.public_openssh, label=label))
+
+
+def wait_for_cloud_init(connector, ctx, timeout: float, source: str) -> None:
+    res = connector.run(CLOUD_INIT_WAIT, env={}, timeout=timeout, sudo=False,
+                        on_output=lambda line: ctx.report.output(source, line))
+    if res.exit_status != 0:
+        raise RemoteError(f"{connector.target.label}: cloud-init did not finish cleanly (exit {res.exit_status})")
+
+
+class CreateKeyPair:
+    """A login key generated here (the private half never travels), imported as an EC2 key pair."""
+
+    title = "create temporary key pair"
+
+    def run(self, state: BakeState, ctx) -> str:
+        from bakery.remote import keys
+
+        state.login = keys.generate(f"bakery-{state.build_id}")
+        key_dir = ctx.settings.state / "keys" / state.build_id
+        ctx.stack.created("key-file", str(key_dir), None, "private key file",
+                          lambda: shutil.rmtree(key_dir, ignore_errors=True))
+        state.key_file = state.login.write_private(key_dir, "id_ed25519")
+        name = f"bakery-{state.recipe.name}-{state.build_id}"
+        ctx.ec2.import_key_pair(name, state.login.public_openssh,
+                                T.build_tags(state.recipe.name, state.build_id, "key-pair", temporary=True))
+        state.key_name = name
+        ctx.stack.created("key-pair", name, ctx.ec2.region, f"key pair {name}", lambda: ctx.ec2.delete_key_pair(name))
+        return name
+
+
+class CreateSecurityGroup:
+    """A group that admits SSH from the caller's own address only."""
+
+    title = "create temporary security group"
+
+    def run(self, state: BakeState, ctx) -> str:
+        ec2, b = ctx.ec2, state.recipe.builder
+        state.subnet = ec2.subnet(b.subnet) if b.subnet else ec2.default_subnet("builder.subnet")
+        state.caller_cidr = b.ssh.allowed_cidr or caller_cidr(ec2.settings.endpoint_url)
+        group = ec2.create_security_group(f"bakery-{state.recipe.name}-{state.build_id}", state.subnet["VpcId"],
+                                          T.build_tags(state.recipe.name, state.build_id, "security-group",
+                                                       temporary=True))
+        state.group_id = group
+        ctx.stack.created("security-group", group, ec2.region, f"security group {group}",
+                          lambda: ec2.delete_security_group(group))
+        ec2.allow_tcp(group, 22, state.caller_cidr)
+        return f"{group}: tcp/22 from {state.caller_cidr} only"
+
+
+class LaunchBuilder:
+    """The builder, from the source image, with a host key pinned through its user data."""
+
+    title = "launch builder"
+
+    def run(self, state: BakeState, ctx) -> str:
+        from bakery.remote import keys
+        from bakery.render.builder import builder_user_data
+
+        prefetch("bakery.remote.ssh")  # imported while EC2 starts the builder
+        state.builder_host_key = keys.generate(f"bakery-host-{state.build_id}")
+        spec = builder_spec(state, "builder", state.source.id, state.source.root_device_name,
+                            builder_user_data(state.builder_host_key))
+        state.builder = launch(state, ctx, spec, "builder")
+        return f"{state.builder['InstanceId']} ({state.builder['InstanceType']})"
+
+
+class WaitForBuilder:
+    title = "wait for builder to run"
+
+    def run(self, state: BakeState, ctx) -> None:
+        state.builder = ctx.ec2.wait_instance_state(state.builder["InstanceId"], "running", timeout=INSTANCE_TIMEOUT)
+
+
+class ConnectSSH:
+    """SSH through the dial; the server must present the host key we pinned."""
+
+    title = "wait for SSH"
+
+    def run(self, state: BakeState, ctx) -> str:
+        connector = ssh_to(state, ctx, state.builder, state.builder_host_key, "builder")
+        connector.connect(timeout=state.recipe.builder.ssh.timeout)
+        state.connector = connector
+        ctx.stack.callback(connector.close)
+        return f"{connector.target.label}, host key {state.builder_host_key.fingerprint()} verified"
+
+
+class WaitForCloudInit:
+    title = "wait for cloud-init"
+
+    def run(self, state: BakeState, ctx) -> None:
+        wait_for_cloud_init(state.connector, ctx, CLOUD_INIT_TIMEOUT, "cloud-init")
+
+
+class RunRecipeStep:
+    """One of the recipe's steps, with its retries, timeout and failure policy."""
+
+    title = None  # its stage line names the step and its position: "step 2/5: install nginx"
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def run(self, state: BakeState, ctx) -> None:
+        recipe = state.recipe
+        step = render_step(recipe, recipe.steps[self.index], self.index, state.context)
+        label = f"step {self.index + 1}/{len(recipe.steps)}: {step.name}"
+        with ctx.report.stage(label) as stage:
+            record, why = self._attempts(state, ctx, step, label)
+            stage.detail = (f"{why}; continuing (on_failure: continue)" if record.status == "continued"
+                            else f"ok{f' after {record.attempts} attempts' if record.attempts > 1 else ''}")
+        state.manifest.steps.append(record)
+
+    def _attempts(self, state: BakeState, ctx, step, label: str) -> tuple[StepRecord, str]:
+        attempts, start = 0, time.monotonic()
+        while True:
+            attempts += 1
+            status, timed_out = self._once(state, ctx, step)
+            seconds = round(time.monotonic() - start, 3)
+            if status == 0:
+                return StepRecord(step.name, step.kind, "ok", 0, attempts, seconds), ""
+            why = f"timed out after {step.timeout:g}s" if timed_out else f"exited with status {status}"
+            if attempts <= step.retries:
+                ctx.report.warn(f"{label} {why}; retrying ({attempts}/{step.retries})")
+                time.sleep(min(2.0 * attempts, 10))
+                continue
+            if step.on_failure == "continue":
+                return StepRecord(step.name, step.kind, "continued", status, attempts, seconds), why
+            raise StepFailed(f"{state.recipe.path}: {label} {why}"
+                             f"{f' after {attempts} attempts' if attempts > 1 else ''}")
+
+    @staticmethod
+    def _once(state: BakeState, ctx, step) -> tuple[int, bool]:
+        from bakery.remote.ssh import ConnectionLost
+
+        recipe, connector = state.recipe, state.connector
+        if step.kind == "upload":
+            up = step.upload
+            try:
+                connector.put(recipe.local_path(up.source), up.dest, mode=up.mode, owner=up.owner, sudo=step.sudo)
+                return 0, False
+            except ConnectionLost:
+                raise
+            except RemoteError as exc:  # the upload itself failed (disk full, bad owner): a step failure
+                ctx.report.output(step.name, exc.message)
+                return 1, False
+        script = step.shell if step.shell is not None else recipe.local_path(step.script).read_text()
+        res = connector.run(script, env=step.env, timeout=step.timeout, sudo=step.sudo,
+                            on_output=lambda line: ctx.report.output(step.name, line))
+        return res.exit_status, res.timed_out
+
+
+class CleanImage:
+    """Hygiene before the snapshot: logs, caches, keys and cloud-init's instance state go."""
+
+    title = "clean image (hygiene)"
+
+    def run(self, state: BakeState, ctx) -> None:
+        res = state.connector.run(HYGIENE, env={}, timeout=300, sudo=True,
+                                  on_output=lambda line: ctx.report.output("hygiene", line))
+        if res.exit_status != 0:
+            raise RemoteError(f"{state.connector.target.label}: hygiene before the snapshot failed "
+                              f"(exit {res.exit_status})")
+
+
+class CheckForLeftovers:
+    """Refuse to snapshot an image that would carry credentials or keys; then hang up."""
+
+    title = "check image for leftovers"
+
+    def run(self, state: BakeState, ctx) -> str:
+        lines: list[str] = []
+        res = state.connector.run(LEFTOVER_CHECK, env={}, timeout=300, sudo=True, on_output=lines.append)
+        leaks = findings(lines)
+        if leaks:
+            more = f" and {len(leaks) - 3} more" if len(leaks) > 3 else ""
+            raise StepFailed(f"{state.recipe.path}: refusing to snapshot: the image would carry "
+                             f"{', '.join(leaks[:3])}{more}; remove it in a step")
+        if res.exit_status != 0:
+            raise RemoteError(f"{state.connector.target.label}: leftover check failed (exit {res.exit_status})")
+        state.connector.close()
+        return "none"
+
+
+class StopBuilder:
+    title = "stop builder"
+
+    def run(self, state: BakeState, ctx) -> None:
+        iid = state.builder["InstanceId"]
+        ctx.ec2.stop_instance(iid)
+        ctx.ec2.wait_instance_state(iid, "stopped", timeout=900)
+
+
+class CreateImage:
+    """The image, tagged with its recipe and inputs hash; unfinished (removed on failure) until
+    MarkFinished."""
+
+    title = "create image"
+
+    def run(self, state: BakeState, ctx) -> str:
+        from bakery.config.templating import image_name
+
+        recipe, ec2 = state.recipe, ctx.ec2
+        state.image_name = image_name(recipe.image.name, state.context, f"{recipe.path}: image.name")
+        state.image_tags = {**recipe.image.tags, "Name": state.image_name,
+                            **T.build_tags(recipe.name, state.build_id, "image", temporary=False),
+                            T.INPUTS_HASH: state.manifest.inputs_hash, T.SOURCE_AMI: state.source.id}
+        image_id = ec2.create_image(state.builder["InstanceId"], state.image_name,
+                                    recipe.image.description or recipe.description, state.image_tags)
+        state.image_id = image_id
+        ctx.stack.created("image", image_id, ec2.region, f"unfinished image {image_id}",
+                          lambda: ec2.deregister_image(image_id), product=True)
+        return f"{image_id} {state.image_name}"
+
+
+class WaitForImage:
+    title = "wait for image"
+
+    def run(self, state: BakeState, ctx) -> None:
+        state.image = ctx.ec2.wait_image_available(state.image_id, timeout=3600)
+        # CreateImage cannot tag snapshots everywhere (moto, older APIs): tag them explicitly.
+        ctx.ec2.tag(snapshots_of(state.image), {**state.image_tags, T.ROLE: "snapshot"})
+        state.manifest.ami_id, state.manifest.image_name = state.image_id, state.image_name
+
+
+class MarkFinished:
+    """Only now is the image a product: skips, launches and lifecycle commands look for this tag."""
+
+    title = None
+
+    def run(self, state: BakeState, ctx) -> None:
+        ctx.ec2.tag([state.image_id], {T.COMPLETE: "true"})

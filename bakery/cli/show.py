@@ -1,0 +1,142 @@
+"""What each task prints, and the exit status its outcome deserves.
+
+tasks.py parses flags and calls bakery; the result comes here to be printed (JSON on request,
+else lines for people) on stdout, while progress stays on stderr. A task whose outcome is a
+failure (a recipe that failed to rebake, problems found by validate, leftovers the janitor could
+not remove) exits non-zero from here, after printing what it found.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import sys
+from dataclasses import asdict
+
+from bakery.cli import emit, tables
+from bakery.errors import CloudError
+
+
+def _json(data) -> None:
+    emit(jsonlib.dumps(data, indent=2))
+
+
+def bake(manifest, *, json: bool) -> None:
+    if json:
+        emit(manifest.to_json())
+    elif manifest.skipped:
+        emit(f"{manifest.ami_id} unchanged ({manifest.reason})")
+    else:
+        emit(f"{manifest.ami_id} {manifest.image_name} baked in {manifest.seconds:.1f}s "
+             f"(manifest: {manifest.manifest_path})")
+
+
+def rebake(rows, *, json: bool) -> None:
+    from invoke.exceptions import Exit
+
+    emit(tables.rebake_json(rows) if json else tables.rebake_table(rows))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(tables.rebake_markdown(rows) + "\n")
+    failed = [r.recipe for r in rows if r.decision == "failed"]
+    if failed:
+        raise Exit(f"error: {len(failed)} recipe(s) failed: {', '.join(failed)}", code=1)
+
+
+def prune(reports, *, json: bool, dry_run: bool) -> None:
+    if json:
+        _json([asdict(r) for r in reports])
+    else:
+        emit(tables.prune(reports, dry_run))
+
+
+def images(rows, *, json: bool) -> None:
+    if json:
+        _json(rows)
+    else:
+        emit(tables.images(rows))
+
+
+def launch(report, *, json: bool) -> None:
+    from bakery.cli.launch import summary
+
+    emit(report.to_json() if json else summary(report))
+
+
+def render(user_data, note: str | None) -> None:
+    """Exactly the user data, byte for byte (no added newline); a placeholder is said on stderr."""
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    sys.stdout.write(user_data.text)
+    sys.stdout.flush()
+
+
+def validate(problems: list[str], checked: int) -> None:
+    from invoke.exceptions import Exit
+
+    for line in problems:
+        emit(line)
+    if problems:
+        raise Exit(f"error: {len(problems)} problem(s) in {checked} file(s)", code=2)
+    emit(f"ok: {checked} file(s) valid")
+
+
+def janitor(report) -> None:
+    emit(tables.janitor(report))
+    if report.failed:
+        raise CloudError(f"janitor: {len(report.failed)} resource(s) not removed; run it again when the cause is fixed")
+
+
+def clean(report) -> None:
+    emit(tables.clean(report))
+
+
+def local_up(url: str) -> None:
+    emit(f"local cloud up: {url}")
+
+
+def local_down(result: dict) -> None:
+    emit(f"local cloud down: {result['instances_destroyed']} instance(s) destroyed, "
+         f"endpoint {'stopped' if result['endpoint_stopped'] else 'was not running'}")
+
+
+def local_status(info: dict, *, json: bool) -> None:
+    from bakery.cloud import tags as T
+
+    if json:
+        _json(info)
+        return
+    lines = [f"endpoint:  {info['endpoint'] or 'not running (starts on demand, or: invoke local.up)'}",
+             f"data dir:  {info['data_dir']}", f"instances: {len(info['instances'])}"]
+    lines += [f"  {i['instance_id']}  {'running' if i['running'] else 'stopped'}" for i in info["instances"]]
+    lines.append(f"images:    {len(info['images'])}")
+    for image in info["images"]:
+        size = f"{image['size'] / 1048576:.1f} MiB" if image.get("size") else "base rootfs"
+        recipe = image.get("tags", {}).get(T.RECIPE)
+        flag = "  (deregistered, kept for images built on it)" if image["deregistered"] else ""
+        lines.append(f"  {image['ami_id']}  {image['name']}  {size}{f'  recipe {recipe}' if recipe else ''}{flag}")
+    emit("\n".join(lines))
+
+
+def network_up(actions, *, json: bool, dry_run: bool) -> None:
+    if json:
+        _json([a.__dict__ for a in actions])
+    else:
+        emit("\n".join(a.line() for a in actions) + ("\n(dry run: nothing created)" if dry_run else ""))
+
+
+def network_status(info: dict, *, json: bool) -> None:
+    from bakery.cli.network import render_status
+
+    emit(jsonlib.dumps(info, indent=2) if json else render_status(info))
+
+
+def failover(result, *, json: bool) -> None:
+    if json:
+        _json(asdict(result))
+        return
+    emit(f"{result.environment}/{result.tier}: interfaces moved {result.from_instance} -> {result.to_instance} "
+         f"in {result.seconds:.2f}s")
+    for i in result.interfaces:
+        emit(f"  {i['eni']} dev {i['device_index']} {','.join(i['ips'])} {i['mac']}")

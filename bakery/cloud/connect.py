@@ -1,0 +1,53 @@
+"""Open the cloud the settings name: the one place that knows which cloud bakery is on.
+
+`open_cloud(settings)` returns the EC2 facade for the endpoint and the Dial that reaches its
+instances' ports (bakery.remote.dial). For `cloud: aws` that is the settings' endpoint (AWS or any
+compatible one) and TCP to instances' addresses; for `cloud: local` it starts the local cloud on
+demand (an endpoint on 127.0.0.1 with throwaway credentials, so real AWS credentials are never
+sent to it) and dials inside instances' network namespaces. Workflows call this once, after
+their input has been checked offline, and never ask which cloud they are on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+
+from bakery.cloud.ec2 import EC2
+from bakery.config.settings import Settings
+from bakery.remote.dial import Dial, Machine, Opener, Route, TcpDial
+
+
+@dataclass
+class Cloud:
+    ec2: EC2
+    dial: Dial
+
+
+def open_cloud(settings: Settings) -> Cloud:
+    if settings.cloud != "local":
+        return Cloud(EC2(settings), TcpDial(settings.ssh_host, settings.ssh_port))
+    from bakery.cloud.local_effects import LocalEffects
+    from bakery.cloud.session import Session
+    from bakery.local.cloud import LocalCloud
+
+    local = LocalCloud(settings.local_data)
+    url = local.up(log=lambda line: print(f"local cloud: {line}", file=sys.stderr, flush=True))
+    session = Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=settings.region)
+    ec2 = EC2(dataclasses.replace(settings, endpoint_url=url), session, client_hook=LocalEffects(local).attach)
+    return Cloud(ec2, SandboxDial(local))
+
+
+class SandboxDial:
+    """The local cloud's instances have no routed address: open the socket inside the instance's
+    network namespace, whatever address or hop the route names."""
+
+    def __init__(self, local):
+        self.local = local
+
+    def __call__(self, machine: Machine, port: int, route: Route = Route(), *, ssh: bool = False) -> Opener:
+        return Opener("", lambda timeout: self.local.connect(machine.instance_id, port, timeout))
+
+    def shell_prefix(self, machine: Machine) -> tuple[str, str]:
+        return f"ip netns exec {self.local.netns(machine.instance_id)} ", "127.0.0.1"

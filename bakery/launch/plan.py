@@ -1,0 +1,121 @@
+"""Planning a launch: for every tier, before anything is created, its image, its rendered user
+data, its subnets, groups and interfaces, and which of its slots are empty.
+
+Planning makes read-only calls only, so bad input never leaves half an environment behind.
+Launching is idempotent by tag: each instance fills a numbered slot (`bakery:slot`), and a
+re-run only fills the empty ones.
+"""
+
+from __future__ import annotations
+
+from bakery.cloud import tags as T
+from bakery.config.environment import Environment, Tier
+from bakery.config.settings import Settings
+from bakery.errors import ConfigError
+from bakery.launch.report import TierPlan
+from bakery.progress import Reporter
+from bakery.render.tier import render_tier
+
+
+class Planner:
+    def __init__(self, settings: Settings, env: Environment, ec2, report: Reporter):
+        self.settings, self.env, self.ec2, self.report = settings, env, ec2, report
+
+    def plan(self, tiers: dict[str, Tier]) -> list[TierPlan]:
+        plans = []
+        for name, spec in tiers.items():
+            with self.report.stage(f"plan tier {name}") as s:
+                plans.append(self._plan_tier(name, spec))
+                p = plans[-1]
+                s.detail = (f"{p.strategy}, {p.image_id}, {p.count} x {p.instance_type} "
+                            f"({len(p.existing)} running, {len(p.missing_slots)} to launch), "
+                            f"user data {p.user_data_size} bytes")
+        return plans
+
+    def _plan_tier(self, name: str, spec: Tier) -> TierPlan:
+        where = f"{self.env.path}: tiers.{name}"
+        image = self.image(spec, where)
+        user_data = render_tier(self.settings, self.env, name, image["ImageId"], self.ec2.region)
+        resolved = []
+        existing = self.ec2.instances(T.tag_filter(T.ENVIRONMENT, self.env.name), T.tag_filter(T.TIER, name))
+        taken = {T.tags_of(i).get(T.SLOT) for i in existing}
+        slots = [str(i) for i in range(spec.count)] + [f"standby-{i}" for i in range(spec.standby)]
+        missing = [s for s in slots if s not in taken]
+        if spec.interfaces:
+            # fixed addresses must be free only when this run launches instances to hold them
+            resolved = self._network().resolve_interfaces(name, spec, new_instances=bool(missing))
+            primary = resolved[0]
+            if primary.subnet.id is None:
+                raise ConfigError(f"{where}.interfaces: subnet {primary.spec.subnet!r} does not exist yet: "
+                                  f"run invoke network.up --env {self.env.name}")
+            subnets = [{"SubnetId": primary.subnet.id, "VpcId": primary.subnet.vpc}]
+            groups = primary.groups
+        else:
+            subnets = self._subnets(spec, where)
+        vpc = subnets[0]["VpcId"]
+        if any(s["VpcId"] != vpc for s in subnets):
+            raise ConfigError(f"{where}.subnets: subnets are in different VPCs "
+                              f"({', '.join(sorted({s['VpcId'] for s in subnets}))})")
+        if not spec.interfaces:
+            groups = self._groups(spec, vpc, where)
+        return TierPlan(
+            tier=name, strategy=spec.strategy, image_id=image["ImageId"], image_name=image.get("Name", ""),
+            recipe=spec.image.recipe, instance_type=spec.instance_type, count=spec.count,
+            existing=[i["InstanceId"] for i in existing], missing_slots=missing,
+            subnets=[s["SubnetId"] for s in subnets], vpc_id=vpc, security_groups=groups,
+            user_data_size=user_data.size if user_data else 0,
+            user_data_raw_size=len(user_data.text.encode()) if user_data else 0,
+            user_data_gzipped=bool(user_data and user_data.gzipped),
+            user_data_sha256=user_data.sha256 if user_data else "",
+            root_device_name=image.get("RootDeviceName") or "/dev/xvda",
+            user_data=user_data.payload if user_data else b"", interfaces=resolved,
+            health_check=spec.health_check.model_dump() if spec.health_check else None)
+
+    def image(self, spec: Tier, where: str) -> dict:
+        """The image a tier launches from."""
+        ref = spec.image
+        if spec.strategy == "bootstrap":  # the recipe's own source image; its steps run at boot
+            from bakery.config.recipe import load_recipe
+
+            source = self.ec2.resolve_source(load_recipe(self.settings.recipes, ref.recipe).source)
+            return {"ImageId": source.id, "Name": source.name, "RootDeviceName": source.root_device_name}
+        if ref.recipe:
+            images = self.ec2.bakery_images(recipe=ref.recipe)
+            if not images:
+                raise ConfigError(f"{where}.image.recipe: no finished image of recipe {ref.recipe!r} in "
+                                  f"{self.ec2.region}; bake one first: invoke bake --recipe {ref.recipe}")
+            return images[0]
+        if ref.ssm_parameter:
+            value = self.ec2.parameter(ref.ssm_parameter)
+            return self.ec2.available_image(value, f"{where}.image.ssm_parameter ({ref.ssm_parameter})")
+        return self.ec2.available_image(ref.ami, f"{where}.image.ami")
+
+    def _subnets(self, spec: Tier, where: str) -> list[dict]:
+        """The tier's subnets (declared network names, ids or Name tags); default: the default VPC's first."""
+        if not spec.subnets:
+            return [self.ec2.default_subnet(f"{where}.subnets")]
+        network = self._network()
+        out = []
+        for ref in spec.subnets:
+            info = network.subnet(ref, f"{where}.subnets")
+            if info.id is None:
+                raise ConfigError(f"{where}.subnets: subnet {ref!r} does not exist yet: "
+                                  f"run invoke network.up --env {self.env.name}")
+            out.append({"SubnetId": info.id, "VpcId": info.vpc})
+        return out
+
+    def _groups(self, spec: Tier, vpc: str, where: str) -> list[str]:
+        network = self._network()
+        out = []
+        for ref in spec.security_groups or ["default"]:
+            group = network.group(ref, vpc, f"{where}.security_groups")
+            if group is None:
+                raise ConfigError(f"{where}.security_groups: {ref!r} does not exist yet: "
+                                  f"run invoke network.up --env {self.env.name}")
+            out.append(group)
+        return out
+
+    def _network(self):
+        from bakery.network import Network
+
+        return Network(self.ec2, self.env)

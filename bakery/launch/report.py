@@ -1,0 +1,61 @@
+"""What a launch decided and did: a plan per tier, a line per instance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TierPlan:
+    tier: str
+    strategy: str
+    image_id: str
+    image_name: str
+    recipe: str | None
+    instance_type: str
+    count: int
+    existing: list[str]
+    missing_slots: list[str]
+    subnets: list[str]
+    vpc_id: str
+    security_groups: list[str]
+    user_data_size: int
+    user_data_raw_size: int
+    user_data_gzipped: bool
+    user_data_sha256: str
+    root_device_name: str = "/dev/xvda"
+    user_data: bytes = field(default=b"", repr=False)
+    interfaces: list = field(default_factory=list, repr=False)  # network.ResolvedInterface, when declared
+    health_check: dict | None = None
+
+
+@dataclass
+class InstanceReport:
+    tier: str
+    slot: str
+    instance_id: str
+    private_ip: str | None
+    public_ip: str | None
+    image_id: str
+    running_s: float | None = None
+    ready_s: float | None = None
+    health: str = "not checked"
+
+
+@dataclass
+class LaunchReport:
+    environment: str
+    launch_id: str
+    region: str
+    dry_run: bool
+    plans: list[TierPlan]
+    instances: list[InstanceReport] = field(default_factory=list)
+    launch_templates: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    network: list[str] = field(default_factory=list)
+    reach: str | None = None  # a shell command that reaches a healthy instance from this machine
+
+    def to_json(self) -> str:
+        data = asdict(self, dict_factory=lambda items: {k: v for k, v in items if k not in ("user_data", "interfaces")})
+        return json.dumps(data, indent=2, sort_keys=True)
