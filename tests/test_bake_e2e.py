@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from bakery.bake.inputs import Inputs
 from bakery.bake.run import bake
 from bakery.progress import Reporter
 from tests.support import cloud_of, leftovers, recipe_text, write_recipe
@@ -136,7 +137,7 @@ def test_the_builder_is_launched_locked_down(moto, tmp_path, builder_host, setti
     ec2 = EC2(settings)
     sent: list[dict] = []
     ec2.client.meta.events.register("provide-client-params.ec2.RunInstances", lambda params, **_: sent.append(params))
-    Bake(settings, load_recipe(recipes, "web"), {}, report=Reporter(quiet=True), cloud=cloud_of(ec2)).run()
+    Bake(settings, Inputs.of(load_recipe(recipes, "web")), {}, report=Reporter(quiet=True), cloud=cloud_of(ec2)).run()
 
     (params,) = sent
     assert params["MetadataOptions"]["HttpTokens"] == "required"

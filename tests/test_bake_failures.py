@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from bakery.bake.inputs import Inputs
 from bakery.bake.run import Bake, bake
 from bakery.cloud.ec2 import EC2
 from bakery.errors import CloudError, ConfigError, RemoteError, StepFailed, WaitTimeout
@@ -36,7 +37,7 @@ class Baked:
 def run_bake(settings, name="web", **kw) -> tuple[Baked, str]:
     """A bake that succeeded (its build id and manifest) and its progress log; a failure raises."""
     out = io.StringIO()
-    runner = Bake(settings, load_recipe(settings.recipes, name), kw.pop("variables", {}),
+    runner = Bake(settings, Inputs.of(load_recipe(settings.recipes, name)), kw.pop("variables", {}),
                   report=Reporter(stream=out), **kw)
     return Baked(runner.build_id, runner.run()), out.getvalue()
 
@@ -164,7 +165,7 @@ def test_keep_on_error_keeps_the_builder_and_clean_removes_it(moto, tmp_path, bu
     steps = "  - name: breaks\n    shell: exit 1\n"
     settings = settings_for(make(tmp_path, builder_host.port, steps))
     out = io.StringIO()
-    runner = Bake(settings, load_recipe(settings.recipes, "web"), {}, report=Reporter(stream=out), keep_on_error=True)
+    runner = Bake(settings, Inputs.of(load_recipe(settings.recipes, "web")), {}, report=Reporter(stream=out), keep_on_error=True)
     with pytest.raises(StepFailed):
         runner.run()
     kept = leftovers(moto.client())

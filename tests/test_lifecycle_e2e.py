@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+from bakery.bake.inputs import Inputs
 from bakery.bake.run import bake
 from bakery.errors import StepFailed
 from bakery.bake.rebake import rebake
@@ -166,7 +167,7 @@ def test_a_publish_that_fails_half_way_takes_back_every_copy_and_every_ssm_value
     ec2 = EC2(settings)
     Fault(ec2.client, "CreateLaunchTemplate", code="UnauthorizedOperation", times=None,
           message="You are not authorized to perform this operation.")  # the last thing publish does
-    runner = Bake(settings, load_recipe(recipes, "web"), {}, report=quiet(), cloud=cloud_of(ec2))
+    runner = Bake(settings, Inputs.of(load_recipe(recipes, "web")), {}, report=quiet(), cloud=cloud_of(ec2))
     with pytest.raises(CloudError, match="not authorised"):
         runner.run()
     assert ssm.get_parameter(Name="/bakery/images/web")["Parameter"]["Value"] == previous  # put back

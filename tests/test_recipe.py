@@ -9,7 +9,7 @@ from botocore.stub import Stubber
 
 from bakery.cloud.ec2 import EC2
 from bakery.errors import ConfigError
-from bakery.bake.inputs import inputs_hash
+from bakery.bake.inputs import Inputs, inputs_hash, load_inputs
 from bakery.config.recipe import Source, SourceFilter, load_recipe
 from bakery.config.settings import Settings
 from tests.support import write_recipe
@@ -79,9 +79,9 @@ def test_the_inputs_hash_changes_with_every_input_and_only_then(tmp_path):
                                "  - {name: up, upload: {source: files, dest: /f}}\n")
     (recipes / "files").mkdir()
     (recipes / "files/one").write_text("1")
-    r = load_recipe(recipes, "r")
+    r = Inputs.of(load_recipe(recipes, "r"))
     h = inputs_hash(r, {"v": "a"}, "ami-12345678")
-    assert h == inputs_hash(load_recipe(recipes, "r"), {"v": "a"}, "ami-12345678")
+    assert h == inputs_hash(Inputs.of(load_recipe(recipes, "r")), {"v": "a"}, "ami-12345678")
     assert h != inputs_hash(r, {"v": "b"}, "ami-12345678")
     assert h != inputs_hash(r, {"v": "a"}, "ami-87654321")
     (recipes / "files/one").write_text("2")
@@ -89,6 +89,75 @@ def test_the_inputs_hash_changes_with_every_input_and_only_then(tmp_path):
     (recipes / "files/one").write_text("1")
     (recipes / "files/one").chmod(0o755)
     assert h != inputs_hash(r, {"v": "a"}, "ami-12345678")
+
+
+def test_the_inputs_hash_of_the_shipped_recipes_is_stable_across_releases():
+    """Existing images keep being found by a skip only while the hash of unchanged inputs stays the
+    same; a change here makes every user's next scheduled rebake bake everything again."""
+    from tests.support import ROOT
+
+    shipped = {name: Inputs.of(load_recipe(ROOT / "recipes", name)) for name in ("base", "web")}
+    got = {name: inputs_hash(i, i.resolve_vars({}), "ami-12345678") for name, i in shipped.items()}
+    assert got == {"base": "3172b4df317787a876455d218b86d6ba", "web": "108cfc4c80f48c2f7e80c34e5a01d03b"}
+
+
+def aged(*paths, seconds=60):
+    import os
+    import time
+
+    for p in paths:
+        os.utime(p, (time.time() - seconds, time.time() - seconds))
+
+
+def test_remembered_inputs_are_the_validated_ones_and_hash_the_same(tmp_path):
+    recipes = recipe(tmp_path, "source: {ami: ami-12345678}\nvariables: {v: {default: a}}\nsteps:\n"
+                               "  - {name: up, upload: {source: files, dest: /f}}\n")
+    (recipes / "files").mkdir()
+    (recipes / "files/one").write_text("1")
+    aged(recipes / "r.yaml", recipes / "files")
+    fresh = load_inputs(recipes, tmp_path / "state", "r")
+    assert fresh.recipe is not None and (tmp_path / "state/inputs/r.json").is_file()
+    again = load_inputs(recipes, tmp_path / "state", "r")
+    assert again.recipe is None and again == fresh  # remembered: no models loaded
+    assert inputs_hash(again, {"v": "a"}, "ami-1") == inputs_hash(fresh, {"v": "a"}, "ami-1")
+    assert again.full().name == "r"
+
+
+def test_a_changed_or_missing_file_is_validated_again(tmp_path):
+    recipes = recipe(tmp_path, "source: {ami: ami-12345678}\nsteps:\n  - {name: s, script: s.sh}\n")
+    (recipes / "s.sh").write_text("true\n")
+    aged(recipes / "r.yaml", recipes / "s.sh")
+    load_inputs(recipes, tmp_path / "state", "r")
+    (recipes / "r.yaml").write_text("source: {ami: ami-87654321}\nsteps:\n  - {name: s, script: s.sh}\n")
+    aged(recipes / "r.yaml")
+    assert load_inputs(recipes, tmp_path / "state", "r").source == {"ami": "ami-87654321", "filter": None,
+                                                                    "ssm_parameter": None}
+    (recipes / "s.sh").unlink()
+    with pytest.raises(ConfigError, match="s.sh' does not exist"):
+        load_inputs(recipes, tmp_path / "state", "r")
+
+
+def test_a_file_changed_just_before_it_was_remembered_is_not_trusted(tmp_path):
+    recipes = recipe(tmp_path, "source: {ami: ami-12345678}\n")
+    load_inputs(recipes, tmp_path / "state", "r")  # r.yaml was written this very second
+    assert load_inputs(recipes, tmp_path / "state", "r").recipe is not None
+
+
+def test_a_remembered_recipe_skips_without_loading_the_models(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    recipes = recipe(tmp_path, "source: {ami: ami-12345678}\nsteps:\n  - {name: s, shell: 'true'}\n")
+    aged(recipes / "r.yaml")
+    load_inputs(recipes, tmp_path / "state", "r")
+    code = ("import sys; from pathlib import Path; from bakery.bake.inputs import load_inputs, inputs_hash; "
+            f"i = load_inputs(Path({str(recipes)!r}), Path({str(tmp_path / 'state')!r}), 'r'); "
+            "inputs_hash(i, i.resolve_vars({}), 'ami-1'); "
+            "print(sorted(m for m in ('pydantic', 'jinja2', 'yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def images(*specs):
@@ -109,7 +178,7 @@ def test_the_source_filter_takes_the_newest_match_and_skips_deprecated_images():
     ec2 = stubbed(images(("ami-00000001", "debian-12-amd64-20260101", "2026-01-01T00:00:00.000Z", None),
                          ("ami-00000003", "debian-12-amd64-20260301", "2026-03-01T00:00:00.000Z", "2026-04-01T00:00:00.000Z"),
                          ("ami-00000002", "debian-12-amd64-20260201", "2026-02-01T00:00:00.000Z", None)))
-    src = ec2.resolve_source(Source(filter=SourceFilter(name="debian-12-amd64-*", owners=["136693071363"])))
+    src = ec2.resolve_source(Source(filter=SourceFilter(name="debian-12-amd64-*", owners=["136693071363"])).model_dump())
     assert src.id == "ami-00000002"
 
 
@@ -117,7 +186,7 @@ def test_an_ambiguous_filter_without_most_recent_is_an_error():
     ec2 = stubbed(images(("ami-00000001", "debian-12-a", "2026-01-01T00:00:00.000Z", None),
                          ("ami-00000002", "debian-12-b", "2026-02-01T00:00:00.000Z", None)))
     with pytest.raises(ConfigError, match="2 images match"):
-        ec2.resolve_source(Source(filter=SourceFilter(name="debian-12-*", owners=["self"], most_recent=False)))
+        ec2.resolve_source(Source(filter=SourceFilter(name="debian-12-*", owners=["self"], most_recent=False)).model_dump())
 
 
 def test_remembered_digests_are_trusted_only_while_the_file_is_unchanged_and_not_racy(tmp_path):

@@ -1,41 +1,140 @@
-"""The inputs hash: everything that determines a recipe's image, in 32 hex digits.
+"""A recipe's inputs: everything that determines its image, and the hash a skip looks for.
 
-A finished image tagged with the same hash (bakery:inputs-hash) means nothing changed, and the
-bake is skipped without launching anything: the recipe as resolved, the variables, the source
-AMI, and the bytes, modes and links of every script and upload.
+A finished image tagged with the same inputs hash (bakery:inputs-hash) means nothing changed, and
+the bake is skipped without launching anything. The hash covers the recipe as resolved (extends
+applied, defaults filled), the variables, the source AMI, and the bytes, modes and links of every
+script and upload.
+
+Deciding a skip needs no recipe models: `Inputs` is the recipe as plain data, and `load_inputs`
+remembers it per recipe (in STATE/inputs/) for as long as none of the files that validated it
+changed (the recipe files of its extends chain, the files its steps name, and bakery's own
+config code), by the same stat rules as the file digests. An unchanged `invoke bake` thus skips
+pydantic, jinja and YAML entirely; any change, or a first run, validates the recipe in full.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from bakery.bake.digests import DigestCache
-from bakery.config.recipe import Recipe
+from bakery.bake.digests import RACY_SECONDS, DigestCache
+
+if TYPE_CHECKING:
+    from bakery.config.recipe import Recipe
+
+FORMAT = 1
+_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # a valid recipe name (config/models.py NAME_RE)
+# The code whose behaviour a remembered validation depends on: the models and this module.
+_CODE = [*sorted((Path(__file__).parent.parent / "config").glob("*.py")), Path(__file__)]
 
 
-def inputs_hash(recipe: Recipe, variables: dict[str, str], source_ami: str, digests=None) -> str:
+@dataclass(frozen=True)
+class Inputs:
+    name: str
+    path: str                          # the recipe's own file, for messages
+    recipes_dir: str
+    body: dict                         # the resolved recipe as JSON: what the hash covers
+    declared: dict[str, str | None]    # variable -> default (None: must be given)
+    local_files: list[str]             # scripts and upload sources, relative to recipes_dir
+    source: dict                       # recipe.source as JSON (bakery.cloud.images.resolve_source)
+    recipe: Any = field(default=None, compare=False, repr=False)  # the Recipe, when it was loaded
+
+    @classmethod
+    def of(cls, recipe: "Recipe") -> "Inputs":
+        rels = [s.script if s.script is not None else s.upload.source for s in recipe.steps
+                if s.script is not None or s.upload is not None]
+        return cls(name=recipe.name, path=str(recipe.path), recipes_dir=str(recipe.root),
+                   body=recipe.model_dump(mode="json", exclude={"path", "files", "root"}),
+                   declared={k: v.default for k, v in recipe.variables.items()}, local_files=rels,
+                   source=recipe.source.model_dump(mode="json"), recipe=recipe)
+
+    def resolve_vars(self, given: dict[str, str]) -> dict[str, str]:
+        from bakery.config.variables import resolve_variables
+
+        return resolve_variables(self.declared, given, self.path, self.name)
+
+    def full(self) -> "Recipe":
+        """The recipe's models, loaded (and validated) now if this came from the cache."""
+        if self.recipe is not None:
+            return self.recipe
+        from bakery.config.recipe import load_recipe
+
+        return load_recipe(Path(self.recipes_dir), self.name)
+
+
+def load_inputs(recipes_dir: Path, state_dir: Path, name: str) -> Inputs:
+    """The recipe's inputs: remembered when nothing that validated them changed, else loaded in full."""
+    store = state_dir / "inputs" / f"{name}.json"
+    remembered = _remembered(store, recipes_dir.resolve()) if _PLAIN_NAME.fullmatch(name) else None
+    if remembered is not None:
+        return remembered
+    from bakery.config.recipe import load_recipe
+
+    recipe = load_recipe(recipes_dir, name)
+    inputs = Inputs.of(recipe)
+    _remember(store, inputs, [*recipe.files, *(recipe.local_path(r) for r in inputs.local_files), *_CODE])
+    return inputs
+
+
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _remembered(store: Path, recipes_dir: Path) -> Inputs | None:
+    try:
+        data = json.loads(store.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("format") != FORMAT or data.get("inputs", {}).get("recipes_dir") != str(recipes_dir):
+        return None
+    for path, stamp in data["stamps"].items():
+        # unchanged, and old enough that a change in the same clock tick cannot hide (digests.py)
+        if _stamp(Path(path)) != stamp or data["written"] - stamp[4] / 1e9 <= RACY_SECONDS:
+            return None
+    return Inputs(**data["inputs"])
+
+
+def _remember(store: Path, inputs: Inputs, files: list[Path]) -> None:
+    record = {"format": FORMAT, "written": time.time(), "stamps": {str(f): _stamp(f) for f in files},
+              "inputs": {k: v for k, v in asdict(inputs).items() if k != "recipe"}}
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, sort_keys=True))
+        tmp.replace(store)
+    except OSError:
+        pass  # remembering is an optimisation: a read-only state dir just validates every time
+
+
+def inputs_hash(inputs: Inputs, variables: dict[str, str], source_ami: str, digests: DigestCache | None = None) -> str:
     """Hash of everything that determines the image: a matching tag means nothing changed.
 
-    `digests` (a bakery.bake.digests.DigestCache) spares re-reading files that have not changed."""
+    `digests` spares re-reading files that have not changed."""
     digests = digests or DigestCache(None)
+    root = Path(inputs.recipes_dir)
     h = hashlib.sha256()
 
     def feed(label: str, data: bytes) -> None:
         h.update(label.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
 
-    body = recipe.model_dump(mode="json", exclude={"path", "files", "root"})
-    feed("recipe", json.dumps(body, sort_keys=True).encode())
+    feed("recipe", json.dumps(inputs.body, sort_keys=True).encode())
     feed("variables", json.dumps(variables, sort_keys=True).encode())
     feed("source", source_ami.encode())
-    for step in recipe.steps:
-        rel = step.script if step.script is not None else step.upload.source if step.upload else None
-        if rel is None:
-            continue
-        local = recipe.local_path(rel)
+    for rel in inputs.local_files:
+        local = (root / rel).resolve()
         files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() or p.is_symlink())
         for f in files:
-            feed("path", str(f.relative_to(recipe.root)).encode())
+            feed("path", str(f.relative_to(root)).encode())
             feed("mode", oct(f.lstat().st_mode).encode())
             if f.is_symlink():
                 feed("link", str(f.readlink()).encode())

@@ -13,10 +13,9 @@ import secrets
 import time
 from datetime import datetime, timezone
 
-from bakery.bake.pipeline import Context, run_steps, steps_for
+from bakery.bake.inputs import Inputs, load_inputs
 from bakery.bake.state import BakeState, Manifest
 from bakery.cloud.connect import Cloud, open_cloud
-from bakery.config.recipe import Recipe, load_recipe, template_context
 from bakery.config.settings import Settings
 from bakery.errors import ConfigError
 from bakery.progress import Reporter
@@ -29,11 +28,11 @@ def new_build_id() -> str:
 class Bake:
     """One run of one recipe. `run()` returns the Manifest or raises a BakeryError."""
 
-    def __init__(self, settings: Settings, recipe: Recipe, variables: dict[str, str], *, report: Reporter,
+    def __init__(self, settings: Settings, inputs: Inputs, variables: dict[str, str], *, report: Reporter,
                  force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None):
         self.settings = settings
-        self.recipe = recipe
-        self.variables = recipe.resolve_vars(variables)  # bad --var refused before the cloud opens
+        self.inputs = inputs
+        self.variables = inputs.resolve_vars(variables)  # bad --var refused before the cloud opens
         self.report = report
         self.force = force
         self.keep_on_error = keep_on_error
@@ -46,18 +45,18 @@ class Bake:
         started_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         with r.stage("resolve source image") as s:
             try:
-                source = ec2.resolve_source(self.recipe.source)
+                source = ec2.resolve_source(self.inputs.source)
             except ConfigError as exc:
-                raise ConfigError(f"{self.recipe.path}: {exc.message}") from None
+                raise ConfigError(f"{self.inputs.path}: {exc.message}") from None
             s.detail = f"{source.id} ({source.name})"
         with r.stage("hash inputs") as s:
             from bakery.bake.digests import DigestCache
             from bakery.bake.inputs import inputs_hash
 
-            digest = inputs_hash(self.recipe, self.variables, source.id,
+            digest = inputs_hash(self.inputs, self.variables, source.id,
                                  DigestCache(self.settings.state / "digests.json"))
             s.detail = digest
-        manifest = Manifest(recipe=self.recipe.name, build_id=self.build_id, region=ec2.region, ami_id=None,
+        manifest = Manifest(recipe=self.inputs.name, build_id=self.build_id, region=ec2.region, ami_id=None,
                             image_name=None, source_ami=source.id, inputs_hash=digest, skipped=False, reason="",
                             started_at=started_at, seconds=0.0, variables=self.variables)
         if not self.force and self._skip(manifest):
@@ -67,29 +66,32 @@ class Bake:
             if not self.force and self._skip(manifest):
                 return manifest
             manifest.reason = "forced" if self.force else "no image with these inputs"
-            state = BakeState(recipe=self.recipe, variables=self.variables, build_id=self.build_id,
-                              context=template_context(self.recipe, self.variables, self.build_id,
-                                                       datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")),
-                              source=source, manifest=manifest)
-            self._build(state)
+            self._build(source, manifest)
         manifest.stages = r.timings()
         manifest.seconds = round(time.monotonic() - self.started, 3)
         manifest.write(self.settings.state / "manifests")
         return manifest
 
-    def _build(self, state: BakeState) -> None:
+    def _build(self, source, manifest: Manifest) -> None:
+        from bakery.bake.pipeline import Context, run_steps, steps_for
+        from bakery.config.recipe import template_context
         from bakery.housekeeping.cleanup import clean_build
         from bakery.housekeeping.stack import tracked_run
 
+        recipe = self.inputs.full()
+        state = BakeState(recipe=recipe, variables=self.variables, build_id=self.build_id,
+                          context=template_context(recipe, self.variables, self.build_id,
+                                                   datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")),
+                          source=source, manifest=manifest)
         ec2 = self.cloud.ec2
-        with tracked_run(self.settings.state, self.build_id, f"bake {self.recipe.name}", self.report,
+        with tracked_run(self.settings.state, self.build_id, f"bake {recipe.name}", self.report,
                          keep_on_error=self.keep_on_error, on_keep=lambda: self._kept(state),
                          sweep=lambda: clean_build(ec2, self.build_id).removed) as stack:
             ctx = Context(self.settings, ec2, self.cloud.dial, self.report, stack)
-            run_steps(steps_for(self.recipe), state, ctx)
+            run_steps(steps_for(recipe), state, ctx)
 
     def _skip(self, manifest: Manifest) -> bool:
-        existing = self.cloud.ec2.bakery_images(recipe=self.recipe.name, inputs_hash=manifest.inputs_hash)
+        existing = self.cloud.ec2.bakery_images(recipe=self.inputs.name, inputs_hash=manifest.inputs_hash)
         if not existing:
             return False
         image = existing[0]
@@ -101,8 +103,8 @@ class Bake:
     def _lock(self):
         from bakery.housekeeping.locks import exclusive
 
-        return exclusive(self.settings.state / "locks", f"bake-{self.cloud.ec2.region}-{self.recipe.name}",
-                         lambda: self.report.info(f"another bake of {self.recipe.name} is running here; waiting"))
+        return exclusive(self.settings.state / "locks", f"bake-{self.cloud.ec2.region}-{self.inputs.name}",
+                         lambda: self.report.info(f"another bake of {self.inputs.name} is running here; waiting"))
 
     def _kept(self, state: BakeState) -> None:
         """--keep-on-error: say what was kept, how to reach the builder and how to remove it all."""
@@ -111,13 +113,13 @@ class Bake:
         self.report.warn(f"--keep-on-error: kept build {self.build_id}: "
                          + ", ".join(f"{what} {rid}" for what, rid in made if rid))
         if state.builder and state.key_file:
-            self.report.warn(f"  reach it:  ssh -i {state.key_file} {self.recipe.builder.ssh.user}@<builder address>")
+            self.report.warn(f"  reach it:  ssh -i {state.key_file} {state.recipe.builder.ssh.user}@<builder address>")
         self.report.warn(f"  remove it: invoke clean --build-id {self.build_id}")
 
 
 def bake(settings: Settings, recipe_name: str, variables: dict[str, str], *, report: Reporter,
          force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None) -> Manifest:
-    """Load and check the recipe offline, then open the cloud and bake it."""
-    recipe = load_recipe(settings.recipes, recipe_name)
-    return Bake(settings, recipe, variables, report=report, force=force, keep_on_error=keep_on_error,
+    """Check the recipe offline (or know it unchanged since it was), then open the cloud and bake it."""
+    inputs = load_inputs(settings.recipes, settings.state, recipe_name)
+    return Bake(settings, inputs, variables, report=report, force=force, keep_on_error=keep_on_error,
                 cloud=cloud).run()

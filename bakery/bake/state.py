@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bakery.cloud.images import SourceImage
-from bakery.config.recipe import Recipe
+if TYPE_CHECKING:  # annotations only: a skipped bake never loads the recipe models
+    from bakery.cloud.images import SourceImage
+    from bakery.config.recipe import Recipe
 
 
 @dataclass

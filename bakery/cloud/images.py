@@ -49,27 +49,28 @@ def _newest_first(images: list[dict]) -> list[dict]:
 class ImagesAPI:
     """Image operations of the EC2 facade."""
 
-    def resolve_source(self, source) -> SourceImage:
-        """The AMI a recipe starts from: fixed id, newest match of a filter, or SSM parameter."""
-        if source.ssm_parameter:
-            value = self.parameter(source.ssm_parameter)
-            return source_image(self.available_image(value, f"SSM parameter {source.ssm_parameter}"))
-        if source.ami:
-            return source_image(self.available_image(source.ami, "source.ami"))
-        f = source.filter
-        filters = [{"Name": "name", "Values": [f.name]}, {"Name": "state", "Values": ["available"]},
-                   {"Name": "architecture", "Values": [f.architecture]}]
-        images = self.describe_images(Owners=f.owners, Filters=filters, IncludeDeprecated=f.include_deprecated)
+    def resolve_source(self, source: dict) -> SourceImage:
+        """The AMI a recipe starts from (its `source`, as data): a fixed id, the newest match of a
+        filter, or the id an SSM parameter holds."""
+        if source.get("ssm_parameter"):
+            value = self.parameter(source["ssm_parameter"])
+            return source_image(self.available_image(value, f"SSM parameter {source['ssm_parameter']}"))
+        if source.get("ami"):
+            return source_image(self.available_image(source["ami"], "source.ami"))
+        f = source["filter"]
+        filters = [{"Name": "name", "Values": [f["name"]]}, {"Name": "state", "Values": ["available"]},
+                   {"Name": "architecture", "Values": [f["architecture"]]}]
+        images = self.describe_images(Owners=f["owners"], Filters=filters, IncludeDeprecated=f["include_deprecated"])
         # Some endpoints ignore IncludeDeprecated; re-check here so the rule holds everywhere.
-        if not f.include_deprecated:
+        if not f["include_deprecated"]:
             images = [i for i in images if not _is_deprecated(i)]
-        images = [i for i in images if fnmatch.fnmatchcase(i.get("Name", ""), f.name)]
+        images = [i for i in images if fnmatch.fnmatchcase(i.get("Name", ""), f["name"])]
         if not images:
-            raise ConfigError(f"source.filter: no available {f.architecture} image named {f.name!r} "
-                              f"owned by {', '.join(f.owners)} in {self.region}")
+            raise ConfigError(f"source.filter: no available {f['architecture']} image named {f['name']!r} "
+                              f"owned by {', '.join(f['owners'])} in {self.region}")
         images = _newest_first(images)
-        if len(images) > 1 and not f.most_recent:
-            raise ConfigError(f"source.filter: {len(images)} images match {f.name!r}; "
+        if len(images) > 1 and not f["most_recent"]:
+            raise ConfigError(f"source.filter: {len(images)} images match {f['name']!r}; "
                               "narrow the filter or set most_recent: true")
         return source_image(images[0])
 

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from bakery.config.yamlfile import LineMap, load_yaml, validate
 from bakery.errors import ConfigError
+from bakery.config.variables import resolve_variables
 from bakery.config.models import AMI_RE, NAME_RE, SSM_PATH, Strict, UserTags, exactly_one
 
 
@@ -247,18 +248,7 @@ class Recipe(Strict):
 
     def resolve_vars(self, given: dict[str, str]) -> dict[str, str]:
         """Merge `--var` values over defaults; an undeclared or missing variable is an error."""
-        for key in given:
-            if key not in self.variables:
-                declared = ", ".join(sorted(self.variables)) or "none"
-                raise ConfigError(f"{self.path}: variable {key!r} is not declared by recipe "
-                                  f"{self.name!r} (declared: {declared})")
-        out: dict[str, str] = {}
-        for key, var in self.variables.items():
-            value = given.get(key, var.default)
-            if value is None:
-                raise ConfigError(f"{self.path}: variable {key!r} has no default: pass --var {key}=VALUE")
-            out[key] = value
-        return out
+        return resolve_variables({k: v.default for k, v in self.variables.items()}, given, self.path, self.name)
 
 
 def recipe_path(recipes_dir: Path, name: str) -> Path:

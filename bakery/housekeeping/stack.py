@@ -47,12 +47,10 @@ class CleanupStack(contextlib.ExitStack):
             self.ledger.created(kind, rid, region, **extra)
 
         def run_undo():
-            if key in self._kept:
-                return
             undo()
             if self.ledger is not None:
                 self.ledger.removed(kind, rid, region)
-        self.undo(label, run_undo)
+        self._register(label, run_undo, skip=lambda: key in self._kept)
 
     def keep(self, kind: str, rid: str, region: str | None) -> None:
         """Never undo this one (a product, or an image kept for inspection)."""
@@ -74,8 +72,11 @@ class CleanupStack(contextlib.ExitStack):
     def undo(self, label: str, fn: Callable[[], None], *, product: bool = False) -> None:
         """Run `fn` when the stack unwinds (not journalled: for what is not a cloud resource). With
         `product`, only when the run fails (it takes back part of what the run was for)."""
+        self._register(label, fn, skip=lambda: product and self._succeeded)
+
+    def _register(self, label: str, fn: Callable[[], None], skip: Callable[[], bool]) -> None:
         def run():
-            if product and self._succeeded:
+            if skip():  # kept: nothing to undo, nothing to report
                 return
             with shielded():
                 try:

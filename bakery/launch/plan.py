@@ -77,7 +77,7 @@ class Planner:
         if spec.strategy == "bootstrap":  # the recipe's own source image; its steps run at boot
             from bakery.config.recipe import load_recipe
 
-            source = self.ec2.resolve_source(load_recipe(self.settings.recipes, ref.recipe).source)
+            source = self.ec2.resolve_source(load_recipe(self.settings.recipes, ref.recipe).source.model_dump())
             return {"ImageId": source.id, "Name": source.name, "RootDeviceName": source.root_device_name}
         if ref.recipe:
             images = self.ec2.bakery_images(recipe=ref.recipe)
