@@ -73,9 +73,9 @@ def product(client, ami: str, marks: str) -> dict[str, dict[str, str]]:
 def run_bake(settings, ec2, tap: Tap, recipe: str = "web"):
     """(runner, manifest, error): a BakeryError is an outcome; anything else escapes the test."""
     from bakery.bake.inputs import Inputs
-from bakery.bake.run import Bake
-    from bakery.progress import Reporter
+    from bakery.bake.run import Bake
     from bakery.config.recipe import load_recipe
+    from bakery.progress import Reporter
 
     runner = Bake(settings, Inputs.of(load_recipe(settings.recipes, recipe)), {}, report=Reporter(stream=tap), cloud=cloud_of(ec2))
     try:

@@ -132,3 +132,20 @@ def test_a_signal_mid_step_cleans_up_everything(cli_env, builder_host, moto, sig
     assert proc.returncode == 130
     assert "interrupted" in err.strip().splitlines()[-1] and "Traceback" not in err
     assert leftovers(moto.client()) == {}
+
+
+def test_validate_and_render_start_no_cloud_and_need_no_endpoint(tmp_path):
+    """On the shipped recipes and environments, with the local cloud as the cloud and a data dir
+    where it has never run: both work offline, render marks the image id it cannot know, and no
+    endpoint, base image or instance appears."""
+    data = tmp_path / "data"
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "INVOKE_BAKERY_DATA_DIR": str(data),
+           "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state"), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    validated = invoke(["validate"], env)
+    assert validated.returncode == 0 and validated.stdout.startswith("ok: "), validated.stdout + validated.stderr
+    rendered = invoke(["render", "--env", "prod", "--tier", "web"], env)
+    assert rendered.returncode == 0, rendered.stderr
+    assert rendered.stdout.startswith(("#cloud-config", "Content-Type: multipart")) and "ami-00000000000000000" in rendered.stdout
+    assert rendered.stderr.strip() == ("note: image_id is the placeholder ami-00000000000000000: recipe web's newest "
+                                       "image is only known at launch (the rest is exactly what launch sends)")
+    assert not data.exists()

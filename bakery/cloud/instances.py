@@ -19,7 +19,7 @@ from typing import Callable
 from bakery.cloud import tags as T
 from bakery.cloud.session import CapacityError
 from bakery.waits import Backoff, wait_for
-from bakery.errors import CloudError, ConfigError
+from bakery.errors import CloudError
 
 TERMINAL = ("shutting-down", "terminated")
 
@@ -211,16 +211,3 @@ class InstancesAPI:
     def terminate_and_wait(self, instance_id: str, timeout: float = 600) -> None:
         self.terminate_instance(instance_id)
         self.wait_instance_state(instance_id, "terminated", timeout=timeout)
-
-    def subnet(self, subnet_id: str) -> dict:
-        resp = self.call(f"describe-subnets {subnet_id}", self.client.describe_subnets, SubnetIds=[subnet_id])
-        return resp["Subnets"][0]
-
-    def default_subnet(self, where: str) -> dict:
-        """The default VPC's first default subnet (by AZ): where an instance goes when nothing says."""
-        resp = self.call("describe-subnets (default VPC)", self.client.describe_subnets,
-                         Filters=[{"Name": "default-for-az", "Values": ["true"]}])
-        subnets = sorted(resp.get("Subnets", []), key=lambda s: (s.get("AvailabilityZone", ""), s["SubnetId"]))
-        if not subnets:
-            raise ConfigError(f"{where}: not set and region {self.region} has no default VPC; set it to a subnet id")
-        return subnets[0]

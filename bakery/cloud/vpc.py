@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from bakery.cloud.tags import LIVE_STATES, network_filters, tag_specs
-from bakery.errors import CloudError
+from bakery.errors import CloudError, ConfigError
 
 # Each kind of declared network resource (the KIND of a NETWORK_NAME tag): its Describe*, the
 # response's list and the id field of an item
@@ -57,6 +57,17 @@ class VpcAPI:
 
     def subnets(self, *filters: dict, ids: list[str] | None = None) -> list[dict]:
         return self._describe("describe_subnets", "Subnets", filters, SubnetIds=ids)
+
+    def subnet(self, subnet_id: str) -> dict:
+        return self.subnets(ids=[subnet_id])[0]
+
+    def default_subnet(self, where: str) -> dict:
+        """The default VPC's first default subnet (by AZ): where an instance goes when nothing says."""
+        subnets = sorted(self.subnets(field_filter("default-for-az", "true")),
+                         key=lambda s: (s.get("AvailabilityZone", ""), s["SubnetId"]))
+        if not subnets:
+            raise ConfigError(f"{where}: not set and region {self.region} has no default VPC; set it to a subnet id")
+        return subnets[0]
 
     def security_groups(self, *filters: dict) -> list[dict]:
         return self._describe("describe_security_groups", "SecurityGroups", filters)
