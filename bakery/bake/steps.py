@@ -298,9 +298,13 @@ class WaitForImage:
 
 
 class MarkFinished:
-    """Only now is the image a product: skips, launches and lifecycle commands look for this tag."""
+    """Only now is the image a product: skips, launches and lifecycle commands look for this tag,
+    in every region the image was published to (prune and launch there find the copy by it)."""
 
     title = None
 
     def run(self, state: BakeState, ctx) -> None:
-        ctx.ec2.tag([state.image_id], {T.COMPLETE: "true"})
+        images = (state.manifest.published or {}).get("images") or {ctx.ec2.region: state.image_id}
+        finished = {T.COMPLETE: "true", **({T.SMOKE: "passed"} if state.recipe.checks else {})}
+        for region, image_id in images.items():
+            ctx.ec2.in_region(region).tag([image_id], finished)
