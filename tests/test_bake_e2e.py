@@ -173,3 +173,20 @@ def test_a_proxy_command_reaches_the_builder(moto, tmp_path, builder_host, setti
     manifest, log = run(settings_for(recipes))
     assert "hi | via proxy" in log and manifest.ami_id
     assert leftovers(moto.client()) == {}
+
+
+def test_a_recipe_remembered_unchanged_is_baked_from_its_full_models_when_it_is_not_skipped(
+        moto, recipes, builder_host, settings_for):
+    """The skip decision can come from the remembered inputs (no models loaded); a bake that goes
+    ahead loads and uses the recipe's models."""
+    import os
+    import time
+
+    for path in recipes.rglob("*"):
+        os.utime(path, (time.time() - 60, time.time() - 60))  # older than the racy window
+    settings = settings_for(recipes)
+    first, _ = run(settings, variables={"greeting": "bonjour"})
+    assert (settings.state / "inputs/web.json").is_file()
+    again, log = run(settings, variables={"greeting": "bonjour"}, force=True)
+    assert not again.skipped and again.ami_id != first.ami_id and again.inputs_hash == first.inputs_hash
+    assert "step 1/" in log

@@ -32,8 +32,8 @@ from moto import mock_aws
 
 from bakery.bake import publish, smoke
 from bakery.bake import steps as s
-from bakery.bake.pipeline import Context, run_steps, steps_for
-from bakery.bake.state import BakeState, Manifest, StepRecord
+from bakery.bake.pipeline import run_steps, steps_for
+from bakery.bake.state import BakeState, Context, Manifest, StepRecord
 from bakery.cloud import tags as T
 from bakery.cloud.connect import open_cloud
 from bakery.cloud.images import source_image

@@ -166,6 +166,22 @@ def test_a_failure_midway_rolls_back_what_this_run_launched(world):
     assert instances(world["ec2"], "prod") == []
 
 
+def test_a_roll_back_whose_terminate_is_refused_says_so_and_the_sweep_by_tag_still_ends_the_instance(world):
+    env = load_environment(world["settings"].envs, "prod")
+    out = io.StringIO()
+    launcher = Launch(world["settings"], env, report=Reporter(stream=out), cloud=open_cloud(world["settings"]))
+    plans = launcher.plan(env.tiers)
+    Fault(launcher.ec2.client, "RunInstances", "UnauthorizedOperation", status=403, times=None, after=2)
+    refused = Fault(launcher.ec2.client, "TerminateInstances", "UnauthorizedOperation", status=403, times=1)
+    with pytest.raises(CloudError, match="run-instances .*not authorised"):  # the cause, not the clean-up's
+        launcher.launch(plans)
+    assert refused.injected == 1 and instances(world["ec2"], "prod") == []
+    log = out.getvalue()
+    refused_id = log.split("clean-up of instance ")[1].split()[0]
+    assert f"removed what the clean-up had missed (found by the run's tag): instance {refused_id}" in log
+    assert f"1 clean-up step(s) of {launcher.launch_id} failed" in log and "run invoke janitor" in log
+
+
 def test_a_token_ec2_answers_with_a_terminated_instance_is_asked_again_under_a_derived_token(world):
     """After a roll-back, the same world derives the same client token, and AWS (not moto, which
     ignores tokens) answers it with the instance it terminated: stand in for that answer once."""

@@ -267,7 +267,7 @@ def test_sudo_steps_run_as_root_and_plain_steps_as_the_login_user(local_base, lo
                                                                  "ed25519_public": host.public_openssh}})
     box = local_sandboxes([local_base], user_data=user_data.encode(), meta_data={"public-keys": [user.public_openssh]})
     local_boot_wait(box)  # cloud-init creates `admin` with passwordless sudo
-    conn = SSHConnector(Target(opener=Opener("", lambda timeout: box.connect(22, timeout)), user="admin",
+    conn = SSHConnector(Target(opener=Opener("", box.name, lambda timeout: box.connect(22, timeout)), user="admin",
                                login_key=user.paramiko_key(), host_key=host.public_openssh, label=box.name))
     conn.connect(timeout=60)
     try:

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bakery.bake.digests import RACY_SECONDS, DigestCache
+from bakery.config.patterns import NAME_RE
+from bakery.errors import ConfigError
 
 if TYPE_CHECKING:
     from bakery.config.recipe import Recipe
 
 FORMAT = 1
-_PLAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # a valid recipe name (config/models.py NAME_RE)
 # The code whose behaviour a remembered validation depends on: the models and this module.
 _CODE = [*sorted((Path(__file__).parent.parent / "config").glob("*.py")), Path(__file__)]
 
@@ -71,20 +72,22 @@ class Inputs:
 def load_inputs(recipes_dir: Path, state_dir: Path, name: str) -> Inputs:
     """The recipe's inputs: remembered when nothing that validated them changed, else loaded in full."""
     store = state_dir / "inputs" / f"{name}.json"
-    remembered = _remembered(store, recipes_dir.resolve()) if _PLAIN_NAME.fullmatch(name) else None
+    remembered = _remembered(store, recipes_dir.resolve()) if re.fullmatch(NAME_RE, name) else None
     if remembered is not None:
         return remembered
     from bakery.config.recipe import load_recipe
 
+    started = time.time()  # an edit while the recipe is being read must not be trusted later
     recipe = load_recipe(recipes_dir, name)
     inputs = Inputs.of(recipe)
-    _remember(store, inputs, [*recipe.files, *(recipe.local_path(r) for r in inputs.local_files), *_CODE])
+    named = [recipe.root / rel for rel in inputs.local_files]  # as named (a symlink) and what they resolve to
+    _remember(store, inputs, [*recipe.files, *named, *(p.resolve() for p in named), *_CODE], started)
     return inputs
 
 
 def _stamp(path: Path) -> list[int] | None:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
     return [st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
@@ -104,8 +107,8 @@ def _remembered(store: Path, recipes_dir: Path) -> Inputs | None:
     return Inputs(**data["inputs"])
 
 
-def _remember(store: Path, inputs: Inputs, files: list[Path]) -> None:
-    record = {"format": FORMAT, "written": time.time(), "stamps": {str(f): _stamp(f) for f in files},
+def _remember(store: Path, inputs: Inputs, files: list[Path], validated_at: float) -> None:
+    record = {"format": FORMAT, "written": validated_at, "stamps": {str(f): _stamp(f) for f in files},
               "inputs": {k: v for k, v in asdict(inputs).items() if k != "recipe"}}
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +135,8 @@ def inputs_hash(inputs: Inputs, variables: dict[str, str], source_ami: str, dige
     feed("source", source_ami.encode())
     for rel in inputs.local_files:
         local = (root / rel).resolve()
+        if not local.is_relative_to(root):  # re-pointed since it was validated
+            raise ConfigError(f"{inputs.path}: {rel!r} points outside {root}")
         files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() or p.is_symlink())
         for f in files:
             feed("path", str(f.relative_to(root)).encode())

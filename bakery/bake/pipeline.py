@@ -9,36 +9,10 @@ are a step added to or swapped in this list.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
-
 from bakery.bake import publish, smoke
 from bakery.bake import steps as s
-from bakery.bake.state import BakeState
-from bakery.cloud.ec2 import EC2
+from bakery.bake.state import BakeState, Context, Step
 from bakery.config.recipe import Recipe
-from bakery.config.settings import Settings
-from bakery.housekeeping.stack import CleanupStack
-from bakery.progress import Reporter
-from bakery.remote.dial import Dial
-
-
-@dataclass
-class Context:
-    """The services a step uses (the state is what steps hand each other)."""
-
-    settings: Settings
-    ec2: EC2
-    dial: Dial
-    report: Reporter
-    stack: CleanupStack
-
-
-class Step(Protocol):
-    title: str | None  # its stage line; None when the step reports its own stages
-
-    def run(self, state: BakeState, ctx: Context) -> str | None:
-        """Do the step (registering the undo of what it creates); the stage line's detail."""
 
 
 def steps_for(recipe: Recipe) -> list[Step]:

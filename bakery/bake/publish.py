@@ -13,7 +13,7 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-from bakery.bake.state import BakeState
+from bakery.bake.state import BakeState, Context
 from bakery.cloud import tags as T
 from bakery.cloud.images import snapshots_of
 from bakery.errors import CloudError
@@ -29,7 +29,7 @@ class Published:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def put_parameter(ctx, ec2, name: str, image_id: str) -> int:
+def put_parameter(ctx: Context, ec2, name: str, image_id: str) -> int:
     """Point the parameter at the image; undone (the previous value put back) unless the bake finishes.
     Journalled before the put: restoring is a no-op unless the parameter holds this image."""
     previous = ec2.parameter_value(name)
@@ -44,7 +44,7 @@ class PublishParameter:
 
     title = "publish SSM parameter"
 
-    def run(self, state: BakeState, ctx) -> str:
+    def run(self, state: BakeState, ctx: Context) -> str:
         param = state.recipe.image.ssm_parameter
         version = put_parameter(ctx, ctx.ec2, param, state.image_id)
         state.manifest.ssm_parameter = param
@@ -56,7 +56,7 @@ class Publish:
 
     title = None  # a stage per part: copies, sharing, SSM, launch template
 
-    def run(self, state: BakeState, ctx) -> None:
+    def run(self, state: BakeState, ctx: Context) -> None:
         spec, ec2, report = state.recipe.publish, ctx.ec2, ctx.report
         result = Published(images={ec2.region: state.image_id})
         if spec.regions:
@@ -82,8 +82,10 @@ class Publish:
         state.manifest.published = dataclasses.asdict(result)
 
     @staticmethod
-    def _copy(state: BakeState, ctx) -> dict[str, str]:
+    def _copy(state: BakeState, ctx: Context) -> dict[str, str]:
         spec, ec2 = state.recipe.publish, ctx.ec2
+        for region in spec.regions:  # clients are made here, one at a time: a botocore session is not thread-safe
+            ec2.in_region(region)
 
         def copy(region: str) -> tuple[str, str]:
             target = ec2.in_region(region)
@@ -105,7 +107,7 @@ class Publish:
         return dict(copies)
 
     @staticmethod
-    def _template(state: BakeState, ctx, name: str) -> str:
+    def _template(state: BakeState, ctx: Context, name: str) -> str:
         ec2 = ctx.ec2
         version = ec2.new_launch_template_version(name, {"ImageId": state.image_id}, f"bakery {state.image_name}",
                                                   merge_latest=True,
@@ -117,7 +119,7 @@ class Publish:
         return f"{name}:{version}"
 
     @staticmethod
-    def _deprecate(ctx, result: Published, days: int) -> None:
+    def _deprecate(ctx: Context, result: Published, days: int) -> None:
         when = (datetime.now(timezone.utc) + timedelta(days=days)).replace(microsecond=0)
         for region, ami in result.images.items():
             try:

@@ -73,7 +73,8 @@ class Bake:
         return manifest
 
     def _build(self, source, manifest: Manifest) -> None:
-        from bakery.bake.pipeline import Context, run_steps, steps_for
+        from bakery.bake.pipeline import run_steps, steps_for
+        from bakery.bake.state import Context
         from bakery.config.recipe import template_context
         from bakery.housekeeping.cleanup import clean_build
         from bakery.housekeeping.stack import tracked_run

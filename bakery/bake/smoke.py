@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from bakery.bake.state import BakeState
+from bakery.bake.state import BakeState, Context
 from bakery.bake.steps import builder_spec, launch, ssh_to, wait_for_cloud_init
 from bakery.cloud import tags as T
 from bakery.cloud.images import source_image
@@ -19,7 +19,7 @@ from bakery.errors import BakeryError, Interrupted, RemoteError, StepFailed
 class SmokeTest:
     title = None  # reports its own stages: launch, SSH, each check, terminate
 
-    def run(self, state: BakeState, ctx) -> None:
+    def run(self, state: BakeState, ctx: Context) -> None:
         try:
             self._test(state, ctx)
         except Interrupted:
@@ -32,7 +32,7 @@ class SmokeTest:
                              f"{exc.message}") from None
         ctx.ec2.tag([state.image_id], {T.SMOKE: "passed"})
 
-    def _test(self, state: BakeState, ctx) -> None:
+    def _test(self, state: BakeState, ctx: Context) -> None:
         from bakery.remote import keys
 
         r, ec2, checks = ctx.report, ctx.ec2, state.recipe.checks
@@ -68,20 +68,20 @@ class SmokeTest:
             ec2.terminate_and_wait(iid)
 
     @staticmethod
-    def _health(state: BakeState, ctx, instance: dict, deadline: float) -> None:
+    def _health(state: BakeState, ctx: Context, instance: dict, deadline: float) -> None:
         from bakery.config.environment import HealthCheck
         from bakery.remote.dial import Machine, Route
         from bakery.remote.health import check_until
 
         hc, ssh = state.recipe.checks.health_check, state.recipe.builder.ssh
         with ctx.report.stage(f"smoke check: HTTP :{hc.port}{hc.path}"):
-            opener = ctx.dial(Machine.of(instance), hc.port, Route(address=ssh.interface, host=ssh.host))
+            opener = ctx.dial(Machine.of(instance), hc.port, Route(address=ssh.interface, host=ssh.host, builder=True))
             check_until(opener, instance["InstanceId"],
                         HealthCheck(type="http", port=hc.port, path=hc.path, expect_status=hc.expect_status),
                         deadline=deadline)
 
 
-def smoke_user_data(state: BakeState, ctx, host_key) -> str:
+def smoke_user_data(state: BakeState, ctx: Context, host_key) -> str:
     """The pinned host key, plus the named environment's user data for its tier when declared."""
     from bakery.render.builder import smoke_user_data as build
 

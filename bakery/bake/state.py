@@ -11,11 +11,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:  # annotations only: a skipped bake never loads the recipe models
+if TYPE_CHECKING:  # annotations only: a skipped bake loads neither the recipe models nor the steps' services
+    from bakery.cloud.ec2 import EC2
     from bakery.cloud.images import SourceImage
     from bakery.config.recipe import Recipe
+    from bakery.config.settings import Settings
+    from bakery.housekeeping.stack import CleanupStack
+    from bakery.progress import Reporter
+    from bakery.remote.connector import Connector
+    from bakery.remote.dial import Dial
+    from bakery.remote.keys import KeyPair
 
 
 @dataclass
@@ -68,16 +75,34 @@ class BakeState:
     source: SourceImage
     manifest: Manifest
     # ---- written by the steps, in pipeline order
-    login: Any = None                # CreateKeyPair: the login KeyPair (bakery.remote.keys)
+    login: KeyPair | None = None     # CreateKeyPair: the login key
     key_file: Path | None = None     # CreateKeyPair: its private half on disk (0600, for ssh -i)
     key_name: str | None = None      # CreateKeyPair: the EC2 key pair
     subnet: dict | None = None       # CreateSecurityGroup: where the builder (and smoke instance) run
     group_id: str | None = None      # CreateSecurityGroup: SSH from the caller only
     caller_cidr: str | None = None   # CreateSecurityGroup
     builder: dict | None = None      # LaunchBuilder, then WaitForBuilder: the builder's instance record
-    builder_host_key: Any = None     # LaunchBuilder: the host key pinned through its user data
-    connector: Any = None            # ConnectSSH: the open SSH connection (bakery.remote.connector)
+    builder_host_key: KeyPair | None = None  # LaunchBuilder: the host key pinned through its user data
+    connector: Connector | None = None       # ConnectSSH: the open SSH connection
     image_id: str | None = None      # CreateImage
     image_name: str | None = None    # CreateImage
     image_tags: dict[str, str] = field(default_factory=dict)  # CreateImage: also on snapshots and copies
     image: dict | None = None        # WaitForImage: the available image's record
+
+
+@dataclass
+class Context:
+    """The services a step uses (the state is what steps hand each other)."""
+
+    settings: Settings
+    ec2: EC2
+    dial: Dial
+    report: Reporter
+    stack: CleanupStack
+
+
+class Step(Protocol):
+    title: str | None  # its stage line; None when the step reports its own stages
+
+    def run(self, state: BakeState, ctx: Context) -> str | None:
+        """Do the step (registering the undo of what it creates); the stage line's detail."""

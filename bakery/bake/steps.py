@@ -12,11 +12,11 @@ import threading
 import time
 
 from bakery.bake.hygiene import HYGIENE, LEFTOVER_CHECK, findings
-from bakery.bake.state import BakeState, StepRecord
+from bakery.bake.state import BakeState, Context, StepRecord
 from bakery.cloud import tags as T
 from bakery.cloud.access import caller_cidr
 from bakery.cloud.images import snapshots_of
-from bakery.cloud.instances import InstanceSpec, Nic, Volume
+from bakery.cloud.instances import INSTANCE_TIMEOUT, InstanceSpec, Nic, Volume
 from bakery.config.recipe import render_step
 from bakery.errors import RemoteError, StepFailed
 
@@ -29,7 +29,6 @@ if command -v cloud-init >/dev/null 2>&1; then
 fi
 """
 CLOUD_INIT_TIMEOUT = 900
-INSTANCE_TIMEOUT = 600
 
 
 def prefetch(module: str) -> None:
@@ -53,7 +52,7 @@ def builder_spec(state: BakeState, role: str, image_id: str, root_device: str, u
         instance_profile=b.iam_instance_profile, imds_hop_limit=1, terminate_on_shutdown=True)
 
 
-def launch(state: BakeState, ctx, spec: InstanceSpec, what: str) -> dict:
+def launch(state: BakeState, ctx: Context, spec: InstanceSpec, what: str) -> dict:
     """Start the instance and register its termination (waited for) before anything waits on it."""
     ec2 = ctx.ec2
     instance = ec2.launch(spec, on_capacity=ctx.report.warn)
@@ -62,21 +61,22 @@ def launch(state: BakeState, ctx, spec: InstanceSpec, what: str) -> dict:
     return instance
 
 
-def ssh_to(state: BakeState, ctx, instance: dict, host_key, what: str):
+def ssh_to(state: BakeState, ctx: Context, instance: dict, host_key, what: str):
     """An SSH connector to the instance through the dial, pinned to the host key we gave it."""
     from bakery.remote.dial import Bastion, Machine, Route
     from bakery.remote.ssh import SSHConnector, Target
 
     ssh = state.recipe.builder.ssh
     bastion = Bastion(ssh.bastion.host, ssh.bastion.port, ssh.bastion.user, ssh.bastion.key_file) if ssh.bastion else None
-    route = Route(address=ssh.interface, host=ssh.host, proxy_command=ssh.proxy_command, bastion=bastion, user=ssh.user)
+    route = Route(address=ssh.interface, host=ssh.host, proxy_command=ssh.proxy_command, bastion=bastion,
+                  user=ssh.user, builder=True)
     opener = ctx.dial(Machine.of(instance), ssh.port, route, ssh=True)
     label = f"{what} {instance['InstanceId']}" + (f" ({opener.where})" if opener.where else "")
     return SSHConnector(Target(opener=opener, user=ssh.user, login_key=state.login.paramiko_key(),
                                host_key=host_key.public_openssh, label=label))
 
 
-def wait_for_cloud_init(connector, ctx, timeout: float, source: str) -> None:
+def wait_for_cloud_init(connector, ctx: Context, timeout: float, source: str) -> None:
     res = connector.run(CLOUD_INIT_WAIT, env={}, timeout=timeout, sudo=False,
                         on_output=lambda line: ctx.report.output(source, line))
     if res.exit_status != 0:
@@ -88,7 +88,7 @@ class CreateKeyPair:
 
     title = "create temporary key pair"
 
-    def run(self, state: BakeState, ctx) -> str:
+    def run(self, state: BakeState, ctx: Context) -> str:
         from bakery.remote import keys
 
         state.login = keys.generate(f"bakery-{state.build_id}")
@@ -109,7 +109,7 @@ class CreateSecurityGroup:
 
     title = "create temporary security group"
 
-    def run(self, state: BakeState, ctx) -> str:
+    def run(self, state: BakeState, ctx: Context) -> str:
         ec2, b = ctx.ec2, state.recipe.builder
         state.subnet = ec2.subnet(b.subnet) if b.subnet else ec2.default_subnet("builder.subnet")
         state.caller_cidr = b.ssh.allowed_cidr or caller_cidr(ec2.settings.endpoint_url)
@@ -128,7 +128,7 @@ class LaunchBuilder:
 
     title = "launch builder"
 
-    def run(self, state: BakeState, ctx) -> str:
+    def run(self, state: BakeState, ctx: Context) -> str:
         from bakery.remote import keys
         from bakery.render.builder import builder_user_data
 
@@ -143,7 +143,7 @@ class LaunchBuilder:
 class WaitForBuilder:
     title = "wait for builder to run"
 
-    def run(self, state: BakeState, ctx) -> None:
+    def run(self, state: BakeState, ctx: Context) -> None:
         state.builder = ctx.ec2.wait_instance_state(state.builder["InstanceId"], "running", timeout=INSTANCE_TIMEOUT)
 
 
@@ -152,7 +152,7 @@ class ConnectSSH:
 
     title = "wait for SSH"
 
-    def run(self, state: BakeState, ctx) -> str:
+    def run(self, state: BakeState, ctx: Context) -> str:
         connector = ssh_to(state, ctx, state.builder, state.builder_host_key, "builder")
         connector.connect(timeout=state.recipe.builder.ssh.timeout)
         state.connector = connector
@@ -163,7 +163,7 @@ class ConnectSSH:
 class WaitForCloudInit:
     title = "wait for cloud-init"
 
-    def run(self, state: BakeState, ctx) -> None:
+    def run(self, state: BakeState, ctx: Context) -> None:
         wait_for_cloud_init(state.connector, ctx, CLOUD_INIT_TIMEOUT, "cloud-init")
 
 
@@ -175,7 +175,7 @@ class RunRecipeStep:
     def __init__(self, index: int):
         self.index = index
 
-    def run(self, state: BakeState, ctx) -> None:
+    def run(self, state: BakeState, ctx: Context) -> None:
         recipe = state.recipe
         step = render_step(recipe, recipe.steps[self.index], self.index, state.context)
         label = f"step {self.index + 1}/{len(recipe.steps)}: {step.name}"
@@ -185,7 +185,7 @@ class RunRecipeStep:
                             else f"ok{f' after {record.attempts} attempts' if record.attempts > 1 else ''}")
         state.manifest.steps.append(record)
 
-    def _attempts(self, state: BakeState, ctx, step, label: str) -> tuple[StepRecord, str]:
+    def _attempts(self, state: BakeState, ctx: Context, step, label: str) -> tuple[StepRecord, str]:
         attempts, start = 0, time.monotonic()
         while True:
             attempts += 1
@@ -204,7 +204,7 @@ class RunRecipeStep:
                              f"{f' after {attempts} attempts' if attempts > 1 else ''}")
 
     @staticmethod
-    def _once(state: BakeState, ctx, step) -> tuple[int, bool]:
+    def _once(state: BakeState, ctx: Context, step) -> tuple[int, bool]:
         from bakery.remote.ssh import ConnectionLost
 
         recipe, connector = state.recipe, state.connector
@@ -229,7 +229,7 @@ class CleanImage:
 
     title = "clean image (hygiene)"
 
-    def run(self, state: BakeState, ctx) -> None:
+    def run(self, state: BakeState, ctx: Context) -> None:
         res = state.connector.run(HYGIENE, env={}, timeout=300, sudo=True,
                                   on_output=lambda line: ctx.report.output("hygiene", line))
         if res.exit_status != 0:
@@ -242,7 +242,7 @@ class CheckForLeftovers:
 
     title = "check image for leftovers"
 
-    def run(self, state: BakeState, ctx) -> str:
+    def run(self, state: BakeState, ctx: Context) -> str:
         lines: list[str] = []
         res = state.connector.run(LEFTOVER_CHECK, env={}, timeout=300, sudo=True, on_output=lines.append)
         leaks = findings(lines)
@@ -259,7 +259,7 @@ class CheckForLeftovers:
 class StopBuilder:
     title = "stop builder"
 
-    def run(self, state: BakeState, ctx) -> None:
+    def run(self, state: BakeState, ctx: Context) -> None:
         iid = state.builder["InstanceId"]
         ctx.ec2.stop_instance(iid)
         ctx.ec2.wait_instance_state(iid, "stopped", timeout=900)
@@ -271,7 +271,7 @@ class CreateImage:
 
     title = "create image"
 
-    def run(self, state: BakeState, ctx) -> str:
+    def run(self, state: BakeState, ctx: Context) -> str:
         from bakery.config.templating import image_name
 
         recipe, ec2 = state.recipe, ctx.ec2
@@ -290,7 +290,7 @@ class CreateImage:
 class WaitForImage:
     title = "wait for image"
 
-    def run(self, state: BakeState, ctx) -> None:
+    def run(self, state: BakeState, ctx: Context) -> None:
         state.image = ctx.ec2.wait_image_available(state.image_id, timeout=3600)
         # CreateImage cannot tag snapshots everywhere (moto, older APIs): tag them explicitly.
         ctx.ec2.tag(snapshots_of(state.image), {**state.image_tags, T.ROLE: "snapshot"})
@@ -303,7 +303,7 @@ class MarkFinished:
 
     title = None
 
-    def run(self, state: BakeState, ctx) -> None:
+    def run(self, state: BakeState, ctx: Context) -> None:
         images = (state.manifest.published or {}).get("images") or {ctx.ec2.region: state.image_id}
         finished = {T.COMPLETE: "true", **({T.SMOKE: "passed"} if state.recipe.checks else {})}
         for region, image_id in images.items():

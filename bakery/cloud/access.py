@@ -39,10 +39,15 @@ class AccessAPI:
                            "SecurityGroups", ("InvalidGroup.NotFound",), GroupIds=[group_id])
 
     def allow_tcp(self, group_id: str, port: int, cidr: str, description: str = "bakery caller") -> None:
-        """Let `cidr` in on one TCP port (SSH to a builder, a smoke test's health check)."""
-        self.call("authorize-security-group-ingress", self.client.authorize_security_group_ingress,
-                  GroupId=group_id, IpPermissions=[{"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
-                                                    "IpRanges": [{"CidrIp": cidr, "Description": description}]}])
+        """Let `cidr` in on one TCP port (SSH to a builder, a smoke test's health check); a rule
+        already there is fine (a health check on the SSH port)."""
+        try:
+            self.call("authorize-security-group-ingress", self.client.authorize_security_group_ingress,
+                      GroupId=group_id, IpPermissions=[{"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+                                                        "IpRanges": [{"CidrIp": cidr, "Description": description}]}])
+        except CloudError as exc:
+            if self.code_of(exc) != "InvalidPermission.Duplicate":
+                raise
 
     def delete_security_group(self, group_id: str, timeout: float = 120) -> None:
         """Retry on DependencyViolation: the builder's ENI lingers for a while after terminate."""
@@ -64,7 +69,8 @@ class AccessAPI:
         """Every instance (not terminated), security group, key pair and image of this account
         carrying the tag (with this value; any value when None)."""
         flt = [T.tag_filter(key, *([value] if value is not None else []))]
-        return {"instances": self.instances(*flt),
+        # shutting-down too: what is leaving still holds its group until it has gone
+        return {"instances": self.instances(*flt, states=("shutting-down", *T.LIVE_STATES)),
                 "security_groups": self.describe_all("describe_security_groups", "SecurityGroups", Filters=flt),
                 "key_pairs": self.describe_all("describe_key_pairs", "KeyPairs", Filters=flt),
                 "images": self.describe_images(Owners=["self"], Filters=flt)}

@@ -47,7 +47,8 @@ class SandboxDial:
         self.local = local
 
     def __call__(self, machine: Machine, port: int, route: Route = Route(), *, ssh: bool = False) -> Opener:
-        return Opener("", lambda timeout: self.local.connect(machine.instance_id, port, timeout))
+        return Opener("", machine.private_ip or machine.instance_id,
+                      lambda timeout: self.local.connect(machine.instance_id, port, timeout))
 
     def shell_prefix(self, machine: Machine) -> tuple[str, str]:
         return f"ip netns exec {self.local.netns(machine.instance_id)} ", "127.0.0.1"

@@ -22,6 +22,7 @@ from bakery.waits import Backoff, wait_for
 from bakery.errors import CloudError
 
 TERMINAL = ("shutting-down", "terminated")
+INSTANCE_TIMEOUT = 600  # seconds for an instance to reach running (or terminated)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class InstanceSpec:
     volume: Volume
     tags: dict[str, str]              # on the instance, its volumes and its ENIs, at creation
     token: str                        # the same token for the same request: EC2 launches at most once
+    token_per_type: bool = True       # each instance type its own token (a builder's fallback types);
+                                      # False: the token alone (a tier slot: concurrent launchers agree)
     label: str | None = None          # names the request in errors (default: the instance type)
     user_data: str | bytes | None = None
     key_name: str | None = None
@@ -132,7 +135,8 @@ class InstancesAPI:
         """Start one instance as `spec` says; the instance record RunInstances returned."""
         errors = []
         for itype in spec.instance_types:
-            params = spec.request(itype, client_token(spec.token, itype))
+            params = spec.request(itype, client_token(spec.token, itype) if spec.token_per_type
+                                  else client_token(spec.token))
             action = f"run-instances ({spec.label or itype})"
             try:
                 inst = self.call(action, self.client.run_instances, **params)["Instances"][0]

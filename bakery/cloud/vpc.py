@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from bakery.cloud.tags import LIVE_STATES, network_filters, tag_specs
+from bakery.cloud.tags import network_filters, tag_specs
 from bakery.errors import CloudError, ConfigError
 
 # Each kind of declared network resource (the KIND of a NETWORK_NAME tag): its Describe*, the

@@ -17,7 +17,8 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from bakery.config.yamlfile import load_yaml, validate
 from bakery.errors import ConfigError
-from bakery.config.models import AMI_RE, NAME_RE, SSM_PATH, Strict, UserTags, exactly_one
+from bakery.config.models import SSM_PATH, Strict, UserTags, exactly_one
+from bakery.config.patterns import AMI_RE, NAME_RE
 from bakery.config.recipe import RootVolume
 
 VAR_NAME = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]

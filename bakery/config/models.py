@@ -6,8 +6,6 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-AMI_RE = r"^ami-[0-9a-f]{8,17}$"
 SSM_PATH = Annotated[str, Field(pattern=r"^/[\w./-]+$")]
 
 

@@ -2,8 +2,10 @@
 
 A recipe may `extends:` another (e.g. a shared base): the parent's steps run first
 and each top-level section of the child replaces the parent's. Everything a bake
-needs is validated here so bake.py can trust it: paths exist and stay inside the
-recipes directory, variables are declared, the image name template renders.
+needs is validated here so the bake can trust it: paths exist and stay inside the
+recipes directory, variables are declared, the image name template renders. (A bake
+whose recipe files have not changed since they were validated decides its skip from
+the remembered result, bakery/bake/inputs.py, and loads this only to build.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pydantic import Field, field_validator, model_validator
 from bakery.config.yamlfile import LineMap, load_yaml, validate
 from bakery.errors import ConfigError
 from bakery.config.variables import resolve_variables
-from bakery.config.models import AMI_RE, NAME_RE, SSM_PATH, Strict, UserTags, exactly_one
+from bakery.config.models import SSM_PATH, Strict, UserTags, exactly_one
+from bakery.config.patterns import AMI_RE, NAME_RE
 
 
 class SourceFilter(Strict):

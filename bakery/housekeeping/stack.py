@@ -34,7 +34,7 @@ class CleanupStack(contextlib.ExitStack):
         self.failures: list[str] = []
         self._kept: set[tuple] = set()
         self._products: list[tuple] = []
-        self._succeeded = False  # set by keep_products: undos that exist only to take a product back are off
+        self._succeeded = False  # set by keep_products: the undos that only a failure needs are off
 
     def created(self, kind: str, rid: str, region: str | None, label: str, undo: Callable[[], None], *,
                 product: bool = False, **extra) -> None:
@@ -69,10 +69,11 @@ class CleanupStack(contextlib.ExitStack):
             for e in self.ledger.outstanding():
                 self.keep(e.kind, e.id, e.region)
 
-    def undo(self, label: str, fn: Callable[[], None], *, product: bool = False) -> None:
-        """Run `fn` when the stack unwinds (not journalled: for what is not a cloud resource). With
-        `product`, only when the run fails (it takes back part of what the run was for)."""
-        self._register(label, fn, skip=lambda: product and self._succeeded)
+    def undo(self, label: str, fn: Callable[[], None], *, only_on_failure: bool = False) -> None:
+        """Run `fn` when the stack unwinds (not journalled: for what is not a cloud resource).
+        `only_on_failure`: it belongs to taking the products back (releasing the Elastic IPs put on
+        a fleet, waiting for its instances to go), so a successful run skips it."""
+        self._register(label, fn, skip=lambda: only_on_failure and self._succeeded)
 
     def _register(self, label: str, fn: Callable[[], None], skip: Callable[[], bool]) -> None:
         def run():
@@ -98,6 +99,7 @@ def tracked_run(state_dir: Path, run_id: str, what: str, report: Reporter, *, ke
 
     `on_keep()` tells the user what --keep-on-error kept; `sweep()` removes what carries the run's
     tag and returns what it found (the endpoint made it, and a signal cut off the answer)."""
+    stack = None
     try:
         with Ledger(state_dir / "ledger", run_id, what) as ledger, CleanupStack(report, ledger) as stack:
             try:
@@ -113,6 +115,10 @@ def tracked_run(state_dir: Path, run_id: str, what: str, report: Reporter, *, ke
         if not keep_on_error:
             _sweep(report, run_id, sweep)
         raise
+    finally:
+        if stack is not None and stack.failures:
+            report.warn(f"{len(stack.failures)} clean-up step(s) of {run_id} failed; anything still left is in "
+                        "its ledger: run invoke janitor once the cause is fixed")
 
 
 def _sweep(report: Reporter, run_id: str, sweep: Callable[[], list[str]]) -> None:
@@ -123,4 +129,4 @@ def _sweep(report: Reporter, run_id: str, sweep: Callable[[], list[str]]) -> Non
             report.warn(f"clean-up sweep of {run_id} failed: {getattr(exc, 'message', exc)}")
             return
     if found:
-        report.warn(f"removed what the endpoint made without answering: {', '.join(found)}")
+        report.warn(f"removed what the clean-up had missed (found by the run's tag): {', '.join(found)}")

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 from bakery.cloud import tags as T
 from bakery.cloud.connect import Cloud, open_cloud
-from bakery.cloud.instances import InstanceSpec, Nic, Volume, client_token
+from bakery.cloud.instances import INSTANCE_TIMEOUT, InstanceSpec, Nic, Volume
 from bakery.config.environment import Environment, Tier, load_environment
 from bakery.config.settings import Settings
 from bakery.housekeeping.stack import CleanupStack
@@ -29,7 +29,6 @@ from bakery.progress import Reporter
 from bakery.remote.dial import Machine, Route
 from bakery.render.tier import render_offline
 
-INSTANCE_TIMEOUT = 600
 
 
 def new_launch_id() -> str:
@@ -58,7 +57,7 @@ def tier_spec(env: Environment, plan: TierPlan, slot: str, launch_id: str) -> In
         # image, user data): a retried call, or a concurrent launch on another machine, gets the
         # same instance back from EC2 instead of a second one. A replaced instance changes the world.
         token="/".join([env.name, plan.tier, slot, ",".join(sorted(plan.existing)), plan.image_id,
-                        plan.user_data_sha256]),
+                        plan.user_data_sha256]), token_per_type=False,
         user_data=plan.user_data or None, key_name=spec.key_name, instance_profile=spec.iam_instance_profile,
         imds_hop_limit=2,
         template_tags={**env.tags, **spec.tags, T.ENVIRONMENT: env.name, T.TIER: plan.tier})
@@ -115,30 +114,37 @@ class Launch:
 
         started = time.monotonic()
         launched: list[tuple[InstanceReport, float]] = []
+        terminating: list[str] = []  # rolled back: instances whose TerminateInstances was accepted
         with tracked_run(self.settings.state, self.launch_id, f"launch {self.env.name}", self.report,
                          keep_on_error=self.keep_on_error, on_keep=lambda: self._kept(launched),
                          sweep=lambda: clean_launch(self.ec2, self.launch_id).removed) as stack:
-            # registered first, so it runs last: terminations were all asked for by then
-            stack.undo("wait for the launch's instances to terminate", lambda: self._wait_terminated(launched),
-                       product=True)
+            # registered first, so it runs last, once every termination has been asked for: a
+            # relaunch right after finds the persistent ENIs free again
+            stack.undo("wait for the launch's instances to terminate", lambda: self._wait_terminated(terminating),
+                       only_on_failure=True)
             # Tiers that ask for fixed addresses go first, before automatic ones can take them.
             for plan in sorted(plans, key=lambda p: not any(r.spec.private_ip for r in p.interfaces)):
                 for slot in plan.missing_slots:
-                    launched.append(self._launch_slot(stack, plan, slot))
+                    launched.append(self._launch_slot(stack, plan, slot, terminating))
             for rep, t0 in launched:
                 self._wait_running(stack, rep, t0, next(p for p in plans if p.tier == rep.tier))
             self._health(launched)
         self.report.info(f"launched {len(launched)} instance(s) in {time.monotonic() - started:.1f}s")
         return [r for r, _ in launched]
 
-    def _launch_slot(self, stack: CleanupStack, plan: TierPlan, slot: str) -> tuple[InstanceReport, float]:
+    def _launch_slot(self, stack: CleanupStack, plan: TierPlan, slot: str,
+                     terminating: list[str]) -> tuple[InstanceReport, float]:
         ec2 = self.ec2
+
+        def terminate(iid: str) -> None:
+            ec2.terminate_instance(iid)
+            terminating.append(iid)
+
         with self.report.stage(f"launch {plan.tier} slot {slot}") as s:
             t0 = time.monotonic()
             inst = ec2.launch(tier_spec(self.env, plan, slot, self.launch_id))
             iid = inst["InstanceId"]
-            stack.created("instance", iid, ec2.region, f"instance {iid}", lambda: ec2.terminate_instance(iid),
-                          product=True)
+            stack.created("instance", iid, ec2.region, f"instance {iid}", lambda: terminate(iid), product=True)
             s.detail = f"{iid} ({plan.instance_type}, {inst.get('SubnetId')})"
         return InstanceReport(plan.tier, slot, iid, inst.get("PrivateIpAddress"), inst.get("PublicIpAddress"),
                               plan.image_id), t0
@@ -153,7 +159,7 @@ class Launch:
             with self.report.stage(f"network interfaces of {rep.instance_id}"):
                 # registered before the ENIs move: whatever Elastic IP ends up on them is taken back
                 stack.undo(f"Elastic IPs of {rep.instance_id}", lambda: self._release_addresses(rep.instance_id),
-                           product=True)
+                           only_on_failure=True)
                 Network(self.ec2, self.env).configure_attached(rep.instance_id, plan.interfaces,
                                                                active=rep.slot.isdigit())
                 inst = self.ec2.describe_instance(rep.instance_id)
@@ -168,9 +174,10 @@ class Launch:
             if address.get("AssociationId") and address.get("NetworkInterfaceId") in enis:
                 self.ec2.disassociate_address(address["AssociationId"])
 
-    def _wait_terminated(self, launched: list[tuple[InstanceReport, float]]) -> None:
-        for rep, _ in launched:
-            self.ec2.wait_instance_state(rep.instance_id, "terminated", timeout=INSTANCE_TIMEOUT)
+    def _wait_terminated(self, instance_ids: list[str]) -> None:
+        deadline = time.monotonic() + INSTANCE_TIMEOUT  # one deadline for the whole roll-back
+        for iid in instance_ids:
+            self.ec2.wait_instance_state(iid, "terminated", timeout=max(1.0, deadline - time.monotonic()))
 
     def _kept(self, launched: list[tuple[InstanceReport, float]]) -> None:
         ids = ", ".join(r.instance_id for r, _ in launched) or "nothing"

@@ -43,18 +43,6 @@ class Network(Resolver):
     def configure_attached(self, instance_id: str, resolved: list[ResolvedInterface], *, active: bool) -> None:
         self.enis.configure_attached(instance_id, resolved, active=active)
 
-    def describe_eni(self, eni_id: str) -> dict:
-        return self.ec2.network_interface(eni_id)
-
-    def attach(self, eni_id: str, instance_id: str, device_index: int, timeout: float = 120) -> None:
-        self.enis.attach(eni_id, instance_id, device_index, timeout)
-
-    def detach(self, eni: dict, force: bool, timeout: float = 120) -> None:
-        self.enis.detach(eni, force, timeout)
-
-    def associate_eip(self, r: ResolvedInterface, eni_id: str) -> None:
-        self.enis.associate_eip(r, eni_id)
-
 
 def open_env(settings, name: str):
     """(EC2 facade, Environment) for the network tasks: the environment is loaded, and bad

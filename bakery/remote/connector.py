@@ -1,7 +1,8 @@
 """The small interface every way of reaching a machine implements.
 
-bake.py only sees a Connector: SSH to an EC2 builder, SSH to a local sandbox through
-its network namespace, or a bastion hop all look the same (pyinfra's connectors).
+The bake's steps only see a Connector; where the machine lives (an EC2 builder's address,
+a bastion hop, a local sandbox's network namespace) is the Dial's business (dial.py), as
+pyinfra's connectors hide it.
 """
 
 from __future__ import annotations

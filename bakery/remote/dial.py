@@ -48,14 +48,17 @@ class Route:
     proxy_command: str | None = None   # ssh -W style, %h %p %r expanded
     bastion: Bastion | None = None
     user: str = ""                     # %r in a proxy command
+    builder: bool = False              # a bake's builder or smoke instance: the settings' tunnel reaches it
 
 
 class Opener:
-    """Opens connections to one port of one instance; `where` names it in messages ('' when the
-    instance has no address of its own to name)."""
+    """Opens connections to one port of one instance. `where` names it in messages ('' when the
+    instance has no address of its own to name); `host` is the name a protocol on top should use
+    (an HTTP Host header)."""
 
-    def __init__(self, where: str, open: Callable[[float], Any], close: Callable[[], None] = lambda: None):
+    def __init__(self, where: str, host: str, open: Callable[[float], Any], close: Callable[[], None] = lambda: None):
         self.where = where
+        self.host = host
         self._open = open
         self._close = close
 
@@ -78,27 +81,29 @@ class Dial(Protocol):
 class TcpDial:
     """Routed addresses: connect to the instance's address, or through the route's hop.
 
-    `host` and `ssh_port` (the settings `ssh_host`, `ssh_port`) reach every instance at one
-    address instead of its own: a tunnel, or the tests' stand-in sshd."""
+    `tunnel_host` and `tunnel_ssh_port` (the settings `ssh_host`, `ssh_port`) reach a bake's
+    builders and smoke instances at one address instead of their own: a tunnel, or the tests'
+    stand-in sshd. A launched fleet is always reached at its own addresses."""
 
-    def __init__(self, host: str | None = None, ssh_port: int | None = None):
-        self.host_override = host
-        self.ssh_port_override = ssh_port
+    def __init__(self, tunnel_host: str | None = None, tunnel_ssh_port: int | None = None):
+        self.tunnel_host = tunnel_host
+        self.tunnel_ssh_port = tunnel_ssh_port
 
     def __call__(self, machine: Machine, port: int, route: Route = Route(), *, ssh: bool = False) -> Opener:
-        host = self.host_override or self._address(machine, route)
-        if ssh and self.ssh_port_override:
-            port = self.ssh_port_override
+        tunnel = route.builder and self.tunnel_host
+        host = self.tunnel_host if tunnel else self._address(machine, route)
+        if ssh and route.builder and self.tunnel_ssh_port:
+            port = self.tunnel_ssh_port
         where = f"{host}:{port}"
         if route.proxy_command:
-            return Opener(where, lambda timeout: _proxy(route, host, port))
+            return Opener(where, host, lambda timeout: _proxy(route, host, port))
         if route.bastion:
             hop = _BastionHop(route.bastion, host, port)
-            return Opener(where, hop.open, hop.close)
-        return Opener(where, lambda timeout: _tcp(host, port, timeout))
+            return Opener(where, host, hop.open, hop.close)
+        return Opener(where, host, lambda timeout: _tcp(host, port, timeout))
 
     def shell_prefix(self, machine: Machine) -> tuple[str, str]:
-        return "", self.host_override or machine.private_ip or machine.public_ip or machine.instance_id
+        return "", machine.private_ip or machine.public_ip or machine.instance_id
 
     @staticmethod
     def _address(machine: Machine, route: Route) -> str:
@@ -106,8 +111,8 @@ class TcpDial:
             return route.host or ""
         address = machine.public_ip if route.address == "public_ip" else machine.private_ip
         if not address:
-            raise RemoteError(f"{machine.instance_id} has no {route.address.replace('_', ' ')} "
-                              "(use interface: private_ip, or a subnet that maps public IPs)")
+            hint = " (use interface: private_ip, or a subnet that maps public IPs)" if route.builder else ""
+            raise RemoteError(f"{machine.instance_id} has no {route.address.replace('_', ' ')} to reach{hint}")
         return address
 
 

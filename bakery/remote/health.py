@@ -50,7 +50,7 @@ def check_until(opener: Opener, instance_id: str, check: HealthCheck, deadline: 
     last = ["not checked yet"]
 
     def attempt():
-        problem = probe(opener.open, check, opener.where.rpartition(":")[0] or instance_id)
+        problem = probe(opener.open, check, opener.host)
         if problem is None:
             return True
         last[0] = problem
