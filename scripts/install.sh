@@ -3,7 +3,7 @@
 #   - system packages: OpenSSH (the tests' stand-in builder), and the local cloud's
 #     mmdebstrap, slirp4netns, zstd, iproute2 and util-linux (namespaces, overlayfs)
 #   - the project with its dev extra, in ./.venv (Debian's system Python refuses
-#     global pip installs, PEP 668)
+#     global pip installs, PEP 668), and the AWS CLI in ./.venv-aws
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# The AWS CLI in a venv of its own (it pins its own botocore): the tests drive the local cloud with
+# it, proving that any client gets the same machines, with no bakery code on the client side.
+if [ ! -x .venv-aws/bin/aws ]; then "$PY" -m venv .venv-aws && .venv-aws/bin/python -m pip install -q awscli; fi
 echo "bakery installed: .venv/bin/invoke --list"

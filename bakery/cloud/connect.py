@@ -4,7 +4,8 @@
 instances' ports (bakery.remote.dial). For `cloud: aws` that is the settings' endpoint (AWS or any
 compatible one) and TCP to instances' addresses; for `cloud: local` it starts the local cloud on
 demand (an endpoint on 127.0.0.1 with throwaway credentials, so real AWS credentials are never
-sent to it) and dials inside instances' network namespaces. Workflows call this once, after
+sent to it; its own process turns EC2 calls into machines) and dials inside instances' network
+namespaces. Workflows call this once, after
 their input has been checked offline, and never ask which cloud they are on.
 """
 
@@ -28,15 +29,13 @@ class Cloud:
 def open_cloud(settings: Settings) -> Cloud:
     if settings.cloud != "local":
         return Cloud(EC2(settings), TcpDial(settings.ssh_host, settings.ssh_port))
-    from bakery.cloud.local_effects import LocalEffects
     from bakery.cloud.session import Session
     from bakery.local.cloud import LocalCloud
 
     local = LocalCloud(settings.local_data)
     url = local.up(log=lambda line: print(f"local cloud: {line}", file=sys.stderr, flush=True))
     session = Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=settings.region)
-    ec2 = EC2(dataclasses.replace(settings, endpoint_url=url), session, client_hook=LocalEffects(local).attach)
-    return Cloud(ec2, SandboxDial(local))
+    return Cloud(EC2(dataclasses.replace(settings, endpoint_url=url), session), SandboxDial(local))
 
 
 class SandboxDial:

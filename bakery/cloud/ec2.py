@@ -24,22 +24,17 @@ from bakery.cloud.vpc import VpcAPI
 from bakery.config.settings import Settings
 from bakery.errors import CloudError
 
-ClientHook = Callable[[Any], None]
-
 
 class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAPI):
     """One region's EC2, SSM and ELB clients behind typed methods."""
 
-    def __init__(self, settings: Settings, session: Session | None = None, *, client_hook: ClientHook | None = None):
+    def __init__(self, settings: Settings, session: Session | None = None):
         self.settings = settings
         self.region = settings.region
         self.session = session or Session(profile_name=settings.profile, region_name=settings.region)
         # region_name explicitly: a facade for another region shares the home region's session
         self.client = self.session.client("ec2", region_name=settings.region, endpoint_url=settings.endpoint_url,
                                           config=CLIENT_CONFIG)
-        self._client_hook = client_hook
-        if client_hook is not None:
-            client_hook(self.client)
         self._ssm = None
         self._elbv2 = None
         self._regions: dict[str, EC2] = {settings.region: self}
@@ -63,8 +58,7 @@ class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAP
         if region not in self._regions:
             import dataclasses
 
-            other = EC2(dataclasses.replace(self.settings, region=region), session=self.session,
-                        client_hook=self._client_hook)
+            other = EC2(dataclasses.replace(self.settings, region=region), session=self.session)
             other._regions = self._regions
             self._regions[region] = other
         return self._regions[region]

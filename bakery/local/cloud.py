@@ -3,9 +3,10 @@
 This module owns the machines and the durable image store: it boots, stops and destroys
 sandboxes, wires ENIs into the VPC fabric, captures and forgets image layers, and opens a
 socket to an instance's port inside its network namespace (sandboxes have no routed address).
-It makes no API calls: what EC2 calls mean for the machines is applied by the endpoint's side,
-today `bakery.cloud.local_effects` hooked on bakery's own client (issue 13 moves it into the
-endpoint, so that any client gets the same machines).
+It makes no API calls: the endpoint process (server.py) owns moto's state, and its control
+plane and reconciler (control.py, reconcile.py) drive these machines from it, whichever client
+asked. Other processes (bakery's client) only start and stop the endpoint, read status, and
+open a socket to an instance's port.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class LocalCloud:
         return self.endpoint.up(self.registered_images())
 
     def down(self) -> dict[str, int]:
-        """Destroy every instance and stop the endpoint; images stay in the layer store."""
+        """Stop the endpoint, then destroy every instance; images stay in the layer store."""
+        stopped = self.endpoint.down()  # first: its reconciler must not restart what goes next
         destroyed, failures = 0, []
         for box in self.sandboxes():
             try:
@@ -75,7 +77,6 @@ class LocalCloud:
             except LocalCloudError as exc:  # keep going: one stuck sandbox must not strand the rest
                 failures.append(exc.message)
         self.fabric.teardown()
-        stopped = self.endpoint.down()
         if failures:
             raise LocalCloudError(f"local.down: {len(failures)} instance(s) could not be removed: {failures[0]}")
         return {"instances_destroyed": destroyed, "endpoint_stopped": int(stopped)}
@@ -103,8 +104,12 @@ class LocalCloud:
     # ---- machines ---------------------------------------------------------------------
 
     def connect(self, instance_id: str, port: int, timeout: float):
-        """A TCP socket to the instance's port, opened inside its network namespace."""
-        return Sandbox.attach(instance_id, self.instances_dir).connect(port, timeout)
+        """A TCP socket to the instance's port, opened inside its network namespace. A machine that
+        is not there (yet, or any more) refuses, as a booting or stopped instance does."""
+        try:
+            return Sandbox.attach(instance_id, self.instances_dir).connect(port, timeout)
+        except LocalCloudError as exc:
+            raise ConnectionRefusedError(f"{instance_id}: {exc.message}") from None
 
     def netns(self, instance_id: str) -> str:
         return Sandbox.attach(instance_id, self.instances_dir).netns
@@ -125,19 +130,57 @@ class LocalCloud:
                                         "public-keys": public_keys},
                              egress=True, hostname=hostname)
 
+    def machine_state(self, instance_id: str) -> str:
+        """'none' (no machine), 'running' or 'stopped'."""
+        if not self.has_machine(instance_id):
+            return "none"
+        return "running" if Sandbox.attach(instance_id, self.instances_dir).is_running() else "stopped"
+
+    def start(self, instance_id: str) -> None:
+        """Start a stopped machine again: same disk, same instance data (StartInstances)."""
+        Sandbox.resume(instance_id, self.instances_dir)
+
     def stop(self, instance_id: str) -> None:
         if self.has_machine(instance_id):
+            self._unwire(instance_id)
             Sandbox.attach(instance_id, self.instances_dir).stop()
+
+    def reboot(self, instance_id: str) -> None:
+        self.stop(instance_id)
+        self.start(instance_id)
 
     def destroy(self, instance_id: str) -> None:
         """The machine and its interfaces go."""
         if not self.has_machine(instance_id):
             return
-        box = Sandbox.attach(instance_id, self.instances_dir)
+        self._unwire(instance_id)
+        Sandbox.attach(instance_id, self.instances_dir).destroy()
+
+    def _unwire(self, instance_id: str) -> None:
+        netns = f"bakery-{instance_id}"
         for eni, att in self.fabric.status()["attachments"].items():
-            if att["netns"] == box.netns:
+            if att["netns"] == netns:
                 self.fabric.detach(eni)
-        box.destroy()
+
+    def wire_all(self, desired: dict) -> None:
+        """Make the VPC fabric hold exactly these ENIs (eni id -> moto_state.Wiring) on their machines."""
+        attached = self.fabric.status()["attachments"]
+        for eni_id, att in attached.items():
+            w = desired.get(eni_id)
+            if w is None or not att["live"] or (att["netns"], att["device_index"], att["subnet"]) != (
+                    f"bakery-{w.instance_id}", w.device_index, w.subnet_id):
+                self.fabric.detach(eni_id)
+        attached = self.fabric.status()["attachments"]
+        for eni_id, w in desired.items():
+            att = attached.get(eni_id)
+            if att is None:
+                self.wire(eni_id, w.instance_id, w.device_index, vpc_id=w.vpc_id, subnet_id=w.subnet_id,
+                          cidr=w.cidr, mac=w.mac, ips=list(w.ips), source_dest_check=w.source_dest_check)
+                continue
+            if set(w.ips) - set(att["ips"]):
+                self.fabric.add_ips(eni_id, list(w.ips))
+            if att["source_dest_check"] != w.source_dest_check:
+                self.fabric.set_source_dest_check(eni_id, w.source_dest_check)
 
     def wire(self, eni_id: str, instance_id: str, device_index: int, *, vpc_id: str, subnet_id: str, cidr: str,
              mac: str, ips: list[str], source_dest_check: bool) -> None:
@@ -151,37 +194,27 @@ class LocalCloud:
         box = Sandbox.attach(instance_id, self.instances_dir)
         self.fabric.attach(eni_id, subnet_id, box.netns, device_index, mac, ips, source_dest_check)
 
-    def unwire(self, eni_id: str) -> None:
-        self.fabric.detach(eni_id)
-
-    def add_ips(self, eni_id: str, ips: list[str]) -> None:
-        self.fabric.add_ips(eni_id, ips)
-
-    def set_source_dest_check(self, eni_id: str, on: bool) -> None:
-        if eni_id in self.fabric.status()["attachments"]:
-            self.fabric.set_source_dest_check(eni_id, on)
-
     # ---- images -------------------------------------------------------------------------
 
     def capture_image(self, instance_id: str, image_id: str, parent: str, *, name: str, description: str,
                       tags: dict[str, str]) -> None:
-        """The machine's changes become the image's layer (stopped first, for a consistent copy)."""
+        """The machine's changes become the image's layer (a running machine's as they are: the
+        caller stops it first for a consistent copy, as EC2 reboots unless NoReboot)."""
         box = Sandbox.attach(instance_id, self.instances_dir)
-        box.stop()  # EC2 reboots for a consistent snapshot unless NoReboot; stopping is the same here
         tmp = Path(tempfile.mkdtemp(prefix=".capture-", dir=self.data_dir))
         try:
-            layer = box.capture_layer(tmp / "layer.tar.zst")
+            layer = box.capture_layer(tmp / "layer.tar.zst", running_ok=True)
             self.layers.add(image_id, layer, parent, {"ec2": {
                 "name": name, "description": description, "owner_id": LOCAL_ACCOUNT, "tags": tags,
                 "creation_date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")}})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def tag_image(self, image_id: str, tags: dict[str, str]) -> None:
+    def set_image_tags(self, image_id: str, tags: dict[str, str]) -> None:
+        """The image's tags as EC2 now has them, kept with its layer."""
         if (self.layers.root / image_id / "meta.json").is_file():
             ec2 = dict(self.layers.meta(image_id).get("meta", {}).get("ec2", {}))
-            ec2["tags"] = {**ec2.get("tags", {}), **tags}
-            self.layers.update_meta(image_id, {"ec2": ec2})
+            self.layers.update_meta(image_id, {"ec2": {**ec2, "tags": dict(tags)}})
 
     def forget_image(self, image_id: str) -> None:
         """A deregistered image's layer goes, unless images built on it still need its files."""

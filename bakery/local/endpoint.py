@@ -1,4 +1,4 @@
-"""The local cloud's EC2 endpoint: a moto server on 127.0.0.1, started on demand.
+"""Starting and stopping the local cloud's endpoint process (server.py) on 127.0.0.1, on demand.
 
 It runs detached, so images and instances outlive a single `invoke` command. moto keeps
 state in memory only; the layer store is the durable record of images. Each start
@@ -39,8 +39,9 @@ class EndpointState:
 class Endpoint:
     def __init__(self, data_dir: Path):
         self.dir = data_dir / "endpoint"
-        self.state_file = self.dir / "moto.json"
-        self.log_file = self.dir / "moto.log"
+        self.state_file = self.dir / "endpoint.json"
+        self.port_file = self.dir / "port"  # outlives the process: the URL stays the same across down/up
+        self.log_file = self.dir / "endpoint.log"
         self.amis_file = self.dir / "amis.json"
 
     def state(self) -> EndpointState | None:
@@ -65,16 +66,18 @@ class Endpoint:
         port = _pick_port(self._last_port())
         env = {**os.environ, "MOTO_AMIS_PATH": str(self.amis_file), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            proc = subprocess.Popen([sys.executable, "-m", "bakery.local.server", "--data-dir", str(self.dir.parent),
+                                     "--port", str(port)],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                     start_new_session=True)  # outlives this command, ignores its Ctrl-C
         state = EndpointState(proc.pid, starttime(proc.pid), port)
+        self.port_file.write_text(f"{port}\n")
         self.state_file.write_text(json.dumps({"pid": state.pid, "starttime": state.starttime, "port": port}) + "\n")
         deadline = time.monotonic() + 30
         while not _healthy(state.url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 self.down()
-                raise LocalCloudError(f"local EC2 endpoint (moto server) did not start on {state.url}; "
+                raise LocalCloudError(f"local EC2 endpoint did not start on {state.url}; "
                                       f"see {self.log_file}")
             time.sleep(0.05)
         return state.url
@@ -101,14 +104,14 @@ class Endpoint:
 
     def _last_port(self) -> int:
         try:
-            return int(json.loads(self.state_file.read_text())["port"])
-        except (OSError, ValueError, KeyError):
+            return int(self.port_file.read_text())
+        except (OSError, ValueError):
             return DEFAULT_PORT
 
 
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2):
+        with urllib.request.urlopen(f"{url}/bakery/health", timeout=2):
             return True
     except OSError:
         return False

@@ -381,6 +381,28 @@ class Sandbox:
         )
 
     @classmethod
+    def resume(cls, name: str, state_dir: Path) -> Sandbox:
+        """Boot a stopped sandbox again (StartInstances, a reboot): the same disk (upper dir), seed
+        and hostname; cloud-init sees the same instance id and runs only its per-boot modules."""
+        box = cls.attach(name, state_dir)
+        if box.is_running():
+            return box
+        state = json.loads((box.dir / "sandbox.json").read_text())
+        lowers = [Path(p) for p in state["lowers"]]
+        missing = [str(p) for p in lowers if not p.is_dir()]
+        if missing:
+            raise LocalCloudError(f"sandbox {name}: image layer directory missing: {missing[0]}")
+        box.stop()  # leftovers of a machine that died without stop(): its netns, stray processes
+        (box.dir / "logs" / "boot.status").unlink(missing_ok=True)
+        _run(["ip", "netns", "add", box.netns], f"sandbox {name}: creating its network namespace")
+        try:
+            box._launch(lowers, state["hostname"], state["egress"])
+        except BaseException:
+            box.stop()
+            raise
+        return box
+
+    @classmethod
     def attach(cls, name: str, state_dir: Path) -> Sandbox:
         """Re-open a sandbox another process started, from its state dir."""
         d = Path(state_dir).resolve() / name
@@ -538,14 +560,15 @@ class Sandbox:
                 found.append(mountpoint)
         return sorted(found, key=len, reverse=True)
 
-    def capture_layer(self, dest: Path) -> Path:
-        """Write the upper dir as tar.zst to ``dest`` (atomically) after ``stop()``.
+    def capture_layer(self, dest: Path, *, running_ok: bool = False) -> Path:
+        """Write the upper dir as tar.zst to ``dest`` (atomically), normally after ``stop()``;
+        ``running_ok`` takes it as it is at this moment (EC2's CreateImage with NoReboot).
 
         Keeps whiteouts and ``trusted.overlay.*``/``security.capability`` xattrs; leaves out the
         launcher's NoCloud seed. Deprovisioning before capture is the caller's job.
         """
         dest = Path(dest)
-        if self.is_running():
+        if self.is_running() and not running_ok:
             raise LocalCloudError(f"sandbox {self.name} is still running; stop it before capturing {dest}")
         if not self.upper.is_dir():
             raise LocalCloudError(f"sandbox {self.name} has no upper dir to capture: {self.upper}")

@@ -8,7 +8,10 @@ going on) and are always destroyed, also when a test fails.
 from __future__ import annotations
 
 import base64
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 
 from bakery.config.settings import default_data_dir
 from bakery.local.base import ensure_base_image, load_base_metadata
+from bakery.local.cloud import LocalCloud
 from bakery.local.layers import LayerStore
 from bakery.local.prereqs import check_prerequisites
 from bakery.local.sandbox import Sandbox
@@ -136,3 +140,26 @@ def local_ssh() -> Iterator[Callable[..., paramiko.SSHClient]]:
 def local_boot_wait() -> Callable[..., dict[str, int]]:
     """``wait(box)``: block until all cloud-init stages ran; returns the per-stage exit codes."""
     return wait_for_boot
+
+
+def netns_names() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    """A private local cloud (own data dir and endpoint) sharing the machine's cached base image."""
+    data = tmp_path_factory.mktemp("localcloud")
+    shared = Path(os.environ.get("BAKERY_DATA_DIR", "/var/lib/bakery"))
+    (shared / "base").mkdir(parents=True, exist_ok=True)
+    (data / "base").symlink_to(shared / "base")
+    cloud = LocalCloud(data)
+    cloud.up(log=lambda line: print(line, file=sys.stderr))
+    yield cloud
+    before = netns_names()
+    try:
+        cloud.down()
+    finally:
+        cloud.endpoint.down()  # even when an instance would not go: never leave an endpoint behind
+    assert not any(n.startswith("bakery-i-") and (data / "instances" / n[7:]).exists() for n in before)

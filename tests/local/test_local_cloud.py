@@ -15,12 +15,12 @@ import pytest
 
 from bakery.bake.run import bake
 from bakery.cloud.connect import open_cloud
-from bakery.errors import StepFailed, WaitTimeout
+from bakery.errors import CloudError, StepFailed, WaitTimeout
 from bakery.local.cloud import LocalCloud
-from bakery.local.errors import LocalCloudError
 from bakery.local.sandbox import Sandbox
 from bakery.progress import Reporter
 from bakery.config.settings import Settings
+from tests.local.conftest import netns_names
 from tests.support import ROOT, write_recipe
 
 pytestmark = pytest.mark.local
@@ -46,11 +46,6 @@ runcmd:
 """
 
 
-def netns_names() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
 def layer_listing(layer: Path) -> list[str]:
     out = subprocess.run(["tar", "--zstd", "-tf", str(layer)], capture_output=True, text=True, check=True).stdout
     return [line.removeprefix("./") for line in out.splitlines()]
@@ -61,24 +56,6 @@ def layer_file(layer: Path, member: str) -> bytes:
                           check=True).stdout
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory):
-    """A private local cloud (own data dir and endpoint) sharing the machine's cached base image."""
-    data = tmp_path_factory.mktemp("localcloud")
-    shared = Path(os.environ.get("BAKERY_DATA_DIR", "/var/lib/bakery"))
-    (shared / "base").mkdir(parents=True, exist_ok=True)
-    (data / "base").symlink_to(shared / "base")
-    cloud = LocalCloud(data)
-    cloud.up(log=lambda line: print(line, file=sys.stderr))
-    yield cloud
-    before = netns_names()
-    try:
-        cloud.down()
-    finally:
-        cloud.endpoint.down()  # even when an instance would not go: never leave a moto server behind
-    assert not any(n.startswith("bakery-i-") and (data / "instances" / n[7:]).exists() for n in before)
-
-
 @pytest.fixture
 def settings(cloud, tmp_path):
     recipes = tmp_path / "recipes"
@@ -86,6 +63,13 @@ def settings(cloud, tmp_path):
     (recipes / "files/tree/a.txt").write_text("tree file\n")
     return Settings(cloud="local", data_dir=cloud.data_dir, project_dir=tmp_path, recipes_dir=recipes,
                     state_dir=tmp_path / "state")
+
+
+def terminate(ec2, ids: list[str]) -> None:
+    """Terminate and wait: the endpoint takes machines down after answering, as EC2 does."""
+    ec2.client.terminate_instances(InstanceIds=ids)
+    for iid in ids:
+        ec2.wait_instance_state(iid, "terminated", timeout=60)
 
 
 def assert_no_sandboxes(cloud):
@@ -121,6 +105,8 @@ def test_an_instance_boots_the_image_with_real_cloud_init(cloud, settings):
     ec2 = open_cloud(settings).ec2
     inst = ec2.client.run_instances(ImageId=manifest.ami_id, InstanceType="t3.micro", MinCount=1, MaxCount=1,
                                     UserData=USER_DATA)["Instances"][0]
+    assert inst["State"]["Name"] == "pending"
+    ec2.wait_instance_state(inst["InstanceId"], "running", timeout=60)
     box = Sandbox.attach(inst["InstanceId"], cloud.instances_dir)
     deadline = time.monotonic() + 60
     while "done" not in box.boot_status():
@@ -130,7 +116,7 @@ def test_an_instance_boots_the_image_with_real_cloud_init(cloud, settings):
     assert box.exec(["cat", "/etc/app/app.env"], timeout=10).stdout == "APP_ENV=local-test\n"
     assert box.exec(["cat", "/run/seen-marker"], timeout=10).stdout == "baked by t2\n"  # the baked layer is there
 
-    ec2.client.terminate_instances(InstanceIds=[inst["InstanceId"]])
+    terminate(ec2, [inst["InstanceId"]])
     assert_no_sandboxes(cloud)
 
 
@@ -157,17 +143,19 @@ def test_a_failing_step_leaves_no_sandbox(cloud, settings):
     assert live == []
 
 
-def test_a_corrupt_layer_is_refused_and_nothing_runs(cloud, settings):
+def test_an_instance_whose_image_cannot_boot_ends_terminated_with_the_reason(cloud, settings):
+    """As on EC2: RunInstances answers, then the instance goes to terminated, its state reason saying why."""
     write_recipe(settings.recipes, "t5", RECIPE.format(extra=""))
     manifest = bake(settings, "t5", {}, report=Reporter(quiet=True))
     layer = cloud.layers.layer_file(manifest.ami_id)
     layer.write_bytes(layer.read_bytes()[:100])
     ec2 = open_cloud(settings).ec2
-    with pytest.raises(LocalCloudError, match=f"layer for {manifest.ami_id} is missing or corrupt"):
-        ec2.client.run_instances(ImageId=manifest.ami_id, InstanceType="t3.micro", MinCount=1, MaxCount=1)
-    live = [i for r in ec2.client.describe_instances()["Reservations"] for i in r["Instances"]
-            if i["State"]["Name"] != "terminated"]
-    assert live == []
+    iid = ec2.client.run_instances(ImageId=manifest.ami_id, InstanceType="t3.micro", MinCount=1,
+                                   MaxCount=1)["Instances"][0]["InstanceId"]
+    with pytest.raises(CloudError, match=f"is terminated instead of running: Server.InternalError: .*"
+                                         f"layer for {manifest.ami_id} is missing or corrupt"):
+        ec2.wait_instance_state(iid, "running", timeout=60)
+    assert ec2.describe_instance(iid)["StateReason"]["Code"] == "Server.InternalError"
     assert_no_sandboxes(cloud)
 
 
@@ -413,6 +401,5 @@ def test_a_client_keeps_the_same_address_and_mac_through_an_eni_failover(cloud, 
         assert mac_after == mac_before
     finally:
         cloud.fabric.remove_client("ha")
-        ids = [r.instance_id for r in report.instances]
-        open_cloud(settings).ec2.client.terminate_instances(InstanceIds=ids)
+        terminate(open_cloud(settings).ec2, [r.instance_id for r in report.instances])
     assert_no_sandboxes(cloud)

@@ -1,0 +1,144 @@
+"""The local cloud's control plane: EC2 requests from any client, with what EC2 would do to machines.
+
+A WSGI layer in front of moto's app, in the endpoint's process. moto answers every request; after
+a successful one that changes machines, this marks what real EC2 would show while it acts
+(`pending` after RunInstances and StartInstances, `stopping`, `shutting-down`, an image `pending`
+while its disk is captured) and hands the work to the reconciler (reconcile.py), which makes the
+machines match and moves the state on. So the AWS CLI, boto3, Terraform and bakery all get the
+same machines: nothing of this lives in a client any more.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import urllib.parse
+
+from bakery.local import moto_state as M
+from bakery.local.cloud import LocalCloud
+from bakery.local.errors import LocalCloudError
+from bakery.local.reconcile import Reconciler
+
+log = logging.getLogger("bakery.local")
+
+HEALTH_PATH = "/bakery/health"
+
+
+class ControlPlane:
+    def __init__(self, app, machines: LocalCloud, reconciler: Reconciler):
+        self.app = app
+        self.machines = machines
+        self.reconciler = reconciler
+        self._after = {"RunInstances": self._ran, "StartInstances": self._started, "StopInstances": self._stopped,
+                       "TerminateInstances": self._terminated, "RebootInstances": self._rebooted,
+                       "CreateImage": self._image_created, "DeregisterImage": self._image_deregistered,
+                       "CreateTags": self._tags_changed, "DeleteTags": self._tags_changed}
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == HEALTH_PATH:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        action, params = _ec2_request(environ, body)
+        status: list[int] = []
+
+        def record(line, headers, exc_info=None):
+            status.append(int(line.split()[0]))
+            return start_response(line, headers, exc_info)
+
+        chunks = self.app(environ, record)
+        try:
+            out = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        if action and status and status[0] < 300:
+            try:
+                self._after.get(action, self._other)(params, out.decode(errors="replace"))
+            except Exception:  # noqa: BLE001 - the answer stands; the reconciler catches up
+                log.exception("after %s", action)
+        return [out]
+
+    # ---- instances ----------------------------------------------------------------------------
+
+    def _mark(self, ids: list[str], shown: str, when: tuple[str, ...]) -> None:
+        for iid in ids:
+            instance = M.find_instance(iid)
+            if instance is not None and M.state(instance) in when:
+                M.set_state(instance, shown)
+        self.reconciler.nudge()
+
+    def _ran(self, params: dict, response: str) -> None:
+        self._mark(re.findall(r"<instanceId>(i-[0-9a-f]+)</instanceId>", response), "pending", ("running",))
+
+    def _started(self, params: dict, response: str) -> None:
+        self._mark(_listed(params, "InstanceId"), "pending", ("running",))
+
+    def _stopped(self, params: dict, response: str) -> None:
+        self._mark(_listed(params, "InstanceId"), "stopping", ("stopped",))
+
+    def _terminated(self, params: dict, response: str) -> None:
+        self._mark(_listed(params, "InstanceId"), "shutting-down", ("terminated",))
+
+    def _rebooted(self, params: dict, response: str) -> None:
+        self.reconciler.reboot(_listed(params, "InstanceId"))
+
+    # ---- images ---------------------------------------------------------------------------------
+
+    def _image_created(self, params: dict, response: str) -> None:
+        """The image is `pending` while the instance's disk becomes its layer; EC2 reboots the
+        instance for a consistent copy unless NoReboot, and so does this (stop, capture, start)."""
+        found = re.search(r"<imageId>(ami-[0-9a-f]+)</imageId>", response)
+        instance = M.find_instance(params.get("InstanceId", ""))
+        image = M.find_image(found.group(1)) if found else None
+        if instance is None or image is None:
+            return
+        image.state = "pending"
+        no_reboot = params.get("NoReboot", "false").lower() == "true"
+
+        def capture():
+            try:
+                running = self.machines.machine_state(instance.id) == "running"
+                if running and not no_reboot:
+                    self.machines.stop(instance.id)
+                self.machines.capture_image(instance.id, image.id, instance.image_id, name=image.name or image.id,
+                                            description=image.description or "", tags=M.image_tags(image))
+                if running and not no_reboot and M.state(instance) in ("pending", "running"):
+                    self.machines.start(instance.id)
+                image.state = "available"
+            except LocalCloudError as exc:
+                log.error("image %s from %s: %s", image.id, instance.id, exc.message)
+                image.state = "failed"
+        self.reconciler.run_exclusively(instance.id, capture)
+
+    def _image_deregistered(self, params: dict, response: str) -> None:
+        self.machines.forget_image(params.get("ImageId", ""))
+
+    def _tags_changed(self, params: dict, response: str) -> None:
+        """The layer store keeps an image's tags, so they outlive the endpoint."""
+        for rid in _listed(params, "ResourceId"):
+            image = M.find_image(rid) if rid.startswith("ami-") else None
+            if image is not None:
+                self.machines.set_image_tags(rid, M.image_tags(image))
+
+    def _other(self, params: dict, response: str) -> None:
+        self.reconciler.nudge()  # ENI moves, secondary IPs, source/dest check: the fabric follows
+
+
+def _ec2_request(environ, body: bytes) -> tuple[str | None, dict[str, str]]:
+    """The EC2 (query protocol) action and its parameters; (None, {}) for other services."""
+    query = environ.get("QUERY_STRING", "")
+    form = body.decode(errors="replace") if environ.get("CONTENT_TYPE", "").startswith(
+        "application/x-www-form-urlencoded") else ""
+    params = {k: v[-1] for k, v in urllib.parse.parse_qs(f"{query}&{form}", keep_blank_values=True).items()}
+    action = params.get("Action")
+    return (action, params) if action and "Version" in params else (None, {})
+
+
+def _listed(params: dict[str, str], name: str) -> list[str]:
+    """A query-protocol list (InstanceId.1, InstanceId.2, ...) in order."""
+    keys = sorted((k for k in params if re.fullmatch(rf"{name}\.\d+", k)), key=lambda k: int(k.rpartition(".")[2]))
+    return [params[k] for k in keys]

@@ -1,0 +1,114 @@
+"""The local endpoint's window onto moto's state, in the endpoint's own process.
+
+Everything the control plane reads or sets in moto's EC2 backends goes through here, so the
+coupling to moto's internal objects (which are not an API) is in one module, tested by
+tests/local/test_control_plane.py against the installed moto. Reads copy moto's containers
+first: request threads may change them at the same time.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+# EC2's instance state codes (DescribeInstances InstanceState.Code)
+STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
+
+
+def _ec2_backends():
+    from moto.ec2.models import ec2_backends
+
+    return ec2_backends
+
+
+def backends() -> list:
+    """Every EC2 backend (account, region) moto has made so far."""
+    out = []
+    for regions in list(_ec2_backends().values()):
+        out.extend(list(regions.values()))
+    return out
+
+
+def instances() -> list:
+    return [i for b in backends() for r in list(b.reservations.values()) for i in list(r.instances)]
+
+
+def find_instance(instance_id: str):
+    return next((i for i in instances() if i.id == instance_id), None)
+
+
+def state(instance) -> str:
+    return instance._state.name
+
+
+def set_state(instance, name: str, reason: tuple[str, str] | None = None) -> None:
+    """Move the instance to `name`; `reason` is EC2's (code, message) state reason."""
+    from moto.ec2.models.instances import StateReason
+
+    instance._state.name = name
+    instance._state.code = STATE_CODES[name]
+    if reason is not None:
+        instance.state_reason = StateReason(reason[1], reason[0])
+        instance._reason = reason[1]
+
+
+def user_data(instance) -> bytes | None:
+    """The instance's user data as the instance sees it (decoded from the API's base64)."""
+    value = instance.user_data
+    if not value:
+        return None
+    if isinstance(value, list):  # older moto kept a list of one string
+        value = value[0]
+    encoded = value._encoded_string if hasattr(value, "_encoded_string") else value
+    if isinstance(encoded, bytes):
+        encoded = encoded.decode("ascii")
+    return base64.b64decode(encoded) if encoded else None
+
+
+def public_keys(instance) -> list[str]:
+    """The public key of the instance's key pair (what EC2 hands cloud-init), if it has one."""
+    if not instance.key_name:
+        return []
+    pair = instance.ec2_backend.key_pairs.get(instance.key_name)
+    if pair is None:
+        return []
+    material = pair.material_public
+    return [material.decode() if isinstance(material, bytes) else str(material)]
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """One ENI as the VPC fabric must wire it into an instance's machine."""
+
+    eni_id: str
+    instance_id: str
+    device_index: int
+    vpc_id: str
+    subnet_id: str
+    cidr: str
+    mac: str
+    ips: tuple[str, ...]  # primary first
+    source_dest_check: bool
+
+
+def wirings(instance) -> list[Wiring]:
+    """The ENIs attached to the instance, as they should be on its machine."""
+    out = []
+    for index, eni in sorted(list(instance.nics.items())):
+        ips = sorted((a["PrivateIpAddress"] for a in list(eni.private_ip_addresses) if a.get("PrivateIpAddress")),
+                     key=lambda ip: ip != eni.private_ip_address)
+        out.append(Wiring(eni.id, instance.id, int(index), eni.subnet.vpc_id, eni.subnet.id, eni.subnet.cidr_block,
+                          eni.mac_address, tuple(ips), bool(eni.source_dest_check)))
+    return out
+
+
+def images() -> list:
+    return [a for b in backends() for a in list(b.amis.values())]
+
+
+def find_image(ami_id: str):
+    return next((a for a in images() if a.id == ami_id), None)
+
+
+def image_tags(image) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in image.get_tags()}

@@ -1,0 +1,158 @@
+"""The local cloud's reconciler: the machines follow moto's view of every instance, whoever asked.
+
+EC2's state machine is moto's; this makes the host match it. An instance moto calls `pending` gets
+a machine booted from its image (then `running`); `stopping` is stopped (then `stopped`);
+`pending` again after a stop starts the same machine (its disk kept); `shutting-down` is destroyed
+(then `terminated`); a reboot restarts it. A machine that fails to boot makes its instance
+`terminated` with the reason, as EC2 does. Because the reconciler reads moto's state rather than
+reacting to requests, instances that come from any client or any path (the AWS CLI, an Auto
+Scaling group) get machines too; the control plane (control.py) only marks what a request changed
+and nudges it.
+
+Each instance's work runs on one worker at a time (a boot does not block another instance's stop),
+and the VPC fabric is brought in line with the ENIs attached to running machines after every pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from bakery.local import moto_state as M
+from bakery.local.cloud import LocalCloud
+from bakery.local.errors import LocalCloudError
+
+log = logging.getLogger("bakery.local")
+
+# moto state -> what the machine must be, and the state the instance moves to once it is
+_TARGET = {"pending": ("running", "running"), "running": ("running", None),
+           "stopping": ("stopped", "stopped"), "stopped": ("stopped", None),
+           "shutting-down": ("none", "terminated"), "terminated": ("none", None)}
+
+
+class Reconciler:
+    def __init__(self, machines: LocalCloud, workers: int = 4, period: float = 1.0):
+        self.machines = machines
+        self.period = period
+        self._wake = threading.Event()
+        self._busy: set[str] = set()
+        self._reboots: set[str] = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="machine")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+        self._pool.shutdown(wait=True)
+
+    def nudge(self) -> None:
+        """Something changed: reconcile now rather than at the next tick."""
+        self._wake.set()
+
+    def reboot(self, instance_ids: list[str]) -> None:
+        with self._lock:
+            self._reboots.update(instance_ids)
+        self.nudge()
+
+    def run_exclusively(self, instance_id: str, job) -> None:
+        """Run `job` on the instance's worker (after whatever it is doing), e.g. capturing an image."""
+        def wrapped():
+            try:
+                job()
+            finally:
+                self._release(instance_id)
+        self._claim_blocking(instance_id)
+        self._pool.submit(wrapped)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.period)
+            self._wake.clear()
+            try:
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad pass; the next retries
+                log.exception("reconcile pass failed")
+
+    def reconcile(self) -> None:
+        for instance in M.instances():
+            iid = instance.id
+            want, then = _TARGET.get(M.state(instance), ("running", None))
+            have = self.machines.machine_state(iid)
+            with self._lock:
+                reboot = iid in self._reboots and want == "running" and have == "running"
+            if (want == have and then is None and not reboot) or not self._claim(iid):
+                continue
+            self._pool.submit(self._converge, instance, want, then, reboot)
+        self._wire()
+
+    def _claim(self, iid: str) -> bool:
+        with self._lock:
+            if iid in self._busy:
+                return False
+            self._busy.add(iid)
+            return True
+
+    def _claim_blocking(self, iid: str) -> None:
+        while not self._claim(iid):
+            self._stop.wait(0.05)
+
+    def _release(self, iid: str) -> None:
+        with self._lock:
+            self._busy.discard(iid)
+        self.nudge()
+
+    def _converge(self, instance, want: str, then: str | None, reboot: bool) -> None:
+        iid = instance.id
+        try:
+            have = self.machines.machine_state(iid)
+            if reboot:
+                with self._lock:
+                    self._reboots.discard(iid)
+                self.machines.reboot(iid)
+            elif want == "running" and have == "none":
+                self.machines.boot(iid, instance.image_id, user_data=M.user_data(instance),
+                                   public_keys=M.public_keys(instance), private_ip=instance.private_ip)
+            elif want == "running" and have == "stopped":
+                self.machines.start(iid)
+            elif want == "stopped" and have == "running":
+                self.machines.stop(iid)
+            elif want == "none" and have != "none":
+                self.machines.destroy(iid)
+            if then is not None and M.state(instance) in ("pending", "stopping", "shutting-down"):
+                M.set_state(instance, then)
+        except LocalCloudError as exc:
+            log.error("instance %s: %s", iid, exc.message)
+            if want == "running":  # EC2: an instance that cannot start ends terminated, with the reason
+                self._fail(instance, exc.message)
+        except Exception:  # noqa: BLE001 - one instance's failure must not stop the others'
+            log.exception("instance %s: converging to %s failed", iid, want)
+        finally:
+            self._release(iid)
+
+    def _fail(self, instance, why: str) -> None:
+        try:
+            self.machines.destroy(instance.id)
+        except LocalCloudError as exc:
+            log.error("instance %s: cleaning up after a failed boot: %s", instance.id, exc.message)
+        M.set_state(instance, "terminated", ("Server.InternalError", f"Server.InternalError: {why}"[:255]))
+
+    def _wire(self) -> None:
+        """The VPC fabric holds exactly the ENIs attached to running machines, as moto has them."""
+        desired = {}
+        for instance in M.instances():
+            if M.state(instance) in ("pending", "running") and self.machines.machine_state(instance.id) == "running":
+                for wiring in M.wirings(instance):
+                    desired[wiring.eni_id] = wiring
+        try:
+            self.machines.wire_all(desired)
+        except LocalCloudError as exc:
+            log.error("wiring the VPC fabric: %s", exc.message)

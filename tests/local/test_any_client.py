@@ -1,0 +1,138 @@
+"""The local cloud is an EC2 for any client: the AWS CLI alone (its own venv, no bakery code in the
+client) runs, stops, starts, reboots and terminates machines, images one, and deregisters the image
+for good. OpenSSH reaches the machine through its network namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bakery.bake.run import bake
+from bakery.config.settings import Settings
+from bakery.local.procs import alive
+from bakery.progress import Reporter
+from tests.local.conftest import netns_names
+from tests.support import ROOT, write_recipe
+
+pytestmark = pytest.mark.local
+
+AWS = ROOT / ".venv-aws/bin/aws"
+RECIPE = """\
+source:
+  filter: {name: "debian-12-amd64-*", owners: ["136693071363"]}
+builder:
+  ssh: {user: admin, timeout: 60}
+steps:
+  - {name: mark, shell: echo baked > /etc/baked-marker}
+"""
+
+
+@pytest.fixture(scope="module")
+def aws(cloud):
+    """`aws ec2 ...` against the local endpoint; JSON out, parsed."""
+    assert AWS.is_file(), f"{AWS} is missing: scripts/install.sh installs the AWS CLI in .venv-aws"
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "AWS_ACCESS_KEY_ID": "local",
+           "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": cloud.endpoint.running_url()}
+
+    def run(*args: str, ok: bool = True):
+        out = subprocess.run([str(AWS), "ec2", *args, "--output", "json"], env=env, capture_output=True, text=True,
+                             timeout=300)
+        if ok:
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout) if out.stdout.strip() else None
+        return out
+    return run
+
+
+@pytest.fixture(scope="module")
+def image(cloud, tmp_path_factory) -> str:
+    """A baked image to start from (baked by bakery: the operations under test are the CLI's)."""
+    work = tmp_path_factory.mktemp("anyclient")
+    write_recipe(work / "recipes", "cli", RECIPE)
+    settings = Settings(cloud="local", data_dir=cloud.data_dir, project_dir=work, recipes_dir=work / "recipes",
+                        state_dir=work / "state")
+    return bake(settings, "cli", {}, report=Reporter(quiet=True)).ami_id
+
+
+@pytest.fixture(scope="module")
+def ssh_key(tmp_path_factory) -> Path:
+    key = tmp_path_factory.mktemp("key") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+def ssh(instance_id: str, key: Path, command: str, timeout: float = 60) -> str:
+    """OpenSSH as the image's default user, into the instance's namespace (retried while it boots)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["ip", "netns", "exec", f"bakery-{instance_id}", "ssh", "-i", str(key),
+                              "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "StrictHostKeyChecking=no",
+                              "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                              "admin@127.0.0.1", command], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0:
+            return out.stdout
+        assert time.monotonic() < deadline, f"ssh to {instance_id}: {out.stderr}"
+        time.sleep(0.2)
+
+
+def machine_pids(cloud, instance_id: str) -> list[tuple[int, int]]:
+    pids = []
+    for f in (cloud.instances_dir / instance_id / "pids").glob("*.pid"):
+        pid, start = f.read_text().split()
+        pids.append((int(pid), int(start)))
+    return pids
+
+
+def state(aws, instance_id: str) -> str:
+    return aws("describe-instances", "--instance-ids", instance_id)["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def test_the_aws_cli_alone_runs_stops_starts_reboots_images_and_terminates_a_machine(cloud, aws, image, ssh_key):
+    aws("import-key-pair", "--key-name", "cli", "--public-key-material", f"fileb://{ssh_key}.pub")
+    iid = aws("run-instances", "--image-id", image, "--instance-type", "t3.micro", "--key-name", "cli",
+              "--count", "1")["Instances"][0]["InstanceId"]
+    aws("wait", "instance-running", "--instance-ids", iid)
+    assert ssh(iid, ssh_key, "cat /etc/baked-marker; sudo sh -c 'echo kept > /root/kept'") == "baked\n"
+
+    aws("stop-instances", "--instance-ids", iid)
+    aws("wait", "instance-stopped", "--instance-ids", iid)
+    assert f"bakery-{iid}" not in netns_names()
+    assert not any(alive(pid, start) for pid, start in machine_pids(cloud, iid))
+
+    aws("start-instances", "--instance-ids", iid)
+    aws("wait", "instance-running", "--instance-ids", iid)
+    assert ssh(iid, ssh_key, "sudo cat /root/kept") == "kept\n"  # the same disk
+
+    boot = ssh(iid, ssh_key, "cat /proc/1/stat | cut -d' ' -f22")  # PID 1's start time: a new boot changes it
+    aws("reboot-instances", "--instance-ids", iid)
+    deadline = time.monotonic() + 60
+    while ssh(iid, ssh_key, "cat /proc/1/stat | cut -d' ' -f22") == boot:
+        assert time.monotonic() < deadline, "reboot-instances did not reboot the machine"
+        time.sleep(0.2)
+    assert state(aws, iid) == "running"
+
+    new = aws("create-image", "--instance-id", iid, "--name", "cli-made")["ImageId"]
+    aws("wait", "image-available", "--image-ids", new)
+    assert state(aws, iid) == "running"  # rebooted for a consistent copy, and running again
+    assert (cloud.layers.root / new).is_dir()
+
+    pids = machine_pids(cloud, iid)
+    assert pids and all(alive(pid, start) for pid, start in pids)
+    aws("terminate-instances", "--instance-ids", iid)
+    aws("wait", "instance-terminated", "--instance-ids", iid)
+    assert f"bakery-{iid}" not in netns_names()
+    assert not any(alive(pid, start) for pid, start in pids)
+    assert not (cloud.instances_dir / iid).exists()
+
+    aws("deregister-image", "--image-id", new)
+    cloud.down()
+    cloud.up()
+    gone = aws("describe-images", "--image-ids", new, ok=False)
+    assert gone.returncode != 0 and "InvalidAMIID.NotFound" in gone.stderr
+    assert not (cloud.layers.root / new).exists()
