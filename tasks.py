@@ -165,14 +165,14 @@ def local_up(c):
         show.local_up(LocalCloud(settings_from(c).local_data).up())
 
 
-@task
-def local_down(c):
-    """Destroy every local instance and stop the endpoint; baked images are kept."""
+@task(help={"purge": "destroy the instances and forget key pairs, networks and parameters too (images stay)"})
+def local_down(c, purge=False):
+    """Stop the local cloud: its instances stop (and come back stopped at local.up); images are kept."""
     with command():
         from bakery.cli import show
         from bakery.local.cloud import LocalCloud
 
-        show.local_down(LocalCloud(settings_from(c).local_data).down())
+        show.local_down(LocalCloud(settings_from(c).local_data).down(purge=purge))
 
 
 @task(help={"json": "print JSON on stdout"})

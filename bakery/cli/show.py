@@ -97,8 +97,9 @@ def local_up(url: str) -> None:
 
 
 def local_down(result: dict) -> None:
-    emit(f"local cloud down: {result['instances_destroyed']} instance(s) destroyed, "
-         f"endpoint {'stopped' if result['endpoint_stopped'] else 'was not running'}")
+    machines = (f"{result['instances_destroyed']} instance(s) destroyed, state forgotten" if "instances_destroyed" in result
+                else f"{result['instances_stopped']} instance(s) stopped")
+    emit(f"local cloud down: {machines}, endpoint {'stopped' if result['endpoint_stopped'] else 'was not running'}")
 
 
 def local_status(info: dict, *, json: bool) -> None:

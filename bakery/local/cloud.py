@@ -66,20 +66,29 @@ class LocalCloud:
         self.ensure_base(log)
         return self.endpoint.up(self.registered_images())
 
-    def down(self) -> dict[str, int]:
-        """Stop the endpoint, then destroy every instance; images stay in the layer store."""
+    def down(self, *, purge: bool = False) -> dict[str, int]:
+        """Stop the endpoint (which saves its state), then every machine: instances come back
+        stopped at the next `up`, with their disks. `purge` destroys them instead and forgets the
+        endpoint's state (key pairs, networks, parameters: a fresh cloud); images always stay."""
         stopped = self.endpoint.down()  # first: its reconciler must not restart what goes next
-        destroyed, failures = 0, []
+        done, failures = 0, []
         for box in self.sandboxes():
             try:
-                box.destroy()
-                destroyed += 1
+                if purge:
+                    box.destroy()
+                    done += 1
+                elif box.is_running():
+                    box.stop()
+                    done += 1
             except LocalCloudError as exc:  # keep going: one stuck sandbox must not strand the rest
                 failures.append(exc.message)
         self.fabric.teardown()
+        if purge:
+            self.endpoint.forget_state()
         if failures:
-            raise LocalCloudError(f"local.down: {len(failures)} instance(s) could not be removed: {failures[0]}")
-        return {"instances_destroyed": destroyed, "endpoint_stopped": int(stopped)}
+            raise LocalCloudError(f"local.down: {len(failures)} instance(s) could not be "
+                                  f"{'removed' if purge else 'stopped'}: {failures[0]}")
+        return {"instances_destroyed" if purge else "instances_stopped": done, "endpoint_stopped": int(stopped)}
 
     def sandboxes(self) -> list[Sandbox]:
         if not self.instances_dir.is_dir():
@@ -129,6 +138,9 @@ class LocalCloud:
                              meta_data={"instance-id": instance_id, "local-hostname": hostname,
                                         "public-keys": public_keys},
                              egress=True, hostname=hostname)
+
+    def machine_ids(self) -> list[str]:
+        return [box.name for box in self.sandboxes()]
 
     def machine_state(self, instance_id: str) -> str:
         """'none' (no machine), 'running' or 'stopped'."""

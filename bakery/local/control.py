@@ -13,27 +13,45 @@ from __future__ import annotations
 import io
 import logging
 import re
+import threading
 import urllib.parse
 
 from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
 from bakery.local.errors import LocalCloudError
+from bakery.local.persist import Snapshots
 from bakery.local.reconcile import Reconciler
 
 log = logging.getLogger("bakery.local")
 
 HEALTH_PATH = "/bakery/health"
+# Requests that only read: everything else may change state and is saved before it is answered.
+_READS = re.compile(r"(Describe|Get|List|Search|Lookup|Check)[A-Z]")
 
 
 class ControlPlane:
-    def __init__(self, app, machines: LocalCloud, reconciler: Reconciler):
+    def __init__(self, app, machines: LocalCloud, reconciler: Reconciler, snapshots: Snapshots):
         self.app = app
         self.machines = machines
         self.reconciler = reconciler
+        self.snapshots = snapshots
+        # one change at a time, each saved before its answer leaves (reads run alongside)
+        self._changes = threading.Lock()
         self._after = {"RunInstances": self._ran, "StartInstances": self._started, "StopInstances": self._stopped,
                        "TerminateInstances": self._terminated, "RebootInstances": self._rebooted,
                        "CreateImage": self._image_created, "DeregisterImage": self._image_deregistered,
                        "CreateTags": self._tags_changed, "DeleteTags": self._tags_changed}
+
+    def save(self) -> None:
+        """Save the endpoint's state now (after a change no request made: a machine came up)."""
+        with self._changes:
+            self._save()
+
+    def _save(self) -> None:
+        try:
+            self.snapshots.save()
+        except Exception:  # noqa: BLE001 - the change is made; the next save carries it
+            log.exception("saving the endpoint state")
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == HEALTH_PATH:
@@ -43,6 +61,14 @@ class ControlPlane:
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
         action, params = _ec2_request(environ, body)
+        if _reads_only(environ, action):
+            return [self._serve(environ, start_response, action, params)]
+        with self._changes:
+            out = self._serve(environ, start_response, action, params)
+            self._save()
+        return [out]
+
+    def _serve(self, environ, start_response, action, params) -> bytes:
         status: list[int] = []
 
         def record(line, headers, exc_info=None):
@@ -60,7 +86,7 @@ class ControlPlane:
                 self._after.get(action, self._other)(params, out.decode(errors="replace"))
             except Exception:  # noqa: BLE001 - the answer stands; the reconciler catches up
                 log.exception("after %s", action)
-        return [out]
+        return out
 
     # ---- instances ----------------------------------------------------------------------------
 
@@ -112,6 +138,7 @@ class ControlPlane:
             except LocalCloudError as exc:
                 log.error("image %s from %s: %s", image.id, instance.id, exc.message)
                 image.state = "failed"
+            self.save()
         self.reconciler.run_exclusively(instance.id, capture)
 
     def _image_deregistered(self, params: dict, response: str) -> None:
@@ -136,6 +163,16 @@ def _ec2_request(environ, body: bytes) -> tuple[str | None, dict[str, str]]:
     params = {k: v[-1] for k, v in urllib.parse.parse_qs(f"{query}&{form}", keep_blank_values=True).items()}
     action = params.get("Action")
     return (action, params) if action and "Version" in params else (None, {})
+
+
+def _reads_only(environ, action: str | None) -> bool:
+    """EC2's Describe*/Get*, a JSON service's target (AmazonSSM.GetParameter), moto's own API, a GET."""
+    if environ.get("PATH_INFO", "").startswith("/moto-api/"):
+        return environ.get("REQUEST_METHOD") == "GET"
+    name = action or environ.get("HTTP_X_AMZ_TARGET", "").rpartition(".")[2]
+    if name:
+        return bool(_READS.match(name))
+    return environ.get("REQUEST_METHOD") in ("GET", "HEAD")
 
 
 def _listed(params: dict[str, str], name: str) -> list[str]:

@@ -41,6 +41,7 @@ class Endpoint:
         self.dir = data_dir / "endpoint"
         self.state_file = self.dir / "endpoint.json"
         self.port_file = self.dir / "port"  # outlives the process: the URL stays the same across down/up
+        self.snapshot_file = self.dir / "state.pickle"  # moto's state (persist.py), written by the process
         self.log_file = self.dir / "endpoint.log"
         self.amis_file = self.dir / "amis.json"
 
@@ -102,6 +103,10 @@ class Endpoint:
         self.state_file.unlink(missing_ok=True)
         return True
 
+    def forget_state(self) -> None:
+        """The next start begins with an empty EC2 (images still come from the layer store)."""
+        self.snapshot_file.unlink(missing_ok=True)
+
     def _last_port(self) -> int:
         try:
             return int(self.port_file.read_text())
@@ -118,9 +123,12 @@ def _healthy(url: str) -> bool:
 
 
 def _pick_port(preferred: int) -> int:
-    """The same port as last time when free (stable URLs in logs), else any free one."""
+    """The same port as last time when free (a stable URL for clients' configuration), else any free
+    one. Probed as the server binds it (SO_REUSEADDR): the last endpoint's closed connections may
+    still be in TIME_WAIT, which does not keep the server from listening."""
     for port in (preferred, 0):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
                 return s.getsockname()[1]

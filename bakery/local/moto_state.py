@@ -112,3 +112,18 @@ def find_image(ami_id: str):
 
 def image_tags(image) -> dict[str, str]:
     return {t["key"]: t["value"] for t in image.get_tags()}
+
+
+def sync_images(records: list[dict], ours: set[str]) -> None:
+    """Make every region's images match the layer store, the durable record of images: add what it
+    holds (MOTO_AMIS_PATH form) and drop images of the owners in `ours` that it no longer holds."""
+    from moto.ec2.models.amis import Ami
+
+    wanted = {r["ami_id"]: r for r in records}
+    for backend in backends():
+        for ami_id, image in list(backend.amis.items()):
+            if image.owner_id in ours and ami_id not in wanted:
+                backend.amis.pop(ami_id, None)
+        for ami_id, record in wanted.items():
+            if ami_id not in backend.amis:
+                backend.amis[ami_id] = Ami(backend, **record)

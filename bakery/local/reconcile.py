@@ -35,9 +35,11 @@ class Reconciler:
     def __init__(self, machines: LocalCloud, workers: int = 4, period: float = 1.0):
         self.machines = machines
         self.period = period
+        self.changed = lambda: None  # called after the reconciler moved an instance's state (to save it)
         self._wake = threading.Event()
         self._busy: set[str] = set()
         self._reboots: set[str] = set()
+        self._jobs: dict[str, list] = {}  # instance -> work queued for its worker (an image capture)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="machine")
         self._stop = threading.Event()
@@ -45,6 +47,30 @@ class Reconciler:
 
     def start(self) -> None:
         self._thread.start()
+
+    def adopt(self) -> None:
+        """After the endpoint (re)starts with its saved state: instances whose machines still run are
+        running; those whose machines stopped with the host or with `local.down` are stopped; those
+        whose machines are gone are terminated; machines no instance claims are removed."""
+        known = set()
+        for instance in M.instances():
+            known.add(instance.id)
+            have, state = self.machines.machine_state(instance.id), M.state(instance)
+            if state in ("pending", "running", "stopping"):
+                if have == "running" and state == "pending":
+                    M.set_state(instance, "running")
+                elif have == "stopped":
+                    M.set_state(instance, "stopped", ("Client.UserInitiatedShutdown",
+                                                      "Client.UserInitiatedShutdown: the local cloud was stopped"))
+                elif have == "none":
+                    M.set_state(instance, "terminated", ("Server.InternalError",
+                                                         "Server.InternalError: the instance's machine was lost"))
+            elif state == "stopped" and have == "running":
+                self.machines.stop(instance.id)
+        for iid in self.machines.machine_ids():
+            if iid not in known:
+                log.warning("removing machine %s: no instance of this endpoint claims it", iid)
+                self.machines.destroy(iid)
 
     def close(self) -> None:
         self._stop.set()
@@ -62,14 +88,11 @@ class Reconciler:
         self.nudge()
 
     def run_exclusively(self, instance_id: str, job) -> None:
-        """Run `job` on the instance's worker (after whatever it is doing), e.g. capturing an image."""
-        def wrapped():
-            try:
-                job()
-            finally:
-                self._release(instance_id)
-        self._claim_blocking(instance_id)
-        self._pool.submit(wrapped)
+        """Queue `job` for the instance's worker (after whatever it is doing), e.g. capturing an image.
+        Returns at once: the caller may hold the endpoint's change lock, which the worker may need."""
+        with self._lock:
+            self._jobs.setdefault(instance_id, []).append(job)
+        self.nudge()
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -83,6 +106,11 @@ class Reconciler:
                 log.exception("reconcile pass failed")
 
     def reconcile(self) -> None:
+        with self._lock:
+            queued = [iid for iid, jobs in self._jobs.items() if jobs]
+        for iid in queued:
+            if self._claim(iid):
+                self._pool.submit(self._run_jobs, iid)
         for instance in M.instances():
             iid = instance.id
             want, then = _TARGET.get(M.state(instance), ("running", None))
@@ -101,9 +129,21 @@ class Reconciler:
             self._busy.add(iid)
             return True
 
-    def _claim_blocking(self, iid: str) -> None:
-        while not self._claim(iid):
-            self._stop.wait(0.05)
+    def _run_jobs(self, iid: str) -> None:
+        try:
+            while True:
+                with self._lock:
+                    jobs = self._jobs.get(iid)
+                    if not jobs:
+                        self._jobs.pop(iid, None)
+                        return
+                    job = jobs.pop(0)
+                try:
+                    job()
+                except Exception:  # noqa: BLE001 - a job reports its own failure; the worker goes on
+                    log.exception("instance %s: queued work failed", iid)
+        finally:
+            self._release(iid)
 
     def _release(self, iid: str) -> None:
         with self._lock:
@@ -129,6 +169,7 @@ class Reconciler:
                 self.machines.destroy(iid)
             if then is not None and M.state(instance) in ("pending", "stopping", "shutting-down"):
                 M.set_state(instance, then)
+                self.changed()
         except LocalCloudError as exc:
             log.error("instance %s: %s", iid, exc.message)
             if want == "running":  # EC2: an instance that cannot start ends terminated, with the reason
@@ -144,6 +185,7 @@ class Reconciler:
         except LocalCloudError as exc:
             log.error("instance %s: cleaning up after a failed boot: %s", instance.id, exc.message)
         M.set_state(instance, "terminated", ("Server.InternalError", f"Server.InternalError: {why}"[:255]))
+        self.changed()
 
     def _wire(self) -> None:
         """The VPC fabric holds exactly the ENIs attached to running machines, as moto has them."""

@@ -30,13 +30,21 @@ def main(argv: list[str] | None = None) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
-    from bakery.local.cloud import LocalCloud
+    from bakery.local import moto_state
+    from bakery.local.cloud import DEBIAN_OWNER, LOCAL_ACCOUNT, LocalCloud
     from bakery.local.control import ControlPlane
+    from bakery.local.persist import Snapshots
     from bakery.local.reconcile import Reconciler
 
     machines = LocalCloud(args.data_dir)
+    snapshots = Snapshots(machines.endpoint.snapshot_file)
     reconciler = Reconciler(machines)
-    app = ControlPlane(DomainDispatcherApplication(create_backend_app), machines, reconciler)
+    if snapshots.restore():
+        moto_state.sync_images(machines.registered_images(), {LOCAL_ACCOUNT, DEBIAN_OWNER})
+    reconciler.adopt()
+    app = ControlPlane(DomainDispatcherApplication(create_backend_app), machines, reconciler, snapshots)
+    reconciler.changed = app.save
+    app.save()  # what adopting the machines changed
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)
 
     def stop(signum, frame):  # shutdown() waits for serve_forever, so not from this (its) thread
@@ -50,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         server.serve_forever()
     finally:
         reconciler.close()
+        snapshots.save()  # the machines' last states (running, stopped) as the reconciler left them
 
 
 if __name__ == "__main__":

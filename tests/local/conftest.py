@@ -159,7 +159,7 @@ def cloud(tmp_path_factory):
     yield cloud
     before = netns_names()
     try:
-        cloud.down()
+        cloud.down(purge=True)
     finally:
         cloud.endpoint.down()  # even when an instance would not go: never leave an endpoint behind
     assert not any(n.startswith("bakery-i-") and (data / "instances" / n[7:]).exists() for n in before)

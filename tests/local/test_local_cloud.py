@@ -202,7 +202,7 @@ def test_launch_prod_on_the_local_cloud_to_passing_health_checks(cloud, settings
     try:
         _launch_prod_and_look_inside(cloud, settings)
     finally:  # the five instances must not outlive this test, pass or fail
-        result = cloud.down()
+        result = cloud.down(purge=True)
         cloud.up()
     assert result["instances_destroyed"] == 6
     assert_no_sandboxes(cloud)
