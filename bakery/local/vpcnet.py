@@ -9,6 +9,11 @@ keeps its neighbour entry; only the bridge relearns the port. The host's own nam
 touched. What exists is recorded in ``state_dir/vpcnet/state.json`` (under an flock) so a later
 process can detach or move what an earlier one attached; the kernel stays the truth for whether an
 interface still exists (deleting an instance's netns takes its veth with it).
+
+A VPC's namespace also holds its firewall (security groups, network ACLs, the source/dest check):
+firewall.py writes the nftables ruleset from the policy and this layout, ``apply_firewall`` loads
+it in one transaction, and the state file keeps the digest of what is loaded, so an unchanged
+ruleset is not loaded again.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +39,8 @@ NETNS_DIR = Path("/run/netns")
 ROUTE_METRIC = 100
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 _GONE = ("Cannot find device", "Cannot open network namespace", "No such file or directory")
+#: an ENI's bridge port is named ENI_PORT_PREFIX + a digest (clients' ports start otherwise)
+ENI_PORT_PREFIX = "v"
 
 
 def _short(prefix: str, ident: str) -> str:
@@ -164,9 +172,13 @@ class VpcFabric:
             for oid, other in st["subnets"].items():
                 if oid != subnet_id and other["vpc"] == vpc_id and net.overlaps(ipaddress.IPv4Network(other["cidr"])):
                     raise LocalCloudError(f"subnet {subnet_id} ({net}) overlaps {oid} ({other['cidr']}) in {vpc_id}")
-            if not _ns_exists(vns):
+            created = not _ns_exists(vns)
+            if created:
                 _run(["ip", "netns", "add", vns], f"creating the network namespace of {vpc_id}")
-            st["vpcs"][vpc_id] = {"netns": vns}
+            rec = st["vpcs"].setdefault(vpc_id, {})
+            rec["netns"] = vns
+            if created:
+                rec.pop("firewall", None)  # a new namespace has no ruleset loaded
             bridge, router = _short("br", subnet_id), str(next(net.hosts()))
             if bridge not in _links(vns):
                 mac = _mac(subnet_id)
@@ -191,7 +203,7 @@ class VpcFabric:
         """Plug the ENI into the instance netns (name or path) as ``eth<device_index>`` with its MAC
         and IPs (first = primary); returns that interface name. Idempotent for the same instance;
         an ENI attached to another live instance is an error (detach first, as on EC2)."""
-        ns, ifname, veth = str(netns_path), f"eth{device_index}", _short("v", eni_id)
+        ns, ifname, veth = str(netns_path), f"eth{device_index}", _short(ENI_PORT_PREFIX, eni_id)
         if ns.startswith(f"{NETNS_DIR}/") and "/" not in ns[len(f"{NETNS_DIR}/"):]:
             ns = ns[len(f"{NETNS_DIR}/"):]  # one spelling per netns, so idempotency and errors match
         if not ips:
@@ -325,6 +337,36 @@ class VpcFabric:
                 for sid in subnets:
                     del st["subnets"][sid]
                 st["vpcs"].pop(vpc, None)
+
+    def layout(self) -> dict[str, Any]:
+        """What is recorded (VPCs with their netns, subnets with their bridges, ENI attachments with
+        their bridge ports, clients), read from the state file alone: no kernel call, cheap enough
+        for every reconcile pass."""
+        with self._state() as st:
+            return copy.deepcopy(st)
+
+    def apply_firewall(self, vpc_id: str, ruleset: str) -> bool:
+        """Load an nftables ruleset (text for ``nft -f``, one transaction) into the VPC's namespace,
+        with bridged IPv4 passed through the ``inet`` hooks there (br_netfilter, per namespace), so
+        conntrack sees traffic between ports of one bridge too. Nothing is done when the same text
+        is already loaded; returns whether it was loaded now."""
+        digest = hashlib.sha256(ruleset.encode()).hexdigest()
+        with self._state() as st:
+            rec = st["vpcs"].get(vpc_id)
+            if rec is None:
+                raise LocalCloudError(f"no VPC namespace for {vpc_id}: it has no subnet on the fabric")
+            if rec.get("firewall") == digest and _ns_exists(rec["netns"]):
+                return False
+            what = f"loading the firewall of {vpc_id} into {rec['netns']}"
+            nft = shutil.which("nft")
+            if nft is None:
+                raise LocalCloudError(f"{what} failed: nft is missing (Debian package nftables, which "
+                                      f"scripts/install.sh installs)")
+            _sysctl(rec["netns"], {"net.bridge.bridge-nf-call-iptables": 1}, what)
+            rec.pop("firewall", None)  # a failed load leaves an unknown ruleset: load it again next time
+            _run(["nsenter", f"--net={_ns_path(rec['netns'])}", nft, "-f", "-"], what, input=ruleset)
+            rec["firewall"] = digest
+            return True
 
     def status(self) -> dict[str, Any]:
         """The recorded VPCs, subnets (bridge, cidr, router), attachments (eni -> instance netns,
