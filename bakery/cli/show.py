@@ -108,9 +108,12 @@ def local_status(info: dict, *, json: bool) -> None:
     if json:
         _json(info)
         return
-    lines = [f"endpoint:  {info['endpoint'] or 'not running (starts on demand, or: invoke local.up)'}",
+    lines = [f"endpoint:  {info['endpoint_url'] or 'not running (starts on demand, or: invoke local.up)'}",
              f"data dir:  {info['data_dir']}", f"instances: {len(info['instances'])}"]
-    lines += [f"  {i['instance_id']}  {'running' if i['running'] else 'stopped'}" for i in info["instances"]]
+    for i in info["instances"]:
+        where = f"  netns {i['netns']}  init pid {i['init_pid']}" if i.get("netns") else ""
+        lines.append(f"  {i['instance_id']}  {i.get('state') or i['machine']:13}  "
+                     f"{','.join(i.get('private_ips') or []) or '-':15}{where}")
     lines.append(f"images:    {len(info['images'])}")
     for image in info["images"]:
         size = f"{image['size'] / 1048576:.1f} MiB" if image.get("size") else "base rootfs"

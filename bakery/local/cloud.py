@@ -142,6 +142,15 @@ class LocalCloud:
     def machine_ids(self) -> list[str]:
         return [box.name for box in self.sandboxes()]
 
+    def machine_info(self, instance_id: str) -> dict:
+        """Where the instance's machine lives on this host: its state, network namespace, init's PID."""
+        if not self.has_machine(instance_id):
+            return {"machine": "none", "netns": None, "init_pid": None}
+        box = Sandbox.attach(instance_id, self.instances_dir)
+        running = box.is_running()
+        return {"machine": "running" if running else "stopped", "netns": box.netns if running else None,
+                "init_pid": box.pid if running else None}
+
     def machine_state(self, instance_id: str) -> str:
         """'none' (no machine), 'running' or 'stopped'."""
         if not self.has_machine(instance_id):

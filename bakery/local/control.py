@@ -11,6 +11,7 @@ same machines: nothing of this lives in a client any more.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import threading
@@ -18,13 +19,13 @@ import urllib.parse
 
 from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
+from bakery.local.endpoint import HEALTH_PATH, STATUS_PATH
 from bakery.local.errors import LocalCloudError
 from bakery.local.persist import Snapshots
 from bakery.local.reconcile import Reconciler
 
 log = logging.getLogger("bakery.local")
 
-HEALTH_PATH = "/bakery/health"
 # Requests that only read: everything else may change state and is saved before it is answered.
 _READS = re.compile(r"(Describe|Get|List|Search|Lookup|Check)[A-Z]")
 
@@ -42,6 +43,16 @@ class ControlPlane:
                        "CreateImage": self._image_created, "DeregisterImage": self._image_deregistered,
                        "CreateTags": self._tags_changed, "DeleteTags": self._tags_changed}
 
+    def instances(self) -> list[dict]:
+        """Each instance: its EC2 state and addresses, and its machine (namespace, init's host PID)."""
+        out = []
+        for instance in M.instances():
+            machine = self.machines.machine_info(instance.id)
+            out.append({"instance_id": instance.id, "state": M.state(instance), "image_id": instance.image_id,
+                        "region": instance.region_name,
+                        "private_ips": [ip for w in M.wirings(instance) for ip in w.ips], **machine})
+        return out
+
     def save(self) -> None:
         """Save the endpoint's state now (after a change no request made: a machine came up)."""
         with self._changes:
@@ -57,6 +68,9 @@ class ControlPlane:
         if environ.get("PATH_INFO") == HEALTH_PATH:
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
+        if environ.get("PATH_INFO") == STATUS_PATH:
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"instances": self.instances()}).encode()]
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)

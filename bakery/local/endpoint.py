@@ -23,6 +23,9 @@ from bakery.local.errors import LocalCloudError
 from bakery.local.procs import alive, starttime
 
 DEFAULT_PORT = 4599
+# The endpoint's own paths beside the AWS APIs (served by control.py)
+HEALTH_PATH = "/bakery/health"
+STATUS_PATH = "/bakery/status"  # every instance as EC2 and the host see it (invoke local.status)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ class Endpoint:
 
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/bakery/health", timeout=2):
+        with urllib.request.urlopen(f"{url}{HEALTH_PATH}", timeout=2):
             return True
     except OSError:
         return False

@@ -8,9 +8,14 @@ from bakery.local.cloud import LocalCloud
 
 
 def status(data_dir: Path) -> dict:
+    """The endpoint's URL, every instance (from the running endpoint: its EC2 state, addresses,
+    namespace and init's host PID; else the machines on disk) and every image in the layer store."""
     cloud = LocalCloud(data_dir)
-    instances = [{"instance_id": box.name, "running": box.is_running(), "dir": str(box.dir)}
-                 for box in cloud.sandboxes()]
+    url = cloud.endpoint.running_url()
+    instances = _from_endpoint(url) if url else None
+    if instances is None:
+        instances = [{"instance_id": box.name, "state": None, **cloud.machine_info(box.name)}
+                     for box in cloud.sandboxes()]
     images = []
     for record in cloud.layers.list():
         ec2 = (record.get("meta") or {}).get("ec2") or {}
@@ -18,5 +23,17 @@ def status(data_dir: Path) -> dict:
                        "parent": record.get("parent"), "size": record.get("size"),
                        "tags": ec2.get("tags", {}),
                        "deregistered": bool(ec2.get("deregistered")), "created": record.get("created")})
-    return {"data_dir": str(data_dir), "endpoint": cloud.endpoint.running_url(), "instances": instances,
-            "images": images}
+    return {"data_dir": str(data_dir), "endpoint_url": url, "instances": instances, "images": images}
+
+
+def _from_endpoint(url: str) -> list[dict] | None:
+    import json
+    import urllib.request
+
+    from bakery.local.endpoint import STATUS_PATH
+
+    try:
+        with urllib.request.urlopen(f"{url}{STATUS_PATH}", timeout=10) as resp:
+            return json.loads(resp.read())["instances"]
+    except (OSError, ValueError, KeyError):
+        return None

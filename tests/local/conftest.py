@@ -142,6 +142,13 @@ def local_boot_wait() -> Callable[..., dict[str, int]]:
     return wait_for_boot
 
 
+def sandbox_recipe(*steps: str) -> str:
+    """A recipe on the local cloud's Debian base, baked as `admin`, with these steps (YAML flow maps)."""
+    lines = "".join(f"  - {step}\n" for step in steps)
+    return ('source:\n  filter: {name: "debian-12-amd64-*", owners: ["136693071363"]}\n'
+            f"builder:\n  ssh: {{user: admin, timeout: 60}}\nsteps:\n{lines}")
+
+
 def netns_names() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}

@@ -16,20 +16,13 @@ from bakery.bake.run import bake
 from bakery.config.settings import Settings
 from bakery.local.procs import alive
 from bakery.progress import Reporter
-from tests.local.conftest import netns_names
+from tests.local.conftest import netns_names, sandbox_recipe
 from tests.support import ROOT, write_recipe
 
 pytestmark = pytest.mark.local
 
 AWS = ROOT / ".venv-aws/bin/aws"
-RECIPE = """\
-source:
-  filter: {name: "debian-12-amd64-*", owners: ["136693071363"]}
-builder:
-  ssh: {user: admin, timeout: 60}
-steps:
-  - {name: mark, shell: echo baked > /etc/baked-marker}
-"""
+RECIPE = sandbox_recipe("{name: mark, shell: echo baked > /etc/baked-marker}")
 
 
 @pytest.fixture(scope="module")
