@@ -127,3 +127,26 @@ def sync_images(records: list[dict], ours: set[str]) -> None:
         for ami_id, record in wanted.items():
             if ami_id not in backend.amis:
                 backend.amis[ami_id] = Ami(backend, **record)
+
+
+def group_ids(eni_id: str, instance) -> list[str]:
+    """The security groups of one of the instance's ENIs."""
+    for eni in list(instance.nics.values()):
+        if eni.id == eni_id:
+            return sorted(g.id for g in eni.group_set)
+    return []
+
+
+def instance_profile_role(instance) -> dict | None:
+    """The role of the instance's profile ({name, profile_arn, profile_id}), or None without one."""
+    ref = instance.iam_instance_profile or {}
+    wanted = ref.get("Name") or (ref.get("Arn") or "").rpartition("/")[2]
+    if not wanted:
+        return None
+    from moto.backends import get_backend
+
+    iam = get_backend("iam")[instance.ec2_backend.account_id]["global"]
+    profile = next((p for p in list(iam.instance_profiles.values()) if p.name == wanted), None)
+    if profile is None or not profile.roles:
+        return None
+    return {"name": profile.roles[0].name, "profile_arn": profile.arn, "profile_id": profile.id}

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
 from bakery.local.errors import LocalCloudError
+from bakery.local.imds import MetadataService
 
 log = logging.getLogger("bakery.local")
 
@@ -36,6 +37,7 @@ class Reconciler:
         self.machines = machines
         self.period = period
         self.changed = lambda: None  # called after the reconciler moved an instance's state (to save it)
+        self.imds = MetadataService()
         self._wake = threading.Event()
         self._busy: set[str] = set()
         self._reboots: set[str] = set()
@@ -77,6 +79,7 @@ class Reconciler:
         self._wake.set()
         self._thread.join(10)
         self._pool.shutdown(wait=True)
+        self.imds.close_all()
 
     def nudge(self) -> None:
         """Something changed: reconcile now rather than at the next tick."""
@@ -111,10 +114,13 @@ class Reconciler:
         for iid in queued:
             if self._claim(iid):
                 self._pool.submit(self._run_jobs, iid)
+        serving = self.imds.serving()
         for instance in M.instances():
             iid = instance.id
             want, then = _TARGET.get(M.state(instance), ("running", None))
             have = self.machines.machine_state(iid)
+            if have == "running" and iid not in serving and iid not in self._busy:
+                self._metadata(iid)  # a machine this endpoint found running (adopted, or rebooted)
             with self._lock:
                 reboot = iid in self._reboots and want == "running" and have == "running"
             if (want == have and then is None and not reboot) or not self._claim(iid):
@@ -167,6 +173,7 @@ class Reconciler:
                 self.machines.stop(iid)
             elif want == "none" and have != "none":
                 self.machines.destroy(iid)
+            self._metadata(iid)
             if then is not None and M.state(instance) in ("pending", "stopping", "shutting-down"):
                 M.set_state(instance, then)
                 self.changed()
@@ -179,7 +186,15 @@ class Reconciler:
         finally:
             self._release(iid)
 
+    def _metadata(self, iid: str) -> None:
+        """The instance metadata service answers in a running machine's namespace, and only there."""
+        if self.machines.machine_state(iid) == "running":
+            self.imds.serve(iid, self.machines.netns(iid))
+        else:
+            self.imds.close(iid)
+
     def _fail(self, instance, why: str) -> None:
+        self.imds.close(instance.id)
         try:
             self.machines.destroy(instance.id)
         except LocalCloudError as exc:

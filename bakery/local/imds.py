@@ -1,0 +1,254 @@
+"""The instance metadata service: http://169.254.169.254 inside every running instance, as on EC2.
+
+The endpoint process listens on 169.254.169.254:80 inside each instance's network namespace (the
+address is on the namespace's loopback, so nothing is routed) and answers from moto's live view of
+that instance: IMDSv2 sessions (PUT /latest/api/token with a TTL; a request without a valid token
+is refused with 401 when the instance requires tokens, as EC2 does; with tokens optional IMDSv1
+still answers), the hop limit on every answer (IP TTL), meta-data (instance-id, ami-id,
+instance-type, local-ipv4, mac, the network/interfaces/macs tree, placement, public-keys,
+security-groups, iam), user-data, the instance identity document, and an instance profile's
+credentials. cloud-init's Ec2 datasource reads it as on AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from bakery.local import moto_state as M
+from bakery.local.netns import add_address, run_in
+
+log = logging.getLogger("bakery.local")
+
+ADDRESS = "169.254.169.254"
+TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+MAX_TOKEN_TTL = 21600
+
+
+class MetadataService:
+    """One listener per running instance, opened and closed as the reconciler starts and stops it."""
+
+    def __init__(self) -> None:
+        self._servers: dict[str, _Server] = {}
+        self._lock = threading.Lock()
+
+    def serve(self, instance_id: str, netns: str) -> None:
+        """Answer at 169.254.169.254 in the instance's namespace (again after a restart of it)."""
+        with self._lock:
+            current = self._servers.get(instance_id)
+            if current is not None and current.netns == netns and current.alive():
+                return
+            if current is not None:
+                current.close()
+            add_address(netns, f"{ADDRESS}/32")
+            sock = run_in(netns, _listener)
+            server = _Server(instance_id, netns, sock)
+            self._servers[instance_id] = server
+            server.start()
+
+    def close(self, instance_id: str) -> None:
+        with self._lock:
+            server = self._servers.pop(instance_id, None)
+        if server is not None:
+            server.close()
+
+    def serving(self) -> set[str]:
+        with self._lock:
+            return set(self._servers)
+
+    def close_all(self) -> None:
+        for iid in list(self.serving()):
+            self.close(iid)
+
+
+def _listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((ADDRESS, 80))
+    sock.listen(64)
+    return sock
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, instance_id: str, netns: str, sock: socket.socket):
+        super().__init__((ADDRESS, 80), _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.instance_id = instance_id
+        self.netns = netns
+        self.tokens: dict[str, float] = {}  # token -> expiry (monotonic)
+        self._thread = threading.Thread(target=self.serve_forever, name=f"imds-{instance_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass  # cloud-init polls; one line per request would drown the endpoint's log
+
+    def setup(self) -> None:
+        super().setup()
+        instance = M.find_instance(self.server.instance_id)
+        hops = instance.metadata_options.http_put_response_hop_limit if instance is not None else 1
+        # EC2's hop limit is the answer's IP TTL: a container one hop further never sees it
+        self.connection.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(1, int(hops)))
+
+    def do_PUT(self) -> None:
+        instance = self._instance()
+        if instance is None:
+            return
+        if self.path.rstrip("/") != "/latest/api/token":
+            return self._answer(404, "Not Found")
+        if self.headers.get("X-Forwarded-For"):
+            return self._answer(403, "Forbidden")
+        try:
+            ttl = int(self.headers.get(TOKEN_TTL_HEADER, ""))
+        except ValueError:
+            ttl = 0
+        if not 1 <= ttl <= MAX_TOKEN_TTL:
+            return self._answer(400, "Bad Request")
+        token = secrets.token_urlsafe(40)
+        now = time.monotonic()
+        tokens = self.server.tokens
+        for old in [t for t, expiry in tokens.items() if expiry <= now]:
+            tokens.pop(old, None)
+        tokens[token] = now + ttl
+        self._answer(200, token, headers={TOKEN_TTL_HEADER: str(ttl)})
+
+    def do_GET(self) -> None:
+        instance = self._instance()
+        if instance is None:
+            return
+        token = self.headers.get(TOKEN_HEADER)
+        if token is not None:
+            if self.server.tokens.get(token, 0) <= time.monotonic():
+                return self._answer(401, "Unauthorized")
+        elif instance.metadata_options.http_tokens == "required":
+            return self._answer(401, "Unauthorized")
+        version, _, rest = self.path.lstrip("/").partition("/")
+        if not version:
+            return self._answer(200, "latest\n2021-03-23\n2018-09-24")
+        if version != "latest" and not (len(version) == 10 and version[4] == "-" and version[7] == "-"):
+            return self._answer(404, "Not Found")
+        tree = {"meta-data": lambda: meta_data(instance), "user-data": lambda: M.user_data(instance),
+                "dynamic": lambda: {"instance-identity": {"document": json.dumps(identity(instance), indent=2)}}}
+        kind, _, path = rest.partition("/")
+        if not kind:
+            return self._answer(200, "\n".join(["dynamic", "meta-data", "user-data"]))
+        if kind not in tree:
+            return self._answer(404, "Not Found")
+        value = tree[kind]()
+        for part in [p for p in path.split("/") if p]:
+            value = value.get(part) if isinstance(value, dict) else None
+            if value is None:
+                return self._answer(404, "Not Found")
+        if value is None:
+            return self._answer(404, "Not Found")
+        if isinstance(value, dict):
+            labels = getattr(value, "labels", {})
+            return self._answer(200, "\n".join(labels.get(k) or (f"{k}/" if isinstance(v, dict) else k)
+                                               for k, v in value.items()))
+        self._answer(200, value)
+
+    def _instance(self):
+        instance = M.find_instance(self.server.instance_id)
+        if instance is None or instance.metadata_options.http_endpoint == "disabled":
+            self.close_connection = True  # as if nothing listened
+            return None
+        return instance
+
+    def _answer(self, status: int, body, headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else str(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _Listed(dict):
+    """A directory whose listing names entries otherwise than their paths (public-keys: `0=name`, read as `0/`)."""
+
+    def __init__(self, entries: dict, labels: dict[str, str]):
+        super().__init__(entries)
+        self.labels = labels
+
+
+def meta_data(instance) -> dict:
+    """The meta-data tree (a dict is a directory), from the instance's live record."""
+    wirings = M.wirings(instance)
+    primary = wirings[0] if wirings else None
+    region = instance.region_name
+    zone = instance.availability_zone or f"{region}a"
+    hostname = instance.private_dns_name
+    groups = [g.name for g in instance.security_groups] if instance.security_groups else []
+    tree: dict = {
+        "ami-id": instance.image_id, "ami-launch-index": "0", "ami-manifest-path": "(unknown)",
+        "hostname": hostname, "local-hostname": hostname, "instance-id": instance.id,
+        "instance-type": instance.instance_type, "instance-life-cycle": "on-demand",
+        "local-ipv4": instance.private_ip or "", "mac": primary.mac if primary else "",
+        "placement": {"availability-zone": zone, "region": region},
+        "security-groups": "\n".join(groups),
+        "services": {"domain": "amazonaws.com", "partition": "aws"},
+        "network": {"interfaces": {"macs": {w.mac: interface(instance, w) for w in wirings}}},
+    }
+    if instance.public_ip:
+        tree["public-ipv4"] = instance.public_ip
+    keys = M.public_keys(instance)
+    if keys:
+        tree["public-keys"] = _Listed({"0": {"openssh-key": keys[0]}}, {"0": f"0={instance.key_name}"})
+    role = M.instance_profile_role(instance)
+    if role is not None:
+        tree["iam"] = {"info": json.dumps({"Code": "Success", "LastUpdated": _now(),
+                                           "InstanceProfileArn": role["profile_arn"],
+                                           "InstanceProfileId": role["profile_id"]}, indent=2),
+                       "security-credentials": {role["name"]: json.dumps(credentials(), indent=2)}}
+    return tree
+
+
+def interface(instance, w: M.Wiring) -> dict:
+    return {"device-number": str(w.device_index), "interface-id": w.eni_id, "mac": w.mac,
+            "local-ipv4s": "\n".join(w.ips), "subnet-id": w.subnet_id, "vpc-id": w.vpc_id,
+            "subnet-ipv4-cidr-block": w.cidr, "owner-id": instance.ec2_backend.account_id,
+            "security-group-ids": "\n".join(M.group_ids(w.eni_id, instance))}
+
+
+def identity(instance) -> dict:
+    return {"accountId": instance.ec2_backend.account_id, "architecture": "x86_64",
+            "availabilityZone": instance.availability_zone or f"{instance.region_name}a", "imageId": instance.image_id,
+            "instanceId": instance.id, "instanceType": instance.instance_type, "pendingTime": _now(),
+            "privateIp": instance.private_ip, "region": instance.region_name, "version": "2017-09-30"}
+
+
+def credentials() -> dict:
+    """Short-lived credentials of the instance's role (the local endpoint accepts any)."""
+    expiry = datetime.now(timezone.utc) + timedelta(hours=6)
+    return {"Code": "Success", "LastUpdated": _now(), "Type": "AWS-HMAC",
+            "AccessKeyId": "ASIA" + secrets.token_hex(8).upper(), "SecretAccessKey": secrets.token_urlsafe(30),
+            "Token": secrets.token_urlsafe(120), "Expiration": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
