@@ -142,6 +142,12 @@ class LocalCloud:
     def machine_ids(self) -> list[str]:
         return [box.name for box in self.sandboxes()]
 
+    def console_output(self, instance_id: str) -> str:
+        """What the machine printed while it booted ('' when it has none, yet or any more)."""
+        if not self.has_machine(instance_id):
+            return ""
+        return Sandbox.attach(instance_id, self.instances_dir).boot_log()
+
     def machine_info(self, instance_id: str) -> dict:
         """Where the instance's machine lives on this host: its state, network namespace, init's PID."""
         if not self.has_machine(instance_id):

@@ -30,13 +30,14 @@ def main(argv: list[str] | None = None) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
-    from bakery.local import moto_state
+    from bakery.local import moto_extensions, moto_state
     from bakery.local.cloud import DEBIAN_OWNER, LOCAL_ACCOUNT, LocalCloud
     from bakery.local.control import ControlPlane
     from bakery.local.persist import Snapshots
     from bakery.local.reconcile import Reconciler
 
     machines = LocalCloud(args.data_dir)
+    moto_extensions.install(machines)
     snapshots = Snapshots(machines.endpoint.snapshot_file)
     reconciler = Reconciler(machines)
     if snapshots.restore():

@@ -92,6 +92,8 @@ def test_the_aws_cli_alone_runs_stops_starts_reboots_images_and_terminates_a_mac
               "--count", "1")["Instances"][0]["InstanceId"]
     aws("wait", "instance-running", "--instance-ids", iid)
     assert ssh(iid, ssh_key, "cat /etc/baked-marker; sudo sh -c 'echo kept > /root/kept'") == "baked\n"
+    console = aws("get-console-output", "--instance-id", iid)["Output"]  # the machine's own, not moto's canned log
+    assert "Cloud-init" in console and "HOST KEY" in console, console[-2000:]
 
     aws("stop-instances", "--instance-ids", iid)
     aws("wait", "instance-stopped", "--instance-ids", iid)
