@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 
 import boto3
 import pytest
@@ -140,6 +141,18 @@ def test_the_source_dest_check_is_per_port_and_off_lets_an_appliance_forward():
     for rules in (on, off):  # ARP claims only the ENI's own IPs; nothing but IPv4 and ARP
         assert "ether type != { ip, arp } drop" in rules
     assert "arp saddr ip != { 0.0.0.0, 10.0.1.250 } drop" in off
+
+
+def test_arp_may_claim_any_address_of_the_enis_own_instance_and_no_other():
+    """A multi-homed Linux instance answering on eth0 what reached it on eth1 asks ARP on eth0 with
+    eth1's address; claiming another instance's address stays impossible."""
+    policy = three_tier()
+    policy.interfaces["eni-edge"] = replace(policy.interfaces["eni-edge"], instance_id="i-edge")
+    policy.interfaces["eni-edge2"] = Interface("eni-edge2", "subnet-b", ("10.0.2.251",), ("sg-edge",), False, "i-edge")
+    text = firewall.render(policy, SUBNETS, {**PORTS, "eni-edge2": "vedge2"})
+    assert "arp saddr ip != { 0.0.0.0, 10.0.1.250, 10.0.2.251 } drop" in chain(text, "from-eni-edge", "bridge")
+    assert "arp saddr ip != { 0.0.0.0, 10.0.2.251, 10.0.1.250 } drop" in chain(text, "from-eni-edge2", "bridge")
+    assert "arp saddr ip != { 0.0.0.0, 10.0.1.10 } drop" in chain(text, "from-eni-web", "bridge")
 
 
 def test_ports_are_marked_and_a_port_without_a_policy_drops():
@@ -306,6 +319,7 @@ def test_the_shipped_prod_network_renders_and_nft_accepts_it(ec2, tmp_path):
     vpc = by_ip["10.20.3.20"]["VpcId"]
     policy = N.policies()[vpc]
     assert policy.interfaces[db_eni].groups == (groups["prod-db"],)
+    assert policy.interfaces[db_eni].instance_id == db["Instances"][0]["InstanceId"]
     back = by_ip["10.20.3.20"]["NetworkInterfaceId"]
     assert policy.interfaces[back].groups == (groups["prod-app-back"],)
     subnets = {s["SubnetId"]: f"br{n}" for n, s in enumerate(ec2.describe_subnets(

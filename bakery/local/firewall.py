@@ -9,8 +9,11 @@ one transaction by ``VpcFabric.apply_firewall`` only when its text changed. Two 
 
 - the source/dest check: a port whose ENI has it on drops IPv4 not from one of the ENI's IPs as
   it enters (anti-spoofing) and not to one of them as it leaves; with it off (an appliance) the
-  ENI sends and receives for any address. ARP must always claim one of the ENI's own IPs, and
-  anything but IPv4 and ARP is dropped (the fabric carries no IPv6, VLANs or other protocols);
+  ENI sends and receives for any address. ARP must always claim an address of the ENI's own
+  instance (Linux asks with whichever of its addresses the packet that needs the answer carries,
+  so a multi-homed instance replying on another interface than it was reached on asks with its
+  other ENI's address), and anything but IPv4 and ARP is dropped (the fabric carries no IPv6,
+  VLANs or other protocols);
 - it marks the packet with the ENI it came from (the low bits of the mark) and, for frames the
   bridge forwards within a subnet, the ENI it leaves by (the high bits) plus a ``bridged`` bit;
 - a port of an ENI the policy does not (yet) know drops everything; clients' ports (made by
@@ -69,7 +72,7 @@ def render(policy: VpcPolicy, subnets: dict[str, str], ports: dict[str, str]) ->
     out = [f"# the local cloud's firewall for {policy.vpc_id} (bakery/local/firewall.py); loaded as one transaction",
            f"table bridge {TABLE}", f"delete table bridge {TABLE}", f"table inet {TABLE}", f"delete table inet {TABLE}",
            ""]
-    out += _bridge_table(enis, index)
+    out += _bridge_table(policy, enis, index)
     out += _inet_table(policy, subnets, enis, index)
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -105,7 +108,7 @@ _reported: dict[str, str] = {}
 # ---- bridge table: per-port, stateless -------------------------------------------------------
 
 
-def _bridge_table(enis: list[tuple[str, str, Interface]], index: dict[str, int]) -> list[str]:
+def _bridge_table(policy: VpcPolicy, enis: list[tuple[str, str, Interface]], index: dict[str, int]) -> list[str]:
     port_in = {veth: f"goto from-{eni.id}" for _, veth, eni in enis}
     port_out = {veth: f"goto to-{eni.id}" for _, veth, eni in enis}
     unknown = f'"{ENI_PORT_PREFIX}*"'
@@ -123,7 +126,7 @@ def _bridge_table(enis: list[tuple[str, str, Interface]], index: dict[str, int])
         out += _chain(f"from-{eni.id}", [f"# {', '.join(eni.ips)}; source/dest check {'on' if check else 'off'}"],
                       [f"meta mark set {index[eni.id]:#010x}",
                        "ether type != { ip, arp } drop",
-                       f"arp saddr ip != {_set(('0.0.0.0', *eni.ips))} drop",
+                       f"arp saddr ip != {_set(('0.0.0.0', *policy.instance_ips(eni)))} drop",
                        *([f"ip saddr != {ips} drop"] if check else [])])
         out += _chain(f"to-{eni.id}", [],
                       [f"meta mark set meta mark | {index[eni.id] << TO_SHIFT:#010x}",

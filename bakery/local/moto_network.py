@@ -59,6 +59,7 @@ class Interface:
     ips: tuple[str, ...]  # primary first
     groups: tuple[str, ...]
     source_dest_check: bool
+    instance_id: str | None = None  # the instance it is attached to
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,12 @@ class VpcPolicy:
         """Every private IP (secondary ones too) of the VPC's ENIs in the group."""
         return tuple(sorted({ip for eni in self.interfaces.values() if group_id in eni.groups for ip in eni.ips},
                             key=ipaddress.IPv4Address))
+
+    def instance_ips(self, eni: Interface) -> tuple[str, ...]:
+        """The private IPs of every ENI attached to the same instance as `eni` (its own first)."""
+        others = {ip for other in self.interfaces.values()
+                  if eni.instance_id and other.instance_id == eni.instance_id for ip in other.ips}
+        return (*eni.ips, *sorted(others - set(eni.ips), key=ipaddress.IPv4Address))
 
 
 def policies() -> dict[str, VpcPolicy]:
@@ -133,7 +140,9 @@ def _interface(eni) -> Interface | None:
     ips = [a["PrivateIpAddress"] for a in list(eni.private_ip_addresses) if a.get("PrivateIpAddress")]
     ips = sorted(set(ips), key=lambda ip: (ip != eni.private_ip_address, ips.index(ip)))
     groups = sorted({getattr(g, "id", g) for g in list(eni.group_set) if g})
-    return Interface(eni.id, subnet.id, tuple(ips), tuple(groups), bool(eni.source_dest_check))
+    instance = eni.instance
+    return Interface(eni.id, subnet.id, tuple(ips), tuple(groups), bool(eni.source_dest_check),
+                     instance.id if instance is not None else None)
 
 
 def _permissions(rules) -> tuple[Permission, ...]:

@@ -35,16 +35,18 @@ SERVER = (
     "print('ready', flush=True); threading.Event().wait()\n"
 )
 PROBE = (
-    "import socket, sys\n"
-    "ip, port, src, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])\n"
+    "import errno, socket, sys\n"
+    "ip, port, src, timeout, read = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]\n"
     "s = socket.socket(); s.settimeout(timeout)\n"
-    "if src: s.bind((src, 0))\n"
     "try:\n"
-    "    s.connect((ip, port)); print(s.recv(32).decode())\n"
+    "    if src: s.bind((src, 0))\n"
+    "    s.connect((ip, port)); print(s.recv(32).decode() if read else 'connected')\n"
     "except ConnectionRefusedError:\n"
     "    print('refused')\n"
     "except socket.timeout:\n"
     "    print('timeout')\n"
+    "except OSError as exc:\n"
+    "    print(errno.errorcode.get(exc.errno, exc))\n"
 )
 PORTS = (80, 5432, 5433, 8080, 9000)
 ALL, ANY = Traffic("all"), "0.0.0.0/0"
@@ -55,10 +57,11 @@ def tcp(port: int) -> Traffic:
     return Traffic("tcp", (port, port))
 
 
-def reach(ns: str, ip: str, port: int, src: str | None = None, timeout: float = 0.6) -> str:
-    """Connect from inside `ns`: the server's name when it answers, else 'refused' or 'timeout'."""
+def reach(ns: str, ip: str, port: int, src: str | None = None, timeout: float = 0.6, read: bool = True) -> str:
+    """Connect from inside `ns`: what the server says first (or 'connected' when not `read`), else
+    'refused' (a reset), 'timeout' (no answer at all) or the error's name (e.g. EHOSTUNREACH)."""
     out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-S", "-c", PROBE, ip, str(port), src or "",
-                          str(timeout)], capture_output=True, text=True, timeout=30)
+                          str(timeout), "1" if read else ""], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -99,7 +102,7 @@ class Lab(test_vpcnet.Lab):
         for index, (eni, subnet, addr, groups, check) in enumerate(enis):
             self.fabric.attach(eni, subnet, ns, index, f"02:77:00:00:{len(self.policy.interfaces):02x}:{index:02x}",
                                [addr], check)
-            self.policy.interfaces[eni] = Interface(eni, subnet, (addr,), groups, check)
+            self.policy.interfaces[eni] = Interface(eni, subnet, (addr,), groups, check, instance_id=ns)
         self.serve(ns, name)
         return ns
 
@@ -212,6 +215,9 @@ def test_the_source_dest_check_stops_spoofing_and_off_lets_an_appliance_forward(
     ip(spoofer, "address", "add", "10.77.1.99/24", "dev", "eth0")
     assert reach(spoofer, "10.77.1.100", 80, src="10.77.1.30") == "out"
     assert reach(spoofer, "10.77.1.100", 80, src="10.77.1.99") == "timeout"  # not its IP: dropped at its port
+    # reached on eth1 (via the router), the appliance answers on eth0, from eth1's address, and asks
+    # ARP for the spoofer with it: an address of its own instance, so the ARP passes
+    assert reach(spoofer, "10.77.2.250", 80) == "edge"
     assert reach(outside, "10.77.2.100", 80) == "in"  # through the appliance, the reply via the router
     assert reach(edge, "10.77.2.100", 80) == "in"
 
