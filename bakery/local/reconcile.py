@@ -19,6 +19,8 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from bakery.local import firewall
+from bakery.local import moto_network as N
 from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
 from bakery.local.errors import LocalCloudError
@@ -203,7 +205,8 @@ class Reconciler:
         self.changed()
 
     def _wire(self) -> None:
-        """The VPC fabric holds exactly the ENIs attached to running machines, as moto has them."""
+        """The VPC fabric holds exactly the ENIs attached to running machines, as moto has them, and
+        enforces the VPCs' network policy (firewall.py)."""
         desired = {}
         for instance in M.instances():
             if M.state(instance) in ("pending", "running") and self.machines.machine_state(instance.id) == "running":
@@ -213,3 +216,7 @@ class Reconciler:
             self.machines.wire_all(desired)
         except LocalCloudError as exc:
             log.error("wiring the VPC fabric: %s", exc.message)
+        try:  # then every VPC's security groups, ACLs and source/dest checks, loaded only when changed
+            firewall.apply(self.machines.fabric, N.policies())
+        except LocalCloudError as exc:
+            log.error("the VPC firewall: %s", exc.message)

@@ -1,0 +1,226 @@
+"""Security groups, network ACLs and the source/dest check on the shipped `prod` environment
+(envs/prod.yaml), baked and launched on a private local cloud, driven through the EC2 API.
+
+Connections are made from inside the instances' network namespaces (the host's python3, or the
+instance's own bash) and from clients the fabric adds to a subnet; listeners a test needs on the
+appliance are started by the test in the appliance's namespace and stopped by PID."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import boto3
+import pytest
+
+
+from bakery.cloud.tags import ENVIRONMENT, SLOT, TIER, network_filters, tag_filter, tags_of
+from bakery.config.settings import Settings
+from bakery.local.sandbox import Sandbox
+from tests.local.test_firewall_fabric import reach
+from tests.local.test_local_cloud import cli
+from tests.support import ROOT
+
+pytestmark = pytest.mark.local
+
+DB, APP_FRONT, APP_BACK, EDGE_OUT, EDGE_IN = "10.20.3.250", "10.20.1.20", "10.20.3.20", "10.20.1.250", "10.20.2.250"
+LISTEN = ("import socket, sys\n"
+          "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+          "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16); print('ready', flush=True)\n"
+          "while True:\n"
+          "    c, _ = s.accept(); c.sendall(sys.argv[3].encode()); c.close()\n")
+
+
+class Prod:
+    """The launched environment: each slot's network namespace, a plain EC2 client (any client's
+    calls count; bakery's own facade loads only the operations it uses), helpers."""
+
+    def __init__(self, cloud, settings: Settings):
+        self.cloud = cloud
+        self.ec2 = boto3.client("ec2", endpoint_url=cloud.endpoint.running_url(), region_name="us-east-1",
+                                aws_access_key_id="local", aws_secret_access_key="local")
+        self.settings = settings
+        self.ids = {(tags_of(i)[TIER], tags_of(i)[SLOT]): i["InstanceId"]
+                    for r in self.ec2.describe_instances(Filters=[tag_filter(ENVIRONMENT, "prod")])["Reservations"]
+                    for i in r["Instances"] if i["State"]["Name"] == "running"}
+        self.listeners: list[subprocess.Popen[str]] = []
+
+    def ns(self, tier: str, slot: str = "0") -> str:
+        return self.cloud.netns(self.ids[(tier, slot)])
+
+    def connects(self, frm: str, ip: str, port: int, src: str | None = None) -> str:
+        """'connected', 'refused' (a reset) or 'timeout' (no answer), from inside namespace `frm`."""
+        return reach(frm, ip, port, src=src, timeout=1.5, read=False)
+
+    def subnet(self, name: str) -> str:
+        return self.ec2.describe_subnets(Filters=network_filters("prod", "subnet", name))["Subnets"][0]["SubnetId"]
+
+    def group(self, name: str) -> str:
+        return self.ec2.describe_security_groups(Filters=network_filters("prod", "sg", name))[
+            "SecurityGroups"][0]["GroupId"]
+
+    def eni(self, ip: str) -> dict:
+        return self.ec2.describe_network_interfaces(
+            Filters=[{"Name": "addresses.private-ip-address", "Values": [ip]}])["NetworkInterfaces"][0]
+
+    def listen(self, ns: str, ip: str, port: int, reply: str) -> None:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", LISTEN, ip, str(port), reply],
+                                stdout=subprocess.PIPE, text=True)
+        self.listeners.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+    def close(self) -> None:
+        for proc in self.listeners:
+            proc.kill()
+            proc.wait()
+
+
+def until(probe: Callable[[], str], want: str, limit: float = 10.0) -> float:
+    """Seconds from now to the start of the first probe that says `want` (when the change had taken
+    effect on traffic: a probe that gets no answer sent its SYN at its start), or fail after `limit`."""
+    started = time.monotonic()
+    while True:
+        sent = time.monotonic()
+        if (got := probe()) == want:
+            return sent - started
+        assert time.monotonic() - started < limit, f"still {got!r}, not {want!r}, after {limit} s"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def prod(cloud, tmp_path_factory) -> Iterator[Prod]:
+    work = tmp_path_factory.mktemp("prod-firewall")
+    settings = Settings(cloud="local", data_dir=cloud.data_dir, project_dir=ROOT, state_dir=work / "state")
+    for recipe in ("web", "app", "db"):
+        out = cli(["bake", "--recipe", recipe], cloud, settings)
+        assert out.returncode == 0, out.stderr[-3000:]
+    out = cli(["launch", "--env", "prod", "--keep-on-error"], cloud, settings)
+    if out.returncode != 0:  # what these tests need is the network, not every tier's service: say so, go on
+        assert "health check" in out.stderr and "--keep-on-error: kept launch" in out.stderr, out.stderr[-3000:]
+        print(f"\nprod launched, but not healthy: {out.stderr.strip().splitlines()[-1]}")
+    env = Prod(cloud, settings)
+    assert sorted(env.ids) == [("app", "0"), ("app", "standby-0"), ("db", "0"), ("edge", "0"), ("web", "0"),
+                               ("web", "1")]
+    try:
+        yield env
+    finally:
+        env.close()  # the instances go with the module's cloud (purged)
+
+
+def test_web_to_db_gets_no_answer_while_the_apps_back_eni_gets_through(prod):
+    web = Sandbox.attach(prod.ids[("web", "0")], prod.cloud.instances_dir)
+    # with the instance's own tools: bash's /dev/tcp under timeout(1) exits 124 when nobody answers,
+    # 1 at once when refused (a reset)
+    probe = f"timeout 3 bash -c '</dev/tcp/{DB}/5432'; echo $?"
+    assert web.exec(["bash", "-c", probe], timeout=20).stdout.strip() == "124"
+    assert prod.connects(prod.ns("web"), DB, 5432) == "timeout"
+    assert prod.connects(prod.ns("app"), DB, 5432) == "connected"  # from 10.20.3.20, in app-back
+    app = Sandbox.attach(prod.ids[("app", "0")], prod.cloud.instances_dir)
+    assert app.exec(["bash", "-c", probe], timeout=20).stdout.strip() == "0"
+
+
+def test_db_to_the_apps_front_eni_gets_no_answer(prod):
+    assert prod.connects(prod.ns("web"), APP_FRONT, 8080) == "connected"  # web's group may
+    assert prod.connects(prod.ns("db"), APP_FRONT, 8080) == "timeout"  # db's may not (and its ACL would)
+
+
+def test_an_acl_deny_blocks_what_a_group_allows(prod):
+    """edge-inside lets in everything from 10.20.0.0/16; the db subnet's ACL lets out only 80, 443
+    and 1024-65535: port 873 from web gets through, from db gets no answer."""
+    prod.listen(prod.ns("edge"), EDGE_IN, 873, "edge")
+    assert prod.connects(prod.ns("web"), EDGE_IN, 873) == "connected"
+    assert prod.connects(prod.ns("db"), EDGE_IN, 873) == "timeout"
+
+
+def test_replies_pass_the_groups_but_need_the_acls_ephemeral_rule(prod):
+    """db connects out to the appliance on 8873: its group has no rule for the replies (stateful:
+    none needed), its subnet's ACL has: ingress 110, tcp 1024-65535. Without it, no answer."""
+    prod.listen(prod.ns("edge"), EDGE_IN, 8873, "edge")
+    db = prod.ns("db")
+    assert prod.connects(db, EDGE_IN, 8873) == "connected"
+    acl = prod.ec2.describe_network_acls(Filters=[{"Name": "association.subnet-id",
+                                                   "Values": [prod.subnet("db")]}])["NetworkAcls"][0]
+    entry = next(e for e in acl["Entries"] if e["RuleNumber"] == 110 and not e["Egress"])
+    assert (entry["RuleAction"], entry["PortRange"]) == ("allow", {"From": 1024, "To": 65535})
+    prod.ec2.delete_network_acl_entry(NetworkAclId=acl["NetworkAclId"], RuleNumber=110, Egress=False)
+    try:
+        gone = until(lambda: prod.connects(db, EDGE_IN, 8873), "timeout")
+    finally:
+        prod.ec2.create_network_acl_entry(NetworkAclId=acl["NetworkAclId"], RuleNumber=110, Protocol="6",
+                                          RuleAction="allow", Egress=False, CidrBlock="0.0.0.0/0",
+                                          PortRange={"From": 1024, "To": 65535})
+    back = until(lambda: prod.connects(db, EDGE_IN, 8873), "connected")
+    print(f"\nACL entry deleted: no answer after {gone:.2f} s; recreated: answers after {back:.2f} s")
+
+
+def test_an_appliance_forwards_only_with_the_source_dest_check_off(prod):
+    """A client in the web subnet routes to a host in the app subnet through the edge appliance
+    (edge-outside lets in 443); it forwards while both its ENIs have the check off, as prod declares."""
+    fabric = prod.cloud.fabric
+    outside = fabric.client(prod.subnet("web"), "10.20.1.222", "fw-outside")
+    inside = fabric.client(prod.subnet("app"), "10.20.2.222", "fw-inside")
+    try:
+        subprocess.run(["ip", "-n", outside, "route", "add", "10.20.2.222/32", "via", EDGE_OUT], check=True)
+        prod.listen(inside, "10.20.2.222", 443, "inside")
+        assert prod.connects(outside, "10.20.2.222", 443) == "connected"
+        for ip in (EDGE_OUT, EDGE_IN):  # either side checking stops it: it neither receives nor sends for others
+            eni = prod.eni(ip)
+            assert eni["SourceDestCheck"] is False
+            prod.ec2.modify_network_interface_attribute(NetworkInterfaceId=eni["NetworkInterfaceId"],
+                                                        SourceDestCheck={"Value": True})
+            try:
+                took = until(lambda: prod.connects(outside, "10.20.2.222", 443), "timeout")
+                print(f"\nsource/dest check on for {ip}: no forwarding after {took:.2f} s")
+            finally:
+                prod.ec2.modify_network_interface_attribute(NetworkInterfaceId=eni["NetworkInterfaceId"],
+                                                            SourceDestCheck={"Value": False})
+            until(lambda: prod.connects(outside, "10.20.2.222", 443), "connected")
+    finally:
+        fabric.remove_client("fw-outside")
+        fabric.remove_client("fw-inside")
+
+
+def test_group_rules_and_memberships_changed_through_the_api_take_effect_within_seconds(prod):
+    web, app = prod.ns("web"), prod.ns("app")
+    db_group, web_group, back_group = prod.group("db"), prod.group("web"), prod.group("app-back")
+    rule = [{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "UserIdGroupPairs": [{"GroupId": web_group}]}]
+    timings = {}
+    prod.ec2.authorize_security_group_ingress(GroupId=db_group, IpPermissions=rule)
+    try:
+        timings["authorize"] = until(lambda: prod.connects(web, DB, 5432), "connected")
+    finally:
+        prod.ec2.revoke_security_group_ingress(GroupId=db_group, IpPermissions=rule)
+    timings["revoke"] = until(lambda: prod.connects(web, DB, 5432), "timeout")
+
+    # an ENI that joins a group (ModifyNetworkInterfaceAttribute Groups) is a member at once
+    web_eni = prod.eni(prod.ec2.describe_instances(InstanceIds=[prod.ids[("web", "0")]])["Reservations"][0][
+        "Instances"][0]["PrivateIpAddress"])
+    prod.ec2.modify_network_interface_attribute(NetworkInterfaceId=web_eni["NetworkInterfaceId"],
+                                                Groups=[web_group, back_group])
+    try:
+        timings["join group"] = until(lambda: prod.connects(web, DB, 5432), "connected")
+    finally:
+        prod.ec2.modify_network_interface_attribute(NetworkInterfaceId=web_eni["NetworkInterfaceId"],
+                                                    Groups=[web_group])
+    timings["leave group"] = until(lambda: prod.connects(web, DB, 5432), "timeout")
+
+    # a secondary IP of a member counts as the member (and may be used as a source at all)
+    back = prod.eni(APP_BACK)
+    prod.ec2.assign_private_ip_addresses(NetworkInterfaceId=back["NetworkInterfaceId"],
+                                         PrivateIpAddresses=["10.20.3.21"])
+    timings["secondary IP"] = until(lambda: prod.connects(app, DB, 5432, src="10.20.3.21"), "connected")
+    print("\nAPI call returned -> start of the first connection attempt that shows its effect: "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+    assert all(v < 3 for v in timings.values()), timings
+
+
+def test_the_groups_follow_the_apps_enis_through_a_failover(prod):
+    active, standby = prod.ns("app"), prod.ns("app", "standby-0")
+    assert prod.connects(standby, DB, 5432) == "timeout"  # its own primary ENI is app-mgmt, not app-back
+    out = cli(["failover", "--env", "prod", "--tier", "app"], prod.cloud, prod.settings)
+    assert out.returncode == 0, out.stderr[-3000:]
+    until(lambda: prod.connects(standby, DB, 5432), "connected")  # the back ENI (and its group) moved
+    assert prod.connects(active, DB, 5432) == "timeout"
+    assert prod.connects(prod.ns("web"), APP_FRONT, 8080) == "connected"
