@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends \
-  openssh-server openssh-client socat mmdebstrap slirp4netns zstd iproute2 util-linux tar nftables \
+  openssh-server openssh-client socat mmdebstrap slirp4netns zstd iproute2 util-linux tar nftables systemd-container \
   ca-certificates python3 python3-venv
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi

@@ -22,18 +22,20 @@ from pathlib import Path
 from bakery.local.errors import LocalCloudError
 
 SUITE = "bookworm"
-PACKAGES = ("openssh-server", "cloud-init", "ca-certificates", "iproute2", "curl", "sudo")
+#: systemd-sysv and dbus: instances boot systemd as PID 1 (systemd-nspawn --boot), which runs
+#: cloud-init's own units, sshd and whatever a recipe enables, as on Debian's AMIs
+PACKAGES = ("systemd-sysv", "dbus", "openssh-server", "cloud-init", "ca-certificates", "iproute2", "curl", "sudo")
 MIRRORS = (
     "deb http://deb.debian.org/debian bookworm main",
     "deb http://deb.debian.org/debian bookworm-updates main",
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
 CLOUD_CFG_NAME = "99-lsbx.cfg"
-#: cloud-init config for running without systemd in a sandbox whose network the launcher owns.
+#: cloud-init config for an instance whose network the local cloud wires from outside.
 CLOUD_CFG = """\
-# Written by bakery: cloud-init inside a bakery local sandbox (no systemd, launcher owns networking).
-datasource_list: [ NoCloud, None ]   # no ds-identify without the systemd generator
-network: {config: disabled}          # the launcher owns networking
+# Written by bakery: cloud-init inside a bakery local instance (the local cloud owns networking).
+datasource_list: [ NoCloud, None ]   # the local cloud writes a NoCloud seed (it has no metadata service)
+network: {config: disabled}          # the local cloud wires the instance's interfaces from outside
 resize_rootfs: false
 growpart: {mode: "off"}              # avoids the cc_resizefs "/dev/overlay did not exist" warning
 locale: C.UTF-8                      # en_US.UTF-8 is not generated; cc_locale would fail

@@ -20,8 +20,8 @@ REQUIRED_COMMANDS: dict[str, str] = {
     "ip": "iproute2",
     "unshare": "util-linux",
     "nsenter": "util-linux",
-    "chroot": "coreutils",
     "mount": "mount",
+    "systemd-nspawn": "systemd-container",  # boots each instance's systemd
 }
 
 
