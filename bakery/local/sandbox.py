@@ -1,21 +1,27 @@
-"""A sandbox is a local "EC2 instance": overlayfs over image layers, booted by real cloud-init.
+"""A sandbox is a local "EC2 instance": systemd booted on overlayfs over image layers.
 
-Shape (measured in notes/local-sandbox.md): a named netns ``bakery-<name>`` (only ``lo``, plus a
-slirp4netns NAT for egress that cannot reach the host's loopback), and inside it ``unshare``'d
-mount/pid/uts/ipc namespaces whose PID 1 is a small shell that mounts the overlay, runs the four
-cloud-init stages in a chroot, starts ``sshd`` on the sandbox's own 127.0.0.1:22 after ``init``,
-and then reaps orphans. Nothing is routed to the host: the host talks to the sandbox through
-sockets created inside its netns (``connect``) or through ``nsenter`` (``exec``).
+Shape: a named netns ``bakery-<name>`` (only ``lo``, plus a slirp4netns NAT for egress that cannot
+reach the host's loopback; bakery/local/vpcnet.py wires the VPC's interfaces into it from outside),
+and in it ``systemd-nspawn --boot`` on the overlay of the image's layers, started from a private
+mount namespace: the instance's PID 1 is the image's own systemd, so cloud-init runs through its
+systemd units (NoCloud seed), sshd and every unit enabled in the image start as they do on an
+EC2 instance, and stop is a clean poweroff. Nothing is routed to the host: the host talks to the
+sandbox through sockets created inside its netns (``connect``) or through ``nsenter`` (``exec``).
+
+The host is left as it was: nspawn registers with no machined (``--register=no --keep-unit``),
+keeps its lock and propagation dirs on a private tmpfs, touches neither the host's network nor
+its resolv.conf, timezone or journal, and runs the instance in a cgroup of its own
+(``bakery-<name>`` under the caller's, removed at stop) so instances never share one.
 
 The NoCloud seed (user data + meta-data with ``public-keys``) is written into the upper dir
 before boot, so cloud-init installs the key pair and any ``ssh_keys`` host key exactly as on EC2.
 All processes are detached from the caller; state (upper/work/merged, pids/, logs/) lives in
 ``state_dir/<name>/`` so another process can ``attach`` and stop it.
 
-Not done here, on purpose: ``/usr/sbin/policy-rc.d`` (bakes should write it so package
-postinsts do not start daemons, and remove it before capture) and deprovisioning
-(``cloud-init clean``, host keys, apt lists) are the caller's job. The sandbox is not a
-security boundary: root inside keeps host root's capabilities.
+Not done here, on purpose: ``/usr/sbin/policy-rc.d`` (bakes may write it so package postinsts
+do not start daemons, and remove it before capture) and deprovisioning (``cloud-init clean``,
+host keys, apt lists) are the caller's job. The sandbox is not a security boundary: root inside
+keeps the capabilities nspawn grants a container, plus CAP_NET_ADMIN (its own interfaces, as on EC2).
 """
 
 from __future__ import annotations
@@ -42,59 +48,50 @@ CLONE_NEWNET = 0x40000000
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_ENV = (f"PATH={SANDBOX_PATH}", "HOME=/root", "LANG=C.UTF-8", "TERM=dumb")
 SLIRP_NAMESERVER = "10.0.2.3"
+#: how long stop() lets systemd power off cleanly before it kills the machine
+STOP_TIMEOUT = 10.0
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _SEED_DIR = "var/lib/cloud/seed/nocloud"
-#: launcher seed files are instance data, never image content (user data may hold a host key)
-_CAPTURE_EXCLUDES = (f"./{_SEED_DIR}/user-data", f"./{_SEED_DIR}/meta-data")
+#: Left out of captured layers: the launcher's seed (instance data, EC2 serves it from IMDS; user
+#: data may hold a host key), and what identifies the machine that wrote the disk rather than the
+#: image (systemd makes them afresh on an instance's first boot): its machine id, its journal,
+#: its random seed and credential secret.
+_CAPTURE_EXCLUDES = (
+    f"./{_SEED_DIR}/user-data", f"./{_SEED_DIR}/meta-data",
+    "./etc/machine-id", "./var/lib/dbus/machine-id", "./var/log/journal/*",
+    "./var/lib/systemd/random-seed", "./var/lib/systemd/credential.secret",
+)  # fmt: skip
+#: cloud-init's stages in its status.json -> the names boot_status() reports
+_CLOUD_INIT_STAGES = (("init-local", "init-local"), ("init", "init"), ("modules-config", "config"),
+                      ("modules-final", "final"))
 
-# PID 1 of the sandbox, run by the host's /bin/sh with host tools, before and around the chroot.
-# $1 state dir, $2 overlay lowerdir string, $3 hostname, $4 egress (1/0).
+# Started as the launcher, inside the instance's netns, in a private mount namespace; execs nspawn.
+# $1 state dir, $2 overlay lowerdir string, $3 hostname, $4 egress (1/0), $5 machine name,
+# then the cgroup dirs (made by the caller) this process moves into before nspawn starts.
 _INIT_SCRIPT = r"""
 set -eu
-D=$1 LOWER=$2 HOST=$3 EGRESS=$4
-M=$D/merged S=$D/logs/boot.status
+D=$1 LOWER=$2 HOST=$3 EGRESS=$4 NAME=$5
+shift 5
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
-# drop other sandboxes' netns bind mounts copied into this mount ns, or they would pin those netns
+# drop other sandboxes' netns bind mounts copied into this mount ns, or they would pin those netns;
+# nspawn joins this process's own netns (/proc/self/ns/net)
 umount -l /run/netns 2>/dev/null || true
-mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$D/upper,workdir=$D/work" "$M"
-mount -t proc -o nosuid,nodev,noexec proc "$M/proc"
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$M/sys"
-mount -t tmpfs -o nosuid,mode=0755,size=4m tmpfs "$M/dev"
-for n in null zero full random urandom tty; do : > "$M/dev/$n"; mount --bind "/dev/$n" "$M/dev/$n"; done
-mkdir -m 0755 "$M/dev/pts"; mkdir -m 1777 "$M/dev/shm"
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$M/dev/pts"
-mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs "$M/dev/shm"
-ln -s pts/ptmx "$M/dev/ptmx"; ln -s /proc/self/fd "$M/dev/fd"
-ln -s /proc/self/fd/0 "$M/dev/stdin"; ln -s /proc/self/fd/1 "$M/dev/stdout"; ln -s /proc/self/fd/2 "$M/dev/stderr"
-mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs "$M/run"
-mkdir -m 0755 "$M/run/sshd"; mkdir -m 1777 "$M/run/lock"
+# nspawn keeps locks and mount propagation dirs in /run/systemd/nspawn: on a private tmpfs
+if [ -d /run/systemd ]; then mount -t tmpfs -o mode=0755,size=1m tmpfs /run/systemd
+else mount -t tmpfs -o mode=0755,size=1m tmpfs /run; fi
+for cg in "$@"; do echo $$ > "$cg/cgroup.procs"; done
+mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$D/upper,workdir=$D/work" "$D/merged"
+set --
 if [ "$EGRESS" = 1 ]; then
-  # bind-mounted so the launcher's DNS setting never ends up in a captured layer
-  if [ -L "$M/etc/resolv.conf" ]; then rm -f "$M/etc/resolv.conf"; fi
-  if [ ! -f "$M/etc/resolv.conf" ]; then : > "$M/etc/resolv.conf"; fi
-  mount --bind "$D/resolv.conf" "$M/etc/resolv.conf"
+  # a bind mount, so the launcher's DNS setting never ends up in a captured layer
+  set -- "--bind=$D/resolv.conf:/etc/resolv.conf"
 fi
-hostname "$HOST"
-ip link set lo up
-echo "setup 0" >> "$S"
-stage() {
-  name=$1; shift; rc=0
-  chroot "$M" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    HOME=/root LANG=C.UTF-8 "$@" || rc=$?
-  echo "$name $rc" >> "$S"
-}
-(
-  set +e
-  stage init-local cloud-init init --local
-  stage init cloud-init init
-  stage sshd /usr/sbin/sshd -o ListenAddress=127.0.0.1:22
-  stage config cloud-init modules --mode config   # run final even if config failed, like systemd
-  stage final cloud-init modules --mode final
-  echo "done 0" >> "$S"
-) </dev/null >> "$D/logs/console.log" 2>&1 &
-set +e
-# PID 1 duty: `wait` reaps every child, including orphaned daemons (sshd, runcmd services)
-while :; do sleep 3600 & wait; done
+# --register=no --keep-unit: no machined, no scope (the host may not run systemd); the rest keeps
+# nspawn off the host's network, resolv.conf, timezone and journal
+exec systemd-nspawn --quiet --directory="$D/merged" --boot --machine="$NAME" --hostname="$HOST" \
+  --register=no --keep-unit --network-namespace-path=/proc/self/ns/net --capability=CAP_NET_ADMIN \
+  --resolv-conf=off --timezone=off --link-journal=no --console=read-only "$@"
 """
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -136,6 +133,51 @@ def _kill(pid: int, starttime: int, sig: int, wait: float) -> bool:
         time.sleep(0.005)
     _reap(pid)
     return True
+
+
+def _ns_pid(pid: int) -> int:
+    """The pid a process has in its own (innermost) pid namespace; 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _cgroup_parents() -> list[Path]:
+    """This process's cgroup directory in the hierarchies systemd uses: the unified (cgroup2)
+    one and the legacy ``name=systemd`` one, whichever are mounted."""
+    own: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hid, controllers, path = line.split(":", 2)
+        if hid == "0":
+            own["cgroup2"] = path
+        elif "name=systemd" in controllers.split(","):
+            own["cgroup"] = path
+    parents: dict[str, Path] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        fstype, options = fields[sep + 1], fields[sep + 3]
+        if fstype not in own or fstype in parents:
+            continue
+        if fstype == "cgroup" and "name=systemd" not in options.split(","):
+            continue
+        root, mountpoint = fields[3], fields[4].encode().decode("unicode_escape")
+        path = own[fstype]
+        if root != "/":  # the mount shows a subtree: our path relative to it (or its top)
+            path = path[len(root):] if path.startswith(root + "/") else ""
+        parents[fstype] = Path(mountpoint) / path.lstrip("/")
+    return list(parents.values())
 
 
 def _mkdirs_like(upper: Path, rel: str, lowers: list[Path]) -> Path:
@@ -218,7 +260,8 @@ class Sandbox:
         egress: bool = True,
         hostname: str | None = None,
     ) -> Sandbox:
-        """Boot a sandbox and return at once (~0.1 s); the caller waits for SSH via ``connect``.
+        """Boot a sandbox and return once its systemd runs (~0.1 s); the caller waits for SSH via
+        ``connect``, or for the end of the boot via ``boot_status``.
 
         ``lowers`` are overlay lower dirs, topmost first (``LayerStore.lowers``). ``meta_data``
         should carry ``public-keys``; ``instance-id`` and ``local-hostname`` default to the name.
@@ -310,20 +353,22 @@ class Sandbox:
             _CHILDREN[slirp.pid] = slirp
             self._own.append(slirp.pid)
             self._write_pid("slirp", slirp.pid)
+        cgroups = self._make_cgroups()
         cmd = [
             "nsenter", f"--net={self.netns_path}", "--",
-            "unshare", "--mount", "--pid", "--uts", "--ipc", "--fork", "--kill-child",
-            "--propagation", "private", "--",
+            "unshare", "--mount", "--propagation", "private", "--",
             "/bin/sh", str(d / "init.sh"),
-            str(d), ":".join(str(p) for p in lowers), host, "1" if egress else "0",
+            str(d), ":".join(str(p) for p in lowers), host, "1" if egress else "0", self.name,
+            *[str(c) for c in cgroups],
         ]  # fmt: skip
         with open(d / "logs" / "console.log", "ab") as log:
+            # nsenter and unshare exec: this process becomes systemd-nspawn
             launcher = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env
             )
         _CHILDREN[launcher.pid] = launcher
         self._own.append(launcher.pid)
-        self._write_pid("unshare", launcher.pid)
+        self._write_pid("launcher", launcher.pid)
         try:
             self.pid, self._starttime = self._find_init(launcher)
             if slirp is not None:
@@ -331,26 +376,27 @@ class Sandbox:
         finally:
             if ready_r >= 0:
                 os.close(ready_r)
-        self._wait_setup()
 
     def _find_init(self, launcher: subprocess.Popen[bytes]) -> tuple[int, int]:
-        """PID 1 of the sandbox is the only child of the ``unshare`` process."""
+        """The instance's PID 1 is the launcher's (nspawn's) child that is PID 1 of its own pid
+        namespace; it counts as started once it is the image's systemd (filesystems in place)."""
         children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
+        pid = 0
         while time.monotonic() < deadline:
-            try:
-                kids = children.read_text().split()
-            except OSError:
-                kids = []
-            if kids:
-                pid = int(kids[0])
+            if not pid:
+                try:
+                    kids = children.read_text().split()
+                except OSError:
+                    kids = []
+                pid = next((int(k) for k in kids if _ns_pid(int(k)) == 1), 0)
+            if pid and _comm(pid) == "systemd":
                 return pid, self._write_pid("init", pid)
             if launcher.poll() is not None:
                 break
             time.sleep(0.002)
-        raise LocalCloudError(
-            f"sandbox {self.name} failed to start: {self._tail(self.dir / 'logs' / 'console.log')}"
-        )
+        log = self.dir / "logs" / "console.log"
+        raise LocalCloudError(f"sandbox {self.name} failed to boot: {self._tail(log)} (log: {log})")
 
     def _wait_slirp(self, slirp: subprocess.Popen[bytes], ready_r: int) -> None:
         deadline = time.monotonic() + 5
@@ -367,18 +413,47 @@ class Sandbox:
         log = self.dir / "logs" / "slirp4netns.log"
         raise LocalCloudError(f"sandbox {self.name}: slirp4netns egress did not come up: {self._tail(log)}")
 
-    def _wait_setup(self) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if "setup" in self.boot_status():
-                return
-            if not _alive(self.pid, self._starttime):
-                break
-            time.sleep(0.002)
-        raise LocalCloudError(
-            f"sandbox {self.name} failed to mount its filesystems: "
-            f"{self._tail(self.dir / 'logs' / 'console.log')} (log: {self.dir / 'logs' / 'console.log'})"
-        )
+    # -- cgroups -------------------------------------------------------------------------------
+    def _make_cgroups(self) -> list[Path]:
+        """A cgroup of its own (``bakery-<name>`` under the caller's) in each hierarchy nspawn
+        uses, so two instances' systemd never manage one tree; recorded for stop() to remove."""
+        found = []
+        for path in _cgroup_parents():
+            cg = path / f"bakery-{self.name}"
+            try:
+                cg.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise LocalCloudError(f"sandbox {self.name}: cannot create its cgroup {cg}: {exc.strerror or exc}") from None
+            found.append(cg)
+        (self.dir / "pids" / "cgroups").write_text("".join(f"{c}\n" for c in found))
+        return found
+
+    def _remove_cgroups(self) -> list[str]:
+        """rmdir the instance's cgroups (deepest first); returns those still busy."""
+        record = self.dir / "pids" / "cgroups"
+        try:
+            tops = [Path(line) for line in record.read_text().splitlines() if line.strip()]
+        except OSError:
+            return []
+        busy = []
+        for top in tops:
+            if not top.name.startswith("bakery-") or not top.is_dir():
+                continue
+            dirs = sorted((Path(root) for root, _, _ in os.walk(top)), key=lambda p: len(p.parts), reverse=True)
+            for cg in dirs:
+                for _ in range(200):  # the kernel frees a cgroup a moment after its last process
+                    try:
+                        cg.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        time.sleep(0.005)
+                else:
+                    busy.append(str(cg))
+        if not busy:
+            record.unlink(missing_ok=True)
+        return busy
 
     @classmethod
     def resume(cls, name: str, state_dir: Path) -> Sandbox:
@@ -393,7 +468,6 @@ class Sandbox:
         if missing:
             raise LocalCloudError(f"sandbox {name}: image layer directory missing: {missing[0]}")
         box.stop()  # leftovers of a machine that died without stop(): its netns, stray processes
-        (box.dir / "logs" / "boot.status").unlink(missing_ok=True)
         _run(["ip", "netns", "add", box.netns], f"sandbox {name}: creating its network namespace")
         try:
             box._launch(lowers, state["hostname"], state["egress"])
@@ -415,38 +489,98 @@ class Sandbox:
     def is_running(self) -> bool:
         return _alive(self.pid, self._starttime)
 
+    def _inside(self, rel: str) -> Path:
+        """A path in the running instance's own mount namespace (its /run is a tmpfs there)."""
+        return Path(f"/proc/{self.pid}/root") / rel
+
     def boot_status(self) -> dict[str, int]:
-        """Exit code per finished boot step: setup, init-local, init, sshd, config, final, done."""
-        status: dict[str, int] = {}
-        try:
-            lines = (self.dir / "logs" / "boot.status").read_text().splitlines()
-        except OSError:
-            return status
-        for line in lines:
-            step, _, rc = line.partition(" ")
-            if rc.strip().lstrip("-").isdigit():
-                status[step] = int(rc)
+        """This boot's steps so far, 0 for success: ``setup`` (the image's systemd is PID 1),
+        cloud-init's stages as its units finish them (``init-local``, ``init``, ``config``,
+        ``final``: 1 if the stage reported errors), ``sshd`` (listening), then ``system`` and
+        ``done`` once cloud-init has finished and systemd's start-up is over: ``system`` 0 for
+        ``running``, 1 otherwise (``degraded``: ``failed_units()`` names them); ``done`` 0 when
+        both cloud-init and systemd are clean. Empty when the machine is not running."""
+        if not self.is_running():
+            return {}
+        status = {"setup": 0}
+        has_cloud_init = (self._inside("usr/bin/cloud-init")).exists() and not any(
+            self._inside(p).exists() for p in ("run/cloud-init/disabled", "etc/cloud/cloud-init.disabled"))
+        errors = 0
+        if has_cloud_init:
+            try:
+                v1 = json.loads(self._inside("run/cloud-init/status.json").read_text()).get("v1", {})
+            except (OSError, ValueError):
+                v1 = {}
+            for stage, name in _CLOUD_INIT_STAGES:
+                record = v1.get(stage) or {}
+                if record.get("finished"):
+                    status[name] = 1 if record.get("errors") else 0
+            try:
+                result = json.loads(self._inside("run/cloud-init/result.json").read_text()).get("v1", {})
+            except (OSError, ValueError):
+                result = None
+            if result is None:
+                return self._with_sshd(status)
+            errors = 1 if result.get("errors") else 0
+        state = self.system_state()
+        if state in ("initializing", "starting", ""):
+            return self._with_sshd(status)
+        status["system"] = 0 if state == "running" else 1
+        status["done"] = max(errors, status["system"])
+        return self._with_sshd(status, final=True)
+
+    def _with_sshd(self, status: dict[str, int], final: bool = False) -> dict[str, int]:
+        if self._inside("run/sshd.pid").exists():
+            status["sshd"] = 0
+        elif final and self._inside("usr/sbin/sshd").exists():
+            status["sshd"] = 1
         return status
 
+    def system_state(self) -> str:
+        """``systemctl is-system-running`` inside ('' when it cannot be asked)."""
+        try:
+            return self.exec(["systemctl", "is-system-running"], timeout=10).stdout.strip()
+        except LocalCloudError:
+            return ""
+
+    def failed_units(self) -> list[str]:
+        """Units systemd inside reports as failed."""
+        try:
+            out = self.exec(["systemctl", "list-units", "--failed", "--plain", "--no-legend"], timeout=10).stdout
+        except LocalCloudError:
+            return []
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
     def boot_log(self) -> str:
-        """cloud-init's output log (plus launcher output if any), for error messages."""
+        """For error messages: the machine's console (``console_output``: systemd's boot and
+        cloud-init's output) and, while it runs, the status of its failed units."""
         parts = []
-        try:
-            parts.append((self.upper / "var/log/cloud-init-output.log").read_text(errors="replace"))
-        except OSError:
-            pass
-        try:
-            console = (self.dir / "logs" / "console.log").read_text(errors="replace")
-        except OSError:
-            console = ""
+        console = self.console_output()
         if console.strip():
-            parts.append(f"--- launcher output ({self.dir / 'logs' / 'console.log'}) ---\n{console}")
+            parts.append(f"--- console ({self.dir / 'logs' / 'console.log'}) ---\n{console}")
+        if self.is_running():
+            failed = self.failed_units()
+            if failed:
+                try:
+                    detail = self.exec(["systemctl", "status", "--no-pager", "--lines=10", *failed], timeout=10).stdout
+                except LocalCloudError:  # it stopped meanwhile
+                    detail = ""
+                parts.append(f"--- failed units: {' '.join(failed)} ---\n{detail}")
         return "\n".join(parts)
+
+    def console_output(self) -> str:
+        """What the machine wrote to its console, every boot, as EC2's console output has it:
+        systemd's start-up and shutdown, cloud-init's output (its units write to the console too)
+        with the host key fingerprints; colour codes removed."""
+        try:
+            return _ANSI_RE.sub("", (self.dir / "logs" / "console.log").read_text(errors="replace"))
+        except OSError:
+            return ""
 
     @staticmethod
     def _tail(path: Path, lines: int = 3) -> str:
         try:
-            text = path.read_text(errors="replace").strip().splitlines()
+            text = _ANSI_RE.sub("", path.read_text(errors="replace")).strip().splitlines()
         except OSError:
             return "(no log)"
         return " | ".join(text[-lines:]) or "(empty log)"
@@ -492,12 +626,12 @@ class Sandbox:
         return result["sock"]  # type: ignore[return-value]
 
     def exec(self, argv: list[str], timeout: float, *, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` as root inside the sandbox (its namespaces + chroot, clean env)."""
+        """Run ``argv`` as root inside the sandbox (its PID 1's namespaces and root, clean env)."""
         if not self.is_running():
             raise LocalCloudError(f"sandbox {self.name} is not running; start it before running {argv[:1]}")
         cmd = [
-            "nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-n", "-p", "--",
-            "chroot", str(self.merged), "/usr/bin/env", "-i", *SANDBOX_ENV, *argv,
+            "nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-n", "-p", "-C", "-r", "-w", "--",
+            "/usr/bin/env", "-i", *SANDBOX_ENV, *argv,
         ]  # fmt: skip
         proc = subprocess.Popen(
             cmd,
@@ -519,24 +653,33 @@ class Sandbox:
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     # -- teardown ------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Kill the sandbox (PID 1 takes its whole pid namespace and mounts with it), slirp4netns
-        and the netns. Idempotent; keeps the upper dir for ``capture_layer``."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Shut the machine down cleanly (systemd powers off: units stop, ExecStop runs, disks are
+        synced), waiting at most ``timeout`` s; then kill what is left (PID 1 takes its whole pid
+        namespace and mounts with it), slirp4netns, its cgroups and the netns. Idempotent; keeps
+        the upper dir for ``capture_layer``."""
         init_pid, init_start = self._read_pid("init")
         if self.pid and not init_pid:
             init_pid, init_start = self.pid, self._starttime
         problems: list[str] = []
+        if _alive(init_pid, init_start) and _comm(init_pid) == "systemd":
+            _kill(init_pid, init_start, signal.SIGRTMIN + 4, wait=timeout)  # systemd: poweroff
         if not _kill(init_pid, init_start, signal.SIGKILL, wait=10):
             problems.append(f"PID 1 ({init_pid}) did not exit")
-        upid, ustart = self._read_pid("unshare")
-        if not _kill(upid, ustart, signal.SIGTERM, wait=2) and not _kill(upid, ustart, signal.SIGKILL, wait=3):
-            problems.append(f"launcher {upid} did not exit")
+        for role in ("launcher", "unshare"):  # nspawn exits by itself once its machine is down
+            lpid, lstart = self._read_pid(role)
+            if (not _kill(lpid, lstart, 0, wait=2) and not _kill(lpid, lstart, signal.SIGTERM, wait=2)
+                    and not _kill(lpid, lstart, signal.SIGKILL, wait=3)):
+                problems.append(f"launcher {lpid} did not exit")
         spid, sstart = self._read_pid("slirp")
         if not _kill(spid, sstart, signal.SIGTERM, wait=2) and not _kill(spid, sstart, signal.SIGKILL, wait=3):
             problems.append(f"slirp4netns {spid} did not exit")
         if problems:
             raise LocalCloudError(f"sandbox {self.name} did not stop: {'; '.join(problems)}")
-        for role in ("init", "unshare", "slirp"):
+        busy = self._remove_cgroups()
+        if busy:
+            raise LocalCloudError(f"sandbox {self.name} did not stop: its cgroup {busy[0]} still has processes")
+        for role in ("init", "launcher", "unshare", "slirp"):
             self._pidfile(role).unlink(missing_ok=True)
         for pid in self._own:  # also when another process already stopped it: no zombies
             _reap(pid)
@@ -565,7 +708,8 @@ class Sandbox:
         ``running_ok`` takes it as it is at this moment (EC2's CreateImage with NoReboot).
 
         Keeps whiteouts and ``trusted.overlay.*``/``security.capability`` xattrs; leaves out the
-        launcher's NoCloud seed. Deprovisioning before capture is the caller's job.
+        launcher's NoCloud seed and the machine's own identity (machine id, journal, random seed:
+        ``_CAPTURE_EXCLUDES``). Deprovisioning before capture is the caller's job.
         """
         dest = Path(dest)
         if self.is_running() and not running_ok:

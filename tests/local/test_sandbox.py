@@ -1,5 +1,6 @@
 """Local cloud end to end, with the real thing: mmdebstrap base, overlayfs, namespaces,
-cloud-init, sshd and paramiko. Needs root; the base image build (~30 s) happens once."""
+systemd-nspawn booting the image's systemd, cloud-init, sshd and paramiko. Needs root; the base
+image build (~30 s) happens once."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_prerequisites_are_met_and_base_is_cached(local_base: Path) -> None:
     assert time.monotonic() - started < 1
     meta = load_base_metadata(local_base)
     assert str(meta["id"]).startswith("ami-") and str(meta["digest"]).startswith("sha256:")
-    assert {"openssh-server", "cloud-init", "curl"} <= set(meta["packages"])  # type: ignore[arg-type]
+    assert {"openssh-server", "cloud-init", "curl", "systemd-sysv", "dbus"} <= set(meta["packages"])  # type: ignore[arg-type]
     assert list(local_base.glob("etc/ssh/ssh_host_*")) == []
     assert (local_base / "etc/cloud/cloud.cfg.d/99-lsbx.cfg").is_file()
     assert any((local_base / "var/lib/apt/lists").glob("*_Packages"))
@@ -93,7 +94,8 @@ def test_boot_runs_cloud_init_and_ssh_uses_pinned_host_key(
     assert user.public_openssh in run("cat /root/.ssh/authorized_keys")
     assert run("hostname").strip() == box.name
     assert run("cat /etc/ssh/ssh_host_ed25519_key.pub").split()[:2] == host.public_openssh.split()[:2]
-    assert int(run("ps -e --no-headers | wc -l")) < 20  # its own pid namespace
+    assert run("cat /proc/1/comm") == "systemd\n"  # the image's own init
+    assert int(run("ps -e --no-headers | wc -l")) < 30  # its own pid namespace
 
     probes = ["/etc/bakery-probe", "/root/bakery-probe", "/usr/local/bin/bakery-probe", "/tmp/bakery-probe"]
     run("for p in " + " ".join(probes) + "; do echo x > $p; done; useradd probeuser")
@@ -103,15 +105,24 @@ def test_boot_runs_cloud_init_and_ssh_uses_pinned_host_key(
     assert (box.dir / "upper/etc/bakery-probe").is_file()  # it went to the sandbox's upper dir
 
     status = local_boot_wait(box)
-    assert status == {"setup": 0, "init-local": 0, "init": 0, "sshd": 0, "config": 0, "final": 0, "done": 0}
-    assert "Cloud-init v." in box.boot_log()
-    assert "WARNING" not in box.boot_log() and "Traceback" not in box.boot_log()
+    expected = {"setup": 0, "init-local": 0, "init": 0, "sshd": 0, "config": 0, "final": 0, "system": 0, "done": 0}
+    assert status == expected, f"failed units: {box.failed_units()}\n{box.boot_log()}"
+    output = (box.upper / "var/log/cloud-init-output.log").read_text()
+    assert "Cloud-init v." in output and "WARNING" not in output and "Traceback" not in output
     assert "status: done" in box.exec(["cloud-init", "status"], timeout=30).stdout
+    # the console shows systemd's boot and cloud-init's host key fingerprints, as EC2's console output does
+    console = box.console_output()
+    assert "Reached target multi-user.target" in console or "Multi-User System" in console
+    assert "BEGIN SSH HOST KEY FINGERPRINTS" in console and "\x1b[" not in console
 
 
-def test_stop_leaves_no_process_mount_or_netns(local_base: Path, local_sandboxes) -> None:
+def test_stop_leaves_no_process_mount_cgroup_or_netns(local_base: Path, local_sandboxes) -> None:
+    host_run_systemd = sorted(p.name for p in Path("/run/systemd").iterdir()) if Path("/run/systemd").is_dir() else None
     box = local_sandboxes([local_base], egress=True)
-    pids = [int((box.dir / "pids" / f"{role}.pid").read_text().split()[0]) for role in ("init", "unshare", "slirp")]
+    pids = [int((box.dir / "pids" / f"{role}.pid").read_text().split()[0]) for role in ("init", "launcher", "slirp")]
+    cgroups = (box.dir / "pids" / "cgroups").read_text().split()
+    assert cgroups and all(Path(c).is_dir() and Path(c).name == f"bakery-{box.name}" for c in cgroups)
+    assert f"/bakery-{box.name}/" in Path(f"/proc/{pids[0]}/cgroup").read_text()  # not the caller's cgroup
     inside = box.exec(["sh", "-c", "ip -4 -o addr show tap0; cat /etc/resolv.conf"], timeout=10).stdout
     assert "10.0.2.100/24" in inside and "nameserver 10.0.2.3" in inside
     # slirp's gateway must not reach the host's loopback (where sshd-like host services live)
@@ -124,6 +135,10 @@ def test_stop_leaves_no_process_mount_or_netns(local_base: Path, local_sandboxes
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} survived stop()"
     assert not box.netns_path.exists()
     assert sandbox_mounts(box.dir) == []
+    assert not any(Path(c).exists() for c in cgroups)
+    # nspawn's lock and propagation dirs lived on a private tmpfs: the host's /run is as it was
+    assert (sorted(p.name for p in Path("/run/systemd").iterdir()) if Path("/run/systemd").is_dir() else None
+            ) == host_run_systemd
     assert not box.is_running()
     box.stop()  # idempotent
     assert (box.dir / "upper/var/lib/cloud/seed/nocloud/meta-data").is_file()  # kept for capture
@@ -134,7 +149,7 @@ def test_stop_leaves_no_process_mount_or_netns(local_base: Path, local_sandboxes
 
 
 def test_capture_layer_round_trip_keeps_whiteouts_and_opaque_dirs(
-    tmp_path: Path, local_base: Path, local_base_id: str, local_store: LayerStore, local_sandboxes
+    tmp_path: Path, local_base: Path, local_base_id: str, local_store: LayerStore, local_sandboxes, local_boot_wait
 ) -> None:
     assert (local_base / "etc/issue.net").is_file() and (local_base / "etc/cloud/templates").is_dir()
     builder = local_sandboxes([local_base])
@@ -146,12 +161,17 @@ def test_capture_layer_round_trip_keeps_whiteouts_and_opaque_dirs(
     assert result.returncode == 0, result.stderr
     with pytest.raises(LocalCloudError, match="still running"):
         builder.capture_layer(tmp_path / "early.tar.zst")
+    local_boot_wait(builder)  # systemd has written the machine's id and flushed its journal to /var/log
     builder.stop()
+    builder_id = (builder.upper / "etc/machine-id").read_text().strip()
+    assert builder_id and list((builder.upper / "var/log/journal").glob("*/*.journal"))  # systemd wrote them
     layer = builder.capture_layer(tmp_path / "out" / "layer.tar.zst")
     assert layer.is_file() and not list(layer.parent.glob(".*tmp*"))
     names = subprocess.run(["tar", "--zstd", "-tf", str(layer)], capture_output=True, text=True, check=True).stdout
     assert "./etc/bakery-layer.txt" in names.splitlines()
     assert "./var/lib/cloud/seed/nocloud/user-data" not in names  # launcher seed is not image content
+    # the machine's identity and its journal are the instance's, not the image's
+    assert "./etc/machine-id" not in names.splitlines() and ".journal" not in names
 
     local_store.add("ami-0123456789abcdef0", layer, local_base_id, {"recipe": "test"})
     local_store.verify("ami-0123456789abcdef0")
@@ -167,6 +187,7 @@ def test_capture_layer_round_trip_keeps_whiteouts_and_opaque_dirs(
     )
     assert seen.returncode == 0, seen.stderr
     assert seen.stdout.split() == ["baked", "only.txt"]
+    assert instance.exec(["cat", "/etc/machine-id"], timeout=10).stdout.strip() not in ("", builder_id)
     assert (local_base / "etc/issue.net").is_file()  # the base itself is untouched
 
     assert sorted(r["id"] for r in local_store.list()) == sorted([local_base_id, "ami-0123456789abcdef0"])
@@ -232,7 +253,7 @@ def test_sandbox_outlives_its_starter_and_can_be_attached(
         box = Sandbox.attach(name, local_state_dir)
         try:
             assert box.is_running()
-            orphans = [int((box.dir / "pids" / f"{r}.pid").read_text().split()[0]) for r in ("unshare", "slirp")]
+            orphans = [int((box.dir / "pids" / f"{r}.pid").read_text().split()[0]) for r in ("launcher", "slirp")]
             deadline = time.monotonic() + 30
             while True:
                 try:
