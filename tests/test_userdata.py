@@ -87,13 +87,14 @@ def test_web_template_wires_nginx_to_the_app_tier_and_writes_health() -> None:
     site = next(f["content"] for f in data["write_files"] if f["path"].startswith("/etc/nginx/"))
     assert "server_name www.example.com;" in site and "server 10.0.2.10:8080;" in site
     command = " ".join(data["runcmd"][0])
-    assert "nginx -t" in command and "service nginx start" in command and "/var/www/html/health" in command
+    assert "nginx -t" in command and "systemctl restart nginx" in command and "/var/www/html/health" in command
+    assert "service " not in command and "||" not in command  # systemd starts services, as on EC2
 
 
 def test_app_and_db_templates_carry_their_variables() -> None:
     app = yaml.safe_load(render(["app.yaml.j2"]).text)
     assert {f["path"]: f["content"] for f in app["write_files"]}["/etc/app/app.env"] == "APP_ENV=prod\nAPP_PORT=8080\n"
-    assert "nohup python3 /opt/app/app.py" in app["runcmd"][0][2]
+    assert app["runcmd"] == [["systemctl", "restart", "app.service"]]
     db = yaml.safe_load(render(["db.yaml.j2"]).text)
     files = {f["path"]: f for f in db["write_files"]}
     assert "listen_addresses = '*'" in files["/etc/postgresql/15/main/conf.d/50-bakery.conf"]["content"]
