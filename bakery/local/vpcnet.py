@@ -362,7 +362,8 @@ class VpcFabric:
             if nft is None:
                 raise LocalCloudError(f"{what} failed: nft is missing (Debian package nftables, which "
                                       f"scripts/install.sh installs)")
-            _sysctl(rec["netns"], {"net.bridge.bridge-nf-call-iptables": 1}, what)
+            if "firewall" not in rec:  # the first load into this namespace (or the first since one failed)
+                _sysctl(rec["netns"], {"net.bridge.bridge-nf-call-iptables": 1}, what)
             rec.pop("firewall", None)  # a failed load leaves an unknown ruleset: load it again next time
             _run(["nsenter", f"--net={_ns_path(rec['netns'])}", nft, "-f", "-"], what, input=ruleset)
             rec["firewall"] = digest
