@@ -20,6 +20,8 @@ def operations_in_source(service: str) -> set[str]:
     snake = {xform_name(op): op for op in model.operation_names}
     used = set()
     for path in [*Path(ROOT, "bakery").rglob("*.py"), Path(ROOT, "tasks.py")]:
+        if path.name == "moto_extensions.py":  # replaces moto's handlers of those names; calls no API
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in snake:
                 used.add(snake[node.attr])

@@ -1,13 +1,24 @@
-"""Local cloud: EC2-like instances as overlayfs + namespace sandboxes on this host.
+"""Local cloud: an EC2 endpoint for any client, with real machines (systemd in namespaces) behind it.
 
-    cloud.py     the machines behind the endpoint's instances, and the durable image store's view
-    endpoint.py  the EC2 endpoint (a moto server on 127.0.0.1), started on demand
-    base.py      the Debian base rootfs, built once with mmdebstrap
-    layers.py    baked images as tar.zst overlay layers stacked on it
-    sandbox.py   one instance: namespaces, overlay, chroot, real cloud-init, sshd
-    vpcnet.py    subnets as bridges and ENIs as veths, inside namespaces the project creates
-    prereqs.py   what the host needs (root, overlayfs, namespaces)
-    status.py    what `invoke local.status` shows
+    server.py          the endpoint process: moto's app behind the control plane, with the reconciler
+    control.py         the control plane: what a request changed, saved and nudged to the reconciler
+    reconcile.py       machines, fabric, firewall and metadata service follow moto's state
+    moto_state.py      the only window onto moto's EC2 objects (moto_network.py: its networks as data)
+    moto_extensions.py where moto answers with a stand-in and EC2 has a real answer
+    persist.py         moto's state saved before each answer and restored at start
+    imds.py            the instance metadata service, in each VPC's namespace
+    cloud.py           the machines behind the endpoint's instances, and the durable image store's view
+    endpoint.py        starting, finding and stopping the endpoint process (127.0.0.1)
+    base.py            the Debian base rootfs (systemd, cloud-init with its Ec2 datasource), built once
+    layers.py          baked images as tar.zst overlay layers stacked on it
+    sandbox.py         one machine: its netns, overlay, systemd-nspawn booting the image's systemd
+    vpcnet.py          subnets as bridges and ENIs as veths, inside namespaces the project creates
+    firewall.py        security groups, network ACLs and the source/dest check as nftables rules
+    netns.py           one thing done inside a network namespace from the host
+    procs.py           a process by PID and start time (never another one reusing the PID)
+    errors.py          LocalCloudError
+    prereqs.py         what the host needs (root, overlayfs, namespaces, nspawn, nft)
+    status.py          what `invoke local.status` shows
 
 Root is required. The sandbox is for hygiene and reproducibility, not a security boundary: root
 inside it keeps all capabilities of host root.

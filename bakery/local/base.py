@@ -34,7 +34,16 @@ CLOUD_CFG_NAME = "99-lsbx.cfg"
 #: cloud-init config for an instance whose network the local cloud wires from outside.
 CLOUD_CFG = """\
 # Written by bakery: cloud-init inside a bakery local instance (the local cloud owns networking).
-datasource_list: [ NoCloud, None ]   # the local cloud writes a NoCloud seed (it has no metadata service)
+# As on Debian's AMIs: the instance metadata service at 169.254.169.254. (No comment after the list:
+# ds-identify's parser would take it for part of the list and disable cloud-init.)
+datasource_list: [ Ec2, None ]
+datasource_pkg_list: [ bakery_cloudinit ]   # its Ec2 is cloud-init's, knowing the platform is AWS
+datasource:
+  Ec2:
+    strict_id: false                 # a container has no EC2 DMI to identify the platform by
+    metadata_urls: [ "http://169.254.169.254" ]   # no IPv6 endpoint or instance-data name here
+    max_wait: 30
+    timeout: 5
 network: {config: disabled}          # the local cloud wires the instance's interfaces from outside
 resize_rootfs: false
 growpart: {mode: "off"}              # avoids the cc_resizefs "/dev/overlay did not exist" warning
@@ -50,9 +59,34 @@ system_info:                         # like Debian's official AMIs: log in as `a
     sudo: ["ALL=(ALL) NOPASSWD:ALL"]
     shell: /bin/bash
 """
+#: cloud-init's Ec2 datasource, told the platform is AWS. On EC2 cloud-init finds that in the
+#: hypervisor's DMI (a product UUID starting "ec2"); in a container it reads no DMI at all, so it
+#: would take the local cloud for an unknown EC2-compatible cloud, which it never asks for an IMDSv2
+#: token: an instance that requires tokens (bakery's default) would get no metadata. Everything
+#: else (the token, the crawl, user data, keys) is cloud-init's own code.
+DATASOURCE_PKG = "usr/lib/python3/dist-packages/bakery_cloudinit"
+DATASOURCE_SHIM = '''\
+"""Written by bakery: the local cloud's Ec2 datasource (see bakery/local/base.py)."""
+from cloudinit import sources
+from cloudinit.sources import DataSourceEc2 as ec2
+
+
+class DataSourceEc2(ec2.DataSourceEc2):
+    def _get_cloud_name(self):
+        return ec2.CloudNames.AWS  # what EC2's DMI says, which a container cannot read
+
+
+datasources = [(DataSourceEc2, (sources.DEP_FILESYSTEM, sources.DEP_NETWORK))]
+
+
+def get_datasource_list(depends):
+    return sources.list_from_depends(depends, datasources)
+'''
 #: run on the host after the install; "$1" is the rootfs being built
 CUSTOMIZE_HOOKS = (
     f'upload {{cfg}} /etc/cloud/cloud.cfg.d/{CLOUD_CFG_NAME}',
+    f'mkdir -p "$1/{DATASOURCE_PKG}" && : > "$1/{DATASOURCE_PKG}/__init__.py"',
+    f'upload {{shim}} /{DATASOURCE_PKG}/DataSourceEc2.py',
     'rm -f "$1"/etc/ssh/ssh_host_*',  # cloud-init cc_ssh generates per-instance host keys
     'rm -f "$1/etc/resolv.conf" && : > "$1/etc/resolv.conf"',  # mmdebstrap copied the host's
     'rm -f "$1/etc/hostname" && echo localhost > "$1/etc/hostname"',
@@ -70,6 +104,7 @@ def _recipe() -> dict[str, object]:
         "packages": list(PACKAGES),
         "mirrors": list(MIRRORS),
         "cloud_cfg": CLOUD_CFG,
+        "datasource": DATASOURCE_SHIM,
         "hooks": list(CUSTOMIZE_HOOKS),
         "skip": ["cleanup/apt/lists"],
     }
@@ -131,12 +166,14 @@ def _installed_packages(rootfs: Path) -> dict[str, str]:
 def _build(target: Path, workdir: Path, log_file: Path) -> None:
     cfg = workdir / CLOUD_CFG_NAME
     cfg.write_text(CLOUD_CFG)
+    shim = workdir / "DataSourceEc2.py"
+    shim.write_text(DATASOURCE_SHIM)
     cmd = [
         "mmdebstrap",
         "--variant=minbase",
         "--include=" + ",".join(PACKAGES),
         "--skip=cleanup/apt/lists",  # keep apt lists so recipes can apt-get install without update
-        *[f"--customize-hook={h.format(cfg=cfg)}" for h in CUSTOMIZE_HOOKS],
+        *[f"--customize-hook={h.format(cfg=cfg, shim=shim)}" for h in CUSTOMIZE_HOOKS],
         SUITE,
         str(target),
         *MIRRORS,

@@ -22,7 +22,7 @@ from bakery.local.base import ensure_base_image, load_base_metadata
 from bakery.local.endpoint import Endpoint
 from bakery.local.errors import LocalCloudError
 from bakery.local.layers import LayerStore
-from bakery.local.sandbox import Sandbox
+from bakery.local.sandbox import NETNS_DIR, Sandbox
 from bakery.local.vpcnet import VpcFabric
 
 DEBIAN_OWNER = "136693071363"  # Debian's AWS account: recipes filter on it, here as on AWS
@@ -36,6 +36,9 @@ class LocalCloud:
         self.instances_dir = data_dir / "instances"
         self.endpoint = Endpoint(data_dir)
         self.fabric = VpcFabric(data_dir)
+        #: called with a machine's network namespace before it boots (the endpoint's reconciler
+        #: wires the instance's ENIs there, so its cloud-init reaches the metadata service)
+        self.before_boot: Callable[[str], None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -123,21 +126,23 @@ class LocalCloud:
     def netns(self, instance_id: str) -> str:
         return Sandbox.attach(instance_id, self.instances_dir).netns
 
+    def has_netns(self, instance_id: str) -> bool:
+        """Whether the instance's machine has its network namespace: it runs, or is booting."""
+        return (NETNS_DIR / f"bakery-{instance_id}").exists()
+
     def has_machine(self, instance_id: str) -> bool:
         return (self.instances_dir / instance_id / "sandbox.json").is_file()
 
-    def boot(self, instance_id: str, image_id: str, *, user_data: bytes | None, public_keys: list[str],
-             private_ip: str | None) -> Sandbox:
-        """Start the instance's machine from the image's layers; cloud-init gets its user data and keys."""
+    def boot(self, instance_id: str, image_id: str, *, private_ip: str | None) -> Sandbox:
+        """Start the instance's machine from the image's layers. It has no seed: its cloud-init
+        finds its user data and keys at the metadata service, as on EC2."""
         try:
             lowers = self.layers.lowers(image_id)
         except LocalCloudError as exc:
             raise LocalCloudError(f"cannot boot {instance_id}: {exc.message}") from None
         hostname = "ip-" + (private_ip or "10.0.0.1").replace(".", "-")
-        return Sandbox.start(instance_id, lowers, self.instances_dir, user_data=user_data,
-                             meta_data={"instance-id": instance_id, "local-hostname": hostname,
-                                        "public-keys": public_keys},
-                             egress=True, hostname=hostname)
+        return Sandbox.start(instance_id, lowers, self.instances_dir, user_data=None, meta_data=None,
+                             egress=True, hostname=hostname, before_boot=self.before_boot)
 
     def machine_ids(self) -> list[str]:
         return [box.name for box in self.sandboxes()]
@@ -165,7 +170,7 @@ class LocalCloud:
 
     def start(self, instance_id: str) -> None:
         """Start a stopped machine again: same disk, same instance data (StartInstances)."""
-        Sandbox.resume(instance_id, self.instances_dir)
+        Sandbox.resume(instance_id, self.instances_dir, before_boot=self.before_boot)
 
     def stop(self, instance_id: str) -> None:
         if self.has_machine(instance_id):

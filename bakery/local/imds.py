@@ -1,19 +1,25 @@
-"""The instance metadata service: http://169.254.169.254 inside every running instance, as on EC2.
+"""The instance metadata service: http://169.254.169.254 for every running instance, as on EC2.
 
-The endpoint process listens on 169.254.169.254:80 inside each instance's network namespace (the
-address is on the namespace's loopback, so nothing is routed) and answers from moto's live view of
-that instance: IMDSv2 sessions (PUT /latest/api/token with a TTL; a request without a valid token
-is refused with 401 when the instance requires tokens, as EC2 does; with tokens optional IMDSv1
-still answers), the hop limit on every answer (IP TTL), meta-data (instance-id, ami-id,
-instance-type, local-ipv4, mac, the network/interfaces/macs tree, placement, public-keys,
-security-groups, iam), user-data, the instance identity document, and an instance profile's
-credentials. cloud-init's Ec2 datasource reads it as on AWS.
+As on EC2 it lives outside the instance: the endpoint process listens on 169.254.169.254:80 on the
+loopback of each VPC's namespace (the router's side of the fabric), every ENI gives its instance a
+route there through its subnet's router (vpcnet.py), and the instance asking is the owner of the
+private address the request comes from. Nothing of it is inside an instance (a service of the
+image may bind port 80 on every address), and it answers before the machine's init runs, so
+cloud-init's Ec2 datasource finds it at boot. Answers come from moto's live view of that instance:
+IMDSv2 sessions (PUT /latest/api/token with a TTL, a token good for the instance that asked for it;
+a request without a valid token is refused with 401 when the instance requires tokens, as EC2
+does; with tokens optional IMDSv1 still answers), the hop limit on every answer (the IP TTL: the
+answer reaches the instance without a routed hop, a container behind it does not get it with a
+limit of 1), meta-data (instance-id, ami-id, instance-type, local-ipv4, mac, the
+network/interfaces/macs tree, placement, public-keys, security-groups, iam), user-data, the
+instance identity document, and an instance profile's credentials.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -23,39 +29,39 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bakery.local import moto_state as M
 from bakery.local.netns import add_address, run_in
+from bakery.local.vpcnet import METADATA_IP
 
 log = logging.getLogger("bakery.local")
 
-ADDRESS = "169.254.169.254"
 TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 MAX_TOKEN_TTL = 21600
 
 
 class MetadataService:
-    """One listener per running instance, opened and closed as the reconciler starts and stops it."""
+    """One listener per VPC namespace, opened as the fabric makes them and closed when they go."""
 
     def __init__(self) -> None:
         self._servers: dict[str, _Server] = {}
         self._lock = threading.Lock()
 
-    def serve(self, instance_id: str, netns: str) -> None:
-        """Answer at 169.254.169.254 in the instance's namespace (again after a restart of it)."""
+    def serve(self, vpc_id: str, netns: str) -> None:
+        """Answer at 169.254.169.254 in the VPC's namespace (again after it was made anew)."""
         with self._lock:
-            current = self._servers.get(instance_id)
-            if current is not None and current.netns == netns and current.alive():
+            current = self._servers.get(vpc_id)
+            if current is not None and current.netns == netns and current.alive() and current.same_namespace():
                 return
             if current is not None:
                 current.close()
-            add_address(netns, f"{ADDRESS}/32")
+            add_address(netns, f"{METADATA_IP}/32")
             sock = run_in(netns, _listener)
-            server = _Server(instance_id, netns, sock)
-            self._servers[instance_id] = server
+            server = _Server(vpc_id, netns, sock)
+            self._servers[vpc_id] = server
             server.start()
 
-    def close(self, instance_id: str) -> None:
+    def close(self, vpc_id: str) -> None:
         with self._lock:
-            server = self._servers.pop(instance_id, None)
+            server = self._servers.pop(vpc_id, None)
         if server is not None:
             server.close()
 
@@ -64,35 +70,46 @@ class MetadataService:
             return set(self._servers)
 
     def close_all(self) -> None:
-        for iid in list(self.serving()):
-            self.close(iid)
+        for vpc_id in list(self.serving()):
+            self.close(vpc_id)
 
 
 def _listener() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((ADDRESS, 80))
-    sock.listen(64)
+    sock.bind((METADATA_IP, 80))
+    sock.listen(128)
     return sock
+
+
+def _netns_inode(netns: str) -> int | None:
+    try:
+        return os.stat(f"/run/netns/{netns}").st_ino
+    except OSError:
+        return None
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, instance_id: str, netns: str, sock: socket.socket):
-        super().__init__((ADDRESS, 80), _Handler, bind_and_activate=False)
+    def __init__(self, vpc_id: str, netns: str, sock: socket.socket):
+        super().__init__((METADATA_IP, 80), _Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
-        self.instance_id = instance_id
+        self.vpc_id = vpc_id
         self.netns = netns
-        self.tokens: dict[str, float] = {}  # token -> expiry (monotonic)
-        self._thread = threading.Thread(target=self.serve_forever, name=f"imds-{instance_id}", daemon=True)
+        self.inode = _netns_inode(netns)  # a namespace deleted and made again under the same name is another
+        self.tokens: dict[str, tuple[str, float]] = {}  # token -> (the instance it was given to, expiry)
+        self._thread = threading.Thread(target=self.serve_forever, name=f"imds-{vpc_id}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def same_namespace(self) -> bool:
+        return self.inode is not None and _netns_inode(self.netns) == self.inode
 
     def close(self) -> None:
         self.shutdown()
@@ -108,7 +125,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        instance = M.find_instance(self.server.instance_id)
+        # the instance is the owner of the address asking (the fabric's source/dest check stops
+        # an ENI from sending as another's address)
+        instance = M.instance_at(self.server.vpc_id, self.client_address[0])
+        self.instance_id = instance.id if instance is not None else None
         hops = instance.metadata_options.http_put_response_hop_limit if instance is not None else 1
         # EC2's hop limit is the answer's IP TTL: a container one hop further never sees it
         self.connection.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(1, int(hops)))
@@ -130,9 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
         token = secrets.token_urlsafe(40)
         now = time.monotonic()
         tokens = self.server.tokens
-        for old in [t for t, expiry in tokens.items() if expiry <= now]:
+        for old in [t for t, (_, expiry) in list(tokens.items()) if expiry <= now]:
             tokens.pop(old, None)
-        tokens[token] = now + ttl
+        tokens[token] = (instance.id, now + ttl)
         self._answer(200, token, headers={TOKEN_TTL_HEADER: str(ttl)})
 
     def do_GET(self) -> None:
@@ -141,7 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         token = self.headers.get(TOKEN_HEADER)
         if token is not None:
-            if self.server.tokens.get(token, 0) <= time.monotonic():
+            owner, expiry = self.server.tokens.get(token, (None, 0.0))
+            if owner != instance.id or expiry <= time.monotonic():
                 return self._answer(401, "Unauthorized")
         elif instance.metadata_options.http_tokens == "required":
             return self._answer(401, "Unauthorized")
@@ -171,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(200, value)
 
     def _instance(self):
-        instance = M.find_instance(self.server.instance_id)
+        instance = M.find_instance(self.instance_id) if self.instance_id else None
         if instance is None or instance.metadata_options.http_endpoint == "disabled":
             self.close_connection = True  # as if nothing listened
             return None

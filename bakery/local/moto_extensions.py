@@ -1,27 +1,153 @@
 """Where moto answers with a stand-in and EC2 has a real answer, the local endpoint gives the real one.
 
-Installed once, in the endpoint's process only (server.py), on moto's own response handlers, so
+Installed once, in the endpoint's process only (server.py), on moto's own handlers and models, so
 moto still parses the request, finds the instance (or answers InvalidInstanceID.NotFound) and
-serialises the answer as EC2 does.
+serialises the answer as EC2 does:
+
+- GetConsoleOutput is the machine's console (moto: a canned 2006 Xen boot log);
+- an instance launched without a subnet goes into its zone's default subnet, with an address from
+  it, as in every account since EC2-Classic retired (moto: EC2-Classic, an address from nowhere,
+  so the instance had no network and no metadata service);
+- public addresses (an instance's, an Elastic IP's) come from the documentation ranges, the only
+  ones the local cloud may use (moto: 54.214.x.x and random addresses);
+- a private address EC2 picks for an ENI (a second interface, CreateNetworkInterface or
+  AssignPrivateIpAddresses without addresses) comes from its subnet's allocator, never one of the
+  addresses EC2 reserves or one in use, and every address an ENI holds is taken in its subnet
+  until it is let go (moto: any random address of the CIDR, x.x.x.1 and duplicates included).
 """
 
 from __future__ import annotations
 
+import contextvars
+import ipaddress
+import random
+from typing import Callable
+
+from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
+from bakery.local.vpcnet import PUBLIC_RANGES
 
 
-def install(machines: LocalCloud) -> None:
+def install(machines: LocalCloud) -> Callable[[], None]:
+    """Put the real answers in place; returns what takes moto's own back (tests share a process)."""
     from moto.core.responses import ActionResult
     from moto.core.utils import utcnow
+    from moto.ec2.models import elastic_ip_addresses, elastic_network_interfaces
+    from moto.ec2.models.instances import Instance
     from moto.ec2.responses.general import General
     from moto.ec2.utils import Base64EncodedString
 
     def get_console_output(self) -> ActionResult:
-        """The machine's console: its boot, cloud-init's output and host key fingerprints (moto:
-        a canned 2006 Xen boot log)."""
+        """The machine's console: its boot, cloud-init's output and host key fingerprints."""
         instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
         text = machines.console_output(instance.id)
         return ActionResult({"InstanceId": instance.id, "Timestamp": utcnow(),
                              "Output": Base64EncodedString.from_raw_string(text)})
 
-    General.get_console_output = get_console_output
+    _set(General, "get_console_output", get_console_output)
+
+    moto_init = Instance.__init__
+
+    def instance_init(self, ec2_backend, image_id, user_data, security_groups, **kwargs) -> None:
+        nics = kwargs.get("nics") or {}
+        nic_list = nics.values() if isinstance(nics, dict) else nics
+        if not kwargs.get("subnet_id") and not any(n.get("SubnetId") for n in nic_list):
+            zone = kwargs.get("placement") or f"{ec2_backend.region_name}a"
+            subnet = ec2_backend.get_default_subnets().get(zone)
+            if subnet is not None:  # no default VPC: moto's own error follows
+                kwargs["subnet_id"] = subnet.id
+        moto_init(self, ec2_backend, image_id, user_data, security_groups, **kwargs)
+
+    _set(Instance, "__init__", instance_init)
+    _set(elastic_ip_addresses, "random_ip", _public_address)
+    _set(elastic_network_interfaces, "random_public_ip", _public_address)
+
+    ENI, Backend = elastic_network_interfaces.NetworkInterface, elastic_network_interfaces.NetworkInterfaceBackend
+    moto_random_private_ip = elastic_network_interfaces.random_private_ip
+    moto_eni_init, moto_assign = ENI.__init__, Backend.assign_private_ip_addresses
+    moto_unassign = Backend.unassign_private_ip_addresses
+
+    def private_address(cidr: str, ipv6: bool = False) -> str:
+        subnet = _subnet_in_play.get()
+        if ipv6 or subnet is None or subnet.cidr_block != cidr:
+            return moto_random_private_ip(cidr, ipv6)
+        return subnet.get_available_subnet_ip(instance=None)  # taken in the subnet from now on
+
+    def eni_init(self, ec2_backend, subnet, *args, **kwargs) -> None:
+        token = _subnet_in_play.set(ec2_backend.get_subnet(subnet) if isinstance(subnet, str) else subnet)
+        try:
+            moto_eni_init(self, ec2_backend, subnet, *args, **kwargs)
+        finally:
+            _subnet_in_play.reset(token)
+        _take(self)
+
+    def assign(self, eni_id: str, *args, **kwargs):
+        token = _subnet_in_play.set(self.get_network_interface(eni_id).subnet)
+        try:
+            eni = moto_assign(self, eni_id, *args, **kwargs)
+        finally:
+            _subnet_in_play.reset(token)
+        _take(eni)
+        return eni
+
+    def unassign(self, eni_id: str, private_ip_address=None):
+        eni = self.get_network_interface(eni_id)
+        before = set(_addresses(eni))
+        eni = moto_unassign(self, eni_id, private_ip_address)
+        for ip in before - set(_addresses(eni)):
+            eni.subnet.del_subnet_ip(ip)
+        return eni
+
+    _set(elastic_network_interfaces, "random_private_ip", private_address)
+    _set(ENI, "__init__", eni_init)
+    _set(Backend, "assign_private_ip_addresses", assign)
+    _set(Backend, "unassign_private_ip_addresses", unassign)
+    return _uninstall
+
+
+_installed: list[tuple[object, str, object]] = []
+
+
+def _set(owner: object, name: str, value: object) -> None:
+    _installed.append((owner, name, getattr(owner, name)))
+    setattr(owner, name, value)
+
+
+def _uninstall() -> None:
+    while _installed:
+        owner, name, original = _installed.pop()
+        setattr(owner, name, original)
+
+
+#: the subnet whose ENI is being given addresses (moto's address helper is told only the CIDR)
+_subnet_in_play: contextvars.ContextVar = contextvars.ContextVar("subnet_in_play", default=None)
+
+
+def _addresses(eni) -> list[str]:
+    return [a["PrivateIpAddress"] for a in list(eni.private_ip_addresses) if a.get("PrivateIpAddress")]
+
+
+def _take(eni) -> None:
+    """Every address the ENI holds is taken in its subnet (the instance allocator skips it)."""
+    for ip in _addresses(eni):
+        if ip not in eni.subnet._subnet_ips:
+            try:
+                eni.subnet.request_ip(ip, instance=None)
+            except Exception:  # noqa: BLE001 - outside the CIDR: moto's own validation answers the client
+                pass
+
+
+def _public_address() -> str:
+    """A free address of the documentation ranges (not held by an Elastic IP or an ENI)."""
+    taken = M.public_addresses()
+    pool = [ipaddress.IPv4Network(r) for r in PUBLIC_RANGES]
+    for _ in range(64):  # a random pick first, as EC2's addresses look; the pool is ~760 addresses
+        net = random.choice(pool)
+        candidate = str(net[random.randrange(1, net.num_addresses - 1)])
+        if candidate not in taken:
+            return candidate
+    for net in pool:
+        for host in net.hosts():
+            if str(host) not in taken:
+                return str(host)
+    raise RuntimeError("the local cloud's public address pool (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24) is used up")

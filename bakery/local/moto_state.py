@@ -37,6 +37,18 @@ def find_instance(instance_id: str):
     return next((i for i in instances() if i.id == instance_id), None)
 
 
+def instance_at(vpc_id: str, ip: str):
+    """The live instance that has `ip` as a private address of an ENI in the VPC, if any."""
+    for instance in instances():
+        if state(instance) not in ("pending", "running"):
+            continue
+        for eni in list(instance.nics.values()):
+            if eni.subnet.vpc_id == vpc_id and any(
+                    a.get("PrivateIpAddress") == ip for a in list(eni.private_ip_addresses)):
+                return instance
+    return None
+
+
 def state(instance) -> str:
     return instance._state.name
 
@@ -102,6 +114,15 @@ def wirings(instance) -> list[Wiring]:
     return out
 
 
+def public_addresses() -> set[str]:
+    """Every public address in use: Elastic IPs and ENIs' public addresses, in every region."""
+    out = set()
+    for backend in backends():
+        out.update(a.public_ip for a in list(backend.addresses) if a.public_ip)
+        out.update(e.public_ip for e in list(backend.enis.values()) if getattr(e, "public_ip", None))
+    return out
+
+
 def images() -> list:
     return [a for b in backends() for a in list(b.amis.values())]
 
@@ -127,6 +148,31 @@ def sync_images(records: list[dict], ours: set[str]) -> None:
         for ami_id, record in wanted.items():
             if ami_id not in backend.amis:
                 backend.amis[ami_id] = Ami(backend, **record)
+
+
+def resume_address_allocation() -> None:
+    """After a restore: moto hands a subnet's addresses out from a generator that lives in a cache
+    beside the subnet (functools.cache on a method), which no snapshot carries, so a restored subnet
+    would start again at x.x.x.1, an address EC2 reserves. Move each subnet's generator past the
+    reserved addresses and every address its ENIs hold or moto set aside for reuse."""
+    import ipaddress
+
+    for backend in backends():
+        held: dict[str, set] = {}
+        for eni in list(backend.enis.values()):
+            for a in list(eni.private_ip_addresses):
+                if a.get("PrivateIpAddress"):
+                    held.setdefault(eni.subnet.id, set()).add(ipaddress.ip_address(a["PrivateIpAddress"]))
+        for subnet in [s for zone in list(backend.subnets.values()) for s in list(zone.values())]:
+            if subnet.cidr.version != 4:
+                continue
+            used = held.get(subnet.id, set()) | {ipaddress.ip_address(ip) for ip in
+                                                 [*subnet._subnet_ips, *subnet._unused_ips]}
+            last = max(used, default=subnet.cidr.network_address + 3)  # .1-.3: the router, DNS, reserved
+            hosts = subnet._base_avail_ip_iterator()
+            for host in hosts:
+                if host >= max(last, subnet.cidr.network_address + 3):
+                    break
 
 
 def group_ids(eni_id: str, instance) -> list[str]:

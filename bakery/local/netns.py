@@ -33,7 +33,9 @@ def run_in(netns: str, fn: Callable[[], T]) -> T:
 
     def inside() -> None:
         try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
+            if hasattr(os, "setns"):  # Python >= 3.12
+                os.setns(fd, CLONE_NEWNET)
+            elif _libc.setns(fd, CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
             result["value"] = fn()

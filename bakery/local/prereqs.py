@@ -22,6 +22,7 @@ REQUIRED_COMMANDS: dict[str, str] = {
     "nsenter": "util-linux",
     "mount": "mount",
     "systemd-nspawn": "systemd-container",  # boots each instance's systemd
+    "nft": "nftables",  # enforces security groups, ACLs and the source/dest check
 }
 
 

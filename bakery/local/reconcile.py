@@ -10,7 +10,9 @@ Scaling group) get machines too; the control plane (control.py) only marks what 
 and nudges it.
 
 Each instance's work runs on one worker at a time (a boot does not block another instance's stop),
-and the VPC fabric is brought in line with the ENIs attached to running machines after every pass.
+and the VPC fabric is brought in line with the ENIs attached to live machines after every pass and
+before each machine boots (its ENIs, its firewall and the metadata service are there before its
+init runs, as on EC2).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Reconciler:
         self.period = period
         self.changed = lambda: None  # called after the reconciler moved an instance's state (to save it)
         self.imds = MetadataService()
+        machines.before_boot = lambda netns: self._wire()
+        self._wire_lock = threading.Lock()  # one pass over the fabric at a time (the loop, booting workers)
         self._wake = threading.Event()
         self._busy: set[str] = set()
         self._reboots: set[str] = set()
@@ -116,13 +120,10 @@ class Reconciler:
         for iid in queued:
             if self._claim(iid):
                 self._pool.submit(self._run_jobs, iid)
-        serving = self.imds.serving()
         for instance in M.instances():
             iid = instance.id
             want, then = _TARGET.get(M.state(instance), ("running", None))
             have = self.machines.machine_state(iid)
-            if have == "running" and iid not in serving and iid not in self._busy:
-                self._metadata(iid)  # a machine this endpoint found running (adopted, or rebooted)
             with self._lock:
                 reboot = iid in self._reboots and want == "running" and have == "running"
             if (want == have and then is None and not reboot) or not self._claim(iid):
@@ -167,15 +168,13 @@ class Reconciler:
                     self._reboots.discard(iid)
                 self.machines.reboot(iid)
             elif want == "running" and have == "none":
-                self.machines.boot(iid, instance.image_id, user_data=M.user_data(instance),
-                                   public_keys=M.public_keys(instance), private_ip=instance.private_ip)
+                self.machines.boot(iid, instance.image_id, private_ip=instance.private_ip)
             elif want == "running" and have == "stopped":
                 self.machines.start(iid)
             elif want == "stopped" and have == "running":
                 self.machines.stop(iid)
             elif want == "none" and have != "none":
                 self.machines.destroy(iid)
-            self._metadata(iid)
             if then is not None and M.state(instance) in ("pending", "stopping", "shutting-down"):
                 M.set_state(instance, then)
                 self.changed()
@@ -188,15 +187,7 @@ class Reconciler:
         finally:
             self._release(iid)
 
-    def _metadata(self, iid: str) -> None:
-        """The instance metadata service answers in a running machine's namespace, and only there."""
-        if self.machines.machine_state(iid) == "running":
-            self.imds.serve(iid, self.machines.netns(iid))
-        else:
-            self.imds.close(iid)
-
     def _fail(self, instance, why: str) -> None:
-        self.imds.close(instance.id)
         try:
             self.machines.destroy(instance.id)
         except LocalCloudError as exc:
@@ -205,18 +196,28 @@ class Reconciler:
         self.changed()
 
     def _wire(self) -> None:
-        """The VPC fabric holds exactly the ENIs attached to running machines, as moto has them, and
-        enforces the VPCs' network policy (firewall.py)."""
-        desired = {}
-        for instance in M.instances():
-            if M.state(instance) in ("pending", "running") and self.machines.machine_state(instance.id) == "running":
-                for wiring in M.wirings(instance):
-                    desired[wiring.eni_id] = wiring
-        try:
-            self.machines.wire_all(desired)
-        except LocalCloudError as exc:
-            log.error("wiring the VPC fabric: %s", exc.message)
-        try:  # then every VPC's security groups, ACLs and source/dest checks, loaded only when changed
-            firewall.apply(self.machines.fabric, N.policies())
-        except LocalCloudError as exc:
-            log.error("the VPC firewall: %s", exc.message)
+        """The VPC fabric holds exactly the ENIs attached to live machines (running, or booting: their
+        namespace exists) as moto has them, enforces the VPCs' network policy (firewall.py), and the
+        metadata service answers in every VPC's namespace."""
+        with self._wire_lock:
+            desired = {}
+            for instance in M.instances():
+                if M.state(instance) in ("pending", "running") and self.machines.has_netns(instance.id):
+                    for wiring in M.wirings(instance):
+                        desired[wiring.eni_id] = wiring
+            try:
+                self.machines.wire_all(desired)
+            except LocalCloudError as exc:
+                log.error("wiring the VPC fabric: %s", exc.message)
+            try:  # then every VPC's security groups, ACLs and source/dest checks, loaded only when changed
+                firewall.apply(self.machines.fabric, N.policies())
+            except LocalCloudError as exc:
+                log.error("the VPC firewall: %s", exc.message)
+            vpcs = {vpc_id: rec["netns"] for vpc_id, rec in self.machines.fabric.layout()["vpcs"].items()}
+            for vpc_id in self.imds.serving() - set(vpcs):
+                self.imds.close(vpc_id)
+            for vpc_id, netns in vpcs.items():
+                try:
+                    self.imds.serve(vpc_id, netns)
+                except (LocalCloudError, OSError) as exc:
+                    log.error("the metadata service in %s: %s", netns, getattr(exc, "message", exc))

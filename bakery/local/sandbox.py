@@ -4,8 +4,8 @@ Shape: a named netns ``bakery-<name>`` (only ``lo``, plus a slirp4netns NAT for 
 reach the host's loopback; bakery/local/vpcnet.py wires the VPC's interfaces into it from outside),
 and in it ``systemd-nspawn --boot`` on the overlay of the image's layers, started from a private
 mount namespace: the instance's PID 1 is the image's own systemd, so cloud-init runs through its
-systemd units (NoCloud seed), sshd and every unit enabled in the image start as they do on an
-EC2 instance, and stop is a clean poweroff. Nothing is routed to the host: the host talks to the
+systemd units, sshd and every unit enabled in the image start as they do on an EC2 instance, and
+stop is a clean poweroff. Nothing is routed to the host: the host talks to the
 sandbox through sockets created inside its netns (``connect``) or through ``nsenter`` (``exec``).
 
 The host is left as it was: nspawn registers with no machined (``--register=no --keep-unit``),
@@ -13,8 +13,12 @@ keeps its lock and propagation dirs on a private tmpfs, touches neither the host
 its resolv.conf, timezone or journal, and runs the instance in a cgroup of its own
 (``bakery-<name>`` under the caller's, removed at stop) so instances never share one.
 
-The NoCloud seed (user data + meta-data with ``public-keys``) is written into the upper dir
-before boot, so cloud-init installs the key pair and any ``ssh_keys`` host key exactly as on EC2.
+Where cloud-init finds its instance data: a local cloud instance has no seed, and its cloud-init
+uses the Ec2 datasource of the base image's config, as on Debian's AMIs: the endpoint's metadata
+service answers through the ENIs wired before boot (``before_boot``; imds.py). A sandbox started
+on its own (tests, a machine without an endpoint) is given ``meta_data``: a NoCloud seed (user
+data + meta-data with ``public-keys``) is written into the upper dir with a config that selects
+NoCloud, so cloud-init installs the key pair and any ``ssh_keys`` host key all the same.
 All processes are detached from the caller; state (upper/work/merged, pids/, logs/) lives in
 ``state_dir/<name>/`` so another process can ``attach`` and stop it.
 
@@ -26,7 +30,6 @@ keeps the capabilities nspawn grants a container, plus CAP_NET_ADMIN (its own in
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -34,17 +37,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from bakery.local.errors import LocalCloudError
 from bakery.local.layers import TAR_XATTR_ARGS
+from bakery.local.netns import run_in
 from bakery.local.procs import alive as _alive
 from bakery.local.procs import starttime as _starttime
 
 NETNS_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_ENV = (f"PATH={SANDBOX_PATH}", "HOME=/root", "LANG=C.UTF-8", "TERM=dumb")
 SLIRP_NAMESERVER = "10.0.2.3"
@@ -53,12 +56,15 @@ STOP_TIMEOUT = 10.0
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _SEED_DIR = "var/lib/cloud/seed/nocloud"
-#: Left out of captured layers: the launcher's seed (instance data, EC2 serves it from IMDS; user
-#: data may hold a host key), and what identifies the machine that wrote the disk rather than the
-#: image (systemd makes them afresh on an instance's first boot): its machine id, its journal,
-#: its random seed and credential secret.
+#: with a seed, this config (read after the base's 99-lsbx.cfg) makes cloud-init use it
+_SEED_CFG = "etc/cloud/cloud.cfg.d/99-zz-bakery-seed.cfg"
+_SEED_CFG_TEXT = "# Written by bakery: this sandbox was started with a NoCloud seed\ndatasource_list: [ NoCloud, None ]\n"
+#: Left out of captured layers: the launcher's seed and the config selecting it (instance data,
+#: EC2 serves it from IMDS; user data may hold a host key), and what identifies the machine that
+#: wrote the disk rather than the image (systemd makes them afresh on an instance's first boot):
+#: its machine id, its journal, its random seed and credential secret.
 _CAPTURE_EXCLUDES = (
-    f"./{_SEED_DIR}/user-data", f"./{_SEED_DIR}/meta-data",
+    f"./{_SEED_DIR}/user-data", f"./{_SEED_DIR}/meta-data", f"./{_SEED_CFG}",
     "./etc/machine-id", "./var/lib/dbus/machine-id", "./var/log/journal/*",
     "./var/lib/systemd/random-seed", "./var/lib/systemd/credential.secret",
 )  # fmt: skip
@@ -94,18 +100,8 @@ exec systemd-nspawn --quiet --directory="$D/merged" --boot --machine="$NAME" --h
   --resolv-conf=off --timezone=off --link-journal=no --console=read-only "$@"
 """
 
-_libc = ctypes.CDLL(None, use_errno=True)
 #: Popen objects of processes this process started, so stop() can reap them (no zombies)
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _setns_net(fd: int) -> None:
-    if hasattr(os, "setns"):  # Python >= 3.12
-        os.setns(fd, CLONE_NEWNET)
-        return
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _reap(pid: int) -> None:
@@ -256,16 +252,22 @@ class Sandbox:
         state_dir: Path,
         *,
         user_data: bytes | None,
-        meta_data: dict[str, object],
+        meta_data: dict[str, object] | None,
         egress: bool = True,
         hostname: str | None = None,
+        before_boot: Callable[[str], None] | None = None,
     ) -> Sandbox:
         """Boot a sandbox and return once its systemd runs (~0.1 s); the caller waits for SSH via
         ``connect``, or for the end of the boot via ``boot_status``.
 
         ``lowers`` are overlay lower dirs, topmost first (``LayerStore.lowers``). ``meta_data``
-        should carry ``public-keys``; ``instance-id`` and ``local-hostname`` default to the name.
+        (with ``user_data``) makes a NoCloud seed: it should carry ``public-keys``; ``instance-id``
+        and ``local-hostname`` default to the name. Without it cloud-init asks the metadata service.
+        ``before_boot(netns)`` runs once the network namespace exists and before anything starts in
+        it (wiring the instance's ENIs, so its init finds the network it will have).
         """
+        if meta_data is None and user_data:
+            raise LocalCloudError(f"sandbox {name}: user data without meta-data has no seed to go in")
         if not _NAME_RE.match(name):
             raise LocalCloudError(
                 f"invalid sandbox name {name!r}: use 1-63 lowercase letters, digits or '-'"
@@ -286,8 +288,7 @@ class Sandbox:
             raise LocalCloudError(
                 f"network namespace for sandbox {name} already exists: remove it with `ip netns del bakery-{name}`"
             )
-        host = hostname or str(meta_data.get("local-hostname") or name)
-        meta = {"instance-id": name, **meta_data, "local-hostname": host}
+        host = hostname or str((meta_data or {}).get("local-hostname") or name)
 
         try:
             d.parent.mkdir(parents=True, exist_ok=True)
@@ -300,11 +301,15 @@ class Sandbox:
             for sub in ("upper", "work", "merged", "pids", "logs"):
                 (d / sub).mkdir(parents=True, mode=0o700 if sub == "pids" else 0o755)
             os.chmod(d / "upper", 0o755)
-            seed = _mkdirs_like(d / "upper", _SEED_DIR, lowers)
-            (seed / "meta-data").write_text(json.dumps(meta, indent=1) + "\n")  # JSON is YAML
-            ud = seed / "user-data"
-            ud.touch(mode=0o600)
-            ud.write_bytes(user_data or b"")
+            if meta_data is not None:
+                meta = {"instance-id": name, **meta_data, "local-hostname": host}
+                seed = _mkdirs_like(d / "upper", _SEED_DIR, lowers)
+                (seed / "meta-data").write_text(json.dumps(meta, indent=1) + "\n")  # JSON is YAML
+                ud = seed / "user-data"
+                ud.touch(mode=0o600)
+                ud.write_bytes(user_data or b"")
+                cfg = _mkdirs_like(d / "upper", str(Path(_SEED_CFG).parent), lowers) / Path(_SEED_CFG).name
+                cfg.write_text(_SEED_CFG_TEXT)
             (d / "resolv.conf").write_text(f"nameserver {SLIRP_NAMESERVER}\n")
             (d / "init.sh").write_text(_INIT_SCRIPT.lstrip())
             state = {
@@ -329,6 +334,8 @@ class Sandbox:
             shutil.rmtree(d, ignore_errors=True)  # nothing ran; the netns may belong to someone else
             raise
         try:
+            if before_boot is not None:
+                before_boot(box.netns)
             box._launch(lowers, host, egress)
         except BaseException:
             box.stop()  # keeps d/logs for the error message's log path
@@ -456,9 +463,10 @@ class Sandbox:
         return busy
 
     @classmethod
-    def resume(cls, name: str, state_dir: Path) -> Sandbox:
+    def resume(cls, name: str, state_dir: Path, before_boot: Callable[[str], None] | None = None) -> Sandbox:
         """Boot a stopped sandbox again (StartInstances, a reboot): the same disk (upper dir), seed
-        and hostname; cloud-init sees the same instance id and runs only its per-boot modules."""
+        and hostname; cloud-init sees the same instance id and runs only its per-boot modules.
+        ``before_boot`` as for ``start``."""
         box = cls.attach(name, state_dir)
         if box.is_running():
             return box
@@ -470,6 +478,8 @@ class Sandbox:
         box.stop()  # leftovers of a machine that died without stop(): its netns, stray processes
         _run(["ip", "netns", "add", box.netns], f"sandbox {name}: creating its network namespace")
         try:
+            if before_boot is not None:
+                before_boot(box.netns)
             box._launch(lowers, state["hostname"], state["egress"])
         except BaseException:
             box.stop()
@@ -589,41 +599,22 @@ class Sandbox:
     def connect(self, port: int, timeout: float = 5.0) -> socket.socket:
         """TCP socket connected to 127.0.0.1:``port`` inside the sandbox netns (for paramiko
         ``sock=`` or health checks). Connection failures raise OSError so callers can retry."""
-        try:
-            fd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise LocalCloudError(
-                f"sandbox {self.name} is not running (no network namespace {self.netns_path})"
-            ) from None
-        result: dict[str, object] = {}
+        if not self.netns_path.exists():
+            raise LocalCloudError(f"sandbox {self.name} is not running (no network namespace {self.netns_path})")
 
-        def in_netns() -> None:
-            # setns(CLONE_NEWNET) is per thread: this short-lived thread enters the sandbox netns,
-            # and the socket keeps that netns after the thread exits. The caller stays on the host.
+        def dial() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                _setns_net(fd)
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                try:
-                    sock.settimeout(timeout)
-                    sock.connect(("127.0.0.1", port))
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    sock.settimeout(None)
-                except BaseException:
-                    sock.close()
-                    raise
-                result["sock"] = sock
-            except BaseException as exc:  # re-raised in the caller's thread
-                result["error"] = exc
+                sock.settimeout(timeout)
+                sock.connect(("127.0.0.1", port))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.settimeout(None)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
 
-        try:
-            thread = threading.Thread(target=in_netns, name=f"netns-{self.netns}", daemon=True)
-            thread.start()
-            thread.join()
-        finally:
-            os.close(fd)
-        if "error" in result:
-            raise result["error"]  # type: ignore[misc]
-        return result["sock"]  # type: ignore[return-value]
+        return run_in(self.netns, dial)
 
     def exec(self, argv: list[str], timeout: float, *, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` as root inside the sandbox (its PID 1's namespaces and root, clean env)."""

@@ -13,7 +13,9 @@ interface still exists (deleting an instance's netns takes its veth with it).
 A VPC's namespace also holds its firewall (security groups, network ACLs, the source/dest check):
 firewall.py writes the nftables ruleset from the policy and this layout, ``apply_firewall`` loads
 it in one transaction, and the state file keeps the digest of what is loaded, so an unchanged
-ruleset is not loaded again.
+ruleset is not loaded again. And it is where the instance metadata service answers: every ENI
+gives its instance a route to 169.254.169.254 through its subnet's router, and the endpoint listens
+there on the VPC namespace's loopback (imds.py), so nothing of it is inside an instance.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 _GONE = ("Cannot find device", "Cannot open network namespace", "No such file or directory")
 #: an ENI's bridge port is named ENI_PORT_PREFIX + a digest (clients' ports start otherwise)
 ENI_PORT_PREFIX = "v"
+#: the instance metadata service's address: on the VPC namespace's loopback (the hypervisor's side,
+#: as on EC2), reached from an instance through its ENIs' routes, never from the instance's own stack
+METADATA_IP = "169.254.169.254"
+#: public addresses (instances', Elastic IPs): the documentation ranges (RFC 5737), which reach
+#: nothing outside this machine
+PUBLIC_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 
 
 def _short(prefix: str, ident: str) -> str:
@@ -225,10 +233,11 @@ class VpcFabric:
             att = {"subnet": subnet_id, "netns": ns, "ifname": ifname, "veth": veth, "mac": mac,
                    "ips": list(ips), "device_index": device_index, "source_dest_check": source_dest_check}
             try:
-                _batch(vns, [f"link set {veth} master {sub['bridge']} up"], what)
+                _batch(vns, [f"link set {veth} master {sub['bridge']} up", *self._neighbours(att, sub, ips)], what)
                 others = [s["cidr"] for k, s in st["subnets"].items() if s["vpc"] == sub["vpc"] and k != subnet_id]
                 _batch(ns, [*[f"address add {ip}/{net.prefixlen} dev {ifname}" for ip in ips],
-                            f"link set {ifname} up", *[self._route(c, sub["router"], att) for c in others]], what)
+                            f"link set {ifname} up", *[self._route(c, sub["router"], att) for c in others],
+                            self._route(f"{METADATA_IP}/32", sub["router"], att)], what)
                 if not source_dest_check:
                     self._apply_sdc(st, att, False)
             except LocalCloudError:
@@ -236,6 +245,14 @@ class VpcFabric:
                 raise
             st["attachments"][eni_id] = att
             return ifname
+
+    @staticmethod
+    def _neighbours(att: dict[str, Any], sub: dict[str, Any], ips: list[str], op: str = "replace") -> list[str]:
+        """The router knows each ENI address's MAC, as EC2's network does, rather than learning it by
+        ARP: an address EC2 hands to a new ENI moments after the last one let it go must not be
+        sent to the old MAC while a stale cache entry lasts (the metadata service's answers went there)."""
+        tail = f" lladdr {att['mac']} dev {sub['bridge']} nud permanent" if op == "replace" else f" dev {sub['bridge']}"
+        return [f"neigh {op} {ip}{tail}" for ip in ips]
 
     def _apply_sdc(self, st: dict[str, Any], att: dict[str, Any], check: bool) -> None:
         """Check off (NAT/firewall appliances) lets the instance forward and accept asymmetric
@@ -266,8 +283,13 @@ class VpcFabric:
     def _detach(self, st: dict[str, Any], eni_id: str) -> None:
         att = st["attachments"].get(eni_id)
         if att is not None:
-            vns = self._subnet(st, att["subnet"])[1]
-            _run([*_ip_argv(vns), "link", "del", att["veth"]], f"detaching {eni_id} from {att['netns']}", ok=_GONE)
+            sub, vns, _ = self._subnet(st, att["subnet"])
+            what = f"detaching {eni_id} from {att['netns']}"
+            _run([*_ip_argv(vns), "link", "del", att["veth"]], what, ok=_GONE)
+            taken = {ip for e, a in st["attachments"].items() if e != eni_id and a["subnet"] == att["subnet"]
+                     for ip in a["ips"]}  # an address already on a newer ENI keeps that one's entry
+            for line in self._neighbours(att, sub, [ip for ip in att["ips"] if ip not in taken], "del"):
+                _run([*_ip_argv(vns), *line.split()], what, ok=(*_GONE, "No such file or directory"))
             del st["attachments"][eni_id]
 
     def add_ips(self, eni_id: str, ips: list[str]) -> None:
@@ -280,8 +302,10 @@ class VpcFabric:
             _, _, net = self._subnet(st, att["subnet"])
             new = [ip for ip in ips if ip not in att["ips"]]
             self._check_ips(new, net, f"adding IPs to {eni_id}")
-            _batch(att["netns"], [f"address add {ip}/{net.prefixlen} dev {att['ifname']}" for ip in new],
-                   f"adding IPs to {eni_id} ({att['ifname']} in {att['netns']})")
+            what = f"adding IPs to {eni_id} ({att['ifname']} in {att['netns']})"
+            _batch(att["netns"], [f"address add {ip}/{net.prefixlen} dev {att['ifname']}" for ip in new], what)
+            sub, vns, _ = self._subnet(st, att["subnet"])
+            _batch(vns, self._neighbours(att, sub, new), what)
             att["ips"] += new
 
     def client(self, subnet_id: str, ip: str, name: str) -> str:

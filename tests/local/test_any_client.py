@@ -4,6 +4,7 @@ for good. OpenSSH reaches the machine through its network namespace."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from bakery.bake.run import bake
 from bakery.config.settings import Settings
 from bakery.local.procs import alive
+from bakery.local.vpcnet import PUBLIC_RANGES
 from bakery.progress import Reporter
 from tests.local.conftest import netns_names, sandbox_recipe
 from tests.support import ROOT, write_recipe
@@ -91,6 +93,12 @@ def test_the_aws_cli_alone_runs_stops_starts_reboots_images_and_terminates_a_mac
     iid = aws("run-instances", "--image-id", image, "--instance-type", "t3.micro", "--key-name", "cli",
               "--count", "1")["Instances"][0]["InstanceId"]
     aws("wait", "instance-running", "--instance-ids", iid)
+    # no subnet given: its zone's default subnet, an address from it, a public one from the documentation ranges
+    inst = aws("describe-instances", "--instance-ids", iid)["Reservations"][0]["Instances"][0]
+    subnet = aws("describe-subnets", "--subnet-ids", inst["SubnetId"])["Subnets"][0]
+    assert subnet["DefaultForAz"] and subnet["AvailabilityZone"] == inst["Placement"]["AvailabilityZone"]
+    assert ipaddress.ip_address(inst["PrivateIpAddress"]) in ipaddress.ip_network(subnet["CidrBlock"])
+    assert any(ipaddress.ip_address(inst["PublicIpAddress"]) in ipaddress.ip_network(r) for r in PUBLIC_RANGES)
     assert ssh(iid, ssh_key, "cat /etc/baked-marker; sudo sh -c 'echo kept > /root/kept'") == "baked\n"
     console = aws("get-console-output", "--instance-id", iid)["Output"]  # the machine's own, not moto's canned log
     assert "Cloud-init" in console and "HOST KEY" in console, console[-2000:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -117,14 +118,31 @@ def test_a_killed_endpoint_loses_nothing_and_running_machines_are_adopted(cloud,
     if instance_state(settings, iid) != "running":
         client(cloud).start_instances(InstanceIds=[iid])
         ec2.wait_instance_state(iid, "running", timeout=60)
+    ssh_banner(cloud, iid)  # booted: running is not yet serving, on EC2 either
+    init = cloud.machine_info(iid)["init_pid"]
     ec2.ssm.put_parameter(Name="/durable/last", Value="acknowledged", Type="String")
     os.kill(cloud.endpoint.state().pid, signal.SIGKILL)  # right after the answer
     cloud.up()
     assert instance_state(settings, iid) == "running"
     assert open_cloud(settings).ec2.parameter("/durable/last") == "acknowledged"
-    sock = cloud.connect(iid, 22, 10)  # the same machine, still answering
-    assert sock.recv(4).startswith(b"SSH-")
-    sock.close()
+    assert cloud.machine_info(iid)["init_pid"] == init and ssh_banner(cloud, iid)  # the same machine, still answering
+
+
+def ssh_banner(cloud, iid: str) -> bytes:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            sock = cloud.connect(iid, 22, 5)
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, f"{iid}: no SSH after 60 s"
+            time.sleep(0.1)
+            continue
+        try:
+            banner = sock.recv(4)
+        finally:
+            sock.close()
+        assert banner.startswith(b"SSH-")
+        return banner
 
 
 def test_after_a_host_reboot_instances_come_back_stopped_and_start_again(cloud, world):

@@ -102,3 +102,29 @@ def test_with_tokens_optional_imdsv1_answers_and_without_a_profile_there_are_no_
         assert curl(box, f"{URL}/latest/meta-data/iam/security-credentials/")[1] == "404"
     finally:
         world[0].terminate_instances(InstanceIds=[box.name])
+
+
+def test_cloud_init_finds_the_instance_through_its_ec2_datasource_and_the_service_lives_outside_it(cloud, world):
+    """As on EC2: no seed on the disk, cloud-init's Ec2 datasource (platform aws, so IMDSv2 tokens)
+    installs the key pair and runs the user data; nothing of the metadata service is inside the
+    instance, so the image's own services may bind port 80 on every address."""
+    box = launch(cloud, world, MetadataOptions={"HttpTokens": "required"})
+    other = launch(cloud, world, MetadataOptions={"HttpTokens": "required"})
+    try:
+        wait = box.exec(["cloud-init", "status", "--wait", "--long"], timeout=120).stdout
+        assert "status: done" in wait and "DataSourceEc2" in wait
+        assert box.exec(["cloud-init", "query", "v1.cloud_name"], timeout=20).stdout.strip() == "aws"
+        assert not box.exec(["ls", "/var/lib/cloud/seed/nocloud"], timeout=20).stdout.strip()
+        assert KEY in box.exec(["cat", "/home/admin/.ssh/authorized_keys"], timeout=20).stdout
+        listening = box.exec(["ss", "-Hltn"], timeout=20).stdout
+        assert "169.254.169.254" not in listening
+        assert "169.254.169.254" not in box.exec(["ip", "-br", "address"], timeout=20).stdout
+        bind80 = box.exec(["python3", "-c", "import socket; s = socket.socket(); s.bind(('0.0.0.0', 80)); s.listen()"],
+                          timeout=20)
+        assert bind80.returncode == 0, bind80.stderr
+        assert curl(other, "-H", f"X-aws-ec2-metadata-token: {token(box)}",
+                    f"{URL}/latest/meta-data/instance-id") == ("Unauthorized", "401")  # a token is its instance's
+        assert curl(other, "-H", f"X-aws-ec2-metadata-token: {token(other)}",
+                    f"{URL}/latest/meta-data/instance-id") == (other.name, "200")
+    finally:
+        world[0].terminate_instances(InstanceIds=[box.name, other.name])

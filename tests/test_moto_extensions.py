@@ -1,0 +1,97 @@
+"""The local endpoint's corrections to moto, on moto alone (no machines): addresses as EC2 hands
+them out, instances without a subnet in their zone's default subnet, and a restored subnet that
+goes on where it stopped."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from bakery.local import moto_extensions
+from bakery.local import moto_state as M
+from bakery.local.cloud import LocalCloud
+from bakery.local.persist import Snapshots
+from bakery.local.vpcnet import PUBLIC_RANGES
+
+
+@pytest.fixture
+def ec2(tmp_path):
+    with mock_aws():
+        undo = moto_extensions.install(LocalCloud(tmp_path))
+        try:
+            yield boto3.client("ec2", region_name="us-east-1")
+        finally:
+            undo()
+
+
+def image(ec2) -> str:
+    return ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+
+
+def subnet(ec2, cidr: str) -> str:
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    return ec2.create_subnet(VpcId=vpc, CidrBlock=cidr)["Subnet"]["SubnetId"]
+
+
+def usable(cidr: str, ip: str) -> bool:
+    """In the subnet and not one of the five addresses EC2 reserves."""
+    net = ipaddress.ip_network(cidr)
+    return ipaddress.ip_address(ip) in net and net.network_address + 3 < ipaddress.ip_address(ip) < net[-1]
+
+
+def test_every_private_address_ec2_picks_is_unique_and_not_reserved(ec2):
+    sub = subnet(ec2, "10.9.1.0/28")  # 11 usable addresses: collisions would show
+    ips = []
+    for _ in range(3):
+        inst = ec2.run_instances(ImageId=image(ec2), MinCount=1, MaxCount=1,
+                                 NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": sub},
+                                                    {"DeviceIndex": 1, "SubnetId": sub}])["Instances"][0]
+        ips += [n["PrivateIpAddress"] for n in inst["NetworkInterfaces"]]
+    eni = ec2.create_network_interface(SubnetId=sub)["NetworkInterface"]["NetworkInterfaceId"]
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, SecondaryPrivateIpAddressCount=2)
+    ips += [a["PrivateIpAddress"] for a in
+            ec2.describe_network_interfaces(NetworkInterfaceIds=[eni])["NetworkInterfaces"][0]["PrivateIpAddresses"]]
+    assert len(ips) == len(set(ips)) == 9
+    assert all(usable("10.9.1.0/28", ip) for ip in ips), ips
+
+
+def test_an_address_let_go_can_be_handed_out_again(ec2):
+    sub = subnet(ec2, "10.9.1.0/28")
+    eni = ec2.create_network_interface(SubnetId=sub)["NetworkInterface"]["NetworkInterfaceId"]
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, SecondaryPrivateIpAddressCount=7)
+    held = [a["PrivateIpAddress"] for a in
+            ec2.describe_network_interfaces(NetworkInterfaceIds=[eni])["NetworkInterfaces"][0]["PrivateIpAddresses"]]
+    ec2.unassign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=[held[-1]])
+    again = ec2.create_network_interface(SubnetId=sub)["NetworkInterface"]["PrivateIpAddress"]
+    assert again == held[-1]
+
+
+def test_an_instance_without_a_subnet_goes_into_its_zones_default_subnet_with_a_documentation_public_ip(ec2):
+    inst = ec2.run_instances(ImageId=image(ec2), MinCount=1, MaxCount=1,
+                             Placement={"AvailabilityZone": "us-east-1b"})["Instances"][0]
+    sub = ec2.describe_subnets(SubnetIds=[inst["SubnetId"]])["Subnets"][0]
+    assert sub["DefaultForAz"] and sub["AvailabilityZone"] == "us-east-1b"
+    assert usable(sub["CidrBlock"], inst["PrivateIpAddress"])
+    docs = [ipaddress.ip_network(r) for r in PUBLIC_RANGES]
+    assert any(ipaddress.ip_address(inst["PublicIpAddress"]) in net for net in docs)
+    eips = {ec2.allocate_address(Domain="vpc")["PublicIp"] for _ in range(20)}
+    assert len(eips) == 20 and all(any(ipaddress.ip_address(ip) in net for net in docs) for ip in eips)
+
+
+def test_a_restored_subnet_goes_on_past_the_addresses_it_gave_out(ec2, tmp_path):
+    sub = subnet(ec2, "10.9.1.0/24")
+
+    def run() -> str:
+        return ec2.run_instances(ImageId=image(ec2), MinCount=1, MaxCount=1,
+                                 NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": sub}])["Instances"][0]["PrivateIpAddress"]
+
+    before = [run() for _ in range(3)]
+    snapshots = Snapshots(tmp_path / "state.pkl")
+    snapshots.save()
+    assert snapshots.restore()
+    M.resume_address_allocation()
+    after = [run() for _ in range(2)]
+    assert all(usable("10.9.1.0/24", ip) for ip in after) and not set(after) & set(before), (before, after)
