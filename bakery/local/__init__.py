@@ -2,11 +2,15 @@
 
     server.py          the endpoint process: moto's app behind the control plane, with the reconciler
     control.py         the control plane: what a request changed, saved and nudged to the reconciler
-    reconcile.py       machines, fabric, firewall and metadata service follow moto's state
+    reconcile.py       machines, fabric, firewall and the VPCs' link-local services follow moto's state
     moto_state.py      the only window onto moto's EC2 objects (moto_network.py: its networks as data)
     moto_extensions.py where moto answers with a stand-in and EC2 has a real answer
     persist.py         moto's state saved before each answer and restored at start
-    imds.py            the instance metadata service, in each VPC's namespace
+    linklocal.py       the VPC's link-local services, one listener each per VPC namespace:
+    imds.py              the instance metadata service (169.254.169.254)
+    resolver.py          the VPC's DNS resolver (169.254.169.253)
+    privatelink.py       the AWS APIs over TLS (169.254.169.250), relayed to the endpoint
+    tls.py             the local cloud's CA (trusted by the base image) and its certificates
     cloud.py           the machines behind the endpoint's instances, and the durable image store's view
     endpoint.py        starting, finding and stopping the endpoint process (127.0.0.1)
     base.py            the Debian base rootfs (systemd, cloud-init with its Ec2 datasource), built once

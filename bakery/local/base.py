@@ -20,11 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bakery.local.errors import LocalCloudError
+from bakery.local.tls import make_ca
 
 SUITE = "bookworm"
 #: systemd-sysv and dbus: instances boot systemd as PID 1 (systemd-nspawn --boot), which runs
 #: cloud-init's own units, sshd and whatever a recipe enables, as on Debian's AMIs
-PACKAGES = ("systemd-sysv", "dbus", "openssh-server", "cloud-init", "ca-certificates", "iproute2", "curl", "sudo")
+#: python3-certifi: Debian's answers with the system store, where the local cloud's CA is; without
+#: it the AWS CLI a recipe installs trusts only its own bundle and cannot reach the APIs (privatelink.py)
+PACKAGES = ("systemd-sysv", "dbus", "openssh-server", "cloud-init", "ca-certificates", "python3-certifi",
+            "iproute2", "curl", "sudo")
 MIRRORS = (
     "deb http://deb.debian.org/debian bookworm main",
     "deb http://deb.debian.org/debian bookworm-updates main",
@@ -82,11 +86,16 @@ datasources = [(DataSourceEc2, (sources.DEP_FILESYSTEM, sources.DEP_NETWORK))]
 def get_datasource_list(depends):
     return sources.list_from_depends(depends, datasources)
 '''
+#: the CA the image trusts, made with it and kept next to its rootfs (key readable by root only)
+CA_DIR = "ca"
+CA_FILE = "bakery-local-cloud.crt"
 #: run on the host after the install; "$1" is the rootfs being built
 CUSTOMIZE_HOOKS = (
     f'upload {{cfg}} /etc/cloud/cloud.cfg.d/{CLOUD_CFG_NAME}',
     f'mkdir -p "$1/{DATASOURCE_PKG}" && : > "$1/{DATASOURCE_PKG}/__init__.py"',
     f'upload {{shim}} /{DATASOURCE_PKG}/DataSourceEc2.py',
+    f'upload {{ca}} /usr/local/share/ca-certificates/{CA_FILE}',  # the AWS APIs' certificates (tls.py)
+    'chroot "$1" update-ca-certificates',
     'rm -f "$1"/etc/ssh/ssh_host_*',  # cloud-init cc_ssh generates per-instance host keys
     'rm -f "$1/etc/resolv.conf" && : > "$1/etc/resolv.conf"',  # mmdebstrap copied the host's
     'rm -f "$1/etc/hostname" && echo localhost > "$1/etc/hostname"',
@@ -118,6 +127,11 @@ def _recipe_hash() -> str:
 def base_dir(data_dir: Path) -> Path:
     """Directory holding ``rootfs/`` and ``meta.json`` for the current base recipe."""
     return data_dir / "base" / f"{SUITE}-{_recipe_hash()}"
+
+
+def base_ca_dir(data_dir: Path) -> Path:
+    """The CA the current base image trusts (tls.py): the local endpoint issues its certificates."""
+    return base_dir(data_dir) / CA_DIR
 
 
 def load_base_metadata(rootfs: Path) -> dict[str, object]:
@@ -168,12 +182,13 @@ def _build(target: Path, workdir: Path, log_file: Path) -> None:
     cfg.write_text(CLOUD_CFG)
     shim = workdir / "DataSourceEc2.py"
     shim.write_text(DATASOURCE_SHIM)
+    ca = make_ca(workdir / CA_DIR)
     cmd = [
         "mmdebstrap",
         "--variant=minbase",
         "--include=" + ",".join(PACKAGES),
         "--skip=cleanup/apt/lists",  # keep apt lists so recipes can apt-get install without update
-        *[f"--customize-hook={h.format(cfg=cfg, shim=shim)}" for h in CUSTOMIZE_HOOKS],
+        *[f"--customize-hook={h.format(cfg=cfg, shim=shim, ca=ca)}" for h in CUSTOMIZE_HOOKS],
         SUITE,
         str(target),
         *MIRRORS,

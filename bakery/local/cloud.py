@@ -22,6 +22,7 @@ from bakery.local.base import ensure_base_image, load_base_metadata
 from bakery.local.endpoint import Endpoint
 from bakery.local.errors import LocalCloudError
 from bakery.local.layers import LayerStore
+from bakery.local.linklocal import RESOLVER_IP
 from bakery.local.sandbox import NETNS_DIR, Sandbox
 from bakery.local.vpcnet import VpcFabric
 
@@ -142,7 +143,8 @@ class LocalCloud:
             raise LocalCloudError(f"cannot boot {instance_id}: {exc.message}") from None
         hostname = "ip-" + (private_ip or "10.0.0.1").replace(".", "-")
         return Sandbox.start(instance_id, lowers, self.instances_dir, user_data=None, meta_data=None,
-                             egress=True, hostname=hostname, before_boot=self.before_boot)
+                             egress=True, hostname=hostname, before_boot=self.before_boot,
+                             nameserver=RESOLVER_IP)
 
     def machine_ids(self) -> list[str]:
         return [box.name for box in self.sandboxes()]

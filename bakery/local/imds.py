@@ -18,8 +18,6 @@ instance identity document, and an instance profile's credentials.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import secrets
 import socket
 import threading
@@ -28,77 +26,35 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bakery.local import moto_state as M
-from bakery.local.netns import add_address, run_in
-from bakery.local.vpcnet import METADATA_IP
-
-log = logging.getLogger("bakery.local")
+from bakery.local.linklocal import METADATA_IP, PerVpc, tcp_listener
+from bakery.local.netns import run_in
 
 TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 MAX_TOKEN_TTL = 21600
 
 
-class MetadataService:
-    """One listener per VPC namespace, opened as the fabric makes them and closed when they go."""
+class MetadataService(PerVpc):
+    """The metadata service in every VPC's namespace (linklocal.py keeps one listener per VPC)."""
 
     def __init__(self) -> None:
-        self._servers: dict[str, _Server] = {}
-        self._lock = threading.Lock()
-
-    def serve(self, vpc_id: str, netns: str) -> None:
-        """Answer at 169.254.169.254 in the VPC's namespace (again after it was made anew)."""
-        with self._lock:
-            current = self._servers.get(vpc_id)
-            if current is not None and current.netns == netns and current.alive() and current.same_namespace():
-                return
-            if current is not None:
-                current.close()
-            add_address(netns, f"{METADATA_IP}/32")
-            sock = run_in(netns, _listener)
-            server = _Server(vpc_id, netns, sock)
-            self._servers[vpc_id] = server
-            server.start()
-
-    def close(self, vpc_id: str) -> None:
-        with self._lock:
-            server = self._servers.pop(vpc_id, None)
-        if server is not None:
-            server.close()
-
-    def serving(self) -> set[str]:
-        with self._lock:
-            return set(self._servers)
-
-    def close_all(self) -> None:
-        for vpc_id in list(self.serving()):
-            self.close(vpc_id)
+        super().__init__("metadata service", METADATA_IP, _open)
 
 
-def _listener() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((METADATA_IP, 80))
-    sock.listen(128)
-    return sock
-
-
-def _netns_inode(netns: str) -> int | None:
-    try:
-        return os.stat(f"/run/netns/{netns}").st_ino
-    except OSError:
-        return None
+def _open(vpc_id: str, netns: str) -> _Server:
+    server = _Server(vpc_id, run_in(netns, lambda: tcp_listener(METADATA_IP, 80)))
+    server.start()
+    return server
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, vpc_id: str, netns: str, sock: socket.socket):
+    def __init__(self, vpc_id: str, sock: socket.socket):
         super().__init__((METADATA_IP, 80), _Handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.vpc_id = vpc_id
-        self.netns = netns
-        self.inode = _netns_inode(netns)  # a namespace deleted and made again under the same name is another
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (the instance it was given to, expiry)
         self._thread = threading.Thread(target=self.serve_forever, name=f"imds-{vpc_id}", daemon=True)
 
@@ -107,9 +63,6 @@ class _Server(ThreadingHTTPServer):
 
     def alive(self) -> bool:
         return self._thread.is_alive()
-
-    def same_namespace(self) -> bool:
-        return self.inode is not None and _netns_inode(self.netns) == self.inode
 
     def close(self) -> None:
         self.shutdown()

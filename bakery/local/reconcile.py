@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from bakery.local import firewall
@@ -27,6 +28,8 @@ from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
 from bakery.local.errors import LocalCloudError
 from bakery.local.imds import MetadataService
+from bakery.local.linklocal import PerVpc
+from bakery.local.resolver import VpcResolver
 
 log = logging.getLogger("bakery.local")
 
@@ -37,11 +40,13 @@ _TARGET = {"pending": ("running", "running"), "running": ("running", None),
 
 
 class Reconciler:
-    def __init__(self, machines: LocalCloud, workers: int = 4, period: float = 1.0):
+    def __init__(self, machines: LocalCloud, workers: int = 4, period: float = 1.0,
+                 link_local: Sequence[PerVpc] | None = None):
         self.machines = machines
         self.period = period
         self.changed = lambda: None  # called after the reconciler moved an instance's state (to save it)
-        self.imds = MetadataService()
+        #: the services every VPC's namespace answers at link-local addresses (linklocal.py)
+        self.link_local = list(link_local) if link_local is not None else [MetadataService(), VpcResolver()]
         machines.before_boot = lambda netns: self._wire()
         self._wire_lock = threading.Lock()  # one pass over the fabric at a time (the loop, booting workers)
         self._wake = threading.Event()
@@ -85,7 +90,8 @@ class Reconciler:
         self._wake.set()
         self._thread.join(10)
         self._pool.shutdown(wait=True)
-        self.imds.close_all()
+        for service in self.link_local:
+            service.close_all()
 
     def nudge(self) -> None:
         """Something changed: reconcile now rather than at the next tick."""
@@ -198,7 +204,7 @@ class Reconciler:
     def _wire(self) -> None:
         """The VPC fabric holds exactly the ENIs attached to live machines (running, or booting: their
         namespace exists) as moto has them, enforces the VPCs' network policy (firewall.py), and the
-        metadata service answers in every VPC's namespace."""
+        link-local services (metadata, DNS, the AWS APIs) answer in every VPC's namespace."""
         with self._wire_lock:
             desired = {}
             for instance in M.instances():
@@ -214,10 +220,5 @@ class Reconciler:
             except LocalCloudError as exc:
                 log.error("the VPC firewall: %s", exc.message)
             vpcs = {vpc_id: rec["netns"] for vpc_id, rec in self.machines.fabric.layout()["vpcs"].items()}
-            for vpc_id in self.imds.serving() - set(vpcs):
-                self.imds.close(vpc_id)
-            for vpc_id, netns in vpcs.items():
-                try:
-                    self.imds.serve(vpc_id, netns)
-                except (LocalCloudError, OSError) as exc:
-                    log.error("the metadata service in %s: %s", netns, getattr(exc, "message", exc))
+            for service in self.link_local:
+                service.sync(vpcs)

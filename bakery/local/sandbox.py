@@ -256,6 +256,7 @@ class Sandbox:
         egress: bool = True,
         hostname: str | None = None,
         before_boot: Callable[[str], None] | None = None,
+        nameserver: str = SLIRP_NAMESERVER,
     ) -> Sandbox:
         """Boot a sandbox and return once its systemd runs (~0.1 s); the caller waits for SSH via
         ``connect``, or for the end of the boot via ``boot_status``.
@@ -264,7 +265,8 @@ class Sandbox:
         (with ``user_data``) makes a NoCloud seed: it should carry ``public-keys``; ``instance-id``
         and ``local-hostname`` default to the name. Without it cloud-init asks the metadata service.
         ``before_boot(netns)`` runs once the network namespace exists and before anything starts in
-        it (wiring the instance's ENIs, so its init finds the network it will have).
+        it (wiring the instance's ENIs, so its init finds the network it will have). ``nameserver``
+        goes in its resolv.conf: slirp4netns's by default, the VPC's resolver for a VPC instance.
         """
         if meta_data is None and user_data:
             raise LocalCloudError(f"sandbox {name}: user data without meta-data has no seed to go in")
@@ -310,7 +312,7 @@ class Sandbox:
                 ud.write_bytes(user_data or b"")
                 cfg = _mkdirs_like(d / "upper", str(Path(_SEED_CFG).parent), lowers) / Path(_SEED_CFG).name
                 cfg.write_text(_SEED_CFG_TEXT)
-            (d / "resolv.conf").write_text(f"nameserver {SLIRP_NAMESERVER}\n")
+            (d / "resolv.conf").write_text(f"nameserver {nameserver}\n")
             (d / "init.sh").write_text(_INIT_SCRIPT.lstrip())
             state = {
                 "name": name,

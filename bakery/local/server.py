@@ -31,15 +31,21 @@ def main(argv: list[str] | None = None) -> None:
     from werkzeug.serving import make_server
 
     from bakery.local import moto_extensions, moto_state
+    from bakery.local.base import base_ca_dir
     from bakery.local.cloud import DEBIAN_OWNER, LOCAL_ACCOUNT, LocalCloud
     from bakery.local.control import ControlPlane
+    from bakery.local.imds import MetadataService
     from bakery.local.persist import Snapshots
+    from bakery.local.privatelink import ApiEndpoints
     from bakery.local.reconcile import Reconciler
+    from bakery.local.resolver import VpcResolver
 
     machines = LocalCloud(args.data_dir)
     moto_extensions.install(machines)
     snapshots = Snapshots(machines.endpoint.snapshot_file)
-    reconciler = Reconciler(machines)
+    reconciler = Reconciler(machines, link_local=[
+        MetadataService(), VpcResolver(),
+        ApiEndpoints(args.port, base_ca_dir(args.data_dir), machines.endpoint.dir)])
     if snapshots.restore():
         moto_state.sync_images(machines.registered_images(), {LOCAL_ACCOUNT, DEBIAN_OWNER})
         moto_state.resume_address_allocation()

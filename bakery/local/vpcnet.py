@@ -13,9 +13,10 @@ interface still exists (deleting an instance's netns takes its veth with it).
 A VPC's namespace also holds its firewall (security groups, network ACLs, the source/dest check):
 firewall.py writes the nftables ruleset from the policy and this layout, ``apply_firewall`` loads
 it in one transaction, and the state file keeps the digest of what is loaded, so an unchanged
-ruleset is not loaded again. And it is where the instance metadata service answers: every ENI
-gives its instance a route to 169.254.169.254 through its subnet's router, and the endpoint listens
-there on the VPC namespace's loopback (imds.py), so nothing of it is inside an instance.
+ruleset is not loaded again. And it is where the VPC's link-local services answer (linklocal.py:
+metadata, DNS, the AWS APIs): every ENI gives its instance a route to their addresses through its
+subnet's router, and the endpoint listens there on the VPC namespace's loopback, so nothing of
+them is inside an instance.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery.local.errors import LocalCloudError
+from bakery.local.linklocal import SERVICE_IPS
 
 NETNS_DIR = Path("/run/netns")
 #: routes to sibling subnets via the router lose to a directly connected subnet (metric 0)
@@ -43,9 +45,6 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 _GONE = ("Cannot find device", "Cannot open network namespace", "No such file or directory")
 #: an ENI's bridge port is named ENI_PORT_PREFIX + a digest (clients' ports start otherwise)
 ENI_PORT_PREFIX = "v"
-#: the instance metadata service's address: on the VPC namespace's loopback (the hypervisor's side,
-#: as on EC2), reached from an instance through its ENIs' routes, never from the instance's own stack
-METADATA_IP = "169.254.169.254"
 #: public addresses (instances', Elastic IPs): the documentation ranges (RFC 5737), which reach
 #: nothing outside this machine
 PUBLIC_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
@@ -237,7 +236,7 @@ class VpcFabric:
                 others = [s["cidr"] for k, s in st["subnets"].items() if s["vpc"] == sub["vpc"] and k != subnet_id]
                 _batch(ns, [*[f"address add {ip}/{net.prefixlen} dev {ifname}" for ip in ips],
                             f"link set {ifname} up", *[self._route(c, sub["router"], att) for c in others],
-                            self._route(f"{METADATA_IP}/32", sub["router"], att)], what)
+                            *[self._route(f"{ip}/32", sub["router"], att) for ip in SERVICE_IPS]], what)
                 if not source_dest_check:
                     self._apply_sdc(st, att, False)
             except LocalCloudError:
