@@ -8,6 +8,7 @@ import ipaddress
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from bakery.local import moto_extensions
@@ -27,8 +28,10 @@ def ec2(tmp_path):
             undo()
 
 
-def image(ec2) -> str:
-    return ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+def image(ec2, architecture: str = "x86_64", platform: str | None = None) -> str:
+    """One of moto's default images (RegisterImage keeps no architecture)."""
+    return next(i["ImageId"] for i in ec2.describe_images(Owners=["amazon"])["Images"]
+                if i.get("Architecture") == architecture and i.get("Platform") == platform)
 
 
 def subnet(ec2, cidr: str) -> str:
@@ -95,3 +98,33 @@ def test_a_restored_subnet_goes_on_past_the_addresses_it_gave_out(ec2, tmp_path)
     M.resume_address_allocation()
     after = [run() for _ in range(2)]
     assert all(usable("10.9.1.0/24", ip) for ip in after) and not set(after) & set(before), (before, after)
+
+
+def refusal(ec2, **kwargs) -> tuple[str, str]:
+    before = len(ec2.describe_instances()["Reservations"])
+    with pytest.raises(ClientError) as caught:
+        ec2.run_instances(MinCount=1, MaxCount=1, **kwargs)
+    assert len(ec2.describe_instances()["Reservations"]) == before  # nothing half-made
+    return caught.value.response["Error"]["Code"], caught.value.response["Error"]["Message"]
+
+
+def test_run_instances_refuses_what_no_local_machine_could_run_with_ec2s_errors(ec2):
+    x86, arm = image(ec2), image(ec2, "arm64")
+    assert refusal(ec2, ImageId="ami-0123456789abcdef0", InstanceType="t3.micro") == (
+        "InvalidAMIID.NotFound", "The image id '[ami-0123456789abcdef0]' does not exist")
+    assert refusal(ec2, ImageId=x86, InstanceType="zz9.large") == (
+        "InvalidParameterValue", "Invalid value 'zz9.large' for InstanceType.")
+    code, message = refusal(ec2, ImageId=arm, InstanceType="t3.micro")
+    assert code == "InvalidParameterValue" and "architecture 'x86_64' of the specified instance type does not match " \
+        "the architecture 'arm64' of the specified AMI" in message
+    # an arm64 image on an arm64 type is EC2-valid, but this host's machines are x86_64
+    code, message = refusal(ec2, ImageId=arm, InstanceType="t4g.micro")
+    assert code == "Unsupported" and "runs x86_64 instances only, and t4g.micro is arm64" in message
+    # a launch template's image and type count as if given
+    template = ec2.create_launch_template(LaunchTemplateName="arm", LaunchTemplateData={
+        "ImageId": arm, "InstanceType": "t4g.micro"})["LaunchTemplate"]["LaunchTemplateId"]
+    assert refusal(ec2, LaunchTemplate={"LaunchTemplateId": template})[0] == "Unsupported"
+    code, message = refusal(ec2, ImageId=image(ec2, platform="windows"), InstanceType="t3.micro")
+    assert code == "Unsupported" and "Linux images only" in message
+    # what a machine can run still runs
+    assert ec2.run_instances(ImageId=x86, InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"]

@@ -13,13 +13,18 @@ serialises the answer as EC2 does:
 - a private address EC2 picks for an ENI (a second interface, CreateNetworkInterface or
   AssignPrivateIpAddresses without addresses) comes from its subnet's allocator, never one of the
   addresses EC2 reserves or one in use, and every address an ENI holds is taken in its subnet
-  until it is let go (moto: any random address of the CIDR, x.x.x.1 and duplicates included).
+  until it is let go (moto: any random address of the CIDR, x.x.x.1 and duplicates included);
+- RunInstances refuses, with EC2's errors and before anything is made, what no machine could run:
+  an image that does not exist, an unknown instance type, an instance type and an image of
+  different architectures; and, as the local cloud's own limits, a Windows image or an
+  architecture other than the host's (moto: an instance of anything, with no machine behind it).
 """
 
 from __future__ import annotations
 
 import contextvars
 import ipaddress
+import platform
 import random
 from typing import Callable
 
@@ -33,7 +38,7 @@ def install(machines: LocalCloud) -> Callable[[], None]:
     from moto.core.responses import ActionResult
     from moto.core.utils import utcnow
     from moto.ec2.models import elastic_ip_addresses, elastic_network_interfaces
-    from moto.ec2.models.instances import Instance
+    from moto.ec2.models.instances import Instance, InstanceBackend
     from moto.ec2.responses.general import General
     from moto.ec2.utils import Base64EncodedString
 
@@ -59,6 +64,14 @@ def install(machines: LocalCloud) -> Callable[[], None]:
         moto_init(self, ec2_backend, image_id, user_data, security_groups, **kwargs)
 
     _set(Instance, "__init__", instance_init)
+
+    moto_run_instances = InstanceBackend.run_instances
+
+    def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+        runnable(self, image_id, kwargs)
+        return moto_run_instances(self, image_id, count, user_data, security_group_names, **kwargs)
+
+    _set(InstanceBackend, "run_instances", run_instances)
     _set(elastic_ip_addresses, "random_ip", _public_address)
     _set(elastic_network_interfaces, "random_public_ip", _public_address)
 
@@ -103,6 +116,43 @@ def install(machines: LocalCloud) -> Callable[[], None]:
     _set(Backend, "assign_private_ip_addresses", assign)
     _set(Backend, "unassign_private_ip_addresses", unassign)
     return _uninstall
+
+
+#: what this host's machines run (an instance is a container: it shares the host's kernel)
+HOST_ARCHITECTURE = "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+
+
+def runnable(backend, image_id: str | None, kwargs: dict) -> None:
+    """Raise EC2's error for a RunInstances no machine could run (the template's values count)."""
+    from moto.ec2.exceptions import EC2ClientError, InvalidAMIIdError
+    from moto.ec2.models.instance_types import INSTANCE_TYPES
+
+    template = backend._get_template_from_args(kwargs["launch_template"]).data if kwargs.get("launch_template") else {}
+    image_id = image_id or template.get("ImageId")
+    instance_type = kwargs.get("instance_type", "m1.small")
+    if kwargs.get("is_instance_type_default", True) and template.get("InstanceType"):
+        instance_type = template["InstanceType"]
+    image = backend.amis.get(image_id) if image_id else None
+    if image is None:
+        raise InvalidAMIIdError(image_id or "")
+    info = INSTANCE_TYPES.get(instance_type)
+    if info is None:
+        raise EC2ClientError("InvalidParameterValue", f"Invalid value '{instance_type}' for InstanceType.")
+    type_archs = info.get("ProcessorInfo", {}).get("SupportedArchitectures", ["x86_64"])
+    image_arch = image.architecture or "x86_64"
+    if image_arch not in type_archs:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"The architecture '{type_archs[0]}' of the specified instance type does not match the architecture "
+            f"'{image_arch}' of the specified AMI. Specify an instance type and an AMI that have matching "
+            "architectures, and try again.")
+    if (image.platform or "").lower() == "windows":
+        raise EC2ClientError("Unsupported", f"The requested configuration is currently not supported: the local "
+                                            f"cloud runs Linux images only, and {image_id} is a Windows image.")
+    if HOST_ARCHITECTURE not in type_archs:
+        raise EC2ClientError("Unsupported", f"The requested configuration is currently not supported: the local "
+                                            f"cloud runs {HOST_ARCHITECTURE} instances only, and {instance_type} "
+                                            f"is {'/'.join(type_archs)}.")
 
 
 _installed: list[tuple[object, str, object]] = []
