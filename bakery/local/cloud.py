@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,8 @@ from bakery.local.linklocal import RESOLVER_IP
 from bakery.local.sandbox import NETNS_DIR, Sandbox
 from bakery.local.vpcnet import VpcFabric
 
+log = logging.getLogger("bakery.local")
+
 DEBIAN_OWNER = "136693071363"  # Debian's AWS account: recipes filter on it, here as on AWS
 LOCAL_ACCOUNT = "123456789012"  # moto's account: images we bake are owned by "self"
 
@@ -35,6 +38,7 @@ class LocalCloud:
         self.data_dir = data_dir
         self.layers = LayerStore(data_dir / "images")
         self.instances_dir = data_dir / "instances"
+        self.consoles_dir = data_dir / "consoles"  # the last console of each instance whose machine is gone
         self.endpoint = Endpoint(data_dir)
         self.fabric = VpcFabric(data_dir)
         #: called with a machine's network namespace before it boots (the endpoint's reconciler
@@ -89,6 +93,7 @@ class LocalCloud:
         self.fabric.teardown()
         if purge:
             self.endpoint.forget_state()
+            shutil.rmtree(self.consoles_dir, ignore_errors=True)  # their instances are forgotten too
         if failures:
             raise LocalCloudError(f"local.down: {len(failures)} instance(s) could not be "
                                   f"{'removed' if purge else 'stopped'}: {failures[0]}")
@@ -150,10 +155,12 @@ class LocalCloud:
         return [box.name for box in self.sandboxes()]
 
     def console_output(self, instance_id: str) -> str:
-        """What the machine printed while it booted ('' when it has none, yet or any more)."""
-        if not self.has_machine(instance_id):
-            return ""
-        return Sandbox.attach(instance_id, self.instances_dir).boot_log()
+        """What the machine printed while it booted; once it is gone, what it printed last and why it
+        ended, as EC2 still shows a terminated instance's console ('' when it never had one)."""
+        if self.has_machine(instance_id):
+            return Sandbox.attach(instance_id, self.instances_dir).boot_log()
+        kept = self.consoles_dir / f"{instance_id}.log"
+        return kept.read_text(errors="replace") if kept.is_file() else ""
 
     def machine_info(self, instance_id: str) -> dict:
         """Where the instance's machine lives on this host: its state, network namespace, init's PID."""
@@ -183,12 +190,19 @@ class LocalCloud:
         self.stop(instance_id)
         self.start(instance_id)
 
-    def destroy(self, instance_id: str) -> None:
-        """The machine and its interfaces go."""
-        if not self.has_machine(instance_id):
+    def destroy(self, instance_id: str, why: str = "") -> None:
+        """The machine and its interfaces go; its console stays readable (with ``why`` it ended)."""
+        if not self.has_machine(instance_id) and not why:
             return
-        self._unwire(instance_id)
-        Sandbox.attach(instance_id, self.instances_dir).destroy()
+        text = self.console_output(instance_id) + (f"\n[local cloud] {why}\n" if why else "")
+        try:
+            self.consoles_dir.mkdir(parents=True, exist_ok=True)
+            (self.consoles_dir / f"{instance_id}.log").write_text(text)
+        except OSError as exc:  # a console is worth a warning, not a machine left behind
+            log.warning("keeping the console of %s: %s", instance_id, exc)
+        if self.has_machine(instance_id):
+            self._unwire(instance_id)
+            Sandbox.attach(instance_id, self.instances_dir).destroy()
 
     def _unwire(self, instance_id: str) -> None:
         netns = f"bakery-{instance_id}"

@@ -195,7 +195,7 @@ class Reconciler:
 
     def _fail(self, instance, why: str) -> None:
         try:
-            self.machines.destroy(instance.id)
+            self.machines.destroy(instance.id, why=f"the instance did not boot: {why}")
         except LocalCloudError as exc:
             log.error("instance %s: cleaning up after a failed boot: %s", instance.id, exc.message)
         M.set_state(instance, "terminated", ("Server.InternalError", f"Server.InternalError: {why}"[:255]))

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from bakery.bake.run import bake
@@ -156,6 +157,11 @@ def test_an_instance_whose_image_cannot_boot_ends_terminated_with_the_reason(clo
                                          f"layer for {manifest.ami_id} is missing or corrupt"):
         ec2.wait_instance_state(iid, "running", timeout=60)
     assert ec2.describe_instance(iid)["StateReason"]["Code"] == "Server.InternalError"
+    # its console says why too (GetConsoleOutput: through plain boto3, bakery never calls it)
+    plain = boto3.client("ec2", endpoint_url=cloud.endpoint.running_url(), region_name="us-east-1",
+                         aws_access_key_id="local", aws_secret_access_key="local")
+    console = plain.get_console_output(InstanceId=iid)["Output"]
+    assert "the instance did not boot: " in console and f"layer for {manifest.ami_id} is missing or corrupt" in console
     assert_no_sandboxes(cloud)
 
 
