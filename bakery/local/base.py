@@ -46,8 +46,8 @@ datasource:
   Ec2:
     strict_id: false                 # a container has no EC2 DMI to identify the platform by
     metadata_urls: [ "http://169.254.169.254" ]   # no IPv6 endpoint or instance-data name here
-    max_wait: 30
-    timeout: 5
+    max_wait: 120                    # cloud-init's default on EC2: a busy host must not make an
+    timeout: 10                      # instance fall back to DataSourceNone (random host keys)
 network: {config: disabled}          # the local cloud wires the instance's interfaces from outside
 resize_rootfs: false
 growpart: {mode: "off"}              # avoids the cc_resizefs "/dev/overlay did not exist" warning
