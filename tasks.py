@@ -105,15 +105,27 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
                                report=Reporter(prefix=f"[{env}] ")), json=json)
 
 
-@task(positional=[], help={"env": "environment name", "tier": "tier name"})
-def render(c, env, tier):
+@task(positional=[], help={"env": "environment name", "tier": "tier name",
+                           "part": "print only this part: its packed name (01-web.yaml), template or number",
+                           "check": "check each cloud-config part against cloud-init's schema instead of printing"})
+def render(c, env, tier, part=None, check=False):
     """Print the exact user data `launch` would send for one tier (before gzip and base64); offline."""
     with command():
         required(env=env, tier=tier)
         from bakery.cli import show
         from bakery.render.tier import render_for
 
-        show.render(*render_for(settings_from(c), env, tier))
+        user_data, note, where = render_for(settings_from(c), env, tier)
+        if check:
+            from bakery.render.parts import check as check_parts
+
+            show.render_checks(check_parts(user_data, where))
+        elif part is not None:
+            from bakery.render.parts import part as one_part
+
+            show.render_text(one_part(user_data, part, where).text, note)
+        else:
+            show.render_text(user_data.text, note)
 
 
 @task

@@ -149,3 +149,35 @@ def test_validate_and_render_start_no_cloud_and_need_no_endpoint(tmp_path):
     assert rendered.stderr.strip() == ("note: image_id is the placeholder ami-00000000000000000: recipe web's newest "
                                        "image is only known at launch (the rest is exactly what launch sends)")
     assert not data.exists()
+
+
+def test_render_prints_one_part_as_cloud_init_reads_it_and_checks_the_cloud_configs(tmp_path):
+    """A MIME document is what EC2 receives, and not what `cloud-init schema -c` reads: --part gives
+    one part exactly as packed, --check checks every cloud-config part, offline."""
+    import email
+
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "INVOKE_BAKERY_DATA_DIR": str(tmp_path / "data"),
+           "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state")}
+    whole = invoke(["render", "--env", "prod", "--tier", "web"], env)
+    assert whole.returncode == 0 and whole.stdout.startswith("Content-Type: multipart"), whole.stderr
+    packed = {p.get_filename(): p.get_payload(decode=True).decode()
+              for p in email.message_from_string(whole.stdout).walk() if p.get_filename()}
+    assert list(packed) == ["01-web.yaml", "02-motd.sh"]
+    for wanted in ("01-web.yaml", "web.yaml.j2", "1"):
+        one = invoke(["render", "--env", "prod", "--tier", "web", "--part", wanted], env)
+        assert one.returncode == 0 and one.stdout == packed["01-web.yaml"], (wanted, one.stderr)
+    assert one.stdout.startswith("#cloud-config\n")
+    shell = invoke(["render", "--env", "prod", "--tier", "web", "--part", "scripts/motd.sh.j2"], env)
+    assert shell.stdout == packed["02-motd.sh"]
+
+    wrong = invoke(["render", "--env", "prod", "--tier", "web", "--part", "motd"], env)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.strip().splitlines()[-1].endswith(
+        "envs/prod.yaml: tiers.web: --part: no part 'motd'; the parts are: 1 01-web.yaml (web.yaml.j2), "
+        "2 02-motd.sh (scripts/motd.sh.j2)")
+
+    checked = invoke(["render", "--env", "prod", "--tier", "web", "--check"], env)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[0].startswith("ok: 01-web.yaml: valid (cloud-init 22.4 schema (vendored)")
+    assert len(checked.stdout.splitlines()) == 1  # the shell part is not cloud-config
+    assert not (tmp_path / "data").exists()  # offline: no cloud started

@@ -64,12 +64,25 @@ def launch(report, *, json: bool) -> None:
     emit(report.to_json() if json else summary(report))
 
 
-def render(user_data, note: str | None) -> None:
-    """Exactly the user data, byte for byte (no added newline); a placeholder is said on stderr."""
+def render_text(text: str, note: str | None) -> None:
+    """Exactly the user data (or one part), byte for byte (no added newline); a placeholder is said on stderr."""
     if note:
         print(f"note: {note}", file=sys.stderr, flush=True)
-    sys.stdout.write(user_data.text)
+    sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def render_checks(checks) -> None:
+    """One line per cloud-config part; exit 2 when any is refused."""
+    from invoke.exceptions import Exit
+
+    if not checks:
+        emit("ok: no cloud-config part to check")
+    for c in checks:
+        emit(f"error: {c.problem}" if c.problem else f"ok: {c.part}: valid ({'; '.join(c.checkers)})")
+    refused = [c for c in checks if c.problem]
+    if refused:
+        raise Exit(f"error: {len(refused)} of {len(checks)} cloud-config part(s) refused", code=2)
 
 
 def validate(problems: list[str], checked: int) -> None:

@@ -72,8 +72,9 @@ def render_offline(settings: Settings, env: Environment, tier: str) -> tuple[Use
     return render_tier(settings, env, tier, image_id, settings.region), note
 
 
-def render_for(settings: Settings, env_name: str, tier: str) -> tuple[UserData, str | None]:
-    """`invoke render`: one tier's user data, offline, and the note when its image id is a placeholder."""
+def render_for(settings: Settings, env_name: str, tier: str) -> tuple[UserData, str | None, str]:
+    """`invoke render`: one tier's user data, offline, the note when its image id is a placeholder,
+    and where it comes from ("envs/prod.yaml: tiers.web", for messages)."""
     from bakery.config.environment import load_environment
     from bakery.errors import ConfigError
 
@@ -82,4 +83,4 @@ def render_for(settings: Settings, env_name: str, tier: str) -> tuple[UserData, 
     user_data, note = render_offline(settings, env, tier)
     if user_data is None:
         raise ConfigError(f"{env.path}: tiers.{tier}: strategy 'baked' sends no user data")
-    return user_data, note
+    return user_data, note, f"{env.path}: tiers.{tier}"

@@ -219,7 +219,7 @@ class _NoDuplicates(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _check_cloud_config(text: str, show: str) -> dict[str, Any]:
+def check_cloud_config(text: str, show: str) -> dict[str, Any]:
     if not text.startswith("#cloud-config"):
         raise ConfigError(f"{show}: a cloud-config part must start with '#cloud-config'")
     try:
@@ -334,7 +334,7 @@ def render_user_data(userdata_dir: Path, parts: list[PartSpec], context: dict[st
         text = _render(env, userdata_dir, spec.template, context, where)
         ctype = _content_type(text, spec.content_type, show)
         if ctype == CLOUD_CONFIG:
-            lint_value(_check_cloud_config(text, show), f"{show}: rendered cloud-config")
+            lint_value(check_cloud_config(text, show), f"{show}: rendered cloud-config")
         elif rule := _text_rule(text):
             raise ConfigError(f"{show}: rendered {ctype}: {rule}; use a Secret (fetched at boot) instead")
         rendered.append((spec.template, ctype, text))
