@@ -29,6 +29,10 @@ class StepFailed(RemoteError):
     """A recipe step exited non-zero (or timed out) and its policy is abort."""
 
 
+class BootFailed(BakeryError):
+    """An instance booted, but cloud-init reported a failed module: it is not ready for service."""
+
+
 class WaitTimeout(BakeryError):
     """A wait passed its deadline."""
 

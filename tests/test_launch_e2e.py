@@ -111,6 +111,8 @@ def test_tiers_launch_with_their_images_network_tags_and_user_data(world, env, g
     ec2 = world["ec2"]
     launched = instances(ec2, env)
     assert len(launched) == 3 == len(report.instances)
+    # no health check, and EC2's console is not read by default: not checked, never "ready"
+    assert [(r.health, r.ready_s) for r in report.instances] == [("not checked", None)] * 3
     by_tier: dict[str, list[dict]] = {}
     for inst in launched:
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}

@@ -20,8 +20,8 @@ def summary(report) -> str:
     lines.append(f"{report.environment}: {len(report.instances)} instance(s) launched in {report.seconds:.1f}s "
                  f"(launch {report.launch_id})")
     for r in report.instances:
-        ready = f"ready {r.ready_s:.2f}s after launch" if r.ready_s is not None else r.health
-        lines.append(f"  {r.tier}[{r.slot}] {r.instance_id} {r.private_ip or '-'} {r.health}, {ready}")
+        ready = f", ready {r.ready_s:.2f}s after launch" if r.ready_s is not None else ""
+        lines.append(f"  {r.tier}[{r.slot}] {r.instance_id} {r.private_ip or '-'} {r.health}{ready}")
     for p in report.plans:
         if not p.missing_slots and p.existing:
             lines.append(f"  {p.tier}: {len(p.existing)} already running, nothing to launch")

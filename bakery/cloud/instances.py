@@ -175,6 +175,12 @@ class InstancesAPI:
         reservations = self.describe_all("describe_instances", "Reservations", Filters=filters)
         return [i for r in reservations for i in r["Instances"]]
 
+    def console_output(self, instance_id: str) -> str:
+        """The instance's console as EC2 has it now (Latest: a Nitro instance's current buffer)."""
+        resp = self.call(f"get-console-output {instance_id}", self.client.get_console_output,
+                         InstanceId=instance_id, Latest=True)
+        return resp.get("Output") or ""
+
     def wait_instance_state(self, instance_id: str, want: str, timeout: float,
                             backoff: Backoff | None = None) -> dict:
         if want != "terminated":  # clean-up must still try, whatever the credentials' lifetime

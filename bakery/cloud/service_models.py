@@ -31,7 +31,7 @@ OPERATIONS = {
         "DescribeInstanceTypes", "DescribeInstances", "DescribeKeyPairs", "DescribeLaunchTemplateVersions",
         "DescribeLaunchTemplates", "DescribeNetworkAcls", "DescribeNetworkInterfaces", "DescribeSecurityGroups",
         "DescribeSnapshots", "DescribeSubnets", "DescribeVpcs", "DetachNetworkInterface", "DisassociateAddress",
-        "EnableImageDeprecation", "ImportKeyPair", "ModifyImageAttribute", "ModifyLaunchTemplate",
+        "EnableImageDeprecation", "GetConsoleOutput", "ImportKeyPair", "ModifyImageAttribute", "ModifyLaunchTemplate",
         "ModifyNetworkInterfaceAttribute", "ModifySnapshotAttribute", "ModifySubnetAttribute",
         "ReplaceNetworkAclAssociation", "RunInstances", "StopInstances", "TerminateInstances",
     ),

@@ -39,7 +39,9 @@ class ImageRef(Strict):
 
 
 class HealthCheck(Strict):
-    type: Literal["http", "tcp"] = "http"
+    #: cloud-init: ready once cloud-init finished without a failed module, as the instance's console
+    #: says (GetConsoleOutput); port, path and address do not apply
+    type: Literal["http", "tcp", "cloud-init"] = "http"
     port: int = Field(80, ge=1, le=65535)
     path: str = Field("/health", pattern=r"^/")
     expect_status: int = Field(200, ge=100, le=599)

@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 
 from bakery.cloud import tags as T
 from bakery.cloud.connect import Cloud, open_cloud
+from bakery.cloud.console import wait_cloud_init
 from bakery.cloud.instances import INSTANCE_TIMEOUT, InstanceSpec, Nic, Volume
-from bakery.config.environment import Environment, Tier, load_environment
+from bakery.config.environment import Environment, HealthCheck, Tier, load_environment
 from bakery.config.settings import Settings
 from bakery.housekeeping.stack import CleanupStack
 from bakery.launch.plan import Planner
@@ -183,21 +184,33 @@ class Launch:
         ids = ", ".join(r.instance_id for r, _ in launched) or "nothing"
         self.report.warn(f"--keep-on-error: kept launch {self.launch_id}: {ids}")
 
+    def _readiness(self, tier: str) -> HealthCheck | None:
+        """The tier's check; without one, cloud-init having finished where the cloud's consoles show
+        it (Cloud.boot_console), else nothing: such an instance is reported "not checked"."""
+        check = self.env.tiers[tier].health_check
+        if check is None and self.cloud.boot_console:
+            return HealthCheck(type="cloud-init")
+        return check
+
     def _health(self, launched: list[tuple[InstanceReport, float]]) -> None:
         """Check every instance at once: each one's readiness is timed from its own launch."""
         from bakery.remote.health import check_until
 
         def one(rep: InstanceReport, t0: float) -> None:
-            check = self.env.tiers[rep.tier].health_check
+            check = self._readiness(rep.tier)
             if check is None:
-                rep.ready_s = rep.running_s
+                rep.health = "not checked"
                 return
-            opener = self.cloud.dial(self._machine(rep), check.port, Route(address=check.address))
-            check_until(opener, rep.instance_id, check, deadline=t0 + check.timeout)
+            if check.type == "cloud-init":
+                wait_cloud_init(self.ec2.console_output, rep.instance_id, deadline=t0 + check.timeout)
+                rep.health = "cloud-init done"
+            else:
+                opener = self.cloud.dial(self._machine(rep), check.port, Route(address=check.address))
+                check_until(opener, rep.instance_id, check, deadline=t0 + check.timeout)
+                rep.health = "healthy"
             rep.ready_s = round(time.monotonic() - t0, 3)
-            rep.health = "healthy"
 
-        if not any(self.env.tiers[r.tier].health_check for r, _ in launched):
+        if not any(self._readiness(r.tier) for r, _ in launched):
             for rep, t0 in launched:
                 one(rep, t0)
             return
@@ -206,7 +219,7 @@ class Launch:
             for future in futures:
                 future.result()  # the first failure (a WaitTimeout naming the instance) propagates
             s.detail = ", ".join(f"{r.tier}[{r.slot}] ready {r.ready_s:.2f}s" for r, _ in launched
-                                 if r.health == "healthy")
+                                 if r.ready_s is not None)
 
     @staticmethod
     def _machine(rep: InstanceReport) -> Machine:
@@ -216,7 +229,7 @@ class Launch:
         """How a person reaches the first healthy instance from this machine's shell."""
         for rep in result.instances:
             check = self.env.tiers[rep.tier].health_check
-            if rep.health != "healthy" or check is None:
+            if rep.health != "healthy" or check is None or check.type == "cloud-init":
                 continue
             prefix, host = self.cloud.dial.shell_prefix(self._machine(rep))
             if check.type == "http":

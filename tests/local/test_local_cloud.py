@@ -193,9 +193,10 @@ def test_the_shipped_web_recipe_bakes_on_the_local_cloud_through_the_cli(cloud, 
     assert_no_sandboxes(cloud)
 
 
-def cli(args: list[str], cloud, settings, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(args: list[str], cloud, settings, timeout: float = 600,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "INVOKE_BAKERY_DATA_DIR": str(cloud.data_dir),
-           "INVOKE_BAKERY_STATE_DIR": str(settings.state)}
+           "INVOKE_BAKERY_STATE_DIR": str(settings.state), **(extra_env or {})}
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -220,7 +221,7 @@ def _launch_prod_and_look_inside(cloud, settings):
     report = json.loads(out.stdout)
     health = sorted((i["tier"], i["slot"], i["health"]) for i in report["instances"])
     assert health == [("app", "0", "healthy"), ("app", "standby-0", "healthy"), ("db", "0", "healthy"),
-                      ("edge", "0", "not checked"), ("web", "0", "healthy"), ("web", "1", "healthy")]
+                      ("edge", "0", "cloud-init done"), ("web", "0", "healthy"), ("web", "1", "healthy")]
     assert all(i["ready_s"] > 0 for i in report["instances"])
     by = {(i["tier"], i["slot"]): i["instance_id"] for i in report["instances"]}
 
@@ -409,3 +410,44 @@ def test_a_client_keeps_the_same_address_and_mac_through_an_eni_failover(cloud, 
         cloud.fabric.remove_client("ha")
         terminate(open_cloud(settings).ec2, [r.instance_id for r in report.instances])
     assert_no_sandboxes(cloud)
+
+
+READINESS_ENV = """\
+tiers:
+  fine:
+    image: {recipe: t9}
+    user_data: {parts: [fine.yaml]}
+  broken:
+    image: {recipe: t9}
+    user_data: {parts: [broken.yaml]}
+"""
+
+
+def test_without_a_health_check_an_instance_is_ready_when_cloud_init_finished_and_a_failed_module_fails_the_launch(
+        cloud, settings, tmp_path):
+    """No check declared: on the local cloud readiness is cloud-init finished without a failed module
+    (its console says so); a failing module fails the launch naming the instance and the module,
+    never 'ready'."""
+    write_recipe(settings.recipes, "t9", RECIPE.format(extra=""))
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs/ready.yaml").write_text(READINESS_ENV)
+    (tmp_path / "envs/fine.yaml").write_text(READINESS_ENV.split("  broken:")[0])
+    (tmp_path / "userdata").mkdir()
+    (tmp_path / "userdata/fine.yaml").write_text("#cloud-config\nruncmd:\n  - [touch, /run/configured]\n")
+    (tmp_path / "userdata/broken.yaml").write_text("#cloud-config\nruncmd:\n  - [sh, -c, 'exit 3']\n")
+    env = {"INVOKE_BAKERY_RECIPES_DIR": str(settings.recipes), "INVOKE_BAKERY_ENVS_DIR": str(tmp_path / "envs"),
+           "INVOKE_BAKERY_USERDATA_DIR": str(tmp_path / "userdata")}
+    assert cli(["bake", "--recipe", "t9"], cloud, settings, extra_env=env).returncode == 0
+
+    out = cli(["launch", "--env", "fine", "--json"], cloud, settings, extra_env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (inst,) = json.loads(out.stdout)["instances"]
+    assert inst["health"] == "cloud-init done" and inst["ready_s"] > 0
+    assert Sandbox.attach(inst["instance_id"], cloud.instances_dir).exec(
+        ["test", "-e", "/run/configured"], timeout=10).returncode == 0
+
+    out = cli(["launch", "--env", "ready"], cloud, settings, extra_env=env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: i-") and "cloud-init finished with failed module(s): scripts-user" in last, last
+    assert "ready" not in out.stdout
