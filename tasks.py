@@ -235,6 +235,26 @@ def failover(c, env, tier, to=None, json=False):
         show.failover(run_failover(ec2, environment, tier, to, Reporter(prefix=f"[{env}] ")), json=json)
 
 
+@task(positional=[], help={
+    "instance": "the instance id (a launched instance, or a builder kept with --keep-on-error)",
+    "env": "environment name (with --tier)", "tier": "tier name", "index": "the tier's slot (default 0; standby-0, ...)",
+    "key": "private key file (default: the environment's ssh.key_file)", "user": "login user (default: ssh.user)",
+    "command": "run this command instead of a login shell", "print": "print the ssh command instead of running it"})
+def ssh(c, instance=None, env=None, tier=None, index="0", key=None, user=None, command=None, print_=False):
+    """Log in to an instance with the OpenSSH client, its host keys pinned; on either cloud."""
+    from bakery import cli
+
+    with cli.command():
+        from bakery.launch.reach import ssh_command
+
+        cmd = ssh_command(settings_from(c), instance_id=instance, env_name=env, tier=tier, index=index, key=key,
+                          user=user, command=command)
+        if print_:
+            print(cmd.line())
+            return
+    cli.exec_argv(cmd.argv())
+
+
 network = Collection("network")
 network.add_task(network_up, "up")
 network.add_task(network_status, "status")
@@ -244,7 +264,7 @@ local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
-ns = Collection(bake, rebake, prune, launch, render, failover, images, validate, clean, janitor, network, local)
+ns = Collection(bake, rebake, prune, launch, render, failover, ssh, images, validate, clean, janitor, network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,

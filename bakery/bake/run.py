@@ -113,8 +113,8 @@ class Bake:
                 ("instance", (state.builder or {}).get("InstanceId")), ("image", state.image_id)]
         self.report.warn(f"--keep-on-error: kept build {self.build_id}: "
                          + ", ".join(f"{what} {rid}" for what, rid in made if rid))
-        if state.builder and state.key_file:
-            self.report.warn(f"  reach it:  ssh -i {state.key_file} {state.recipe.builder.ssh.user}@<builder address>")
+        if state.builder and state.key_file:  # the build's key and pinned host key, on either cloud
+            self.report.warn(f"  reach it:  invoke ssh --instance {state.builder['InstanceId']}")
         self.report.warn(f"  remove it: invoke clean --build-id {self.build_id}")
 
 

@@ -19,6 +19,7 @@ from bakery.cloud.images import snapshots_of
 from bakery.cloud.instances import INSTANCE_TIMEOUT, InstanceSpec, Nic, Volume
 from bakery.config.recipe import render_step
 from bakery.errors import RemoteError, StepFailed
+from bakery.remote.shell import KNOWN_HOSTS, builder_alias, write_known_hosts
 
 # Waits for cloud-init inside the builder (or smoke instance): its modules may still be writing
 # files the recipe's steps depend on. 2 = done with recoverable errors: usable, the recipe decides.
@@ -134,6 +135,9 @@ class LaunchBuilder:
 
         prefetch("bakery.remote.ssh")  # imported while EC2 starts the builder
         state.builder_host_key = keys.generate(f"bakery-host-{state.build_id}")
+        # `invoke ssh` to a kept builder pins the same key (removed with the build's private key)
+        write_known_hosts(ctx.settings.state / "keys" / state.build_id / KNOWN_HOSTS, builder_alias(state.build_id),
+                          [state.builder_host_key.public_openssh])
         spec = builder_spec(state, "builder", state.source.id, state.source.root_device_name,
                             builder_user_data(state.builder_host_key))
         state.builder = launch(state, ctx, spec, "builder")

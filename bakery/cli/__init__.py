@@ -90,3 +90,15 @@ def command():
 def emit(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
+
+
+def exec_argv(argv: list[str]) -> None:
+    """Become this program (`invoke ssh` hands the terminal to the OpenSSH client); its exit is ours."""
+    from invoke.exceptions import Exit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise Exit(f"error: cannot run {argv[0]}: {exc.strerror or exc}", code=127) from None

@@ -61,3 +61,15 @@ def wait_cloud_init(console: Callable[[str], str], instance_id: str, deadline: f
                          f"{', '.join(result.failed_modules)} (its console: GetConsoleOutput, "
                          f"`aws ec2 get-console-output --instance-id {instance_id}`)")
     return result
+
+
+_HOST_KEYS = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----\s*\n(.*?)-----END SSH HOST KEY KEYS-----", re.S)
+_KEY_LINE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)|ssh-dss) [A-Za-z0-9+/=]+")
+
+
+def host_keys(console: str) -> list[str]:
+    """The SSH host public keys cloud-init printed in the last boot ("type base64" each), for pinning."""
+    blocks = _HOST_KEYS.findall(console)
+    if not blocks:
+        return []
+    return [m.group(0) for line in blocks[-1].splitlines() if (m := _KEY_LINE.match(line.strip()))]

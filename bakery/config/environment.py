@@ -19,7 +19,7 @@ from bakery.config.yamlfile import load_yaml, validate
 from bakery.errors import ConfigError
 from bakery.config.models import SSM_PATH, Strict, UserTags, exactly_one
 from bakery.config.patterns import AMI_RE, NAME_RE
-from bakery.config.recipe import RootVolume
+from bakery.config.recipe import Bastion, RootVolume
 
 VAR_NAME = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
 RESERVED_VARS = ("environment", "tier", "region", "image_id", "recipe", "instance_index")
@@ -287,12 +287,20 @@ class Tier(Strict):
         return self
 
 
+class Access(Strict):
+    """How a person logs in to this environment's instances (`invoke ssh`)."""
+    user: str = Field("admin", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    key_file: str | None = Field(None, description="private key of the tiers' key pair (~ and relative paths allowed)")
+    bastion: Bastion | None = None
+
+
 class Environment(Strict):
     name: str
     path: Path
     description: str = ""
     variables: dict[VAR_NAME, object] = {}
     tags: UserTags = {}
+    ssh: Access = Access()
     network: NetworkSpec | None = None
     tiers: dict[Annotated[str, Field(pattern=NAME_RE)], Tier] = Field(min_length=1)
 

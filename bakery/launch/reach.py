@@ -1,0 +1,117 @@
+"""`invoke ssh`: the OpenSSH command that logs in to an instance, on either cloud.
+
+A builder (kept with --keep-on-error) is reached with its build's own key and pinned host key, as
+its recipe's SSH user. A launched instance is reached with the private key the user names
+(`--key`, or the environment's `ssh.key_file`) as the environment's `ssh.user`, through its
+`ssh.bastion` when one is declared, its host keys pinned from its console. Where the instance's
+port is reached from this machine's shell is the dial seam's answer (an address, or on the local
+cloud the instance's network namespace); nothing here asks which cloud it is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bakery.cloud import tags as T
+from bakery.cloud.connect import open_cloud
+from bakery.cloud.console import host_keys
+from bakery.config.environment import Environment, load_environment
+from bakery.config.settings import Settings
+from bakery.errors import ConfigError
+from bakery.remote.dial import Machine
+from bakery.remote.shell import KNOWN_HOSTS, Jump, SshCommand, builder_alias, write_known_hosts
+
+
+def ssh_command(settings: Settings, *, instance_id: str | None = None, env_name: str | None = None,
+                tier: str | None = None, index: str = "0", key: str | None = None, user: str | None = None,
+                command: str | None = None) -> SshCommand:
+    """Checked offline first (which instance is meant, the environment file), then asked of the cloud."""
+    if (instance_id is None) == (env_name is None):
+        raise ConfigError("ssh: give --instance ID, or --env ENV --tier TIER [--index N]")
+    if env_name is not None and tier is None:
+        raise ConfigError("ssh: --env needs --tier (and --index for another slot than 0)")
+    env = load_environment(settings.envs, env_name) if env_name else None
+    if env is not None:
+        env.select(tier)
+    if key is not None and not _path(key, settings.project_dir).is_file():
+        raise ConfigError(f"ssh: --key: {_path(key, settings.project_dir)} is not a file")
+    cloud = open_cloud(settings)
+    ec2 = cloud.ec2
+    if instance_id is not None:
+        instance = ec2.describe_instance(instance_id)
+        if instance is None:
+            raise ConfigError(f"ssh: --instance: no instance {instance_id}")
+    else:
+        found = ec2.instances(T.tag_filter(T.ENVIRONMENT, env_name), T.tag_filter(T.TIER, tier),
+                              T.tag_filter(T.SLOT, index), states=("running",))
+        if not found:
+            raise ConfigError(f"{env.path}: tiers.{tier}: no running instance in slot {index!r} "
+                              f"(launch it: invoke launch --env {env_name})")
+        instance = found[0]
+    iid = instance["InstanceId"]
+    if instance["State"]["Name"] != "running":
+        raise ConfigError(f"ssh: {iid} is {instance['State']['Name']}, not running")
+    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    machine = Machine(iid, instance.get("PrivateIpAddress"), instance.get("PublicIpAddress"))
+    prefix, host = cloud.dial.shell_prefix(machine)
+    if tags.get(T.ROLE) == "builder" and tags.get(T.BUILD_ID):
+        return _builder(settings, tags, iid, prefix, host, user, command)
+    if env is None and tags.get(T.ENVIRONMENT):
+        try:
+            env = load_environment(settings.envs, tags[T.ENVIRONMENT])
+        except ConfigError:
+            env = None  # launched from an environment file this checkout does not have: defaults
+    return _launched(settings, env, iid, ec2.console_output(iid), prefix, host, key, user, command)
+
+
+def _builder(settings: Settings, tags: dict, iid: str, prefix: str, host: str, user: str | None,
+             command: str | None) -> SshCommand:
+    build_id = tags[T.BUILD_ID]
+    key_dir = settings.state / "keys" / build_id
+    key_file = key_dir / "id_ed25519"
+    if not key_file.is_file() or not (key_dir / KNOWN_HOSTS).is_file():
+        raise ConfigError(f"ssh: builder {iid}: build {build_id}'s key is not in {key_dir} (only a build kept "
+                          "with --keep-on-error, from this state dir, can be reached)")
+    if user is None:
+        user = _recipe_user(settings, tags.get(T.RECIPE))
+    return SshCommand(builder_alias(build_id), user, host, key_file, key_dir / KNOWN_HOSTS,
+                      prefix=prefix.split(), command=command)
+
+
+def _recipe_user(settings: Settings, recipe: str | None) -> str:
+    from bakery.config.recipe import load_recipe
+
+    try:
+        return load_recipe(settings.recipes, recipe).builder.ssh.user if recipe else "admin"
+    except ConfigError:
+        return "admin"
+
+
+def _launched(settings: Settings, env: Environment | None, iid: str, console: str, prefix: str, host: str,
+              key: str | None, user: str | None, command: str | None) -> SshCommand:
+    access = env.ssh if env is not None else None
+    where = f"{env.path}: ssh.key_file" if env is not None else "ssh"
+    chosen = key or (access.key_file if access else None)
+    if chosen is None:
+        raise ConfigError(f"{where}: no private key: give --key FILE (the private half of the tier's key pair) "
+                          "or set ssh.key_file in the environment")
+    key_file = _path(chosen, settings.project_dir)
+    if not key_file.is_file():
+        raise ConfigError(f"{where}: {key_file} is not a file")
+    keys = host_keys(console)
+    if not keys:
+        raise ConfigError(f"ssh: {iid}: its console shows no SSH host keys yet (cloud-init prints them at the "
+                          "end of its first boot; EC2 may take minutes to show a console): try again shortly")
+    known = write_known_hosts(settings.state / KNOWN_HOSTS / iid, iid, keys)
+    jump = None
+    if access is not None and access.bastion is not None:
+        b = access.bastion
+        jump = Jump(b.host, b.user, b.port)
+    return SshCommand(iid, user or (access.user if access else "admin"), host, key_file, known,
+                      prefix=prefix.split(), jump=jump, command=command)
+
+
+def _path(value: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base / path
