@@ -107,7 +107,7 @@ def _launched(settings: Settings, env: Environment | None, iid: str, console: st
     jump = None
     if access is not None and access.bastion is not None:
         b = access.bastion
-        jump = Jump(b.host, b.user, b.port)
+        jump = Jump(b.host, b.user, b.port, _path(b.key_file, settings.project_dir) if b.key_file else None)
     return SshCommand(iid, user or (access.user if access else "admin"), host, key_file, known,
                       prefix=prefix.split(), jump=jump, command=command)
 

@@ -23,6 +23,14 @@ class Jump:
     host: str
     user: str
     port: int = 22
+    key_file: Path | None = None  # the bastion's own key (ssh -J would offer it only the target's)
+
+    def options(self) -> list[str]:
+        if self.key_file is None:
+            return ["-J", f"{self.user}@{self.host}:{self.port}"]
+        hop = shlex.join(["ssh", "-i", str(self.key_file), "-o", "IdentitiesOnly=yes", "-p", str(self.port),
+                          "-W", "%h:%p", f"{self.user}@{self.host}"])
+        return ["-o", f"ProxyCommand={hop}"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class SshCommand:
         if self.port != 22:
             args += ["-p", str(self.port)]
         if self.jump is not None:
-            args += ["-J", f"{self.jump.user}@{self.jump.host}:{self.jump.port}"]
+            args += self.jump.options()
         args.append(f"{self.user}@{self.host}")
         if self.command:
             args += ["--", self.command]
