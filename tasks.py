@@ -205,8 +205,8 @@ def network_up(c, env, dry_run=False, json=False):
         from bakery.cli import show
         from bakery.network import Network, open_env
 
-        ec2, environment = open_env(settings_from(c), env)
-        show.network_up(Network(ec2, environment).up(dry_run=dry_run), json=json, dry_run=dry_run)
+        cloud, environment = open_env(settings_from(c), env)
+        show.network_up(Network(cloud.ec2, environment).up(dry_run=dry_run), json=json, dry_run=dry_run)
 
 
 @task(positional=[], help={"env": "environment name", "json": "print JSON on stdout"})
@@ -217,7 +217,8 @@ def network_status(c, env, json=False):
         from bakery.cli import show
         from bakery.network import open_env, status
 
-        show.network_status(status(*open_env(settings_from(c), env)), json=json)
+        cloud, environment = open_env(settings_from(c), env)
+        show.network_status(status(cloud.ec2, environment), json=json)
 
 
 @task(positional=[], help={"env": "environment name", "tier": "tier whose persistent ENIs move",
@@ -228,11 +229,13 @@ def failover(c, env, tier, to=None, json=False):
         required(env=env, tier=tier)
         from bakery.cli import show
         from bakery.network import failover as run_failover
-        from bakery.network import open_env
+        from bakery.network import health_probe, open_env
         from bakery.progress import Reporter
 
-        ec2, environment = open_env(settings_from(c), env)
-        show.failover(run_failover(ec2, environment, tier, to, Reporter(prefix=f"[{env}] ")), json=json)
+        cloud, environment = open_env(settings_from(c), env)
+        probe = health_probe(cloud, environment.select(tier)[tier].health_check)
+        show.failover(run_failover(cloud.ec2, environment, tier, to, Reporter(prefix=f"[{env}] "), probe=probe),
+                      json=json)
 
 
 @task(positional=[], help={

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from bakery.bake.run import bake
@@ -12,7 +16,7 @@ from bakery.cloud.connect import open_cloud
 from bakery.launch.run import launch
 from bakery.network import Network, failover, status
 from bakery.progress import Reporter
-from tests.support import recipe_text, write_recipe
+from tests.support import ROOT, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -246,3 +250,36 @@ def test_a_tier_without_interfaces_uses_the_networks_subnets_and_groups_by_name(
     group = c.describe_security_groups(Filters=flt + [{"Name": "tag:bakery:network-name", "Values": ["sg/web-sg"]}])
     assert inst["SubnetId"] == subnet["Subnets"][0]["SubnetId"]
     assert [g["GroupId"] for g in inst["NetworkInterfaces"][0]["Groups"]] == [group["SecurityGroups"][0]["GroupId"]]
+
+
+def test_the_failover_life_cycle_through_the_command_line(net, moto):
+    """Fail over, fail back without --to, relaunch: the old primary is the standby each time, names
+    follow roles, and the tier stays at count + standby instances."""
+    launch(net["settings"], "prod", report=Reporter(quiet=True))
+    c = net["c"]
+
+    def app_slots() -> dict[str, tuple[str, str]]:
+        live = [i for r in c.describe_instances(Filters=[{"Name": "tag:bakery:tier", "Values": ["app"]}])["Reservations"]
+                for i in r["Instances"] if i["State"]["Name"] != "terminated"]
+        return {i["InstanceId"]: (tags["bakery:slot"], tags["Name"])
+                for i in live for tags in [{t["Key"]: t["Value"] for t in i["Tags"]}]}
+
+    before = app_slots()
+    active = next(i for i, (slot, _) in before.items() if slot == "0")
+    standby = next(i for i, (slot, _) in before.items() if slot == "standby-0")
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "aws", "INVOKE_BAKERY_ENDPOINT_URL": moto.url,
+           "INVOKE_BAKERY_RECIPES_DIR": str(net["settings"].recipes), "INVOKE_BAKERY_ENVS_DIR": str(net["envs"]),
+           "INVOKE_BAKERY_STATE_DIR": str(net["settings"].state)}
+
+    def failover_cli() -> str:
+        out = subprocess.run([sys.executable, "-m", "invoke", "failover", "--env", "prod", "--tier", "app"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert f"{active} is the new standby (standby-0)" in failover_cli()
+    assert app_slots() == {standby: ("0", "prod-app-0"), active: ("standby-0", "prod-app-standby-0")}
+    assert f"{standby} is the new standby (standby-0)" in failover_cli()  # no --to: fails back
+    assert app_slots() == before
+    again = launch(net["settings"], "prod", report=Reporter(quiet=True))
+    assert [r for r in again.instances if r.tier == "app"] == [] and app_slots() == before

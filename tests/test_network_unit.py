@@ -329,9 +329,32 @@ def test_failover_moves_the_persistent_enis_and_the_elastic_ip_to_the_standby(cl
     assert [(p["NetworkInterfaceId"], p["PrivateIpAddress"], p["AllowReassociation"]) for p in asked] == [
         (now[1]["NetworkInterfaceId"], "10.40.1.21", True)]
     roles = {i: tags_of(cloud.describe_instance(i)) for i in (active, standby)}
-    assert (roles[standby][SLOT], roles[standby][ROLE]) == ("0", "active")
-    assert roles[active][SLOT].startswith("failed-") and roles[active][ROLE] == "failed"
+    assert (roles[standby][SLOT], roles[standby][ROLE], roles[standby]["Name"]) == ("0", "active", "prod-app-0")
+    # the old primary, still running, is the new hot standby (the slot the other one left)
+    assert (roles[active][SLOT], roles[active][ROLE], roles[active]["Name"]) == (
+        "standby-0", "standby", "prod-app-standby-0")
+    assert (moved.from_slot, moved.from_problem) == ("standby-0", None)
     assert status(cloud, env)["elastic_ips"][0]["instance"] == standby
+
+
+def test_failing_over_again_without_a_target_fails_back_and_the_slots_stay_two(cloud, fleet):
+    env, active, standby = fleet
+    failover(cloud, env, "app", None, Reporter(quiet=True))
+    back = failover(cloud, env, "app", None, Reporter(quiet=True))  # no --to: the old primary is the standby
+    assert (back.from_instance, back.to_instance, back.from_slot) == (standby, active, "standby-0")
+    slots = {i: (tags_of(cloud.describe_instance(i))[SLOT], tags_of(cloud.describe_instance(i))["Name"])
+             for i in (active, standby)}
+    assert slots == {active: ("0", "prod-app-0"), standby: ("standby-0", "prod-app-standby-0")}
+
+
+def test_an_unhealthy_old_primary_is_marked_failed_and_its_standby_slot_left_for_launch(cloud, fleet):
+    env, active, standby = fleet
+    moved = failover(cloud, env, "app", None, Reporter(quiet=True),
+                     probe=lambda instance: "HTTP 500, expected 200")  # what the tier's health check said
+    tags = tags_of(cloud.describe_instance(active))
+    assert tags[SLOT].startswith("failed-") and tags[ROLE] == "failed" and tags["Name"] == f"prod-app-{tags[SLOT]}"
+    assert (moved.from_slot, moved.from_problem) == (tags[SLOT], "HTTP 500, expected 200")
+    assert cloud.describe_instance(active)["State"]["Name"] == "running"  # kept for inspection
 
 
 def test_failover_to_a_stopped_instance_forces_the_detach_and_moves_the_interfaces_back(cloud, fleet):

@@ -157,3 +157,8 @@ def failover(result, *, json: bool) -> None:
          f"in {result.seconds:.2f}s")
     for i in result.interfaces:
         emit(f"  {i['eni']} dev {i['device_index']} {','.join(i['ips'])} {i['mac']}")
+    if result.from_instance and result.from_problem is None:
+        emit(f"  {result.from_instance} is the new standby ({result.from_slot})")
+    elif result.from_instance:
+        emit(f"  {result.from_instance} is marked {result.from_slot} ({result.from_problem}), kept for inspection; "
+             f"`invoke launch --env {result.environment}` launches a new standby")

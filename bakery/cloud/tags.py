@@ -98,11 +98,17 @@ def owner_run(tags: dict[str, str]) -> str | None:
     return tags.get(BUILD_ID) or tags.get(LAUNCH_ID)
 
 
+def slot_tags(env: str, tier: str, slot: str) -> dict[str, str]:
+    """What says which slot an instance fills, and so its role: at launch, and again when a
+    failover swaps the active instance and its standby (the Name follows the role)."""
+    role = (ROLE_STANDBY if slot.startswith("standby") else ROLE_FAILED if slot.startswith("failed")
+            else ROLE_ACTIVE)
+    return {"Name": f"{env}-{tier}-{slot}", SLOT: slot, ROLE: role}
+
+
 def instance_tags(env: str, tier: str, slot: str, launch_id: str, strategy: str) -> dict[str, str]:
     """bakery's own tags on a launched instance (and its volume and ENIs)."""
-    role = ROLE_STANDBY if slot.startswith("standby") else ROLE_ACTIVE
-    return {"Name": f"{env}-{tier}-{slot}", ENVIRONMENT: env, TIER: tier, SLOT: slot, LAUNCH_ID: launch_id,
-            STRATEGY: strategy, ROLE: role}
+    return {**slot_tags(env, tier, slot), ENVIRONMENT: env, TIER: tier, LAUNCH_ID: launch_id, STRATEGY: strategy}
 
 
 def network_tags(env: str, kind: str, name: str, **extra: str) -> dict[str, str]:

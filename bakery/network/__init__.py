@@ -18,14 +18,14 @@ tasks hold: the lookups and checks, plus `up` and the ENI moves.
 from __future__ import annotations
 
 from bakery.config.environment import Environment
-from bakery.network.eni import FailoverReport, Interfaces, failover
+from bakery.network.eni import FailoverReport, Interfaces, failover, health_probe
 from bakery.network.provision import Action, Provisioner
 from bakery.network.resolve import ResolvedInterface, Resolver, SubnetInfo
 from bakery.network.status import status
 from bakery.progress import Reporter
 
-__all__ = ["Action", "FailoverReport", "Network", "ResolvedInterface", "SubnetInfo", "failover", "open_env",
-           "status"]
+__all__ = ["Action", "FailoverReport", "Network", "ResolvedInterface", "SubnetInfo", "failover", "health_probe",
+           "open_env", "status"]
 
 
 class Network(Resolver):
@@ -45,10 +45,10 @@ class Network(Resolver):
 
 
 def open_env(settings, name: str):
-    """(EC2 facade, Environment) for the network tasks: the environment is loaded, and bad
-    input refused, before any cloud call."""
+    """(Cloud, Environment) for the network tasks: the environment is loaded, and bad input
+    refused, before any cloud call."""
     from bakery.cloud.connect import open_cloud
     from bakery.config.environment import load_environment
 
     env = load_environment(settings.envs, name)
-    return open_cloud(settings).ec2, env
+    return open_cloud(settings), env

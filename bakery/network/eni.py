@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from bakery.cloud.tags import ENVIRONMENT, ROLE, ROLE_ACTIVE, ROLE_FAILED, ROLE_STANDBY, SLOT, TIER, tag_filter
+from bakery.cloud.tags import ENVIRONMENT, ROLE, ROLE_STANDBY, SLOT, TIER, slot_tags, tag_filter, tags_of
 from bakery.waits import Backoff, wait_for
-from bakery.config.environment import Environment
-from bakery.errors import CloudError, ConfigError
+from bakery.config.environment import Environment, HealthCheck
+from bakery.errors import CloudError, ConfigError, RemoteError, WaitTimeout
 from bakery.network.resolve import ResolvedInterface, Resolver
 from bakery.progress import Reporter
 
@@ -25,6 +25,20 @@ class FailoverReport:
     to_instance: str
     interfaces: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    #: what the instance that held the interfaces became: "standby-0" (healthy: the new hot
+    #: standby) or "failed-EPOCH" (kept for inspection; the next launch refills the standby slot)
+    from_slot: str | None = None
+    from_problem: str | None = None  # why it could not be the standby
+
+
+PROBE_SECONDS = 10.0  # a standby that cannot answer its check within this is not one
+#: whether an instance can serve as a tier's hot standby: None if so, else why not
+Probe = Callable[[dict], "str | None"]
+
+
+def running_probe(instance: dict) -> str | None:
+    state = instance.get("State", {}).get("Name")
+    return None if state == "running" else f"it is {state}"
 
 
 class Interfaces:
@@ -87,8 +101,15 @@ class Interfaces:
         return wait_for(check, what=what, timeout=timeout, backoff=Backoff(initial=0.05, factor=1.5, max_interval=1.0))
 
 
-def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter) -> FailoverReport:
-    """Move a tier's persistent ENIs (and their Elastic IPs) to a hot standby (or to `to`)."""
+def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter,
+             probe: Probe = running_probe) -> FailoverReport:
+    """Move a tier's persistent ENIs (and their Elastic IPs) to a hot standby (or to `to`).
+
+    The life cycle an operator expects: the instance taking over fills slot 0 (active); the one
+    that held the interfaces becomes the new hot standby in the slot the other left, when `probe`
+    finds it healthy (so failing over again, without --to, fails back), or else is tagged failed
+    and kept for inspection, its standby slot left empty for the next `launch` to fill. Names follow
+    the slots, and the tier never grows past count + standby."""
     spec = env.select(tier)[tier]
     if not any(i.persistent for i in spec.interfaces):
         raise ConfigError(f"{env.path}: tiers.{tier} has no persistent interfaces to fail over")
@@ -120,11 +141,44 @@ def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter)
                 moves.associate_eip(r, r.eni_id)
             result.interfaces.append({"eni": r.eni_id, "device_index": r.spec.device_index,
                                       "ips": r.spec.ips(), "mac": macs[r.eni_id]})
-    ec2.tag([target], {SLOT: "0", ROLE: ROLE_ACTIVE})
+    result.seconds = round(time.monotonic() - started, 3)  # the move; the bookkeeping below serves no traffic
+    vacated = tags_of(ec2.describe_instance(target) or {}).get(SLOT, "")
+    ec2.tag([target], slot_tags(env.name, tier, "0"))
     if source:
-        ec2.tag([source], {SLOT: f"failed-{int(time.time())}", ROLE: ROLE_FAILED})
-    result.seconds = round(time.monotonic() - started, 3)
+        record = ec2.describe_instance(source) or {"State": {"Name": "terminated"}}
+        result.from_problem = probe(record)
+        if result.from_problem is None:
+            result.from_slot = vacated if vacated.startswith("standby") else _free_standby_slot(ec2, env.name, tier)
+        else:
+            result.from_slot = f"failed-{int(time.time())}"
+        ec2.tag([source], slot_tags(env.name, tier, result.from_slot))
     return result
+
+
+def health_probe(cloud, check: HealthCheck | None) -> Probe:
+    """Running, and passing the tier's http/tcp health check (at the instance's own address, within
+    PROBE_SECONDS) when it declares one: what a hot standby must be."""
+    from bakery.remote.dial import Machine, Route
+    from bakery.remote.health import check_until
+
+    def probe(instance: dict) -> str | None:
+        problem = running_probe(instance)
+        if problem is not None or check is None or check.type == "cloud-init":
+            return problem
+        iid = instance["InstanceId"]
+        machine = Machine(iid, instance.get("PrivateIpAddress"), instance.get("PublicIpAddress"))
+        try:
+            check_until(cloud.dial(machine, check.port, Route(address=check.address)), iid, check,
+                        deadline=time.monotonic() + PROBE_SECONDS)
+        except (WaitTimeout, RemoteError) as exc:
+            return f"its {check.type} health check: {exc.message}"
+        return None
+    return probe
+
+
+def _free_standby_slot(ec2, env: str, tier: str) -> str:
+    taken = {tags_of(i).get(SLOT) for i in ec2.instances(tag_filter(ENVIRONMENT, env), tag_filter(TIER, tier))}
+    return next(f"standby-{n}" for n in range(len(taken) + 1) if f"standby-{n}" not in taken)
 
 
 def standby(ec2, env: str, tier: str, exclude: str | None) -> str:
