@@ -278,6 +278,16 @@ class FakeBuilderHost:
         (self.fs / "srv/fake-cloud-init").mkdir(exist_ok=True)
         (self.fs / "srv/fake-cloud-init" / subcommand).write_text(mode + "\n")
 
+    def stuck_uploads(self, on_write) -> "SlowDisk":
+        """Uploads to the builder block part way, as on a hung disk: a stand-in `tar` sends the
+        stream to a SlowDisk, which is returned. Call it before the builder starts (the stand-ins
+        are mounted with its sshd)."""
+        (self.scratch / "sbin").mkdir(exist_ok=True)
+        tool = self.scratch / "sbin/tar"
+        tool.write_text("#!/bin/sh\nexec cat > /srv/slow-disk\n")
+        tool.chmod(0o755)
+        return SlowDisk(self.fs / "srv/slow-disk", on_write)
+
     def kill_server(self) -> None:
         """The builder's sshd dies, and every session and command it ran with it."""
         self._stop_sshd()

@@ -71,6 +71,8 @@ RECIPES = [
     ("recipe-bad-env-name", {"recipes/web.yaml": GOOD_RECIPE.replace("echo hi}", "echo hi, env: {'1BAD': x}}")}, ["bake", "--recipe", "web"], "env"),
     ("recipe-publish-bad-account", {"recipes/web.yaml": GOOD_RECIPE + "publish: {share_with: ['12']}\n"}, ["bake", "--recipe", "web"], "publish.share_with"),
     ("recipe-checks-empty", {"recipes/web.yaml": GOOD_RECIPE + "checks: {}\n"}, ["bake", "--recipe", "web"], "declare commands and/or a health_check"),
+    ("recipe-dir-mode-of-a-file", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: web.yaml, dest: /x, dir_mode: '0700'}}\n"}, ["bake", "--recipe", "web"], "web.yaml:5: steps[1].upload.dir_mode: 'web.yaml' is a file, not a directory"),
+    ("recipe-bad-dir-mode", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: web.yaml, dest: /x, dir_mode: '0799'}}\n"}, ["bake", "--recipe", "web"], "upload.dir_mode"),
 ]
 FLAGS = [
     ("flag-unknown-recipe", {}, ["bake", "--recipe", "nope"], "no such recipe 'nope'"),

@@ -23,7 +23,7 @@ import pytest
 
 from tests.faults import Gate
 from tests.matrix import CliRun, assert_one_line_error, cli_environment
-from tests.support import SlowDisk, changes, endpoint_state, local_leftovers, recipe_text, write_recipe
+from tests.support import changes, endpoint_state, local_leftovers, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +89,7 @@ class Bench:
         self.stage, self.moto, self.tmp_path = stage, moto, tmp_path
         self.state = tmp_path / f"state-{recipe}"
         self.gate = Gate(moto.url, **(gate or stage.held or dict(operation="-")))
-        self.disk = SlowDisk(self.host.fs / "srv/payload.bin.bakery-part", lambda: None) if stage.upload_stuck else None
+        self.disk = self.host.stuck_uploads(lambda: None) if stage.upload_stuck else None
         self.run = CliRun(["bake", "--recipe", recipe],
                           cli_environment(self.gate.url, tmp_path, INVOKE_BAKERY_STATE_DIR=str(self.state), **env))
 

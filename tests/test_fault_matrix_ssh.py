@@ -27,7 +27,7 @@ from bakery.errors import RemoteError, StepFailed, WaitTimeout
 from bakery.remote.ssh import ConnectionLost, HostKeyMismatch
 from tests.faults import short_waits
 from tests.matrix import Fails, Rejected, Tap, check_bake, run_bake
-from tests.support import SlowDisk, endpoint_state, recipe_text, write_recipe
+from tests.support import endpoint_state, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ class Row:
     serve: dict = field(default_factory=dict)         # role -> what answers on its SSH port
     cloud_init: dict = field(default_factory=dict)    # subcommand -> ok | fail | hang
     when: tuple[str, str] | None = None               # (progress text, kill_server | kill_sessions)
-    slow_upload: str | None = None                    # the upload's file takes 1 byte, then: kill_...
+    slow_upload: str | None = None                    # the upload's stream takes 1 byte, then: kill_...
     ssh_timeout: int = 20
 
     @property
@@ -126,7 +126,7 @@ def test_bake_under_an_ssh_fault(moto, tmp_path, make_builder_host, settings_for
     tap = Tap()
     if row.when:
         tap.when(row.when[0], getattr(host, row.when[1]))
-    disk = SlowDisk(host.fs / "srv/payload.bin.bakery-part", getattr(host, row.slow_upload)) if row.slow_upload else None
+    disk = host.stuck_uploads(getattr(host, row.slow_upload)) if row.slow_upload else None
     before = endpoint_state(moto.client())
     try:
         runner, manifest, error = run_bake(settings, short_waits(settings), tap)

@@ -309,6 +309,30 @@ def test_an_uploaded_tree_keeps_bytes_modes_empty_dirs_and_symlinks(conn, builde
     assert run(conn, "/srv/tree/link")[1] == ["tool"]
 
 
+def test_an_unknown_owner_fails_the_upload_with_chowns_message_and_lands_nothing(conn, builder, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/f").write_text("f\n")
+    for source, dest in ((tmp_path / "d", "/srv/owned-tree"), (tmp_path / "d/f", "/srv/owned-file")):
+        with pytest.raises(RemoteError, match="upload of .* failed: chown: invalid user: 'nosuchuser'"):
+            conn.put(source, dest, mode=None, owner="nosuchuser", sudo=False)
+        assert not (builder.host.fs / dest.lstrip("/")).exists()
+
+
+def test_a_tree_lands_through_a_link_to_a_directory_and_never_through_a_link_to_a_file(conn, builder, tmp_path):
+    """As on merged /usr (/lib -> usr/lib): the link stays, the files land where it points; a link
+    where the upload brings a file is replaced, not written through."""
+    run(conn, "mkdir -p /srv/root/usr/lib && ln -s usr/lib /srv/root/lib && echo keep > /srv/victim"
+              " && ln -s /srv/victim /srv/root/conf")
+    (tmp_path / "t/lib").mkdir(parents=True)
+    (tmp_path / "t/lib/mod.so").write_text("so\n")
+    (tmp_path / "t/conf").write_text("new\n")
+    conn.put(tmp_path / "t", "/srv/root", mode=None, owner=None, sudo=False)
+    root = builder.host.fs / "srv/root"
+    assert os.readlink(root / "lib") == "usr/lib" and (root / "usr/lib/mod.so").read_text() == "so\n"
+    assert not (root / "conf").is_symlink() and (root / "conf").read_text() == "new\n"
+    assert (builder.host.fs / "srv/victim").read_text() == "keep\n"
+
+
 def test_an_upload_the_builder_refuses_is_an_upload_error_not_a_lost_connection(conn, tmp_path):
     (tmp_path / "big").write_bytes(os.urandom(8 << 20))  # more than the channel window: the refusal comes mid-send
     run(conn, "echo > /srv/plainfile")

@@ -215,7 +215,8 @@ class RunRecipeStep:
         if step.kind == "upload":
             up = step.upload
             try:
-                connector.put(recipe.local_path(up.source), up.dest, mode=up.mode, owner=up.owner, sudo=step.sudo)
+                connector.put(recipe.local_path(up.source), up.dest, mode=up.mode, owner=up.owner, sudo=step.sudo,
+                              dir_mode=up.dir_mode)
                 return 0, False
             except ConnectionLost:
                 raise

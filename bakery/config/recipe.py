@@ -111,9 +111,13 @@ class Builder(Strict):
 
 
 class Upload(Strict):
+    """A file or a tree copied to dest; what lands there and what is left alone: bakery/render/upload.py."""
+
     source: str = Field(min_length=1)
     dest: str = Field(min_length=1)
-    mode: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$")
+    mode: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$", description="every file's mode; default: the source's")
+    dir_mode: str | None = Field(None, pattern=r"^0?[0-7]{3,4}$",
+                                 description="a tree's directories' mode; default: the source's")
     owner: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_-]*(:[a-z_][a-z0-9_-]*)?$")
 
     @field_validator("dest")
@@ -342,6 +346,10 @@ def _check_steps(recipe: Recipe, chain) -> None:
             raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} does not exist ({local})")
         if step.script is not None and not local.is_file():
             raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} is not a file")
+        if step.upload is not None and step.upload.dir_mode is not None and not local.is_dir():
+            where = f"{path}:{lines.line_for(('steps', j, 'upload', 'dir_mode'))}"
+            raise ConfigError(f"{where}: steps[{j}].upload.dir_mode: {rel!r} is a file, not a directory "
+                              f"(mode sets a file's mode)")
 
 
 def template_context(recipe: Recipe, variables: dict[str, str], build_id: str, timestamp: str) -> dict[str, str]:

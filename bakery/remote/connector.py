@@ -29,8 +29,10 @@ class Connector(Protocol):
             on_output: OutputSink) -> RunResult:
         """Run a script (shebang honoured, /bin/sh -e otherwise) and stream its output lines."""
 
-    def put(self, local: Path, dest: str, *, mode: str | None, owner: str | None, sudo: bool) -> None:
-        """Copy a file or a directory tree to `dest`, byte-exact."""
+    def put(self, local: Path, dest: str, *, mode: str | None, owner: str | None, sudo: bool,
+            dir_mode: str | None = None) -> None:
+        """Copy a file or a directory tree to `dest`, byte-exact, touching nothing else there
+        (what lands with which mode and owner: bakery/render/upload.py)."""
 
     def close(self) -> None:
         ...

@@ -4,20 +4,17 @@ Why not Packer's way: Packer opens several SSH sessions per shell step (upload t
 script, chmod, run, rm) and never checks the host key. Here the first step starts a
 small bash loop on one session channel (`RUNNER`) and every step is one framed request
 on it: no channel open, no sshd session, no login shell per step, two processes on the
-builder (`timeout` and the script's interpreter). Uploads are one streamed `cat`/`tar`,
+builder (`timeout` and the script's interpreter). An upload is one streamed `tar`,
 and the server must present the host key we generated for it, or we refuse.
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
 import re
 import secrets
 import shlex
 import socket
-import stat
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +27,7 @@ from bakery.errors import RemoteError
 from bakery.remote.connector import OutputSink, RunResult
 from bakery.remote.dial import Opener
 from bakery.remote.keys import fingerprint
+from bakery.render.upload import Entry, entries, unpack_command, write_tar
 
 # paramiko logs every failed handshake attempt at ERROR while we are still retrying; keep
 # that out of the user's terminal (it reaches the root logger's handlers under --debug).
@@ -331,30 +329,21 @@ class SSHConnector:
 
     # ---- put ----------------------------------------------------------------------------
 
-    def put(self, local: Path, dest: str, *, mode: str | None, owner: str | None, sudo: bool) -> None:
-        q = shlex.quote(dest)
-        if local.is_dir():
-            fix = ""
-            if owner:
-                fix += f" && chown -R {shlex.quote(owner)} {q}"
-            if mode:
-                fix += f" && find {q} -type f -exec chmod {mode} {{}} +"
-            inner = f"mkdir -p {q} && tar -x --no-same-owner -C {q}{fix}"
-            self._stream(local, self._sudo(sudo) + "sh -c " + shlex.quote(inner), tar=True)
-        else:
-            tmp = shlex.quote(dest + ".bakery-part")
-            fix = (f" && chmod {mode} {tmp}" if mode else "") + (f" && chown {shlex.quote(owner)} {tmp}" if owner else "")
-            inner = f"mkdir -p {shlex.quote(posixpath.dirname(dest) or '.')} && cat > {tmp}{fix} && mv -f {tmp} {q}"
-            self._stream(local, self._sudo(sudo) + "sh -c " + shlex.quote(inner), tar=False)
+    def put(self, local: Path, dest: str, *, mode: str | None, owner: str | None, sudo: bool,
+            dir_mode: str | None = None) -> None:
+        """What the upload carries and how it lands: bakery/render/upload.py."""
+        items = entries(local, mode, dir_mode, f"upload of {local}")
+        inner = unpack_command(dest, tree=local.is_dir(), owner=owner)
+        self._stream(local, items, owner, self._sudo(sudo) + "sh -c " + shlex.quote(inner))
 
-    def _stream(self, local: Path, command: str, tar: bool) -> None:
+    def _stream(self, local: Path, items: list[Entry], owner: str | None, command: str) -> None:
         chan = self._exec(command)
         out: list[str] = []
         doing = f" during upload of {local}"
         try:
             try:
                 with _ChannelWriter(chan) as writer:
-                    _write_tar(writer, local) if tar else _write_file(writer, local)
+                    write_tar(writer, items, owner)
                 chan.shutdown_write()
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 if not self._alive():
@@ -437,34 +426,6 @@ class _Runner:
         if self.pending:
             on_output(self.pending.decode("utf-8", "replace"))
         self.pending, self.held = b"", False
-
-
-def _write_file(writer: "_ChannelWriter", local: Path) -> None:
-    with local.open("rb", buffering=0) as fh:
-        while block := fh.read(CHUNK):
-            writer.write(block)
-
-
-def _write_tar(writer: "_ChannelWriter", local: Path) -> None:
-    """The tree as a tar stream. Headers are made here, not by TarFile.add: no passwd/group
-    lookups per file and whole-second mtimes, so no pax record per file (the owner is not kept
-    anyway: the remote tar runs with --no-same-owner)."""
-    with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for path in sorted(local.rglob("*")):
-            name = str(path.relative_to(local))
-            st = path.lstat()
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                archive.add(path, arcname=name, recursive=False)  # symlinks and the like: tarfile's way
-                continue
-            info = tarfile.TarInfo(name)
-            info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
-            if stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
-                archive.addfile(info)
-                continue
-            info.size = st.st_size
-            with path.open("rb") as fh:
-                archive.addfile(info, fh)
 
 
 class _ChannelWriter:

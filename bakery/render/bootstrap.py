@@ -5,17 +5,19 @@ One recipe serves both ways: baked (steps over SSH into an image) or bootstrappe
 scripts-user module on first boot). Keeping every step in one script preserves the
 recipe's order exactly, which separate write_files/runcmd entries would not (cloud-init
 writes files in its init stage, long before runcmd). Uploads travel inline, gzip +
-base64, so large uploads hit the 16 KB user data limit and are reported there.
+base64, so large uploads hit the 16 KB user data limit and are reported there; they land as
+they do in a bake (the same tar stream and unpack command, bakery/render/upload.py).
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import shlex
-import tarfile
 
 from bakery.config.recipe import Recipe, render_step, template_context
+from bakery.render.upload import Entry, entries, unpack_command, write_tar
 
 HEADER = """#!/bin/sh
 # bakery bootstrap of recipe {recipe}: the recipe's steps, in order, at first boot.
@@ -37,15 +39,11 @@ bakery_step() {{  # name, retries, on_failure, timeout, then the step's command 
 """
 
 
-def _payload(path) -> str:
-    """A file or directory as base64 of a gzipped tar (one format for both)."""
+def _payload(items: list[Entry], owner: str | None) -> str:
+    """The upload's tar stream (render/upload.py), gzipped and base64'd for the heredoc."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=9) as tar:
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                tar.add(child, arcname=str(child.relative_to(path)), recursive=False)
-        else:
-            tar.add(path, arcname=path.name, recursive=False)
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0) as gz:
+        write_tar(gz, items, owner)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -58,19 +56,10 @@ def bootstrap_script(recipe: Recipe, variables: dict[str, str]) -> str:
         if step.kind == "upload":
             up = step.upload
             local = recipe.local_path(up.source)
-            dest = shlex.quote(up.dest)
-            if local.is_dir():
-                body = f"mkdir -p {dest}\nbase64 -d <<'BAKERY_DATA' | tar -xz --no-same-owner -C {dest}\n"
-            else:
-                tmp = shlex.quote(up.dest + ".bakery-part")
-                body = (f"mkdir -p $(dirname {dest})\nd=$(mktemp -d)\nbase64 -d <<'BAKERY_DATA' | tar -xz -C \"$d\"\n"
-                        f"mv \"$d\"/{shlex.quote(local.name)} {tmp} && rmdir \"$d\" && mv -f {tmp} {dest}\n")
-            body = body.replace("BAKERY_DATA\n", "BAKERY_DATA\n" + _payload(local) + "\nBAKERY_DATA\n", 1)
-            if up.owner:
-                body += f"chown -R {shlex.quote(up.owner)} {dest}\n"
-            if up.mode:
-                body += (f"find {dest} -type f -exec chmod {up.mode} {{}} +\n" if local.is_dir()
-                         else f"chmod {up.mode} {dest}\n")
+            items = entries(local, up.mode, up.dir_mode, f"{recipe.path}: steps[{index}].upload.source")
+            unpack = unpack_command(up.dest, tree=local.is_dir(), owner=up.owner)
+            body = (f"base64 -d <<'BAKERY_DATA' | gzip -dc | sh -c {shlex.quote(unpack)}\n"
+                    f"{_payload(items, up.owner)}\nBAKERY_DATA\n")
         elif step.kind == "script":
             body = recipe.local_path(step.script).read_text()
         else:
