@@ -91,6 +91,73 @@ def test_the_inputs_hash_changes_with_every_input_and_only_then(tmp_path):
     assert h != inputs_hash(r, {"v": "a"}, "ami-12345678")
 
 
+def test_the_inputs_hash_covers_everything_an_upload_carries_and_nothing_it_does_not(tmp_path):
+    import os
+
+    recipes = recipe(tmp_path, "source: {ami: ami-12345678}\nsteps:\n"
+                               "  - {name: up, upload: {source: files, dest: /f, mode: '0644'}}\n")
+    (recipes / "files/sub").mkdir(parents=True)
+    (recipes / "files/sub").chmod(0o755)  # whatever the umask
+    (recipes / "files/one").write_text("1")
+    r = Inputs.of(load_recipe(recipes, "r"))
+    seen = [inputs_hash(r, {}, "ami-1")]
+    for change in (lambda: (recipes / "files/sub/empty").mkdir(),            # an empty directory
+                   lambda: (recipes / "files/sub").chmod(0o700),             # a directory's mode
+                   lambda: (recipes / "files/link").symlink_to("one"),       # a symlink
+                   lambda: ((recipes / "files/link").unlink(), (recipes / "files/link").symlink_to("sub"))):
+        change()
+        seen.append(inputs_hash(r, {}, "ami-1"))
+    assert len(set(seen)) == len(seen)
+    os.utime(recipes / "files/one", (1, 1))          # times do not travel
+    (recipes / "files/one").chmod(0o755)             # it lands with mode 0644 whatever its own
+    assert inputs_hash(r, {}, "ami-1") == seen[-1]
+
+
+def test_an_upload_of_a_fifo_is_refused_naming_the_step(tmp_path):
+    import os
+
+    recipes = recipe(tmp_path, "source: {ami: ami-12345678}\nsteps:\n  - {name: up, upload: {source: files, dest: /f}}\n")
+    (recipes / "files").mkdir()
+    os.mkfifo(recipes / "files/pipe")
+    with pytest.raises(ConfigError, match=r"r.yaml: steps\[0\].upload.source: '.*files/pipe' is a fifo; an upload "
+                                          "carries regular files, directories and symlinks only"):
+        inputs_hash(Inputs.of(load_recipe(recipes, "r")), {}, "ami-1")
+
+
+def test_what_bakery_runs_on_the_builder_reaches_the_hash_through_its_image_format(tmp_path, monkeypatch):
+    """A release that changes what bakery does to every image must rebake every image: this fails
+    until bakery.bake.inputs.IMAGE_FORMAT goes up by one with the new digest pinned beside it."""
+    import hashlib
+    import io
+
+    from bakery.bake import inputs
+    from bakery.bake.hygiene import HYGIENE, LEFTOVER_CHECK
+    from bakery.render.builder import builder_user_data
+    from bakery.render.upload import entries, unpack_command, write_tar
+
+    class Key:
+        private_openssh, public_openssh = "PRIVATE", "ssh-ed25519 PUBLIC"
+
+    sample = tmp_path / "sample"
+    (sample / "d").mkdir(parents=True)
+    (sample / "d/f").write_text("f\n")
+    (sample / "link").symlink_to("d/f")
+    for path, mode in ((sample, 0o755), (sample / "d", 0o750), (sample / "d/f", 0o644)):
+        path.chmod(mode)
+    stream = io.BytesIO()
+    write_tar(stream, entries(sample, None, None, "sample"), "app:app")
+    shaping = [HYGIENE, LEFTOVER_CHECK, builder_user_data(Key()), unpack_command("/d", True, "app:app"),
+               unpack_command("/d/f", False, None), stream.getvalue().hex()]
+    digest = hashlib.sha256("\0".join(shaping).encode()).hexdigest()[:16]
+    assert (inputs.IMAGE_FORMAT, digest) == (2, "337ccdc92a95424e")
+
+    recipes = recipe(tmp_path, "source: {ami: ami-12345678}\n")
+    r = Inputs.of(load_recipe(recipes, "r"))
+    before = inputs_hash(r, {}, "ami-1")
+    monkeypatch.setattr(inputs, "IMAGE_FORMAT", inputs.IMAGE_FORMAT + 1)
+    assert inputs_hash(r, {}, "ami-1") != before
+
+
 def test_the_inputs_hash_of_the_shipped_recipes_is_stable_across_releases():
     """Existing images keep being found by a skip only while the hash of unchanged inputs stays the
     same; a change here makes every user's next scheduled rebake bake everything again."""
@@ -98,7 +165,7 @@ def test_the_inputs_hash_of_the_shipped_recipes_is_stable_across_releases():
 
     shipped = {name: Inputs.of(load_recipe(ROOT / "recipes", name)) for name in ("base", "web")}
     got = {name: inputs_hash(i, i.resolve_vars({}), "ami-12345678") for name, i in shipped.items()}
-    assert got == {"base": "3172b4df317787a876455d218b86d6ba", "web": "7900f3473b17391e0302879ff9444322"}
+    assert got == {"base": "19c339aa510a6bba00da17668e2d9281", "web": "58a89965bf391649c15e5cb516132046"}
 
 
 def aged(*paths, seconds=60):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -103,6 +104,31 @@ def test_without_mode_an_upload_keeps_the_source_modes_symlinks_and_empty_direct
     assert [looks(locked / p)[0] for p in ("", "bin", "private", "empty")] == ["0o700"] * 4
     assert [looks(locked / p)[0] for p in ("bin/run", "readme", "private/key")] == ["0o755", "0o600", "0o400"]
     assert looks(srv / "bin/tool")[0] == "0o755" and (srv / "bin/tool").read_text() == "#!/bin/sh\necho tool\n"
+
+
+def test_what_an_upload_carries_is_in_the_inputs_hash(moto, builder_host, tmp_path):
+    """A change to anything the upload brings into the image bakes again; nothing else does."""
+    recipes = tmp_path / "recipes"
+    tree(recipes / "files/site", {"index.html": ("<p>hi</p>\n", 0o644), "css/": 0o755,
+                                  "css/site.css": ("p{}\n", 0o644)})
+    steps = "  - name: site\n    upload: {source: files/site, dest: /srv/site}\n"
+    write_recipe(recipes, "r", recipe_text(builder_host.port, steps))
+    first = bake(tmp_path, moto)
+    assert bake(tmp_path, moto)["skipped"]
+
+    (recipes / "files/site/css/fonts").mkdir()  # an empty directory, two levels down
+    with_dir = bake(tmp_path, moto)
+    assert not with_dir["skipped"] and with_dir["inputs_hash"] != first["inputs_hash"]
+    assert (builder_host.fs / "srv/site/css/fonts").is_dir()
+
+    (recipes / "files/site/css").chmod(0o700)  # a directory's mode
+    shutil.rmtree(builder_host.fs / "srv/site")  # as on a fresh builder: this one's /srv outlives its bakes
+    with_mode = bake(tmp_path, moto)
+    assert not with_mode["skipped"] and with_mode["inputs_hash"] not in (first["inputs_hash"], with_dir["inputs_hash"])
+    assert looks(builder_host.fs / "srv/site/css")[0] == "0o700"
+
+    assert bake(tmp_path, moto)["skipped"]
+    assert len(builder_host.served) == 3
 
 
 def test_a_bootstrapped_upload_lands_as_a_baked_one(tmp_path):

@@ -2,8 +2,9 @@
 
 A finished image tagged with the same inputs hash (bakery:inputs-hash) means nothing changed, and
 the bake is skipped without launching anything. The hash covers the recipe as resolved (extends
-applied, defaults filled), the variables, the source AMI, and the bytes, modes and links of every
-script and upload.
+applied, defaults filled), the variables, the source AMI, the bytes of every script, everything
+every upload carries (each file, directory and symlink with the mode it lands with, empty
+directories included) and the version of what bakery itself runs on the builder (IMAGE_FORMAT).
 
 Deciding a skip needs no recipe models: `Inputs` is the recipe as plain data, and `load_inputs`
 remembers it per recipe (in STATE/inputs/) for as long as none of the files that validated it
@@ -26,11 +27,17 @@ from typing import TYPE_CHECKING, Any
 from bakery.bake.digests import RACY_SECONDS, DigestCache
 from bakery.config.patterns import NAME_RE
 from bakery.errors import ConfigError
+from bakery.render.upload import entries
 
 if TYPE_CHECKING:
     from bakery.config.recipe import Recipe
 
-FORMAT = 1
+FORMAT = 1  # of the remembered inputs (STATE/inputs/)
+# What bakery itself does to every image on the builder: how an upload lands
+# (bakery/render/upload.py), the builder's user data, hygiene and the leftover check. It is in
+# every hash through this number, so a release that changes any of them rebakes what a fresh bake
+# would now make differently; tests/test_recipe.py pins their text to it, and fails until it goes up.
+IMAGE_FORMAT = 2
 # The code whose behaviour a remembered validation depends on: the models and this module.
 _CODE = [*sorted((Path(__file__).parent.parent / "config").glob("*.py")), Path(__file__)]
 
@@ -130,20 +137,25 @@ def inputs_hash(inputs: Inputs, variables: dict[str, str], source_ami: str, dige
     def feed(label: str, data: bytes) -> None:
         h.update(label.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
 
+    feed("image-format", str(IMAGE_FORMAT).encode())
     feed("recipe", json.dumps(inputs.body, sort_keys=True).encode())
     feed("variables", json.dumps(variables, sort_keys=True).encode())
     feed("source", source_ami.encode())
-    for rel in inputs.local_files:
+    for index, step in enumerate(inputs.body["steps"]):
+        rel = step["script"] if step.get("script") is not None else (step.get("upload") or {}).get("source")
+        if rel is None:
+            continue
         local = (root / rel).resolve()
         if not local.is_relative_to(root):  # re-pointed since it was validated
             raise ConfigError(f"{inputs.path}: {rel!r} points outside {root}")
-        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() or p.is_symlink())
-        for f in files:
-            feed("path", str(f.relative_to(root)).encode())
-            feed("mode", oct(f.lstat().st_mode).encode())
-            if f.is_symlink():
-                feed("link", str(f.readlink()).encode())
-            else:
-                feed("content", digests.sha256(f))
+        if step.get("script") is not None:  # read as text and run: its bytes are what matters
+            feed("script", digests.sha256(local))
+            continue
+        up = step["upload"]
+        # exactly what the upload carries (bakery/render/upload.py): every entry, with the mode it lands with
+        for entry in entries(local, up["mode"], up.get("dir_mode"), f"{inputs.path}: steps[{index}].upload.source"):
+            feed("entry", json.dumps([entry.name, entry.kind, entry.mode, entry.target]).encode())
+            if entry.kind == "file":
+                feed("content", digests.sha256(entry.source))
     digests.save()
     return h.hexdigest()[:32]
