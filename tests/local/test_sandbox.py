@@ -47,9 +47,9 @@ def sandbox_mounts(path: Path) -> list[str]:
 
 def test_prerequisites_are_met_and_base_is_cached(local_base: Path) -> None:
     assert check_prerequisites() == []
-    started = time.monotonic()
-    assert ensure_base_image(default_data_dir(), log=lambda m: None) == local_base
-    assert time.monotonic() - started < 1
+    said: list[str] = []
+    assert ensure_base_image(default_data_dir(), log=said.append) == local_base
+    assert said == []  # found, not built again (how fast the cached path is belongs in bench/)
     meta = load_base_metadata(local_base)
     assert str(meta["id"]).startswith("ami-") and str(meta["digest"]).startswith("sha256:")
     assert {"openssh-server", "cloud-init", "curl", "systemd-sysv", "dbus"} <= set(meta["packages"])  # type: ignore[arg-type]
@@ -76,9 +76,7 @@ def test_boot_runs_cloud_init_and_ssh_uses_pinned_host_key(
         "write_files": [{"path": "/etc/myapp/hello.txt", "content": "hello from cloud-init\n"}],
         "ssh_keys": {"ed25519_private": host.private_openssh, "ed25519_public": host.public_openssh},
     })  # fmt: skip
-    started = time.monotonic()
     box = local_sandboxes([local_base], user_data=user_data, meta_data={"public-keys": [user.public_openssh]})
-    assert time.monotonic() - started < 0.5
     assert box.is_running() and os.getsid(box.pid) != os.getsid(0)  # detached from our session
 
     client = local_ssh(box, user, host)
