@@ -152,19 +152,21 @@ def janitor(c, dry_run=False, older_than=None, run_id=None):
         age = parse_duration(older_than) if older_than else None
         settings = settings_from(c)
         show.janitor(run_janitor(open_cloud(settings).ec2, older_than=age, run_id=run_id, dry_run=dry_run,
-                                 ledger_dir=settings.state / "ledger"))
+                                 ledger_dir=settings.state / "ledger", keys_dir=settings.state / "keys"))
 
 
 @task(positional=[], help={"build-id": "the build to remove (printed by bake)", "dry-run": "only list what would be removed"})
 def clean(c, build_id, dry_run=False):
-    """Remove what one build left behind (instances, security groups, key pairs, unfinished images)."""
+    """Remove what one build left behind (instances, security groups, key pairs, unfinished images, its private key)."""
     with command():
         required(build_id=build_id)
-        from bakery.cli import show
+        from bakery.cli import parse_build_id, show
         from bakery.cloud.connect import open_cloud
         from bakery.housekeeping.cleanup import clean_build
 
-        show.clean(clean_build(open_cloud(settings_from(c)).ec2, build_id, dry_run=dry_run))
+        settings = settings_from(c)
+        show.clean(clean_build(open_cloud(settings).ec2, parse_build_id(build_id), dry_run=dry_run,
+                               keys_dir=settings.state / "keys"))
 
 
 @task

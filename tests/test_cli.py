@@ -181,3 +181,36 @@ def test_render_prints_one_part_as_cloud_init_reads_it_and_checks_the_cloud_conf
     assert checked.stdout.splitlines()[0].startswith("ok: 01-web.yaml: valid (cloud-init 22.4 schema (vendored)")
     assert len(checked.stdout.splitlines()) == 1  # the shell part is not cloud-config
     assert not (tmp_path / "data").exists()  # offline: no cloud started
+
+
+def kept_build(env, recipes, builder_host) -> str:
+    """`bake --keep-on-error` of a recipe whose step fails: the build id it printed."""
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - name: breaks\n    shell: exit 1\n"))
+    out = invoke(["bake", "--recipe", "web", "--keep-on-error"], env)
+    assert out.returncode != 0 and "invoke clean --build-id " in out.stderr, out.stderr
+    return out.stderr.split("invoke clean --build-id ")[1].split()[0]
+
+
+@pytest.mark.parametrize("remove", [["clean", "--build-id", "{build}"], ["janitor", "--older-than", "0s"]])
+def test_removing_a_kept_build_removes_its_private_key_too(cli_env, builder_host, moto, tmp_path, remove):
+    env, recipes = cli_env
+    build = kept_build(env, recipes, builder_host)
+    keys = tmp_path / "state" / "keys"
+    assert [p.name for p in keys.iterdir()] == [build]  # kept with the builder: `ssh -i` needs it
+
+    dry = invoke([arg.format(build=build) for arg in remove] + ["--dry-run"], env)
+    assert dry.returncode == 0 and f"private key {keys / build}" in dry.stdout, dry.stdout + dry.stderr
+    assert [p.name for p in keys.iterdir()] == [build]
+    out = invoke([arg.format(build=build) for arg in remove], env)
+    assert out.returncode == 0, out.stderr
+    assert f"private key {keys / build}" in out.stdout
+    assert list(keys.iterdir()) == [] and leftovers(moto.client()) == {}
+
+
+def test_clean_of_a_build_id_that_is_a_path_touches_no_file(cli_env, moto, tmp_path):
+    env, _ = cli_env
+    precious = tmp_path / "state" / "precious"
+    precious.mkdir(parents=True)
+    out = invoke(["clean", "--build-id", "../precious"], env)
+    assert out.returncode == 2 and out.stderr.strip().startswith("error: --build-id '../precious': "), out.stderr
+    assert precious.is_dir()

@@ -87,7 +87,8 @@ class Bake:
         ec2 = self.cloud.ec2
         with tracked_run(self.settings.state, self.build_id, f"bake {recipe.name}", self.report,
                          keep_on_error=self.keep_on_error, on_keep=lambda: self._kept(state),
-                         sweep=lambda: clean_build(ec2, self.build_id).removed) as stack:
+                         sweep=lambda: clean_build(ec2, self.build_id,
+                                                          keys_dir=self.settings.state / "keys").removed) as stack:
             ctx = Context(self.settings, ec2, self.cloud.dial, self.report, stack)
             run_steps(steps_for(recipe), state, ctx)
 

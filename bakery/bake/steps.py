@@ -90,10 +90,11 @@ class CreateKeyPair:
     title = "create temporary key pair"
 
     def run(self, state: BakeState, ctx: Context) -> str:
+        from bakery.housekeeping import cleanup
         from bakery.remote import keys
 
         state.login = keys.generate(f"bakery-{state.build_id}")
-        key_dir = ctx.settings.state / "keys" / state.build_id
+        key_dir = cleanup.key_dir(ctx.settings.state / "keys", state.build_id)
         ctx.stack.created("key-file", str(key_dir), None, "private key file",
                           lambda: shutil.rmtree(key_dir, ignore_errors=True))
         state.key_file = state.login.write_private(key_dir, "id_ed25519")

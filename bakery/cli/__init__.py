@@ -51,6 +51,15 @@ def parse_vars(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def parse_build_id(value: str) -> str:
+    """A build id as bake prints it; refused when it is not one plain name (it names a key directory)."""
+    from bakery.housekeeping.cleanup import PLAIN_ID
+
+    if not PLAIN_ID.fullmatch(value):
+        raise ConfigError(f"--build-id {value!r}: not a build id (like b-20260101120000-0a1b2c, as bake prints it)")
+    return value
+
+
 def parse_int(flag: str, value) -> int:
     """A whole-number flag (e.g. `--keep 3`), refused in one line when it is not one."""
     try:

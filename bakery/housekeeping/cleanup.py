@@ -3,13 +3,17 @@ answer a signal cut off).
 
 Order matters: instances first (they hold the security group and key pair), then the security
 group (retrying while the ENI detaches), then key pairs, then images that never completed and
-their snapshots. A finished image is the product, and an image a smoke test rejected is kept for
-inspection: clean-up never touches either.
+their snapshots, then the build's private key file on this machine (kept with a --keep-on-error
+builder so `ssh -i` can reach it; useless once the key pair is gone). A finished image is the
+product, and an image a smoke test rejected is kept for inspection: clean-up never touches either.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bakery.cloud import tags as T
 
@@ -21,8 +25,25 @@ class CleanReport:
     dry_run: bool = False
 
 
-def clean_build(ec2, build_id: str, *, dry_run: bool = False) -> CleanReport:
-    return clean_tagged(ec2, T.BUILD_ID, build_id, dry_run=dry_run)
+# A build id names a directory under STATE/keys: one plain name, never a path (ids also come from
+# tags, which anyone with access to the account can write).
+PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def key_dir(keys_dir: Path, build_id: str) -> Path | None:
+    """Where a build keeps its private key (0600 in 0700); None for an id that is not a plain name."""
+    return keys_dir / build_id if PLAIN_ID.fullmatch(build_id) else None
+
+
+def clean_build(ec2, build_id: str, *, dry_run: bool = False, keys_dir: Path | None = None) -> CleanReport:
+    """Remove one build's leftovers in the cloud and, given `keys_dir` (STATE/keys), its private key."""
+    report = clean_tagged(ec2, T.BUILD_ID, build_id, dry_run=dry_run)
+    key = key_dir(keys_dir, build_id) if keys_dir is not None else None
+    if key is not None and key.exists():
+        report.removed.append(f"private key {key}")
+        if not dry_run:
+            shutil.rmtree(key, ignore_errors=True)
+    return report
 
 
 def clean_launch(ec2, launch_id: str) -> CleanReport:

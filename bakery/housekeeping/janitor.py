@@ -51,7 +51,8 @@ def _builds(ec2) -> dict[str, dict[str, str]]:
 
 
 def janitor(ec2, *, older_than: timedelta | None, run_id: str | None, dry_run: bool,
-            ledger_dir: Path | None = None) -> JanitorReport:
+            ledger_dir: Path | None = None, keys_dir: Path | None = None) -> JanitorReport:
+    """`keys_dir` (STATE/keys): a build found dead by its tags loses its private key file too."""
     report = JanitorReport(dry_run=dry_run)
     dead_here: set[str] = set()
     if ledger_dir is not None:
@@ -78,7 +79,7 @@ def janitor(ec2, *, older_than: timedelta | None, run_id: str | None, dry_run: b
             continue
         listed = report.builds.setdefault(build, [])
         by_ledger = {item.split()[1] for item in listed}  # "kind id [in region]"
-        listed.extend(item for item in clean_build(ec2, build, dry_run=dry_run).removed
+        listed.extend(item for item in clean_build(ec2, build, dry_run=dry_run, keys_dir=keys_dir).removed
                       if item.split()[-1] not in by_ledger)
     return report
 
