@@ -214,3 +214,28 @@ def test_clean_of_a_build_id_that_is_a_path_touches_no_file(cli_env, moto, tmp_p
     out = invoke(["clean", "--build-id", "../precious"], env)
     assert out.returncode == 2 and out.stderr.strip().startswith("error: --build-id '../precious': "), out.stderr
     assert precious.is_dir()
+
+
+def test_prune_spares_an_image_named_only_by_a_late_launch_template_version(cli_env, builder_host, moto):
+    """Every version counts, however many: moto answers DescribeLaunchTemplateVersions with its
+    first 15 and no NextToken, as an endpoint that pages its own way might."""
+    env, recipes = cli_env
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - name: hi\n    shell: echo hi\n"))
+    amis = []
+    for _ in range(2):
+        out = invoke(["bake", "--recipe", "web", "--force", "--json"], env)
+        assert out.returncode == 0, out.stderr
+        amis.append(json.loads(out.stdout)["ami_id"])
+        time.sleep(1.05)  # distinct creation times (one-second resolution)
+    old, new = amis
+    ec2 = moto.client()
+    ec2.create_launch_template(LaunchTemplateName="pinned", LaunchTemplateData={"ImageId": new})
+    for _ in range(18):
+        ec2.create_launch_template_version(LaunchTemplateName="pinned", LaunchTemplateData={"ImageId": new})
+    ec2.create_launch_template_version(LaunchTemplateName="pinned", LaunchTemplateData={"ImageId": old})  # version 20
+
+    out = invoke(["prune", "--recipe", "web", "--keep", "1", "--json"], env)
+    assert out.returncode == 0, out.stderr
+    [report] = json.loads(out.stdout)
+    assert report["removed"] == [] and report["spared"] == {old: "launch template pinned version 20"}
+    assert len(ec2.describe_images(ImageIds=[old])["Images"]) == 1

@@ -176,3 +176,28 @@ def test_a_publish_that_fails_half_way_takes_back_every_copy_and_every_ssm_value
         assert moto.client("ec2", region).describe_images(Owners=["self"])["Images"] == []  # copy deregistered
     assert leftovers(moto.client()) == {}
     assert list((settings.state / "ledger").iterdir()) == []
+
+
+def test_a_refused_deprecation_fails_the_publish_with_the_endpoints_reason(moto, recipes, builder_host,
+                                                                           settings_for):
+    """Only an endpoint that lacks EnableImageDeprecation earns a warning (the test above); a
+    refusal (here AccessDenied) is the bake's failure, named as such, and the publish is taken back."""
+    from bakery.bake.run import Bake
+    from bakery.errors import CloudError
+    from bakery.config.recipe import load_recipe
+    from tests.faults import Fault
+
+    extra = "publish:\n  ssm_parameter: /bakery/images/web\n  deprecate_after_days: 30\n"
+    write_recipe(recipes, "web", recipe_text(builder_host.port, OK, extra))
+    settings = settings_for(recipes)
+    ec2 = EC2(settings)
+    Fault(ec2.client, "EnableImageDeprecation", code="AccessDenied", times=None, status=403,
+          message="User is not authorized to perform: ec2:EnableImageDeprecation")
+    out = io.StringIO()
+    runner = Bake(settings, Inputs.of(load_recipe(recipes, "web")), {}, report=Reporter(stream=out),
+                  cloud=cloud_of(ec2))
+    with pytest.raises(CloudError, match=r"AccessDenied") as failed:
+        runner.run()
+    assert "does not support" not in failed.value.message + out.getvalue()
+    assert moto.client("ssm").describe_parameters()["Parameters"] == []  # the publish was taken back
+    assert leftovers(moto.client()) == {}

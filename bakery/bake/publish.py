@@ -126,6 +126,8 @@ class Publish:
                 ctx.ec2.in_region(region).deprecate_image(ami, when)
                 result.deprecate_at = when.strftime("%Y-%m-%dT%H:%M:%SZ")
             except CloudError as exc:
+                if not ctx.ec2.unsupported(exc):
+                    raise  # refused (AccessDenied, ...): the publish fails and is taken back
                 # moto and some compatible endpoints lack EnableImageDeprecation: say so, do not fail the bake
                 warning = (f"deprecation time not set on {ami} in {region}: the endpoint does not support it "
                            f"({exc.message})")

@@ -18,7 +18,7 @@ from bakery.cloud.access import AccessAPI
 from bakery.cloud.images import ImagesAPI
 from bakery.cloud.instances import InstancesAPI
 from bakery.cloud.parameters import ParametersAPI
-from bakery.cloud.session import API_ERRORS, CLIENT_CONFIG, Session, error_code, mapped
+from bakery.cloud.session import API_ERRORS, CLIENT_CONFIG, Session, error_code, mapped, unsupported
 from bakery.cloud.templates import TemplatesAPI
 from bakery.cloud.vpc import VpcAPI
 from bakery.config.settings import Settings
@@ -99,6 +99,10 @@ class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAP
     @staticmethod
     def code_of(exc: CloudError) -> str:
         return error_code(exc)
+
+    @staticmethod
+    def unsupported(exc: CloudError) -> bool:
+        return unsupported(exc)
 
     def ensure_credentials_last(self, seconds: float, what: str) -> None:
         """Fail now, while clean-up can still run, if the credentials cannot outlive this wait.

@@ -66,6 +66,18 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+# How an endpoint says it lacks an operation. moto answers one it has not implemented with an
+# HTML 500 page, no EC2 answer at all, which botocore cannot parse.
+UNSUPPORTED_CODES = ("InvalidAction", "UnsupportedOperation", "NotImplemented", "Unsupported")
+
+
+def unsupported(exc: BaseException) -> bool:
+    """Whether a mapped CloudError means the endpoint does not offer the operation (rather than
+    refusing it: AccessDenied, UnauthorizedOperation, a bad parameter, ...)."""
+    cause = exc.__cause__ if isinstance(exc, CloudError) else exc
+    return isinstance(cause, botocore.parsers.ResponseParserError) or error_code(exc) in UNSUPPORTED_CODES
+
+
 class Session:
     """The part of boto3.Session bakery uses, on botocore alone: importing boto3 also imports
     s3transfer (~60 ms of every command's start-up), and bakery has no use for resources."""

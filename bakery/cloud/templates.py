@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from bakery.errors import CloudError
 
+VERSIONS_PAGE = 200  # DescribeLaunchTemplateVersions' largest MaxResults
+
 
 class TemplatesAPI:
     """Launch template and load balancer operations of the EC2 facade."""
@@ -56,12 +58,23 @@ class TemplatesAPI:
         """AMI id -> the launch template version naming it, over every version of every template."""
         used: dict[str, str] = {}
         for lt in self.describe_all("describe_launch_templates", "LaunchTemplates"):
-            for v in self.describe_all("describe_launch_template_versions", "LaunchTemplateVersions",
-                                       LaunchTemplateId=lt["LaunchTemplateId"]):
+            for v in self._every_version(lt["LaunchTemplateId"], int(lt.get("LatestVersionNumber") or 1)):
                 ami = v.get("LaunchTemplateData", {}).get("ImageId")
                 if ami:
                     used.setdefault(ami, f"launch template {lt['LaunchTemplateName']} version {v['VersionNumber']}")
         return used
+
+    def _every_version(self, template_id: str, latest: int) -> list[dict]:
+        """Versions 1..latest, asked for by number range a page at a time: EC2 pages them with
+        NextToken, but moto (the local cloud's API) answers with its first page and no token, and
+        a version missed here would let prune deregister an image it still names."""
+        out: list[dict] = []
+        for low in range(1, latest + 1, VERSIONS_PAGE):
+            out += self.describe_all("describe_launch_template_versions", "LaunchTemplateVersions",
+                                     LaunchTemplateId=template_id, MinVersion=str(low),
+                                     MaxVersion=str(min(latest, low + VERSIONS_PAGE - 1)),
+                                     PaginationConfig={"PageSize": VERSIONS_PAGE})
+        return out
 
     def register_targets(self, target_group_arn: str, instance_ids: list[str]) -> None:
         """Register the instances and wait until the target group reports them in service."""
