@@ -5,8 +5,9 @@ moto's instances have no host, so `FakeBuilderHost` plays the part EC2 and cloud
 play on AWS: when bakery's builder instance appears in moto, it reads the instance's
 user data (the pinned host key) and key pair (the login key) and starts a real sshd
 with them. That sshd runs in a private mount namespace where /root, /home, /etc/ssh,
-/etc/machine-id, /tmp, /srv, /var/cache/apt and /var/lib/apt/lists are scratch directories, so the bake's steps and its
-hygiene (which deletes host keys and authorized_keys) never touch this machine.
+/etc/machine-id, /etc/hostname, /etc/hosts, /tmp, /srv, /var/cache/apt and /var/lib/apt/lists
+are scratch copies, with a hostname of its own (as cloud-init names a builder), so the bake's
+steps and its hygiene (which deletes host keys and authorized_keys) never touch this machine.
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ Subsystem sftp internal-sftp
 LogLevel ERROR
 """
 
+# What cloud-init leaves on an EC2 builder (set_hostname, update_etc_hosts).
+BUILDER_HOSTNAME = "ip-172-31-5-9"
+BUILDER_HOSTS = ("# written by cloud-init\n127.0.0.1 localhost\n"
+                 f"127.0.1.1 {BUILDER_HOSTNAME}.ec2.internal {BUILDER_HOSTNAME}\n::1 localhost ip6-localhost\n")
+
 # Runs as the namespace's first process: bind the scratch tree over the paths a bake touches.
 NAMESPACE_SCRIPT = """\
 set -e
@@ -95,7 +101,8 @@ S="$1"
 mount --bind "$S" /mnt
 mount -t tmpfs -o mode=755 tmpfs /run && mkdir -m 755 /run/sshd
 for d in root home etc/ssh srv var/tmp var/cache/apt var/lib/apt/lists; do mount --bind "/mnt/fs/$d" "/$d"; done
-mount --bind /mnt/fs/etc/machine-id /etc/machine-id
+for f in machine-id hostname hosts; do mount --bind "/mnt/fs/etc/$f" "/etc/$f"; done
+hostname "$(cat /etc/hostname)"  # its own UTS namespace: named as cloud-init names a builder
 mount -t tmpfs tmpfs /tmp
 if [ -d /mnt/sbin ]; then mount --bind /mnt/sbin /usr/local/sbin; fi  # stand-in tools, first on root's PATH
 exec /usr/sbin/sshd -D -e -f /mnt/sshd_config
@@ -215,6 +222,8 @@ class FakeBuilderHost:
                   "var/lib/apt/lists/partial"):
             (self.fs / d).mkdir(parents=True, exist_ok=True)
         (self.fs / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+        (self.fs / "etc/hostname").write_text(f"{BUILDER_HOSTNAME}\n")
+        (self.fs / "etc/hosts").write_text(BUILDER_HOSTS)
         (scratch / "sshd_config").write_text(SSHD_CONFIG.format(port=self.port))
         if fake_cloud_init:
             (scratch / "sbin").mkdir(exist_ok=True)
@@ -264,7 +273,7 @@ class FakeBuilderHost:
             return
         self.proc = subprocess.Popen(
             # A private pid namespace too: stopping sshd (its PID 1) ends every session and step it ran.
-            ["unshare", "-m", "-p", "--fork", "--kill-child", "--propagation", "private",
+            ["unshare", "-m", "-p", "-u", "--fork", "--kill-child", "--propagation", "private",
              "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.scratch)],
             stdout=subprocess.DEVNULL, stderr=open(self.scratch / "sshd.log", "ab"))
 

@@ -239,3 +239,16 @@ def test_prune_spares_an_image_named_only_by_a_late_launch_template_version(cli_
     [report] = json.loads(out.stdout)
     assert report["removed"] == [] and report["spared"] == {old: "launch template pinned version 20"}
     assert len(ec2.describe_images(ImageIds=[old])["Images"]) == 1
+
+
+def test_a_baked_image_does_not_carry_the_builders_hostname(cli_env, builder_host):
+    from tests.support import BUILDER_HOSTNAME
+
+    env, recipes = cli_env
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - name: name\n    shell: hostname\n"))
+    out = invoke(["bake", "--recipe", "web"], env)
+    assert out.returncode == 0, out.stderr
+    assert f"name | {BUILDER_HOSTNAME}" in out.stderr  # the builder had its own name while the steps ran
+    assert (builder_host.fs / "etc/hostname").read_text() == "localhost\n"  # an instance sets its own at boot
+    assert (builder_host.fs / "etc/hosts").read_text() == (
+        "# written by cloud-init\n127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
