@@ -9,7 +9,7 @@ Imports happen inside the tasks, so `invoke --list` and `--help` load no SDK.
 
 from invoke import Collection, task
 
-from bakery.cli import command, parse_int, parse_vars, required, settings_from
+from bakery.cli import command, parse_int, parse_variables, required, settings_from
 
 
 @task(
@@ -17,13 +17,14 @@ from bakery.cli import command, parse_int, parse_vars, required, settings_from
     iterable=["var"],
     help={
         "recipe": "recipe name: recipes/NAME.yaml",
-        "var": "KEY=VALUE for a variable the recipe declares (repeatable)",
+        "var": "KEY=VALUE for a variable the recipe declares (repeatable; wins over --var-file)",
+        "var-file": "YAML file of variable values (name: value)",
         "force": "bake even if an image with the same inputs exists",
         "keep-on-error": "on failure keep the builder, key pair and security group for debugging",
         "json": "print the manifest as JSON on stdout (progress stays on stderr)",
     },
 )
-def bake(c, recipe, var=None, force=False, keep_on_error=False, json=False):
+def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, json=False):
     """Bake an AMI from a recipe (skipped when an image with the same inputs exists)."""
     with command():
         required(recipe=recipe)
@@ -31,23 +32,34 @@ def bake(c, recipe, var=None, force=False, keep_on_error=False, json=False):
         from bakery.cli import show
         from bakery.progress import Reporter
 
-        show.bake(run_bake(settings_from(c), recipe, parse_vars(var), report=Reporter(prefix=f"[{recipe}] "),
-                           force=force, keep_on_error=keep_on_error), json=json)
+        show.bake(run_bake(settings_from(c), recipe, parse_variables(var, var_file),
+                           report=Reporter(prefix=f"[{recipe}] "), force=force, keep_on_error=keep_on_error),
+                  json=json)
 
 
 @task(
-    iterable=["recipe"],
-    help={"recipe": "only these recipes (repeatable; default: every recipe)",
-          "force": "bake even when nothing changed", "json": "print the table as JSON on stdout"},
+    iterable=["recipe", "var"],
+    help={"recipe": "only these recipes (repeatable; default: every recipe not marked abstract)",
+          "var": "KEY=VALUE for every selected recipe that declares KEY (repeatable; wins over --var-file)",
+          "var-file": "YAML file of variable values (name: value), each for the recipes that declare it",
+          "force": "bake even when nothing changed", "json": "print the table as JSON on stdout",
+          "names": "bake nothing: print the names of the recipes it would consider as one JSON list "
+                   "(the workflow's matrix)"},
 )
-def rebake(c, recipe=None, force=False, json=False):
+def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, names=False):
     """Bake every recipe whose inputs changed; table of decisions (also to $GITHUB_STEP_SUMMARY)."""
     with command():
         from bakery.bake.rebake import rebake as run_rebake
+        from bakery.bake.rebake import selected
         from bakery.cli import show
         from bakery.progress import Reporter
 
-        show.rebake(run_rebake(settings_from(c), recipe or None, force=force, report=Reporter()), json=json)
+        settings = settings_from(c)
+        if names:
+            show.recipe_names(selected(settings, recipe or None))
+            return
+        show.rebake(run_rebake(settings, recipe or None, variables=parse_variables(var, var_file), force=force,
+                               report=Reporter()), json=json)
 
 
 @task(

@@ -252,3 +252,75 @@ def test_a_baked_image_does_not_carry_the_builders_hostname(cli_env, builder_hos
     assert (builder_host.fs / "etc/hostname").read_text() == "localhost\n"  # an instance sets its own at boot
     assert (builder_host.fs / "etc/hosts").read_text() == (
         "# written by cloud-init\n127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
+
+
+GREET = ("variables:\n  who: {description: 'required, no default'}\n  punctuation: {default: '!'}\n",
+         "  - name: greet\n    shell: echo hello {{ who }}{{ punctuation }}\n")
+
+
+def test_bake_takes_a_var_file_and_var_wins_over_it(cli_env, builder_host, tmp_path):
+    env, recipes = cli_env
+    write_recipe(recipes, "web", recipe_text(builder_host.port, GREET[1], GREET[0]))
+    (tmp_path / "vars.yaml").write_text("who: world\npunctuation: '?'\n")
+    out = invoke(["bake", "--recipe", "web", "--var-file", str(tmp_path / "vars.yaml"), "--var", "punctuation=.",
+                  "--json"], env)
+    assert out.returncode == 0, out.stderr
+    assert "greet | hello world." in out.stderr
+    assert json.loads(out.stdout)["variables"] == {"who": "world", "punctuation": "."}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("who: [a, b]\n", "vars.yaml:1: who: expected one value (text, number or boolean), got a list"),
+    ("who: world\nWho: x\n", "vars.yaml:2: Who: not a variable name"),
+    ("- who\n", "vars.yaml:1: expected a mapping of variable names to values, got list"),
+    ("who: world\nnobody: 1\n", "variable 'nobody' is not declared by recipe 'web'"),
+])
+def test_a_bad_var_file_is_one_line_and_creates_nothing(cli_env, builder_host, moto, tmp_path, text, message):
+    env, recipes = cli_env
+    write_recipe(recipes, "web", recipe_text(builder_host.port, GREET[1], GREET[0]))
+    (tmp_path / "vars.yaml").write_text(text)
+    out = invoke(["bake", "--recipe", "web", "--var-file", str(tmp_path / "vars.yaml")], env)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert leftovers(moto.client()) == {} and not (tmp_path / "state" / "keys").exists()
+
+
+def test_rebake_gives_each_variable_to_the_recipes_that_declare_it(cli_env, builder_host, moto, tmp_path):
+    env, recipes = cli_env
+    write_recipe(recipes, "web", recipe_text(builder_host.port, GREET[1], GREET[0]))
+    write_recipe(recipes, "db", recipe_text(builder_host.port, "  - name: plain\n    shell: echo db\n"))
+    (tmp_path / "vars.yaml").write_text("who: world\n")
+
+    failed = invoke(["rebake", "--json"], env)  # web's required variable is not given: web alone fails
+    assert failed.returncode != 0
+    rows = {r["recipe"]: r for r in json.loads(failed.stdout)}
+    assert rows["db"]["decision"] == "rebaked" and rows["web"]["decision"] == "failed"
+    assert "variable 'who' has no default" in rows["web"]["reason"]
+
+    refused = invoke(["rebake", "--var-file", str(tmp_path / "vars.yaml"), "--var", "nobody=1"], env)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        "error: variable 'nobody' is declared by none of the recipes to rebake (db, web)")
+
+    out = invoke(["rebake", "--var-file", str(tmp_path / "vars.yaml"), "--json"], env)
+    assert out.returncode == 0, out.stderr
+    rows = {r["recipe"]: r["decision"] for r in json.loads(out.stdout)}
+    assert rows == {"db": "unchanged", "web": "rebaked"} and "[web] " in out.stderr
+    assert "greet | hello world!" in out.stderr
+
+
+def test_an_abstract_recipe_is_extended_but_never_baked(cli_env, builder_host, moto):
+    env, recipes = cli_env
+    write_recipe(recipes, "template", "abstract: true\n" + recipe_text(builder_host.port,
+                                                                        "  - name: shared\n    shell: echo shared\n"))
+    write_recipe(recipes, "web", "extends: template\nsteps:\n  - name: own\n    shell: echo own\n")
+    assert json.loads(invoke(["rebake", "--names"], env).stdout) == ["web"]
+    out = invoke(["rebake", "--json"], env)
+    assert out.returncode == 0, out.stderr
+    assert [r["recipe"] for r in json.loads(out.stdout)] == ["web"]
+    assert "shared | shared" in out.stderr and "own | own" in out.stderr  # the template's steps run first
+    for args in (["bake", "--recipe", "template"], ["rebake", "--recipe", "template"]):
+        refused = invoke(args, env)
+        assert refused.returncode == 2 and "recipe 'template' is abstract (a template for extends)" in refused.stderr
+    assert invoke(["validate"], env).returncode == 0  # validated like any recipe
+    assert [i["Tags"] for i in moto.client().describe_images(
+        Filters=[{"Name": "tag:bakery:recipe", "Values": ["template"]}])["Images"]] == []

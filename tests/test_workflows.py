@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +48,44 @@ def test_ci_runs_the_same_command_as_dot_ci_run():
     assert {"push", "pull_request"} <= set(wf["on"])
     assert any(".ci/run" in s.get("run", "") for s in wf["jobs"]["test"]["steps"])
     assert "pytest -q" in (ROOT / ".ci" / "run").read_text()
+
+
+def plan_step(tmp_path, recipes: dict[str, str], chosen: str = "") -> tuple[subprocess.CompletedProcess, str]:
+    """The rebake workflow's `plan` step, run as the runner would (bash, from the checkout, with
+    `invoke` on PATH), on recipes in a temp dir; its return and what it wrote to GITHUB_OUTPUT."""
+    import os
+
+    step = next(s for s in load("rebake.yml")["jobs"]["plan"]["steps"] if s.get("id") == "list")
+    recipes_dir = tmp_path / "recipes"
+    recipes_dir.mkdir()
+    for name, body in recipes.items():
+        (recipes_dir / f"{name}.yaml").write_text(body)
+    output = tmp_path / "github_output"
+    env = {**os.environ, "RECIPES": chosen, "GITHUB_OUTPUT": str(output),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "INVOKE_BAKERY_RECIPES_DIR": str(recipes_dir), "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state")}
+    assert step["env"] == {"RECIPES": "${{ inputs.recipes }}"}  # the input reaches the shell as data
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    return done, output.read_text() if output.exists() else ""
+
+
+TEMPLATE = "abstract: true\nsource: {ami: ami-12345678}\nsteps: [{name: base, shell: 'true'}]\n"
+
+
+def test_the_matrix_leaves_out_abstract_recipes(tmp_path):
+    done, output = plan_step(tmp_path, {"template": TEMPLATE, "web": "extends: template\n",
+                                        "db": "source: {ami: ami-12345678}\n"})
+    assert done.returncode == 0, done.stderr
+    assert output == 'recipes=["db","web"]\n'
+
+
+@pytest.mark.parametrize("chosen, ok, out", [
+    ("web db", True, 'recipes=["web","db"]\n'),
+    ("template", False, "recipe 'template' is abstract (a template for extends): rebake a recipe that extends it"),
+])
+def test_the_matrix_takes_the_recipes_dispatched_but_never_an_abstract_one(tmp_path, chosen, ok, out):
+    recipes = {"template": TEMPLATE, "web": "extends: template\n", "db": "source: {ami: ami-12345678}\n"}
+    done, output = plan_step(tmp_path, recipes, chosen=chosen)
+    assert (done.returncode == 0) is ok, done.stderr
+    assert out in (output if ok else done.stderr)

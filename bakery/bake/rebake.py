@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from bakery.config.abstract import is_abstract, refuse_abstract
 from bakery.config.recipe import list_recipes
 from bakery.config.settings import Settings
 from bakery.errors import BakeryError, ConfigError
@@ -23,28 +24,54 @@ class RebakeRow:
     seconds: float
 
 
-def rebake(settings: Settings, recipes: list[str] | None, *, force: bool = False,
-           report: Reporter) -> list[RebakeRow]:
-    """Bake every recipe (or those named) whose inputs changed; one failure does not stop the rest."""
-    from bakery.bake.run import bake
+def selected(settings: Settings, recipes: list[str] | None) -> list[str]:
+    """What rebake bakes: the recipes named (none of them abstract), else every concrete recipe."""
+    known = list_recipes(settings.recipes)
+    unknown = [n for n in recipes or [] if n not in known]
+    if unknown:
+        raise ConfigError(f"{settings.recipes}: no such recipe {unknown[0]!r} (known: {', '.join(known)})")
+    if recipes:
+        for name in recipes:
+            refuse_abstract(settings.recipes, name, "rebake")
+        return list(recipes)
+    return [n for n in known if not is_abstract(settings.recipes / f"{n}.yaml")]
+
+
+def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str, str] | None = None,
+           force: bool = False, report: Reporter) -> list[RebakeRow]:
+    """Bake every recipe (or those named) whose inputs changed; one failure does not stop the rest.
+
+    Each variable goes to every selected recipe that declares it; one that none declares is
+    refused before the cloud opens (a recipe that does not load cannot claim it: it fails on its own row)."""
+    from bakery.bake.inputs import load_inputs
+    from bakery.bake.run import Bake
     from bakery.cloud.connect import open_cloud
 
-    names = recipes or list_recipes(settings.recipes)
-    unknown = [n for n in names if n not in list_recipes(settings.recipes)]
-    if unknown:
-        raise ConfigError(f"{settings.recipes}: no such recipe {unknown[0]!r} "
-                          f"(known: {', '.join(list_recipes(settings.recipes))})")
-    cloud = open_cloud(settings)
-    rows = []
+    variables = variables or {}
+    names = selected(settings, recipes)
+    loaded: dict[str, object] = {}
+    rows: dict[str, RebakeRow] = {}
     for name in names:
+        try:
+            loaded[name] = load_inputs(settings.recipes, settings.state, name)
+        except BakeryError as exc:
+            rows[name] = RebakeRow(name, "failed", exc.message, None, 0.0)
+    for key in variables:
+        if not any(key in inputs.declared for inputs in loaded.values()):
+            raise ConfigError(f"variable {key!r} is declared by none of the recipes to rebake "
+                              f"({', '.join(names) or 'none'})")
+    cloud = open_cloud(settings)
+    for name, inputs in loaded.items():
         started = time.monotonic()
         try:
-            manifest = bake(settings, name, {}, report=Reporter(prefix=f"[{name}] ", stream=report.stream,
-                                                               quiet=report.quiet), force=force, cloud=cloud)
+            mine = {k: v for k, v in variables.items() if k in inputs.declared}
+            manifest = Bake(settings, inputs, mine, report=Reporter(prefix=f"[{name}] ", stream=report.stream,
+                                                                    quiet=report.quiet),
+                            force=force, cloud=cloud).run()
             decision = "unchanged" if manifest.skipped else "rebaked"
             reason = manifest.reason if manifest.skipped else (
                 "forced" if force else f"inputs changed (hash {manifest.inputs_hash})")
-            rows.append(RebakeRow(name, decision, reason, manifest.ami_id, round(time.monotonic() - started, 3)))
+            rows[name] = RebakeRow(name, decision, reason, manifest.ami_id, round(time.monotonic() - started, 3))
         except BakeryError as exc:
-            rows.append(RebakeRow(name, "failed", exc.message, None, round(time.monotonic() - started, 3)))
-    return rows
+            rows[name] = RebakeRow(name, "failed", exc.message, None, round(time.monotonic() - started, 3))
+    return [rows[name] for name in names]

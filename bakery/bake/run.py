@@ -122,6 +122,9 @@ class Bake:
 def bake(settings: Settings, recipe_name: str, variables: dict[str, str], *, report: Reporter,
          force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None) -> Manifest:
     """Check the recipe offline (or know it unchanged since it was), then open the cloud and bake it."""
+    from bakery.config.abstract import refuse_abstract
+
+    refuse_abstract(settings.recipes, recipe_name, "bake")
     inputs = load_inputs(settings.recipes, settings.state, recipe_name)
     return Bake(settings, inputs, variables, report=report, force=force, keep_on_error=keep_on_error,
                 cloud=cloud).run()

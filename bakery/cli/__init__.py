@@ -51,6 +51,13 @@ def parse_vars(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def parse_variables(pairs: list[str] | None, var_file: str | None) -> dict[str, str]:
+    """`--var KEY=VALUE ...` over the values of `--var-file FILE` (YAML)."""
+    from bakery.config.variables import given_variables
+
+    return given_variables(Path(var_file) if var_file else None, parse_vars(pairs))
+
+
 def parse_build_id(value: str) -> str:
     """A build id as bake prints it; refused when it is not one plain name (it names a key directory)."""
     from bakery.housekeeping.cleanup import PLAIN_ID

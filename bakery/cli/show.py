@@ -31,6 +31,11 @@ def bake(manifest, *, json: bool) -> None:
              f"(manifest: {manifest.manifest_path})")
 
 
+def recipe_names(names: list[str]) -> None:
+    """One compact JSON list on one line, as a GitHub Actions matrix reads it from a step output."""
+    emit(jsonlib.dumps(names, separators=(",", ":")))
+
+
 def rebake(rows, *, json: bool) -> None:
     from invoke.exceptions import Exit
 

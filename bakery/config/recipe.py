@@ -223,6 +223,7 @@ Checks.model_rebuild()
 class RecipeDoc(Strict):
     """The YAML document as written (one file, before `extends` is applied)."""
 
+    abstract: bool = False  # a template used only through extends (bakery/config/abstract.py); not inherited
     extends: str | None = Field(None, pattern=NAME_RE)
     description: str = ""
     source: Source | None = None
