@@ -324,3 +324,35 @@ def test_an_abstract_recipe_is_extended_but_never_baked(cli_env, builder_host, m
     assert invoke(["validate"], env).returncode == 0  # validated like any recipe
     assert [i["Tags"] for i in moto.client().describe_images(
         Filters=[{"Name": "tag:bakery:recipe", "Values": ["template"]}])["Images"]] == []
+
+
+def test_image_description_and_tags_are_rendered_like_its_name(cli_env, builder_host, moto):
+    env, recipes = cli_env
+    image = ("variables: {release: {default: '1.0'}}\nimage:\n  name: \"{{ recipe }}-{{ release }}-{{ timestamp }}\"\n"
+             "  description: \"{{ recipe }} release {{ release }}\"\n"
+             "  tags: {release: \"{{ release }}\", build: \"{{ build_id }}\", team: platform}\n")
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - name: hi\n    shell: echo hi\n", image))
+    out = invoke(["bake", "--recipe", "web", "--var", "release=2.5", "--json"], env)
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads(out.stdout)
+    [ami] = moto.client().describe_images(ImageIds=[manifest["ami_id"]])["Images"]
+    tags = {t["Key"]: t["Value"] for t in ami["Tags"]}
+    assert ami["Description"] == "web release 2.5" and ami["Name"].startswith("web-2.5-")
+    assert (tags["release"], tags["build"], tags["team"]) == ("2.5", manifest["build_id"], "platform")
+
+
+@pytest.mark.parametrize("extra, steps, where", [
+    ("", "  - name: \"install {{ pkg }}\"\n    shell: echo hi\n", "web.yaml:8: steps[0].name"),
+    ("variables: {pkg: {default: \"{{ recipe }}\"}}\n", "  - name: hi\n    shell: echo hi\n",
+     "web.yaml:7: variables.pkg.default"),
+    ("image: {tags: {\"{{ recipe }}\": x}}\n", "  - name: hi\n    shell: echo hi\n", "web.yaml:7: image.tags.{{ recipe }}"),
+    ("checks: {commands: [{name: \"{% if x %}a{% endif %}\", shell: 'true'}]}\n", "  - name: hi\n    shell: echo hi\n",
+     "web.yaml:7: checks.commands[0].name"),
+])
+def test_a_jinja_expression_where_nothing_is_rendered_is_refused(cli_env, builder_host, moto, extra, steps, where):
+    env, recipes = cli_env
+    write_recipe(recipes, "web", recipe_text(builder_host.port, steps, extra))
+    out = invoke(["bake", "--recipe", "web"], env)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert where + ": " in out.stderr and "is not rendered as a template" in out.stderr
+    assert leftovers(moto.client()) == {}

@@ -26,10 +26,11 @@ pytestmark = pytest.mark.e2e
 
 WEB_TEMPLATE = """\
 #cloud-config
-{# variables: greeting, environment, tier #}
+{# variables: greeting, environment, tier, instance_index #}
 write_files:
   - path: /etc/bakery/env
-    content: {{ ("ENVIRONMENT=" ~ environment ~ "\\nTIER=" ~ tier ~ "\\nGREETING=" ~ greeting ~ "\\n") | yaml }}
+    content: {{ ("ENVIRONMENT=" ~ environment ~ "\\nTIER=" ~ tier ~ "\\nGREETING=" ~ greeting ~ "\\nINDEX="
+                 ~ instance_index ~ "\\n") | yaml }}
 runcmd:
   - [sh, -c, 'echo {{ image_id }} > /etc/bakery/image']
 """
@@ -126,6 +127,7 @@ def test_tiers_launch_with_their_images_network_tags_and_user_data(world, env, g
         # web overrides the environment's greeting, app inherits it; "\\n" as the yaml filter escapes it
         expected = greeting if tags["bakery:tier"] == "web" else "hello"
         assert f"TIER={tags['bakery:tier']}\\nGREETING={expected}\\n" in text
+        assert f"INDEX={tags['bakery:slot']}\\n" in text  # each instance renders with its own instance_index
         assert inst["ImageId"] in text  # the template saw the image id it was launched with
     web, app = by_tier["web"], by_tier["app"]
     assert [i["SubnetId"] for i in web] == [world["subnets"]["web-a"], world["subnets"]["web-b"]]

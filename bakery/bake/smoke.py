@@ -13,6 +13,7 @@ from bakery.bake.state import BakeState, Context
 from bakery.bake.steps import builder_spec, launch, ssh_to, wait_for_cloud_init
 from bakery.cloud import tags as T
 from bakery.cloud.images import source_image
+from bakery.config.recipe import render_check
 from bakery.errors import BakeryError, Interrupted, RemoteError, StepFailed
 
 
@@ -53,7 +54,8 @@ class SmokeTest:
             connector.connect(timeout=checks.timeout)
         try:
             wait_for_cloud_init(connector, ctx, checks.timeout, "smoke cloud-init")
-            for check in checks.commands:
+            for i, raw in enumerate(checks.commands):
+                check = render_check(state.recipe, raw, i, state.context)
                 with r.stage(f"smoke check: {check.name}"):
                     res = connector.run(check.shell, env={}, timeout=check.timeout, sudo=True,
                                         on_output=lambda line, n=check.name: r.output(f"check {n}", line))

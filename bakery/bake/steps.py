@@ -278,15 +278,14 @@ class CreateImage:
     title = "create image"
 
     def run(self, state: BakeState, ctx: Context) -> str:
-        from bakery.config.templating import image_name
+        from bakery.config.recipe import render_image
 
         recipe, ec2 = state.recipe, ctx.ec2
-        state.image_name = image_name(recipe.image.name, state.context, f"{recipe.path}: image.name")
-        state.image_tags = {**recipe.image.tags, "Name": state.image_name,
+        state.image_name, description, tags = render_image(recipe, state.context)
+        state.image_tags = {**tags, "Name": state.image_name,
                             **T.build_tags(recipe.name, state.build_id, "image", temporary=False),
                             T.INPUTS_HASH: state.manifest.inputs_hash, T.SOURCE_AMI: state.source.id}
-        image_id = ec2.create_image(state.builder["InstanceId"], state.image_name,
-                                    recipe.image.description or recipe.description, state.image_tags)
+        image_id = ec2.create_image(state.builder["InstanceId"], state.image_name, description, state.image_tags)
         state.image_id = image_id
         ctx.stack.created("image", image_id, ec2.region, f"unfinished image {image_id}",
                           lambda: ec2.deregister_image(image_id), product=True)

@@ -286,6 +286,7 @@ def load_recipe(recipes_dir: Path, name: str) -> Recipe:
         path = recipe_path(recipes_dir, current)
         data, lines = load_yaml(path)
         doc = validate(RecipeDoc, data, lines, str(path))
+        _refuse_unrendered(data, (), lines, path)
         chain.append((path, doc, lines))
         current = doc.extends
     chain.reverse()  # parents first
@@ -371,15 +372,76 @@ def render_step(recipe: Recipe, step: Step, index: int, context: dict[str, str])
     return step.model_copy(update=update)
 
 
+def render_image(recipe: Recipe, context: dict[str, str]) -> tuple[str, str, dict[str, str]]:
+    """The image's name, description and tags (values rendered; keys are not templates)."""
+    from bakery.config.templating import image_name, render_text
+
+    where = f"{recipe.path}: image"
+    name = image_name(recipe.image.name, context, f"{where}.name")
+    description = render_text(recipe.image.description or recipe.description, context, f"{where}.description")
+    if len(description) > 255:
+        raise ConfigError(f"{where}.description: renders to {len(description)} characters (EC2 allows 255)")
+    tags = {}
+    for key, value in recipe.image.tags.items():
+        tags[key] = render_text(value, context, f"{where}.tags.{key}")
+        if len(tags[key]) > 256:
+            raise ConfigError(f"{where}.tags.{key}: renders to {len(tags[key])} characters (EC2 allows 256)")
+    return name, description, tags
+
+
+def render_check(recipe: Recipe, check: Check, index: int, context: dict[str, str]) -> Check:
+    """A smoke check with variables substituted into its shell text, as a step's."""
+    from bakery.config.templating import render_text
+
+    where = f"{recipe.path}: checks.commands[{index}] ({check.name}).shell"
+    return check.model_copy(update={"shell": render_text(check.shell, context, where)})
+
+
+# The fields whose text is a jinja template (README "Recipes"); an int in a path stands for any
+# list index, "*" for any mapping key.
+TEMPLATED = {("image", "name"), ("image", "description"), ("image", "tags", "*"), ("steps", int, "shell"),
+             ("steps", int, "env", "*"), ("steps", int, "upload", "dest"), ("checks", "commands", int, "shell")}
+JINJA_MARK = re.compile(r"\{\{|\{%")
+
+
+def _templated(path: tuple) -> bool:
+    shape = tuple(int if isinstance(p, int) else p for p in path)
+    return shape in TEMPLATED or shape[:-1] + ("*",) in TEMPLATED
+
+
+def _refuse_unrendered(data, path: tuple, lines: LineMap, file: Path) -> None:
+    """A jinja expression in a field that is never rendered would reach the image as written
+    (a tag reading `{{ release }}`): refused where it is written."""
+    from bakery.config.yamlfile import format_path
+
+    def refuse(where: tuple, what: str) -> None:
+        raise ConfigError(f"{file}:{lines.line_for(where)}: {format_path(where)}: {what} is not rendered as a "
+                          "template (only image.name, image.description, image.tags values, steps[].shell, "
+                          "steps[].env values, steps[].upload.dest and checks.commands[].shell are)")
+
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if JINJA_MARK.search(key):
+                refuse(path + (key,), "a jinja expression in a key")
+            _refuse_unrendered(value, path + (key,), lines, file)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _refuse_unrendered(value, path + (i,), lines, file)
+    elif isinstance(data, str) and JINJA_MARK.search(data) and not _templated(path):
+        refuse(path, "a jinja expression here")
+
+
 def _check_templates(recipe: Recipe, chain) -> None:
     """Render every template once with the defaults (or placeholders) to prove it renders."""
-    from bakery.config.templating import BUILTINS, image_name
+    from bakery.config.templating import BUILTINS
 
     for key in recipe.variables:
         if key in BUILTINS:
             raise ConfigError(f"{recipe.path}: variables.{key}: name is reserved ({', '.join(BUILTINS)})")
     sample = {k: v.default if v.default is not None else "x" for k, v in recipe.variables.items()}
     context = template_context(recipe, sample, "b-20000101000000-000000", "20000101000000")
-    image_name(recipe.image.name, context, f"{chain[-1][0]}: image.name")
+    render_image(recipe, context)
     for i, step in enumerate(recipe.steps):
         render_step(recipe, step, i, context)
+    for i, check in enumerate(recipe.checks.commands if recipe.checks else []):
+        render_check(recipe, check, i, context)

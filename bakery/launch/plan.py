@@ -17,6 +17,12 @@ from bakery.progress import Reporter
 from bakery.render.tier import render_tier
 
 
+def slot_index(count: int, slot: str) -> int:
+    """A slot's number: "0".."count-1" for the active instances, then the standbys after them
+    (what templates see as instance_index; subnets are spread round-robin by it)."""
+    return int(slot) if slot.isdigit() else count + int(slot.rpartition("-")[2])
+
+
 class Planner:
     def __init__(self, settings: Settings, env: Environment, ec2, report: Reporter):
         self.settings, self.env, self.ec2, self.report = settings, env, ec2, report
@@ -35,12 +41,16 @@ class Planner:
     def _plan_tier(self, name: str, spec: Tier) -> TierPlan:
         where = f"{self.env.path}: tiers.{name}"
         image = self.image(spec, where)
-        user_data = render_tier(self.settings, self.env, name, image["ImageId"], self.ec2.region)
         resolved = []
         existing = self.ec2.instances(T.tag_filter(T.ENVIRONMENT, self.env.name), T.tag_filter(T.TIER, name))
         taken = {T.tags_of(i).get(T.SLOT) for i in existing}
         slots = [str(i) for i in range(spec.count)] + [f"standby-{i}" for i in range(spec.standby)]
         missing = [s for s in slots if s not in taken]
+        # each instance's own rendering (templates see its instance_index); the plan, and a launch
+        # template version, show slot 0's (rendered even for a tier of none, which validates it)
+        per_slot = {slot: render_tier(self.settings, self.env, name, image["ImageId"], self.ec2.region,
+                                      slot_index(spec.count, slot)) for slot in slots or ["0"]}
+        user_data = per_slot[(slots or ["0"])[0]]
         if spec.interfaces:
             # fixed addresses must be free only when this run launches instances to hold them
             resolved = self._network().resolve_interfaces(name, spec, new_instances=bool(missing))
@@ -69,7 +79,8 @@ class Planner:
             user_data_sha256=user_data.sha256 if user_data else "",
             root_device_name=image.get("RootDeviceName") or "/dev/xvda",
             user_data=user_data.payload if user_data else b"", interfaces=resolved,
-            health_check=spec.health_check.model_dump() if spec.health_check else None)
+            health_check=spec.health_check.model_dump() if spec.health_check else None,
+            slot_user_data={slot: (ud.payload, ud.sha256) for slot, ud in per_slot.items() if ud is not None})
 
     def image(self, spec: Tier, where: str) -> dict:
         """The image a tier launches from."""

@@ -28,6 +28,12 @@ class TierPlan:
     user_data: bytes = field(default=b"", repr=False)
     interfaces: list = field(default_factory=list, repr=False)  # network.ResolvedInterface, when declared
     health_check: dict | None = None
+    # per slot (each instance's own instance_index): (user data payload, its sha256)
+    slot_user_data: dict[str, tuple[bytes, str]] = field(default_factory=dict, repr=False)
+
+    def user_data_for(self, slot: str) -> tuple[bytes, str]:
+        """What the instance in `slot` is sent, and its sha256 (the first slot's when not planned)."""
+        return self.slot_user_data.get(slot, (self.user_data, self.user_data_sha256))
 
 
 @dataclass
@@ -57,5 +63,6 @@ class LaunchReport:
     reach: str | None = None  # a shell command that reaches a healthy instance from this machine
 
     def to_json(self) -> str:
-        data = asdict(self, dict_factory=lambda items: {k: v for k, v in items if k not in ("user_data", "interfaces")})
+        data = asdict(self, dict_factory=lambda items: {k: v for k, v in items
+                                                        if k not in ("user_data", "interfaces", "slot_user_data")})
         return json.dumps(data, indent=2, sort_keys=True)

@@ -24,7 +24,7 @@ from bakery.cloud.instances import INSTANCE_TIMEOUT, InstanceSpec, Nic, Volume
 from bakery.config.environment import Environment, HealthCheck, Tier, load_environment
 from bakery.config.settings import Settings
 from bakery.housekeeping.stack import CleanupStack
-from bakery.launch.plan import Planner
+from bakery.launch.plan import Planner, slot_index
 from bakery.launch.report import InstanceReport, LaunchReport, TierPlan
 from bakery.progress import Reporter
 from bakery.remote.dial import Machine, Route
@@ -46,9 +46,10 @@ def tier_spec(env: Environment, plan: TierPlan, slot: str, launch_id: str) -> In
                          private_ip=r.spec.private_ip, description=r.spec.description or "bakery")
                      for r in plan.interfaces if not r.spec.persistent)
     else:
-        index = int(slot) if slot.isdigit() else spec.count + int(slot.rpartition("-")[2])
+        index = slot_index(spec.count, slot)
         nics = (Nic(0, plan.subnets[index % len(plan.subnets)], tuple(plan.security_groups), public_ip=spec.public_ip),)
     tags = {**env.tags, **spec.tags, **T.instance_tags(env.name, plan.tier, slot, launch_id, plan.strategy)}
+    user_data, user_data_sha256 = plan.user_data_for(slot)
     return InstanceSpec(
         image_id=plan.image_id, instance_types=(plan.instance_type,), nics=nics,
         volume=Volume(volume.size_gb, volume.type, volume.encrypted, volume.kms_key_id,
@@ -58,8 +59,8 @@ def tier_spec(env: Environment, plan: TierPlan, slot: str, launch_id: str) -> In
         # image, user data): a retried call, or a concurrent launch on another machine, gets the
         # same instance back from EC2 instead of a second one. A replaced instance changes the world.
         token="/".join([env.name, plan.tier, slot, ",".join(sorted(plan.existing)), plan.image_id,
-                        plan.user_data_sha256]), token_per_type=False,
-        user_data=plan.user_data or None, key_name=spec.key_name, instance_profile=spec.iam_instance_profile,
+                        user_data_sha256]), token_per_type=False,
+        user_data=user_data or None, key_name=spec.key_name, instance_profile=spec.iam_instance_profile,
         imds_hop_limit=2,
         template_tags={**env.tags, **spec.tags, T.ENVIRONMENT: env.name, T.TIER: plan.tier})
 

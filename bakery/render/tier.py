@@ -16,11 +16,12 @@ from bakery.render.userdata import PartSpec, Secret, UserData, lint_value, rende
 PLACEHOLDER_IMAGE = "ami-00000000000000000"
 
 
-def template_context(env: Environment, tier: str, image_id: str, region: str) -> dict[str, object]:
+def template_context(env: Environment, tier: str, image_id: str, region: str,
+                     instance_index: int = 0) -> dict[str, object]:
     """What every user data template receives (README: 'Variables every template receives')."""
     spec = env.tiers[tier]
     return {**env.variables_for(tier), "environment": env.name, "tier": tier, "region": region,
-            "image_id": image_id, "recipe": spec.image.recipe or ""}
+            "image_id": image_id, "recipe": spec.image.recipe or "", "instance_index": instance_index}
 
 
 def sends_user_data(env: Environment, tier: str) -> bool:
@@ -35,8 +36,9 @@ def offline_image_id(env: Environment, tier: str) -> str | None:
     return spec.image.ami if spec.strategy != "bootstrap" else None
 
 
-def render_tier(settings: Settings, env: Environment, tier: str, image_id: str, region: str) -> UserData | None:
-    """The exact user data a tier's instances get (None when the tier sends none)."""
+def render_tier(settings: Settings, env: Environment, tier: str, image_id: str, region: str,
+                instance_index: int = 0) -> UserData | None:
+    """The exact user data the tier's instance number `instance_index` gets (None when the tier sends none)."""
     if not sends_user_data(env, tier):
         return None  # nothing per-environment to send
     spec = env.tiers[tier]
@@ -52,7 +54,7 @@ def render_tier(settings: Settings, env: Environment, tier: str, image_id: str, 
         extra.append((f"bootstrap-{recipe.name}.sh", "text/x-shellscript",
                       bootstrap_script(recipe, recipe.resolve_vars({}))))
     return render_user_data(settings.userdata, [PartSpec(p) for p in spec.user_data.parts],
-                            template_context(env, tier, image_id, region),
+                            template_context(env, tier, image_id, region, instance_index),
                             secrets=[Secret(k, v) for k, v in spec.secrets.items()], region=region,
                             where=where, extra_parts=extra)
 
