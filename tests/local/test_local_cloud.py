@@ -97,6 +97,10 @@ def test_bake_runs_in_a_sandbox_and_the_image_is_a_clean_layer(cloud, settings):
     assert leaked == []
     if "etc/machine-id" in names:  # the base has none; a bake that created one leaves it empty
         assert layer_file(layer, "etc/machine-id") == b""
+    # nor the builder's name: cloud-init wrote it in /etc/hostname and as 127.0.1.1 in /etc/hosts
+    assert "etc/hostname" not in names or layer_file(layer, "etc/hostname") == b"localhost\n"
+    hosts = layer_file(layer, "etc/hosts").decode() if "etc/hosts" in names else ""
+    assert "127.0.1.1" not in hosts, hosts
     assert_no_sandboxes(cloud)
 
 
