@@ -22,9 +22,9 @@ names="$(hostname 2>/dev/null || true) $(cat /etc/hostname 2>/dev/null || true)"
 if [ -f /etc/hosts ]; then
   awk -v names="$names" '
     BEGIN { n = split(names, list, " ")
-            for (i = 1; i <= n; i++) { short = list[i]; sub(/\..*/, "", short)
+            for (i = 1; i <= n; i++) { short = list[i]; sub(/\\..*/, "", short)
                                        if (short != "localhost") { drop[list[i]] = 1; drop[short] = 1 } } }
-    /^[ \t]*#/ { print; next }
+    /^[ \\t]*#/ { print; next }
     { for (i = 2; i <= NF; i++) if ($i in drop) next; print }' /etc/hosts > /tmp/bakery-hosts
   cat /tmp/bakery-hosts > /etc/hosts
 fi
