@@ -149,7 +149,7 @@ def test_what_bakery_runs_on_the_builder_reaches_the_hash_through_its_image_form
     shaping = [HYGIENE, LEFTOVER_CHECK, builder_user_data(Key()), unpack_command("/d", True, "app:app"),
                unpack_command("/d/f", False, None), stream.getvalue().hex()]
     digest = hashlib.sha256("\0".join(shaping).encode()).hexdigest()[:16]
-    assert (inputs.IMAGE_FORMAT, digest) == (2, "337ccdc92a95424e")
+    assert (inputs.IMAGE_FORMAT, digest) == (3, "b8e681901d854e5b")
 
     recipes = recipe(tmp_path, "source: {ami: ami-12345678}\n")
     r = Inputs.of(load_recipe(recipes, "r"))
@@ -165,7 +165,7 @@ def test_the_inputs_hash_of_the_shipped_recipes_is_stable_across_releases():
 
     shipped = {name: Inputs.of(load_recipe(ROOT / "recipes", name)) for name in ("base", "web")}
     got = {name: inputs_hash(i, i.resolve_vars({}), "ami-12345678") for name, i in shipped.items()}
-    assert got == {"base": "19c339aa510a6bba00da17668e2d9281", "web": "58a89965bf391649c15e5cb516132046"}
+    assert got == {"base": "08990f3a6bde6fde2761f7497acd038f", "web": "35ca792d54432312f309d47893dd48cd"}
 
 
 def aged(*paths, seconds=60):
