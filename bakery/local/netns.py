@@ -4,12 +4,19 @@ setns(CLONE_NEWNET) is per thread: a short-lived thread enters the namespace, ma
 (connected or listening) and exits; the socket stays in that namespace. The caller stays on the
 host. This is how bakery reaches an instance's port and how the endpoint serves an instance's
 metadata at 169.254.169.254 from its own process.
+
+The rest runs a tool there (``ip -n``, or nsenter for what follows the calling process's netns:
+sysctl, nft), with errors as one line naming the failing command; the VPC fabric (vpcnet.py) and
+the internet namespace (internet.py) are made of these.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import re
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -19,6 +26,8 @@ from bakery.local.errors import LocalCloudError
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
+#: what `ip` says when the interface or namespace it was asked about is gone (fine when removing)
+GONE = ("Cannot find device", "Cannot open network namespace", "No such file or directory")
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
@@ -58,3 +67,65 @@ def add_address(netns: str, cidr: str, dev: str = "lo") -> None:
     out = subprocess.run(["ip", "-n", netns, "addr", "add", cidr, "dev", dev], capture_output=True, text=True)
     if out.returncode != 0 and "File exists" not in out.stderr:
         raise LocalCloudError(f"adding {cidr} to {dev} in {netns}: {out.stderr.strip()}")
+
+
+def ip_argv(ns: str) -> list[str]:
+    """``ip`` inside a netns given by name (under /run/netns) or by path (e.g. /proc/<pid>/ns/net)."""
+    return ["nsenter", f"--net={ns}", "ip"] if "/" in ns else ["ip", "-n", ns]
+
+
+def run(argv: list[str], what: str, *, input: str | None = None, ok: tuple[str, ...] = ()) -> str:
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+                          stdin=None if input is not None else subprocess.DEVNULL)
+    if proc.returncode == 0:
+        return proc.stdout
+    err = proc.stderr.strip()
+    if ok and any(s in err for s in ok):
+        return ""
+    failed = " ".join(argv)
+    m = re.search(r"Command failed -:(\d+)", err)
+    if m and input is not None:  # `ip -batch -` names the failing line
+        failed = " ".join(argv[:-2]) + " " + input.splitlines()[int(m.group(1)) - 1]
+    raise LocalCloudError(f"{what} failed: {(err.splitlines() or ['?'])[0]} (command: {failed})")
+
+
+def batch(ns: str, lines: list[str], what: str) -> None:
+    """Several ``ip`` commands in one process: an ENI move is a handful of them, each a fork."""
+    if lines:
+        run([*ip_argv(ns), "-batch", "-"], what, input="\n".join(lines) + "\n")
+
+
+def path(ns: str) -> str:
+    return ns if "/" in ns else str(NETNS_DIR / ns)
+
+
+def sysctl(ns: str, settings: dict[str, object], what: str) -> None:
+    # nsenter, as /proc/sys/net shows the netns of the process that writes it
+    run(["nsenter", f"--net={path(ns)}", "sysctl", "-qw", *[f"{k}={v}" for k, v in settings.items()]], what)
+
+
+def links(ns: str) -> set[str]:
+    out = run([*ip_argv(ns), "-j", "link", "show"], f"listing interfaces in {ns}", ok=GONE)
+    return {link["ifname"] for link in json.loads(out or "[]")}
+
+
+def exists(ns: str) -> bool:
+    return Path(path(ns)).exists()
+
+
+def inode(ns: str) -> int | None:
+    """The namespace's identity (its nsfs inode): a namespace made anew under the same name has another."""
+    try:
+        return os.stat(path(ns)).st_ino
+    except OSError:
+        return None
+
+
+def load_nft(ns: str, ruleset: str, what: str) -> None:
+    """Load an nftables ruleset (text for ``nft -f``, one transaction) into the namespace."""
+    nft = shutil.which("nft")
+    if nft is None:
+        raise LocalCloudError(f"{what} failed: nft is missing (Debian package nftables, which "
+                              f"scripts/install.sh installs)")
+    run(["nsenter", f"--net={path(ns)}", nft, "-f", "-"], what, input=ruleset)
+

@@ -10,6 +10,12 @@ touched. What exists is recorded in ``state_dir/vpcnet/state.json`` (under an fl
 process can detach or move what an earlier one attached; the kernel stays the truth for whether an
 interface still exists (deleting an instance's netns takes its veth with it).
 
+An instance's default route is its primary ENI's subnet router, and a reply from another ENI's
+address leaves by that ENI (a routing rule per address, as EC2's images set up for secondary
+interfaces), so where traffic goes beyond the VPC is the VPC's business: it drops what it has no
+route for (silently, as EC2's router does), and internet.py and gateways.py give it the way out
+that its internet gateway, route tables and NAT gateways declare.
+
 A VPC's namespace also holds its firewall (security groups, network ACLs, the source/dest check):
 firewall.py writes the nftables ruleset from the policy and this layout, ``apply_firewall`` loads
 it in one transaction, and the state file keeps the digest of what is loaded, so an unchanged
@@ -29,25 +35,36 @@ import ipaddress
 import json
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bakery.local.errors import LocalCloudError
 from bakery.local.linklocal import SERVICE_IPS
+from bakery.local.netns import GONE as _GONE
+from bakery.local.netns import NETNS_DIR
+from bakery.local.netns import batch as _batch
+from bakery.local.netns import exists as _ns_exists
+from bakery.local.netns import ip_argv as _ip_argv
+from bakery.local.netns import links as _links
+from bakery.local.netns import load_nft
+from bakery.local.netns import path as _ns_path
+from bakery.local.netns import run as _run
+from bakery.local.netns import sysctl as _sysctl
 
-NETNS_DIR = Path("/run/netns")
 #: routes to sibling subnets via the router lose to a directly connected subnet (metric 0)
 ROUTE_METRIC = 100
+#: the VPC namespace's last resort: a blackhole default route below any real one
+BLACKHOLE_METRIC = 65535
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
-_GONE = ("Cannot find device", "Cannot open network namespace", "No such file or directory")
 #: an ENI's bridge port is named ENI_PORT_PREFIX + a digest (clients' ports start otherwise)
 ENI_PORT_PREFIX = "v"
 #: public addresses (instances', Elastic IPs): the documentation ranges (RFC 5737), which reach
 #: nothing outside this machine
 PUBLIC_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+#: in an instance: the routing table of the ENI at device index N is SOURCE_TABLE + N (N >= 1), its
+#: addresses' rules have this priority, and MAIN_FIRST keeps the main table's specific routes first
+SOURCE_TABLE, SOURCE_RULE, MAIN_FIRST = 100, 200, 100
 
 
 def _short(prefix: str, ident: str) -> str:
@@ -60,50 +77,6 @@ def _mac(ident: str) -> str:
     and the router's address would change under the clients whenever an ENI moves."""
     h = hashlib.sha1(ident.encode()).hexdigest()
     return "02:" + ":".join(h[i : i + 2] for i in range(0, 10, 2))
-
-
-def _ip_argv(ns: str) -> list[str]:
-    """``ip`` inside a netns given by name (under /run/netns) or by path (e.g. /proc/<pid>/ns/net)."""
-    return ["nsenter", f"--net={ns}", "ip"] if "/" in ns else ["ip", "-n", ns]
-
-
-def _run(argv: list[str], what: str, *, input: str | None = None, ok: tuple[str, ...] = ()) -> str:
-    proc = subprocess.run(argv, input=input, capture_output=True, text=True,
-                          stdin=None if input is not None else subprocess.DEVNULL)
-    if proc.returncode == 0:
-        return proc.stdout
-    err = proc.stderr.strip()
-    if ok and any(s in err for s in ok):
-        return ""
-    failed = " ".join(argv)
-    m = re.search(r"Command failed -:(\d+)", err)
-    if m and input is not None:  # `ip -batch -` names the failing line
-        failed = " ".join(argv[:-2]) + " " + input.splitlines()[int(m.group(1)) - 1]
-    raise LocalCloudError(f"{what} failed: {(err.splitlines() or ['?'])[0]} (command: {failed})")
-
-
-def _batch(ns: str, lines: list[str], what: str) -> None:
-    """Several ``ip`` commands in one process: an ENI move is a handful of them, each a fork."""
-    if lines:
-        _run([*_ip_argv(ns), "-batch", "-"], what, input="\n".join(lines) + "\n")
-
-
-def _ns_path(ns: str) -> str:
-    return ns if "/" in ns else str(NETNS_DIR / ns)
-
-
-def _sysctl(ns: str, settings: dict[str, object], what: str) -> None:
-    # nsenter, as /proc/sys/net shows the netns of the process that writes it
-    _run(["nsenter", f"--net={_ns_path(ns)}", "sysctl", "-qw", *[f"{k}={v}" for k, v in settings.items()]], what)
-
-
-def _links(ns: str) -> set[str]:
-    out = _run([*_ip_argv(ns), "-j", "link", "show"], f"listing interfaces in {ns}", ok=_GONE)
-    return {link["ifname"] for link in json.loads(out or "[]")}
-
-
-def _ns_exists(ns: str) -> bool:
-    return Path(_ns_path(ns)).exists()
 
 
 class VpcFabric:
@@ -182,6 +155,10 @@ class VpcFabric:
             created = not _ns_exists(vns)
             if created:
                 _run(["ip", "netns", "add", vns], f"creating the network namespace of {vpc_id}")
+                # what the VPC has no route for is dropped, not answered with an ICMP error; an
+                # internet gateway's default route (internet.py) comes before it
+                _batch(vns, ["link set lo up", f"route add blackhole default metric {BLACKHOLE_METRIC}"],
+                       f"setting up {vns}")
             rec = st["vpcs"].setdefault(vpc_id, {})
             rec["netns"] = vns
             if created:
@@ -236,7 +213,9 @@ class VpcFabric:
                 others = [s["cidr"] for k, s in st["subnets"].items() if s["vpc"] == sub["vpc"] and k != subnet_id]
                 _batch(ns, [*[f"address add {ip}/{net.prefixlen} dev {ifname}" for ip in ips],
                             f"link set {ifname} up", *[self._route(c, sub["router"], att) for c in others],
-                            *[self._route(f"{ip}/32", sub["router"], att) for ip in SERVICE_IPS]], what)
+                            *[self._route(f"{ip}/32", sub["router"], att) for ip in SERVICE_IPS],
+                            self._default(sub, att)], what)
+                self._source_rules(att, ips, "add")
                 if not source_dest_check:
                     self._apply_sdc(st, att, False)
             except LocalCloudError:
@@ -244,6 +223,30 @@ class VpcFabric:
                 raise
             st["attachments"][eni_id] = att
             return ifname
+
+    @staticmethod
+    def _default(sub: dict[str, Any], att: dict[str, Any]) -> str:
+        """The default route through the ENI's subnet router: the main table's for the primary ENI,
+        its own table's for another (used by its addresses' rules)."""
+        index = att["device_index"]
+        where = f"metric {ROUTE_METRIC}" if index == 0 else f"table {SOURCE_TABLE + index}"
+        return f"route add default via {sub['router']} dev {att['ifname']} {where}"
+
+    @staticmethod
+    def _source_rules(att: dict[str, Any], ips: list[str], op: str) -> None:
+        """Traffic from a secondary ENI's addresses (a reply to what reached the instance there)
+        leaves by that ENI, not by the primary one, whose source/dest check would drop it. The main
+        table's specific routes (the subnets, the metadata service) still come first: only the
+        default route depends on the source. Nothing for the primary ENI."""
+        index = att["device_index"]
+        if index == 0 or not _ns_exists(att["netns"]):
+            return
+        what = f"{'routing' if op == 'add' else 'unrouting'} {att['ifname']}'s addresses in {att['netns']}"
+        tolerate = ("File exists",) if op == "add" else ()
+        lines = [f"rule add priority {MAIN_FIRST} lookup main suppress_prefixlength 0"] if op == "add" else []
+        lines += [f"rule {op} priority {SOURCE_RULE} from {ip} lookup {SOURCE_TABLE + index}" for ip in ips]
+        for line in lines:  # one at a time: a rule already there must not stop the others
+            _run([*_ip_argv(att["netns"]), *line.split()], what, ok=(*_GONE, *tolerate))
 
     @staticmethod
     def _neighbours(att: dict[str, Any], sub: dict[str, Any], ips: list[str], op: str = "replace") -> list[str]:
@@ -285,6 +288,7 @@ class VpcFabric:
             sub, vns, _ = self._subnet(st, att["subnet"])
             what = f"detaching {eni_id} from {att['netns']}"
             _run([*_ip_argv(vns), "link", "del", att["veth"]], what, ok=_GONE)
+            self._source_rules(att, att["ips"], "del")
             taken = {ip for e, a in st["attachments"].items() if e != eni_id and a["subnet"] == att["subnet"]
                      for ip in a["ips"]}  # an address already on a newer ENI keeps that one's entry
             for line in self._neighbours(att, sub, [ip for ip in att["ips"] if ip not in taken], "del"):
@@ -305,6 +309,7 @@ class VpcFabric:
             _batch(att["netns"], [f"address add {ip}/{net.prefixlen} dev {att['ifname']}" for ip in new], what)
             sub, vns, _ = self._subnet(st, att["subnet"])
             _batch(vns, self._neighbours(att, sub, new), what)
+            self._source_rules(att, new, "add")
             att["ips"] += new
 
     def client(self, subnet_id: str, ip: str, name: str) -> str:
@@ -381,14 +386,10 @@ class VpcFabric:
             if rec.get("firewall") == digest and _ns_exists(rec["netns"]):
                 return False
             what = f"loading the firewall of {vpc_id} into {rec['netns']}"
-            nft = shutil.which("nft")
-            if nft is None:
-                raise LocalCloudError(f"{what} failed: nft is missing (Debian package nftables, which "
-                                      f"scripts/install.sh installs)")
             if "firewall" not in rec:  # the first load into this namespace (or the first since one failed)
                 _sysctl(rec["netns"], {"net.bridge.bridge-nf-call-iptables": 1}, what)
             rec.pop("firewall", None)  # a failed load leaves an unknown ruleset: load it again next time
-            _run(["nsenter", f"--net={_ns_path(rec['netns'])}", nft, "-f", "-"], what, input=ruleset)
+            load_nft(rec["netns"], ruleset, what)
             rec["firewall"] = digest
             return True
 
