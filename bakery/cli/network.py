@@ -13,6 +13,6 @@ def render_status(info: dict) -> str:
                      f"-> {where}{check}")
     for e in info["elastic_ips"]:
         lines.append(f"  EIP {e['name']} {e['public_ip']} -> {e['eni'] or '-'} {e['private_ip'] or ''} "
-                     f"{e['instance'] or ''}")
+                     f"{e.get('nat_gateway') or e['instance'] or ''}")
     lines += [f"warning: {w}" for w in info["warnings"]]
     return "\n".join(lines)

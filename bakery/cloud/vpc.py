@@ -1,4 +1,5 @@
-"""EC2 networking calls: VPCs, subnets, security groups, network ACLs, Elastic IPs, ENIs.
+"""EC2 networking calls: VPCs, subnets, security groups, network ACLs, Elastic IPs, ENIs, internet
+and NAT gateways, route tables.
 
 A mixin of the EC2 facade (bakery/cloud/ec2.py): every method goes through `self.call` or
 `self.describe_all`, so errors are mapped and retried in one place. What is API-level stays
@@ -11,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from bakery.cloud.tags import network_filters, tag_specs
+from bakery.cloud.tags import network_filters, tag_specs, tags_of
 from bakery.errors import CloudError, ConfigError
+from bakery.waits import Backoff, wait_for
 
 # Each kind of declared network resource (the KIND of a NETWORK_NAME tag): its Describe*, the
 # response's list and the id field of an item
@@ -21,7 +23,10 @@ KINDS = {"vpc": ("describe_vpcs", "Vpcs", "VpcId"),
          "sg": ("describe_security_groups", "SecurityGroups", "GroupId"),
          "acl": ("describe_network_acls", "NetworkAcls", "NetworkAclId"),
          "eip": ("describe_addresses", "Addresses", "AllocationId"),
-         "eni": ("describe_network_interfaces", "NetworkInterfaces", "NetworkInterfaceId")}
+         "eni": ("describe_network_interfaces", "NetworkInterfaces", "NetworkInterfaceId"),
+         "igw": ("describe_internet_gateways", "InternetGateways", "InternetGatewayId"),
+         "nat": ("describe_nat_gateways", "NatGateways", "NatGatewayId"),
+         "rtb": ("describe_route_tables", "RouteTables", "RouteTableId")}
 IP_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "all": "-1"}   # security group rules
 ACL_PROTOCOLS = {"tcp": "6", "udp": "17", "icmp": "1", "all": "-1"}        # network ACL entries
 
@@ -47,7 +52,8 @@ class VpcAPI:
     def find_tagged(self, kind: str, env: str, name: str) -> dict | None:
         """The network resource `network.up` made for KIND/NAME of an environment, if any."""
         operation, key, _ = KINDS[kind]
-        found = self._describe(operation, key, network_filters(env, kind, name))
+        filters = network_filters(env, kind, name)
+        found = self.nat_gateways(*filters) if kind == "nat" else self._describe(operation, key, filters)
         return found[0] if found else None
 
     def find_tagged_id(self, kind: str, env: str, name: str) -> str | None:
@@ -170,6 +176,75 @@ class VpcAPI:
 
     def disassociate_address(self, association_id: str) -> None:
         self.call("disassociate-address", self.client.disassociate_address, AssociationId=association_id)
+
+    # ---- internet gateways, NAT gateways, route tables ------------------------------------
+
+    def internet_gateway_of(self, vpc_id: str) -> str | None:
+        """The internet gateway attached to the VPC, if any (a VPC has at most one)."""
+        found = self._describe("describe_internet_gateways", "InternetGateways",
+                               [field_filter("attachment.vpc-id", vpc_id)])
+        return found[0]["InternetGatewayId"] if found else None
+
+    def create_internet_gateway(self, vpc_id: str, tags: dict[str, str]) -> str:
+        """An internet gateway, attached to the VPC."""
+        igw = self.call("create-internet-gateway", self.client.create_internet_gateway,
+                        TagSpecifications=tag_specs(tags, "internet-gateway"))["InternetGateway"]["InternetGatewayId"]
+        self.call("attach-internet-gateway", self.client.attach_internet_gateway, InternetGatewayId=igw, VpcId=vpc_id)
+        return igw
+
+    def nat_gateways(self, *filters: dict) -> list[dict]:
+        """NAT gateways that exist (pending or available: a deleted one stays listed for an hour),
+        matching every tag filter, checked here too (some endpoints, moto, ignore them)."""
+        found = self.call("describe-nat-gateways", self.client.describe_nat_gateways, Filter=list(filters))["NatGateways"]
+        wanted = {f["Name"][4:]: f["Values"] for f in filters if f["Name"].startswith("tag:")}
+        return [n for n in found if n.get("State") in ("pending", "available")
+                and all(tags_of(n).get(key) in values for key, values in wanted.items())]
+
+    def create_nat_gateway(self, subnet_id: str, allocation_id: str, tags: dict[str, str],
+                           timeout: float = 600) -> str:
+        """A public NAT gateway in the subnet with this Elastic IP, once it is available (EC2 takes
+        a minute or two: routes to it carry nothing before)."""
+        nat = self.call("create-nat-gateway", self.client.create_nat_gateway, SubnetId=subnet_id,
+                        AllocationId=allocation_id, TagSpecifications=tag_specs(tags, "natgateway"))["NatGateway"]
+        nat_id = nat["NatGatewayId"]
+
+        def check():
+            found = self.call("describe-nat-gateways", self.client.describe_nat_gateways,
+                              NatGatewayIds=[nat_id])["NatGateways"]
+            state = found[0].get("State") if found else "missing"
+            if state in ("failed", "deleting", "deleted", "missing"):
+                reason = found[0].get("FailureMessage", "") if found else ""
+                raise CloudError(f"NAT gateway {nat_id} is {state}{f': {reason}' if reason else ''}")
+            return found[0] if state == "available" else None
+        wait_for(check, what=f"NAT gateway {nat_id} to become available", timeout=timeout,
+                 backoff=Backoff(initial=0.2, max_interval=10))
+        return nat_id
+
+    def create_route_table(self, vpc_id: str, tags: dict[str, str]) -> str:
+        resp = self.call("create-route-table", self.client.create_route_table, VpcId=vpc_id,
+                         TagSpecifications=tag_specs(tags, "route-table"))
+        return resp["RouteTable"]["RouteTableId"]
+
+    def create_route(self, route_table_id: str, cidr: str, *, internet_gateway: str | None = None,
+                     nat_gateway: str | None = None) -> None:
+        """One route: to an internet gateway or to a NAT gateway."""
+        target = {"GatewayId": internet_gateway} if internet_gateway else {"NatGatewayId": nat_gateway}
+        self.call("create-route", self.client.create_route, RouteTableId=route_table_id,
+                  DestinationCidrBlock=cidr, **target)
+
+    def associate_route_table(self, route_table_id: str, subnet_id: str) -> None:
+        """Make the route table the subnet's: one it is explicitly associated with is replaced."""
+        current = self._describe("describe_route_tables", "RouteTables",
+                                 [field_filter("association.subnet-id", subnet_id)])
+        for table in current:
+            for assoc in table.get("Associations", []):
+                if assoc.get("SubnetId") == subnet_id and not assoc.get("Main"):
+                    if table["RouteTableId"] != route_table_id:
+                        self.call("replace-route-table-association", self.client.replace_route_table_association,
+                                  AssociationId=assoc["RouteTableAssociationId"], RouteTableId=route_table_id)
+                    return
+        self.call("associate-route-table", self.client.associate_route_table, RouteTableId=route_table_id,
+                  SubnetId=subnet_id)
 
     # ---- network interfaces -------------------------------------------------------------
 

@@ -170,12 +170,49 @@ class ElasticIP(Strict):
     description: str = ""
 
 
+class NatGatewaySpec(Strict):
+    """A NAT gateway: what a route table sends to it reaches the internet from its Elastic IP."""
+
+    subnet: NET_NAME      # where it lives: a subnet whose route table goes to the internet gateway
+    elastic_ip: NET_NAME  # its public address: an entry of network.elastic_ips, for it alone
+
+
+class RouteSpec(Strict):
+    """One route of a route table: a destination to the internet gateway or to a NAT gateway."""
+
+    cidr: CIDR
+    internet_gateway: Literal[True] | None = None
+    nat_gateway: NET_NAME | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> "RouteSpec":
+        exactly_one(self, "internet_gateway", "nat_gateway")
+        return self
+
+
+class RouteTableSpec(Strict):
+    """A route table and the subnets it governs (the others keep the VPC's main table: local only)."""
+
+    subnets: list[NET_NAME] = Field(min_length=1)
+    routes: list[RouteSpec] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> "RouteTableSpec":
+        cidrs = [r.cidr for r in self.routes]
+        if len(cidrs) != len(set(cidrs)):
+            raise ValueError(f"routes: more than one route to {sorted(c for c in cidrs if cidrs.count(c) > 1)[0]}")
+        return self
+
+
 class NetworkSpec(Strict):
     vpc: VpcSpec
     subnets: dict[NET_NAME, SubnetSpec] = Field(min_length=1)
     security_groups: dict[NET_NAME, GroupSpec] = {}
     network_acls: dict[NET_NAME, AclSpec] = {}
     elastic_ips: dict[NET_NAME, ElasticIP] = {}
+    internet_gateway: bool = False  # attached to the VPC by network.up (an existing VPC's attached one is used)
+    nat_gateways: dict[NET_NAME, NatGatewaySpec] = {}
+    route_tables: dict[NET_NAME, RouteTableSpec] = {}
 
     @model_validator(mode="after")
     def _refs(self) -> "NetworkSpec":
@@ -192,7 +229,45 @@ class NetworkSpec(Strict):
             for name, subnet in self.subnets.items():
                 if subnet.cidr and not ipaddress.IPv4Network(subnet.cidr).subnet_of(vpc):
                     raise ValueError(f"subnets.{name}: {subnet.cidr} is not inside the VPC's {self.vpc.cidr}")
+        self._check_routes()
         return self
+
+    def _check_routes(self) -> None:
+        """What EC2 would accept and then not carry, or refuse late: a route to a gateway that is not
+        declared, a subnet in two route tables, a NAT gateway that cannot reach the internet itself."""
+        table_of: dict[str, str] = {}
+        for name, table in self.route_tables.items():
+            where = f"route_tables.{name}"
+            for subnet in table.subnets:
+                if subnet not in self.subnets:
+                    raise ValueError(f"{where}.subnets: unknown subnet {subnet!r}")
+                if subnet in table_of:
+                    raise ValueError(f"{where}.subnets: {subnet!r} is already in route table {table_of[subnet]!r} "
+                                     "(a subnet has one route table)")
+                table_of[subnet] = name
+            for n, route in enumerate(table.routes):
+                if route.internet_gateway and not self.internet_gateway:
+                    raise ValueError(f"{where}.routes[{n}]: a route to the internet gateway needs "
+                                     "network.internet_gateway: true")
+                if route.nat_gateway and route.nat_gateway not in self.nat_gateways:
+                    raise ValueError(f"{where}.routes[{n}]: unknown NAT gateway {route.nat_gateway!r}")
+                if self.vpc.cidr and ipaddress.IPv4Network(route.cidr).subnet_of(ipaddress.IPv4Network(self.vpc.cidr)):
+                    raise ValueError(f"{where}.routes[{n}]: {route.cidr} is inside the VPC's {self.vpc.cidr}, "
+                                     "which its local route carries")
+        eips: dict[str, str] = {}
+        for name, nat in self.nat_gateways.items():
+            where = f"nat_gateways.{name}"
+            if nat.subnet not in self.subnets:
+                raise ValueError(f"{where}.subnet: unknown subnet {nat.subnet!r}")
+            if nat.elastic_ip not in self.elastic_ips:
+                raise ValueError(f"{where}.elastic_ip: {nat.elastic_ip!r} is not in network.elastic_ips")
+            if nat.elastic_ip in eips:
+                raise ValueError(f"{where}.elastic_ip: {nat.elastic_ip!r} is already NAT gateway {eips[nat.elastic_ip]!r}'s")
+            eips[nat.elastic_ip] = name
+            table = self.route_tables.get(table_of.get(nat.subnet, ""))
+            if table is None or not any(r.internet_gateway and r.cidr == "0.0.0.0/0" for r in table.routes):
+                raise ValueError(f"{where}.subnet: subnet {nat.subnet!r} has no route 0.0.0.0/0 to the internet "
+                                 "gateway, so a NAT gateway there reaches nothing (put it in a public subnet)")
 
 
 class EipBinding(Strict):
@@ -303,6 +378,17 @@ class Environment(Strict):
     ssh: Access = Access()
     network: NetworkSpec | None = None
     tiers: dict[Annotated[str, Field(pattern=NAME_RE)], Tier] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _nat_addresses(self) -> "Environment":
+        """A NAT gateway's Elastic IP is its own: no interface may take it."""
+        taken = {nat.elastic_ip: name for name, nat in (self.network.nat_gateways if self.network else {}).items()}
+        for tier_name, tier in self.tiers.items():
+            for iface in tier.interfaces:
+                if iface.elastic_ip and iface.elastic_ip.name in taken:
+                    raise ValueError(f"tiers.{tier_name}.interfaces (device {iface.device_index}).elastic_ip: "
+                                     f"{iface.elastic_ip.name!r} is NAT gateway {taken[iface.elastic_ip.name]!r}'s address")
+        return self
 
     @model_validator(mode="after")
     def _reserved(self) -> "Environment":

@@ -1,8 +1,9 @@
 """`network.up`: create what an environment's network declares and does not exist yet.
 
-In dependency order: the VPC, subnets, security groups (then their rules, which may name each
-other), network ACLs with their entries and subnets, Elastic IPs, and the tiers' persistent
-ENIs. What exists is found by its tags and left as it is, so running it again creates nothing;
+In dependency order: the VPC, its internet gateway, subnets, security groups (then their rules,
+which may name each other), network ACLs with their entries and subnets, Elastic IPs, NAT
+gateways (waited for until available), route tables with their routes and subnets, and the
+tiers' persistent ENIs. What exists is found by its tags and left as it is, so running it again creates nothing;
 a dry run only says what it would create. Bad interfaces are refused before anything is made.
 """
 
@@ -49,6 +50,11 @@ class Provisioner:
 
         vpc = self.ensure("vpc", "vpc", self.names.vpc_id(),
                           lambda: self.ec2.create_vpc(net.vpc.cidr, self.tags("vpc", "vpc")))
+        igw = None
+        if net.internet_gateway:  # a VPC given by id may have one attached already: that one is used
+            igw = self.ensure("internet-gateway", "igw",
+                              self.names.find_id("igw", "igw") or (vpc and self.ec2.internet_gateway_of(vpc)),
+                              lambda: self.ec2.create_internet_gateway(vpc, self.tags("igw", "igw")))
         subnets: dict[str, str | None] = {}
         for name, decl in net.subnets.items():
             subnets[name] = self.ensure("subnet", name, decl.id or self.names.find_id("subnet", name),
@@ -65,9 +71,18 @@ class Provisioner:
         for name, decl in net.network_acls.items():
             self.ensure("network-acl", name, self.names.find_id("acl", name),
                         lambda: self.create_acl(vpc, name, decl, subnets))
+        eips: dict[str, str | None] = {}
         for name in net.elastic_ips:
-            self.ensure("elastic-ip", name, self.names.find_id("eip", name),
-                        lambda: self.ec2.allocate_address(self.tags("eip", name)))
+            eips[name] = self.ensure("elastic-ip", name, self.names.find_id("eip", name),
+                                     lambda: self.ec2.allocate_address(self.tags("eip", name)))
+        nats: dict[str, str | None] = {}
+        for name, decl in net.nat_gateways.items():
+            nats[name] = self.ensure("nat-gateway", name, self.names.find_id("nat", name),
+                                     lambda: self.ec2.create_nat_gateway(subnets[decl.subnet], eips[decl.elastic_ip],
+                                                                         self.tags("nat", name)))
+        for name, decl in net.route_tables.items():
+            self.ensure("route-table", name, self.names.find_id("rtb", name),
+                        lambda: self.create_route_table(vpc, name, decl, subnets, igw, nats))
         for tier, spec in self.env.tiers.items():
             for iface in spec.interfaces:
                 if iface.persistent:
@@ -101,6 +116,16 @@ class Provisioner:
         for subnet in decl.subnets:
             self.ec2.associate_network_acl(acl, subnets[subnet])
         return acl
+
+    def create_route_table(self, vpc: str, name: str, decl, subnets: dict[str, str | None], igw: str | None,
+                           nats: dict[str, str | None]) -> str:
+        table = self.ec2.create_route_table(vpc, self.tags("rtb", name))
+        for route in decl.routes:
+            self.ec2.create_route(table, route.cidr, internet_gateway=igw if route.internet_gateway else None,
+                                  nat_gateway=nats[route.nat_gateway] if route.nat_gateway else None)
+        for subnet in decl.subnets:
+            self.ec2.associate_route_table(table, subnets[subnet])
+        return table
 
     def create_eni(self, tier: str, iface: Interface, subnets: dict[str, str | None],
                    groups: dict[str, str | None]) -> str:

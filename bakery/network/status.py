@@ -1,5 +1,6 @@
 """`network.status`: every network interface and Elastic IP of an environment, as data
-(bakery/cli/network.py renders it for people), with a warning for each idle Elastic IP."""
+(bakery/cli/network.py renders it for people), with a warning for each idle Elastic IP (one a NAT
+gateway holds is in use)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,17 @@ def status(ec2, env: Environment) -> dict:
                                                                e.get("Attachment", {}).get("DeviceIndex", 0)))]
     eips, warnings = [], []
     holder = {r["eni"]: r["instance"] for r in rows}
+    nat_of = {address.get("AllocationId"): nat["NatGatewayId"] for nat in ec2.nat_gateways(mine)
+              for address in nat.get("NatGatewayAddresses", [])}
     for a in ec2.addresses(mine):
         name = tags_of(a).get(NETWORK_NAME, "").removeprefix("eip/")
         # An EIP on an ENI follows the ENI's attachment (some endpoints leave InstanceId empty).
         instance = a.get("InstanceId") or holder.get(a.get("NetworkInterfaceId"))
+        nat = nat_of.get(a.get("AllocationId"))
         eips.append({"name": name, "public_ip": a.get("PublicIp"), "allocation": a.get("AllocationId"),
                      "eni": a.get("NetworkInterfaceId"), "private_ip": a.get("PrivateIpAddress"),
-                     "instance": instance})
-        if not instance or states.get(instance) != "running":
+                     "instance": instance, **({"nat_gateway": nat} if nat else {})})
+        if nat is None and (not instance or states.get(instance) != "running"):
             warnings.append(f"Elastic IP {name} ({a.get('PublicIp')}) is not attached to a running instance: "
                             "it is charged while idle")
     return {"environment": env.name, "interfaces": rows, "elastic_ips": eips, "warnings": warnings}
