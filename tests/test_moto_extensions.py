@@ -1,6 +1,7 @@
 """The local endpoint's corrections to moto, on moto alone (no machines): addresses as EC2 hands
-them out, instances without a subnet in their zone's default subnet, and a restored subnet that
-goes on where it stopped."""
+them out, instances without a subnet in their zone's default subnet, a restored subnet that goes
+on where it stopped, the default VPC's internet gateway, Elastic IPs on the private address asked
+for, NAT gateways' addresses from their subnet."""
 
 from __future__ import annotations
 
@@ -128,3 +129,66 @@ def test_run_instances_refuses_what_no_local_machine_could_run_with_ec2s_errors(
     assert code == "Unsupported" and "Linux images only" in message
     # what a machine can run still runs
     assert ec2.run_instances(ImageId=x86, InstanceType="t3.micro", MinCount=1, MaxCount=1)["Instances"]
+
+
+def test_the_default_vpc_reaches_the_internet_through_its_own_internet_gateway(ec2):
+    vpc = next(v["VpcId"] for v in ec2.describe_vpcs()["Vpcs"] if v["IsDefault"])
+    igws = ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc]}])["InternetGateways"]
+    assert len(igws) == 1
+    main = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]},
+                                              {"Name": "association.main", "Values": ["true"]}])["RouteTables"][0]
+    assert {"DestinationCidrBlock": "0.0.0.0/0", "GatewayId": igws[0]["InternetGatewayId"]}.items() <= \
+        next(r for r in main["Routes"] if r["DestinationCidrBlock"] == "0.0.0.0/0").items()
+
+
+def test_a_default_vpc_from_a_state_saved_before_gets_its_internet_gateway_once(ec2):
+    ec2.describe_vpcs()  # moto makes a region's backend at its first request
+    backend = M.backends()[0]
+    vpc = backend.get_default_vpc()
+    igw = next(g for g in backend.internet_gateways.values() if g.vpc is vpc)
+    main = next(t for t in backend.route_tables.values() if t.vpc_id == vpc.id and t.main_association_id)
+    main._routes = {k: r for k, r in main._routes.items() if r.destination_cidr_block != "0.0.0.0/0"}
+    backend.detach_internet_gateway(igw.id, vpc.id)
+    del vpc.bakery_internet_gateway_given  # as a VPC saved before the local endpoint gave them
+    moto_extensions.give_default_vpcs_internet_gateways()
+    assert [g.vpc for g in backend.internet_gateways.values()].count(vpc) == 1
+    assert any(r.destination_cidr_block == "0.0.0.0/0" for r in main.routes)
+    attached = next(g for g in backend.internet_gateways.values() if g.vpc is vpc)
+    ec2.detach_internet_gateway(InternetGatewayId=attached.id, VpcId=vpc.id)  # a user's choice: it stays so
+    moto_extensions.give_default_vpcs_internet_gateways()
+    assert vpc not in [g.vpc for g in backend.internet_gateways.values()]
+
+
+def test_a_nat_gateways_address_comes_from_its_subnet(ec2):
+    sub = subnet(ec2, "10.9.1.0/28")
+    eip = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    nat = ec2.create_nat_gateway(SubnetId=sub, AllocationId=eip)["NatGateway"]
+    assert usable("10.9.1.0/28", nat["NatGatewayAddresses"][0]["PrivateIp"])
+
+
+def test_an_elastic_ip_is_on_the_private_address_it_was_associated_with_and_leaves_the_eni_it_moves_from(ec2):
+    sub = subnet(ec2, "10.9.1.0/24")
+    eni = ec2.create_network_interface(SubnetId=sub, PrivateIpAddress="10.9.1.20")["NetworkInterface"][
+        "NetworkInterfaceId"]
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.9.1.21"])
+    other = ec2.create_network_interface(SubnetId=sub, PrivateIpAddress="10.9.1.30")["NetworkInterface"][
+        "NetworkInterfaceId"]
+    eip = ec2.allocate_address(Domain="vpc")
+    ec2.associate_address(AllocationId=eip["AllocationId"], NetworkInterfaceId=eni, PrivateIpAddress="10.9.1.21")
+    assert ec2.describe_addresses()["Addresses"][0]["PrivateIpAddress"] == "10.9.1.21"
+    with pytest.raises(ec2.exceptions.ClientError, match="InvalidParameterValue"):
+        ec2.associate_address(AllocationId=eip["AllocationId"], NetworkInterfaceId=eni,
+                              PrivateIpAddress="10.9.1.99", AllowReassociation=True)
+    ec2.associate_address(AllocationId=eip["AllocationId"], NetworkInterfaceId=other, AllowReassociation=True)
+    assert ec2.describe_addresses()["Addresses"][0]["PrivateIpAddress"] == "10.9.1.30"
+    first = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni])["NetworkInterfaces"][0]
+    assert "Association" not in first  # moto kept showing the address on both
+
+
+def test_public_addresses_avoid_what_this_machine_reaches_in_the_documentation_ranges(ec2):
+    from bakery.local.internet import INTERNET_HOST, is_reserved, reserved
+
+    assert is_reserved(INTERNET_HOST) and all(any(n.overlaps(ipaddress.ip_network(r)) for r in PUBLIC_RANGES)
+                                              for n in reserved())
+    eips = [ec2.allocate_address(Domain="vpc")["PublicIp"] for _ in range(40)]
+    assert not [ip for ip in eips if is_reserved(ip)]

@@ -127,7 +127,11 @@ def local_status(info: dict, *, json: bool) -> None:
         _json(info)
         return
     lines = [f"endpoint:  {info['endpoint_url'] or 'not running (starts on demand, or: invoke local.up)'}",
-             f"data dir:  {info['data_dir']}", f"instances: {len(info['instances'])}"]
+             f"data dir:  {info['data_dir']}"]
+    if info["internet"]["netns"]:
+        lines.append(f"internet:  netns {info['internet']['netns']} (public addresses answer there; a host on it: "
+                     f"{info['internet']['host']})")
+    lines.append(f"instances: {len(info['instances'])}")
     for i in info["instances"]:
         where = f"  netns {i['netns']}  init pid {i['init_pid']}" if i.get("netns") else ""
         lines.append(f"  {i['instance_id']}  {i.get('state') or i['machine']:13}  "

@@ -22,6 +22,7 @@ from typing import Callable
 from bakery.local.base import ensure_base_image, load_base_metadata
 from bakery.local.endpoint import Endpoint
 from bakery.local.errors import LocalCloudError
+from bakery.local.internet import Internet
 from bakery.local.layers import LayerStore
 from bakery.local.linklocal import RESOLVER_IP
 from bakery.local.sandbox import NETNS_DIR, Sandbox
@@ -41,6 +42,8 @@ class LocalCloud:
         self.consoles_dir = data_dir / "consoles"  # the last console of each instance whose machine is gone
         self.endpoint = Endpoint(data_dir)
         self.fabric = VpcFabric(data_dir)
+        #: the local cloud's internet: its only way out of this machine (internet.py)
+        self.internet = Internet(data_dir)
         #: called with a machine's network namespace before it boots (the endpoint's reconciler
         #: wires the instance's ENIs there, so its cloud-init reaches the metadata service)
         self.before_boot: Callable[[str], None] | None = None
@@ -90,7 +93,10 @@ class LocalCloud:
                     done += 1
             except LocalCloudError as exc:  # keep going: one stuck sandbox must not strand the rest
                 failures.append(exc.message)
-        self.fabric.teardown()
+        try:
+            self.fabric.teardown()
+        finally:  # the internet namespace and its slirp go even when a VPC namespace would not
+            self.internet.teardown()
         if purge:
             self.endpoint.forget_state()
             shutil.rmtree(self.consoles_dir, ignore_errors=True)  # their instances are forgotten too
@@ -141,14 +147,15 @@ class LocalCloud:
 
     def boot(self, instance_id: str, image_id: str, *, private_ip: str | None) -> Sandbox:
         """Start the instance's machine from the image's layers. It has no seed: its cloud-init
-        finds its user data and keys at the metadata service, as on EC2."""
+        finds its user data and keys at the metadata service, as on EC2. It has no way out of its
+        own either: it reaches beyond its VPC as the VPC's gateways allow (gateways.py)."""
         try:
             lowers = self.layers.lowers(image_id)
         except LocalCloudError as exc:
             raise LocalCloudError(f"cannot boot {instance_id}: {exc.message}") from None
         hostname = "ip-" + (private_ip or "10.0.0.1").replace(".", "-")
         return Sandbox.start(instance_id, lowers, self.instances_dir, user_data=None, meta_data=None,
-                             egress=True, hostname=hostname, before_boot=self.before_boot,
+                             egress=False, hostname=hostname, before_boot=self.before_boot,
                              nameserver=RESOLVER_IP)
 
     def machine_ids(self) -> list[str]:
@@ -179,7 +186,7 @@ class LocalCloud:
 
     def start(self, instance_id: str) -> None:
         """Start a stopped machine again: same disk, same instance data (StartInstances)."""
-        Sandbox.resume(instance_id, self.instances_dir, before_boot=self.before_boot)
+        Sandbox.resume(instance_id, self.instances_dir, before_boot=self.before_boot, egress=False)
 
     def stop(self, instance_id: str) -> None:
         if self.has_machine(instance_id):

@@ -9,7 +9,15 @@ serialises the answer as EC2 does:
   it, as in every account since EC2-Classic retired (moto: EC2-Classic, an address from nowhere,
   so the instance had no network and no metadata service);
 - public addresses (an instance's, an Elastic IP's) come from the documentation ranges, the only
-  ones the local cloud may use (moto: 54.214.x.x and random addresses);
+  ones the local cloud may use, less what this machine really reaches there (internet.reserved)
+  (moto: 54.214.x.x and random addresses);
+- the default VPC has an internet gateway, and its main route table a default route to it, as in
+  every account (moto: none, so a default subnet's instances could not reach out); a saved state
+  from before gets them once (``give_default_vpcs_internet_gateways``);
+- an Elastic IP associated with one private IP of an ENI (AssociateAddress PrivateIpAddress) is on
+  that address (moto: always the ENI's primary one), and one moved to another ENI leaves the first
+  (moto: both kept showing it);
+- a NAT gateway's private address comes from its subnet (moto: any 10.x.x.x);
 - a private address EC2 picks for an ENI (a second interface, CreateNetworkInterface or
   AssignPrivateIpAddresses without addresses) comes from its subnet's allocator, never one of the
   addresses EC2 reserves or one in use, and every address an ENI holds is taken in its subnet
@@ -30,6 +38,7 @@ from typing import Callable
 
 from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
+from bakery.local.internet import is_reserved
 from bakery.local.vpcnet import PUBLIC_RANGES
 
 
@@ -115,6 +124,7 @@ def install(machines: LocalCloud) -> Callable[[], None]:
     _set(ENI, "__init__", eni_init)
     _set(Backend, "assign_private_ip_addresses", assign)
     _set(Backend, "unassign_private_ip_addresses", unassign)
+    _install_gateways()
     return _uninstall
 
 
@@ -155,6 +165,110 @@ def runnable(backend, image_id: str | None, kwargs: dict) -> None:
                                             f"is {'/'.join(type_archs)}.")
 
 
+#: on a VPC object: the local cloud gave this default VPC its internet gateway (once, ever)
+_GIVEN_IGW = "bakery_internet_gateway_given"
+
+
+def _install_gateways() -> None:
+    from moto.ec2.exceptions import InvalidParameterValueError
+    from moto.ec2.models import nat_gateways, vpcs
+    from moto.ec2.models.elastic_ip_addresses import ElasticAddress, ElasticAddressBackend
+    from moto.ec2.responses.elastic_ip_addresses import ElasticIPAddresses
+
+    moto_default_vpc = vpcs.VPCBackend.create_default_vpc
+
+    def create_default_vpc(self):
+        vpc = moto_default_vpc(self)
+        _give_internet_gateway(self, vpc)
+        return vpc
+
+    _set(vpcs.VPCBackend, "create_default_vpc", create_default_vpc)
+
+    moto_nat_init, moto_nat_private_ip = nat_gateways.NatGateway.__init__, nat_gateways.random_private_ip
+
+    def nat_init(self, backend, subnet_id: str, *args, **kwargs) -> None:
+        token = _subnet_in_play.set(backend.get_subnet(subnet_id))
+        try:
+            moto_nat_init(self, backend, subnet_id, *args, **kwargs)
+        finally:
+            _subnet_in_play.reset(token)
+
+    def nat_private_ip(cidr=None, ipv6=False) -> str:
+        subnet = _subnet_in_play.get()
+        if subnet is None or cidr or ipv6:
+            return moto_nat_private_ip(cidr, ipv6)
+        return subnet.get_available_subnet_ip(instance=None)
+
+    _set(nat_gateways.NatGateway, "__init__", nat_init)
+    _set(nat_gateways, "random_private_ip", nat_private_ip)
+
+    moto_associate = ElasticIPAddresses.associate_address
+
+    def associate_address(self):
+        """moto's association, on the private IP asked for (one of the ENI's, else EC2's error)."""
+        private_ip = self._get_param("PrivateIpAddress")
+        if private_ip:
+            if "NetworkInterfaceId" in self._get_params():
+                eni = self.ec2_backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+            else:
+                eni = self.ec2_backend.get_instance(self._get_param("InstanceId")).nics[0]
+            if private_ip not in _addresses(eni):
+                raise InvalidParameterValueError(f"PrivateIpAddress {private_ip} is not an address of {eni.id}")
+        result = moto_associate(self)
+        eip = next((a for a in self.ec2_backend.addresses if a.association_id == result.result.get("AssociationId")), None)
+        if eip is not None:
+            eip.bakery_private_ip = private_ip or None
+        return result
+
+    def eip_private_ip(self) -> str | None:
+        if self.eni is None:
+            return None
+        chosen = getattr(self, "bakery_private_ip", None)
+        return chosen if chosen in _addresses(self.eni) else self.eni.private_ip_address
+
+    moto_backend_associate = ElasticAddressBackend.associate_address
+
+    def backend_associate(self, instance=None, eni=None, address=None, allocation_id=None, reassociate=False):
+        """As a disassociation would, first: the ENI the address leaves shows it no more (and gets an
+        automatic public IP back if it had one)."""
+        eips = self.address_by_ip([address]) if address else self.address_by_allocation([allocation_id])
+        before = eips[0].eni if eips else None
+        eip = moto_backend_associate(self, instance=instance, eni=eni, address=address, allocation_id=allocation_id,
+                                     reassociate=reassociate)
+        if before is not None and before is not eip.eni and before.public_ip == eip.public_ip:
+            before.public_ip = None
+            if before.instance is not None and M.state(before.instance) == "running":
+                before.check_auto_public_ip()
+        return eip
+
+    _set(ElasticAddressBackend, "associate_address", backend_associate)
+    _set(ElasticIPAddresses, "associate_address", associate_address)
+    _set(ElasticAddress, "private_ip_address", property(eip_private_ip))
+
+
+def give_default_vpcs_internet_gateways() -> None:
+    """A state saved before default VPCs had their internet gateway: give each one (once: one
+    detached since stays detached)."""
+    for backend in M.backends():
+        vpc = backend.get_default_vpc()
+        if vpc is not None and not getattr(vpc, _GIVEN_IGW, False):
+            _give_internet_gateway(backend, vpc)
+
+
+def _give_internet_gateway(backend, vpc) -> None:
+    """As in every account: an internet gateway attached to the default VPC, and its main route
+    table's default route to it (unless the VPC already has either)."""
+    igw = next((g for g in list(backend.internet_gateways.values()) if g.vpc is not None and g.vpc.id == vpc.id), None)
+    if igw is None:
+        igw = backend.create_internet_gateway()
+        backend.attach_internet_gateway(igw.id, vpc.id)
+    main = next((t for t in list(backend.route_tables.values())
+                 if t.vpc_id == vpc.id and t.main_association_id is not None), None)
+    if main is not None and not any(r.destination_cidr_block == "0.0.0.0/0" for r in main.routes):
+        backend.create_route(main.id, "0.0.0.0/0", gateway_id=igw.id)
+    setattr(vpc, _GIVEN_IGW, True)
+
+
 _installed: list[tuple[object, str, object]] = []
 
 
@@ -188,16 +302,17 @@ def _take(eni) -> None:
 
 
 def _public_address() -> str:
-    """A free address of the documentation ranges (not held by an Elastic IP or an ENI)."""
+    """A free address of the documentation ranges (not held by an Elastic IP or an ENI, and not one
+    this machine really reaches: internet.reserved)."""
     taken = M.public_addresses()
     pool = [ipaddress.IPv4Network(r) for r in PUBLIC_RANGES]
     for _ in range(64):  # a random pick first, as EC2's addresses look; the pool is ~760 addresses
         net = random.choice(pool)
         candidate = str(net[random.randrange(1, net.num_addresses - 1)])
-        if candidate not in taken:
+        if candidate not in taken and not is_reserved(candidate, wait=5.0):
             return candidate
     for net in pool:
         for host in net.hosts():
-            if str(host) not in taken:
+            if str(host) not in taken and not is_reserved(str(host)):
                 return str(host)
     raise RuntimeError("the local cloud's public address pool (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24) is used up")

@@ -1,8 +1,11 @@
-"""The network policy moto holds, read in the endpoint's process into plain data for the firewall.
+"""The networks moto holds, read in the endpoint's process into plain data for the fabric.
 
-Security groups (ingress and egress permissions, each with one CIDR or one referenced group), every
-ENI's private IPs, groups and source/dest check, and the network ACLs (numbered entries and the
-subnets each one governs) of every VPC, as moto has them now, whichever client made them. Like
+For the firewall (``policies``): security groups (ingress and egress permissions, each with one CIDR
+or one referenced group), every ENI's private IPs, groups and source/dest check, and the network
+ACLs (numbered entries and the subnets each one governs) of every VPC. For the way out
+(``egress``): each VPC's attached internet gateway, every subnet's routes (its route table's, or
+its VPC's main one's), NAT gateways with their addresses, and which public address (an instance's,
+an Elastic IP) stands for which private one. All as moto has them now, whichever client made them. Like
 moto_state.py this is the only place that knows moto's internal objects (which are not an API);
 reads copy moto's containers first, since request threads change them at the same time. Nothing
 here changes moto's state.
@@ -205,3 +208,88 @@ def _cidr(value) -> str | None:
         return str(ipaddress.IPv4Network(str(value), strict=False))
     except ValueError:
         return None
+
+
+# ---- the way out: internet gateways, route tables, NAT gateways, public addresses ----------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of a subnet's route table (IPv4, not the VPC's local one)."""
+
+    destination: str  # a CIDR
+    target: str       # igw-..., nat-..., or whatever else EC2 routes to (eni-..., pcx-..., vgw-...)
+
+
+@dataclass(frozen=True)
+class NatGateway:
+    id: str
+    subnet_id: str
+    public_ip: str | None  # its Elastic IP; None for a private NAT gateway
+    available: bool
+
+
+@dataclass(frozen=True)
+class Egress:
+    vpc_id: str
+    internet_gateway: str | None                      # the one attached to the VPC
+    routes: dict[str, tuple[Route, ...]] = field(default_factory=dict)  # every subnet of the VPC
+    nat_gateways: dict[str, NatGateway] = field(default_factory=dict)
+    public_ips: dict[str, tuple[str, str]] = field(default_factory=dict)  # public -> (private IP, subnet)
+
+
+def egress() -> dict[str, Egress]:
+    """Every VPC's way out, by VPC id, across moto's backends."""
+    out: dict[str, Egress] = {}
+    for backend in M.backends():
+        igws = {igw.vpc.id: igw.id for igw in list(backend.internet_gateways.values()) if igw.vpc is not None}
+        tables = _route_tables(backend)
+        nats: dict[str, dict[str, NatGateway]] = defaultdict(dict)
+        nat_enis = set()
+        for nat in list(backend.nat_gateways.values()):
+            nat_enis.add(nat._eni.id)
+            public = next((a.get("publicIp") for a in list(nat.address_set) if a.get("publicIp")), None)
+            nats[nat.vpc_id][nat.id] = NatGateway(nat.id, nat.subnet_id, public if nat.connectivity_type != "private"
+                                                  else None, nat.state == "available")
+        public: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
+        elastic = {a.public_ip for a in list(backend.addresses)}
+        for address in list(backend.addresses):
+            eni = address.eni
+            if eni is not None and address.public_ip and eni.id not in nat_enis and eni.subnet is not None:
+                private = address.private_ip_address or eni.private_ip_address
+                public[eni.subnet.vpc_id][address.public_ip] = (private, eni.subnet.id)
+        for eni in list(backend.enis.values()):  # an instance's own public IP, on its primary private one
+            if eni.public_ip and eni.public_ip not in elastic and eni.id not in nat_enis and eni.subnet is not None:
+                mine = public[eni.subnet.vpc_id]
+                if eni.public_ip not in mine and eni.private_ip_address not in {p for p, _ in mine.values()}:
+                    mine[eni.public_ip] = (eni.private_ip_address, eni.subnet.id)
+        for vpc_id in list(backend.vpcs):
+            routes = {subnet.id: tables.get(subnet.id, tables.get(("main", vpc_id), ()))
+                      for subnet in _subnets(backend) if subnet.vpc_id == vpc_id}
+            out[vpc_id] = Egress(vpc_id, igws.get(vpc_id), routes, nats.get(vpc_id, {}), public.get(vpc_id, {}))
+    return out
+
+
+def _route_tables(backend) -> dict:
+    """subnet id -> the routes of its explicitly associated table; ("main", vpc id) -> the main table's."""
+    out: dict = {}
+    for table in list(backend.route_tables.values()):
+        routes = tuple(r for r in (_route(route) for route in list(table._routes.values())) if r is not None)
+        if table.main_association_id is not None:
+            out[("main", table.vpc_id)] = routes
+        for target in list(table._associations.values()):
+            if str(target).startswith("subnet-"):
+                out[target] = routes
+    return out
+
+
+def _route(route) -> Route | None:
+    destination = _cidr(route.destination_cidr_block)
+    if route.local or destination is None:
+        return None  # the VPC's own (its namespace routes it), or IPv6 / prefix lists (not carried)
+    for target in (route.gateway, route.nat_gateway, route.interface, route.instance, route.vpc_pcx,
+                   route.transit_gateway, route.egress_only_igw, route.carrier_gateway):
+        if target is not None:
+            return Route(destination, target.id)
+    return Route(destination, route.vpc_endpoint_id or "blackhole")
+

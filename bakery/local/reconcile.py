@@ -11,8 +11,8 @@ and nudges it.
 
 Each instance's work runs on one worker at a time (a boot does not block another instance's stop),
 and the VPC fabric is brought in line with the ENIs attached to live machines after every pass and
-before each machine boots (its ENIs, its firewall and the metadata service are there before its
-init runs, as on EC2).
+before each machine boots (its ENIs, its firewall, its way out and the metadata service are there
+before its init runs, as on EC2).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from bakery.local import firewall
+from bakery.local import firewall, gateways
 from bakery.local import moto_network as N
 from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
@@ -203,8 +203,9 @@ class Reconciler:
 
     def _wire(self) -> None:
         """The VPC fabric holds exactly the ENIs attached to live machines (running, or booting: their
-        namespace exists) as moto has them, enforces the VPCs' network policy (firewall.py), and the
-        link-local services (metadata, DNS, the AWS APIs) answer in every VPC's namespace."""
+        namespace exists) as moto has them, enforces the VPCs' network policy (firewall.py), reaches
+        the internet as their gateways and route tables say (gateways.py), and the link-local
+        services (metadata, DNS, the AWS APIs) answer in every VPC's namespace."""
         with self._wire_lock:
             desired = {}
             for instance in M.instances():
@@ -219,6 +220,10 @@ class Reconciler:
                 firewall.apply(self.machines.fabric, N.policies())
             except LocalCloudError as exc:
                 log.error("the VPC firewall: %s", exc.message)
+            try:  # and the way out: internet gateways, route tables, NAT gateways, public addresses
+                gateways.apply(self.machines.fabric, self.machines.internet, N.egress(), M.public_addresses())
+            except LocalCloudError as exc:
+                log.error("the VPC gateways: %s", exc.message)
             vpcs = {vpc_id: rec["netns"] for vpc_id, rec in self.machines.fabric.layout()["vpcs"].items()}
             for service in self.link_local:
                 service.sync(vpcs)

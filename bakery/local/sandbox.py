@@ -1,7 +1,9 @@
 """A sandbox is a local "EC2 instance": systemd booted on overlayfs over image layers.
 
-Shape: a named netns ``bakery-<name>`` (only ``lo``, plus a slirp4netns NAT for egress that cannot
-reach the host's loopback; bakery/local/vpcnet.py wires the VPC's interfaces into it from outside),
+Shape: a named netns ``bakery-<name>`` (only ``lo``; bakery/local/vpcnet.py wires the VPC's
+interfaces into it from outside, and the local cloud's instances reach beyond their VPC only as its
+gateways allow, through the cloud's internet namespace: internet.py; a sandbox started on its own,
+outside any VPC, may get ``egress``: a slirp4netns NAT of its own that cannot reach the host's loopback),
 and in it ``systemd-nspawn --boot`` on the overlay of the image's layers, started from a private
 mount namespace: the instance's PID 1 is the image's own systemd, so cloud-init runs through its
 systemd units, sshd and every unit enabled in the image start as they do on an EC2 instance, and
@@ -50,6 +52,8 @@ from bakery.local.procs import starttime as _starttime
 NETNS_DIR = Path("/run/netns")
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_ENV = (f"PATH={SANDBOX_PATH}", "HOME=/root", "LANG=C.UTF-8", "TERM=dumb")
+#: slirp4netns's DNS forwarder: a sandbox's with ``egress`` (the local cloud's instances ask their
+#: VPC's resolver, which answers whatever way out the VPC has)
 SLIRP_NAMESERVER = "10.0.2.3"
 #: how long stop() lets systemd power off cleanly before it kills the machine
 STOP_TIMEOUT = 10.0
@@ -73,12 +77,12 @@ _CLOUD_INIT_STAGES = (("init-local", "init-local"), ("init", "init"), ("modules-
                       ("modules-final", "final"))
 
 # Started as the launcher, inside the instance's netns, in a private mount namespace; execs nspawn.
-# $1 state dir, $2 overlay lowerdir string, $3 hostname, $4 egress (1/0), $5 machine name,
+# $1 state dir, $2 overlay lowerdir string, $3 hostname, $4 machine name,
 # then the cgroup dirs (made by the caller) this process moves into before nspawn starts.
 _INIT_SCRIPT = r"""
 set -eu
-D=$1 LOWER=$2 HOST=$3 EGRESS=$4 NAME=$5
-shift 5
+D=$1 LOWER=$2 HOST=$3 NAME=$4
+shift 4
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 # drop other sandboxes' netns bind mounts copied into this mount ns, or they would pin those netns;
 # nspawn joins this process's own netns (/proc/self/ns/net)
@@ -88,11 +92,8 @@ if [ -d /run/systemd ]; then mount -t tmpfs -o mode=0755,size=1m tmpfs /run/syst
 else mount -t tmpfs -o mode=0755,size=1m tmpfs /run; fi
 for cg in "$@"; do echo $$ > "$cg/cgroup.procs"; done
 mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$D/upper,workdir=$D/work" "$D/merged"
-set --
-if [ "$EGRESS" = 1 ]; then
-  # a bind mount, so the launcher's DNS setting never ends up in a captured layer
-  set -- "--bind=$D/resolv.conf:/etc/resolv.conf"
-fi
+# a bind mount, so the launcher's DNS setting never ends up in a captured layer
+set -- "--bind=$D/resolv.conf:/etc/resolv.conf"
 # --register=no --keep-unit: no machined, no scope (the host may not run systemd); the rest keeps
 # nspawn off the host's network, resolv.conf, timezone and journal
 exec systemd-nspawn --quiet --directory="$D/merged" --boot --machine="$NAME" --hostname="$HOST" \
@@ -313,7 +314,6 @@ class Sandbox:
                 cfg = _mkdirs_like(d / "upper", str(Path(_SEED_CFG).parent), lowers) / Path(_SEED_CFG).name
                 cfg.write_text(_SEED_CFG_TEXT)
             (d / "resolv.conf").write_text(f"nameserver {nameserver}\n")
-            (d / "init.sh").write_text(_INIT_SCRIPT.lstrip())
             state = {
                 "name": name,
                 "netns": f"bakery-{name}",
@@ -363,11 +363,14 @@ class Sandbox:
             self._own.append(slirp.pid)
             self._write_pid("slirp", slirp.pid)
         cgroups = self._make_cgroups()
+        # written at each boot, not kept from the first: a machine resumed after an upgrade of
+        # bakery boots with the launcher this version calls
+        (d / "init.sh").write_text(_INIT_SCRIPT.lstrip())
         cmd = [
             "nsenter", f"--net={self.netns_path}", "--",
             "unshare", "--mount", "--propagation", "private", "--",
             "/bin/sh", str(d / "init.sh"),
-            str(d), ":".join(str(p) for p in lowers), host, "1" if egress else "0", self.name,
+            str(d), ":".join(str(p) for p in lowers), host, self.name,
             *[str(c) for c in cgroups],
         ]  # fmt: skip
         with open(d / "logs" / "console.log", "ab") as log:
@@ -465,10 +468,11 @@ class Sandbox:
         return busy
 
     @classmethod
-    def resume(cls, name: str, state_dir: Path, before_boot: Callable[[str], None] | None = None) -> Sandbox:
+    def resume(cls, name: str, state_dir: Path, before_boot: Callable[[str], None] | None = None,
+               egress: bool | None = None) -> Sandbox:
         """Boot a stopped sandbox again (StartInstances, a reboot): the same disk (upper dir), seed
         and hostname; cloud-init sees the same instance id and runs only its per-boot modules.
-        ``before_boot`` as for ``start``."""
+        ``before_boot`` as for ``start``; ``egress`` as for ``start`` (default: as it was started)."""
         box = cls.attach(name, state_dir)
         if box.is_running():
             return box
@@ -482,7 +486,7 @@ class Sandbox:
         try:
             if before_boot is not None:
                 before_boot(box.netns)
-            box._launch(lowers, state["hostname"], state["egress"])
+            box._launch(lowers, state["hostname"], state["egress"] if egress is None else egress)
         except BaseException:
             box.stop()
             raise

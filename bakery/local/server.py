@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     if snapshots.restore():
         moto_state.sync_images(machines.registered_images(), {LOCAL_ACCOUNT, DEBIAN_OWNER})
         moto_state.resume_address_allocation()
+        moto_extensions.give_default_vpcs_internet_gateways()
     reconciler.adopt()
     app = ControlPlane(DomainDispatcherApplication(create_backend_app), machines, reconciler, snapshots)
     reconciler.changed = app.save

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from bakery.local.cloud import LocalCloud
+from bakery.local.internet import INTERNET_HOST
 
 
 def status(data_dir: Path) -> dict:
-    """The endpoint's URL, every instance (from the running endpoint: its EC2 state, addresses,
-    namespace and init's host PID; else the machines on disk) and every image in the layer store."""
+    """The endpoint's URL, the internet namespace (where public addresses answer), every instance
+    (from the running endpoint: its EC2 state, addresses, namespace and init's host PID; else the
+    machines on disk) and every image in the layer store."""
     cloud = LocalCloud(data_dir)
     url = cloud.endpoint.running_url()
     instances = _from_endpoint(url) if url else None
@@ -23,7 +25,9 @@ def status(data_dir: Path) -> dict:
                        "parent": record.get("parent"), "size": record.get("size"),
                        "tags": ec2.get("tags", {}),
                        "deregistered": bool(ec2.get("deregistered")), "created": record.get("created")})
-    return {"data_dir": str(data_dir), "endpoint_url": url, "instances": instances, "images": images}
+    internet = {"netns": cloud.internet.netns if cloud.internet.exists() else None, "host": INTERNET_HOST}
+    return {"data_dir": str(data_dir), "endpoint_url": url, "internet": internet, "instances": instances,
+            "images": images}
 
 
 def _from_endpoint(url: str) -> list[dict] | None:

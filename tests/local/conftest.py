@@ -149,6 +149,15 @@ def sandbox_recipe(*steps: str) -> str:
             f"builder:\n  ssh: {{user: admin, timeout: 60}}\nsteps:\n{lines}")
 
 
+#: a TCP server (for ``python -c``: address, port, name) that answers each client with its name and
+#: the address the client came from, e.g. in the internet namespace or an instance's
+WHO = ("import socket, sys\n"
+       "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+       "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16); print('ready', flush=True)\n"
+       "while True:\n"
+       "    c, peer = s.accept(); c.sendall(f'{sys.argv[3]} {peer[0]}'.encode()); c.close()\n")
+
+
 def netns_names() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
@@ -169,4 +178,6 @@ def cloud(tmp_path_factory):
         cloud.down(purge=True)
     finally:
         cloud.endpoint.down()  # even when an instance would not go: never leave an endpoint behind
+        cloud.internet.teardown()  # nor its internet namespace and slirp
     assert not any(n.startswith("bakery-i-") and (data / "instances" / n[7:]).exists() for n in before)
+    assert cloud.internet.netns not in netns_names()

@@ -1,5 +1,6 @@
-"""Security groups, network ACLs and the source/dest check on the shipped `prod` environment
-(envs/prod.yaml), baked and launched on a private local cloud, driven through the EC2 API.
+"""Security groups, network ACLs, the source/dest check and the way out (internet gateway, NAT
+gateway, Elastic IP) on the shipped `prod` environment (envs/prod.yaml), baked and launched on a
+private local cloud, driven through the EC2 API.
 
 Connections are made from inside the instances' network namespaces (the host's python3, or the
 instance's own bash) and from clients the fabric adds to a subnet; listeners a test needs on the
@@ -18,7 +19,9 @@ import pytest
 
 from bakery.cloud.tags import ENVIRONMENT, SLOT, TIER, network_filters, tag_filter, tags_of
 from bakery.config.settings import Settings
+from bakery.local.internet import INTERNET_HOST
 from bakery.local.sandbox import Sandbox
+from tests.local.conftest import WHO
 from tests.local.test_firewall_fabric import reach
 from tests.local.test_local_cloud import cli
 from tests.support import ROOT
@@ -224,3 +227,25 @@ def test_the_groups_follow_the_apps_enis_through_a_failover(prod):
     until(lambda: prod.connects(standby, DB, 5432), "connected")  # the back ENI (and its group) moved
     assert prod.connects(active, DB, 5432) == "timeout"
     assert prod.connects(prod.ns("web"), APP_FRONT, 8080) == "connected"
+
+
+def test_the_edges_elastic_ip_answers_from_the_internet_and_app_and_db_go_out_through_the_nat_gateway(prod):
+    """prod's way out as declared: the edge's Elastic IP answers what its group lets in (443, not its
+    nginx on 80); web leaves from its own public IP, db from the NAT gateway's; nothing reaches db."""
+    inet = prod.cloud.internet.netns
+    eip = {name: prod.ec2.describe_addresses(Filters=network_filters("prod", "eip", name))["Addresses"][0]["PublicIp"]
+           for name in ("edge", "nat")}
+    prod.listen(prod.ns("edge"), EDGE_OUT, 443, "edge")
+    assert reach(inet, eip["edge"], 443, timeout=1.5) == "edge"
+    assert prod.connects(inet, eip["edge"], 80) == "timeout"
+    server = subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-c", WHO, INTERNET_HOST, "80", "internet"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        web = prod.ec2.describe_instances(InstanceIds=[prod.ids[("web", "0")]])["Reservations"][0]["Instances"][0]
+        assert reach(prod.ns("web"), INTERNET_HOST, 80, timeout=1.5) == f"internet {web['PublicIpAddress']}"
+        assert reach(prod.ns("db"), INTERNET_HOST, 80, timeout=1.5) == f"internet {eip['nat']}"
+        assert prod.connects(inet, eip["nat"], 5432) == "timeout"
+    finally:
+        server.kill()
+        server.wait()
