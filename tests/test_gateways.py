@@ -14,13 +14,14 @@ from bakery.local import moto_network as N
 from bakery.local.moto_network import Egress, NatGateway, Route
 from bakery.network import Network
 from tests.test_firewall import nft_check
-from tests.test_network_gateways import cloud, write_env  # noqa: F401 - fixtures
+from tests.test_network_gateways import ENV
+from tests.test_network_unit import cloud, write_env  # noqa: F401 - fixtures
 
 
 # ---- moto's state as the local cloud reads it ----------------------------------------------------
 
 def test_the_way_out_is_read_from_moto(cloud, write_env):
-    env = write_env()
+    env = write_env(ENV)
     ids = {(a.kind, a.name): a.id for a in Network(cloud, env).up(dry_run=False)}
     public, private, isolated = (ids[("subnet", n)] for n in ("public", "private", "isolated"))
     web = cloud.client.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, NetworkInterfaces=[

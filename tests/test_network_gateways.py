@@ -4,13 +4,10 @@ validated at load time and made by `network.up` against moto in process."""
 from __future__ import annotations
 
 import pytest
-from moto import mock_aws
 
-from bakery.cloud.ec2 import EC2
-from bakery.config.environment import load_environment
-from bakery.config.settings import Settings
 from bakery.errors import ConfigError
 from bakery.network import Network, status
+from tests.test_network_unit import cloud, write_env  # noqa: F401 - fixtures
 
 ENV = """\
 network:
@@ -36,22 +33,6 @@ tiers:
     interfaces:
       - {device_index: 0, subnet: public, private_ip: 10.50.1.10, elastic_ip: {name: front}}
 """
-
-
-@pytest.fixture
-def write_env(tmp_path):
-    def write(text: str = ENV):
-        (tmp_path / "envs").mkdir(exist_ok=True)
-        (tmp_path / "envs/prod.yaml").write_text(text)
-        return load_environment(tmp_path / "envs", "prod")
-    return write
-
-
-@pytest.fixture
-def cloud(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-    with mock_aws():
-        yield EC2(Settings(cloud="aws", region="us-east-1", project_dir=tmp_path))
 
 
 # ---- what an environment may declare --------------------------------------------------------------
@@ -86,7 +67,7 @@ def test_a_way_out_that_could_not_work_is_refused_at_load_time(write_env, edit, 
 
 
 def test_network_up_makes_the_gateways_and_route_tables_once(cloud, write_env):
-    env = write_env()
+    env = write_env(ENV)
     made = Network(cloud, env).up(dry_run=False)
     kinds = [(a.kind, a.name, a.status) for a in made]
     assert [k for k in kinds if k[0] in ("internet-gateway", "nat-gateway", "route-table")] == [
@@ -119,7 +100,7 @@ def test_network_up_makes_the_gateways_and_route_tables_once(cloud, write_env):
 
 
 def test_a_dry_run_plans_the_gateways_and_route_tables_and_makes_nothing(cloud, write_env):
-    plan = Network(cloud, write_env()).up(dry_run=True)
+    plan = Network(cloud, write_env(ENV)).up(dry_run=True)
     assert [(a.kind, a.name, a.status) for a in plan if a.kind in ("internet-gateway", "nat-gateway", "route-table")] \
         == [("internet-gateway", "igw", "create"), ("nat-gateway", "nat", "create"), ("route-table", "public", "create"),
             ("route-table", "private", "create")]

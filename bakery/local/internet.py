@@ -25,7 +25,6 @@ slirp and the links again; the kernel's namespaces stay the truth for whether th
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -36,7 +35,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from typing import Any
 from bakery.local import netns as N
 from bakery.local.errors import LocalCloudError
 from bakery.local.procs import alive, starttime
-from bakery.local.vpcnet import PUBLIC_RANGES, _short
+from bakery.local.vpcnet import PUBLIC_RANGES, locked_state, short_name
 
 log = logging.getLogger("bakery.local")
 
@@ -106,25 +104,8 @@ class Internet:
         digest = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:8]
         self.netns = f"bakery-inet-{digest}"
 
-    @contextlib.contextmanager
-    def _state(self) -> Iterator[dict[str, Any]]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            path = self.dir / "state.json"
-            try:
-                before = path.read_text()
-            except FileNotFoundError:
-                before = json.dumps({"links": {}, "routes": {}})
-            state = json.loads(before)
-            try:
-                yield state
-            finally:
-                after = json.dumps(state, indent=1) + "\n"
-                if after != before:
-                    tmp = path.with_suffix(".tmp")
-                    tmp.write_text(after)
-                    os.replace(tmp, path)
+    def _state(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        return locked_state(self.dir, {"links": {}, "routes": {}})
 
     # ---- the namespace ---------------------------------------------------------------------------
 
@@ -164,36 +145,17 @@ class Internet:
 
     def _start_slirp(self, st: dict[str, Any]) -> None:
         """slirp4netns, detached: it outlives the endpoint (machines keep their way out while it
-        restarts) and goes with ``teardown``. It cannot reach the host's loopback."""
-        ready_r, ready_w = os.pipe()
+        restarts) and goes with ``teardown``."""
+        proc, ready = N.start_slirp(self.netns, self.dir / "slirp4netns.log")
+        _CHILDREN[proc.pid] = proc
+        st["slirp"] = {"pid": proc.pid, "start": starttime(proc.pid)}
         try:
-            with open(self.dir / "slirp4netns.log", "ab") as out:
-                proc = subprocess.Popen(
-                    ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={ready_w}",
-                     "--netns-type=path", N.path(self.netns), SLIRP_IF],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(ready_w,), start_new_session=True,
-                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
-            os.close(ready_w)
-            ready_w = -1
-            _CHILDREN[proc.pid] = proc
-            st["slirp"] = {"pid": proc.pid, "start": starttime(proc.pid)}
-            deadline = time.monotonic() + 5
-            os.set_blocking(ready_r, False)
-            while time.monotonic() < deadline:
-                try:
-                    if os.read(ready_r, 1):
-                        return
-                except BlockingIOError:
-                    pass
-                if proc.poll() is not None:
-                    break
-                time.sleep(0.002)
+            up = N.wait_slirp(proc, ready)
         finally:
-            os.close(ready_r)
-            if ready_w >= 0:
-                os.close(ready_w)
-        self._stop_slirp(st)
-        raise LocalCloudError(f"slirp4netns did not come up in {self.netns} (log: {self.dir / 'slirp4netns.log'})")
+            os.close(ready)
+        if not up:
+            self._stop_slirp(st)
+            raise LocalCloudError(f"slirp4netns did not come up in {self.netns} (log: {self.dir / 'slirp4netns.log'})")
 
     def _stop_slirp(self, st: dict[str, Any]) -> None:
         slirp = st.pop("slirp", None) or {}
@@ -243,7 +205,7 @@ class Internet:
             index = next(i for i in range(LINKS.num_addresses // 4) if i not in used)
             net = ipaddress.IPv4Network((int(LINKS.network_address) + 4 * index, 30))
             rec = {"vpc_id": vpc_id, "index": index, "vpc_netns": vpc_netns, "vpc_inode": N.inode(vpc_netns),
-                   "vpc_if": _short("gw", vpc_id), "vpc_ip": str(net[1]), "inet_if": _short("ig", vpc_id),
+                   "vpc_if": short_name("gw", vpc_id), "vpc_ip": str(net[1]), "inet_if": short_name("ig", vpc_id),
                    "inet_ip": str(net[2])}
             what = f"connecting {vpc_id} ({vpc_netns}) to the internet namespace {self.netns}"
             N.run([*N.ip_argv(vpc_netns), "link", "del", rec["vpc_if"]], what, ok=N.GONE)  # a leftover

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -128,4 +129,41 @@ def load_nft(ns: str, ruleset: str, what: str) -> None:
         raise LocalCloudError(f"{what} failed: nft is missing (Debian package nftables, which "
                               f"scripts/install.sh installs)")
     run(["nsenter", f"--net={path(ns)}", nft, "-f", "-"], what, input=ruleset)
+
+
+def start_slirp(ns: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """slirp4netns attached to the namespace as ``tap0`` (user-mode NAT: what leaves through it is
+    sent from sockets of the host's own, with no address, route or firewall rule added to the host;
+    the host's loopback is out of its reach), detached from the caller; returns it and the read end
+    of its ready pipe (for ``wait_slirp``; the caller closes it)."""
+    ready_r, ready_w = os.pipe()
+    try:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={ready_w}",
+                 "--netns-type=path", path(ns), "tap0"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(ready_w,), start_new_session=True,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+    except BaseException:
+        os.close(ready_r)
+        raise
+    finally:
+        os.close(ready_w)
+    return proc, ready_r
+
+
+def wait_slirp(proc: subprocess.Popen[bytes], ready_r: int, timeout: float = 5.0) -> bool:
+    """Whether slirp4netns said it is ready within `timeout` (False once it exited)."""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(ready_r, False)
+    while time.monotonic() < deadline:
+        try:
+            if os.read(ready_r, 1):
+                return True
+        except BlockingIOError:
+            pass
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.002)
+    return False
 

@@ -45,7 +45,7 @@ from typing import Callable
 
 from bakery.local.errors import LocalCloudError
 from bakery.local.layers import TAR_XATTR_ARGS
-from bakery.local.netns import run_in
+from bakery.local.netns import run_in, start_slirp, wait_slirp
 from bakery.local.procs import alive as _alive
 from bakery.local.procs import starttime as _starttime
 
@@ -350,15 +350,7 @@ class Sandbox:
         slirp: subprocess.Popen[bytes] | None = None
         ready_r = -1
         if egress:
-            ready_r, ready_w = os.pipe()
-            with open(d / "logs" / "slirp4netns.log", "ab") as log:
-                slirp = subprocess.Popen(
-                    ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
-                     f"--ready-fd={ready_w}", "--netns-type=path", str(self.netns_path), "tap0"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(ready_w,),
-                    start_new_session=True, env=env,
-                )  # fmt: skip
-            os.close(ready_w)
+            slirp, ready_r = start_slirp(str(self.netns_path), d / "logs" / "slirp4netns.log")
             _CHILDREN[slirp.pid] = slirp
             self._own.append(slirp.pid)
             self._write_pid("slirp", slirp.pid)
@@ -383,8 +375,9 @@ class Sandbox:
         self._write_pid("launcher", launcher.pid)
         try:
             self.pid, self._starttime = self._find_init(launcher)
-            if slirp is not None:
-                self._wait_slirp(slirp, ready_r)
+            if slirp is not None and not wait_slirp(slirp, ready_r):
+                log = self.dir / "logs" / "slirp4netns.log"
+                raise LocalCloudError(f"sandbox {self.name}: slirp4netns egress did not come up: {self._tail(log)}")
         finally:
             if ready_r >= 0:
                 os.close(ready_r)
@@ -409,21 +402,6 @@ class Sandbox:
             time.sleep(0.002)
         log = self.dir / "logs" / "console.log"
         raise LocalCloudError(f"sandbox {self.name} failed to boot: {self._tail(log)} (log: {log})")
-
-    def _wait_slirp(self, slirp: subprocess.Popen[bytes], ready_r: int) -> None:
-        deadline = time.monotonic() + 5
-        os.set_blocking(ready_r, False)
-        while time.monotonic() < deadline:
-            try:
-                if os.read(ready_r, 1):
-                    return
-            except BlockingIOError:
-                pass
-            if slirp.poll() is not None:
-                break
-            time.sleep(0.002)
-        log = self.dir / "logs" / "slirp4netns.log"
-        raise LocalCloudError(f"sandbox {self.name}: slirp4netns egress did not come up: {self._tail(log)}")
 
     # -- cgroups -------------------------------------------------------------------------------
     def _make_cgroups(self) -> list[Path]:

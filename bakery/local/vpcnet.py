@@ -67,7 +67,7 @@ PUBLIC_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 SOURCE_TABLE, SOURCE_RULE, MAIN_FIRST = 100, 200, 100
 
 
-def _short(prefix: str, ident: str) -> str:
+def short_name(prefix: str, ident: str) -> str:
     """Stable interface name below IFNAMSIZ (16): EC2 ids are too long to use as they are."""
     return prefix + hashlib.sha1(ident.encode()).hexdigest()[: 15 - len(prefix)]
 
@@ -79,6 +79,30 @@ def _mac(ident: str) -> str:
     return "02:" + ":".join(h[i : i + 2] for i in range(0, 10, 2))
 
 
+@contextlib.contextmanager
+def locked_state(directory: Path, empty: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``directory/state.json`` (``empty`` when there is none) under an exclusive lock, written back
+    atomically if changed; saved even on error, since the kernel objects made before the error
+    exist and must stay findable by a later teardown."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = directory / "state.json"
+        try:
+            before = path.read_text()
+        except FileNotFoundError:
+            before = json.dumps(empty)
+        state = json.loads(before)
+        try:
+            yield state
+        finally:
+            after = json.dumps(state, indent=1) + "\n"
+            if after != before:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(after)
+                os.replace(tmp, path)
+
+
 class VpcFabric:
     """One network namespace per VPC (``bakery-vpc-<id>``) holding a Linux bridge per subnet and
     acting as the VPC router. Instance namespaces are passed by name (``bakery-<instance>``, as
@@ -87,27 +111,8 @@ class VpcFabric:
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir) / "vpcnet"
 
-    @contextlib.contextmanager
-    def _state(self) -> Iterator[dict[str, Any]]:
-        """The state file under an exclusive lock; saved even on error, since the kernel objects
-        made before the error exist and must stay findable by ``teardown``."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            path = self.dir / "state.json"
-            try:
-                before = path.read_text()
-            except FileNotFoundError:
-                before = json.dumps({"vpcs": {}, "subnets": {}, "attachments": {}, "clients": {}})
-            state = json.loads(before)
-            try:
-                yield state
-            finally:
-                after = json.dumps(state, indent=1) + "\n"
-                if after != before:
-                    tmp = path.with_suffix(".tmp")
-                    tmp.write_text(after)
-                    os.replace(tmp, path)
+    def _state(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        return locked_state(self.dir, {"vpcs": {}, "subnets": {}, "attachments": {}, "clients": {}})
 
     @staticmethod
     def _vpc_netns(vpc_id: str) -> str:
@@ -163,7 +168,7 @@ class VpcFabric:
             rec["netns"] = vns
             if created:
                 rec.pop("firewall", None)  # a new namespace has no ruleset loaded
-            bridge, router = _short("br", subnet_id), str(next(net.hosts()))
+            bridge, router = short_name("br", subnet_id), str(next(net.hosts()))
             if bridge not in _links(vns):
                 mac = _mac(subnet_id)
                 _batch(vns, ["link set lo up", f"link add {bridge} address {mac} type bridge forward_delay 0",
@@ -187,7 +192,7 @@ class VpcFabric:
         """Plug the ENI into the instance netns (name or path) as ``eth<device_index>`` with its MAC
         and IPs (first = primary); returns that interface name. Idempotent for the same instance;
         an ENI attached to another live instance is an error (detach first, as on EC2)."""
-        ns, ifname, veth = str(netns_path), f"eth{device_index}", _short(ENI_PORT_PREFIX, eni_id)
+        ns, ifname, veth = str(netns_path), f"eth{device_index}", short_name(ENI_PORT_PREFIX, eni_id)
         if ns.startswith(f"{NETNS_DIR}/") and "/" not in ns[len(f"{NETNS_DIR}/"):]:
             ns = ns[len(f"{NETNS_DIR}/"):]  # one spelling per netns, so idempotency and errors match
         if not ips:
@@ -317,7 +322,7 @@ class VpcFabric:
         to measure from inside the VPC; returns the netns name."""
         if not _NAME_RE.match(name):
             raise LocalCloudError(f"invalid client name {name!r}: use lowercase letters, digits or '-'")
-        cns, veth = f"bakery-cl-{name}", _short("c", name)
+        cns, veth = f"bakery-cl-{name}", short_name("c", name)
         with self._state() as st:
             sub, vns, net = self._subnet(st, subnet_id)
             self._check_ips([ip], net, f"client {name}")
