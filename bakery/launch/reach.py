@@ -11,6 +11,7 @@ cloud the instance's network namespace); nothing here asks which cloud it is.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from bakery.cloud import tags as T
@@ -18,9 +19,13 @@ from bakery.cloud.connect import open_cloud
 from bakery.cloud.console import host_keys
 from bakery.config.environment import Environment, load_environment
 from bakery.config.settings import Settings
-from bakery.errors import ConfigError
+from bakery.errors import ConfigError, WaitTimeout
 from bakery.remote.dial import Machine
 from bakery.remote.shell import KNOWN_HOSTS, Jump, SshCommand, builder_alias, write_known_hosts
+from bakery.waits import Backoff, wait_for
+
+#: how long `invoke ssh` waits for a new instance's host keys to show on its console
+HOST_KEYS_WAIT = 120.0
 
 
 def ssh_command(settings: Settings, *, instance_id: str | None = None, env_name: str | None = None,
@@ -62,7 +67,7 @@ def ssh_command(settings: Settings, *, instance_id: str | None = None, env_name:
             env = load_environment(settings.envs, tags[T.ENVIRONMENT])
         except ConfigError:
             env = None  # launched from an environment file this checkout does not have: defaults
-    return _launched(settings, env, iid, ec2.console_output(iid), prefix, host, key, user, command)
+    return _launched(settings, env, iid, lambda: ec2.console_output(iid), prefix, host, key, user, command)
 
 
 def _builder(settings: Settings, tags: dict, iid: str, prefix: str, host: str, user: str | None,
@@ -88,8 +93,8 @@ def _recipe_user(settings: Settings, recipe: str | None) -> str:
         return "admin"
 
 
-def _launched(settings: Settings, env: Environment | None, iid: str, console: str, prefix: str, host: str,
-              key: str | None, user: str | None, command: str | None) -> SshCommand:
+def _launched(settings: Settings, env: Environment | None, iid: str, console: Callable[[], str], prefix: str,
+              host: str, key: str | None, user: str | None, command: str | None) -> SshCommand:
     access = env.ssh if env is not None else None
     where = f"{env.path}: ssh.key_file" if env is not None else "ssh"
     chosen = key or (access.key_file if access else None)
@@ -99,10 +104,13 @@ def _launched(settings: Settings, env: Environment | None, iid: str, console: st
     key_file = _path(chosen, settings.project_dir)
     if not key_file.is_file():
         raise ConfigError(f"{where}: {key_file} is not a file")
-    keys = host_keys(console)
-    if not keys:
-        raise ConfigError(f"ssh: {iid}: its console shows no SSH host keys yet (cloud-init prints them at the "
-                          "end of its first boot; EC2 may take minutes to show a console): try again shortly")
+    try:  # cloud-init prints them as its first boot ends, which may be after sshd answers
+        keys = wait_for(lambda: host_keys(console()) or None, what=f"{iid}'s SSH host keys on its console",
+                        timeout=HOST_KEYS_WAIT, backoff=Backoff(initial=0.5, factor=1.5, max_interval=5.0))
+    except WaitTimeout:
+        raise ConfigError(f"ssh: {iid}: its console shows no SSH host keys after {HOST_KEYS_WAIT:g} s (cloud-init "
+                          "prints them at the end of its first boot; EC2 may take minutes to show a console): "
+                          "try again shortly") from None
     known = write_known_hosts(settings.state / KNOWN_HOSTS / iid, iid, keys)
     jump = None
     if access is not None and access.bastion is not None:

@@ -100,8 +100,13 @@ def test_the_aws_cli_alone_runs_stops_starts_reboots_images_and_terminates_a_mac
     assert ipaddress.ip_address(inst["PrivateIpAddress"]) in ipaddress.ip_network(subnet["CidrBlock"])
     assert any(ipaddress.ip_address(inst["PublicIpAddress"]) in ipaddress.ip_network(r) for r in PUBLIC_RANGES)
     assert ssh(iid, ssh_key, "cat /etc/baked-marker; sudo sh -c 'echo kept > /root/kept'") == "baked\n"
-    console = aws("get-console-output", "--instance-id", iid)["Output"]  # the machine's own, not moto's canned log
-    assert "Cloud-init" in console and "HOST KEY" in console, console[-2000:]
+    # the machine's own console, not moto's canned log: cloud-init prints the host keys as its last
+    # stage ends, which may be after sshd answers (so ask as a user would, until they are there)
+    deadline = time.monotonic() + 60
+    while "HOST KEY" not in (console := aws("get-console-output", "--instance-id", iid).get("Output", "")):
+        assert time.monotonic() < deadline, console[-2000:]
+        time.sleep(0.5)
+    assert "Cloud-init" in console
 
     aws("stop-instances", "--instance-ids", iid)
     aws("wait", "instance-stopped", "--instance-ids", iid)
