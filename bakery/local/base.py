@@ -54,6 +54,8 @@ growpart: {mode: "off"}              # avoids the cc_resizefs "/dev/overlay did 
 locale: C.UTF-8                      # en_US.UTF-8 is not generated; cc_locale would fail
 manage_etc_hosts: localhost          # no DNS for instance hostnames here: sudo must resolve its own
 disable_root: false                  # the key pair's key also works for root (tests log in as root)
+ssh_genkeytypes: [ ed25519, ecdsa ]  # as Amazon Linux 2023: no RSA (its 3072-bit key took 0.2-0.5 s of
+                                     # every first boot) and no DSA (OpenSSH 9 refuses it anyway)
 system_info:                         # like Debian's official AMIs: log in as `admin`, passwordless sudo
   default_user:
     name: admin

@@ -2,7 +2,7 @@
 
 A check is handed an Opener (bakery.remote.dial) for the instance's port and polls it with
 back-off until the deadline, which is measured from the launch. Probes are capped at one every
-0.5 s: they cost the instance almost nothing, and the cap bounds how late we notice readiness
+0.25 s: they cost the instance almost nothing, and the cap bounds how late we notice readiness
 (the ready-for-service time `invoke launch` reports).
 """
 
@@ -56,5 +56,5 @@ def check_until(opener: Opener, instance_id: str, check: HealthCheck, deadline: 
         last[0] = problem
         return None
     wait_for(attempt, what=f"{instance_id} to pass its {check.type} health check on port {check.port}",
-             timeout=max(0.0, deadline - time.monotonic()), backoff=Backoff(initial=0.05, factor=1.5, max_interval=0.5),
+             timeout=max(0.0, deadline - time.monotonic()), backoff=Backoff(initial=0.05, factor=1.5, max_interval=0.25),
              hint=lambda: last[0])
