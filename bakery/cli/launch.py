@@ -14,7 +14,7 @@ def summary(report) -> str:
             ud = (f"{p.user_data_size} bytes{' gzip' if p.user_data_gzipped else ''} "
                   f"(raw {p.user_data_raw_size}), sha256 {p.user_data_sha256[:16]}" if p.user_data_size else "none")
             lines.append(f"  {p.tier}: {p.strategy}, {p.image_id} {p.image_name}, {p.count} x {p.instance_type} "
-                         f"({len(p.existing)} running, launch {len(p.missing_slots)}), subnets {', '.join(p.subnets)}, "
+                         f"({p.in_place()}, launch {len(p.missing_slots)}), subnets {', '.join(p.subnets)}, "
                          f"groups {', '.join(p.security_groups)}, user data {ud}")
         return "\n".join(lines)
     lines.append(f"{report.environment}: {len(report.instances)} instance(s) launched in {report.seconds:.1f}s "
@@ -24,7 +24,7 @@ def summary(report) -> str:
         lines.append(f"  {r.tier}[{r.slot}] {r.instance_id} {r.private_ip or '-'} {r.health}{ready}")
     for p in report.plans:
         if not p.missing_slots and p.existing:
-            lines.append(f"  {p.tier}: {len(p.existing)} already running, nothing to launch")
+            lines.append(f"  {p.tier}: {p.in_place()}, nothing to launch")
     for tier, version in report.launch_templates.items():
         lines.append(f"  {tier}: launch template {version}")
     if report.reach:

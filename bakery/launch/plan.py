@@ -34,7 +34,7 @@ class Planner:
                 plans.append(self._plan_tier(name, spec))
                 p = plans[-1]
                 s.detail = (f"{p.strategy}, {p.image_id}, {p.count} x {p.instance_type} "
-                            f"({len(p.existing)} running, {len(p.missing_slots)} to launch), "
+                            f"({p.in_place()}, {len(p.missing_slots)} to launch), "
                             f"user data {p.user_data_size} bytes")
         return plans
 
@@ -72,6 +72,7 @@ class Planner:
             tier=name, strategy=spec.strategy, image_id=image["ImageId"], image_name=image.get("Name", ""),
             recipe=spec.image.recipe, instance_type=spec.instance_type, count=spec.count,
             existing=[i["InstanceId"] for i in existing], missing_slots=missing,
+            stopped=[i["InstanceId"] for i in existing if i["State"]["Name"] != "running"],
             subnets=[s["SubnetId"] for s in subnets], vpc_id=vpc, security_groups=groups,
             user_data_size=user_data.size if user_data else 0,
             user_data_raw_size=len(user_data.text.encode()) if user_data else 0,

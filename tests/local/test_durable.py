@@ -109,6 +109,7 @@ def test_down_and_up_keep_parameters_keys_networks_and_instances_stopped(cloud, 
     assert len(ssm.get_parameter_history(Name="/durable/p")["Parameters"]) == 2
     plan = launch(settings, "dur", dry_run=True, report=Reporter(quiet=True))
     assert [p.missing_slots for p in plan.plans] == [[]] and all("exists" in line for line in plan.network)
+    assert [p.in_place() for p in plan.plans] == ["1 in place, 1 stopped"]  # it keeps its slot, not "running"
     assert bake(settings, "dur", {}, report=Reporter(quiet=True)).skipped
 
 
