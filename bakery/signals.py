@@ -14,6 +14,16 @@ import threading
 from bakery.errors import Interrupted
 
 _state = {"shielded": False, "pending": None}
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def block_in_this_thread() -> None:
+    """For a worker thread (a ThreadPoolExecutor initializer, a thread's first call): Ctrl-C and
+    SIGTERM are left to the main thread. The kernel hands a process signal to any thread that does
+    not block it, and CPython runs handlers in the main thread only: one delivered to a worker
+    leaves the main thread blocked in its call (an HTTP read the endpoint holds) until that
+    returns, which can be a minute."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
 
 
 def _handler(signum, frame):
@@ -26,12 +36,24 @@ def _handler(signum, frame):
 
 
 @contextlib.contextmanager
+def quiet_spawn():
+    """Threads started inside are born with Ctrl-C and SIGTERM blocked (block_in_this_thread,
+    without the moment before a thread's first call): the mask is inherited, so the caller's own
+    is blocked meanwhile and given back after (a signal that came meanwhile is delivered then)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
 def interruptible():
     """Install the handlers for the duration of one command (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in _SIGNALS}
     for s in old:
         signal.signal(s, _handler)
     try:

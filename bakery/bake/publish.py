@@ -17,6 +17,7 @@ from bakery.bake.state import BakeState, Context
 from bakery.cloud import tags as T
 from bakery.cloud.images import snapshots_of
 from bakery.errors import CloudError
+from bakery.signals import block_in_this_thread
 
 
 @dataclasses.dataclass
@@ -95,10 +96,10 @@ class Publish:
                               lambda: target.deregister_image(copy_id), product=True)
             return region, copy_id
 
-        with ThreadPoolExecutor(max_workers=len(spec.regions)) as pool:
+        with ThreadPoolExecutor(max_workers=len(spec.regions), initializer=block_in_this_thread) as pool:
             futures = [pool.submit(copy, region) for region in spec.regions]
         copies = [f.result() for f in futures]  # every copy has returned (or failed) by now
-        with ThreadPoolExecutor(max_workers=len(copies)) as pool:
+        with ThreadPoolExecutor(max_workers=len(copies), initializer=block_in_this_thread) as pool:
             ready = list(pool.map(lambda rc: ec2.in_region(rc[0]).wait_image_available(rc[1], timeout=3600), copies))
         for (region, copy_id), image in zip(copies, ready):  # CopyImageTags is not honoured everywhere
             target = ec2.in_region(region)

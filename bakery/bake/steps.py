@@ -20,6 +20,7 @@ from bakery.cloud.instances import INSTANCE_TIMEOUT, InstanceSpec, Nic, Volume
 from bakery.config.recipe import render_step
 from bakery.errors import RemoteError, StepFailed
 from bakery.remote.shell import KNOWN_HOSTS, builder_alias, write_known_hosts
+from bakery.signals import quiet_spawn
 
 # Waits for cloud-init inside the builder (or smoke instance): its modules may still be writing
 # files the recipe's steps depend on. 2 = done with recoverable errors: usable, the recipe decides.
@@ -37,7 +38,8 @@ def prefetch(module: str) -> None:
     of CPU to import, which then hides behind the builder's launch instead of following it."""
     import importlib
 
-    threading.Thread(target=importlib.import_module, args=(module,), name=f"import {module}", daemon=True).start()
+    with quiet_spawn():  # a signal meant for the bake must reach the main thread, not this one
+        threading.Thread(target=importlib.import_module, args=(module,), name=f"import {module}", daemon=True).start()
 
 
 def builder_spec(state: BakeState, role: str, image_id: str, root_device: str, user_data: str) -> InstanceSpec:

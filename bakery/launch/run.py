@@ -27,6 +27,7 @@ from bakery.housekeeping.stack import CleanupStack
 from bakery.launch.plan import Planner, slot_index
 from bakery.launch.report import InstanceReport, LaunchReport, TierPlan
 from bakery.progress import Reporter
+from bakery.signals import block_in_this_thread
 from bakery.remote.dial import Machine, Route
 from bakery.render.tier import render_offline
 
@@ -215,7 +216,8 @@ class Launch:
             for rep, t0 in launched:
                 one(rep, t0)
             return
-        with self.report.stage("health checks") as s, ThreadPoolExecutor(max_workers=16) as pool:
+        with self.report.stage("health checks") as s, \
+                ThreadPoolExecutor(max_workers=16, initializer=block_in_this_thread) as pool:
             futures = [pool.submit(one, rep, t0) for rep, t0 in launched]
             for future in futures:
                 future.result()  # the first failure (a WaitTimeout naming the instance) propagates
