@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bakery.config.settings import default_data_dir  # noqa: E402
+from bakery.local.base import share_base  # noqa: E402
 from bakery.local.cloud import LocalCloud  # noqa: E402
 from bakery.local.netns import run_in  # noqa: E402
 from bakery.local.sandbox import Sandbox  # noqa: E402
@@ -128,10 +130,7 @@ def main() -> None:
     boots, memory, procs, bare_boots, bare_pss = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bakery-boot-") as tmp:
         tmp = Path(tmp)
-        shared = Path(os.environ.get("BAKERY_DATA_DIR", "/var/lib/bakery"))
-        (shared / "base").mkdir(parents=True, exist_ok=True)
-        (tmp / "data").mkdir()
-        (tmp / "data/base").symlink_to(shared / "base")
+        share_base(tmp / "data", default_data_dir())  # the machine's cached base image
         cloud = LocalCloud(tmp / "data")
         try:
             url = cloud.up(log=lambda line: print(line, file=sys.stderr))

@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 from bakery.bake.run import bake  # noqa: E402
 from bakery.cloud.connect import open_cloud  # noqa: E402
 from bakery.launch.run import launch  # noqa: E402
+from bakery.config.settings import default_data_dir  # noqa: E402
+from bakery.local.base import share_base  # noqa: E402
 from bakery.local.cloud import LocalCloud  # noqa: E402
 from bakery.progress import Reporter  # noqa: E402
 from bakery.config.settings import Settings  # noqa: E402
@@ -55,10 +57,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bakery-lag-") as tmp:
         tmp = Path(tmp)
-        shared = Path(os.environ.get("BAKERY_DATA_DIR", "/var/lib/bakery"))
-        (shared / "base").mkdir(parents=True, exist_ok=True)
-        (tmp / "data").mkdir()
-        (tmp / "data/base").symlink_to(shared / "base")
+        share_base(tmp / "data", default_data_dir())  # the machine's cached base image
         envs = tmp / "envs"
         envs.mkdir()
         for strategy in ("combined", "bootstrap"):

@@ -126,6 +126,14 @@ def _recipe_hash() -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def share_base(data_dir: Path, shared: Path) -> None:
+    """Let a private data dir (a test's or a bench's own local cloud) use the base images built
+    under ``shared`` instead of building its own."""
+    (shared / "base").mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "base").symlink_to(shared / "base")
+
+
 def base_dir(data_dir: Path) -> Path:
     """Directory holding ``rootfs/`` and ``meta.json`` for the current base recipe."""
     return data_dir / "base" / f"{SUITE}-{_recipe_hash()}"

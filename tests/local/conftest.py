@@ -8,7 +8,6 @@ going on) and are always destroyed, also when a test fails.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import paramiko
 import pytest
 
 from bakery.config.settings import default_data_dir
-from bakery.local.base import ensure_base_image, load_base_metadata
+from bakery.local.base import ensure_base_image, load_base_metadata, share_base
 from bakery.local.cloud import LocalCloud
 from bakery.local.layers import LayerStore
 from bakery.local.prereqs import check_prerequisites
@@ -167,9 +166,7 @@ def netns_names() -> set[str]:
 def cloud(tmp_path_factory):
     """A private local cloud (own data dir and endpoint) sharing the machine's cached base image."""
     data = tmp_path_factory.mktemp("localcloud")
-    shared = Path(os.environ.get("BAKERY_DATA_DIR", "/var/lib/bakery"))
-    (shared / "base").mkdir(parents=True, exist_ok=True)
-    (data / "base").symlink_to(shared / "base")
+    share_base(data, default_data_dir())
     cloud = LocalCloud(data)
     cloud.up(log=lambda line: print(line, file=sys.stderr))
     yield cloud
