@@ -39,8 +39,9 @@ def ssh_command(settings: Settings, *, instance_id: str | None = None, env_name:
     env = load_environment(settings.envs, env_name) if env_name else None
     if env is not None:
         env.select(tier)
-    if key is not None and not _path(key, settings.project_dir).is_file():
-        raise ConfigError(f"ssh: --key: {_path(key, settings.project_dir)} is not a file")
+    key_file = _path(key, settings.project_dir) if key is not None else None
+    if key_file is not None and not key_file.is_file():
+        raise ConfigError(f"ssh: --key: {key_file} is not a file")
     cloud = open_cloud(settings)
     ec2 = cloud.ec2
     if instance_id is not None:
@@ -57,7 +58,7 @@ def ssh_command(settings: Settings, *, instance_id: str | None = None, env_name:
     iid = instance["InstanceId"]
     if instance["State"]["Name"] != "running":
         raise ConfigError(f"ssh: {iid} is {instance['State']['Name']}, not running")
-    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+    tags = T.tags_of(instance)
     machine = Machine(iid, instance.get("PrivateIpAddress"), instance.get("PublicIpAddress"))
     prefix, host = cloud.dial.shell_prefix(machine)
     if tags.get(T.ROLE) == "builder" and tags.get(T.BUILD_ID):
