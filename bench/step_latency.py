@@ -33,37 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bakery.remote import keys  # noqa: E402
 from bakery.remote.dial import Machine, Route, TcpDial  # noqa: E402
 from bakery.remote.ssh import SSHConnector, Target  # noqa: E402
-from tests.support import free_port, stop_process  # noqa: E402
-
-SSHD = """\
-ListenAddress 127.0.0.1
-Port {port}
-HostKey {dir}/host_key
-PidFile none
-AuthorizedKeysFile {dir}/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-UseDNS no
-PrintMotd no
-MaxSessions 1000
-Subsystem sftp internal-sftp
-LogLevel ERROR
-"""
-
-
-def start_sshd(work: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    (work / "sshd_config").write_text(SSHD.format(port=port, dir=work))
-    bashrc = Path.home() / ".bashrc"
-    mask = f'mount --bind /dev/null {bashrc} && ' if bashrc.exists() else ""
-    proc = subprocess.Popen(["unshare", "-m", "-p", "--fork", "--kill-child", "--propagation", "private", "sh", "-c",
-                             f"mount -t tmpfs tmpfs /run && mkdir -m 755 /run/sshd && {mask}"
-                             f"exec /usr/sbin/sshd -D -e -f {work}/sshd_config"], stderr=subprocess.DEVNULL)
-    return proc, port
-
+from tests.support import start_private_sshd, stop_process  # noqa: E402
 
 @dataclass
 class Server:
@@ -96,7 +66,7 @@ def private_sshd(prefix: str):
         login.write_private(work, "id")
         host.write_private(work, "host_key")
         (work / "authorized_keys").write_text(login.public_openssh + "\n")
-        sshd, port = start_sshd(work)
+        sshd, port = start_private_sshd(work)
         (work / "known_hosts").write_text(f"[127.0.0.1]:{port} {host.public_openssh}\n")
         time.sleep(0.3)
         try:

@@ -467,3 +467,38 @@ def cloud_of(ec2):
     from bakery.remote.dial import TcpDial
 
     return Cloud(ec2, TcpDial(ec2.settings.ssh_host, ec2.settings.ssh_port))
+
+
+# A private sshd on 127.0.0.1 (its own mount and PID namespaces, so its /run/sshd is its own and
+# stopping it ends every session): the benches' SSH server and the tests' SSH hop. `dir` holds
+# host_key and authorized_keys.
+PRIVATE_SSHD = """\
+ListenAddress 127.0.0.1
+Port {port}
+HostKey {dir}/host_key
+PidFile none
+AuthorizedKeysFile {dir}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+MaxSessions 1000
+Subsystem sftp internal-sftp
+LogLevel ERROR
+"""
+
+
+def start_private_sshd(work: Path) -> tuple[subprocess.Popen, int]:
+    """(the process, its port); root logs in with the keys in work/authorized_keys. Stop it with
+    kill(): unshare passes on no SIGTERM, and its --kill-child takes sshd with it."""
+    port = free_port()
+    (work / "sshd_config").write_text(PRIVATE_SSHD.format(port=port, dir=work))
+    bashrc = Path.home() / ".bashrc"  # root's own, masked: a login's output is only what it ran
+    mask = f'mount --bind /dev/null {bashrc} && ' if bashrc.exists() else ""
+    proc = subprocess.Popen(["unshare", "-m", "-p", "--fork", "--kill-child", "--propagation", "private", "sh", "-c",
+                             f"mount -t tmpfs tmpfs /run && mkdir -m 755 /run/sshd && {mask}"
+                             f"exec /usr/sbin/sshd -D -e -f {work}/sshd_config"], stderr=subprocess.DEVNULL)
+    return proc, port

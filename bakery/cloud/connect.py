@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from bakery.cloud.ec2 import EC2
 from bakery.config.settings import Settings
-from bakery.remote.dial import Dial, Machine, Opener, Route, TcpDial
+from bakery.errors import RemoteError
+from bakery.remote.dial import Dial, Machine, Opener, Route, TcpDial, Vantage, address_of
 
 
 @dataclass
@@ -45,15 +46,34 @@ def open_cloud(settings: Settings) -> Cloud:
 
 
 class SandboxDial:
-    """The local cloud's instances have no routed address: open the socket inside the instance's
-    network namespace, whatever address or hop the route names."""
+    """The local cloud's instances have no address routed from this machine. bakery's own
+    connections (its SSH, smoke tests) open their socket inside the instance's network namespace;
+    a connection from a vantage (a health check) opens it where that vantage is (another
+    instance's namespace, the local cloud's internet, a probe host on the target's subnet) and
+    dials the instance's address, through the VPC's gateways, ACLs and security groups."""
+
+    logs_in_at_vantages = False
 
     def __init__(self, local):
         self.local = local
 
     def __call__(self, machine: Machine, port: int, route: Route = Route(), *, ssh: bool = False) -> Opener:
-        return Opener("", machine.private_ip or machine.instance_id,
-                      lambda timeout: self.local.connect(machine.instance_id, port, timeout))
+        if route.vantage is None:
+            return Opener("", machine.private_ip or machine.instance_id,
+                          lambda timeout: self.local.connect(machine.instance_id, port, timeout))
+        address = address_of(machine, route)
+        if isinstance(route.vantage, Vantage):
+            vantage = route.vantage.machine.instance_id
+            who, start = vantage, lambda: self.local.netns(vantage)
+        elif route.address == "public_ip":
+            who, start = "the internet", self.local.internet_netns
+        elif machine.subnet_id:
+            subnet = machine.subnet_id
+            who, start = f"a host on {subnet}", lambda: self.local.fabric.probe_host(subnet)
+        else:
+            raise RemoteError(f"{machine.instance_id}: no subnet known for {address} to check it from")
+        return Opener(f"{address}:{port} from {who}", address,
+                      lambda timeout: self.local.connect_from(start, address, port, timeout))
 
     def shell_prefix(self, machine: Machine) -> tuple[str, str]:
         return f"ip netns exec {self.local.netns(machine.instance_id)} ", "127.0.0.1"

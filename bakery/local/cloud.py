@@ -25,6 +25,7 @@ from bakery.local.errors import LocalCloudError
 from bakery.local.internet import Internet
 from bakery.local.layers import LayerStore
 from bakery.local.linklocal import RESOLVER_IP
+from bakery.local.netns import tcp_connect
 from bakery.local.sandbox import NETNS_DIR, Sandbox
 from bakery.local.vpcnet import VpcFabric
 
@@ -134,6 +135,20 @@ class LocalCloud:
             return Sandbox.attach(instance_id, self.instances_dir).connect(port, timeout)
         except LocalCloudError as exc:
             raise ConnectionRefusedError(f"{instance_id}: {exc.message}") from None
+
+    def connect_from(self, start: Callable[[], str], address: str, port: int, timeout: float):
+        """A TCP socket to address:port opened in the network namespace `start()` names (another
+        instance's, the internet's, a subnet's probe host): it crosses the VPC's gateways and
+        firewall as that position's traffic does. One that is not there (yet) refuses."""
+        try:
+            return tcp_connect(start(), address, port, timeout)
+        except LocalCloudError as exc:
+            raise ConnectionRefusedError(exc.message) from None
+
+    def internet_netns(self) -> str:
+        if not self.internet.exists():
+            raise LocalCloudError("the local cloud's internet namespace is not up")
+        return self.internet.netns
 
     def netns(self, instance_id: str) -> str:
         return Sandbox.attach(instance_id, self.instances_dir).netns

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -61,6 +62,25 @@ def run_in(netns: str, fn: Callable[[], T]) -> T:
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
     return result["value"]  # type: ignore[return-value]
+
+
+def tcp_connect(netns: str, host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP socket made inside the namespace and connected from there to host:port (so it starts
+    from that namespace's addresses and routes); OSError when nothing answers."""
+
+    def dial() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return run_in(netns, dial)
 
 
 def add_address(netns: str, cidr: str, dev: str = "lo") -> None:

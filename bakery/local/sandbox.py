@@ -45,7 +45,7 @@ from typing import Callable
 
 from bakery.local.errors import LocalCloudError
 from bakery.local.layers import TAR_XATTR_ARGS
-from bakery.local.netns import run_in, start_slirp, wait_slirp
+from bakery.local.netns import start_slirp, tcp_connect, wait_slirp
 from bakery.local.procs import alive as _alive
 from bakery.local.procs import starttime as _starttime
 
@@ -586,19 +586,7 @@ class Sandbox:
         if not self.netns_path.exists():
             raise LocalCloudError(f"sandbox {self.name} is not running (no network namespace {self.netns_path})")
 
-        def dial() -> socket.socket:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(timeout)
-                sock.connect(("127.0.0.1", port))
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.settimeout(None)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-
-        return run_in(self.netns, dial)
+        return tcp_connect(self.netns, "127.0.0.1", port, timeout)
 
     def exec(self, argv: list[str], timeout: float, *, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` as root inside the sandbox (its PID 1's namespaces and root, clean env)."""

@@ -320,12 +320,26 @@ class VpcFabric:
     def client(self, subnet_id: str, ip: str, name: str) -> str:
         """A client host netns ``bakery-cl-<name>`` on the subnet (default route via the VPC router),
         to measure from inside the VPC; returns the netns name."""
+        return self._client(subnet_id, ip, name)
+
+    def probe_host(self, subnet_id: str) -> str:
+        """The subnet's probe host (a client netns): what a check made from inside the subnet but
+        outside any instance starts from, subject to the target's ingress rules only. It sits at
+        the subnet's fourth address, which EC2 reserves "for future use" in every subnet, so no
+        ENI ever holds it."""
+        with self._state() as st:
+            net = self._subnet(st, subnet_id)[2]
+        return self._client(subnet_id, str(net.network_address + 3), "probe-" + subnet_id.removeprefix("subnet-"),
+                            reserved=True)
+
+    def _client(self, subnet_id: str, ip: str, name: str, *, reserved: bool = False) -> str:
         if not _NAME_RE.match(name):
             raise LocalCloudError(f"invalid client name {name!r}: use lowercase letters, digits or '-'")
         cns, veth = f"bakery-cl-{name}", short_name("c", name)
         with self._state() as st:
             sub, vns, net = self._subnet(st, subnet_id)
-            self._check_ips([ip], net, f"client {name}")
+            if not reserved:
+                self._check_ips([ip], net, f"client {name}")
             if name in st["clients"]:
                 if (st["clients"][name]["subnet"], st["clients"][name]["ip"]) == (subnet_id, ip) and _ns_exists(cns):
                     return cns

@@ -24,11 +24,23 @@ class Machine:
     instance_id: str
     private_ip: str | None = None
     public_ip: str | None = None
+    subnet_id: str | None = None  # of the interface these addresses are on
 
     @classmethod
     def of(cls, instance: dict) -> "Machine":
         """From a DescribeInstances / RunInstances record."""
-        return cls(instance["InstanceId"], instance.get("PrivateIpAddress"), instance.get("PublicIpAddress"))
+        return cls(instance["InstanceId"], instance.get("PrivateIpAddress"), instance.get("PublicIpAddress"),
+                   instance.get("SubnetId"))
+
+    @classmethod
+    def at_interface(cls, instance: dict, device_index: int) -> "Machine | None":
+        """The instance as reached at its interface `device_index` (its addresses, its subnet); None
+        when no interface is attached there (a hot standby before it takes over)."""
+        for eni in instance.get("NetworkInterfaces", []):
+            if eni.get("Attachment", {}).get("DeviceIndex") == device_index:
+                return cls(instance["InstanceId"], eni.get("PrivateIpAddress"),
+                           eni.get("Association", {}).get("PublicIp"), eni.get("SubnetId"))
+        return None
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,34 @@ class Bastion:
     port: int
     user: str
     key_file: str | None
+
+
+@dataclass(frozen=True)
+class Login:
+    """How to log in to an instance over SSH: its user, the private key, its pinned host keys."""
+
+    user: str
+    key_file: str
+    host_keys: tuple[str, ...]  # "ssh-ed25519 AAAA..." lines, from the instance's console
+    port: int = 22
+    bastion: Bastion | None = None
+
+
+@dataclass(frozen=True)
+class Vantage:
+    """Where a connection starts instead of where bakery runs: another instance, so the connection
+    has that instance's place in the network (its subnet, its security groups, its ENI's address).
+    `login` is asked only by a dial that has to log in there to start from it (where addresses
+    are routed, an SSH hop); the local cloud opens the socket in the instance's namespace."""
+
+    machine: Machine
+    login: Callable[[], Login] | None = None
+
+
+#: a Route's vantage for a check made from outside the instance at no declared place: on a cloud
+#: with routed addresses, where bakery runs; on the local cloud, the internet for a public address
+#: and a host on the target's own subnet, in no security group, for a private one
+OUTSIDE = "outside"
 
 
 @dataclass(frozen=True)
@@ -49,6 +89,9 @@ class Route:
     bastion: Bastion | None = None
     user: str = ""                     # %r in a proxy command
     builder: bool = False              # a bake's builder or smoke instance: the settings' tunnel reaches it
+    #: None: the way bakery reaches its own machines (its SSH, which on the local cloud starts
+    #: inside the instance); OUTSIDE or a Vantage: across the network, through its rules
+    vantage: Vantage | Literal["outside"] | None = None
 
 
 class Opener:
@@ -71,6 +114,9 @@ class Opener:
 
 
 class Dial(Protocol):
+    #: whether starting a connection at a Vantage means logging in there (its `login` is needed)
+    logs_in_at_vantages: bool
+
     def __call__(self, machine: Machine, port: int, route: Route = Route(), *, ssh: bool = False) -> Opener:
         """How to reach `port` of `machine` (`ssh`: the port is the instance's SSH port)."""
 
@@ -85,35 +131,42 @@ class TcpDial:
     builders and smoke instances at one address instead of their own: a tunnel, or the tests'
     stand-in sshd. A launched fleet is always reached at its own addresses."""
 
+    logs_in_at_vantages = True
+
     def __init__(self, tunnel_host: str | None = None, tunnel_ssh_port: int | None = None):
         self.tunnel_host = tunnel_host
         self.tunnel_ssh_port = tunnel_ssh_port
 
     def __call__(self, machine: Machine, port: int, route: Route = Route(), *, ssh: bool = False) -> Opener:
         tunnel = route.builder and self.tunnel_host
-        host = self.tunnel_host if tunnel else self._address(machine, route)
+        host = self.tunnel_host if tunnel else address_of(machine, route)
         if ssh and route.builder and self.tunnel_ssh_port:
             port = self.tunnel_ssh_port
         where = f"{host}:{port}"
+        if isinstance(route.vantage, Vantage):
+            hop = _SshHop.through(route.vantage)
+            return Opener(f"{where} from {route.vantage.machine.instance_id}", host,
+                          lambda timeout: hop.channel(host, port, timeout), hop.close)
         if route.proxy_command:
             return Opener(where, host, lambda timeout: _proxy(route, host, port))
         if route.bastion:
-            hop = _BastionHop(route.bastion, host, port)
-            return Opener(where, host, hop.open, hop.close)
+            hop = _SshHop.bastion(route.bastion)
+            return Opener(where, host, lambda timeout: hop.channel(host, port, timeout), hop.close)
         return Opener(where, host, lambda timeout: _tcp(host, port, timeout))
 
     def shell_prefix(self, machine: Machine) -> tuple[str, str]:
         return "", machine.private_ip or machine.public_ip or machine.instance_id
 
-    @staticmethod
-    def _address(machine: Machine, route: Route) -> str:
-        if route.address == "host":
-            return route.host or ""
-        address = machine.public_ip if route.address == "public_ip" else machine.private_ip
-        if not address:
-            hint = " (use interface: private_ip, or a subnet that maps public IPs)" if route.builder else ""
-            raise RemoteError(f"{machine.instance_id} has no {route.address.replace('_', ' ')} to reach{hint}")
-        return address
+
+def address_of(machine: Machine, route: Route) -> str:
+    """The instance's address the route names."""
+    if route.address == "host":
+        return route.host or ""
+    address = machine.public_ip if route.address == "public_ip" else machine.private_ip
+    if not address:
+        hint = " (use interface: private_ip, or a subnet that maps public IPs)" if route.builder else ""
+        raise RemoteError(f"{machine.instance_id} has no {route.address.replace('_', ' ')} to reach{hint}")
+    return address
 
 
 def _tcp(host: str, port: int, timeout: float) -> socket.socket:
@@ -129,28 +182,74 @@ def _proxy(route: Route, host: str, port: int):
     return paramiko.ProxyCommand(cmd)
 
 
-class _BastionHop:
-    """A direct-tcpip channel through one long-lived SSH connection to the bastion."""
+class _SshHop:
+    """direct-tcpip channels through one long-lived SSH connection (to a bastion, or to a vantage
+    instance, itself possibly behind a bastion)."""
 
-    def __init__(self, bastion: Bastion, host: str, port: int):
-        self.bastion, self.host, self.port = bastion, host, port
+    def __init__(self, host: str, port: int, user: str, key_file: str | None, host_keys: tuple[str, ...] | None,
+                 via: "_SshHop | None" = None):
+        self.host, self.port, self.user, self.key_file = host, port, user, key_file
+        self.host_keys = host_keys  # None: the system's known_hosts (a bastion is long-lived)
+        self.via = via
         self._client = None
 
-    def open(self, timeout: float):
+    @classmethod
+    def bastion(cls, b: Bastion) -> "_SshHop":
+        return cls(b.host, b.port, b.user, b.key_file, None)
+
+    @classmethod
+    def through(cls, vantage: Vantage) -> "_SshHop":
+        machine = vantage.machine
+        if vantage.login is None:
+            raise RemoteError(f"{machine.instance_id}: no way to log in to it to start a connection from it")
+        login = vantage.login()
+        host = machine.private_ip or machine.public_ip
+        if not host:
+            raise RemoteError(f"{machine.instance_id} has no address to reach it at")
+        via = cls.bastion(login.bastion) if login.bastion else None
+        return cls(host, login.port, login.user, login.key_file, login.host_keys, via)
+
+    def channel(self, host: str, port: int, timeout: float):
+        """A channel to host:port; OSError (so a check retries) while the hop or the port is not there."""
         import paramiko
 
-        b = self.bastion
+        try:
+            transport = self._connected(timeout)
+            return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+        except paramiko.ChannelException as exc:  # the hop is fine, the port did not answer it
+            raise ConnectionRefusedError(f"{host}:{port} from {self.host}: {exc.text}") from None
+        except (paramiko.SSHException, EOFError) as exc:
+            self.close()  # the next attempt logs in again (the hop may have been booting or rebooted)
+            raise ConnectionError(f"ssh {self.user}@{self.host}:{self.port}: {exc}") from None
+
+    def _connected(self, timeout: float):
+        import paramiko
+
         if self._client is None:
             client = paramiko.SSHClient()
-            client.load_system_host_keys()  # a bastion is long-lived: it must be in known_hosts
+            if self.host_keys is None:
+                client.load_system_host_keys()
+            else:
+                name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+                for line in self.host_keys:
+                    entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{name} {line}")
+                    if entry is not None:
+                        client.get_host_keys().add(name, entry.key.get_name(), entry.key)
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            client.connect(b.host, port=b.port, username=b.user, key_filename=b.key_file, timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout)
+            sock = self.via.channel(self.host, self.port, timeout) if self.via else None
+            client.connect(self.host, port=self.port, username=self.user, key_filename=self.key_file, sock=sock,
+                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                           look_for_keys=self.key_file is None, allow_agent=self.key_file is None)
             self._client = client
-        return self._client.get_transport().open_channel("direct-tcpip", (self.host, self.port), ("127.0.0.1", 0),
-                                                        timeout=timeout)
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            self.close()
+            raise ConnectionError(f"ssh {self.user}@{self.host}:{self.port}: the connection closed")
+        return transport
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self.via is not None:
+            self.via.close()

@@ -57,4 +57,4 @@ def check_until(opener: Opener, instance_id: str, check: HealthCheck, deadline: 
         return None
     wait_for(attempt, what=f"{instance_id} to pass its {check.type} health check on port {check.port}",
              timeout=max(0.0, deadline - time.monotonic()), backoff=Backoff(initial=0.05, factor=1.5, max_interval=0.25),
-             hint=lambda: last[0])
+             hint=lambda: f"{last[0]}; checked at {opener.where}" if opener.where else last[0])
