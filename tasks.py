@@ -243,11 +243,14 @@ def failover(c, env, tier, to=None, json=False):
         required(env=env, tier=tier)
         from bakery.cli import show
         from bakery.network import failover as run_failover
-        from bakery.network import health_probe, open_env
+        from bakery.launch.health import failover_probe
+        from bakery.network import open_env
         from bakery.progress import Reporter
 
-        cloud, environment = open_env(settings_from(c), env)
-        probe = health_probe(cloud, environment.select(tier)[tier].health_check)
+        settings = settings_from(c)
+        cloud, environment = open_env(settings, env)
+        environment.select(tier)
+        probe = failover_probe(cloud, environment, tier, settings.project_dir)
         show.failover(run_failover(cloud.ec2, environment, tier, to, Reporter(prefix=f"[{env}] "), probe=probe),
                       json=json)
 

@@ -120,6 +120,12 @@ ENVS = [
     ("env-bad-cidr", {"envs/prod.yaml": "network:\n  vpc: {cidr: 10.0.0.0/99}\n  subnets: {a: {cidr: 10.0.1.0/24}}\n" + GOOD_ENV}, "invalid CIDR"),
     ("env-bad-ip", {"envs/prod.yaml": "network:\n  vpc: {cidr: 10.0.0.0/16}\n  subnets: {a: {cidr: 10.0.1.0/24}}\n" + GOOD_ENV.replace(
         "image: {recipe: web}", "image: {recipe: web}\n    interfaces: [{device_index: 0, subnet: a, private_ip: 10.0.1.300}]")}, "invalid IPv4 address"),
+    ("env-check-from-unknown", {"envs/prod.yaml": GOOD_ENV + "    health_check: {port: 80, from: app}\n"}, "tiers.web.health_check.from: no tier 'app'"),
+    ("env-check-from-itself", {"envs/prod.yaml": GOOD_ENV + "    health_check: {port: 80, from: web}\n"}, "cannot be checked from itself"),
+    ("env-check-interface", {"envs/prod.yaml": GOOD_ENV + "    health_check: {port: 80, interface: 1}\n"}, "no interface with device_index 1"),
+    ("env-check-cloud-init-from", {"envs/prod.yaml": GOOD_ENV + "    health_check: {type: cloud-init, from: web}\n"}, "'from' and 'interface' do not apply"),
+    ("env-check-from-without-key", {"envs/prod.yaml": GOOD_ENV + "    health_check: {port: 80, from: ops}\n"
+                                    "  ops: {image: {recipe: web}, strategy: baked}\n"}, "ssh.key_file: is not set; tiers.web.health_check.from: ops"),
     ("env-persistent-primary", {"envs/prod.yaml": GOOD_ENV.replace("image: {recipe: web}", "image: {recipe: web}\n    interfaces: [{device_index: 0, subnet: a, private_ip: 10.0.1.9, persistent: true}]")}, "cannot be device_index 0"),
 ]
 

@@ -47,6 +47,20 @@ class HealthCheck(Strict):
     expect_status: int = Field(200, ge=100, le=599)
     timeout: float = Field(300, gt=0, le=3600, description="seconds from launch until the check must pass")
     address: Literal["private_ip", "public_ip"] = "private_ip"
+    #: the interface (device index) whose address is probed; a hot standby, which holds the tier's
+    #: persistent interfaces only once it takes over, is probed at its primary (device 0)
+    interface: int = Field(0, ge=0, le=15)
+    #: where the check is made from: a running instance of this tier, with its place in the network
+    #: (subnet, security groups, address), so the check passes only when the environment lets that
+    #: client in. Without it: from outside any instance (the internet for a public address, a host
+    #: on the instance's own subnet in no security group for a private one; on AWS, where bakery runs)
+    from_: Annotated[str, Field(pattern=NAME_RE)] | None = Field(None, alias="from")
+
+    @model_validator(mode="after")
+    def _cloud_init(self) -> "HealthCheck":
+        if self.type == "cloud-init" and (self.from_ or self.interface):
+            raise ValueError("a cloud-init check reads the console: 'from' and 'interface' do not apply")
+        return self
 
 
 class UserDataSpec(Strict):
@@ -354,6 +368,13 @@ class Tier(Strict):
         return self
 
     @model_validator(mode="after")
+    def _checked_interface(self) -> "Tier":
+        index = self.health_check.interface if self.health_check else 0
+        if index and index not in {i.device_index for i in self.interfaces}:
+            raise ValueError(f"health_check.interface: the tier declares no interface with device_index {index}")
+        return self
+
+    @model_validator(mode="after")
     def _strategy(self) -> "Tier":
         if self.strategy != "combined" and self.image.recipe is None:
             raise ValueError(f"strategy {self.strategy!r} needs image.recipe (it uses the recipe itself)")
@@ -388,6 +409,22 @@ class Environment(Strict):
                 if iface.elastic_ip and iface.elastic_ip.name in taken:
                     raise ValueError(f"tiers.{tier_name}.interfaces (device {iface.device_index}).elastic_ip: "
                                      f"{iface.elastic_ip.name!r} is NAT gateway {taken[iface.elastic_ip.name]!r}'s address")
+        return self
+
+    @model_validator(mode="after")
+    def _check_vantages(self) -> "Environment":
+        for name, tier in self.tiers.items():
+            vantage = tier.health_check.from_ if tier.health_check else None
+            if vantage is None:
+                continue
+            if vantage not in self.tiers:
+                raise ValueError(f"tiers.{name}.health_check.from: no tier {vantage!r} (tiers: {', '.join(self.tiers)})")
+            if vantage == name:
+                raise ValueError(f"tiers.{name}.health_check.from: a tier cannot be checked from itself "
+                                 "(its first instance would have no one to check it)")
+            if not self.tiers[vantage].count:
+                raise ValueError(f"tiers.{name}.health_check.from: tier {vantage!r} has count 0: "
+                                 "no instance to check from")
         return self
 
     @model_validator(mode="after")

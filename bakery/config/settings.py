@@ -87,6 +87,12 @@ class Settings:
                    ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"))
 
 
+def user_path(value: str, base: Path) -> Path:
+    """A path a user wrote in a file or flag: ~ expanded, relative to `base` (the project)."""
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base / path
+
+
 def default_data_dir() -> Path:
     """``$BAKERY_DATA_DIR``, else ``/var/lib/bakery`` for root (the local cloud needs root anyway)."""
     env = os.environ.get("BAKERY_DATA_DIR")

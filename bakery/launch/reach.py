@@ -10,15 +10,13 @@ cloud the instance's network namespace); nothing here asks which cloud it is.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 from bakery.cloud import tags as T
 from bakery.cloud.connect import open_cloud
 from bakery.cloud.console import host_keys
 from bakery.config.environment import Environment, load_environment
-from bakery.config.settings import Settings
+from bakery.config.settings import Settings, user_path
 from bakery.errors import ConfigError, WaitTimeout
 from bakery.remote.dial import Machine
 from bakery.remote.shell import KNOWN_HOSTS, Jump, SshCommand, builder_alias, write_known_hosts
@@ -39,7 +37,7 @@ def ssh_command(settings: Settings, *, instance_id: str | None = None, env_name:
     env = load_environment(settings.envs, env_name) if env_name else None
     if env is not None:
         env.select(tier)
-    key_file = _path(key, settings.project_dir) if key is not None else None
+    key_file = user_path(key, settings.project_dir) if key is not None else None
     if key_file is not None and not key_file.is_file():
         raise ConfigError(f"ssh: --key: {key_file} is not a file")
     cloud = open_cloud(settings)
@@ -102,7 +100,7 @@ def _launched(settings: Settings, env: Environment | None, iid: str, console: Ca
     if chosen is None:
         raise ConfigError(f"{where}: no private key: give --key FILE (the private half of the tier's key pair) "
                           "or set ssh.key_file in the environment")
-    key_file = _path(chosen, settings.project_dir)
+    key_file = user_path(chosen, settings.project_dir)
     if not key_file.is_file():
         raise ConfigError(f"{where}: {key_file} is not a file")
     try:  # cloud-init prints them as its first boot ends, which may be after sshd answers
@@ -116,11 +114,6 @@ def _launched(settings: Settings, env: Environment | None, iid: str, console: Ca
     jump = None
     if access is not None and access.bastion is not None:
         b = access.bastion
-        jump = Jump(b.host, b.user, b.port, _path(b.key_file, settings.project_dir) if b.key_file else None)
+        jump = Jump(b.host, b.user, b.port, user_path(b.key_file, settings.project_dir) if b.key_file else None)
     return SshCommand(iid, user or (access.user if access else "admin"), host, key_file, known,
                       prefix=prefix.split(), jump=jump, command=command)
-
-
-def _path(value: str, base: Path) -> Path:
-    path = Path(os.path.expanduser(value))
-    return path if path.is_absolute() else base / path

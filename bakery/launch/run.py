@@ -24,11 +24,12 @@ from bakery.cloud.instances import INSTANCE_TIMEOUT, InstanceSpec, Nic, Volume
 from bakery.config.environment import Environment, HealthCheck, Tier, load_environment
 from bakery.config.settings import Settings
 from bakery.housekeeping.stack import CleanupStack
+from bakery.launch.health import TierCheck, require_logins
 from bakery.launch.plan import Planner, slot_index
 from bakery.launch.report import InstanceReport, LaunchReport, TierPlan
 from bakery.progress import Reporter
 from bakery.signals import block_in_this_thread
-from bakery.remote.dial import Machine, Route
+from bakery.remote.dial import Machine
 from bakery.render.tier import render_offline
 
 
@@ -83,6 +84,7 @@ class Launch:
         started = time.monotonic()
         result = LaunchReport(environment=self.env.name, launch_id=self.launch_id, region=self.ec2.region,
                               dry_run=dry_run, plans=[])
+        require_logins(self.cloud, self.env, list(tiers), self.settings.project_dir)
         if self.env.network is not None:  # the network comes first: tiers resolve their subnets and ENIs in it
             actions = self._network_up(dry_run)
             result.network = [a.line() for a in actions]
@@ -196,7 +198,9 @@ class Launch:
 
     def _health(self, launched: list[tuple[InstanceReport, float]]) -> None:
         """Check every instance at once: each one's readiness is timed from its own launch."""
-        from bakery.remote.health import check_until
+        checks = {tier: TierCheck(self.cloud, self.env, tier, check, self.settings.project_dir)
+                  for tier in {r.tier for r, _ in launched}
+                  if (check := self._readiness(tier)) is not None and check.type != "cloud-init"}
 
         def one(rep: InstanceReport, t0: float) -> None:
             check = self._readiness(rep.tier)
@@ -207,8 +211,7 @@ class Launch:
                 wait_cloud_init(self.ec2.console_output, rep.instance_id, deadline=t0 + check.timeout)
                 rep.health = "cloud-init done"
             else:
-                opener = self.cloud.dial(self._machine(rep), check.port, Route(address=check.address))
-                check_until(opener, rep.instance_id, check, deadline=t0 + check.timeout)
+                checks[rep.tier].until(rep.instance_id, deadline=t0 + check.timeout)
                 rep.health = "healthy"
             rep.ready_s = round(time.monotonic() - t0, 3)
 

@@ -18,13 +18,13 @@ tasks hold: the lookups and checks, plus `up` and the ENI moves.
 from __future__ import annotations
 
 from bakery.config.environment import Environment
-from bakery.network.eni import FailoverReport, Interfaces, failover, health_probe
+from bakery.network.eni import FailoverReport, Interfaces, failover
 from bakery.network.provision import Action, Provisioner
 from bakery.network.resolve import ResolvedInterface, Resolver, SubnetInfo
 from bakery.network.status import status
 from bakery.progress import Reporter
 
-__all__ = ["Action", "FailoverReport", "Network", "ResolvedInterface", "SubnetInfo", "failover", "health_probe",
+__all__ = ["Action", "FailoverReport", "Network", "ResolvedInterface", "SubnetInfo", "failover",
            "open_env", "status"]
 
 

@@ -11,8 +11,8 @@ from typing import Callable
 
 from bakery.cloud.tags import ENVIRONMENT, ROLE, ROLE_STANDBY, SLOT, TIER, slot_tags, tag_filter, tags_of
 from bakery.waits import Backoff, wait_for
-from bakery.config.environment import Environment, HealthCheck
-from bakery.errors import CloudError, ConfigError, RemoteError, WaitTimeout
+from bakery.config.environment import Environment
+from bakery.errors import CloudError, ConfigError
 from bakery.network.resolve import ResolvedInterface, Resolver
 from bakery.progress import Reporter
 
@@ -31,7 +31,6 @@ class FailoverReport:
     from_problem: str | None = None  # why it could not be the standby
 
 
-PROBE_SECONDS = 10.0  # a standby that cannot answer its check within this is not one
 #: whether an instance can serve as a tier's hot standby: None if so, else why not
 Probe = Callable[[dict], "str | None"]
 
@@ -153,27 +152,6 @@ def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter,
             result.from_slot = f"failed-{int(time.time())}"
         ec2.tag([source], slot_tags(env.name, tier, result.from_slot))
     return result
-
-
-def health_probe(cloud, check: HealthCheck | None) -> Probe:
-    """Running, and passing the tier's http/tcp health check (at the instance's own address, within
-    PROBE_SECONDS) when it declares one: what a hot standby must be."""
-    from bakery.remote.dial import Machine, Route
-    from bakery.remote.health import check_until
-
-    def probe(instance: dict) -> str | None:
-        problem = running_probe(instance)
-        if problem is not None or check is None or check.type == "cloud-init":
-            return problem
-        iid = instance["InstanceId"]
-        machine = Machine(iid, instance.get("PrivateIpAddress"), instance.get("PublicIpAddress"))
-        try:
-            check_until(cloud.dial(machine, check.port, Route(address=check.address)), iid, check,
-                        deadline=time.monotonic() + PROBE_SECONDS)
-        except (WaitTimeout, RemoteError) as exc:
-            return f"its {check.type} health check: {exc.message}"
-        return None
-    return probe
 
 
 def _free_standby_slot(ec2, env: str, tier: str) -> str:

@@ -17,7 +17,6 @@ import pytest
 from bakery.bake.run import bake
 from bakery.cloud.connect import open_cloud
 from bakery.errors import CloudError, StepFailed, WaitTimeout
-from bakery.local.cloud import LocalCloud
 from bakery.local.sandbox import Sandbox
 from bakery.progress import Reporter
 from bakery.config.settings import Settings
@@ -203,55 +202,6 @@ def cli(args: list[str], cloud, settings, timeout: float = 600,
            "INVOKE_BAKERY_STATE_DIR": str(settings.state), **(extra_env or {})}
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def test_launch_prod_on_the_local_cloud_to_passing_health_checks(cloud, settings):
-    """The mission end to end: bake the three tiers, launch prod, user data applied by real cloud-init."""
-    for recipe in ("web", "app", "db"):
-        out = cli(["bake", "--recipe", recipe], cloud, settings)
-        assert out.returncode == 0, out.stderr[-3000:]
-    try:
-        _launch_prod_and_look_inside(cloud, settings)
-    finally:  # the five instances must not outlive this test, pass or fail
-        result = cloud.down(purge=True)
-        cloud.up()
-    assert result["instances_destroyed"] == 6
-    assert_no_sandboxes(cloud)
-
-
-def _launch_prod_and_look_inside(cloud, settings):
-    out = cli(["launch", "--env", "prod", "--json"], cloud, settings)
-    assert out.returncode == 0, out.stderr[-3000:]
-    report = json.loads(out.stdout)
-    health = sorted((i["tier"], i["slot"], i["health"]) for i in report["instances"])
-    assert health == [("app", "0", "healthy"), ("app", "standby-0", "healthy"), ("db", "0", "healthy"),
-                      ("edge", "0", "cloud-init done"), ("web", "0", "healthy"), ("web", "1", "healthy")]
-    assert all(i["ready_s"] > 0 for i in report["instances"])
-    by = {(i["tier"], i["slot"]): i["instance_id"] for i in report["instances"]}
-
-    web = Sandbox.attach(by[("web", "0")], cloud.instances_dir)
-    env_file = web.exec(["cat", "/etc/bakery/env"], timeout=10).stdout
-    assert "ENVIRONMENT=prod" in env_file and "TIER=web" in env_file
-    assert "server_name www.example.com;" in web.exec(["cat", "/etc/nginx/conf.d/bakery-web.conf"], timeout=10).stdout
-    assert "bakery: prod / web" in web.exec(["cat", "/etc/motd"], timeout=10).stdout
-    app = Sandbox.attach(by[("app", "0")], cloud.instances_dir)
-    assert app.exec(["cat", "/etc/app/app.env"], timeout=10).stdout.startswith("APP_ENV=prod")
-    # the tiers talk over the VPC: web reaches the app's persistent front ENI (10.20.1.20)
-    via_vpc = subprocess.run(["ip", "netns", "exec", f"bakery-{web.name}", "curl", "-s", "-m", "5",
-                              "http://10.20.1.20:8080/"], capture_output=True, text=True)
-    assert via_vpc.stdout == "app env=prod\n"
-    addrs = subprocess.run(["ip", "-n", f"bakery-{app.name}", "-br", "addr"], capture_output=True, text=True).stdout
-    assert "10.20.1.20/24" in addrs and "10.20.3.20/24" in addrs  # dual-homed
-    sock = cloud.connect(app.name, 8080, 5)
-    sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    response = b""
-    while chunk := sock.recv(4096):  # HTTP/1.0: the server closes when done
-        response += chunk
-    sock.close()
-    assert response.endswith(b"app env=prod\n")
-
-    again = cli(["launch", "--env", "prod", "--json"], cloud, settings)
-    assert again.returncode == 0 and json.loads(again.stdout)["instances"] == []  # idempotent
 
 
 def test_shipped_user_data_passes_the_real_cloud_init_schema_check(cloud, tmp_path):
@@ -449,9 +399,91 @@ def test_without_a_health_check_an_instance_is_ready_when_cloud_init_finished_an
     assert inst["health"] == "cloud-init done" and inst["ready_s"] > 0
     assert Sandbox.attach(inst["instance_id"], cloud.instances_dir).exec(
         ["test", "-e", "/run/configured"], timeout=10).returncode == 0
+    terminate(open_cloud(settings).ec2, [inst["instance_id"]])
 
     out = cli(["launch", "--env", "ready"], cloud, settings, extra_env=env)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: i-") and "cloud-init finished with failed module(s): scripts-user" in last, last
     assert "ready" not in out.stdout
+
+
+VANTAGE_ENV = """\
+network:
+  vpc: {cidr: 10.50.0.0/16}
+  subnets:
+    front: {cidr: 10.50.1.0/24, az: us-east-1a, public: true}
+    back: {cidr: 10.50.2.0/24, az: us-east-1a}
+  internet_gateway: true
+  route_tables:
+    public: {subnets: [front], routes: [{cidr: 0.0.0.0/0, internet_gateway: true}]}
+  security_groups:
+    client: {description: "the client tier: no inbound"}
+    web: {ingress: [{protocol: tcp, ports: 8080, cidr: 0.0.0.0/0}]}
+    svc: {ingress: [{protocol: tcp, ports: 8080, group: client}]}
+tiers:
+  client:
+    image: {recipe: t9}
+    interfaces: [{device_index: 0, subnet: front, security_groups: [client]}]
+    user_data: {parts: [who.yaml.j2]}
+  web:
+    image: {recipe: t9}
+    interfaces: [{device_index: 0, subnet: front, security_groups: [web]}]
+    user_data: {parts: [who.yaml.j2]}
+    health_check: {type: http, port: 8080, path: /, address: public_ip, timeout: 60}
+  svc:
+    image: {recipe: t9}
+    interfaces: [{device_index: 0, subnet: back, security_groups: [svc]}]
+    user_data: {parts: [who.yaml.j2]}
+    health_check: {type: http, port: 8080, path: /, from: client, timeout: 60}
+"""
+
+
+def test_health_checks_are_made_from_where_the_environment_says_and_pass_only_through_its_rules(
+        cloud, settings, tmp_path):
+    """web is checked at its public address from the internet (its group lets in 0.0.0.0/0), svc
+    from a client instance (its group lets in only the client group). The same svc checked from
+    outside any instance, or from web, gets no answer: the check crosses the security groups."""
+    from bakery.config.environment import load_environment
+    from bakery.launch.health import TierCheck
+
+    write_recipe(settings.recipes, "t9", RECIPE.format(extra=""))
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs/vantage.yaml").write_text(VANTAGE_ENV)
+    # the same environment where svc's check names no vantage: made from its subnet, in no group
+    (tmp_path / "envs/closed.yaml").write_text(VANTAGE_ENV.replace("10.50.", "10.51.").replace(
+        ", from: client, timeout: 60}", ", timeout: 8}"))
+    (tmp_path / "userdata").mkdir()
+    (tmp_path / "userdata/who.yaml.j2").write_text(WHO)
+    env = {"INVOKE_BAKERY_RECIPES_DIR": str(settings.recipes), "INVOKE_BAKERY_ENVS_DIR": str(tmp_path / "envs"),
+           "INVOKE_BAKERY_USERDATA_DIR": str(tmp_path / "userdata")}
+    out = cli(["bake", "--recipe", "t9"], cloud, settings, extra_env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    out = cli(["launch", "--env", "vantage", "--json"], cloud, settings, extra_env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    by_tier = {i["tier"]: i for i in json.loads(out.stdout)["instances"]}
+    assert {t: i["health"] for t, i in by_tier.items()} == {
+        "client": "cloud-init done", "web": "healthy", "svc": "healthy"}
+    try:
+        local = Settings(cloud="local", data_dir=cloud.data_dir, project_dir=tmp_path, envs_dir=tmp_path / "envs")
+        vantage, svc = load_environment(local.envs, "vantage"), by_tier["svc"]["instance_id"]
+        declared = vantage.tiers["svc"].health_check
+        problems = {}
+        for name, change in {"outside": {"from_": None}, "web": {"from_": "web"}}.items():
+            check = declared.model_copy(update=change)
+            with pytest.raises(WaitTimeout) as caught:
+                TierCheck(open_cloud(local), vantage, "svc", check, tmp_path).until(svc, time.monotonic() + 2)
+            problems[name] = caught.value.message
+        assert f"checked at {by_tier['svc']['private_ip']}:8080 from a host on subnet-" in problems["outside"]
+        assert f"from {by_tier['web']['instance_id']}" in problems["web"]
+        assert "timed out" in problems["outside"] and "timed out" in problems["web"]
+
+        out = cli(["launch", "--env", "closed", "--tier", "svc"], cloud, settings, extra_env=env)
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: timed out") and "to pass its http health check" in last, last
+        assert "connect: timed out; checked at 10.51.2." in last and ":8080 from a host on subnet-" in last, last
+    finally:
+        terminate(open_cloud(settings).ec2, [i["instance_id"] for i in by_tier.values()])
+    assert_no_sandboxes(cloud)
