@@ -8,6 +8,7 @@ appliance are started by the test in the appliance's namespace and stopped by PI
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -40,8 +41,9 @@ class Prod:
     """The launched environment: each slot's network namespace, a plain EC2 client (any client's
     calls count; bakery's own facade loads only the operations it uses), helpers."""
 
-    def __init__(self, cloud, settings: Settings):
+    def __init__(self, cloud, settings: Settings, report: dict):
         self.cloud = cloud
+        self.report = report  # `invoke launch --json`'s
         self.ec2 = boto3.client("ec2", endpoint_url=cloud.endpoint.running_url(), region_name="us-east-1",
                                 aws_access_key_id="local", aws_secret_access_key="local")
         self.settings = settings
@@ -99,17 +101,58 @@ def prod(cloud, tmp_path_factory) -> Iterator[Prod]:
     for recipe in ("web", "app", "db"):
         out = cli(["bake", "--recipe", recipe], cloud, settings)
         assert out.returncode == 0, out.stderr[-3000:]
-    out = cli(["launch", "--env", "prod", "--keep-on-error"], cloud, settings)
-    if out.returncode != 0:  # what these tests need is the network, not every tier's service: say so, go on
-        assert "health check" in out.stderr and "--keep-on-error: kept launch" in out.stderr, out.stderr[-3000:]
-        print(f"\nprod launched, but not healthy: {out.stderr.strip().splitlines()[-1]}")
-    env = Prod(cloud, settings)
+    out = cli(["launch", "--env", "prod", "--json"], cloud, settings)
+    assert out.returncode == 0, out.stderr[-3000:]
+    env = Prod(cloud, settings, json.loads(out.stdout))
     assert sorted(env.ids) == [("app", "0"), ("app", "standby-0"), ("db", "0"), ("edge", "0"), ("web", "0"),
                                ("web", "1")]
     try:
         yield env
     finally:
         env.close()  # the instances go with the module's cloud (purged)
+
+
+def test_prod_launches_to_passing_health_checks_with_its_user_data_applied_by_real_cloud_init(prod):
+    """The mission end to end: the three tiers baked, prod launched; each check made from where the
+    tier's clients are (web from the internet, the app from web, the database from the app)."""
+    report, cloud = prod.report, prod.cloud
+    health = sorted((i["tier"], i["slot"], i["health"]) for i in report["instances"])
+    assert health == [("app", "0", "healthy"), ("app", "standby-0", "healthy"), ("db", "0", "healthy"),
+                      ("edge", "0", "cloud-init done"), ("web", "0", "healthy"), ("web", "1", "healthy")]
+    assert all(i["ready_s"] > 0 for i in report["instances"])
+    web = Sandbox.attach(prod.ids[("web", "0")], cloud.instances_dir)
+    env_file = web.exec(["cat", "/etc/bakery/env"], timeout=10).stdout
+    assert "ENVIRONMENT=prod" in env_file and "TIER=web" in env_file
+    assert "server_name www.example.com;" in web.exec(["cat", "/etc/nginx/conf.d/bakery-web.conf"], timeout=10).stdout
+    assert "bakery: prod / web" in web.exec(["cat", "/etc/motd"], timeout=10).stdout
+    app = Sandbox.attach(prod.ids[("app", "0")], cloud.instances_dir)
+    assert app.exec(["cat", "/etc/app/app.env"], timeout=10).stdout.startswith("APP_ENV=prod")
+    # the tiers talk over the VPC: web reaches the app's persistent front ENI
+    via_vpc = subprocess.run(["ip", "netns", "exec", prod.ns("web"), "curl", "-s", "-m", "5",
+                              f"http://{APP_FRONT}:8080/"], capture_output=True, text=True)
+    assert via_vpc.stdout == "app env=prod\n"
+    addrs = subprocess.run(["ip", "-n", prod.ns("app"), "-br", "addr"], capture_output=True, text=True).stdout
+    assert f"{APP_FRONT}/24" in addrs and f"{APP_BACK}/24" in addrs  # dual-homed
+    again = cli(["launch", "--env", "prod", "--json"], cloud, prod.settings)
+    assert again.returncode == 0 and json.loads(again.stdout)["instances"] == []  # idempotent
+
+
+def test_the_checks_cross_the_groups_a_check_from_elsewhere_gets_no_answer(prod):
+    """The database's check, made from outside any instance (a host on its subnet) or from web
+    instead of from the app, times out: db's group lets in only the app's back ENI."""
+    from bakery.cloud.connect import open_cloud
+    from bakery.config.environment import load_environment
+    from bakery.errors import WaitTimeout
+    from bakery.launch.health import TierCheck
+
+    env = load_environment(prod.settings.envs, "prod")
+    declared = env.tiers["db"].health_check
+    for change, where in [({"from_": None}, "from a host on subnet-"), ({"from_": "web"}, f"from {prod.ids[('web', '0')]}")]:
+        check = declared.model_copy(update=change)
+        with pytest.raises(WaitTimeout) as caught:
+            TierCheck(open_cloud(prod.settings), env, "db", check, ROOT).until(prod.ids[("db", "0")],
+                                                                              time.monotonic() + 2)
+        assert f"checked at {DB}:5432 {where}" in caught.value.message, caught.value.message
 
 
 def test_web_to_db_gets_no_answer_while_the_apps_back_eni_gets_through(prod):
@@ -224,6 +267,9 @@ def test_the_groups_follow_the_apps_enis_through_a_failover(prod):
     assert prod.connects(standby, DB, 5432) == "timeout"  # its own primary ENI is app-mgmt, not app-back
     out = cli(["failover", "--env", "prod", "--tier", "app"], prod.cloud, prod.settings)
     assert out.returncode == 0, out.stderr[-3000:]
+    # the instance that gave the interfaces up passed the app's check, made from a web instance
+    # at its primary address (app-mgmt lets web in on 8080): it is the new hot standby
+    assert f"{prod.ids[('app', '0')]} is the new standby (standby-0)" in out.stdout, out.stdout
     until(lambda: prod.connects(standby, DB, 5432), "connected")  # the back ENI (and its group) moved
     assert prod.connects(active, DB, 5432) == "timeout"
     assert prod.connects(prod.ns("web"), APP_FRONT, 8080) == "connected"
