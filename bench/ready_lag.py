@@ -37,15 +37,23 @@ from bakery.local.cloud import LocalCloud  # noqa: E402
 from bakery.progress import Reporter  # noqa: E402
 from bakery.config.settings import Settings  # noqa: E402
 
+# web in a public subnet, checked from the internet as its users would reach it
 ENV = """\
+network:
+  vpc: {{cidr: 10.0.0.0/16}}
+  subnets: {{web: {{cidr: 10.0.1.0/24, az: us-east-1a, public: true}}}}
+  security_groups: {{web: {{ingress: [{{protocol: tcp, ports: 80, cidr: 0.0.0.0/0}}]}}}}
+  internet_gateway: true
+  route_tables: {{public: {{subnets: [web], routes: [{{cidr: 0.0.0.0/0, internet_gateway: true}}]}}}}
 tiers:
   web:
     image: {{recipe: web}}
     strategy: {strategy}
+    interfaces: [{{device_index: 0, subnet: web, security_groups: [web]}}]
     user_data:
       parts: [web.yaml.j2]
       variables: {{server_name: bench.example.com, app_upstream: "10.0.2.10:8080"}}
-    health_check: {{type: http, port: 80, path: /health, timeout: 300}}
+    health_check: {{type: http, port: 80, path: /health, address: public_ip, timeout: 300}}
 """
 
 
