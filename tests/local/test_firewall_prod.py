@@ -24,7 +24,7 @@ from bakery.local.internet import INTERNET_HOST
 from bakery.local.sandbox import Sandbox
 from tests.local.conftest import WHO
 from tests.local.test_firewall_fabric import reach
-from tests.local.test_local_cloud import cli
+from tests.local.test_local_cloud import cli, layer_file, layer_listing
 from tests.support import ROOT
 
 pytestmark = pytest.mark.local
@@ -41,9 +41,10 @@ class Prod:
     """The launched environment: each slot's network namespace, a plain EC2 client (any client's
     calls count; bakery's own facade loads only the operations it uses), helpers."""
 
-    def __init__(self, cloud, settings: Settings, report: dict):
+    def __init__(self, cloud, settings: Settings, report: dict, bakes: dict[str, subprocess.CompletedProcess]):
         self.cloud = cloud
         self.report = report  # `invoke launch --json`'s
+        self.bakes = bakes  # each recipe's `invoke bake --json`
         self.ec2 = boto3.client("ec2", endpoint_url=cloud.endpoint.running_url(), region_name="us-east-1",
                                 aws_access_key_id="local", aws_secret_access_key="local")
         self.settings = settings
@@ -98,18 +99,32 @@ def until(probe: Callable[[], str], want: str, limit: float = 10.0) -> float:
 def prod(cloud, tmp_path_factory) -> Iterator[Prod]:
     work = tmp_path_factory.mktemp("prod-firewall")
     settings = Settings(cloud="local", data_dir=cloud.data_dir, project_dir=ROOT, state_dir=work / "state")
+    bakes = {}
     for recipe in ("web", "app", "db"):
-        out = cli(["bake", "--recipe", recipe], cloud, settings)
+        bakes[recipe] = out = cli(["bake", "--recipe", recipe, "--json"], cloud, settings)
         assert out.returncode == 0, out.stderr[-3000:]
     out = cli(["launch", "--env", "prod", "--json"], cloud, settings)
     assert out.returncode == 0, out.stderr[-3000:]
-    env = Prod(cloud, settings, json.loads(out.stdout))
+    env = Prod(cloud, settings, json.loads(out.stdout), bakes)
     assert sorted(env.ids) == [("app", "0"), ("app", "standby-0"), ("db", "0"), ("edge", "0"), ("web", "0"),
                                ("web", "1")]
     try:
         yield env
     finally:
         env.close()  # the instances go with the module's cloud (purged)
+
+
+def test_the_shipped_web_recipe_bakes_through_the_cli_into_a_clean_layer_and_is_unchanged_after(prod):
+    """The Quickstart path: really installs nginx in the sandbox over SSH (needs the Debian mirror)."""
+    out = prod.bakes["web"]
+    manifest = json.loads(out.stdout)
+    assert "install nginx | Setting up nginx" in out.stderr
+    layer = prod.cloud.layers.layer_file(manifest["ami_id"])
+    assert "usr/sbin/nginx" in layer_listing(layer)
+    assert b"<title>bakery web</title>" in layer_file(layer, "var/www/html/index.html")
+    again = cli(["bake", "--recipe", "web"], prod.cloud, prod.settings, timeout=120)
+    assert again.returncode == 0 and "unchanged" in again.stdout
+    assert "launch builder" not in again.stderr
 
 
 def test_prod_launches_to_passing_health_checks_with_its_user_data_applied_by_real_cloud_init(prod):
