@@ -65,11 +65,11 @@ def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, nam
 @task(
     positional=[],
     iterable=["region"],
-    help={"recipe": "recipe whose images to prune", "keep": "how many of the newest images to keep",
+    help={"recipe": "recipe whose images to prune", "keep": "how many of the newest images to keep (default 3)",
           "region": "also prune in this region (repeatable)", "dry-run": "only list what would go",
           "json": "print JSON on stdout"},
 )
-def prune(c, recipe, keep=3, region=None, dry_run=False, json=False):
+def prune(c, recipe, keep="3", region=None, dry_run=False, json=False):  # a string: parse_int says what is wrong
     """Deregister old images of a recipe (and their snapshots), never one that is still used."""
     with command():
         required(recipe=recipe)

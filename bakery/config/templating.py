@@ -1,7 +1,7 @@
 """Small jinja templates inside recipes: image names, step shell text and env values.
 
-Sandboxed and strict: an unknown name is an error naming the field, never ''.
-Recipe variables are top-level names beside `recipe`, `build_id` and `timestamp`.
+Sandboxed, strict and bounded (bakery/config/sandbox.py): an unknown name is an error naming the
+field, never ''. Recipe variables are top-level names beside `recipe`, `build_id` and `timestamp`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ BUILTINS = ("recipe", "build_id", "timestamp")
 
 @lru_cache(maxsize=1)
 def _env():
-    import jinja2
-    from jinja2.sandbox import SandboxedEnvironment
+    from bakery.config.sandbox import BoundedSandbox
 
-    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    return BoundedSandbox()
 
 
 def render_text(template: str, context: dict[str, str], where: str) -> str:
@@ -29,7 +28,8 @@ def render_text(template: str, context: dict[str, str], where: str) -> str:
     import jinja2
 
     try:
-        return _env().from_string(template).render(**context)
+        env = _env()
+        return env.render(env.from_string(template), context)
     except jinja2.UndefinedError as exc:
         known = ", ".join(sorted(context)) or "none"
         raise ConfigError(f"{where}: {exc.message} (known names: {known})") from None
@@ -37,6 +37,10 @@ def render_text(template: str, context: dict[str, str], where: str) -> str:
         raise ConfigError(f"{where}: template syntax error on its line {exc.lineno}: {exc.message}") from None
     except jinja2.TemplateError as exc:
         raise ConfigError(f"{where}: template error: {exc}") from None
+    except (ArithmeticError, ValueError, TypeError) as exc:  # 1 / 0, int("x"), a bad filter argument
+        raise ConfigError(f"{where}: template error: {type(exc).__name__}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: template error: recursion too deep (a macro calling itself?)") from None
 
 
 def image_name(template: str, context: dict[str, str], where: str) -> str:

@@ -17,6 +17,7 @@ from bakery.errors import ConfigError
 
 MAX_FILE_BYTES = 256 * 1024
 MAX_NODES = 20_000  # after alias expansion: a billion-laughs document blows past this at once
+MAX_DEPTH = 64  # nesting: a recipe needs about 6; thousands of brackets would exhaust the stack
 
 M = TypeVar("M", bound=BaseModel)
 Path_ = tuple[str | int, ...]
@@ -48,27 +49,51 @@ def format_path(path: Path_) -> str:
     return out or "(top level)"
 
 
-def _convert(node: yaml.Node, path: Path_, lines: LineMap, where: str, budget: list[int]) -> Any:
+class TooDeep(yaml.MarkedYAMLError):
+    pass
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """The safe loader with a nesting limit while composing (PyYAML's composer recurses)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise TooDeep(problem=f"nested more than {MAX_DEPTH} levels deep",
+                              problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _convert(node: yaml.Node, path: Path_, lines: LineMap, where: str, budget: list[int],
+             inside: tuple[int, ...] = ()) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
         raise ConfigError(f"{where}:{node.start_mark.line + 1}: document expands to more than "
                           f"{MAX_NODES} values (alias bomb?)")
+    if id(node) in inside:  # `a: &a [*a]`: composing made a node that contains itself
+        raise ConfigError(f"{where}:{node.start_mark.line + 1}: an alias refers to a value that contains it")
+    inside = inside + (id(node),)
     lines.record(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: YAML merge keys (<<) are not supported")
-            key = _convert(key_node, path, LineMap(), where, budget)
+            key = _convert(key_node, path, LineMap(), where, budget, inside)
             if not isinstance(key, (str, int)):
                 raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: mapping keys must be strings")
             key = str(key)
             if key in out:
                 raise ConfigError(f"{where}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
-            out[key] = _convert(value_node, path + (key,), lines, where, budget)
+            out[key] = _convert(value_node, path + (key,), lines, where, budget, inside)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (i,), lines, where, budget) for i, item in enumerate(node.value)]
+        return [_convert(item, path + (i,), lines, where, budget, inside) for i, item in enumerate(node.value)]
     constructor = yaml.SafeLoader("")
     try:
         return constructor.construct_object(node, deep=True)
@@ -92,7 +117,7 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[Any, LineMap]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start})") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=BoundedLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""

@@ -34,8 +34,9 @@ from typing import Any
 
 import jinja2
 import yaml
-from jinja2.sandbox import SandboxedEnvironment
 
+from bakery.config.sandbox import BoundedSandbox
+from bakery.config.yamlfile import BoundedLoader
 from bakery.errors import ConfigError
 
 MAX_USER_DATA = 16_383  # EC2: 16 KB of raw data before base64; 16384 bytes encode past the API's 21847 chars
@@ -163,16 +164,18 @@ def _shquote(value: object) -> str:
     return shlex.quote(str(value))
 
 
-def _environment(userdata_dir: Path) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(loader=_Loader(userdata_dir), undefined=jinja2.StrictUndefined,
-                               autoescape=False, keep_trailing_newline=True)
+def _environment(userdata_dir: Path) -> BoundedSandbox:
+    env = BoundedSandbox(loader=_Loader(userdata_dir))
     env.filters.update(yaml=_yaml_filter, shquote=_shquote)
     return env
 
 
-def _render(env: SandboxedEnvironment, userdata_dir: Path, name: str, context: dict[str, object], where: str) -> str:
+def _render(env: BoundedSandbox, userdata_dir: Path, name: str, context: dict[str, object], where: str) -> str:
     try:
-        return env.get_template(name).render(**context)
+        return env.render(env.get_template(name), context)
+    except RecursionError:  # an include of itself, a macro calling itself: no frame worth naming
+        raise ConfigError(f"{userdata_dir.name}/{name}: template recursion too deep (a template that includes "
+                          "itself, or a macro that calls itself?)") from None
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"{userdata_dir.name}/{exc.name or name}:{exc.lineno}: syntax error: {exc.message}") from None
     except Exception as exc:
@@ -188,6 +191,9 @@ def _render(env: SandboxedEnvironment, userdata_dir: Path, name: str, context: d
                               f"inside {userdata_dir}") from None
         if isinstance(exc, jinja2.TemplateNotFound):
             raise ConfigError(f"{at}: template {exc.name!r} not found in {userdata_dir}") from None
+        if isinstance(exc, ArithmeticError):  # 1 / 0, an overflowing float
+            at = at if at != where else f"{userdata_dir.name}/{name}"
+            raise ConfigError(f"{at}: {type(exc).__name__}: {exc}") from None
         if isinstance(exc, (jinja2.TemplateError, ValueError, TypeError, yaml.YAMLError)):
             at = at if at != where else f"{userdata_dir.name}/{name}"
             raise ConfigError(f"{at}: {getattr(exc, 'message', None) or exc}") from None
@@ -206,7 +212,7 @@ def _validator() -> tuple[Any, frozenset[str]]:
     return jsonschema.Draft4Validator(schema), frozenset(known | _EXTRA_KEYS)
 
 
-class _NoDuplicates(yaml.SafeLoader):
+class _NoDuplicates(BoundedLoader):
     """safe_load silently keeps the last of two equal keys (an include plus a local key)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -233,7 +239,10 @@ def check_cloud_config(text: str, show: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{show}: rendered cloud-config must be a mapping, not {type(data).__name__}")
     validator, known = _validator()
-    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.path)), e.message))
+    try:
+        errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.path)), e.message))
+    except RecursionError:  # `x: &a [*a]`: a value that contains itself
+        raise ConfigError(f"{show}: rendered cloud-config has an alias that refers to a value containing it") from None
     if errors:
         err = errors[0]
         path = ".".join(str(p) for p in err.path) or "(top level)"
