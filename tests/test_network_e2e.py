@@ -187,7 +187,7 @@ def test_launch_brings_the_network_up_first_and_dry_run_only_plans_it(net):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace("{device_index: 2, subnet: db-a,", "{device_index: 2, subnet: web-b,").replace(
-        "private_ip: 10.30.2.20", "private_ip: 10.30.3.20"), "interfaces span availability zones us-east-1a, us-east-1b"),
+        "private_ip: 10.30.2.20", "private_ip: 10.30.3.20"), "web-a in us-east-1a, web-b in us-east-1b: every ENI of an instance must be in its availability zone"),
     (lambda t: t.replace("{device_index: 2, subnet: db-a", "{device_index: 1, subnet: db-a"), "duplicate device_index"),
     (lambda t: t.replace("instance_type: t3.small\n    count: 1", "instance_type: t3.micro\n    count: 1"),
      "3 interfaces, but t3.micro allows 2"),

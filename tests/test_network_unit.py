@@ -106,26 +106,26 @@ def refusal(call) -> str:
 
 # ---- the checks ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("edit, field, problem", [
-    (("private_ip: 10.40.2.20", "private_ip: 10.40.9.20"),
-     "tiers.app.interfaces[2] (device 2)", "10.40.9.20 is outside subnet back (10.40.2.0/24)"),
-    (("elastic_ip: {name: front-eip,", "elastic_ip: {name: other-eip,"),
-     "tiers.app.interfaces[1] (device 1).elastic_ip", "'other-eip' is not in network.elastic_ips"),
-    (("private_ip: 10.40.1.21}", "private_ip: 10.40.1.99}"),
-     "tiers.app.interfaces[1] (device 1).elastic_ip",
-     "bound to 10.40.1.99, which interface 1 does not have (10.40.1.20, 10.40.1.21)"),
+@pytest.mark.parametrize("edit, line, field, problem", [
+    (("private_ip: 10.40.2.20", "private_ip: 10.40.9.20"), 32,
+     "tiers.app.interfaces[2]", "10.40.9.20 is outside subnet back (10.40.2.0/24)"),
+    (("elastic_ip: {name: front-eip,", "elastic_ip: {name: other-eip,"), 31,
+     "tiers.app.interfaces[1].elastic_ip", "'other-eip' is not in network.elastic_ips"),
+    (("private_ip: 10.40.1.21}", "private_ip: 10.40.1.99}"), 31,
+     "tiers.app.interfaces[1].elastic_ip",
+     "bound to 10.40.1.99, which the interface does not have (10.40.1.20, 10.40.1.21)"),
     (("{device_index: 2, subnet: back, security_groups: [app], private_ip: 10.40.2.20",
-      "{device_index: 2, subnet: spare, security_groups: [app], private_ip: 10.40.3.20"),
+      "{device_index: 2, subnet: spare, security_groups: [app], private_ip: 10.40.3.20"), 24,
      "tiers.app.interfaces",
-     "interfaces span availability zones us-east-1a, us-east-1b; every ENI must be in the instance's AZ"),
+     "subnets front in us-east-1a, spare in us-east-1b: every ENI of an instance must be in its availability zone"),
 ], ids=["ip-outside-its-subnet", "elastic-ip-not-declared", "elastic-ip-on-an-address-the-eni-lacks",
         "interfaces-in-two-azs"])
-def test_up_refuses_a_bad_interface_in_one_line_naming_the_field_before_creating_anything(
-        cloud, write_env, edit, field, problem):
-    env = write_env(ENV.replace(*edit))
-    message = refusal(lambda: Network(cloud, env).up(dry_run=False))
-    assert message == f"{env.path}: {field}: {problem}"
-    assert environment_vpcs(cloud) == []
+def test_a_bad_interface_is_refused_in_one_line_at_its_line_when_the_file_is_read(write_env, edit, line, field,
+                                                                                 problem):
+    """What the file alone shows is refused as it is loaded: before any cloud is opened (so
+    `validate`, `render`, `network.up`, `launch` and `failover` all refuse it, offline)."""
+    message = refusal(lambda: write_env(ENV.replace(*edit)))
+    assert message.endswith(f"prod.yaml:{line}: {field}: {problem}"), message
 
 
 def test_a_fixed_address_held_by_another_eni_is_refused_when_instances_are_to_be_launched(cloud, write_env):

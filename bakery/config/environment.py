@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from bakery.config.yamlfile import load_yaml, validate
+from bakery.config.yamlfile import FieldError, load_yaml, validate
 from bakery.errors import ConfigError
 from bakery.config.models import SSM_PATH, Strict, UserTags, exactly_one
 from bakery.config.patterns import AMI_RE, NAME_RE
@@ -412,18 +412,52 @@ class Environment(Strict):
         return self
 
     @model_validator(mode="after")
+    def _interfaces_fit_the_network(self) -> "Environment":
+        """What the file alone shows about a tier's interfaces, so no cloud is opened to find it: a
+        fixed address outside its declared subnet, an Elastic IP that is not declared or is bound to
+        an address its ENI does not have, ENIs in declared subnets of different zones (EC2 puts an
+        instance's ENIs in its own AZ and refuses the attach of another's, after the launch)."""
+        subnets = self.network.subnets if self.network else {}
+        eips = self.network.elastic_ips if self.network else {}
+        for name, tier in self.tiers.items():
+            zones: dict[str, str] = {}
+            for n, iface in enumerate(tier.interfaces):
+                at = ("tiers", name, "interfaces", n)
+                declared = subnets.get(iface.subnet)
+                if declared and declared.cidr:
+                    net = ipaddress.IPv4Network(declared.cidr)
+                    outside = [ip for ip in iface.ips() if ipaddress.IPv4Address(ip) not in net]
+                    if outside:
+                        raise FieldError(at, f"{outside[0]} is outside subnet {iface.subnet} ({declared.cidr})")
+                if declared and declared.az:
+                    zones.setdefault(declared.az, iface.subnet)
+                if iface.elastic_ip:
+                    if iface.elastic_ip.name not in eips:
+                        raise FieldError(at + ("elastic_ip",),
+                                         f"{iface.elastic_ip.name!r} is not in network.elastic_ips")
+                    bound = iface.elastic_ip.private_ip or iface.private_ip
+                    if bound is None or bound not in iface.ips():
+                        raise FieldError(at + ("elastic_ip",), f"bound to {bound or 'an unknown primary address'}, "
+                                         f"which the interface does not have ({', '.join(iface.ips()) or 'no static IPs'})")
+            if len(zones) > 1:
+                where = ", ".join(f"{subnet} in {az}" for az, subnet in sorted(zones.items()))
+                raise FieldError(("tiers", name, "interfaces"), f"subnets {where}: every ENI of an instance must be "
+                                 "in its availability zone")
+        return self
+
+    @model_validator(mode="after")
     def _check_vantages(self) -> "Environment":
         for name, tier in self.tiers.items():
             vantage = tier.health_check.from_ if tier.health_check else None
             if vantage is None:
                 continue
             if vantage not in self.tiers:
-                raise ValueError(f"tiers.{name}.health_check.from: no tier {vantage!r} (tiers: {', '.join(self.tiers)})")
+                raise FieldError(("tiers", name, "health_check", "from"), f"no tier {vantage!r} (tiers: {', '.join(self.tiers)})")
             if vantage == name:
-                raise ValueError(f"tiers.{name}.health_check.from: a tier cannot be checked from itself "
+                raise FieldError(("tiers", name, "health_check", "from"), "a tier cannot be checked from itself "
                                  "(its first instance would have no one to check it)")
             if not self.tiers[vantage].count:
-                raise ValueError(f"tiers.{name}.health_check.from: tier {vantage!r} has count 0: "
+                raise FieldError(("tiers", name, "health_check", "from"), f"tier {vantage!r} has count 0: "
                                  "no instance to check from")
         return self
 

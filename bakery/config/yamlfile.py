@@ -140,9 +140,21 @@ def validate(model: type[M], data: Any, lines: LineMap, where: str, context: dic
         raise ConfigError(describe_validation_error(exc, lines, where)) from None
 
 
+class FieldError(ValueError):
+    """A problem a model-wide check finds at one field: `path` (from the model, e.g. ('tiers',
+    'app', 'interfaces', 1)) names it, and its line, instead of the model's top level."""
+
+    def __init__(self, path: Path_, message: str):
+        super().__init__(message)
+        self.path = path
+
+
 def describe_validation_error(exc: ValidationError, lines: LineMap, where: str) -> str:
     err = exc.errors(include_url=False)[0]
     loc: Path_ = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):
+        loc = loc + cause.path
     line = lines.line_for(loc)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":

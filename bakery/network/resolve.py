@@ -3,10 +3,11 @@ refuse a tier's interfaces before anything is created or launched.
 
 A declared name (subnets, security_groups, elastic_ips, persistent interfaces) is found by its
 tags, so no state file is needed; a subnet or group may also be given by id or by Name.
-Checks that AWS would only make late (or never): interfaces in another AZ than the instance,
-more ENIs or addresses than the instance type allows, addresses outside their subnet or already
-held by another ENI, an Elastic IP bound to an address the ENI does not have, security groups
-from another VPC.
+Checks that AWS would only make late (or never), with the cloud's facts: interfaces in another
+AZ than the instance, more ENIs or addresses than the instance type allows, addresses outside
+their subnet or already held by another ENI, security groups from another VPC. What the
+environment file alone shows (its declared subnets and Elastic IPs) is refused as it is loaded
+(bakery/config/environment.py), before any cloud is opened.
 """
 
 from __future__ import annotations
@@ -117,7 +118,6 @@ class Resolver:
             subnet = self.subnet(iface.subnet, f"{w}.subnet") if online else self._declared(iface.subnet)
             groups = [self.group(g, subnet.vpc, f"{w}.security_groups") for g in iface.security_groups] if online else []
             self._check_addresses(iface, subnet, w)
-            self._check_elastic_ip(iface, w)
             out.append(ResolvedInterface(iface, subnet, [g for g in groups if g]))
         self._check_one_place(out, where)
         if online:
@@ -133,16 +133,6 @@ class Resolver:
         for ip in iface.ips():
             if subnet.cidr and ipaddress.IPv4Address(ip) not in ipaddress.IPv4Network(subnet.cidr):
                 raise ConfigError(f"{w}: {ip} is outside subnet {iface.subnet} ({subnet.cidr})")
-
-    def _check_elastic_ip(self, iface: Interface, w: str) -> None:
-        if not iface.elastic_ip:
-            return
-        if self.spec is None or iface.elastic_ip.name not in self.spec.elastic_ips:
-            raise ConfigError(f"{w}.elastic_ip: {iface.elastic_ip.name!r} is not in network.elastic_ips")
-        bound = iface.elastic_ip.private_ip or iface.private_ip
-        if bound is None or bound not in iface.ips():
-            raise ConfigError(f"{w}.elastic_ip: bound to {bound or 'an unknown primary address'}, which "
-                              f"interface {iface.device_index} does not have ({', '.join(iface.ips()) or 'no static IPs'})")
 
     @staticmethod
     def _check_one_place(out: list[ResolvedInterface], where: str) -> None:
