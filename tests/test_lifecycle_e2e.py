@@ -73,7 +73,8 @@ def test_rebake_bakes_only_what_changed_and_reports_why(moto, recipes, builder_h
 def test_one_failing_recipe_does_not_stop_the_others(moto, recipes, builder_host, settings_for):
     write_recipe(recipes, "broken", recipe_text(builder_host.port, "  - {name: fails, shell: exit 4}\n"))
     rows = rebake(settings_for(recipes), None, report=quiet())
-    assert {r.recipe: r.decision for r in rows} == {"app": "rebaked", "broken": "failed", "web": "rebaked"}
+    assert {r.recipe: r.decision for r in rows} == {"app": "rebaked", "broken": "failed", "web": "rebaked"}, \
+        [(r.recipe, r.decision, r.reason) for r in rows]
     assert "fails exited with status 4" in next(r.reason for r in rows if r.recipe == "broken")
     assert leftovers(moto.client()) == {}
 

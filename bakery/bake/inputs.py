@@ -58,7 +58,7 @@ class Inputs:
         rels = [s.script if s.script is not None else s.upload.source for s in recipe.steps
                 if s.script is not None or s.upload is not None]
         return cls(name=recipe.name, path=str(recipe.path), recipes_dir=str(recipe.root),
-                   body=recipe.model_dump(mode="json", exclude={"path", "files", "root"}),
+                   body=_unset_later_fields(recipe.model_dump(mode="json", exclude={"path", "files", "root"})),
                    declared={k: v.default for k, v in recipe.variables.items()}, local_files=rels,
                    source=recipe.source.model_dump(mode="json"), recipe=recipe)
 
@@ -124,6 +124,21 @@ def _remember(store: Path, inputs: Inputs, files: list[Path], validated_at: floa
         tmp.replace(store)
     except OSError:
         pass  # remembering is an optimisation: a read-only state dir just validates every time
+
+
+#: recipe fields added after images were baked and tagged with their hash: left out of the hash
+#: while unset (as they were before they existed), so unchanged recipes keep finding their images
+LATER_FIELDS = (("builder", "root_volume", "iops"), ("builder", "root_volume", "throughput"))
+
+
+def _unset_later_fields(body: dict) -> dict:
+    for *parents, name in LATER_FIELDS:
+        holder = body
+        for key in parents:
+            holder = holder.get(key) or {}
+        if name in holder and holder[name] is None:
+            del holder[name]
+    return body
 
 
 def inputs_hash(inputs: Inputs, variables: dict[str, str], source_ami: str, digests: DigestCache | None = None) -> str:

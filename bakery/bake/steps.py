@@ -45,11 +45,10 @@ def prefetch(module: str) -> None:
 def builder_spec(state: BakeState, role: str, image_id: str, root_device: str, user_data: str) -> InstanceSpec:
     """The builder (role 'builder') or the smoke instance (role 'smoke'): the recipe's builder settings."""
     b = state.recipe.builder
-    v = b.root_volume
     return InstanceSpec(
         image_id=image_id, instance_types=tuple(b.instance_types),
         nics=(Nic(0, state.subnet["SubnetId"], (state.group_id,), public_ip=b.ssh.interface == "public_ip"),),
-        volume=Volume(v.size_gb, v.type, v.encrypted, v.kms_key_id, v.device_name or root_device),
+        volume=Volume.of(b.root_volume, root_device),
         tags=T.build_tags(state.recipe.name, state.build_id, role, temporary=True),
         token=f"{state.build_id}/{role}", user_data=user_data, key_name=state.key_name,
         instance_profile=b.iam_instance_profile, imds_hop_limit=1, terminate_on_shutdown=True)

@@ -14,12 +14,15 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from bakery.cloud import tags as T
 from bakery.cloud.session import CapacityError
 from bakery.waits import Backoff, wait_for
 from bakery.errors import CloudError
+
+if TYPE_CHECKING:
+    from bakery.config.recipe import RootVolume
 
 TERMINAL = ("shutting-down", "terminated")
 INSTANCE_TIMEOUT = 600  # seconds for an instance to reach running (or terminated)
@@ -32,12 +35,27 @@ class Volume:
     encrypted: bool = True
     kms_key_id: str | None = None
     device_name: str = "/dev/xvda"
+    iops: int | None = None
+    throughput: int | None = None
+
+    @classmethod
+    def of(cls, spec: "RootVolume | None", device_name: str) -> "Volume":
+        """A recipe's or tier's root_volume (None: the defaults) on the image's root device unless
+        it names another."""
+        if spec is None:
+            return cls(device_name=device_name)
+        return cls(spec.size_gb, spec.type, spec.encrypted, spec.kms_key_id, spec.device_name or device_name,
+                   spec.iops, spec.throughput)
 
     def mapping(self) -> dict:
         ebs = {"VolumeSize": self.size_gb, "VolumeType": self.type, "Encrypted": self.encrypted,
                "DeleteOnTermination": True}
         if self.kms_key_id:
             ebs["KmsKeyId"] = self.kms_key_id
+        if self.iops is not None:
+            ebs["Iops"] = self.iops
+        if self.throughput is not None:
+            ebs["Throughput"] = self.throughput
         return {"DeviceName": self.device_name, "Ebs": ebs}
 
 

@@ -15,9 +15,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from bakery.config.yamlfile import FieldError, load_yaml, validate
+from bakery.config.yamlfile import FieldError, format_path, load_yaml, validate
 from bakery.errors import ConfigError
-from bakery.config.models import SSM_PATH, Strict, UserTags, exactly_one
+from bakery.config.models import MAX_USER_TAGS, SSM_PATH, Strict, UserTags, exactly_one
 from bakery.config.patterns import AMI_RE, NAME_RE
 from bakery.config.recipe import Bastion, RootVolume
 
@@ -92,15 +92,41 @@ def _ip(value: str) -> str:
     return value
 
 
+def _block_size(value: str) -> str:
+    prefix = ipaddress.IPv4Network(value).prefixlen
+    if not 16 <= prefix <= 28:
+        raise ValueError(f"{value}: EC2 takes VPC and subnet blocks from /16 (65,536 addresses) to /28 (16)")
+    return value
+
+
+def _ports(value: str | int) -> str | int:
+    low, _, high = str(value).partition("-")
+    first, last = int(low), int(high or low)
+    if first < 0 or last > 65535:
+        raise ValueError(f"ports {value}: a port is 0 to 65535")
+    if first > last:
+        raise ValueError(f"ports {value}: the range is reversed (write {last}-{first})")
+    return value
+
+
 CIDR = Annotated[str, AfterValidator(_cidr)]
+BLOCK = Annotated[str, AfterValidator(_cidr), AfterValidator(_block_size)]  # a VPC's or a subnet's
 IP = Annotated[str, AfterValidator(_ip)]
 NET_NAME = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+PORTS = Annotated[Annotated[str, Field(pattern=r"^\d{1,5}(-\d{1,5})?$")] | int, AfterValidator(_ports)]
+
+
+def port_range(ports: str | int | None, default: tuple[int, int]) -> tuple[int, int]:
+    if ports is None:
+        return default
+    low, _, high = str(ports).partition("-")
+    return int(low), int(high or low)
 
 
 class VpcSpec(Strict):
     """The environment's VPC: created by `network.up` (cidr) or an existing one (id)."""
 
-    cidr: CIDR | None = None
+    cidr: BLOCK | None = None
     id: Annotated[str, Field(pattern=r"^vpc-[0-9a-f]+$")] | None = None
 
     @model_validator(mode="after")
@@ -110,7 +136,7 @@ class VpcSpec(Strict):
 
 
 class SubnetSpec(Strict):
-    cidr: CIDR | None = None
+    cidr: BLOCK | None = None
     id: Annotated[str, Field(pattern=r"^subnet-[0-9a-f]+$")] | None = None
     az: str | None = Field(None, pattern=r"^[a-z]{2}-[a-z]+-\d[a-z]$")
     public: bool = False  # MapPublicIpOnLaunch: instances get a public IP unless an interface says otherwise
@@ -125,7 +151,7 @@ class Rule(Strict):
     """A security group rule: protocol and ports from a CIDR or from another group of the environment."""
 
     protocol: Literal["tcp", "udp", "icmp", "all"] = "tcp"
-    ports: Annotated[str, Field(pattern=r"^\d{1,5}(-\d{1,5})?$")] | int | None = None
+    ports: PORTS | None = None
     cidr: CIDR | None = None
     group: NET_NAME | None = None
     description: str = ""
@@ -138,10 +164,7 @@ class Rule(Strict):
         return self
 
     def port_range(self) -> tuple[int, int]:
-        if self.ports is None:
-            return (-1, -1)
-        low, _, high = str(self.ports).partition("-")
-        return int(low), int(high or low)
+        return port_range(self.ports, (-1, -1))
 
 
 class GroupSpec(Strict):
@@ -154,14 +177,11 @@ class AclEntry(Strict):
     rule: int = Field(ge=1, le=32766)
     action: Literal["allow", "deny"]
     protocol: Literal["tcp", "udp", "icmp", "all"] = "all"
-    ports: Annotated[str, Field(pattern=r"^\d{1,5}(-\d{1,5})?$")] | int | None = None
+    ports: PORTS | None = None
     cidr: CIDR
 
     def port_range(self) -> tuple[int, int]:
-        if self.ports is None:
-            return (0, 65535)
-        low, _, high = str(self.ports).partition("-")
-        return int(low), int(high or low)
+        return port_range(self.ports, (0, 65535))
 
 
 class AclSpec(Strict):
@@ -243,6 +263,12 @@ class NetworkSpec(Strict):
             for name, subnet in self.subnets.items():
                 if subnet.cidr and not ipaddress.IPv4Network(subnet.cidr).subnet_of(vpc):
                     raise ValueError(f"subnets.{name}: {subnet.cidr} is not inside the VPC's {self.vpc.cidr}")
+        blocks = [(name, ipaddress.IPv4Network(sub.cidr)) for name, sub in self.subnets.items() if sub.cidr]
+        for i, (name, net) in enumerate(blocks):
+            for other, other_net in blocks[:i]:
+                if net.overlaps(other_net):
+                    raise FieldError(("subnets", name), f"{net} overlaps subnet {other} ({other_net}): "
+                                     "a VPC's subnets cannot share addresses")
         self._check_routes()
         return self
 
@@ -311,6 +337,9 @@ class Interface(Strict):
         if self.persistent and self.device_index == 0:
             raise ValueError("a persistent interface cannot be device_index 0: EC2 never detaches an "
                              "instance's primary interface, so it could not fail over (use 1 or more)")
+        if len(set(self.ips())) != len(self.ips()):
+            raise ValueError(f"an address is given twice ({', '.join(self.ips())}): each private IP once, "
+                             "the primary not again among secondary_ips")
         if self.persistent and self.private_ip is None:
             raise ValueError("a persistent interface needs a static private_ip (clients keep using it)")
         return self
@@ -419,7 +448,11 @@ class Environment(Strict):
         instance's ENIs in its own AZ and refuses the attach of another's, after the launch)."""
         subnets = self.network.subnets if self.network else {}
         eips = self.network.elastic_ips if self.network else {}
+        owners: dict[str, str] = {}  # fixed address -> the interface that has it
         for name, tier in self.tiers.items():
+            if len({**self.tags, **tier.tags}) > MAX_USER_TAGS:
+                raise FieldError(("tiers", name, "tags"), f"with the environment's tags, {len({**self.tags, **tier.tags})} "
+                                 f"tags on each instance: at most {MAX_USER_TAGS} (EC2 allows 50, bakery adds its own)")
             zones: dict[str, str] = {}
             for n, iface in enumerate(tier.interfaces):
                 at = ("tiers", name, "interfaces", n)
@@ -429,6 +462,16 @@ class Environment(Strict):
                     outside = [ip for ip in iface.ips() if ipaddress.IPv4Address(ip) not in net]
                     if outside:
                         raise FieldError(at, f"{outside[0]} is outside subnet {iface.subnet} ({declared.cidr})")
+                    reserved = [ip for ip in iface.ips() if int(ipaddress.IPv4Address(ip)) - int(net.network_address) < 4
+                                or ipaddress.IPv4Address(ip) == net.broadcast_address]
+                    if reserved:
+                        raise FieldError(at, f"{reserved[0]} is one EC2 reserves in subnet {iface.subnet}: the first "
+                                         f"four ({net.network_address}-{net.network_address + 3}) and the last "
+                                         f"({net.broadcast_address}) of every subnet")
+                for ip in iface.ips():
+                    if ip in owners:
+                        raise FieldError(at, f"{ip} is also {owners[ip]}'s: an address belongs to one interface")
+                    owners[ip] = format_path(at)
                 if declared and declared.az:
                     zones.setdefault(declared.az, iface.subnet)
                 if iface.elastic_ip:

@@ -87,6 +87,37 @@ class RootVolume(Strict):
     encrypted: bool = True
     kms_key_id: str | None = None
     device_name: str | None = None  # default: the source image's root device
+    iops: int | None = None        # io1 and io2 need it; gp3 may raise it from its 3,000 baseline
+    throughput: int | None = None  # MiB/s, gp3 only (125 baseline)
+
+    @model_validator(mode="after")
+    def _ebs_rules(self) -> "RootVolume":
+        """What EBS refuses at launch, said here with EBS's own limits."""
+        if self.kms_key_id and not self.encrypted:
+            raise ValueError("kms_key_id is set but encrypted is false: a KMS key encrypts (set encrypted: true)")
+        if self.type in ("io1", "io2"):
+            if self.iops is None:
+                raise ValueError(f"an {self.type} volume needs iops (provisioned IOPS: 100 and up)")
+            per_gib = 50 if self.type == "io1" else 1000
+            top = 64_000 if self.type == "io1" else 256_000
+            if not 100 <= self.iops <= min(top, per_gib * self.size_gb):
+                raise ValueError(f"iops {self.iops}: a {self.size_gb} GiB {self.type} volume takes 100 to "
+                                 f"{min(top, per_gib * self.size_gb)} ({per_gib} per GiB, at most {top})")
+            if self.size_gb < 4:
+                raise ValueError(f"size_gb {self.size_gb}: {self.type} volumes are 4 GiB or more")
+        elif self.type == "gp3":
+            if self.iops is not None and not 3000 <= self.iops <= min(16_000, 500 * self.size_gb):
+                raise ValueError(f"iops {self.iops}: a {self.size_gb} GiB gp3 volume takes 3000 to "
+                                 f"{max(3000, min(16_000, 500 * self.size_gb))} (500 per GiB, at most 16000)")
+            if self.throughput is not None and not 125 <= self.throughput <= 1000:
+                raise ValueError(f"throughput {self.throughput}: gp3 takes 125 to 1000 MiB/s")
+        elif self.iops is not None:
+            raise ValueError(f"iops: a {self.type} volume's IOPS are not provisioned (use gp3, io1 or io2)")
+        if self.throughput is not None and self.type != "gp3":
+            raise ValueError(f"throughput: only gp3 volumes take it, not {self.type}")
+        if self.type == "standard" and self.size_gb > 1024:
+            raise ValueError(f"size_gb {self.size_gb}: standard (magnetic) volumes are at most 1024 GiB")
+        return self
 
 
 class Builder(Strict):

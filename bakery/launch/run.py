@@ -42,7 +42,6 @@ def tier_spec(env: Environment, plan: TierPlan, slot: str, launch_id: str) -> In
     """One instance of a tier, in one slot: what RunInstances asks for, and what its launch
     template says (without the per-launch tags)."""
     spec = env.tiers[plan.tier]
-    volume = spec.root_volume
     if plan.interfaces:
         nics = tuple(Nic(r.spec.device_index, r.subnet.id, tuple(r.groups), public_ip=r.spec.public_ip,
                          private_ip=r.spec.private_ip, description=r.spec.description or "bakery")
@@ -54,8 +53,7 @@ def tier_spec(env: Environment, plan: TierPlan, slot: str, launch_id: str) -> In
     user_data, user_data_sha256 = plan.user_data_for(slot)
     return InstanceSpec(
         image_id=plan.image_id, instance_types=(plan.instance_type,), nics=nics,
-        volume=Volume(volume.size_gb, volume.type, volume.encrypted, volume.kms_key_id,
-                      volume.device_name or plan.root_device_name) if volume else Volume(device_name=plan.root_device_name),
+        volume=Volume.of(spec.root_volume, plan.root_device_name),
         tags=tags, label=plan.tier,
         # The same token for every launch that sees the same world (slot, instances already there,
         # image, user data): a retried call, or a concurrent launch on another machine, gets the
