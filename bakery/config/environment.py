@@ -100,8 +100,11 @@ def _block_size(value: str) -> str:
 
 
 def _ports(value: str | int) -> str | int:
-    low, _, high = str(value).partition("-")
-    first, last = int(low), int(high or low)
+    if isinstance(value, int):
+        first = last = value
+    else:
+        low, _, high = value.partition("-")
+        first, last = int(low), int(high or low)
     if first < 0 or last > 65535:
         raise ValueError(f"ports {value}: a port is 0 to 65535")
     if first > last:

@@ -105,12 +105,13 @@ class RootVolume(Strict):
                                  f"{min(top, per_gib * self.size_gb)} ({per_gib} per GiB, at most {top})")
             if self.size_gb < 4:
                 raise ValueError(f"size_gb {self.size_gb}: {self.type} volumes are 4 GiB or more")
-        elif self.type == "gp3":
-            if self.iops is not None and not 3000 <= self.iops <= min(16_000, 500 * self.size_gb):
-                raise ValueError(f"iops {self.iops}: a {self.size_gb} GiB gp3 volume takes 3000 to "
-                                 f"{max(3000, min(16_000, 500 * self.size_gb))} (500 per GiB, at most 16000)")
-            if self.throughput is not None and not 125 <= self.throughput <= 1000:
-                raise ValueError(f"throughput {self.throughput}: gp3 takes 125 to 1000 MiB/s")
+        elif self.type == "gp3":  # 3,000 IOPS and 125 MiB/s come with any size; more at 500 IOPS per GiB
+            top = max(3000, min(80_000, 500 * self.size_gb))
+            if self.iops is not None and not 3000 <= self.iops <= top:
+                raise ValueError(f"iops {self.iops}: a {self.size_gb} GiB gp3 volume takes 3000 to {top} "
+                                 "(500 per GiB above the baseline, at most 80000)")
+            if self.throughput is not None and not 125 <= self.throughput <= 2000:
+                raise ValueError(f"throughput {self.throughput}: gp3 takes 125 to 2000 MiB/s")
         elif self.iops is not None:
             raise ValueError(f"iops: a {self.type} volume's IOPS are not provisioned (use gp3, io1 or io2)")
         if self.throughput is not None and self.type != "gp3":

@@ -3,10 +3,12 @@
 Recipes' small templates (bakery/config/templating.py) and the user data templates
 (bakery/render/userdata.py) are input, and input must not keep `validate` busy or fill the memory.
 Limits far above what user data (16 KiB on EC2) or a recipe's step needs: no number over
-`MAX_NUMBER_ARG` handed to a function or filter (range, center, ljust...), no more than
-`MAX_ITERATIONS` items from all `range()` calls of one render (nested loops), no repetition,
-power or %-format that would make more than `MAX_OUTPUT` characters, no render longer than
-`MAX_OUTPUT`. Going over one is a `TemplateLimit`, reported like any template error: one line
+`MAX_NUMBER_ARG` handed to what makes text of that size (center, ljust, indent, batch...), no
+more than `MAX_ITERATIONS` items taken from `range()`s in one render (nested loops, a range kept
+and looped again), no repetition, concatenation, number, power or format width that would make
+more than `MAX_OUTPUT` characters (or `MAX_BITS`), no render longer than `MAX_OUTPUT`; no
+`lipsum`. Left open: `~` joins cannot be intercepted, so doubling a string with it in a
+namespace loop is bounded only by the iteration budget. Going over one is a `TemplateLimit`, reported like any template error: one line
 naming the template and line.
 """
 
@@ -23,8 +25,14 @@ MAX_NUMBER_ARG = 100_000
 MAX_ITERATIONS = 1_000_000
 MAX_OUTPUT = 1 << 20
 MAX_EXPONENT = 1_000
-#: a %-format field wider or more precise than the output may be: "%099999999d"
-_WIDE_FORMAT = re.compile(r"%[-+ #0]*(\d{7,}|\*)|%[-+ #0]*\d*\.(\d{7,}|\*)")
+MAX_BITS = 1 << 20  # an integer a template makes: a million bits is already 300,000 digits
+#: a %-format field wider or more precise than the output may be: "%099999999d", "%(a)0999999999d"
+_WIDE_FORMAT = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(?:\d{7,}|\*)|%(?:\([^)]*\))?[-+ #0]*\d*\.(?:\d{7,}|\*)")
+#: the same for str.format: "{:0999999999}"
+_WIDE_BRACE = re.compile(r"\{[^{}]*:[^{}]*?\d{7,}")
+#: what makes text as long as a number it is given (methods by name, filters by name)
+_SIZED_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+_SIZED_FILTERS = frozenset({"center", "indent", "batch", "slice", "truncate", "wordwrap"})
 #: what one render (with its includes and macros) has spent of MAX_ITERATIONS
 _spent: contextvars.ContextVar[list[int]] = contextvars.ContextVar("bakery_template_spent")
 
@@ -34,25 +42,43 @@ class TemplateLimit(SecurityError):
 
 
 class BoundedSandbox(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, **options)
         self.globals["range"] = _counted_range
-        for name, fn in list(self.filters.items()):
-            self.filters[name] = _bounded_filter(fn)
+        self.globals.pop("lipsum", None)  # lipsum(n, html, min, max) makes n x max words
+        for name in _SIZED_FILTERS:
+            self.filters[name] = _bounded_filter(self.filters[name])
+        self.filters["format"] = _checked_format(self.filters["format"])
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja's own names
-        _check_numbers(args, kwargs)
+        if getattr(__obj, "__name__", "") in _SIZED_METHODS:
+            _check_numbers(args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
+    def wrap_str_format(self, value: Any) -> Any:
+        """`'{:0999999999}'.format(1)`: jinja hands str.format to its own formatter here."""
+        fmt = getattr(value, "__self__", None)
+        if isinstance(fmt, str) and getattr(value, "__name__", "") in ("format", "format_map") \
+                and _WIDE_BRACE.search(fmt):
+            raise TemplateLimit("a format field wider than a template may make")
+        return super().wrap_str_format(value)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and right > MAX_EXPONENT and left not in (0, 1, -1):
-            raise TemplateLimit(f"{left!r} ** {right}: an exponent over {MAX_EXPONENT}")
-        if operator == "*":
+        numbers = isinstance(left, int) and isinstance(right, int)
+        if operator == "**" and numbers and abs(left) > 1 and right > 0 and (
+                right > MAX_EXPONENT or left.bit_length() * right > MAX_BITS):
+            raise TemplateLimit(f"a power of {left.bit_length()} bits to {right}: over {MAX_BITS} bits")
+        if operator == "*" and numbers and left.bit_length() + right.bit_length() > MAX_BITS:
+            raise TemplateLimit(f"a product over {MAX_BITS} bits")
+        if operator == "*" and not numbers:
             seq, n = (left, right) if isinstance(right, int) else (right, left)
-            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_OUTPUT:
-                raise TemplateLimit(f"repeating {len(seq)} items {n} times: over {MAX_OUTPUT} in all")
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and _weight(seq) * n > MAX_OUTPUT:
+                raise TemplateLimit(f"repeating {len(seq)} items {n} times: over {MAX_OUTPUT} characters in all")
+        if operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, type(left)) \
+                and _weight(left) + _weight(right) > MAX_OUTPUT:
+            raise TemplateLimit(f"joining over {MAX_OUTPUT} characters")
         if operator == "%" and isinstance(left, str) and _WIDE_FORMAT.search(left):
             raise TemplateLimit("a %-format field wider than a template may make")
         return super().call_binop(context, operator, left, right)
@@ -78,21 +104,65 @@ def _check_numbers(args: tuple, kwargs: dict) -> None:
             raise TemplateLimit(f"{value} handed to a function: numbers over {MAX_NUMBER_ARG} are refused")
 
 
-def _counted_range(*args: int) -> range:
-    r = safe_range(*args)
-    spent = _spent.get(None)
-    if spent is not None:
-        spent[0] += len(r)
-        if spent[0] > MAX_ITERATIONS:
-            raise TemplateLimit(f"loops over more than {MAX_ITERATIONS} items in all")
-    return r
+def _weight(seq: Any) -> int:
+    """Characters a str, or a list of strs, stands for (an item that is not a str counts one)."""
+    if isinstance(seq, str):
+        return len(seq)
+    return sum(len(x) if isinstance(x, str) else 1 for x in seq)
+
+
+class _CountedRange:
+    """A range whose iteration is charged to the render's budget, every time it is looped over."""
+
+    def __init__(self, r: range):
+        self._r = r
+
+    def __iter__(self) -> Any:
+        spent = _spent.get(None)
+        for item in self._r:
+            if spent is not None:
+                spent[0] += 1
+                if spent[0] > MAX_ITERATIONS:
+                    raise TemplateLimit(f"loops over more than {MAX_ITERATIONS} items in all")
+            yield item
+
+    def __len__(self) -> int:
+        return len(self._r)
+
+    def __getitem__(self, index: Any) -> Any:
+        item = self._r[index]
+        return _CountedRange(item) if isinstance(item, range) else item
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self._r
+
+    def __repr__(self) -> str:
+        return repr(self._r)
+
+
+def _counted_range(*args: int) -> _CountedRange:
+    return _CountedRange(safe_range(*args))
 
 
 def _bounded_filter(fn: Any) -> Any:
+    skip = 2 if getattr(fn, "jinja_pass_arg", None) else 1  # the context/environment, then the value
+
     def bounded(*args: Any, **kwargs: Any) -> Any:
-        _check_numbers(args[1:] if args else args, kwargs)  # the first is the value filtered
+        _check_numbers(args[skip:], kwargs)
         return fn(*args, **kwargs)
+    return _like(bounded, fn)
+
+
+def _checked_format(fn: Any) -> Any:
+    def checked(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and (_WIDE_FORMAT.search(value) or _WIDE_BRACE.search(value)):
+            raise TemplateLimit("a format field wider than a template may make")
+        return fn(value, *args, **kwargs)
+    return _like(checked, fn)
+
+
+def _like(wrapper: Any, fn: Any) -> Any:
     for attr in ("jinja_pass_arg", "__name__", "__doc__"):  # jinja reads how to call it from the function
         if hasattr(fn, attr):
-            setattr(bounded, attr, getattr(fn, attr))
-    return bounded
+            setattr(wrapper, attr, getattr(fn, attr))
+    return wrapper

@@ -46,6 +46,8 @@ class TierCheck:
         self.project_dir = project_dir
         self._vantage: Machine | None = None
         self._looked = 0.0
+        self._keys: dict[str, tuple[str, ...]] = {}  # vantage instance -> its host keys, once on its console
+        self._console_read = 0.0
         self._lock = threading.Lock()  # every instance's check runs on its own thread
 
     def until(self, instance_id: str, deadline: float) -> None:
@@ -89,12 +91,17 @@ class TierCheck:
     def _login(self, machine: Machine) -> Login:
         """How to log in to the vantage (where the dial needs to): as `invoke ssh` does."""
         access = self.env.ssh  # its key_file is there: require_logins said so before the launch
-        keys = host_keys(self.cloud.ec2.console_output(machine.instance_id))
+        with self._lock:  # every instance's check asks; the console is read at most every few seconds
+            keys = self._keys.get(machine.instance_id)
+            if keys is None and time.monotonic() - self._console_read >= VANTAGE_LOOKUP_SECONDS:
+                self._console_read = time.monotonic()
+                found = tuple(host_keys(self.cloud.ec2.console_output(machine.instance_id)))
+                keys = self._keys[machine.instance_id] = found if found else None
         if not keys:  # cloud-init prints them as its first boot ends
             raise ConnectionRefusedError(f"{machine.instance_id}'s SSH host keys are not on its console yet")
         b = access.bastion
         bastion = b and Bastion(b.host, b.port, b.user, b.key_file and str(user_path(b.key_file, self.project_dir)))
-        return Login(access.user, str(user_path(access.key_file, self.project_dir)), tuple(keys), bastion=bastion)
+        return Login(access.user, str(user_path(access.key_file, self.project_dir)), keys, bastion=bastion)
 
 
 def require_logins(cloud: Cloud, env: Environment, tiers: list[str], project_dir: Path) -> None:
@@ -138,6 +145,7 @@ def failover_probe(cloud: Cloud, env: Environment, tier: str, project_dir: Path)
     """Running, and passing the tier's http/tcp health check (from its vantage, within
     PROBE_SECONDS) when it declares one: what a hot standby must be."""
     check = env.tiers[tier].health_check
+    require_logins(cloud, env, [tier], project_dir)
 
     def probe(instance: dict) -> str | None:
         problem = running_probe(instance)

@@ -232,14 +232,24 @@ class _SshHop:
             else:
                 name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
                 for line in self.host_keys:
-                    entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{name} {line}")
+                    try:
+                        entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{name} {line}")
+                    except (paramiko.hostkeys.InvalidHostKey, ValueError):
+                        continue  # a garbled console line: the others still pin the host
                     if entry is not None:
                         client.get_host_keys().add(name, entry.key.get_name(), entry.key)
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            sock = self.via.channel(self.host, self.port, timeout) if self.via else None
-            client.connect(self.host, port=self.port, username=self.user, key_filename=self.key_file, sock=sock,
-                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                           look_for_keys=self.key_file is None, allow_agent=self.key_file is None)
+            sock = None
+            try:
+                sock = self.via.channel(self.host, self.port, timeout) if self.via else None
+                client.connect(self.host, port=self.port, username=self.user, key_filename=self.key_file, sock=sock,
+                               timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                               look_for_keys=self.key_file is None, allow_agent=self.key_file is None)
+            except BaseException:  # a failed login must not leave its transport thread behind
+                client.close()
+                if sock is not None:
+                    sock.close()
+                raise
             self._client = client
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():

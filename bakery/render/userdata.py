@@ -36,7 +36,7 @@ import jinja2
 import yaml
 
 from bakery.config.sandbox import BoundedSandbox
-from bakery.config.yamlfile import BoundedLoader
+from bakery.config.yamlfile import MAX_NODES, BoundedLoader
 from bakery.errors import ConfigError
 
 MAX_USER_DATA = 16_383  # EC2: 16 KB of raw data before base64; 16384 bytes encode past the API's 21847 chars
@@ -225,6 +225,23 @@ class _NoDuplicates(BoundedLoader):
         return super().construct_mapping(node, deep)
 
 
+def _finite(data: object, show: str) -> None:
+    """Aliases make shared values, not copies: refuse a value that contains itself (`a: &a [*a]`)
+    and one that expands past yamlfile's node budget (an alias bomb), before anything walks it."""
+    seen = 0
+    stack: list[tuple[object, frozenset[int]]] = [(data, frozenset())]
+    while stack:
+        value, inside = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(f"{show}: rendered cloud-config expands to more than {MAX_NODES} values (alias bomb?)")
+        if isinstance(value, (dict, list)):
+            if id(value) in inside:
+                raise ConfigError(f"{show}: rendered cloud-config has an alias that refers to a value containing it")
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, inside | {id(value)}) for child in children)
+
+
 def check_cloud_config(text: str, show: str) -> dict[str, Any]:
     if not text.startswith("#cloud-config"):
         raise ConfigError(f"{show}: a cloud-config part must start with '#cloud-config'")
@@ -238,11 +255,9 @@ def check_cloud_config(text: str, show: str) -> dict[str, Any]:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{show}: rendered cloud-config must be a mapping, not {type(data).__name__}")
+    _finite(data, show)
     validator, known = _validator()
-    try:
-        errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.path)), e.message))
-    except RecursionError:  # `x: &a [*a]`: a value that contains itself
-        raise ConfigError(f"{show}: rendered cloud-config has an alias that refers to a value containing it") from None
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.path)), e.message))
     if errors:
         err = errors[0]
         path = ".".join(str(p) for p in err.path) or "(top level)"
