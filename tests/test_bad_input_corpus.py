@@ -33,7 +33,10 @@ GOOD_TEMPLATE = "#cloud-config\nwrite_files:\n  - {path: /etc/greeting, content:
 
 BOMB = "".join(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9 if i else ["x"] * 9) + "]\n" for i in range(9))
 
-# (case id, files to write {relative path: text}, argv after `invoke`, expected text in the message)
+FIFO = object()  # as a file's text: make a FIFO there
+
+# (case id, files to write {relative path: text, or "$VARIABLE": a setting}, argv after `invoke`,
+# expected text in the message)
 RECIPES = [
     ("recipe-unknown-key", {"recipes/web.yaml": GOOD_RECIPE + "colour: red\n"}, ["bake", "--recipe", "web"], "web.yaml:5: colour: unknown key"),
     ("recipe-wrong-type", {"recipes/web.yaml": GOOD_RECIPE.replace("echo hi}", "echo hi, timeout: soon}")}, ["bake", "--recipe", "web"], "timeout"),
@@ -91,6 +94,8 @@ FLAGS = [
     ("flag-prune-keep-zero", {}, ["prune", "--recipe", "web", "--keep", "0"], "keep at least one image"),
     ("flag-prune-unknown", {}, ["prune", "--recipe", "nope", "--keep", "2"], "no such recipe 'nope'"),
     ("flag-janitor-duration", {}, ["janitor", "--older-than", "soon"], "--older-than 'soon'"),
+    ("flag-region-newline", {"$INVOKE_BAKERY_REGION": "us-east-1\nx"}, ["bake", "--recipe", "web"], "is not a region name"),
+    ("recipe-upload-fifo", {"recipes/pipe": FIFO, "recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: pipe, dest: /x}}\n"}, ["bake", "--recipe", "web"], "steps[1].upload.source: 'pipe' is not a regular file or a directory"),
     ("flag-prune-keep-word", {}, ["prune", "--recipe", "web", "--keep", "abc"], "--keep 'abc': expected a whole number"),
     ("flag-prune-keep-huge", {}, ["prune", "--recipe", "web", "--keep", "9" * 30], "out of range"),
     ("flag-janitor-infinite", {}, ["janitor", "--older-than", "1e999d"], "--older-than '1e999d'"),
@@ -179,13 +184,21 @@ def test_the_corpus_is_large():
 def test_bad_input_is_refused_cleanly(moto, tmp_path, files, argv, expected):
     project = {"recipes/web.yaml": GOOD_RECIPE, "envs/prod.yaml": GOOD_ENV, "userdata/web.yaml.j2": GOOD_TEMPLATE,
                **files}
+    settings = {}
     for rel, text in project.items():
+        if rel.startswith("$"):  # not a file: a setting in the environment
+            settings[rel[1:]] = text
+            continue
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        if text is FIFO:
+            os.mkfifo(path)
+        else:
+            path.write_bytes(text.encode("utf-8", "surrogateescape"))
     env = {**os.environ, "INVOKE_BAKERY_CLOUD": "aws", "INVOKE_BAKERY_ENDPOINT_URL": moto.url,
            "INVOKE_BAKERY_RECIPES_DIR": str(tmp_path / "recipes"), "INVOKE_BAKERY_ENVS_DIR": str(tmp_path / "envs"),
-           "INVOKE_BAKERY_USERDATA_DIR": str(tmp_path / "userdata"), "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state")}
+           "INVOKE_BAKERY_USERDATA_DIR": str(tmp_path / "userdata"), "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state"),
+           **settings}
     env.pop("BAKERY_DEBUG", None)
     ec2 = moto.client()
     vpcs = len(ec2.describe_vpcs()["Vpcs"])

@@ -380,6 +380,9 @@ def _check_steps(recipe: Recipe, chain) -> None:
             raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} does not exist ({local})")
         if step.script is not None and not local.is_file():
             raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} is not a file")
+        if not (local.is_file() or local.is_dir()):  # reading a FIFO would wait for a writer forever
+            raise ConfigError(f"{where}: steps[{j}].{field}: {rel!r} is not a regular file or a directory "
+                              "(a FIFO, socket or device cannot be uploaded)")
         if step.upload is not None and step.upload.dir_mode is not None and not local.is_dir():
             where = f"{path}:{lines.line_for(('steps', j, 'upload', 'dir_mode'))}"
             raise ConfigError(f"{where}: steps[{j}].upload.dir_mode: {rel!r} is a file, not a directory "

@@ -8,6 +8,7 @@ AWS environment (AWS_PROFILE, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL)
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -69,6 +70,9 @@ class Settings:
         if cloud not in CLOUDS:
             raise ConfigError(f"invoke config bakery.cloud: {cloud!r} is not one of {', '.join(CLOUDS)}")
         region = cfg.get("region") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        if not REGION_RE.fullmatch(str(region)):
+            raise ConfigError(f"invoke config bakery.region (or AWS_REGION): {str(region)!r} is not a region name "
+                              "(like us-east-1 or eu-central-2)")
         port = cfg.get("ssh_port")
         if port is not None:
             try:
@@ -85,6 +89,10 @@ class Settings:
                    project_dir=project, recipes_dir=opt_path("recipes_dir"), envs_dir=opt_path("envs_dir"),
                    userdata_dir=opt_path("userdata_dir"), state_dir=opt_path("state_dir"),
                    ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"))
+
+
+#: an AWS region's name: us-east-1, eu-central-2, us-gov-west-1, ap-southeast-5
+REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 
 
 def user_path(value: str, base: Path) -> Path:
