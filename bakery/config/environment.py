@@ -100,11 +100,7 @@ def _block_size(value: str) -> str:
 
 
 def _ports(value: str | int) -> str | int:
-    if isinstance(value, int):
-        first = last = value
-    else:
-        low, _, high = value.partition("-")
-        first, last = int(low), int(high or low)
+    first, last = port_range(value, (0, 0))
     if first < 0 or last > 65535:
         raise ValueError(f"ports {value}: a port is 0 to 65535")
     if first > last:
@@ -122,7 +118,9 @@ PORTS = Annotated[Annotated[str, Field(pattern=r"^\d{1,5}(-\d{1,5})?$")] | int, 
 def port_range(ports: str | int | None, default: tuple[int, int]) -> tuple[int, int]:
     if ports is None:
         return default
-    low, _, high = str(ports).partition("-")
+    if isinstance(ports, int):
+        return ports, ports
+    low, _, high = ports.partition("-")
     return int(low), int(high or low)
 
 

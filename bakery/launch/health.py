@@ -28,7 +28,7 @@ from bakery.config.environment import Environment, HealthCheck
 from bakery.config.settings import user_path
 from bakery.errors import ConfigError, RemoteError, WaitTimeout
 from bakery.network.eni import Probe, running_probe
-from bakery.remote.dial import OUTSIDE, Bastion, Login, Machine, Opener, Route, Vantage
+from bakery.remote.dial import OUTSIDE, Bastion, Login, Machine, Opener, Route, Vantage, address_of
 from bakery.remote.health import check_until
 
 #: a standby that cannot answer its check within this is not one
@@ -57,8 +57,7 @@ class TierCheck:
             raise RemoteError(f"{instance_id}: EC2 no longer knows it")
         target = Machine.at_interface(instance, self.check.interface) or Machine.at_interface(instance, 0) \
             or Machine.of(instance)
-        host = (target.public_ip if self.check.address == "public_ip" else target.private_ip) or instance_id
-        opener = _Deferred(host, lambda: self._opener(target))
+        opener = _Deferred(address_of(target, Route(address=self.check.address)), lambda: self._opener(target))
         try:
             check_until(opener, instance_id, self.check, deadline)
         finally:
@@ -113,9 +112,9 @@ def require_logins(cloud: Cloud, env: Environment, tiers: list[str], project_dir
         check = env.tiers[name].health_check
         if check is None or check.from_ is None:
             continue
-        key = env.ssh.key_file
-        if key is None or not user_path(key, project_dir).is_file():
-            what = "is not set" if key is None else f"{user_path(key, project_dir)} is not a file"
+        key = user_path(env.ssh.key_file, project_dir) if env.ssh.key_file is not None else None
+        if key is None or not key.is_file():
+            what = "is not set" if key is None else f"{key} is not a file"
             raise ConfigError(f"{env.path}: ssh.key_file: {what}; tiers.{name}.health_check.from: {check.from_} "
                               f"logs in to a {check.from_} instance to check {name} from there")
 

@@ -327,18 +327,18 @@ class VpcFabric:
         outside any instance starts from, subject to the target's ingress rules only. It sits at
         the subnet's fourth address, which EC2 reserves "for future use" in every subnet, so no
         ENI ever holds it."""
-        with self._state() as st:
-            net = self._subnet(st, subnet_id)[2]
-        return self._client(subnet_id, str(net.network_address + 3), "probe-" + subnet_id.removeprefix("subnet-"),
-                            reserved=True)
+        return self._client(subnet_id, None, "probe-" + subnet_id.removeprefix("subnet-"))
 
-    def _client(self, subnet_id: str, ip: str, name: str, *, reserved: bool = False) -> str:
+    def _client(self, subnet_id: str, ip: str | None, name: str) -> str:
+        """`ip` None: the subnet's fourth address (the probe host's)."""
         if not _NAME_RE.match(name):
             raise LocalCloudError(f"invalid client name {name!r}: use lowercase letters, digits or '-'")
         cns, veth = f"bakery-cl-{name}", short_name("c", name)
         with self._state() as st:
             sub, vns, net = self._subnet(st, subnet_id)
-            if not reserved:
+            if ip is None:
+                ip = str(net.network_address + 3)
+            else:
                 self._check_ips([ip], net, f"client {name}")
             if name in st["clients"]:
                 if (st["clients"][name]["subnet"], st["clients"][name]["ip"]) == (subnet_id, ip) and _ns_exists(cns):
