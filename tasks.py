@@ -242,17 +242,10 @@ def failover(c, env, tier, to=None, json=False):
     with command():
         required(env=env, tier=tier)
         from bakery.cli import show
-        from bakery.network import failover as run_failover
-        from bakery.launch.health import failover_probe
-        from bakery.network import open_env
+        from bakery.launch.failover import failover as run_failover
         from bakery.progress import Reporter
 
-        settings = settings_from(c)
-        cloud, environment = open_env(settings, env)
-        environment.select(tier)
-        probe = failover_probe(cloud, environment, tier, settings.project_dir)
-        show.failover(run_failover(cloud.ec2, environment, tier, to, Reporter(prefix=f"[{env}] "), probe=probe),
-                      json=json)
+        show.failover(run_failover(settings_from(c), env, tier, to, Reporter(prefix=f"[{env}] ")), json=json)
 
 
 @task(positional=[], help={

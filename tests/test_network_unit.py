@@ -140,17 +140,39 @@ def test_a_fixed_address_held_by_another_eni_is_refused_when_instances_are_to_be
     assert Network(cloud, env).resolve_interfaces("db", env.tiers["db"], new_instances=False)
 
 
-@pytest.mark.parametrize("edit, problem", [
-    (("instance_type: t3.small\n    count: 1", "instance_type: t3.micro\n    count: 1"),
-     "3 interfaces, but t3.micro allows 2"),
-    (("secondary_ips: [10.40.1.21]", "secondary_ips: [10.40.1.21, 10.40.1.22, 10.40.1.23, 10.40.1.24]"),
-     "interface 1 wants 5 private IPs, but t3.small allows 4 per interface"),
-], ids=["more-enis-than-the-type-allows", "more-addresses-than-an-eni-of-the-type-allows"])
-def test_what_the_instance_type_cannot_hold_is_refused_in_one_line(cloud, write_env, edit, problem):
+LIMITS = [
+    (("instance_type: t3.small\n    count: 1", "instance_type: t3.micro\n    count: 1"), 24, "tiers.app.interfaces",
+     "3 interfaces: a t3.micro takes at most 2 (EC2's MaximumNetworkInterfaces for the type)"),
+    (("{device_index: 2, subnet: back", "{device_index: 7, subnet: back"), 32, "tiers.app.interfaces[2].device_index",
+     "7: a t3.small takes device indexes 0 to 2 (EC2's MaximumNetworkInterfaces for the type)"),
+    (("secondary_ips: [10.40.1.21]", "secondary_ips: [10.40.1.21, 10.40.1.22, 10.40.1.23, 10.40.1.24]"), 25,
+     "tiers.app.interfaces[1]", "5 private IPv4 addresses: a t3.small's interface takes at most 4, the primary "
+     "included (EC2's Ipv4AddressesPerInterface for the type)"),
+]
+LIMIT_IDS = ["more-enis-than-the-type-allows", "a-device-index-the-type-lacks", "more-addresses-than-an-eni-allows"]
+
+
+@pytest.mark.parametrize("edit, line, field, problem", LIMITS, ids=LIMIT_IDS)
+def test_what_the_instance_type_cannot_hold_is_refused_when_the_file_is_read(write_env, edit, line, field, problem):
+    """EC2's per-type limits, from the instance-type data vendored from moto's copy of
+    DescribeInstanceTypes (bakery/config/data/ec2.json): offline, at the field's line."""
+    message = refusal(lambda: write_env(ENV.replace(*edit)))
+    assert message.endswith(f"prod.yaml:{line}: {field}: {problem}"), message
+
+
+@pytest.mark.parametrize("edit, line, field, problem", LIMITS, ids=LIMIT_IDS)
+def test_a_type_the_vendored_data_lacks_is_held_to_ec2s_own_limits_before_launch(cloud, write_env, monkeypatch, edit,
+                                                                                line, field, problem):
+    """A type newer than the vendored data loads; DescribeInstanceTypes gives the same rule its
+    limits before anything is launched."""
+    from bakery.config import ec2data
+
+    data = ec2data._data()
+    monkeypatch.setattr(ec2data, "_data", lambda: {**data, "instance_types": {}})
     Network(cloud, write_env()).up(dry_run=False)
     env = write_env(ENV.replace(*edit))
     message = refusal(lambda: Network(cloud, env).resolve_interfaces("app", env.tiers["app"]))
-    assert message == f"{env.path}: tiers.app.interfaces: {problem}"
+    assert message == f"{env.path}: {field}: {problem}"
 
 
 def test_a_security_group_of_another_vpc_is_refused(cloud, write_env):

@@ -44,7 +44,7 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
     Each variable goes to every selected recipe that declares it; one that none declares is
     refused before the cloud opens (a recipe that does not load cannot claim it: it fails on its own row)."""
     from bakery.bake.inputs import load_inputs
-    from bakery.bake.run import Bake
+    from bakery.bake.run import Bake, checked_variables
     from bakery.cloud.connect import open_cloud
 
     variables = variables or {}
@@ -60,13 +60,23 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
         if not any(key in inputs.declared for inputs in loaded.values()):
             raise ConfigError(f"variable {key!r} is declared by none of the recipes to rebake "
                               f"({', '.join(names) or 'none'})")
-    cloud = open_cloud(settings)
+    mine: dict[str, dict[str, str]] = {}
+    for name, inputs in list(loaded.items()):  # all of it offline, before the cloud opens
+        try:
+            given = {k: v for k, v in variables.items() if k in inputs.declared}
+            checked_variables(settings, inputs, given)
+            mine[name] = given
+        except BakeryError as exc:
+            if recipes:  # a recipe asked for by name: its problem is the command's
+                raise
+            rows[name] = RebakeRow(name, "failed", exc.message, None, 0.0)
+            del loaded[name]
+    cloud = open_cloud(settings) if loaded else None
     for name, inputs in loaded.items():
         started = time.monotonic()
         try:
-            mine = {k: v for k, v in variables.items() if k in inputs.declared}
-            manifest = Bake(settings, inputs, mine, report=Reporter(prefix=f"[{name}] ", stream=report.stream,
-                                                                    quiet=report.quiet),
+            manifest = Bake(settings, inputs, mine[name], report=Reporter(prefix=f"[{name}] ", stream=report.stream,
+                                                                          quiet=report.quiet),
                             force=force, cloud=cloud).run()
             decision = "unchanged" if manifest.skipped else "rebaked"
             reason = manifest.reason if manifest.skipped else (

@@ -25,6 +25,16 @@ def new_build_id() -> str:
     return datetime.now(timezone.utc).strftime("b-%Y%m%d%H%M%S-") + secrets.token_hex(3)
 
 
+def checked_variables(settings: Settings, inputs: Inputs, given: dict[str, str]) -> dict[str, str]:
+    """The run's variables, once what the files and flags alone can refuse has been refused:
+    before the cloud opens (bakery/render/validate.py: `check_recipe`)."""
+    from bakery.render.validate import check_recipe
+
+    variables = inputs.resolve_vars(given)
+    check_recipe(settings, inputs.full(), variables if given else None)  # the defaults rendered at load
+    return variables
+
+
 class Bake:
     """One run of one recipe. `run()` returns the Manifest or raises a BakeryError."""
 
@@ -32,7 +42,7 @@ class Bake:
                  force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None):
         self.settings = settings
         self.inputs = inputs
-        self.variables = inputs.resolve_vars(variables)  # bad --var refused before the cloud opens
+        self.variables = checked_variables(settings, inputs, variables)
         self.report = report
         self.force = force
         self.keep_on_error = keep_on_error

@@ -93,7 +93,7 @@ def smoke_user_data(state: BakeState, ctx: Context, host_key) -> str:
     from bakery.config.environment import load_environment
     from bakery.render.tier import render_tier
 
-    env = load_environment(ctx.settings.envs, checks.environment)
+    env = load_environment(ctx.settings.envs, checks.environment, ctx.settings.region)
     env.select(checks.tier)
     tier = render_tier(ctx.settings, env, checks.tier, state.image_id, ctx.ec2.region)
     return build(host_key, tier, f"{state.recipe.path}: checks")

@@ -68,8 +68,10 @@ def ssh_to(state: BakeState, ctx: Context, instance: dict, host_key, what: str):
     from bakery.remote.dial import Bastion, Machine, Route
     from bakery.remote.ssh import SSHConnector, Target
 
-    ssh = state.recipe.builder.ssh
-    bastion = Bastion(ssh.bastion.host, ssh.bastion.port, ssh.bastion.user, ssh.bastion.key_file) if ssh.bastion else None
+    from bakery.config.settings import user_path
+
+    ssh, b = state.recipe.builder.ssh, state.recipe.builder.ssh.bastion
+    bastion = b and Bastion(b.host, b.port, b.user, b.key_file and str(user_path(b.key_file, ctx.settings.project_dir)))
     route = Route(address=ssh.interface, host=ssh.host, proxy_command=ssh.proxy_command, bastion=bastion,
                   user=ssh.user, builder=True)
     opener = ctx.dial(Machine.of(instance), ssh.port, route, ssh=True)

@@ -32,6 +32,12 @@ class Cloud:
     boot_console: bool = False
 
 
+def logs_in_at_vantages(settings: Settings) -> bool:
+    """Whether the cloud the settings name makes a check from another instance by logging in to
+    it (so needs a key): known before the cloud is opened, so that a missing key is refused first."""
+    return (SandboxDial if settings.cloud == "local" else TcpDial).logs_in_at_vantages
+
+
 def open_cloud(settings: Settings) -> Cloud:
     if settings.cloud != "local":
         return Cloud(EC2(settings), TcpDial(settings.ssh_host, settings.ssh_port))

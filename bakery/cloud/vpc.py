@@ -9,10 +9,10 @@ here: request shapes, protocol numbers, an endpoint's quirks, and which error co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from bakery.cloud.tags import network_filters, tag_specs, tags_of
+from bakery.config.ec2data import InterfaceLimits
 from bakery.errors import CloudError, ConfigError
 from bakery.waits import Backoff, wait_for
 
@@ -34,14 +34,6 @@ ACL_PROTOCOLS = {"tcp": "6", "udp": "17", "icmp": "1", "all": "-1"}        # net
 def field_filter(name: str, *values: str) -> dict:
     """A Describe* filter on a field (subnet-id, vpc-id, ...); tags.tag_filter is the one on a tag."""
     return {"Name": name, "Values": list(values)}
-
-
-@dataclass(frozen=True)
-class NetworkLimits:
-    """What one instance type allows: network interfaces, and private IPv4 addresses on each."""
-
-    interfaces: int
-    ips_per_interface: int
 
 
 class VpcAPI:
@@ -87,10 +79,10 @@ class VpcAPI:
     def addresses(self, *filters: dict) -> list[dict]:
         return self._describe("describe_addresses", "Addresses", filters)
 
-    def instance_type_network_limits(self, itype: str) -> NetworkLimits:
+    def instance_type_network_limits(self, itype: str) -> InterfaceLimits:
         resp = self.call("describe-instance-types", self.client.describe_instance_types, InstanceTypes=[itype])
         info = resp["InstanceTypes"][0]["NetworkInfo"]
-        return NetworkLimits(info["MaximumNetworkInterfaces"], info["Ipv4AddressesPerInterface"])
+        return InterfaceLimits(info["MaximumNetworkInterfaces"], info["Ipv4AddressesPerInterface"])
 
     def _describe(self, operation: str, key: str, filters: Iterable[dict], **ids: list[str] | None) -> list[dict]:
         kw = {name: value for name, value in ids.items() if value}

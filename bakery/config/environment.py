@@ -18,6 +18,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from bakery.config.yamlfile import FieldError, format_path, load_yaml, validate
 from bakery.errors import ConfigError
 from bakery.config.models import MAX_USER_TAGS, SSM_PATH, Strict, UserTags, exactly_one
+from bakery.config.ec2data import InterfaceLimits, interface_limits, zones
 from bakery.config.patterns import AMI_RE, NAME_RE
 from bakery.config.recipe import Bastion, RootVolume
 
@@ -397,6 +398,26 @@ class Tier(Strict):
                              "plus standby instances")
         return self
 
+    def interface_limit_problem(self, limits: InterfaceLimits) -> tuple[tuple, str] | None:
+        """How the interfaces exceed EC2's limits for the instance type (DescribeInstanceTypes'
+        NetworkInfo): (the field under the tier, the problem), or None. The environment applies it
+        with the vendored limits as it loads; the resolver with EC2's for a type they lack."""
+        itype = self.instance_type
+        if len(self.interfaces) > limits.interfaces:
+            return ("interfaces",), (f"{len(self.interfaces)} interfaces: a {itype} takes at most {limits.interfaces} "
+                                     "(EC2's MaximumNetworkInterfaces for the type)")
+        for n, iface in enumerate(self.interfaces):
+            if iface.device_index >= limits.interfaces:
+                return ("interfaces", n, "device_index"), (
+                    f"{iface.device_index}: a {itype} takes device indexes 0 to {limits.interfaces - 1} "
+                    "(EC2's MaximumNetworkInterfaces for the type)")
+            addresses = 1 + len(iface.secondary_ips) + iface.secondary_ip_count
+            if addresses > limits.ipv4_per_interface:
+                return ("interfaces", n), (f"{addresses} private IPv4 addresses: a {itype}'s interface takes at most "
+                                           f"{limits.ipv4_per_interface}, the primary included (EC2's "
+                                           "Ipv4AddressesPerInterface for the type)")
+        return None
+
     @model_validator(mode="after")
     def _checked_interface(self) -> "Tier":
         index = self.health_check.interface if self.health_check else 0
@@ -490,6 +511,27 @@ class Environment(Strict):
         return self
 
     @model_validator(mode="after")
+    def _interfaces_fit_the_type(self) -> "Environment":
+        for name, tier in self.tiers.items():
+            limits = interface_limits(tier.instance_type)
+            problem = limits and tier.interface_limit_problem(limits)
+            if problem:
+                raise FieldError(("tiers", name) + problem[0], problem[1])
+        return self
+
+    def check_region(self, region: str) -> None:
+        """The zones the file names belong to the region bakery runs in (EC2 refuses a subnet in
+        another region's zone, after the VPC and the subnets before it were made)."""
+        known = zones(region)
+        for name, subnet in (self.network.subnets if self.network else {}).items():
+            if subnet.az is None:
+                continue
+            if not subnet.az.startswith(region) or (known is not None and subnet.az not in known):
+                which = f"zones: {', '.join(known)}" if known else f"a zone's name is {region} and a letter"
+                raise ConfigError(f"{self.path}: network.subnets.{name}.az: {subnet.az} is not a zone of "
+                                  f"{region}, the region bakery uses ({which})")
+
+    @model_validator(mode="after")
     def _check_vantages(self) -> "Environment":
         for name, tier in self.tiers.items():
             vantage = tier.health_check.from_ if tier.health_check else None
@@ -530,7 +572,8 @@ def list_environments(envs_dir: Path) -> list[str]:
     return sorted(p.stem for p in envs_dir.glob("*.yaml")) if envs_dir.is_dir() else []
 
 
-def load_environment(envs_dir: Path, name: str) -> Environment:
+def load_environment(envs_dir: Path, name: str, region: str | None = None) -> Environment:
+    """The environment, validated; with `region` (the settings'), its zones checked against it."""
     if not re.fullmatch(NAME_RE, name):
         raise ConfigError(f"environment name {name!r} is invalid (lowercase letters, digits, - and _)")
     path = envs_dir / f"{name}.yaml"
@@ -545,4 +588,7 @@ def load_environment(envs_dir: Path, name: str) -> Environment:
                                   "(an environment's name is its file name)")
         data = {**data, "name": name, "path": path}
         lines.record(("name",), 1)
-    return validate(Environment, data, lines, str(path))
+    env = validate(Environment, data, lines, str(path))
+    if region is not None:
+        env.check_region(region)
+    return env

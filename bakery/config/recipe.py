@@ -473,8 +473,13 @@ def _check_templates(recipe: Recipe, chain) -> None:
     for key in recipe.variables:
         if key in BUILTINS:
             raise ConfigError(f"{recipe.path}: variables.{key}: name is reserved ({', '.join(BUILTINS)})")
-    sample = {k: v.default if v.default is not None else "x" for k, v in recipe.variables.items()}
-    context = template_context(recipe, sample, "b-20000101000000-000000", "20000101000000")
+    render_templates(recipe, {k: v.default if v.default is not None else "x" for k, v in recipe.variables.items()})
+
+
+def render_templates(recipe: Recipe, variables: dict[str, str]) -> None:
+    """Render the recipe's templates with these variables and a sample build id and time, to
+    refuse before the cloud opens what they render to (an image name EC2 would refuse)."""
+    context = template_context(recipe, variables, "b-20000101000000-000000", "20000101000000")
     render_image(recipe, context)
     for i, step in enumerate(recipe.steps):
         render_step(recipe, step, i, context)

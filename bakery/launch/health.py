@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bakery.cloud import tags as T
-from bakery.cloud.connect import Cloud
+from bakery.cloud.connect import Cloud, logs_in_at_vantages
 from bakery.cloud.console import host_keys
 from bakery.config.environment import Environment, HealthCheck
-from bakery.config.settings import user_path
+from bakery.config.settings import Settings, user_path
 from bakery.errors import ConfigError, RemoteError, WaitTimeout
 from bakery.network.eni import Probe, running_probe
 from bakery.remote.dial import OUTSIDE, Bastion, Login, Machine, Opener, Route, Vantage, address_of
@@ -103,20 +103,25 @@ class TierCheck:
         return Login(access.user, str(user_path(access.key_file, self.project_dir)), keys, bastion=bastion)
 
 
-def require_logins(cloud: Cloud, env: Environment, tiers: list[str], project_dir: Path) -> None:
-    """Refused before anything is made: a check made from another tier, where the dial starts it by
-    logging in to that tier's instance, with no key to log in with."""
-    if not cloud.dial.logs_in_at_vantages:
+def require_logins(settings: Settings, env: Environment, tiers: list[str]) -> None:
+    """Refused before the cloud is opened: a check made from another tier, where the dial starts it
+    by logging in to that tier's instance, with no key to log in with."""
+    if not logs_in_at_vantages(settings):
         return
     for name in tiers:
         check = env.tiers[name].health_check
         if check is None or check.from_ is None:
             continue
-        key = user_path(env.ssh.key_file, project_dir) if env.ssh.key_file is not None else None
+        key = user_path(env.ssh.key_file, settings.project_dir) if env.ssh.key_file is not None else None
         if key is None or not key.is_file():
             what = "is not set" if key is None else f"{key} is not a file"
             raise ConfigError(f"{env.path}: ssh.key_file: {what}; tiers.{name}.health_check.from: {check.from_} "
                               f"logs in to a {check.from_} instance to check {name} from there")
+        bastion = env.ssh.bastion
+        if bastion is not None and bastion.key_file is not None \
+                and not user_path(bastion.key_file, settings.project_dir).is_file():
+            raise ConfigError(f"{env.path}: ssh.bastion.key_file: {user_path(bastion.key_file, settings.project_dir)} "
+                              f"is not a file; tiers.{name}.health_check.from: {check.from_} logs in through it")
 
 
 class _Deferred:
@@ -144,7 +149,6 @@ def failover_probe(cloud: Cloud, env: Environment, tier: str, project_dir: Path)
     """Running, and passing the tier's http/tcp health check (from its vantage, within
     PROBE_SECONDS) when it declares one: what a hot standby must be."""
     check = env.tiers[tier].health_check
-    require_logins(cloud, env, [tier], project_dir)
 
     def probe(instance: dict) -> str | None:
         problem = running_probe(instance)

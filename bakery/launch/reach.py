@@ -34,7 +34,7 @@ def ssh_command(settings: Settings, *, instance_id: str | None = None, env_name:
         raise ConfigError("ssh: give --instance ID, or --env ENV --tier TIER [--index N]")
     if env_name is not None and tier is None:
         raise ConfigError("ssh: --env needs --tier (and --index for another slot than 0)")
-    env = load_environment(settings.envs, env_name) if env_name else None
+    env = load_environment(settings.envs, env_name, settings.region) if env_name else None
     if env is not None:
         env.select(tier)
     key_file = user_path(key, settings.project_dir) if key is not None else None
@@ -63,7 +63,7 @@ def ssh_command(settings: Settings, *, instance_id: str | None = None, env_name:
         return _builder(settings, tags, iid, prefix, host, user, command)
     if env is None and tags.get(T.ENVIRONMENT):
         try:
-            env = load_environment(settings.envs, tags[T.ENVIRONMENT])
+            env = load_environment(settings.envs, tags[T.ENVIRONMENT], settings.region)
         except ConfigError:
             env = None  # launched from an environment file this checkout does not have: defaults
     return _launched(settings, env, iid, lambda: ec2.console_output(iid), prefix, host, key, user, command)

@@ -82,7 +82,6 @@ class Launch:
         started = time.monotonic()
         result = LaunchReport(environment=self.env.name, launch_id=self.launch_id, region=self.ec2.region,
                               dry_run=dry_run, plans=[])
-        require_logins(self.cloud, self.env, list(tiers), self.settings.project_dir)
         if self.env.network is not None:  # the network comes first: tiers resolve their subnets and ENIs in it
             actions = self._network_up(dry_run)
             result.network = [a.line() for a in actions]
@@ -273,12 +272,13 @@ class Launch:
 
 def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_run: bool = False,
            report: Reporter, keep_on_error: bool = False, cloud: Cloud | None = None) -> LaunchReport:
-    env = load_environment(settings.envs, env_name)
+    env = load_environment(settings.envs, env_name, settings.region)
     tiers = env.select(tier)
     # Bad templates, variables and secrets are refused before any cloud call (and before the
     # local cloud starts): render every tier once offline, as `invoke validate` does.
     for name in tiers:
         render_offline(settings, env, name)
+    require_logins(settings, env, list(tiers))
     runner = Launch(settings, env, report=report, cloud=cloud or open_cloud(settings), keep_on_error=keep_on_error)
     from bakery.housekeeping.locks import exclusive
 

@@ -50,5 +50,5 @@ def open_env(settings, name: str):
     from bakery.cloud.connect import open_cloud
     from bakery.config.environment import load_environment
 
-    env = load_environment(settings.envs, name)
+    env = load_environment(settings.envs, name, settings.region)
     return open_cloud(settings), env

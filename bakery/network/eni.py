@@ -11,7 +11,7 @@ from typing import Callable
 
 from bakery.cloud.tags import ENVIRONMENT, ROLE, ROLE_STANDBY, SLOT, TIER, slot_tags, tag_filter, tags_of
 from bakery.waits import Backoff, wait_for
-from bakery.config.environment import Environment
+from bakery.config.environment import Environment, Tier
 from bakery.errors import CloudError, ConfigError
 from bakery.network.resolve import ResolvedInterface, Resolver
 from bakery.progress import Reporter
@@ -100,6 +100,14 @@ class Interfaces:
         return wait_for(check, what=what, timeout=timeout, backoff=Backoff(initial=0.05, factor=1.5, max_interval=1.0))
 
 
+def check_failover(env: Environment, tier: str) -> Tier:
+    """The tier, when the file alone says it can fail over: it has persistent interfaces to move."""
+    spec = env.select(tier)[tier]
+    if not any(i.persistent for i in spec.interfaces):
+        raise ConfigError(f"{env.path}: tiers.{tier} has no persistent interfaces to fail over")
+    return spec
+
+
 def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter,
              probe: Probe = running_probe) -> FailoverReport:
     """Move a tier's persistent ENIs (and their Elastic IPs) to a hot standby (or to `to`).
@@ -109,9 +117,7 @@ def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter,
     finds it healthy (so failing over again, without --to, fails back), or else is tagged failed
     and kept for inspection, its standby slot left empty for the next `launch` to fill. Names follow
     the slots, and the tier never grows past count + standby."""
-    spec = env.select(tier)[tier]
-    if not any(i.persistent for i in spec.interfaces):
-        raise ConfigError(f"{env.path}: tiers.{tier} has no persistent interfaces to fail over")
+    spec = check_failover(env, tier)
     moves = Interfaces(ec2)
     resolved = [r for r in Resolver(ec2, env).resolve_interfaces(tier, spec) if r.spec.persistent]
     enis = [ec2.network_interface(r.eni_id) for r in resolved]

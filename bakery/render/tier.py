@@ -80,7 +80,7 @@ def render_for(settings: Settings, env_name: str, tier: str) -> tuple[UserData, 
     from bakery.config.environment import load_environment
     from bakery.errors import ConfigError
 
-    env = load_environment(settings.envs, env_name)
+    env = load_environment(settings.envs, env_name, settings.region)
     env.select(tier)
     user_data, note = render_offline(settings, env, tier)
     if user_data is None:

@@ -1,14 +1,17 @@
-"""`invoke validate`: check every config file offline, collecting one line per problem.
+"""The offline validation pass: what the files alone can refuse, before any cloud is opened.
 
-Recipes, environments and every tier's user data (rendered with a placeholder image id,
-schema-checked, secret-linted and sized) are checked without any cloud call.
+`invoke validate` runs all of it over every recipe and environment, one line per problem: recipes
+(with what a bake needs beyond the file: its smoke test's environment and tier, its bastion key),
+environments (the network and EC2-limit checks run as they load) and every tier's user data
+(rendered with a placeholder image id, schema-checked, secret-linted and sized). `bake` runs the
+recipe part with the run's variables (`check_recipe`); `launch` renders its tiers the same way.
 """
 
 from __future__ import annotations
 
 from bakery.config.environment import list_environments, load_environment
-from bakery.config.recipe import list_recipes, load_recipe
-from bakery.config.settings import Settings
+from bakery.config.recipe import Recipe, list_recipes, load_recipe, render_templates
+from bakery.config.settings import Settings, user_path
 from bakery.errors import ConfigError
 from bakery.render.tier import render_offline
 
@@ -20,13 +23,13 @@ def validate_all(settings: Settings) -> tuple[list[str], int]:
         problems.append(f"{settings.recipes}: no recipes found")
     for name in recipes:
         try:
-            load_recipe(settings.recipes, name)
+            check_recipe(settings, load_recipe(settings.recipes, name))
         except ConfigError as exc:
             problems.append(exc.message)
     envs = list_environments(settings.envs)
     for name in envs:
         try:
-            env = load_environment(settings.envs, name)
+            env = load_environment(settings.envs, name, settings.region)
         except ConfigError as exc:
             problems.append(exc.message)
             continue
@@ -39,3 +42,25 @@ def validate_all(settings: Settings) -> tuple[list[str], int]:
             except ConfigError as exc:
                 problems.append(exc.message)
     return problems, len(recipes) + len(envs)
+
+
+def check_recipe(settings: Settings, recipe: Recipe, variables: dict[str, str] | None = None) -> None:
+    """What a bake of this recipe needs beyond its own file (loading it checked the file), with
+    these variables when given (`--var`: an image name can become one EC2 refuses)."""
+    if variables:
+        render_templates(recipe, variables)
+    bastion = recipe.builder.ssh.bastion
+    if bastion is not None and bastion.key_file is not None:
+        key = user_path(bastion.key_file, settings.project_dir)
+        if not key.is_file():
+            raise ConfigError(f"{recipe.path}: builder.ssh.bastion.key_file: {key} is not a file")
+    checks = recipe.checks
+    if checks is not None and checks.environment is not None:
+        if checks.environment not in list_environments(settings.envs):
+            raise ConfigError(f"{recipe.path}: checks.environment: no environment {checks.environment!r} "
+                              f"in {settings.envs}")
+        env = load_environment(settings.envs, checks.environment, settings.region)
+        if checks.tier not in env.tiers:
+            raise ConfigError(f"{recipe.path}: checks.tier: {env.path} has no tier {checks.tier!r} "
+                              f"(tiers: {', '.join(env.tiers)})")
+        render_offline(settings, env, checks.tier)
