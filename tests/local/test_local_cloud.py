@@ -467,3 +467,52 @@ def test_health_checks_are_made_from_where_the_environment_says_and_pass_only_th
     finally:
         terminate(open_cloud(settings).ec2, [i["instance_id"] for i in by_tier.values()])
     assert_no_sandboxes(cloud)
+
+
+BOOTSTRAP_ENV = """\
+tiers:
+  boot:
+    image: {recipe: tb}
+    strategy: bootstrap
+    user_data: {parts: [boot.yaml]}
+"""
+
+
+def test_a_bootstrap_tier_boots_with_its_directory_upload_intact(cloud, settings, tmp_path):
+    """The bootstrap strategy carries a recipe's directory upload inside the user data (its tar
+    stream gzipped and base64'd into the step's script): at first boot every file lands byte for
+    byte, with the recipe's modes, in the recipe's order (a later step already sees it)."""
+    import hashlib
+    import random
+
+    site = settings.recipes / "files/site"
+    files = {"index.html": b"<h1>bootstrapped</h1>\n", "img/logo.bin": random.Random(15).randbytes(3000),
+             "deep/er/empty": b"", "with space.txt": b"a b\n", "crlf.txt": b"x\r\ny\r\n", "no-newline": b"tail",
+             "heredoc.txt": b"BAKERY_DATA\nBAKERY_STEP_1\nEOF\n"}  # its own terminators, as content
+    for rel, data in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+    write_recipe(settings.recipes, "tb", RECIPE.format(extra="").split("steps:")[0] + """steps:
+  - {name: before, shell: mkdir -p /srv && echo first > /srv/order}
+  - {name: site, upload: {source: files/site, dest: /srv/site, mode: "0640", dir_mode: "0750"}}
+  - {name: after, shell: 'test -s /srv/site/img/logo.bin && echo second >> /srv/order'}
+""")
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs/boot.yaml").write_text(BOOTSTRAP_ENV)
+    (tmp_path / "userdata").mkdir()
+    (tmp_path / "userdata/boot.yaml").write_text("#cloud-config\nruncmd:\n  - [touch, /run/configured]\n")
+    env = {"INVOKE_BAKERY_RECIPES_DIR": str(settings.recipes), "INVOKE_BAKERY_ENVS_DIR": str(tmp_path / "envs"),
+           "INVOKE_BAKERY_USERDATA_DIR": str(tmp_path / "userdata")}
+
+    out = cli(["launch", "--env", "boot", "--json"], cloud, settings, extra_env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (inst,) = json.loads(out.stdout)["instances"]
+    box = Sandbox.attach(inst["instance_id"], cloud.instances_dir)
+    listing = box.exec(["sh", "-c", "cd /srv/site && find . -type f -print0 | xargs -0 sha256sum"], timeout=10)
+    landed = {line[66:].removeprefix("./"): line[:64] for line in listing.stdout.splitlines()}
+    assert landed == {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    modes = box.exec(["stat", "-c", "%a %n", "/srv/site/index.html", "/srv/site/deep/er", "/srv/site"], timeout=10)
+    assert modes.stdout.split("\n")[:3] == ["640 /srv/site/index.html", "750 /srv/site/deep/er", "750 /srv/site"]
+    assert box.exec(["cat", "/srv/order"], timeout=10).stdout == "first\nsecond\n"
+    assert box.exec(["test", "-e", "/run/configured"], timeout=10).returncode == 0  # the tier's own part ran too
+    terminate(open_cloud(settings).ec2, [inst["instance_id"]])
