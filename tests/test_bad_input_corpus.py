@@ -92,6 +92,7 @@ RECIPES = [
     ("recipe-bastion-port", {"recipes/web.yaml": GOOD_RECIPE + "builder: {ssh: {bastion: {host: 10.0.0.1, user: ops, port: 0}}}\n"}, ["bake", "--recipe", "web"], "builder.ssh.bastion.port"),
     ("recipe-rebake-smoke-env-missing", {"recipes/web.yaml": GOOD_RECIPE + SMOKE.format(env="nope", tier="web")}, ["rebake", "--recipe", "web"], "web.yaml: checks.environment: no environment 'nope'"),
     ("recipe-validate-smoke-env-missing", {"recipes/web.yaml": GOOD_RECIPE + SMOKE.format(env="nope", tier="web")}, ["validate"], "web.yaml: checks.environment: no environment 'nope'"),
+    ("recipe-control-character", {"recipes/web.yaml": GOOD_RECIPE + "description: \x1f\n"}, ["bake", "--recipe", "web"], "web.yaml:5: invalid YAML: character '\\x1f' is not allowed in YAML"),
     ("recipe-bad-dir-mode", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: web.yaml, dest: /x, dir_mode: '0799'}}\n"}, ["bake", "--recipe", "web"], "upload.dir_mode"),
 ]
 FLAGS = [
@@ -123,6 +124,9 @@ FLAGS = [
     ("flag-dry-run-bad-env", {"envs/prod.yaml": NET.replace("10.0.0.0/16", "10.0.0.0/12") + GOOD_ENV}, ["launch", "--env", "prod", "--dry-run"], "network.vpc.cidr: 10.0.0.0/12"),
     ("flag-validate-bad-env", {"envs/prod.yaml": NET.replace("us-east-1a}, b", "us-east-1q}, b") + GOOD_ENV}, ["validate"], "network.subnets.a.az: us-east-1q is not a zone of us-east-1"),
     ("flag-ssh-unknown-env", {}, ["ssh", "--env", "nope", "--tier", "web"], "no such environment 'nope'"),
+    ("flag-var-file-missing", {}, ["bake", "--recipe", "web", "--var-file", "nope.yaml"], "--var-file nope.yaml: file not found"),
+    ("flag-recipes-dir-missing", {"$INVOKE_BAKERY_RECIPES_DIR": "nowhere"}, ["bake", "--recipe", "web"], "no such directory for recipes (settings: recipes_dir"),
+    ("flag-path-with-newline", {"$INVOKE_BAKERY_RECIPES_DIR": "a\nb"}, ["bake", "--recipe", "web"], "a\\nb: no such directory"),
     ("flag-missing-recipe", {}, ["bake"], "missing --recipe"),
     ("flag-missing-env-and-tier", {}, ["render"], "missing --env and --tier"),
 ]
@@ -162,8 +166,8 @@ ENVS = [
                                     "  ops: {image: {recipe: web}, strategy: baked}\n",
                                     "$INVOKE_BAKERY_CLOUD": "aws"}, "ssh.key_file: is not set; tiers.web.health_check.from: ops"),
     ("env-template-divides-by-zero", {"userdata/web.yaml.j2": GOOD_TEMPLATE + "x: {{ 1 / 0 }}\n"}, "userdata/web.yaml.j2:4: ZeroDivisionError"),
-    ("env-template-includes-itself", {"userdata/web.yaml.j2": "#cloud-config\n{% include 'web.yaml.j2' %}\n"}, "template recursion too deep"),
-    ("env-template-macro-recursion", {"userdata/web.yaml.j2": "#cloud-config\n{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}\n"}, "template recursion too deep"),
+    ("env-template-includes-itself", {"userdata/web.yaml.j2": "#cloud-config\n{% include 'web.yaml.j2' %}\n"}, "web.yaml.j2:2: includes nested more than 32 deep"),
+    ("env-template-macro-recursion", {"userdata/web.yaml.j2": "#cloud-config\n{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}\n"}, "web.yaml.j2:2: calls nested more than 32 deep"),
     ("env-template-nested-loops", {"userdata/web.yaml.j2": "#cloud-config\n{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}\n"}, "web.yaml.j2:2: loops over more than 1000000 items"),
     ("env-template-huge-repeat", {"userdata/web.yaml.j2": "#cloud-config\nx: {{ 'a' * 100000000 }}\n"}, "web.yaml.j2:2: repeating 1 items 100000000 times"),
     ("env-template-huge-argument", {"userdata/web.yaml.j2": "#cloud-config\nx: {{ 'a'|center(999999999) }}\n"}, "999999999 handed to a function"),
@@ -194,9 +198,11 @@ ENVS = [
     ("env-device-index-over", {"envs/prod.yaml": NET + GOOD_ENV + "    interfaces: [{device_index: 0, subnet: a}, {device_index: 5, subnet: a}]\n"}, "tiers.web.interfaces[1].device_index: 5: a t3.micro takes device indexes 0 to 1"),
     ("env-too-many-addresses", {"envs/prod.yaml": NET + GOOD_ENV + "    interfaces: [{device_index: 0, subnet: a, secondary_ip_count: 2}]\n"}, "tiers.web.interfaces[0]: 3 private IPv4 addresses: a t3.micro's interface takes at most 2"),
     ("env-include-absolute", {"userdata/web.yaml.j2": "#cloud-config\n{% include '/etc/passwd' %}\n"}, "userdata/web.yaml.j2:2: template path '/etc/passwd' refused"),
-    ("env-includes-each-other", {"userdata/web.yaml.j2": "#cloud-config\n{% include 'b.j2' %}\n", "userdata/b.j2": "{% include 'web.yaml.j2' %}\n"}, "template recursion too deep"),
+    ("env-includes-each-other", {"userdata/web.yaml.j2": "#cloud-config\n{% include 'b.j2' %}\n", "userdata/b.j2": "{% include 'web.yaml.j2' %}\n"}, "includes nested more than 32 deep"),
     ("env-bastion-key-missing", {"envs/prod.yaml": "ssh: {key_file: /etc/hostname, bastion: {host: 10.0.0.1, user: ops, key_file: nope}}\n" + GOOD_ENV
                                  + "    health_check: {port: 80, from: ops}\n  ops: {image: {recipe: web}, strategy: baked}\n", "$INVOKE_BAKERY_CLOUD": "aws"}, "ssh.bastion.key_file: "),
+    ("env-template-extends-itself", {"userdata/web.yaml.j2": "{% extends 'web.yaml.j2' %}\n"}, "templates extend each other more than 32 deep"),
+    ("env-template-loops-over-self", {"userdata/web.yaml.j2": "#cloud-config\n{% for a in self %}{% endfor %}\n"}, "userdata/web.yaml.j2:2: KeyError: 0"),
     ("env-persistent-primary", {"envs/prod.yaml": GOOD_ENV.replace("image: {recipe: web}", "image: {recipe: web}\n    interfaces: [{device_index: 0, subnet: a, private_ip: 10.0.1.9, persistent: true}]")}, "cannot be device_index 0"),
 ]
 
@@ -260,3 +266,38 @@ def test_bad_input_is_refused_cleanly(tmp_path, files, argv, expected):
     assert expected in shown, shown
     assert opened == []
     assert network_namespaces() <= namespaces
+
+
+def test_validate_reports_the_network_and_ec2_limit_problems_of_every_environment_without_a_cloud(tmp_path):
+    """One line a problem, each naming its file, line and field; every environment is read (a
+    bad one does not hide the next); no cloud is opened."""
+    files = {
+        "envs/overlap.yaml": NET.replace("10.0.2.0/24", "10.0.1.128/25") + GOOD_ENV,
+        "envs/enis.yaml": NET + GOOD_ENV + "    interfaces: [{device_index: 0, subnet: a}, {device_index: 1, subnet: a}, "
+                                           "{device_index: 2, subnet: b}]\n",
+        "envs/zone.yaml": NET.replace("us-east-1a}, b", "us-west-2a}, b") + GOOD_ENV,
+        "envs/reserved.yaml": NET + GOOD_ENV + "    interfaces: [{device_index: 0, subnet: b, private_ip: 10.0.2.255}]\n",
+        "envs/fine.yaml": NET + GOOD_ENV,
+        "recipes/web.yaml": GOOD_RECIPE, "userdata/web.yaml.j2": GOOD_TEMPLATE,
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "BAKERY_DATA_DIR": str(tmp_path / "local-cloud"),
+           "INVOKE_BAKERY_PROJECT_DIR": str(tmp_path), "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state")}
+    namespaces = network_namespaces()
+    out = subprocess.run([sys.executable, "-m", "invoke", "validate"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    problems = sorted(line.split("/envs/", 1)[1] for line in out.stdout.splitlines())
+    assert problems == [
+        "enis.yaml:8: tiers.web.interfaces: 3 interfaces: a t3.micro takes at most 2 (EC2's MaximumNetworkInterfaces "
+        "for the type)",
+        "overlap.yaml:3: network.subnets.b: 10.0.1.128/25 overlaps subnet a (10.0.1.0/24): a VPC's subnets cannot "
+        "share addresses",
+        "reserved.yaml:8: tiers.web.interfaces[0]: 10.0.2.255 is one EC2 reserves in subnet b: the first four "
+        "(10.0.2.0-10.0.2.3) and the last (10.0.2.255) of every subnet",
+        "zone.yaml: network.subnets.a.az: us-west-2a is not a zone of us-east-1, the region bakery uses (zones: "
+        "us-east-1a, us-east-1b, us-east-1c, us-east-1d, us-east-1e, us-east-1f)",
+    ], out.stdout
+    assert out.returncode == 2 and out.stderr == "error: 4 problem(s) in 6 file(s)\n", out.stderr
+    assert not (tmp_path / "local-cloud").exists() and network_namespaces() <= namespaces

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from bakery.config.abstract import is_abstract, refuse_abstract
-from bakery.config.recipe import list_recipes
+from bakery.config.recipe import list_recipes, recipe_path
 from bakery.config.settings import Settings
 from bakery.errors import BakeryError, ConfigError
 from bakery.progress import Reporter
@@ -26,15 +26,12 @@ class RebakeRow:
 
 def selected(settings: Settings, recipes: list[str] | None) -> list[str]:
     """What rebake bakes: the recipes named (none of them abstract), else every concrete recipe."""
-    known = list_recipes(settings.recipes)
-    unknown = [n for n in recipes or [] if n not in known]
-    if unknown:
-        raise ConfigError(f"{settings.recipes}: no such recipe {unknown[0]!r} (known: {', '.join(known)})")
     if recipes:
         for name in recipes:
+            recipe_path(settings.recipes, name)
             refuse_abstract(settings.recipes, name, "rebake")
         return list(recipes)
-    return [n for n in known if not is_abstract(settings.recipes / f"{n}.yaml")]
+    return [n for n in list_recipes(settings.recipes) if not is_abstract(settings.recipes / f"{n}.yaml")]
 
 
 def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str, str] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -78,6 +79,15 @@ def parse_int(flag: str, value) -> int:
     return number
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def one_line(message: str) -> str:
+    """The message as one line: a control character in a name the user gave (a path or a value
+    with a newline in it) is shown escaped, as Python writes it, never as a line break."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+
+
 @contextlib.contextmanager
 def command():
     from invoke.exceptions import Exit
@@ -92,7 +102,7 @@ def command():
     except BakeryError as exc:
         if debug_enabled():
             traceback.print_exc()
-        raise Exit(f"error: {exc.message}", code=exc.exit_code) from None
+        raise Exit(f"error: {one_line(exc.message)}", code=exc.exit_code) from None
     except Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line

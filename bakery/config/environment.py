@@ -9,7 +9,6 @@ Environment-wide variables are shared by all tiers; a tier's own override them.
 from __future__ import annotations
 
 import ipaddress
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,7 +18,7 @@ from bakery.config.yamlfile import FieldError, format_path, load_yaml, validate
 from bakery.errors import ConfigError
 from bakery.config.models import MAX_USER_TAGS, SSM_PATH, Strict, UserTags, exactly_one
 from bakery.config.ec2data import InterfaceLimits, interface_limits, zones
-from bakery.config.patterns import AMI_RE, NAME_RE
+from bakery.config.patterns import AMI_RE, NAME_RE, named_file
 from bakery.config.recipe import Bastion, RootVolume
 
 VAR_NAME = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$")]
@@ -574,12 +573,7 @@ def list_environments(envs_dir: Path) -> list[str]:
 
 def load_environment(envs_dir: Path, name: str, region: str | None = None) -> Environment:
     """The environment, validated; with `region` (the settings'), its zones checked against it."""
-    if not re.fullmatch(NAME_RE, name):
-        raise ConfigError(f"environment name {name!r} is invalid (lowercase letters, digits, - and _)")
-    path = envs_dir / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(list_environments(envs_dir)) or "none"
-        raise ConfigError(f"{path}: no such environment {name!r} (known: {known})")
+    path = named_file(envs_dir, name, "environment", "envs_dir")
     data, lines = load_yaml(path)
     if isinstance(data, dict):
         for key in ("name", "path"):

@@ -1,4 +1,26 @@
-"""Names and ids as config files write them, as plain regular expressions (no models needed)."""
+"""Names and ids as config files write them, as plain regular expressions (no models needed),
+and the one way a recipe or environment name becomes its file."""
+
+import re
+from pathlib import Path
+
+from bakery.errors import ConfigError
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # recipe, environment and tier names
 AMI_RE = r"^ami-[0-9a-f]{8,17}$"
+
+
+def named_file(directory: Path, name: str, kind: str, setting: str) -> Path:
+    """DIRECTORY/NAME.yaml of a recipe or an environment, refused in one line: a name that is not
+    one, a directory that does not exist (naming the setting that chose it), no such file (listing
+    the names there are)."""
+    if not re.fullmatch(NAME_RE, name):
+        raise ConfigError(f"{kind} name {name!r} is invalid (lowercase letters, digits, - and _)")
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no such directory for {kind}s (settings: {setting}, or the project's "
+                          f"{directory.name}/)")
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml"))) or "none"
+        raise ConfigError(f"{path}: no such {kind} {name!r} (known: {known})")
+    return path

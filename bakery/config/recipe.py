@@ -21,7 +21,7 @@ from bakery.config.yamlfile import LineMap, load_yaml, validate
 from bakery.errors import ConfigError
 from bakery.config.variables import resolve_variables
 from bakery.config.models import SSM_PATH, Strict, UserTags, exactly_one
-from bakery.config.patterns import AMI_RE, NAME_RE
+from bakery.config.patterns import AMI_RE, NAME_RE, named_file
 
 
 class SourceFilter(Strict):
@@ -292,13 +292,7 @@ class Recipe(Strict):
 
 
 def recipe_path(recipes_dir: Path, name: str) -> Path:
-    if not re.fullmatch(NAME_RE, name):
-        raise ConfigError(f"recipe name {name!r} is invalid (lowercase letters, digits, - and _)")
-    path = recipes_dir / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(list_recipes(recipes_dir)) or "none"
-        raise ConfigError(f"{path}: no such recipe {name!r} (known: {known})")
-    return path
+    return named_file(recipes_dir, name, "recipe", "recipes_dir")
 
 
 def list_recipes(recipes_dir: Path) -> list[str]:

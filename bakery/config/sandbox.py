@@ -6,8 +6,8 @@ Limits far above what user data (16 KiB on EC2) or a recipe's step needs: no num
 `MAX_NUMBER_ARG` handed to what makes text of that size (center, ljust, indent, batch...), no
 more than `MAX_ITERATIONS` items taken from `range()`s in one render (nested loops, a range kept
 and looped again), no repetition, concatenation, number, power or format width that would make
-more than `MAX_OUTPUT` characters (or `MAX_BITS`), no render longer than `MAX_OUTPUT`; no
-`lipsum`. Left open: `~` joins cannot be intercepted, so doubling a string with it in a
+more than `MAX_OUTPUT` characters (or `MAX_BITS`), no render longer than `MAX_OUTPUT`, includes
+and macro calls nested and extends chained no deeper than `MAX_NESTING`; no `lipsum`. Left open: `~` joins cannot be intercepted, so doubling a string with it in a
 namespace loop is bounded only by the iteration budget. Going over one is a `TemplateLimit`, reported like any template error: one line
 naming the template and line.
 """
@@ -26,6 +26,7 @@ MAX_ITERATIONS = 1_000_000
 MAX_OUTPUT = 1 << 20
 MAX_EXPONENT = 1_000
 MAX_BITS = 1 << 20  # an integer a template makes: a million bits is already 300,000 digits
+MAX_NESTING = 32  # includes within includes, macro calls within macro calls
 #: a %-format field wider or more precise than the output may be: "%099999999d", "%(a)0999999999d"
 _WIDE_FORMAT = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(?:\d{7,}|\*)|%(?:\([^)]*\))?[-+ #0]*\d*\.(?:\d{7,}|\*)")
 #: the same for str.format: "{:0999999999}"
@@ -35,14 +36,49 @@ _SIZED_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
 _SIZED_FILTERS = frozenset({"center", "indent", "batch", "slice", "truncate", "wordwrap"})
 #: what one render (with its includes and macros) has spent of MAX_ITERATIONS
 _spent: contextvars.ContextVar[list[int]] = contextvars.ContextVar("bakery_template_spent")
+#: how deep macro calls are nested now (a macro renders all of its text inside its call)
+_calls: contextvars.ContextVar[int] = contextvars.ContextVar("bakery_template_calls", default=0)
+#: an included template's context carries how deep it is included: includes are generators that
+#: interleave, so the depth travels with the context rather than in a counter
+_DEPTH = "bakery_include_depth"
+_EXTENDS = "bakery_extends_chain"
 
 
 class TemplateLimit(SecurityError):
     """A template went over one of the limits above."""
 
 
+class _NestedTemplate(jinja2.Template):
+    def new_context(self, vars: dict | None = None, shared: bool = False, locals: dict | None = None) -> Any:
+        depth = (vars or {}).get(_DEPTH, 0) + 1
+        if depth > MAX_NESTING:  # caught here, long before Python's recursion limit (and fast)
+            raise TemplateLimit(f"includes nested more than {MAX_NESTING} deep (a template that includes itself?)")
+        context = super().new_context(vars, shared, locals)
+        context.vars[_DEPTH] = depth
+        return context
+
+    @classmethod
+    def _from_namespace(cls, environment: Any, namespace: Any, globals: Any) -> Any:
+        """`{% extends %}` renders the parent's root with the child's own context: the length of
+        the chain is counted on that context (jinja's private hook; tests/test_bad_input_corpus.py
+        has a template that extends itself)."""
+        template = super()._from_namespace(environment, namespace, globals)
+        root = template.root_render_func
+
+        def counted_root(context: Any) -> Any:
+            chain = context.vars.get(_EXTENDS, 0) + 1
+            if chain > MAX_NESTING:
+                raise TemplateLimit(f"templates extend each other more than {MAX_NESTING} deep "
+                                    "(a template that extends itself?)")
+            context.vars[_EXTENDS] = chain
+            yield from root(context)
+        template.root_render_func = counted_root
+        return template
+
+
 class BoundedSandbox(SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%", "+"})
+    template_class = _NestedTemplate
 
     def __init__(self, **options: Any) -> None:
         super().__init__(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, **options)
@@ -55,7 +91,14 @@ class BoundedSandbox(SandboxedEnvironment):
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja's own names
         if getattr(__obj, "__name__", "") in _SIZED_METHODS:
             _check_numbers(args, kwargs)
-        return super().call(__context, __obj, *args, **kwargs)
+        depth = _calls.get() + 1
+        if depth > MAX_NESTING:
+            raise TemplateLimit(f"calls nested more than {MAX_NESTING} deep (a macro that calls itself?)")
+        token = _calls.set(depth)
+        try:
+            return super().call(__context, __obj, *args, **kwargs)
+        finally:
+            _calls.reset(token)
 
     def wrap_str_format(self, value: Any) -> Any:
         """`'{:0999999999}'.format(1)`: jinja hands str.format to its own formatter here."""
@@ -166,3 +209,12 @@ def _like(wrapper: Any, fn: Any) -> Any:
         if hasattr(fn, attr):
             setattr(wrapper, attr, getattr(fn, attr))
     return wrapper
+
+
+def template_failure(exc: Exception) -> str:
+    """One line for what went wrong while a template rendered. Whatever a template's own code
+    raises (1 / 0, int('x'), a missing key, a loop over `self`) is the template's fault, not
+    bakery's: named by its type, never an internal error."""
+    text = (exc.message or type(exc).__name__) if isinstance(exc, jinja2.TemplateError) \
+        else f"{type(exc).__name__}: {exc}"
+    return " ".join(str(text).split())

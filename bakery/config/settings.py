@@ -81,8 +81,8 @@ class Settings:
                 raise ConfigError(f"invoke config bakery.ssh_port: {port!r} is not a port number") from None
         project = Path(cfg.get("project_dir") or project_dir or Path.cwd())
 
-        def opt_path(key: str) -> Path | None:
-            return Path(cfg[key]) if cfg.get(key) else None
+        def opt_path(key: str) -> Path | None:  # relative to the project, wherever invoke runs
+            return user_path(str(cfg[key]), project) if cfg.get(key) else None
 
         return cls(cloud=cloud, region=region, profile=cfg.get("profile") or env.get("AWS_PROFILE"),
                    endpoint_url=cfg.get("endpoint_url") or env.get("AWS_ENDPOINT_URL_EC2") or env.get("AWS_ENDPOINT_URL"),

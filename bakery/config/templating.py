@@ -27,6 +27,8 @@ def render_text(template: str, context: dict[str, str], where: str) -> str:
         return template  # the common case: skip importing jinja at all
     import jinja2
 
+    from bakery.config.sandbox import template_failure
+
     try:
         env = _env()
         return env.render(env.from_string(template), context)
@@ -35,12 +37,10 @@ def render_text(template: str, context: dict[str, str], where: str) -> str:
         raise ConfigError(f"{where}: {exc.message} (known names: {known})") from None
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"{where}: template syntax error on its line {exc.lineno}: {exc.message}") from None
-    except jinja2.TemplateError as exc:
-        raise ConfigError(f"{where}: template error: {exc}") from None
-    except (ArithmeticError, ValueError, TypeError) as exc:  # 1 / 0, int("x"), a bad filter argument
-        raise ConfigError(f"{where}: template error: {type(exc).__name__}: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{where}: template error: recursion too deep (a macro calling itself?)") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the template's code raised (sandbox.template_failure)
+        raise ConfigError(f"{where}: template error: {template_failure(exc)}") from None
 
 
 def image_name(template: str, context: dict[str, str], where: str) -> str:

@@ -36,6 +36,8 @@ def load_var_file(path: Path) -> dict[str, str]:
     would see (`8080`, `true`), as if given with --var."""
     from bakery.config.yamlfile import load_yaml
 
+    if not path.is_file():
+        raise ConfigError(f"--var-file {path}: {'not a file' if path.exists() else 'file not found'}")
     data, lines = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a mapping of variable names to values, got {type(data).__name__}")

@@ -101,6 +101,17 @@ def _convert(node: yaml.Node, path: Path_, lines: LineMap, where: str, budget: l
         raise ConfigError(f"{where}:{node.start_mark.line + 1}: {exc.problem or exc}") from None
 
 
+def yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[str, str]:
+    """(":LINE" or "", the problem in one line) of a YAML error: PyYAML's own text spans lines."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow, e.g. a control character
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        return f":{text.count(chr(10), 0, exc.position) + 1}", f"character {char!r} is not allowed in YAML"
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        return (f":{mark.line + 1}" if mark else ""), " ".join(str(exc.problem or exc.context).split())
+    return "", " ".join(str(exc).split())
+
+
 def load_yaml(path: Path, display: str | None = None) -> tuple[Any, LineMap]:
     """Parse one YAML document; returns the data and its line map."""
     where = display or str(path)
@@ -118,12 +129,9 @@ def load_yaml(path: Path, display: str | None = None) -> tuple[Any, LineMap]:
         raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start})") from None
     try:
         node = yaml.compose(text, Loader=BoundedLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{where}{line}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML: {exc}") from None
+        line, problem = yaml_problem(exc, text)
+        raise ConfigError(f"{where}{line}: invalid YAML: {problem}") from None
     lines = LineMap()
     if node is None:
         return {}, lines

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bakery.config.recipe import list_recipes
+from bakery.config.recipe import recipe_path
 from bakery.config.settings import Settings
 from bakery.errors import ConfigError
 from bakery.progress import Reporter
@@ -37,8 +37,7 @@ def check(settings: Settings, recipe: str, keep: int) -> None:
     """Refuse bad flags before any cloud call."""
     if keep < 1:
         raise ConfigError(f"--keep {keep}: keep at least one image")
-    if recipe not in list_recipes(settings.recipes):
-        raise ConfigError(f"{settings.recipes}: no such recipe {recipe!r}")
+    recipe_path(settings.recipes, recipe)
 
 
 def prune(ec2, recipe: str, keep: int, *, dry_run: bool, report: Reporter,

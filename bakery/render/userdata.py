@@ -35,8 +35,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from bakery.config.sandbox import BoundedSandbox
-from bakery.config.yamlfile import MAX_NODES, BoundedLoader
+from bakery.config.sandbox import BoundedSandbox, template_failure
+from bakery.config.yamlfile import MAX_NODES, BoundedLoader, yaml_problem
 from bakery.errors import ConfigError
 
 MAX_USER_DATA = 16_383  # EC2: 16 KB of raw data before base64; 16384 bytes encode past the API's 21847 chars
@@ -191,13 +191,8 @@ def _render(env: BoundedSandbox, userdata_dir: Path, name: str, context: dict[st
                               f"inside {userdata_dir}") from None
         if isinstance(exc, jinja2.TemplateNotFound):
             raise ConfigError(f"{at}: template {exc.name!r} not found in {userdata_dir}") from None
-        if isinstance(exc, ArithmeticError):  # 1 / 0, an overflowing float
-            at = at if at != where else f"{userdata_dir.name}/{name}"
-            raise ConfigError(f"{at}: {type(exc).__name__}: {exc}") from None
-        if isinstance(exc, (jinja2.TemplateError, ValueError, TypeError, yaml.YAMLError)):
-            at = at if at != where else f"{userdata_dir.name}/{name}"
-            raise ConfigError(f"{at}: {getattr(exc, 'message', None) or exc}") from None
-        raise
+        at = at if at != where else f"{userdata_dir.name}/{name}"
+        raise ConfigError(f"{at}: {template_failure(exc)}") from None
 
 
 # ---------------------------------------------------------------- cloud-config
@@ -248,10 +243,8 @@ def check_cloud_config(text: str, show: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_NoDuplicates)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{show}{line}: rendered cloud-config is not valid YAML: "
-                          f"{getattr(exc, 'problem', None) or exc}") from None
+        line, problem = yaml_problem(exc, text)
+        raise ConfigError(f"{show}{line}: rendered cloud-config is not valid YAML: {problem}") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{show}: rendered cloud-config must be a mapping, not {type(data).__name__}")
