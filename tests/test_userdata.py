@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from bakery.errors import ConfigError
-from bakery.render.userdata import (MAX_USER_DATA, MERGE_TYPE, PartSpec, Secret, UserData, lint_value,
+from bakery.render.secrets import lint_value
+from bakery.render.userdata import (MAX_USER_DATA, MERGE_TYPE, PartSpec, Secret, UserData,
                              render_user_data)
 
 SHIPPED = Path(__file__).resolve().parent.parent / "userdata"

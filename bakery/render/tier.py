@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from bakery.config.environment import Environment
 from bakery.config.settings import Settings
-from bakery.render.userdata import PartSpec, Secret, UserData, lint_value, render_user_data
+from bakery.render.secrets import lint_value
+from bakery.render.userdata import PartSpec, Secret, UserData, render_user_data
 
 # Stands in for the image id wherever it cannot be known without the cloud (validate, render).
 PLACEHOLDER_IMAGE = "ami-00000000000000000"

@@ -38,6 +38,7 @@ import yaml
 from bakery.config.sandbox import BoundedSandbox
 from bakery.config.yamlfile import MAX_NODES, BoundedLoader
 from bakery.errors import ConfigError
+from bakery.render.secrets import lint_value, text_rule
 
 MAX_USER_DATA = 16_383  # EC2: 16 KB of raw data before base64; 16384 bytes encode past the API's 21847 chars
 CLOUD_CONFIG, SHELL, BOOTHOOK = "text/cloud-config", "text/x-shellscript", "text/cloud-boothook"
@@ -48,11 +49,6 @@ SECRETS_PART = "00-bakery-secrets.sh"  # generated; sorts before every other scr
 _EXTRA_KEYS = {"merge_how", "merge_type", "output", "log_cfg", "datasource", "datasource_list", "network",
                "system_info", "reporting", "manual_cache_clean", "vendor_data", "_doc", "debug"}
 
-_PEM = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
-_AWS_SECRET = re.compile(r"(?i)aws_secret_access_key['\"]?\s*[:=]\s*['\"]?[A-Za-z0-9/+]{40}")
-_SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|token|api[_-]?key|private[_-]?key)$")
-_ASSIGNMENT = re.compile(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -80,48 +76,6 @@ class UserData:
     sha256: str  # of payload; stable across renders (fixed MIME boundary, gzip mtime 0)
     parts: list[tuple[str, str]]  # (template, content_type); the generated secrets script first
     documents: list[tuple[str, str, str]] = ()  # (part filename, content_type, text) as packed, in order
-
-
-# ---------------------------------------------------------------- literal-secret lint
-
-def _is_reference(value: str) -> bool:
-    v = value.strip().strip("'\"")
-    return v == "" or v.startswith("$") or (v.startswith("{{") and v.endswith("}}"))
-
-
-def _text_rule(text: str) -> str | None:
-    """The rule a piece of text breaks, if any (the message names the rule, never the value)."""
-    if _PEM.search(text):
-        return "contains a PEM private key block"
-    if _AWS_KEY_ID.search(text):
-        return "contains an AWS access key id (AKIA/ASIA...)"
-    if _AWS_SECRET.search(text):
-        return "contains an aws_secret_access_key assignment"
-    for m in _ASSIGNMENT.finditer(text):
-        if _SECRET_NAME.search(m.group(1)) and not _is_reference(m.group(2)):
-            return f"assigns a literal to {m.group(1)}"
-    return None
-
-
-def _walk(value: object, path: str, where: str) -> None:
-    hint = "; use a Secret (fetched at boot) or a ${...} reference"
-    if isinstance(value, dict):
-        for k, v in value.items():
-            sub = f"{path}.{k}" if path else str(k)
-            if (_SECRET_NAME.search(str(k)) and isinstance(v, (str, int, float)) and not isinstance(v, bool)
-                    and not (isinstance(v, str) and _is_reference(v))):
-                raise ConfigError(f"{where}: {sub}: key named like a secret has a literal value{hint}")
-            _walk(v, sub, where)
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _walk(v, f"{path}.{i}" if path else str(i), where)
-    elif isinstance(value, str) and (rule := _text_rule(value)):
-        raise ConfigError(f"{where}: {path or 'value'}: {rule}{hint}")
-
-
-def lint_value(value: object, where: str) -> None:
-    """Raise ConfigError if `value` (recursively) looks like a literal secret."""
-    _walk(value, "", where)
 
 
 # ---------------------------------------------------------------- jinja
@@ -359,11 +313,11 @@ def render_user_data(userdata_dir: Path, parts: list[PartSpec], context: dict[st
         ctype = _content_type(text, spec.content_type, show)
         if ctype == CLOUD_CONFIG:
             lint_value(check_cloud_config(text, show), f"{show}: rendered cloud-config")
-        elif rule := _text_rule(text):
+        elif rule := text_rule(text):
             raise ConfigError(f"{show}: rendered {ctype}: {rule}; use a Secret (fetched at boot) instead")
         rendered.append((spec.template, ctype, text))
     for name, ctype, text in extra_parts:
-        if rule := _text_rule(text):
+        if rule := text_rule(text):
             raise ConfigError(f"{where}: generated part {name}: {rule}")
     rendered = list(extra_parts) + rendered
 
