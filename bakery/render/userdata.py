@@ -3,8 +3,9 @@
 Why each check: user data is read by cloud-init long after we can report anything, so every
 mistake we can find here (an undefined variable, a cloud-config key of the wrong type, a key
 pasted twice, 17 KB of text) is one less instance that boots broken. User data is also
-readable by anyone with ec2:DescribeInstanceAttribute, so literal secrets are refused and
-`Secret`s are fetched at boot by a generated script: only their names reach EC2.
+readable by anyone with ec2:DescribeInstanceAttribute, so literal secrets are refused
+(bakery/render/secrets.py) and `Secret`s are fetched at boot by a generated script: only their
+names reach EC2.
 
 Template rules (documented for template authors):
 - Sandboxed jinja, undefined names are errors, includes/imports stay inside `userdata/`.
@@ -38,7 +39,7 @@ import yaml
 from bakery.config.sandbox import BoundedSandbox
 from bakery.config.yamlfile import MAX_NODES, BoundedLoader
 from bakery.errors import ConfigError
-from bakery.render.secrets import lint_value, text_rule
+from bakery.render.secrets import SecretLint
 
 MAX_USER_DATA = 16_383  # EC2: 16 KB of raw data before base64; 16384 bytes encode past the API's 21847 chars
 CLOUD_CONFIG, SHELL, BOOTHOOK = "text/cloud-config", "text/x-shellscript", "text/cloud-boothook"
@@ -297,14 +298,16 @@ def multipart(parts: list[tuple[str, str, str]]) -> str:
 
 def render_user_data(userdata_dir: Path, parts: list[PartSpec], context: dict[str, object], *,
                      secrets: list[Secret] = [], region: str = "us-east-1", where: str,
-                     extra_parts: list[tuple[str, str, str]] = []) -> UserData:
+                     extra_parts: list[tuple[str, str, str]] = [], lint: SecretLint | None = None) -> UserData:
     """Render a tier's parts, check each, and pack them (MIME if several, gzip if smaller).
 
     `extra_parts` (filename, content_type, text) are generated parts (e.g. the bootstrap
-    strategy's recipe script) that go before the templates, after the secrets script."""
+    strategy's recipe script) that go before the templates, after the secrets script. Every
+    rendered part goes through `lint` (the environment's waivers); the context is the caller's to
+    lint, where it knows which file and field each value comes from (tier.render_tier)."""
     if not parts and not secrets and not extra_parts:
         raise ConfigError(f"{where}: no user data parts to render")
-    lint_value(context, where)
+    lint = lint or SecretLint()
     env = _environment(userdata_dir)
     rendered: list[tuple[str, str, str]] = []  # (template, content_type, text)
     for spec in parts:
@@ -312,13 +315,12 @@ def render_user_data(userdata_dir: Path, parts: list[PartSpec], context: dict[st
         text = _render(env, userdata_dir, spec.template, context, where)
         ctype = _content_type(text, spec.content_type, show)
         if ctype == CLOUD_CONFIG:
-            lint_value(check_cloud_config(text, show), f"{show}: rendered cloud-config")
-        elif rule := text_rule(text):
-            raise ConfigError(f"{show}: rendered {ctype}: {rule}; use a Secret (fetched at boot) instead")
+            lint.cloud_config(check_cloud_config(text, show), f"{show}: rendered cloud-config")
+        else:
+            lint.text(text, f"{show}: rendered {ctype}")
         rendered.append((spec.template, ctype, text))
     for name, ctype, text in extra_parts:
-        if rule := text_rule(text):
-            raise ConfigError(f"{where}: generated part {name}: {rule}")
+        lint.text(text, f"{where}: generated part {name}")
     rendered = list(extra_parts) + rendered
 
     mime_parts: list[tuple[str, str, str]] = []
