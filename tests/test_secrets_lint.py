@@ -210,14 +210,14 @@ def test_names_and_values_that_only_look_like_secrets_render(tmp_path) -> None:
     render(project(tmp_path, with_variables(**LOOKALIKE_VARIABLES)))
 
 
-LOOKALIKE_CLOUD_CONFIG = cloud_config(f"""\
+LOOKALIKE_CLOUD_CONFIG = cloud_config("""\
     ssh_pwauth: false
     password: RANDOM
     chpasswd:
       expire: false
       users:
-        - {{name: app, type: RANDOM}}
-        - {{name: ops, type: text, password: "${{OPS_PASSWORD}}"}}
+        - {name: app, type: RANDOM}
+        - {name: ops, type: text, password: "${OPS_PASSWORD}"}
     users:
       - default
       - name: ops
