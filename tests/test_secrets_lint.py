@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from bakery.config.environment import load_environment
+from bakery.config.sandbox import MAX_OUTPUT
 from bakery.config.settings import Settings
 from bakery.errors import ConfigError
 from bakery.render.secrets import RULES, lint_value
@@ -345,3 +347,19 @@ def test_a_waiver_that_matches_nothing_is_refused_once_every_tier_rendered(tmp_p
         render_offline(settings, load_environment(settings.envs, "prod"), tier, lint)
     with pytest.raises(ConfigError, match=r"secret_lint\.allow\[0\]: waives nothing"):
         lint.unused()
+
+
+# ---------------------------------------------------------------- bounded
+
+@pytest.mark.parametrize("unit", ["a.", "a=", "x:", "a://b:c", "-----BEGIN A ", 'TOKEN="', "aB"])
+def test_the_lint_reads_the_largest_part_a_template_may_render_in_linear_time(tmp_path, unit) -> None:
+    # the lint runs before the size check, on up to MAX_OUTPUT characters of rendered text, and
+    # every word boundary is a place a pattern starts: no pattern may rescan the rest of the line
+    settings = project(tmp_path, ENV.replace("[web.yaml.j2]", "[web.yaml.j2, big.sh.j2]"),
+                       **{"big.sh.j2": "#!/bin/sh\n# " + unit * (MAX_OUTPUT // len(unit) - 16) + "\n"})
+    started = time.monotonic()
+    try:
+        render(settings)  # it gzips small enough to send
+    except ConfigError as exc:  # or holds a finding (TOKEN=" opens an assignment)
+        assert "[rule " in exc.message and "\n" not in exc.message
+    assert time.monotonic() - started < 10  # about a second on CI's 2 cores; quadratic would be hours

@@ -70,7 +70,8 @@ _PATTERNS = [
     ("google-api-key", "contains a Google API key", re.compile(r"(?<![\w+/-])AIza[0-9A-Za-z_-]{35}(?![\w+/-])")),
     ("stripe-key", "contains a Stripe live key", re.compile(r"\b[rs]k_live_[0-9A-Za-z]{24,}\b")),
 ]
-_URL_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@'\"]+:([^\s/@'\"]+)@")
+# lengths bounded: every word boundary of a rendered part is a place to try (a.b.c.d... is many)
+_URL_PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/:@'\"]{1,256}:([^\s/@'\"]{1,256})@")
 
 # Names: split into words (snake, kebab, dotted, camelCase), then judged word by word.
 _SECRET_WORDS = {"password", "passwd", "passphrase", "secret", "token", "bearer", "credential", "creds",
