@@ -209,7 +209,10 @@ LOOKALIKE_VARIABLES = {
 
 
 def test_names_and_values_that_only_look_like_secrets_render(tmp_path) -> None:
-    render(project(tmp_path, with_variables(**LOOKALIKE_VARIABLES)))
+    template = ("#cloud-config\nwrite_files:\n  - {path: /etc/app.env, content: "
+                "{{ ('DB_PASSWORD=' ~ db_password ~ '\\nTOKEN_URL=' ~ token_url ~ '\\n') | yaml }}}\n")
+    text = render(project(tmp_path, with_variables(**LOOKALIKE_VARIABLES), **{"web.yaml.j2": template}))
+    assert "DB_PASSWORD=${DB_PASSWORD}\\nTOKEN_URL=https://auth.example.com/oauth/token\\n" in text
 
 
 LOOKALIKE_CLOUD_CONFIG = cloud_config("""\
@@ -258,7 +261,7 @@ LOOKALIKE_CLOUD_CONFIG = cloud_config("""\
 
 
 def test_cloud_configs_lookalikes_render(tmp_path) -> None:
-    render(project(tmp_path, **{"web.yaml.j2": LOOKALIKE_CLOUD_CONFIG}))
+    assert render(project(tmp_path, **{"web.yaml.j2": LOOKALIKE_CLOUD_CONFIG})) == LOOKALIKE_CLOUD_CONFIG
 
 
 def test_the_shipped_templates_and_environments_validate_with_no_finding() -> None:
@@ -292,7 +295,7 @@ def test_a_waiver_with_a_reason_lets_exactly_its_finding_through(tmp_path) -> No
     other = {**waiver, "rule": "assignment"}
     assert "variables.demo_password: key named like a secret" in refusal(project(tmp_path, waiving(env, other)))
     settings = project(tmp_path, waiving(with_variables(demo_password="demo"), waiver))
-    render(settings)
+    assert render(settings) == QUIET
     assert validate_all(settings)[0] == []
 
 
@@ -303,7 +306,7 @@ def test_a_waiver_covers_a_rendered_template_finding_by_its_printed_field(tmp_pa
             - {name: kiosk, type: text, password: kiosk}
         """)
     waiver = {"field": "chpasswd.users.0.password", "rule": "cc-password", "reason": "a kiosk login shown on screen"}
-    render(project(tmp_path, waiving(ENV, waiver), **{"web.yaml.j2": template}))
+    assert render(project(tmp_path, waiving(ENV, waiver), **{"web.yaml.j2": template})) == template
 
 
 @pytest.mark.parametrize("entry, expected", [
