@@ -204,6 +204,13 @@ ENVS = [
     ("env-template-extends-itself", {"userdata/web.yaml.j2": "{% extends 'web.yaml.j2' %}\n"}, "templates extend each other more than 32 deep"),
     ("env-template-loops-over-self", {"userdata/web.yaml.j2": "#cloud-config\n{% for a in self %}{% endfor %}\n"}, "userdata/web.yaml.j2:2: KeyError: 0"),
     ("env-persistent-primary", {"envs/prod.yaml": GOOD_ENV.replace("image: {recipe: web}", "image: {recipe: web}\n    interfaces: [{device_index: 0, subnet: a, private_ip: 10.0.1.9, persistent: true}]")}, "cannot be device_index 0"),
+    # the secret lint (#15 item 4): names, key blocks, cloud-config's password modules, waivers
+    ("env-secret-name-anywhere", {"envs/prod.yaml": GOOD_ENV.replace("greeting: hi", "greeting: hi, db_password_prod: hunter2")}, "tiers.web.user_data.variables.db_password_prod: key named like a secret has a literal value [rule secret-name]"),
+    ("env-secret-pgp-block", {"envs/prod.yaml": GOOD_ENV.replace("greeting: hi", "greeting: '-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGRm\n-----END PGP PRIVATE KEY BLOCK-----'")}, "tiers.web.user_data.variables.greeting: contains a PGP private key block (line 1) [rule pgp-private-key]"),
+    ("env-secret-connection-string", {"envs/prod.yaml": GOOD_ENV.replace("greeting: hi", "greeting: hi, db_url: 'postgres://app:hunter2@db/app'")}, "variables.db_url: contains a URL with a password in it [rule connection-string]"),
+    ("env-secret-chpasswd", {"userdata/web.yaml.j2": "#cloud-config\nchpasswd:\n  users: [{name: ops, type: text, password: hunter2}]\n"}, "userdata/web.yaml.j2: rendered cloud-config: chpasswd.users.0.password: a chpasswd password is a plaintext password [rule cc-password]"),
+    ("env-secret-waiver-no-reason", {"envs/prod.yaml": "secret_lint: {allow: [{field: x, rule: secret-name}]}\n" + GOOD_ENV}, "prod.yaml:1: secret_lint.allow[0].reason: required field is missing"),
+    ("env-secret-waiver-stale", {"envs/prod.yaml": "secret_lint: {allow: [{field: variables.token, rule: secret-name, reason: gone}]}\n" + GOOD_ENV}, "secret_lint.allow[0]: waives nothing: no finding at field 'variables.token' breaks rule secret-name"),
 ]
 
 

@@ -440,11 +440,43 @@ class Access(Strict):
     bastion: Bastion | None = None
 
 
+class SecretWaiver(Strict):
+    """One secret-lint finding let through: its field and rule exactly as the error prints them
+    (`...: <field>: ... [rule <rule>]`), and why it may stay (README, "Waiving a secret-lint finding")."""
+
+    field: str = Field(min_length=1)
+    rule: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    reason: str
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("a waiver needs a reason: say why this value may sit in the file or the user data")
+        return v
+
+
+class SecretLintSpec(Strict):
+    allow: list[SecretWaiver] = []
+
+    @model_validator(mode="after")
+    def _once(self) -> "SecretLintSpec":
+        seen: dict[tuple[str, str], int] = {}
+        for i, waiver in enumerate(self.allow):
+            key = (waiver.field, waiver.rule)
+            if key in seen:
+                raise FieldError(("allow", i), f"waives field {waiver.field!r}, rule {waiver.rule} again "
+                                 f"(allow[{seen[key]}] does already)")
+            seen[key] = i
+        return self
+
+
 class Environment(Strict):
     name: str
     path: Path
     description: str = ""
     variables: dict[VAR_NAME, object] = {}
+    secret_lint: SecretLintSpec = SecretLintSpec()  # waivers of the secret lint (bakery/render/secrets.py)
     tags: UserTags = {}
     ssh: Access = Access()
     network: NetworkSpec | None = None

@@ -30,7 +30,7 @@ from bakery.launch.report import InstanceReport, LaunchReport, TierPlan
 from bakery.progress import Reporter
 from bakery.signals import block_in_this_thread
 from bakery.remote.dial import Machine
-from bakery.render.tier import render_offline
+from bakery.render.tier import environment_lint, render_offline
 
 
 
@@ -275,9 +275,13 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
     env = load_environment(settings.envs, env_name, settings.region)
     tiers = env.select(tier)
     # Bad templates, variables and secrets are refused before any cloud call (and before the
-    # local cloud starts): render every tier once offline, as `invoke validate` does.
+    # local cloud starts): render every tier once offline, as `invoke validate` does. A waiver
+    # that matched nothing is stale, which only a render of every tier can tell.
+    lint = environment_lint(env)
     for name in tiers:
-        render_offline(settings, env, name)
+        render_offline(settings, env, name, lint)
+    if tier is None:
+        lint.unused()
     require_logins(settings, env, list(tiers))
     runner = Launch(settings, env, report=report, cloud=cloud or open_cloud(settings), keep_on_error=keep_on_error)
     from bakery.housekeeping.locks import exclusive

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from bakery.config.environment import Environment
 from bakery.config.settings import Settings
-from bakery.render.userdata import PartSpec, Secret, UserData, lint_value, render_user_data
+from bakery.config.yamlfile import format_path
+from bakery.render.secrets import SecretLint
+from bakery.render.userdata import PartSpec, Secret, UserData, render_user_data
 
 # Stands in for the image id wherever it cannot be known without the cloud (validate, render).
 PLACEHOLDER_IMAGE = "ami-00000000000000000"
@@ -36,15 +38,29 @@ def offline_image_id(env: Environment, tier: str) -> str | None:
     return spec.image.ami if spec.strategy != "bootstrap" else None
 
 
+def environment_lint(env: Environment) -> SecretLint:
+    """The secret lint with the environment's waivers. Share one across all of its tiers, then call
+    its `unused()`, to refuse a waiver that matches nothing."""
+    return SecretLint(env.secret_lint.allow, str(env.path))
+
+
+def lint_variables(env: Environment, tier: str, lint: SecretLint) -> None:
+    """The user's part of a tier's template context, each value named by its field in the file
+    (the environment's variables, then the tier's own, both as written: an overridden one too)."""
+    for path, variables in ((("variables",), env.variables),
+                            (("tiers", tier, "user_data", "variables"), env.tiers[tier].user_data.variables)):
+        lint.value(variables, str(env.path), path, format_path)
+
+
 def render_tier(settings: Settings, env: Environment, tier: str, image_id: str, region: str,
-                instance_index: int = 0) -> UserData | None:
+                instance_index: int = 0, lint: SecretLint | None = None) -> UserData | None:
     """The exact user data the tier's instance number `instance_index` gets (None when the tier sends none)."""
     if not sends_user_data(env, tier):
         return None  # nothing per-environment to send
     spec = env.tiers[tier]
     where = f"{env.path}: tiers.{tier}"
-    for key, value in env.variables_for(tier).items():
-        lint_value(value, f"{where}: variable {key}")
+    lint = lint or environment_lint(env)
+    lint_variables(env, tier, lint)
     extra = []
     if spec.strategy == "bootstrap":
         from bakery.config.recipe import load_recipe
@@ -56,10 +72,11 @@ def render_tier(settings: Settings, env: Environment, tier: str, image_id: str, 
     return render_user_data(settings.userdata, [PartSpec(p) for p in spec.user_data.parts],
                             template_context(env, tier, image_id, region, instance_index),
                             secrets=[Secret(k, v) for k, v in spec.secrets.items()], region=region,
-                            where=where, extra_parts=extra)
+                            where=where, extra_parts=extra, lint=lint)
 
 
-def render_offline(settings: Settings, env: Environment, tier: str) -> tuple[UserData | None, str | None]:
+def render_offline(settings: Settings, env: Environment, tier: str,
+                   lint: SecretLint | None = None) -> tuple[UserData | None, str | None]:
     """The tier's user data without a cloud, and (when the image id had to be a placeholder) why."""
     image_id = offline_image_id(env, tier)
     note = None
@@ -71,7 +88,7 @@ def render_offline(settings: Settings, env: Environment, tier: str) -> tuple[Use
         note = (f"image_id is the placeholder {PLACEHOLDER_IMAGE}: {source} is only known at launch "
                 "(the rest is exactly what launch sends)")
         image_id = PLACEHOLDER_IMAGE
-    return render_tier(settings, env, tier, image_id, settings.region), note
+    return render_tier(settings, env, tier, image_id, settings.region, lint=lint), note
 
 
 def render_for(settings: Settings, env_name: str, tier: str) -> tuple[UserData, str | None, str]:

@@ -3,8 +3,9 @@
 Why each check: user data is read by cloud-init long after we can report anything, so every
 mistake we can find here (an undefined variable, a cloud-config key of the wrong type, a key
 pasted twice, 17 KB of text) is one less instance that boots broken. User data is also
-readable by anyone with ec2:DescribeInstanceAttribute, so literal secrets are refused and
-`Secret`s are fetched at boot by a generated script: only their names reach EC2.
+readable by anyone with ec2:DescribeInstanceAttribute, so literal secrets are refused
+(bakery/render/secrets.py) and `Secret`s are fetched at boot by a generated script: only their
+names reach EC2.
 
 Template rules (documented for template authors):
 - Sandboxed jinja, undefined names are errors, includes/imports stay inside `userdata/`.
@@ -38,6 +39,7 @@ import yaml
 from bakery.config.sandbox import BoundedSandbox, template_failure
 from bakery.config.yamlfile import MAX_NODES, BoundedLoader, yaml_problem
 from bakery.errors import ConfigError
+from bakery.render.secrets import SecretLint
 
 MAX_USER_DATA = 16_383  # EC2: 16 KB of raw data before base64; 16384 bytes encode past the API's 21847 chars
 CLOUD_CONFIG, SHELL, BOOTHOOK = "text/cloud-config", "text/x-shellscript", "text/cloud-boothook"
@@ -48,11 +50,6 @@ SECRETS_PART = "00-bakery-secrets.sh"  # generated; sorts before every other scr
 _EXTRA_KEYS = {"merge_how", "merge_type", "output", "log_cfg", "datasource", "datasource_list", "network",
                "system_info", "reporting", "manual_cache_clean", "vendor_data", "_doc", "debug"}
 
-_PEM = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
-_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
-_AWS_SECRET = re.compile(r"(?i)aws_secret_access_key['\"]?\s*[:=]\s*['\"]?[A-Za-z0-9/+]{40}")
-_SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|token|api[_-]?key|private[_-]?key)$")
-_ASSIGNMENT = re.compile(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -80,48 +77,6 @@ class UserData:
     sha256: str  # of payload; stable across renders (fixed MIME boundary, gzip mtime 0)
     parts: list[tuple[str, str]]  # (template, content_type); the generated secrets script first
     documents: list[tuple[str, str, str]] = ()  # (part filename, content_type, text) as packed, in order
-
-
-# ---------------------------------------------------------------- literal-secret lint
-
-def _is_reference(value: str) -> bool:
-    v = value.strip().strip("'\"")
-    return v == "" or v.startswith("$") or (v.startswith("{{") and v.endswith("}}"))
-
-
-def _text_rule(text: str) -> str | None:
-    """The rule a piece of text breaks, if any (the message names the rule, never the value)."""
-    if _PEM.search(text):
-        return "contains a PEM private key block"
-    if _AWS_KEY_ID.search(text):
-        return "contains an AWS access key id (AKIA/ASIA...)"
-    if _AWS_SECRET.search(text):
-        return "contains an aws_secret_access_key assignment"
-    for m in _ASSIGNMENT.finditer(text):
-        if _SECRET_NAME.search(m.group(1)) and not _is_reference(m.group(2)):
-            return f"assigns a literal to {m.group(1)}"
-    return None
-
-
-def _walk(value: object, path: str, where: str) -> None:
-    hint = "; use a Secret (fetched at boot) or a ${...} reference"
-    if isinstance(value, dict):
-        for k, v in value.items():
-            sub = f"{path}.{k}" if path else str(k)
-            if (_SECRET_NAME.search(str(k)) and isinstance(v, (str, int, float)) and not isinstance(v, bool)
-                    and not (isinstance(v, str) and _is_reference(v))):
-                raise ConfigError(f"{where}: {sub}: key named like a secret has a literal value{hint}")
-            _walk(v, sub, where)
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _walk(v, f"{path}.{i}" if path else str(i), where)
-    elif isinstance(value, str) and (rule := _text_rule(value)):
-        raise ConfigError(f"{where}: {path or 'value'}: {rule}{hint}")
-
-
-def lint_value(value: object, where: str) -> None:
-    """Raise ConfigError if `value` (recursively) looks like a literal secret."""
-    _walk(value, "", where)
 
 
 # ---------------------------------------------------------------- jinja
@@ -336,14 +291,16 @@ def multipart(parts: list[tuple[str, str, str]]) -> str:
 
 def render_user_data(userdata_dir: Path, parts: list[PartSpec], context: dict[str, object], *,
                      secrets: list[Secret] = [], region: str = "us-east-1", where: str,
-                     extra_parts: list[tuple[str, str, str]] = []) -> UserData:
+                     extra_parts: list[tuple[str, str, str]] = [], lint: SecretLint | None = None) -> UserData:
     """Render a tier's parts, check each, and pack them (MIME if several, gzip if smaller).
 
     `extra_parts` (filename, content_type, text) are generated parts (e.g. the bootstrap
-    strategy's recipe script) that go before the templates, after the secrets script."""
+    strategy's recipe script) that go before the templates, after the secrets script. Every
+    rendered part goes through `lint` (the environment's waivers); the context is the caller's to
+    lint, where it knows which file and field each value comes from (tier.render_tier)."""
     if not parts and not secrets and not extra_parts:
         raise ConfigError(f"{where}: no user data parts to render")
-    lint_value(context, where)
+    lint = lint or SecretLint()
     env = _environment(userdata_dir)
     rendered: list[tuple[str, str, str]] = []  # (template, content_type, text)
     for spec in parts:
@@ -351,13 +308,12 @@ def render_user_data(userdata_dir: Path, parts: list[PartSpec], context: dict[st
         text = _render(env, userdata_dir, spec.template, context, where)
         ctype = _content_type(text, spec.content_type, show)
         if ctype == CLOUD_CONFIG:
-            lint_value(check_cloud_config(text, show), f"{show}: rendered cloud-config")
-        elif rule := _text_rule(text):
-            raise ConfigError(f"{show}: rendered {ctype}: {rule}; use a Secret (fetched at boot) instead")
+            lint.cloud_config(check_cloud_config(text, show), f"{show}: rendered cloud-config")
+        else:
+            lint.text(text, f"{show}: rendered {ctype}")
         rendered.append((spec.template, ctype, text))
     for name, ctype, text in extra_parts:
-        if rule := _text_rule(text):
-            raise ConfigError(f"{where}: generated part {name}: {rule}")
+        lint.text(text, f"{where}: generated part {name}")
     rendered = list(extra_parts) + rendered
 
     mime_parts: list[tuple[str, str, str]] = []

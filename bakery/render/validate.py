@@ -3,8 +3,10 @@
 `invoke validate` runs all of it over every recipe and environment, one line per problem: recipes
 (with what a bake needs beyond the file: its smoke test's environment and tier, its bastion key),
 environments (the network and EC2-limit checks run as they load) and every tier's user data
-(rendered with a placeholder image id, schema-checked, secret-linted and sized). `bake` runs the
-recipe part with the run's variables (`check_recipe`); `launch` renders its tiers the same way.
+(rendered with a placeholder image id, schema-checked, secret-linted and sized), then each
+environment's secret-lint waivers once all its tiers rendered (one that waives nothing is stale).
+`bake` runs the recipe part with the run's variables (`check_recipe`); `launch` renders its tiers
+the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from bakery.config.environment import list_environments, load_environment
 from bakery.config.recipe import Recipe, list_recipes, load_recipe, render_templates
 from bakery.config.settings import Settings, user_path
 from bakery.errors import ConfigError
-from bakery.render.tier import render_offline
+from bakery.render.tier import environment_lint, render_offline
 
 
 def validate_all(settings: Settings) -> tuple[list[str], int]:
@@ -33,12 +35,23 @@ def validate_all(settings: Settings) -> tuple[list[str], int]:
         except ConfigError as exc:
             problems.append(exc.message)
             continue
+        before = len(problems)
+        try:
+            lint = environment_lint(env)  # one for every tier, so it sees which waivers were used
+        except ConfigError as exc:
+            problems.append(exc.message)
+            continue
         for tier, spec in env.tiers.items():
             try:
                 if spec.image.recipe and spec.image.recipe not in recipes:
                     raise ConfigError(f"{env.path}: tiers.{tier}.image.recipe: no recipe {spec.image.recipe!r} "
                                       f"in {settings.recipes}")
-                render_offline(settings, env, tier)
+                render_offline(settings, env, tier, lint)
+            except ConfigError as exc:
+                problems.append(exc.message)
+        if len(problems) == before:  # a tier that failed early may not have reached its waived finding
+            try:
+                lint.unused()
             except ConfigError as exc:
                 problems.append(exc.message)
     return problems, len(recipes) + len(envs)
