@@ -308,3 +308,25 @@ def test_validate_reports_the_network_and_ec2_limit_problems_of_every_environmen
     ], out.stdout
     assert out.returncode == 2 and out.stderr == "error: 4 problem(s) in 6 file(s)\n", out.stderr
     assert not (tmp_path / "local-cloud").exists() and network_namespaces() <= namespaces
+
+
+def test_rebake_checks_every_recipe_offline_and_opens_no_cloud_when_none_is_left_to_bake(tmp_path):
+    """The scheduled path: each recipe the files refuse fails on its own row (the others would
+    go on); with none left, no cloud is opened."""
+    files = {"recipes/web.yaml": GOOD_RECIPE + SMOKE.format(env="nope", tier="web"),
+             "recipes/app.yaml": GOOD_RECIPE + "image: {name: 'app-{{ v }}'}\n", "envs/prod.yaml": GOOD_ENV}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "BAKERY_DATA_DIR": str(tmp_path / "local-cloud"),
+           "INVOKE_BAKERY_PROJECT_DIR": str(tmp_path), "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state")}
+    out = subprocess.run([sys.executable, "-m", "invoke", "rebake", "--var", "v=a*b", "--json"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    import json
+
+    rows = {row["recipe"]: (row["decision"], row["reason"]) for row in json.loads(out.stdout)}
+    assert rows["web"][0] == rows["app"][0] == "failed", rows
+    assert "checks.environment: no environment 'nope'" in rows["web"][1]
+    assert "image.name: renders to 'app-a*b'" in rows["app"][1]
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == "error: 2 recipe(s) failed: app, web"
+    assert not (tmp_path / "local-cloud").exists()

@@ -1,6 +1,10 @@
 """`invoke rebake`: the scheduled path. Every recipe (or those named) is baked when its inputs
 changed and skipped when they did not; one failing recipe does not stop the others; the
 decisions go to a table, and to the GitHub job summary when there is one.
+
+Every recipe is checked offline before the cloud opens: one the files refuse fails on its own row
+(or, named with --recipe, is the command's one-line error), and the cloud is not opened at all
+when no recipe is left to bake.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
         try:
             loaded[name] = load_inputs(settings.recipes, settings.state, name)
         except BakeryError as exc:
+            if recipes:  # a recipe asked for by name: its problem is the command's
+                raise
             rows[name] = RebakeRow(name, "failed", exc.message, None, 0.0)
     for key in variables:
         if not any(key in inputs.declared for inputs in loaded.values()):
@@ -64,7 +70,7 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
             checked_variables(settings, inputs, given)
             mine[name] = given
         except BakeryError as exc:
-            if recipes:  # a recipe asked for by name: its problem is the command's
+            if recipes:
                 raise
             rows[name] = RebakeRow(name, "failed", exc.message, None, 0.0)
             del loaded[name]
