@@ -30,6 +30,7 @@ LAYERS = [
     {"bakery.remote", "bakery.local"},     # reaching machines (given a dial); the local cloud's machines
     {"bakery.cloud"},                      # every AWS call; tags; which cloud (connect)
     {"bakery.housekeeping"},               # ledger, clean-up stack, janitor, prune
+    {"bakery.evidence"},                   # SBOM, vulnerabilities, freshness, signed provenance
     {"bakery.network"},                    # an environment's network, ENI moves, failover
     {"bakery.bake", "bakery.launch"},      # the two workflows
     {"bakery.cli"},                        # what tasks print
