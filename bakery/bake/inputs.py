@@ -58,7 +58,7 @@ class Inputs:
         rels = [s.script if s.script is not None else s.upload.source for s in recipe.steps
                 if s.script is not None or s.upload is not None]
         return cls(name=recipe.name, path=str(recipe.path), recipes_dir=str(recipe.root),
-                   body=_unset_later_fields(recipe.model_dump(mode="json", exclude={"path", "files", "root"})),
+                   body=_unset_later_fields(recipe.model_dump(mode="json", exclude=NOT_INPUTS)),
                    declared={k: v.default for k, v in recipe.variables.items()}, local_files=rels,
                    source=recipe.source.model_dump(mode="json"), recipe=recipe)
 
@@ -128,6 +128,9 @@ def _remember(store: Path, inputs: Inputs, files: list[Path], validated_at: floa
 
 #: recipe fields added after images were baked and tagged with their hash: left out of the hash
 #: while unset (as they were before they existed), so unchanged recipes keep finding their images
+#: what a recipe says that does not make the image: where it was read from, and policies about
+#: its images (a new freshness policy must not rebake every image)
+NOT_INPUTS = {"path", "files", "root", "freshness"}
 LATER_FIELDS = (("builder", "root_volume", "iops"), ("builder", "root_volume", "throughput"))
 
 

@@ -252,6 +252,15 @@ class Publish(Strict):
 Checks.model_rebuild()
 
 
+class Freshness(Strict):
+    """When `rebake` bakes again although the inputs did not change (issue 16): the newest image is
+    older than `max_age_days`, or its apt sources offer a newer version of a package it has (all
+    updates, security updates only, or none). A policy, not an input: not in the inputs hash."""
+
+    max_age_days: int = Field(6, ge=1, le=365)  # 6: a weekly schedule always ships a fresh image
+    updates: Literal["all", "security", "none"] = "all"
+
+
 class RecipeDoc(Strict):
     """The YAML document as written (one file, before `extends` is applied)."""
 
@@ -265,6 +274,7 @@ class RecipeDoc(Strict):
     image: Image | None = None
     checks: Checks | None = None
     publish: Publish | None = None
+    freshness: Freshness | None = None
 
 
 class Recipe(Strict):
@@ -281,6 +291,7 @@ class Recipe(Strict):
     image: Image
     checks: Checks | None = None
     publish: Publish | None = None
+    freshness: Freshness = Freshness()
     root: Path = Field(description="directory script and upload sources are relative to")
 
     def local_path(self, rel: str) -> Path:
@@ -318,9 +329,9 @@ def load_recipe(recipes_dir: Path, name: str) -> Recipe:
     chain.reverse()  # parents first
 
     merged: dict = {"description": "", "source": None, "builder": None, "variables": {}, "steps": [], "image": None,
-                    "checks": None, "publish": None}
+                    "checks": None, "publish": None, "freshness": None}
     for _, doc, _ in chain:
-        for key in ("source", "builder", "image", "checks", "publish"):
+        for key in ("source", "builder", "image", "checks", "publish", "freshness"):
             if getattr(doc, key) is not None:
                 merged[key] = getattr(doc, key)
         merged["description"] = doc.description or merged["description"]
@@ -335,7 +346,7 @@ def load_recipe(recipes_dir: Path, name: str) -> Recipe:
         description=merged["description"], source=merged["source"],
         builder=merged["builder"] or Builder(), variables=merged["variables"],
         steps=merged["steps"], image=merged["image"] or Image(), checks=merged["checks"],
-        publish=merged["publish"],
+        publish=merged["publish"], freshness=merged["freshness"] or Freshness(),
     )
     _check_steps(recipe, chain)
     _check_templates(recipe, chain)
