@@ -283,4 +283,5 @@ ns = Collection(bake, rebake, prune, launch, render, failover, ssh, images, vali
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,
                          "project_dir": None, "recipes_dir": None, "envs_dir": None,
                          "userdata_dir": None, "state_dir": None,
-                         "ssh_host": None, "ssh_port": None, "data_dir": None}})
+                         "ssh_host": None, "ssh_port": None, "data_dir": None,
+                         "evidence_bucket": None}})

@@ -32,6 +32,9 @@ class Cloud:
     boot_console: bool = False
 
 
+LOCAL_EVIDENCE_BUCKET = "bakery-evidence"
+
+
 def logs_in_at_vantages(settings: Settings) -> bool:
     """Whether the cloud the settings name makes a check from another instance by logging in to
     it (so needs a key): known before the cloud is opened, so that a missing key is refused first."""
@@ -47,8 +50,11 @@ def open_cloud(settings: Settings) -> Cloud:
     local = LocalCloud(settings.local_data)
     url = local.up(log=lambda line: print(f"local cloud: {line}", file=sys.stderr, flush=True))
     session = Session(aws_access_key_id="local", aws_secret_access_key="local", region_name=settings.region)
-    return Cloud(EC2(dataclasses.replace(settings, endpoint_url=url), session), SandboxDial(local),
-                 boot_console=True)
+    # the local cloud keeps images' evidence in a bucket of its own, as an account's would be
+    ec2 = EC2(dataclasses.replace(settings, endpoint_url=url,
+                                  evidence_bucket=settings.evidence_bucket or LOCAL_EVIDENCE_BUCKET), session)
+    ec2.ensure_bucket(ec2.settings.evidence_bucket)
+    return Cloud(ec2, SandboxDial(local), boot_console=True)
 
 
 class SandboxDial:

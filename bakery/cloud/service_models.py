@@ -3,7 +3,7 @@
 Each time a process creates an EC2 client, botocore parses the whole EC2 model (830 operations,
 4.4 MB of JSON) and builds a method per operation, although bakery calls 48 of them; it also
 lists and stats all 447 services' directories, twice, and parses every service's endpoints.
-Here, once per botocore version, the data bakery needs (the EC2 and SSM models cut down to the
+Here, once per botocore version, the data bakery needs (the EC2, SSM and S3 models cut down to the
 operations bakery calls, with every shape they reach; elbv2 whole; endpoints of these services
 only; paginators, waiters and endpoint rules as they are) is written to a cache directory that
 becomes the session's only data path: botocore's documented way to supply its models.
@@ -40,6 +40,7 @@ OPERATIONS = {
         "TerminateInstances",
     ),
     "ssm": ("DeleteParameter", "DescribeParameters", "GetParameter", "GetParameterHistory", "PutParameter"),
+    "s3": ("CreateBucket", "GetObject", "HeadBucket", "PutObject"),  # images' evidence (cloud/evidence.py)
 }
 WHOLE = ("elbv2",)  # target registration at launch: rare, small, kept as botocore ships it
 ROOT_FILES = ("_retry", "partitions", "sdk-default-configuration")

@@ -17,7 +17,7 @@ from bakery.errors import ConfigError
 
 CLOUDS = ("aws", "local")
 KNOWN_KEYS = {"cloud", "region", "profile", "endpoint_url", "project_dir", "recipes_dir", "envs_dir",
-              "userdata_dir", "state_dir", "ssh_host", "ssh_port", "data_dir"}
+              "userdata_dir", "state_dir", "ssh_host", "ssh_port", "data_dir", "evidence_bucket"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Settings:
     ssh_host: str | None = None  # override: reach every builder here (a tunnel, a test sshd)
     ssh_port: int | None = None
     data_dir: Path | None = None  # the local cloud's images and instances
+    evidence_bucket: str | None = None  # S3: images' SBOMs and provenance (the local cloud: its own)
 
     @property
     def recipes(self) -> Path:
@@ -88,7 +89,18 @@ class Settings:
                    endpoint_url=cfg.get("endpoint_url") or env.get("AWS_ENDPOINT_URL_EC2") or env.get("AWS_ENDPOINT_URL"),
                    project_dir=project, recipes_dir=opt_path("recipes_dir"), envs_dir=opt_path("envs_dir"),
                    userdata_dir=opt_path("userdata_dir"), state_dir=opt_path("state_dir"),
-                   ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"))
+                   ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"),
+                   evidence_bucket=bucket_name(cfg.get("evidence_bucket")))
+
+
+def bucket_name(value) -> str | None:
+    """An S3 bucket name as S3 takes it (3-63 lowercase letters, digits, dots and hyphens)."""
+    if not value:
+        return None
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", str(value)) or ".." in str(value):
+        raise ConfigError(f"invoke config bakery.evidence_bucket: {str(value)!r} is not an S3 bucket name "
+                          "(3-63 lowercase letters, digits, dots and hyphens)")
+    return str(value)
 
 
 #: an AWS region's name: us-east-1, eu-central-2, us-gov-west-1, ap-southeast-5

@@ -20,7 +20,7 @@ from pathlib import Path
 log = logging.getLogger("bakery.local")
 
 SERVICES = ("ec2", "ssm", "iam", "elbv2", "autoscaling", "secretsmanager", "kms", "sts", "sns", "sqs",
-            "cloudwatch", "logs")
+            "cloudwatch", "logs", "s3")  # s3: images' evidence (bakery/cloud/evidence.py)
 FORMAT = 1
 
 

@@ -516,3 +516,20 @@ def test_a_bootstrap_tier_boots_with_its_directory_upload_intact(cloud, settings
     assert box.exec(["cat", "/srv/order"], timeout=10).stdout == "first\nsecond\n"
     assert box.exec(["test", "-e", "/run/configured"], timeout=10).returncode == 0  # the tier's own part ran too
     terminate(open_cloud(settings).ec2, [inst["instance_id"]])
+
+
+def test_the_local_cloud_keeps_images_evidence_in_its_own_bucket_across_a_restart(cloud, settings, tmp_path):
+    """An account's S3, as any client sees it: open_cloud makes the local cloud's evidence bucket,
+    and what is kept there is still there after the endpoint restarts."""
+    from bakery.evidence.store import EvidenceStore
+
+    ec2 = open_cloud(settings).ec2
+    assert ec2.settings.evidence_bucket == "bakery-evidence"
+    sha256 = EvidenceStore(ec2, tmp_path / "first").keep("ami-0123456789abcdef0", "sbom", b'{"bomFormat": "x"}')
+    cloud.down()
+    cloud.up()
+    again = EvidenceStore(open_cloud(settings).ec2, tmp_path / "second")
+    assert again.find("ami-0123456789abcdef0", "sbom", sha256) == b'{"bomFormat": "x"}'
+    s3 = boto3.client("s3", endpoint_url=cloud.endpoint.running_url(), region_name="us-east-1", aws_access_key_id="local",
+                      aws_secret_access_key="local")
+    assert s3.list_objects_v2(Bucket="bakery-evidence")["KeyCount"] == 1
