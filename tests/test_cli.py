@@ -299,7 +299,7 @@ def test_rebake_gives_each_variable_to_the_recipes_that_declare_it(cli_env, buil
 
     refused = invoke(["rebake", "--var-file", str(tmp_path / "vars.yaml"), "--var", "nobody=1"], env)
     assert refused.returncode == 2 and refused.stderr.strip() == (
-        "error: variable 'nobody' is declared by none of the recipes to rebake (db, web)")
+        "error: --var/--var-file nobody: no recipe to rebake declares it (db, web)")
 
     out = invoke(["rebake", "--var-file", str(tmp_path / "vars.yaml"), "--json"], env)
     assert out.returncode == 0, out.stderr

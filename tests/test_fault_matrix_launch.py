@@ -159,7 +159,7 @@ STAGES = {  # stage -> its calls -> what an expired token on that call does
     "network up": dict.fromkeys(["DescribeVpcs", "DescribeSubnets", "DescribeSecurityGroups",
                                  "AuthorizeSecurityGroupIngress", "DescribeNetworkAcls", "DescribeAddresses",
                                  "DescribeNetworkInterfaces"], EXPIRED_HERE),
-    "plan tiers": dict.fromkeys(["DescribeImages", "DescribeInstances(existing)", "DescribeInstanceTypes"],
+    "plan tiers": dict.fromkeys(["DescribeImages", "DescribeInstances(existing)"],
                                 EXPIRED_HERE),
     "launch slots": {"RunInstances": EXPIRED_HERE},
     "wait for instances": {"DescribeInstances(by id)": EXPIRED_HERE},

@@ -190,7 +190,7 @@ def test_launch_brings_the_network_up_first_and_dry_run_only_plans_it(net):
         "private_ip: 10.30.2.20", "private_ip: 10.30.3.20"), "web-a in us-east-1a, web-b in us-east-1b: every ENI of an instance must be in its availability zone"),
     (lambda t: t.replace("{device_index: 2, subnet: db-a", "{device_index: 1, subnet: db-a"), "duplicate device_index"),
     (lambda t: t.replace("instance_type: t3.small\n    count: 1", "instance_type: t3.micro\n    count: 1"),
-     "3 interfaces, but t3.micro allows 2"),
+     "3 interfaces: a t3.micro takes at most 2"),
     (lambda t: t.replace("private_ip: 10.30.2.20", "private_ip: 10.30.9.20"), "10.30.9.20 is outside subnet db-a"),
     (lambda t: t.replace("elastic_ip: {name: app-eip, private_ip: 10.30.1.21}",
                          "elastic_ip: {name: app-eip, private_ip: 10.30.1.99}"), "does not have"),
@@ -198,7 +198,7 @@ def test_launch_brings_the_network_up_first_and_dry_run_only_plans_it(net):
                          "{device_index: 0, subnet: web-a, security_groups: [web-sg], persistent: true, private_ip: 10.30.1.5}"),
      "cannot be device_index 0"),
     (lambda t: t.replace("secondary_ips: [10.30.1.21]", "secondary_ips: [10.30.1.21, 10.30.1.22, 10.30.1.23, 10.30.1.24]")
-     .replace("private_ip: 10.30.1.21}", "private_ip: 10.30.1.21}"), "wants 5 private IPs, but t3.small allows 4"),
+     .replace("private_ip: 10.30.1.21}", "private_ip: 10.30.1.21}"), "5 private IPv4 addresses: a t3.small's interface takes at most 4"),
     (lambda t: t.replace("cidr: 10.30.2.0/24, az", "cidr: 10.31.2.0/24, az"), "not inside the VPC"),
     (lambda t: t.replace("ports: 5432, group: app-db-sg", "ports: 5432, group: nope-sg"), "unknown group 'nope-sg'"),
 ])

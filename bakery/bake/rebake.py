@@ -61,7 +61,7 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
             rows[name] = RebakeRow(name, "failed", exc.message, None, 0.0)
     for key in variables:
         if not any(key in inputs.declared for inputs in loaded.values()):
-            raise ConfigError(f"variable {key!r} is declared by none of the recipes to rebake "
+            raise ConfigError(f"--var/--var-file {key}: no recipe to rebake declares it "
                               f"({', '.join(names) or 'none'})")
     mine: dict[str, dict[str, str]] = {}
     for name, inputs in list(loaded.items()):  # all of it offline, before the cloud opens

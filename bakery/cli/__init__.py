@@ -79,7 +79,9 @@ def parse_int(flag: str, value) -> int:
     return number
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# C0 and C1 controls and the Unicode line and paragraph separators: what a terminal or a log
+# reader (Python's splitlines too) may take for a line break
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def one_line(message: str) -> str:
