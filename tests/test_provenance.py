@@ -15,9 +15,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from moto import mock_aws
 
 from bakery.errors import CloudError, ConfigError, VerificationFailed
-from bakery.evidence.dsse import (Envelope, KmsSigner, PublicKey, load_public_key, load_signing_key,
+from bakery.evidence.dsse import (KMS_RAW_LIMIT, Envelope, KmsSigner, PublicKey, load_public_key, load_signing_key,
                                   pae)
 from bakery.evidence.provenance import (AMI_DIGEST_FORMAT, BUILD_TYPE, PAYLOAD_TYPE, PREDICATE_TYPE, STATEMENT_TYPE,
                                         ami_digest, ami_subject, bakery_material, build_statement, builder_id,
@@ -314,6 +315,51 @@ def test_the_trusted_key_must_be_a_public_key_file(tmp_path):
 
 
 # ---- KMS -------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def kms_cloud(tmp_path, monkeypatch):
+    """The EC2 facade on moto in process, with a KMS signing key."""
+    from bakery.cloud.ec2 import EC2
+    from bakery.config.settings import Settings
+
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    with mock_aws():
+        cloud = EC2(Settings(cloud="aws", region="us-east-1", project_dir=tmp_path))
+        yield cloud
+
+
+def create_key(cloud, spec: str, usage: str = "SIGN_VERIFY") -> str:
+    import boto3
+
+    return boto3.client("kms", region_name="us-east-1").create_key(KeyUsage=usage, KeySpec=spec)["KeyMetadata"]["KeyId"]
+
+
+def test_a_kms_key_signs_and_its_public_key_verifies(kms_cloud, statement, sbom):
+    key_id = create_key(kms_cloud, "ECC_NIST_P256")
+    signer = KmsSigner(kms_cloud, key_id)
+    assert signer.algorithm == "ECDSA_SHA_256"
+    envelope = sign_statement(statement, signer)
+    assert len(envelope.payload) + 60 <= KMS_RAW_LIMIT  # this statement is signed as it is (MessageType RAW)
+    trusted = PublicKey.from_der(kms_cloud.kms_public_key(key_id), f"KMS key {key_id}")
+    assert verify(envelope.dumps(), trusted, expected(sbom)).keyid == signer.keyid == trusted.keyid
+    # the PEM an operator exports from KMS (aws kms get-public-key) is the same trusted key
+    pem = serialization.load_der_public_key(kms_cloud.kms_public_key(key_id)).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (sbom.parent / "kms.pub").write_bytes(pem)
+    assert load_public_key(sbom.parent / "kms.pub").keyid == signer.keyid
+
+
+def test_a_kms_key_that_cannot_sign_provenance_is_refused_naming_it(kms_cloud):
+    rsa_key = create_key(kms_cloud, "RSA_2048")
+    with pytest.raises(ConfigError, match=f"^KMS key {rsa_key}: RSA keys are not supported"):
+        KmsSigner(kms_cloud, rsa_key)
+    encrypting = create_key(kms_cloud, "RSA_2048", usage="ENCRYPT_DECRYPT")
+    with pytest.raises(CloudError, match=f"^KMS key {encrypting} has KeyUsage ENCRYPT_DECRYPT; provenance needs a "
+                                         "SIGN_VERIFY key"):
+        KmsSigner(kms_cloud, encrypting)
+    with pytest.raises(CloudError, match="kms get-public-key alias/nothing"):
+        KmsSigner(kms_cloud, "alias/nothing")
+
 
 class KmsLike:
     """Stands for KMS where moto differs from it: AWS signs a DIGEST message as the digest it is;
