@@ -255,6 +255,17 @@ def test_the_summary_and_the_manifest_form(feed):
     assert "local only \\| not exposed" in md
 
 
+def test_the_summary_table_is_bounded_and_says_what_it_left_out(feed, monkeypatch):
+    import bakery.evidence.gate as gate_module
+
+    monkeypatch.setattr(gate_module, "SUMMARY_FAILING_ROWS", 2)
+    monkeypatch.setattr(gate_module, "SUMMARY_OTHER_ROWS", 1)
+    md = gate(IMAGE, feed, None, TODAY, release="12").summary_markdown()  # 4 failing, 2 others
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.endswith("| **fails** |") for r in rows] == [True, True, False]
+    assert "The manifest lists 3 more (2 of them failing)." in md
+
+
 def test_a_clean_image_passes_and_says_so(feed):
     result = gate([DebPackage("libepoch1", "1:1.10-1", "libepoch")], feed, None, TODAY, release="12")
     assert not result.failed and not result.findings

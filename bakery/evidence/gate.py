@@ -22,9 +22,11 @@ from typing import Iterable
 from bakery.config.vulnerabilities import SEVERITIES, VulnerabilityPolicy, Waiver, rank
 from bakery.evidence.osv import Advisory, Feed, InstalledPackage, Match, affected_packages, debian_release
 
-#: rows of the job summary's table beyond the failing ones (the manifest's JSON has them all): a
-#: real image against Debian's feed has hundreds of unfixed low findings
-SUMMARY_ROWS = 50
+#: rows of the job summary's table, failing findings first (the manifest's JSON has them all): a
+#: real image against Debian's feed has hundreds of unfixed low findings, and GitHub takes 1 MiB of
+#: summary per step
+SUMMARY_FAILING_ROWS = 100
+SUMMARY_OTHER_ROWS = 50
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class GateResult:
                  ""]
         if self.findings:
             lines += ["| id | package | installed | fixed in | severity | status |", "|---|---|---|---|---|---|"]
-            shown = self.failing + [f for f in self.findings if not f.fails][:SUMMARY_ROWS]
+            shown = self.failing[:SUMMARY_FAILING_ROWS] + [f for f in self.findings if not f.fails][:SUMMARY_OTHER_ROWS]
             for f in shown:
                 ids = f.id + (f" ({', '.join(f.aliases[:3])})" if f.aliases else "")
                 pkg = f.package if f.package == f.source else f"{f.package} ({f.source})"
@@ -126,8 +128,9 @@ class GateResult:
                     ids, pkg, f.installed, f.fixed or "no fix yet", f"{f.severity} ({f.severity_source})",
                     _status(f))) + " |")
             if len(shown) < len(self.findings):
-                lines.append(f"\n{len(self.findings) - len(shown)} more findings below {self.policy.fail_on} "
-                             "are in the manifest.")
+                hidden = len(self.findings) - len(shown)
+                failing = max(0, len(self.failing) - SUMMARY_FAILING_ROWS)
+                lines.append(f"\nThe manifest lists {hidden} more ({failing} of them failing).")
         else:
             lines.append("No installed package is affected by a record in the feed.")
         for waiver in self.expired_waivers:

@@ -345,87 +345,95 @@ def _json(data: bytes, where: str) -> Any:
 # ---- what an OSV record must look like ----------------------------------------------------------
 
 EVENT_KINDS = ("introduced", "fixed", "last_affected", "limit")
+_WANT = {str: "a non-empty string", list: "a list", dict: "an object"}
+
+
+class _NotOSV(Exception):
+    """A field that is not what OSV says (its path, the problem); parse_record names the file."""
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _need(obj: dict, key: str, typ: type, path: str, required: bool = True) -> Any:
+    if key not in obj:
+        if required:
+            raise _NotOSV(f"{path}{key}", "missing")
+        return None
+    value = obj[key]
+    if not isinstance(value, typ) or (typ is str and required and not value.strip()):
+        raise _NotOSV(f"{path}{key}", f"is {_kind(value)}, expected {_WANT[typ]}")
+    return value
+
+
+def _strings(obj: dict, key: str, path: str = "") -> tuple[str, ...]:
+    items = _need(obj, key, list, path, required=False) or ()
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise _NotOSV(f"{path}{key}[{i}]", f"is {_kind(item)}, expected a string")
+    return tuple(items)
+
+
+def _severities(obj: dict, path: str) -> None:
+    for i, item in enumerate(_need(obj, "severity", list, path, required=False) or ()):
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not isinstance(item.get("score"), str):
+            raise _NotOSV(f"{path}severity[{i}]", "expected an object with a type and a score")
+
+
+def _affected(entry: Any, path: str) -> None:
+    if not isinstance(entry, dict):
+        raise _NotOSV(path, f"is {_kind(entry)}, expected an object")
+    package = _need(entry, "package", dict, f"{path}.", required=False)
+    if package is not None:
+        _need(package, "ecosystem", str, f"{path}.package.")
+        _need(package, "name", str, f"{path}.package.")
+    _need(entry, "ecosystem_specific", dict, f"{path}.", required=False)
+    _need(entry, "database_specific", dict, f"{path}.", required=False)
+    _severities(entry, f"{path}.")
+    _strings(entry, "versions", f"{path}.")
+    for r, rng in enumerate(_need(entry, "ranges", list, f"{path}.", required=False) or ()):
+        rpath = f"{path}.ranges[{r}]"
+        if not isinstance(rng, dict):
+            raise _NotOSV(rpath, f"is {_kind(rng)}, expected an object")
+        _need(rng, "type", str, f"{rpath}.")
+        for e, event in enumerate(_need(rng, "events", list, f"{rpath}.")):
+            if not isinstance(event, dict) or len(event) != 1 or next(iter(event)) not in EVENT_KINDS:
+                raise _NotOSV(f"{rpath}.events[{e}]", f"an event is one of {', '.join(EVENT_KINDS)}: a version")
+            (name, value), = event.items()
+            if not isinstance(value, str) or not value:
+                raise _NotOSV(f"{rpath}.events[{e}].{name}", f"is {_kind(value)}, expected a version")
 
 
 def parse_record(doc: Any, where: str) -> Advisory | None:
     """The record's advisory (None when it is withdrawn); a document that is not an OSV record is
-    refused naming the first field that says so."""
-
-    def bad(path: str, problem: str) -> ConfigError:
-        return ConfigError(f"{where}: not an OSV record: {path}: {problem}")
-
-    def kind(value: Any) -> str:
-        return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
-
-    def need(obj: dict, key: str, typ: type, path: str, required: bool = True) -> Any:
-        if key not in obj:
-            if required:
-                raise bad(f"{path}{key}", "missing")
-            return None
-        value = obj[key]
-        if not isinstance(value, typ) or (typ is str and not value.strip() and required):
-            want = {str: "a non-empty string", list: "a list", dict: "an object"}[typ]
-            raise bad(f"{path}{key}", f"is {kind(value)}, expected {want}")
-        return value
-
-    def strings(obj: dict, key: str, path: str = "") -> tuple[str, ...]:
-        items = need(obj, key, list, path, required=False) or []
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                raise bad(f"{path}{key}[{i}]", f"is {kind(item)}, expected a string")
-        return tuple(items)
-
+    refused naming the first field that says so. (Module-level checks, not closures: a feed is
+    tens of thousands of records.)"""
     if not isinstance(doc, dict):
-        raise ConfigError(f"{where}: not an OSV record: the document is {kind(doc)}, not an object")
-    record_id = need(doc, "id", str, "")
-    need(doc, "modified", str, "")
-    schema = need(doc, "schema_version", str, "", required=False)
-    if schema is not None:
-        major = schema.split(".")[0]
-        if not major.isdigit() or int(major) > SCHEMA_MAJOR:
-            raise bad("schema_version", f"{schema!r}: this reader knows OSV {SCHEMA_MAJOR}.x")
-    aliases = strings(doc, "aliases")
-    upstream = strings(doc, "upstream")
-    strings(doc, "related")
-    for key in ("database_specific",):
-        need(doc, key, dict, "", required=False)
-    _severities(doc, "", need, bad)
-    for a, entry in enumerate(need(doc, "affected", list, "", required=False) or []):
-        path = f"affected[{a}]"
-        if not isinstance(entry, dict):
-            raise bad(path, f"is {kind(entry)}, expected an object")
-        package = need(entry, "package", dict, f"{path}.", required=False)
-        if package is not None:
-            need(package, "ecosystem", str, f"{path}.package.")
-            need(package, "name", str, f"{path}.package.")
-        for key in ("ecosystem_specific", "database_specific"):
-            need(entry, key, dict, f"{path}.", required=False)
-        _severities(entry, f"{path}.", need, bad)
-        strings(entry, "versions", f"{path}.")
-        for r, rng in enumerate(need(entry, "ranges", list, f"{path}.", required=False) or []):
-            rpath = f"{path}.ranges[{r}]"
-            if not isinstance(rng, dict):
-                raise bad(rpath, f"is {kind(rng)}, expected an object")
-            need(rng, "type", str, f"{rpath}.")
-            events = need(rng, "events", list, f"{rpath}.")
-            for e, event in enumerate(events):
-                epath = f"{rpath}.events[{e}]"
-                if not isinstance(event, dict) or len(event) != 1 or next(iter(event)) not in EVENT_KINDS:
-                    raise bad(epath, f"an event is one of {', '.join(EVENT_KINDS)}: a version")
-                (name, value), = event.items()
-                if not isinstance(value, str) or not value:
-                    raise bad(f"{epath}.{name}", f"is {kind(value)}, expected a version")
+        raise ConfigError(f"{where}: not an OSV record: the document is {_kind(doc)}, not an object")
+    try:
+        record_id = _need(doc, "id", str, "")
+        _need(doc, "modified", str, "")
+        schema = _need(doc, "schema_version", str, "", required=False)
+        if schema is not None:
+            major = schema.split(".")[0]
+            if not major.isdigit() or int(major) > SCHEMA_MAJOR:
+                raise _NotOSV("schema_version", f"{schema!r}: this reader knows OSV {SCHEMA_MAJOR}.x")
+        aliases = _strings(doc, "aliases")
+        upstream = _strings(doc, "upstream")
+        _strings(doc, "related")
+        _need(doc, "database_specific", dict, "", required=False)
+        _severities(doc, "")
+        for a, entry in enumerate(_need(doc, "affected", list, "", required=False) or ()):
+            _affected(entry, f"affected[{a}]")
+    except _NotOSV as exc:
+        path, problem = exc.args
+        raise ConfigError(f"{where}: not an OSV record: {path}: {problem}") from None
     if doc.get("withdrawn"):
         return None
     # Debian's per-CVE records have no summary, only details: their first line stands in
     text = next((doc[k] for k in ("summary", "details") if isinstance(doc.get(k), str) and doc[k].strip()), "")
     return Advisory(record_id, where, aliases, upstream, text.strip().splitlines()[0][:200] if text else "", doc)
-
-
-def _severities(obj: dict, path: str, need, bad) -> None:
-    for s, item in enumerate(need(obj, "severity", list, path, required=False) or []):
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not isinstance(item.get("score"), str):
-            raise bad(f"{path}severity[{s}]", "expected an object with a type and a score")
 
 
 # ---- matching ---------------------------------------------------------------------------------
