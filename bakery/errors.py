@@ -41,3 +41,7 @@ class Interrupted(BakeryError):
     """Ctrl-C or SIGTERM: raised in the main thread so every cleanup still runs."""
 
     exit_code = 130
+
+
+class VerificationFailed(BakeryError):
+    """Evidence did not verify: a signature, a statement, a subject or a digest is not what it must be."""

@@ -94,6 +94,9 @@ RECIPES = [
     ("recipe-validate-smoke-env-missing", {"recipes/web.yaml": GOOD_RECIPE + SMOKE.format(env="nope", tier="web")}, ["validate"], "web.yaml: checks.environment: no environment 'nope'"),
     ("recipe-control-character", {"recipes/web.yaml": GOOD_RECIPE + "description: \x1f\n"}, ["bake", "--recipe", "web"], "web.yaml:5: invalid YAML: character '\\x1f' is not allowed in YAML"),
     ("recipe-bad-dir-mode", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: web.yaml, dest: /x, dir_mode: '0799'}}\n"}, ["bake", "--recipe", "web"], "upload.dir_mode"),
+    ("recipe-waiver-no-reason", {"recipes/web.yaml": GOOD_RECIPE + "vulnerabilities:\n  waive:\n    - {id: CVE-2025-1006, reason: '', expires: 2027-01-31}\n"}, ["bake", "--recipe", "web"], "web.yaml:7: vulnerabilities.waive[0].reason: a waiver needs a reason"),
+    ("recipe-waiver-bad-id", {"recipes/web.yaml": GOOD_RECIPE + "vulnerabilities: {waive: [{id: openssl, reason: r, expires: 2027-01-31}]}\n"}, ["validate"], "web.yaml:5: vulnerabilities.waive[0].id: 'openssl' is not a vulnerability id"),
+    ("recipe-waiver-impossible-date", {"recipes/web.yaml": GOOD_RECIPE + "vulnerabilities: {waive: [{id: CVE-2025-1006, reason: r, expires: 2027-02-30}]}\n"}, ["bake", "--recipe", "web"], "web.yaml:5: '2027-02-30' is not a valid date"),
 ]
 FLAGS = [
     ("flag-unknown-recipe", {}, ["bake", "--recipe", "nope"], "no such recipe 'nope'"),

@@ -57,6 +57,7 @@ def recipe(tmp_path, body: str, name: str = "r") -> Path:
     ("extends: r\nsource: {ami: ami-12345678}\n", "extends cycle: r -> r"),
     ("extends: nothere\n", "no such recipe 'nothere'"),
     ("description: no source\n", "r.yaml:1: source: required field is missing"),
+    ("source: {ami: ami-12345678}\ndescription: 2027-02-30\n", r"r.yaml:2: '2027-02-30' is not a valid date: day is out"),
 ])
 def test_malformed_recipes_are_refused_with_file_line_and_field(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):

@@ -126,11 +126,13 @@ def _remember(store: Path, inputs: Inputs, files: list[Path], validated_at: floa
         pass  # remembering is an optimisation: a read-only state dir just validates every time
 
 
+#: what a recipe says that does not make the image: where it was read from, and policies about
+#: its images (a new freshness policy must not rebake every image; the vulnerability gate's policy
+#: decides whether a new image is published, against a feed that changes daily with no input
+#: changing: renewing a waiver's expiry must not rebake an unchanged image either)
+NOT_INPUTS = {"path", "files", "root", "freshness", "vulnerabilities"}
 #: recipe fields added after images were baked and tagged with their hash: left out of the hash
 #: while unset (as they were before they existed), so unchanged recipes keep finding their images
-#: what a recipe says that does not make the image: where it was read from, and policies about
-#: its images (a new freshness policy must not rebake every image)
-NOT_INPUTS = {"path", "files", "root", "freshness"}
 LATER_FIELDS = (("builder", "root_volume", "iops"), ("builder", "root_volume", "throughput"))
 
 

@@ -22,6 +22,7 @@ from bakery.errors import ConfigError
 from bakery.config.variables import resolve_variables
 from bakery.config.models import SSM_PATH, Strict, UserTags, exactly_one
 from bakery.config.patterns import AMI_RE, NAME_RE, named_file
+from bakery.config.vulnerabilities import VulnerabilityPolicy
 
 
 class SourceFilter(Strict):
@@ -275,6 +276,7 @@ class RecipeDoc(Strict):
     checks: Checks | None = None
     publish: Publish | None = None
     freshness: Freshness | None = None
+    vulnerabilities: VulnerabilityPolicy | None = None  # the CVE gate (bakery/config/vulnerabilities.py)
 
 
 class Recipe(Strict):
@@ -292,6 +294,7 @@ class Recipe(Strict):
     checks: Checks | None = None
     publish: Publish | None = None
     freshness: Freshness = Freshness()
+    vulnerabilities: VulnerabilityPolicy = VulnerabilityPolicy()
     root: Path = Field(description="directory script and upload sources are relative to")
 
     def local_path(self, rel: str) -> Path:
@@ -329,9 +332,9 @@ def load_recipe(recipes_dir: Path, name: str) -> Recipe:
     chain.reverse()  # parents first
 
     merged: dict = {"description": "", "source": None, "builder": None, "variables": {}, "steps": [], "image": None,
-                    "checks": None, "publish": None, "freshness": None}
+                    "checks": None, "publish": None, "freshness": None, "vulnerabilities": None}
     for _, doc, _ in chain:
-        for key in ("source", "builder", "image", "checks", "publish", "freshness"):
+        for key in ("source", "builder", "image", "checks", "publish", "freshness", "vulnerabilities"):
             if getattr(doc, key) is not None:
                 merged[key] = getattr(doc, key)
         merged["description"] = doc.description or merged["description"]
@@ -347,6 +350,7 @@ def load_recipe(recipes_dir: Path, name: str) -> Recipe:
         builder=merged["builder"] or Builder(), variables=merged["variables"],
         steps=merged["steps"], image=merged["image"] or Image(), checks=merged["checks"],
         publish=merged["publish"], freshness=merged["freshness"] or Freshness(),
+        vulnerabilities=merged["vulnerabilities"] or VulnerabilityPolicy(),
     )
     _check_steps(recipe, chain)
     _check_templates(recipe, chain)

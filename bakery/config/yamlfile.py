@@ -99,6 +99,8 @@ def _convert(node: yaml.Node, path: Path_, lines: LineMap, where: str, budget: l
         return constructor.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}:{node.start_mark.line + 1}: {exc.problem or exc}") from None
+    except ValueError as exc:  # a date-shaped scalar that is no date (2027-02-30): the constructor's own error
+        raise ConfigError(f"{where}:{node.start_mark.line + 1}: {node.value!r} is not a valid date: {exc}") from None
 
 
 def yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[str, str]:
