@@ -150,6 +150,17 @@ def validate(c):
         show.validate(*validate_all(settings_from(c)))
 
 
+@task(positional=[], help={"ami": "the image to check (in the settings' region)", "json": "print JSON on stdout"})
+def verify(c, ami, json=False):
+    """Check an image's signed provenance with the trusted key (verify_key): signature, subjects, tags."""
+    with command():
+        required(ami=ami)
+        from bakery.cli import show
+        from bakery.evidence.attestation import verify_ami
+
+        show.verified(*verify_ami(settings_from(c), ami), json=json)
+
+
 @task(help={"dry-run": "only list what would be removed",
             "older-than": "builds whose temporary resources are older than this (30m, 6h, 2d; default: expired)",
             "run-id": "builds of this CI run (BAKERY_RUN_ID at bake time), whatever their age"})
@@ -277,11 +288,12 @@ local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
-ns = Collection(bake, rebake, prune, launch, render, failover, ssh, images, validate, clean, janitor, network, local)
+ns = Collection(bake, rebake, prune, launch, render, failover, ssh, images, validate, verify, clean, janitor,
+                network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,
                          "project_dir": None, "recipes_dir": None, "envs_dir": None,
                          "userdata_dir": None, "state_dir": None,
                          "ssh_host": None, "ssh_port": None, "data_dir": None,
-                         "evidence_bucket": None}})
+                         "evidence_bucket": None, "signing_key": None, "verify_key": None, "osv_feed": None}})

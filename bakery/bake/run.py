@@ -28,10 +28,12 @@ def new_build_id() -> str:
 def checked_variables(settings: Settings, inputs: Inputs, given: dict[str, str]) -> dict[str, str]:
     """The run's variables, once what the files and flags alone can refuse has been refused:
     before the cloud opens (bakery/render/validate.py: `check_recipe`)."""
+    from bakery.bake.attest import check_settings
     from bakery.render.validate import check_recipe
 
     variables = inputs.resolve_vars(given)
     check_recipe(settings, inputs.full(), variables if given else None)  # the defaults rendered at load
+    check_settings(settings)
     return variables
 
 

@@ -54,6 +54,8 @@ class Manifest:
     ssm_parameter: str | None = None
     published: dict | None = None
     manifest_path: str | None = None
+    vulnerabilities: dict | None = None  # GateImage: findings, counts, waivers (evidence/gate.py)
+    provenance: str | None = None        # SignProvenance: sha256 of the signed statement (bakery:provenance)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

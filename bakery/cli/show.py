@@ -106,6 +106,18 @@ def janitor(report) -> None:
         raise CloudError(f"janitor: {len(report.failed)} resource(s) not removed; run it again when the cause is fixed")
 
 
+def verified(image_id: str, statement, *, json: bool) -> None:
+    if json:
+        _json({"image_id": image_id, "verified": True, "keyid": statement.keyid, "recipe": statement.recipe,
+               "build_id": statement.build_id, "builder": statement.builder, "subjects": statement.subjects,
+               "payload_sha256": statement.payload_sha256})
+        return
+    emit(f"verified: {image_id}: recipe {statement.recipe}, build {statement.build_id}, built by "
+         f"{statement.builder}, signed by key {statement.keyid}")
+    for name, digest in statement.subjects.items():
+        emit(f"  subject {name}: " + ", ".join(f"{k}:{v}" for k, v in sorted(digest.items())))
+
+
 def clean(report) -> None:
     emit(tables.clean(report))
 

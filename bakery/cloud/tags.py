@@ -22,6 +22,9 @@ ROLE = "bakery:role"                # builder | smoke | key-pair | security-grou
 RUN_ID = "bakery:run-id"            # the CI run (BAKERY_RUN_ID) a build belongs to: its clean-up job's handle
 EXPIRES = "bakery:expires"          # when a temporary resource is the janitor's, whatever happened to its run
 INPUTS_HASH = "bakery:inputs-hash"  # everything that determines the image: the skip looks for it
+PROVENANCE = "bakery:provenance"    # sha256 of the image's signed provenance (a DSSE envelope) in the evidence
+                                    # store: `invoke verify` finds it by the image alone
+GATE = "bakery:vulnerability-gate"  # passed | failed: a failed image is kept for inspection, never published
 SOURCE_AMI = "bakery:source-ami"
 COMPLETE = "bakery:complete"        # "true" once smoke-tested and published: the product; never removed by clean-up
 SMOKE = "bakery:smoke"              # passed | failed: a failed image is kept for inspection, never used

@@ -480,7 +480,18 @@ class Environment(Strict):
     tags: UserTags = {}
     ssh: Access = Access()
     network: NetworkSpec | None = None
+    # launch only images whose signed provenance verifies with the settings' verify_key (issue 16)
+    require_verified_images: bool = False
     tiers: dict[Annotated[str, Field(pattern=NAME_RE)], Tier] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _verifiable(self) -> "Environment":
+        if self.require_verified_images:
+            for name, tier in self.tiers.items():
+                if tier.strategy == "bootstrap":
+                    raise FieldError(("tiers", name, "strategy"), "bootstrap launches the recipe's source image, "
+                                     "which bakery did not bake or sign: require_verified_images refuses it")
+        return self
 
     @model_validator(mode="after")
     def _nat_addresses(self) -> "Environment":

@@ -17,7 +17,8 @@ from bakery.errors import ConfigError
 
 CLOUDS = ("aws", "local")
 KNOWN_KEYS = {"cloud", "region", "profile", "endpoint_url", "project_dir", "recipes_dir", "envs_dir",
-              "userdata_dir", "state_dir", "ssh_host", "ssh_port", "data_dir", "evidence_bucket"}
+              "userdata_dir", "state_dir", "ssh_host", "ssh_port", "data_dir", "evidence_bucket",
+              "signing_key", "verify_key", "osv_feed"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Settings:
     ssh_port: int | None = None
     data_dir: Path | None = None  # the local cloud's images and instances
     evidence_bucket: str | None = None  # S3: images' SBOMs and provenance (the local cloud: its own)
+    signing_key: str | None = None  # the bake signs its image's provenance: a PEM private key file, or kms:KEY-ID
+    verify_key: str | None = None   # the public key (PEM) `verify` and launch trust, and no other
+    osv_feed: Path | None = None    # vulnerability records (OSV JSON: a directory or a zip) the bake's gate reads
 
     @property
     def recipes(self) -> Path:
@@ -90,7 +94,9 @@ class Settings:
                    project_dir=project, recipes_dir=opt_path("recipes_dir"), envs_dir=opt_path("envs_dir"),
                    userdata_dir=opt_path("userdata_dir"), state_dir=opt_path("state_dir"),
                    ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"),
-                   evidence_bucket=bucket_name(cfg.get("evidence_bucket")))
+                   evidence_bucket=bucket_name(cfg.get("evidence_bucket")),
+                   signing_key=cfg.get("signing_key") or None, verify_key=cfg.get("verify_key") or None,
+                   osv_feed=opt_path("osv_feed"))
 
 
 def bucket_name(value) -> str | None:

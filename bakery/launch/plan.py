@@ -41,6 +41,8 @@ class Planner:
     def _plan_tier(self, name: str, spec: Tier) -> TierPlan:
         where = f"{self.env.path}: tiers.{name}"
         image = self.image(spec, where)
+        if self.env.require_verified_images:
+            self._verified(image["ImageId"], where)
         resolved = []
         existing = self.ec2.instances(T.tag_filter(T.ENVIRONMENT, self.env.name), T.tag_filter(T.TIER, name))
         taken = {T.tags_of(i).get(T.SLOT) for i in existing}
@@ -82,6 +84,15 @@ class Planner:
             user_data=user_data.payload if user_data else b"", interfaces=resolved,
             health_check=spec.health_check.model_dump() if spec.health_check else None,
             slot_user_data={slot: (ud.payload, ud.sha256) for slot, ud in per_slot.items() if ud is not None})
+
+    def _verified(self, image_id: str, where: str) -> None:
+        from bakery.errors import VerificationFailed
+        from bakery.evidence.attestation import trusted_key, verify_image
+
+        try:
+            verify_image(self.ec2, self.settings.state / "evidence", trusted_key(self.settings), image_id)
+        except VerificationFailed as exc:
+            raise VerificationFailed(f"{where}: require_verified_images: {exc.message}") from None
 
     def image(self, spec: Tier, where: str) -> dict:
         """The image a tier launches from."""

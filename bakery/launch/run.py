@@ -283,6 +283,10 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
     if tier is None:
         lint.unused()
     require_logins(settings, env, list(tiers))
+    if env.require_verified_images:  # the trusted key is read before the cloud opens
+        from bakery.evidence.attestation import trusted_key
+
+        trusted_key(settings)
     runner = Launch(settings, env, report=report, cloud=cloud or open_cloud(settings), keep_on_error=keep_on_error)
     from bakery.housekeeping.locks import exclusive
 
