@@ -25,6 +25,7 @@ def steps_for(recipe: Recipe) -> list[Step]:
         s.ConnectSSH(),
         s.WaitForCloudInit(),
         *(s.RunRecipeStep(index) for index in range(len(recipe.steps))),
+        s.CollectSbom(),  # what the steps made, read while the connection is open (the leftover check hangs up)
         s.CleanImage(),
         s.CheckForLeftovers(),
         s.StopBuilder(),

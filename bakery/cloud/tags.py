@@ -26,6 +26,8 @@ SOURCE_AMI = "bakery:source-ami"
 COMPLETE = "bakery:complete"        # "true" once smoke-tested and published: the product; never removed by clean-up
 SMOKE = "bakery:smoke"              # passed | failed: a failed image is kept for inspection, never used
 COPIED_FROM = "bakery:copied-from"  # REGION/AMI a region copy was made from
+SBOM = "bakery:sbom"                # sha256:HEX of the image's CycloneDX SBOM (beside its manifest): diff finds
+                                    # the file by the build id and trusts it only if the digest matches
 
 # ---- launches (environments)
 ENVIRONMENT = "bakery:environment"
