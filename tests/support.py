@@ -8,7 +8,8 @@ with them. That sshd runs in a private mount namespace where /root, /home, /etc/
 /etc/machine-id, /etc/hostname, /etc/hosts, /tmp, /srv, /var/cache/apt and /var/lib/apt/lists
 are scratch copies, with a hostname of its own (as cloud-init names a builder), so the bake's
 steps and its hygiene (which deletes host keys and authorized_keys) never touch this machine;
-the local cloud's image store and the tests' virtualenv are hidden, as no builder has them.
+/opt, /usr/local, the local cloud's image store and the tests' virtualenv are hidden, as a
+fresh builder has none of them.
 """
 
 from __future__ import annotations
@@ -106,20 +107,22 @@ for d in root home etc/ssh srv var/tmp var/cache/apt var/lib/apt/lists; do mount
 for f in machine-id hostname hosts; do mount --bind "/mnt/fs/etc/$f" "/etc/$f"; done
 hostname "$(cat /etc/hostname)"  # its own UTS namespace: named as cloud-init names a builder
 mount -t tmpfs tmpfs /tmp
-if [ -d /mnt/sbin ]; then mount --bind /mnt/sbin /usr/local/sbin; fi  # stand-in tools, first on root's PATH
-shift  # then what no builder has: hidden under empty directories
+shift  # then what no fresh builder has: hidden under empty directories
 for d in "$@"; do if [ -d "$d" ]; then mount -t tmpfs -o mode=755 tmpfs "$d"; fi; done
+mkdir -p /usr/local/sbin
+if [ -d /mnt/sbin ]; then mount --bind /mnt/sbin /usr/local/sbin; fi  # stand-in tools, first on root's PATH
 exec /usr/sbin/sshd -D -e -f /mnt/sshd_config
 """
 
 
 def not_on_a_builder() -> list[str]:
     """This machine's trees a fresh builder would not have, which the bake's SBOM (a walk of the
-    whole file system) would otherwise list and digest: the local cloud's image store (full Debian
-    root file systems) and the virtualenv running the tests."""
+    whole file system) would otherwise walk and list: /opt and /usr/local (empty on a Debian
+    cloud image; a CI runner's tool caches), the local cloud's image store (full Debian root file
+    systems) and the virtualenv running the tests."""
     from bakery.config.settings import default_data_dir
 
-    hidden = [str(default_data_dir())]
+    hidden = ["/opt", "/usr/local", str(default_data_dir())]
     if sys.prefix != sys.base_prefix:
         hidden.append(sys.prefix)
     return hidden

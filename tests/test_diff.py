@@ -254,8 +254,8 @@ def test_the_diff_for_people_is_a_block_per_kind_of_content_and_a_line_per_chang
         "Python packages (1 -> 1): no change",
         "uploaded files (1 -> 1): 1 changed",
         f"  changed     /var/www/html/index.html sha256 {'a' * 12} 0644 root:root -> sha256 {'b' * 12} 0640 root:root"]
-    assert re.fullmatch(r"web: ami-\w+ \(b-20260101000001-0a1b2c, 20\S+\) -> ami-\w+ \(b-20260101000002-0a1b2c, 20\S+\)",
-                        tables.diff_text(diff).splitlines()[0])
+    assert re.fullmatch(r"web: ami-\w+ \(b-20260101000001-0a1b2c, 20\S+\) -> "
+                        r"ami-\w+ \(b-20260101000002-0a1b2c, 20\S+\)", tables.diff_text(diff).splitlines()[0])
 
 
 def test_the_diff_as_markdown_is_a_table_per_kind_of_content_that_changed(baked):
@@ -272,8 +272,8 @@ def test_the_rebake_summary_says_what_changed_in_each_rebaked_image_and_why_not_
     baked.image(OLD)
     ami = baked.image(NEW)
     first_app = baked.image(OLD, recipe="app")
-    rows = [RebakeRow("web", "rebaked", "inputs changed", ami, 12.0), RebakeRow("db", "unchanged", "same", "ami-1", 0.1),
-            RebakeRow("app", "rebaked", "forced", first_app, 10.0)]
+    rows = [RebakeRow("web", "rebaked", "inputs changed", ami, 12.0),
+            RebakeRow("db", "unchanged", "same", "ami-1", 0.1), RebakeRow("app", "rebaked", "forced", first_app, 10.0)]
     for row in rows:
         if row.decision == "rebaked":
             row.changes, row.no_changes = changes(baked.settings, baked.cloud, row.recipe, row.ami_id)

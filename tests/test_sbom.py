@@ -125,11 +125,70 @@ def test_an_sbom_that_would_not_validate_is_a_bug_and_is_never_written(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
+def library_verdict(doc: dict):
+    """What cyclonedx-python-lib's own strict validator says of a document (None: valid)."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    return JsonStrictValidator(SchemaVersion.V1_5).validate_str(json.dumps(doc))
+
+
+BREAKAGES = {
+    "unknown-type": lambda doc: doc["components"][0].update(type="gadget"),
+    "unknown-field": lambda doc: doc["components"][1].update(colour="teal"),
+    "bad-digest": lambda doc: doc["components"][-1]["hashes"][0].update(content="abc"),
+    "bad-timestamp": lambda doc: doc["metadata"].update(timestamp="yesterday"),
+    "duplicate-component": lambda doc: doc["components"].append(dict(doc["components"][2])),
+    "duplicate-dependency": lambda doc: doc["dependencies"][0]["dependsOn"].append(doc["components"][0]["bom-ref"]),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_the_schema_check_refuses_what_the_librarys_own_validator_refuses(tmp_path, breakage):
+    doc = document()
+    assert library_verdict(doc) is None
+    BREAKAGES[breakage](doc)
+    assert library_verdict(doc) is not None
+    path = tmp_path / "broken.cdx.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"not a valid CycloneDX 1.5 document: "):
+        read_sbom(path)
+
+
+def test_a_repeated_component_is_named_by_its_position(tmp_path):
+    doc = document()
+    doc["components"].append(dict(doc["components"][2]))
+    path = tmp_path / "x.cdx.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r": components: item 7 repeats item 2 \(the items must be unique\)$"):
+        read_sbom(path)
+
+
+def test_writing_and_reading_take_time_linear_in_the_number_of_packages(tmp_path):
+    """The library's writer and reader and jsonschema's uniqueItems compare every component with
+    every other one (quadratic: seconds for the thousands of packages of a CI runner or a fat image)."""
+    import time
+
+    def round_trip(n: int) -> float:
+        sbom = Sbom(IMAGE, sorted((Package(f"p{i:05}", f"1:{i}.0-1", "amd64", f"s{i}", f"1:{i}.0-1")
+                                   for i in range(n)), key=lambda p: p.name))
+        started = time.perf_counter()
+        sbom.write(tmp_path / f"{n}.cdx.json")
+        assert read_sbom(tmp_path / f"{n}.cdx.json") == sbom
+        return time.perf_counter() - started
+
+    round_trip(100)  # the validator is built once
+    small, large = min(round_trip(500) for _ in range(2)), min(round_trip(4000) for _ in range(2))
+    assert large < 16 * small, (small, large)  # 8 times the packages: linear is ~8 times, quadratic 64
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda doc: doc["components"][0].update(type="gadget"), r"components\[0\]\.type: 'gadget' is not one of"),
     (lambda doc: doc.update(specVersion="1.4"), r"specVersion: expected CycloneDX 1.5, found '1.4'"),
     (lambda doc: doc["metadata"]["component"].pop("properties"), r"metadata.component: no bakery.build-id property"),
-], ids=["schema", "spec-version", "not-bakerys"])
+    (lambda doc: doc["components"][0].update(purl="not a purl"),
+     r"components\[0\]\.purl: purl is missing the required "),
+], ids=["schema", "spec-version", "not-bakerys", "bad-purl"])
 def test_reading_a_document_that_is_not_a_valid_bakery_sbom_names_the_file_and_the_field(tmp_path, edit, message):
     doc = document()
     edit(doc)
@@ -174,6 +233,7 @@ ANSWER = [
     "venv\t/opt/app/venv",
     "py\trequests\t2.31.0\t/opt/app/venv/lib/python3.11/site-packages/requests-2.31.0.dist-info/METADATA",
     "py\tPyYAML\t6.0.1\t/usr/lib/python3/dist-packages/PyYAML-6.0.1.egg-info",
+    "py\tPyYAML\t6.0.1\t/usr/lib/python3/dist-packages/PyYAML-6.0.1.dist-info/METADATA",  # Debian ships both
     "py\tzipp\t3.19.2\t/usr/lib/python3/dist-packages/setuptools/_vendor/zipp-3.19.2.dist-info/METADATA",
     "up\t0",
     "up\t2",
@@ -198,7 +258,7 @@ def test_the_builders_answer_becomes_the_sbom():
     assert sbom.image == IMAGE
     # installed packages only, source and source version as dpkg reported them
     assert sbom.packages == [Package("dpkg", "1.21.22", "amd64", "dpkg", "1.21.22"), ATTR]
-    # a distribution vendored inside another package is not installed
+    # a distribution vendored inside another package is not installed; one with two metadata files is one
     assert sbom.python == [PythonPackage("PyYAML", "6.0.1", "/usr/lib/python3/dist-packages"),
                            PythonPackage("requests", "2.31.0", "/opt/app/venv/lib/python3.11/site-packages",
                                          "/opt/app/venv")]

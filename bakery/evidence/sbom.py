@@ -13,9 +13,16 @@ and one `awk`, every uploaded file in one `sha256sum` and one `stat`, never a co
   uploads' dests), with its sha256, mode and owner as found on the builder, so that a later step
   that rewrote one shows what the image really holds. A file a later step removed is not listed.
 
-The document is written with cyclonedx-python-lib and validated against its bundled 1.5 schema
-before it is written (an invalid one is a bug here, not the user's), and read back the same way
-(validated, then parsed by the library) by `invoke diff`, the vulnerability gate and freshness.
+The document is checked against the CycloneDX 1.5 schema cyclonedx-python-lib bundles, with the
+validator that library builds for it (strict: no unknown fields), before it is written (an
+invalid one is a bug here, not the user's) and whenever it is read back (`invoke diff`, the
+vulnerability gate, freshness). The JSON itself is made from this module's model and read back
+into it directly, in time linear in the number of components: the library's own writer and
+reader, and jsonschema's `uniqueItems` check, compare every component with every other one, so
+their time grows with the square of the package count, and a CI runner's or a fat image's
+thousands of packages take them many seconds (tests/test_sbom.py holds the linear cost). Only
+`uniqueItems` is checked differently here, by each item's canonical JSON; every other rule is the
+library's validator's.
 
 In the document: metadata.component is the image (name: the recipe, version: the build id,
 description: the OS's PRETTY_NAME), its identity in properties; a deb package's source package is
@@ -31,16 +38,12 @@ import json
 import posixpath
 import re
 import shlex
-import warnings
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 
-from cyclonedx.model import HashAlgorithm, HashType, Property
-from cyclonedx.model.bom import Bom
-from cyclonedx.model.component import Component, ComponentType, Pedigree
-from cyclonedx.model.component_evidence import ComponentEvidence, Occurrence
-from cyclonedx.output.json import JsonV1Dot5
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL  # encodes as purl-spec says: 1:2.4.47-2%2Bb1, pypi names normalised
@@ -147,11 +150,11 @@ class Sbom:
 
     def to_cyclonedx(self) -> str:
         """The CycloneDX 1.5 JSON document, validated against the library's schema."""
-        text = _document(self)
-        problem = _validator().validate_str(text)
+        document = _document(self)
+        problem = _first_problem(document)
         if problem is not None:  # bakery made it: a bug, never the user's input
-            raise RuntimeError(f"bakery wrote an invalid CycloneDX {SPEC} SBOM: {_where(problem)}")
-        return text
+            raise RuntimeError(f"bakery wrote an invalid CycloneDX {SPEC} SBOM: {problem}")
+        return json.dumps(document, indent=1)
 
     def write(self, path: Path) -> str:
         """Write the document to `path`; its digest, `sha256:HEX`."""
@@ -172,9 +175,9 @@ class Sbom:
         if not isinstance(data, dict) or data.get("specVersion") != SPEC:
             found = data.get("specVersion") if isinstance(data, dict) else type(data).__name__
             raise ConfigError(f"{where}: specVersion: expected CycloneDX {SPEC}, found {found!r}")
-        problem = _validator().validate_str(text)
+        problem = _first_problem(data)
         if problem is not None:
-            raise ConfigError(f"{where}: not a valid CycloneDX {SPEC} document: {_where(problem)}")
+            raise ConfigError(f"{where}: not a valid CycloneDX {SPEC} document: {problem}")
         return _model(data, where)
 
 
@@ -204,88 +207,117 @@ def _purl(kind: str, name: str, version: str, namespace: str | None = None,
 
 
 @cache
-def _validator() -> JsonStrictValidator:
-    return JsonStrictValidator(SchemaVersion.V1_5)
+def _validator():
+    """The library's strict CycloneDX 1.5 validator (its bundled schema, the schemas that one
+    refers to, its format checks), with `uniqueItems` checked in linear time."""
+    from jsonschema import validators
+
+    # the library's Draft 7 validator and its registry of referenced schemas are reached through
+    # private attributes (the library has no other way to them): tests/test_sbom.py checks that
+    # this one refuses what the library's own refuses, so a change there fails the tests
+    library = JsonStrictValidator(SchemaVersion.V1_5)._validator
+    linear = validators.extend(type(library), {"uniqueItems": _unique_items})
+    return linear(library.schema, registry=library._registry, format_checker=library.format_checker)
 
 
-def _where(problem) -> str:
-    """The schema's complaint in one line, at the field it is about: components[3].purl: ..."""
-    error = problem.data
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in getattr(error, "absolute_path", ()))
-    message = getattr(error, "message", str(error)).splitlines()[0]
-    return f"{path.lstrip('.') or 'document'}: {message}"
+def _unique_items(validator, unique, instance, schema):
+    """jsonschema's `uniqueItems`, by each item's canonical JSON: exact for documents without
+    floating-point numbers (jsonschema also holds 1 equal to 1.0), as bakery's are."""
+    from jsonschema.exceptions import ValidationError
+
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: dict[str, int] = {}
+    for index, item in enumerate(instance):
+        key = json.dumps(item, sort_keys=True)
+        if key in seen:
+            yield ValidationError(f"item {index} repeats item {seen[key]} (the items must be unique)")
+            return
+        seen[key] = index
 
 
-def _document(sbom: Sbom) -> str:
+def _first_problem(document) -> str | None:
+    """The schema's first complaint in one line, at the field it is about: components[3].purl: ..."""
+    error = next(iter(_validator().iter_errors(document)), None)
+    if error is None:
+        return None
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return f"{path.lstrip('.') or 'document'}: {error.message.splitlines()[0]}"
+
+
+def _properties(pairs) -> list[dict[str, str]]:
+    return [{"name": name, "value": value} for name, value in pairs if value]
+
+
+def _document(sbom: Sbom) -> dict:
     image = sbom.image
-    bom = Bom()
-    bom.metadata.tools.components.add(Component(type=ComponentType.APPLICATION, name="bakery",
-                                                version=bakery.__version__))
-    root = Component(type=ComponentType.OPERATING_SYSTEM, name=image.recipe, version=image.build_id,
-                     description=image.os_name or None, bom_ref="image", properties=[
-                         Property(name=k, value=v) for k, v in (
-                             (P_RECIPE, image.recipe), (P_BUILD_ID, image.build_id),
-                             (P_INPUTS_HASH, image.inputs_hash), (P_SOURCE_AMI, image.source_ami),
-                             (P_OS_ID, image.os_id), (P_OS_VERSION, image.os_version),
-                             (P_OS_CODENAME, image.os_codename), (P_ARCH, image.arch)) if v])
-    bom.metadata.component = root
-    parts = []
+    root = {"type": "operating-system", "bom-ref": "image", "name": image.recipe, "version": image.build_id,
+            **({"description": image.os_name} if image.os_name else {}),
+            "properties": _properties([(P_RECIPE, image.recipe), (P_BUILD_ID, image.build_id),
+                                       (P_INPUTS_HASH, image.inputs_hash), (P_SOURCE_AMI, image.source_ami),
+                                       (P_OS_ID, image.os_id), (P_OS_VERSION, image.os_version),
+                                       (P_OS_CODENAME, image.os_codename), (P_ARCH, image.arch)])}
+    components: list[dict] = []
     for p in sbom.packages:
         purl = p.purl(image)
-        source = Component(type=ComponentType.LIBRARY, name=p.source, version=p.source_version,
-                           purl=PackageURL.from_string(p.source_purl(image)), bom_ref=f"{purl}#source")
-        parts.append(Component(type=ComponentType.LIBRARY, name=p.name, version=p.version, bom_ref=purl,
-                               purl=PackageURL.from_string(purl), pedigree=Pedigree(ancestors=[source])))
+        source = {"type": "library", "bom-ref": f"{purl}#source", "name": p.source, "version": p.source_version,
+                  "purl": p.source_purl(image)}
+        components.append({"type": "library", "bom-ref": purl, "name": p.name, "version": p.version, "purl": purl,
+                           "pedigree": {"ancestors": [source]}})
     for py in sbom.python:
-        parts.append(Component(type=ComponentType.LIBRARY, name=py.name, version=py.version,
-                               bom_ref=f"{py.purl}#{py.location}", purl=PackageURL.from_string(py.purl),
-                               evidence=ComponentEvidence(occurrences=[Occurrence(location=py.location)]),
-                               properties=[Property(name=P_PY_ENV, value=py.environment)]))
+        components.append({"type": "library", "bom-ref": f"{py.purl}#{py.location}", "name": py.name,
+                           "version": py.version, "purl": py.purl,
+                           "evidence": {"occurrences": [{"location": py.location}]},
+                           "properties": _properties([(P_PY_ENV, py.environment)])})
     for f in sbom.files:
-        props = [Property(name=k, value=v) for k, v in ((P_MODE, f.mode), (P_OWNER, f.owner)) if v]
-        parts.append(Component(type=ComponentType.FILE, name=f.path, bom_ref=f"file:{f.path}", properties=props,
-                               hashes=[HashType(alg=HashAlgorithm.SHA_256, content=f.sha256)]))
-    for part in parts:
-        bom.components.add(part)
-    bom.register_dependency(root, parts)  # the image holds every one of them
-    with warnings.catch_warnings():  # the library warns about incomplete graphs it can only guess at
-        warnings.simplefilter("ignore")
-        return JsonV1Dot5(bom).output_as_string(indent=1)
+        props = _properties([(P_MODE, f.mode), (P_OWNER, f.owner)])
+        components.append({"type": "file", "bom-ref": f"file:{f.path}", "name": f.path,
+                           "hashes": [{"alg": "SHA-256", "content": f.sha256}],
+                           **({"properties": props} if props else {})})
+    tool = {"type": "application", "name": "bakery", "version": bakery.__version__}
+    return {"$schema": f"http://cyclonedx.org/schema/bom-{SPEC}.schema.json", "bomFormat": "CycloneDX",
+            "specVersion": SPEC, "serialNumber": f"urn:uuid:{uuid.uuid4()}", "version": 1,
+            "metadata": {"timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         "tools": {"components": [tool]}, "component": root},
+            "components": components,
+            # the image holds every component. Their own dependencies are not collected: unknown, so
+            # (as CycloneDX 1.5 says of components without an entry) they have none here
+            "dependencies": [{"ref": "image", "dependsOn": [c["bom-ref"] for c in components]}]}
 
 
-def _props(component) -> dict[str, str]:
-    return {p.name: p.value for p in component.properties}
+def _props(component: dict) -> dict[str, str]:
+    return {p["name"]: p.get("value", "") for p in component.get("properties", [])}
 
 
 def _model(data: dict, where: str) -> Sbom:
-    try:
-        bom = Bom.from_json(data)  # type: ignore[attr-defined]  (added by py-serializable)
-    except Exception as exc:  # noqa: BLE001 - the library's reader raises many kinds; one line names the file
-        raise ConfigError(f"{where}: the CycloneDX reader refused it ({type(exc).__name__}: {exc})") from None
-    root = bom.metadata.component
-    if root is None or P_BUILD_ID not in _props(root):
+    """The model from a document that passed the schema (so every field read here has its type)."""
+    root = data.get("metadata", {}).get("component")
+    meta = _props(root or {})
+    if P_BUILD_ID not in meta:
         raise ConfigError(f"{where}: metadata.component: no {P_BUILD_ID} property (not an SBOM bakery wrote)")
-    meta = _props(root)
-    image = Image(recipe=meta.get(P_RECIPE, root.name), build_id=meta[P_BUILD_ID],
+    image = Image(recipe=meta.get(P_RECIPE, root.get("name", "")), build_id=meta[P_BUILD_ID],
                   inputs_hash=meta.get(P_INPUTS_HASH, ""), source_ami=meta.get(P_SOURCE_AMI, ""),
                   os_id=meta.get(P_OS_ID, ""), os_version=meta.get(P_OS_VERSION, ""),
-                  os_codename=meta.get(P_OS_CODENAME, ""), os_name=root.description or "", arch=meta.get(P_ARCH, ""))
+                  os_codename=meta.get(P_OS_CODENAME, ""), os_name=root.get("description", ""),
+                  arch=meta.get(P_ARCH, ""))
     sbom = Sbom(image)
-    for c in bom.components:
-        kind = c.purl.type if c.purl is not None else None
-        if kind == "deb":
-            ancestors = list(c.pedigree.ancestors) if c.pedigree is not None else []
-            source = ancestors[0] if ancestors else c
-            sbom.packages.append(Package(c.name, c.version or "", (c.purl.qualifiers or {}).get("arch", ""),
-                                         source.name, source.version or c.version or ""))
-        elif kind == "pypi":
-            found = [o.location for o in c.evidence.occurrences] if c.evidence is not None else []
-            sbom.python.append(PythonPackage(c.name, c.version or "", found[0] if found else "",
+    for index, c in enumerate(data.get("components", [])):
+        try:
+            purl = PackageURL.from_string(c["purl"]) if c.get("purl") else None
+        except ValueError as exc:  # the schema takes any text for a purl
+            raise ConfigError(f"{where}: components[{index}].purl: {exc}") from None
+        if purl is not None and purl.type == "deb":
+            source = (c.get("pedigree", {}).get("ancestors") or [c])[0]
+            sbom.packages.append(Package(c["name"], c.get("version", ""), (purl.qualifiers or {}).get("arch", ""),
+                                         source["name"], source.get("version", c.get("version", ""))))
+        elif purl is not None and purl.type == "pypi":
+            found = [o["location"] for o in c.get("evidence", {}).get("occurrences", [])]
+            sbom.python.append(PythonPackage(c["name"], c.get("version", ""), found[0] if found else "",
                                              _props(c).get(P_PY_ENV, SYSTEM)))
-        elif c.type == ComponentType.FILE:
-            sha = [h.content for h in c.hashes if h.alg.value == "SHA-256"]
+        elif c["type"] == "file":
+            sha = [h["content"] for h in c.get("hashes", []) if h["alg"] == "SHA-256"]
             props = _props(c)
-            sbom.files.append(UploadedFile(c.name, sha[0] if sha else "", props.get(P_MODE), props.get(P_OWNER)))
+            sbom.files.append(UploadedFile(c["name"], sha[0] if sha else "", props.get(P_MODE), props.get(P_OWNER)))
     sbom.packages.sort(key=lambda p: (p.name, p.arch))
     sbom.python.sort(key=lambda p: (p.key, p.location))
     sbom.files.sort(key=lambda f: f.path)
@@ -324,7 +356,8 @@ trap 'rm -f "$e" "$w" "$d" "$v"' EXIT
   printf 'os\t%s\t%s\t%s\t%s\n' "${ID:-linux}" "${VERSION_ID:-}" "${VERSION_CODENAME:-}" "${PRETTY_NAME:-}" )
 if command -v dpkg-query >/dev/null 2>&1; then
   printf 'arch\t%s\n' "$(dpkg --print-architecture 2>>"$e")"
-  dpkg-query -W -f='deb\t${db:Status-Status}\t${Package}\t${Version}\t${Architecture}\t${source:Package}\t${source:Version}\n' 2>>"$e" || echo "dpkg-query failed" >>"$e"
+  fmt='deb\t${db:Status-Status}\t${Package}\t${Version}\t${Architecture}\t${source:Package}\t${source:Version}\n'
+  dpkg-query -W -f="$fmt" 2>>"$e" || echo "dpkg-query failed" >>"$e"
 else
   printf 'arch\t%s\n' "$(uname -m)"
 fi
@@ -394,12 +427,15 @@ def parse_collection(lines: list[str], files: list[str], *, recipe: str, build_i
     sbom = Sbom(image)
     venvs = sorted((r[1] for r in rows if r[0] == "venv" and len(r) == 2), key=len, reverse=True)
     present, sums, stats = [], [], []
+    distributions: dict[tuple[str, str, str], PythonPackage] = {}
     for r in rows:
         if r[0] == "deb" and len(r) == 7 and r[1] in INSTALLED:
             sbom.packages.append(Package(r[2], r[3], r[4], r[5] or r[2], r[6] or r[3]))
         elif r[0] == "py" and len(r) >= 4:
             python = _python(r[1], r[2], "\t".join(r[3:]), venvs)
-            if python is not None:
+            # once per directory, though Debian ships some with both a .dist-info and an .egg-info
+            if python is not None and (python.key, python.version, python.location) not in distributions:
+                distributions[(python.key, python.version, python.location)] = python
                 sbom.python.append(python)
         elif r[0] == "up" and len(r) == 2:
             present.append(files[int(r[1])])

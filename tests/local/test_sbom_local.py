@@ -45,8 +45,8 @@ steps:
   - name: a package of our own
     shell: |
       d=$(mktemp -d) && mkdir "$d/DEBIAN"
-      printf 'Package: bakery-demo\\nVersion: %s\\nArchitecture: all\\nMaintainer: t <t@example.com>\\nDescription: demo\\n' \\
-        '{{ demo_version }}' > "$d/DEBIAN/control"
+      printf 'Package: bakery-demo\\nVersion: %s\\nArchitecture: all\\n' '{{ demo_version }}' > "$d/DEBIAN/control"
+      printf 'Maintainer: t <t@example.com>\\nDescription: demo\\n' >> "$d/DEBIAN/control"
       dpkg-deb --build "$d" /var/tmp/bakery-demo.deb >/dev/null && dpkg -i /var/tmp/bakery-demo.deb
       rm -rf "$d" /var/tmp/bakery-demo.deb
   - name: a virtualenv
