@@ -3,6 +3,7 @@
     invoke bake --recipe web            bake an image from recipes/web.yaml
     invoke launch --env prod            launch an environment from envs/prod.yaml
     invoke validate                     check every recipe, environment and template offline
+    invoke diff --recipe web            what changed between the recipe's two newest images
 
 Imports happen inside the tasks, so `invoke --list` and `--help` load no SDK.
 """
@@ -93,6 +94,21 @@ def images(c, recipe=None, json=False):
         from bakery.cli import show
 
         show.images(image_rows(settings_from(c), recipe), json=json)
+
+
+@task(positional=[], help={
+    "recipe": "recipe whose images to compare",
+    "from": "the older image (default: the finished image before --to)",
+    "to": "the newer image (default: the recipe's newest finished image)",
+    "json": "print JSON on stdout"})
+def diff(c, recipe, from_=None, to=None, json=False):
+    """What changed between two images of a recipe (from their SBOMs): packages, Python packages, uploaded files."""
+    with command():
+        required(recipe=recipe)
+        from bakery.cli import show
+        from bakery.evidence.diff import diff_recipe
+
+        show.diff(diff_recipe(settings_from(c), recipe, from_, to), json=json)
 
 
 @task(
@@ -288,7 +304,7 @@ local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
-ns = Collection(bake, rebake, prune, launch, render, failover, ssh, images, validate, verify, clean, janitor,
+ns = Collection(bake, rebake, prune, launch, render, failover, ssh, images, diff, validate, verify, clean, janitor,
                 network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).

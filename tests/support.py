@@ -7,12 +7,15 @@ user data (the pinned host key) and key pair (the login key) and starts a real s
 with them. That sshd runs in a private mount namespace where /root, /home, /etc/ssh,
 /etc/machine-id, /etc/hostname, /etc/hosts, /tmp, /srv, /var/cache/apt and /var/lib/apt/lists
 are scratch copies, with a hostname of its own (as cloud-init names a builder), so the bake's
-steps and its hygiene (which deletes host keys and authorized_keys) never touch this machine.
+steps and its hygiene (which deletes host keys and authorized_keys) never touch this machine;
+/opt, /usr/local, the local cloud's image store and the tests' virtualenv are hidden, as a
+fresh builder has none of them.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -104,9 +107,25 @@ for d in root home etc/ssh srv var/tmp var/cache/apt var/lib/apt/lists; do mount
 for f in machine-id hostname hosts; do mount --bind "/mnt/fs/etc/$f" "/etc/$f"; done
 hostname "$(cat /etc/hostname)"  # its own UTS namespace: named as cloud-init names a builder
 mount -t tmpfs tmpfs /tmp
+shift  # then what no fresh builder has: hidden under empty directories
+for d in "$@"; do if [ -d "$d" ]; then mount -t tmpfs -o mode=755 tmpfs "$d"; fi; done
+mkdir -p /usr/local/sbin
 if [ -d /mnt/sbin ]; then mount --bind /mnt/sbin /usr/local/sbin; fi  # stand-in tools, first on root's PATH
 exec /usr/sbin/sshd -D -e -f /mnt/sshd_config
 """
+
+
+def not_on_a_builder() -> list[str]:
+    """This machine's trees a fresh builder would not have, which the bake's SBOM (a walk of the
+    whole file system) would otherwise walk and list: /opt and /usr/local (empty on a Debian
+    cloud image; a CI runner's tool caches), the local cloud's image store (full Debian root file
+    systems) and the virtualenv running the tests."""
+    from bakery.config.settings import default_data_dir
+
+    hidden = ["/opt", "/usr/local", str(default_data_dir())]
+    if sys.prefix != sys.base_prefix:
+        hidden.append(sys.prefix)
+    return hidden
 
 
 # The stand-in for cloud-init on the fake builder: `status` and `clean` succeed, fail or hang
@@ -274,7 +293,7 @@ class FakeBuilderHost:
         self.proc = subprocess.Popen(
             # A private pid namespace too: stopping sshd (its PID 1) ends every session and step it ran.
             ["unshare", "-m", "-p", "-u", "--fork", "--kill-child", "--propagation", "private",
-             "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.scratch)],
+             "sh", "-c", NAMESPACE_SCRIPT, "sh", str(self.scratch), *not_on_a_builder()],
             stdout=subprocess.DEVNULL, stderr=open(self.scratch / "sshd.log", "ab"))
 
     def close(self) -> None:
@@ -319,6 +338,20 @@ class FakeBuilderHost:
             self.proc.kill()
         if self.proc is not None:
             self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def moto_in_process(tmp_path: Path, monkeypatch, region: str = "us-east-1"):
+    """Settings for moto in this process (no default images: loading them is slow), with the
+    project, recipes and state under tmp_path."""
+    from moto import mock_aws
+
+    from bakery.config.settings import Settings
+
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    with mock_aws():
+        yield Settings(cloud="aws", region=region, project_dir=tmp_path, recipes_dir=tmp_path / "recipes",
+                       state_dir=tmp_path / "state")
 
 
 def write_recipe(recipes: Path, name: str, body: str) -> Path:

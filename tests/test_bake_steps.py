@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import pytest
 import yaml
-from moto import mock_aws
 
 from bakery.bake import publish, smoke
 from bakery.bake import steps as s
@@ -45,7 +44,7 @@ from bakery.housekeeping.stack import CleanupStack
 from bakery.progress import Reporter
 from bakery.remote.ssh import HostKeyMismatch
 from tests.faults import CAPACITY, Fault, Stale, scaled_backoff  # noqa: F401 - a fixture
-from tests.support import recipe_text, write_recipe
+from tests.support import moto_in_process, recipe_text, write_recipe
 
 REGION = "us-east-1"
 OTHER_REGION = "eu-west-1"
@@ -152,10 +151,7 @@ def cloud_recipe(extra: str = "", steps: str = OK_STEP, builder: str = "") -> st
 @pytest.fixture
 def cloud(tmp_path, monkeypatch):
     """Benches on moto in process, which holds a source image to bake from."""
-    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-    with mock_aws():
-        settings = Settings(cloud="aws", region=REGION, project_dir=tmp_path, recipes_dir=tmp_path / "recipes",
-                            state_dir=tmp_path / "state")
+    with moto_in_process(tmp_path, monkeypatch, REGION) as settings:
         client = open_cloud(settings).ec2.client
         seed = plain_instance(client)
         client.create_image(InstanceId=seed["InstanceId"], Name="test-debian-12-amd64-20260101")
@@ -258,17 +254,17 @@ def test_steps_for_lists_a_plain_bake_from_key_pair_to_finished_image_with_one_s
     bench = cloud(steps=OK_STEP + "  - name: two\n    shell: 'true'\n  - name: three\n    shell: 'true'\n")
     assert names(steps_for(bench.state.recipe)) == [
         "CreateKeyPair", "CreateSecurityGroup", "LaunchBuilder", "WaitForBuilder", "ConnectSSH", "WaitForCloudInit",
-        "RunRecipeStep[0]", "RunRecipeStep[1]", "RunRecipeStep[2]", "CleanImage", "CheckForLeftovers",
-        "StopBuilder", "CreateImage", "WaitForImage", "MarkFinished"]
+        "RunRecipeStep[0]", "RunRecipeStep[1]", "RunRecipeStep[2]", "CollectSbom", "CleanImage", "CheckForLeftovers",
+        "StopBuilder", "CreateImage", "WaitForImage", "KeepSbom", "GateImage", "SignProvenance", "MarkFinished"]
 
 
-def test_steps_for_smoke_tests_then_publishes_an_image_before_marking_it_finished(cloud):
+def test_steps_for_gates_smoke_tests_publishes_and_signs_an_image_before_marking_it_finished(cloud):
     extra = ("image: {ssm_parameter: /bakery/web}\n"
              "checks: {commands: [{name: hello, shell: 'true'}]}\n"
              "publish: {regions: [eu-west-1]}\n")
     listed = names(steps_for(cloud(extra).state.recipe))
-    assert listed[listed.index("WaitForImage"):] == ["WaitForImage", "SmokeTest", "PublishParameter", "Publish",
-                                                    "MarkFinished"]
+    assert listed[listed.index("WaitForImage"):] == ["WaitForImage", "KeepSbom", "GateImage", "SmokeTest",
+                                                    "PublishParameter", "Publish", "SignProvenance", "MarkFinished"]
 
 
 @dataclass
@@ -641,6 +637,110 @@ def test_run_recipe_step_past_its_timeout_is_stopped_and_fails(recipe_steps):
     with pytest.raises(StepFailed, match=r"web.yaml: step 6/6: hangs timed out after 1s$"):
         s.RunRecipeStep(5).run(bench.state, bench.ctx)
     assert records(bench) == []
+
+
+# ---- CollectSbom ---------------------------------------------------------------------------
+
+SBOM_STEPS = """\
+  - name: site
+    upload: {source: files/site, dest: /srv/site, mode: "0640", owner: "root:root"}
+  - name: one file
+    upload: {source: files/motd, dest: /srv/etc/motd}
+  - name: configure
+    shell: echo "title {{ greeting }}" >> /srv/site/index.html && rm /srv/site/drop.txt
+"""
+
+
+@pytest.fixture
+def sbom_bench(builder, tmp_path):
+    """A connected builder whose recipe uploads a tree and a file, then rewrites one uploaded file
+    and removes another; the recipe's steps have run."""
+    site = tmp_path / "recipes/files/site"
+    (site / "css").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>hello</h1>\n")
+    (site / "css/site.css").write_text("h1 { color: red }\n")
+    (site / "drop.txt").write_text("gone by the end of the bake\n")
+    (site / "link").symlink_to("index.html")  # a link has no content: not a file the SBOM digests
+    (tmp_path / "recipes/files/motd").write_text("baked\n")
+    bench = builder(SBOM_STEPS, "variables:\n  greeting: {default: hi}\n")
+    bench.setup(*(s.RunRecipeStep(i) for i in range(3)))
+    return bench
+
+
+def host_dpkg(package: str) -> str:
+    """What dpkg on this machine (the fake builder's own system) reports for a package."""
+    import subprocess
+
+    return subprocess.run(["dpkg-query", "-W", "-f", "${Version} ${Architecture} ${source:Package}", package],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_collect_sbom_writes_a_valid_cyclonedx_file_beside_the_manifest_and_records_its_digest(sbom_bench):
+    import hashlib
+
+    from bakery.evidence.sbom import read_sbom
+
+    bench = sbom_bench
+    detail = s.CollectSbom().run(bench.state, bench.ctx)
+
+    path = bench.ctx.settings.manifests / f"web-{bench.state.build_id}.sbom.cdx.json"
+    manifest = bench.state.manifest
+    assert manifest.sbom == str(path)
+    assert manifest.sbom_sha256 == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_sbom(path) == bench.state.sbom  # valid CycloneDX 1.5, and it reads back as collected
+    assert detail == f"{bench.state.sbom.summary()}: {path.name}"
+    image = bench.state.sbom.image
+    assert (image.recipe, image.build_id, image.inputs_hash, image.source_ami) == (
+        "web", bench.state.build_id, INPUTS_HASH, bench.state.source.id)
+
+
+def test_collect_sbom_lists_every_dpkg_package_with_the_version_dpkg_reports(sbom_bench):
+    bench = sbom_bench
+    s.CollectSbom().run(bench.state, bench.ctx)
+
+    packages = {p.name: p for p in bench.state.sbom.packages}
+    for name in ("dpkg", "openssh-server", "coreutils"):
+        version, arch, source = host_dpkg(name).split(" ")
+        assert (packages[name].version, packages[name].arch, packages[name].source) == (version, arch, source)
+    assert packages["openssh-server"].purl(bench.state.sbom.image).startswith("pkg:deb/debian/openssh-server@1:")
+
+
+def test_collect_sbom_digests_the_files_the_uploads_brought_as_the_builder_holds_them(sbom_bench):
+    import hashlib
+
+    bench = sbom_bench
+    s.CollectSbom().run(bench.state, bench.ctx)
+
+    fs = bench.host.fs
+    files = {f.path: f for f in bench.state.sbom.files}
+    # the uploads' files that are still there: not the one a step removed, not the symlink
+    assert sorted(files) == ["/srv/etc/motd", "/srv/site/css/site.css", "/srv/site/index.html"]
+    for path, f in files.items():
+        assert f.sha256 == hashlib.sha256((fs / path.lstrip("/")).read_bytes()).hexdigest()
+    assert (fs / "srv/site/index.html").read_text() == "<h1>hello</h1>\ntitle hi\n"  # as a later step left it
+    assert (files["/srv/site/index.html"].mode, files["/srv/site/index.html"].owner) == ("0640", "root:root")
+
+
+@pytest.mark.parametrize("ending, image_kept, stays", [("fail", False, False), ("succeed", False, True),
+                                                       ("fail", True, True)],
+                         ids=["failed-bake", "finished-bake", "failed-bake-image-kept-for-inspection"])
+def test_collect_sbom_file_goes_with_a_failed_bake_unless_its_image_is_kept(sbom_bench, ending, image_kept, stays):
+    bench = sbom_bench
+    s.CollectSbom().run(bench.state, bench.ctx)
+    path = bench.ctx.settings.manifests / f"web-{bench.state.build_id}.sbom.cdx.json"
+    if image_kept:  # as a failed smoke test keeps its image
+        bench.state.image_id = "ami-0123456789abcdef0"
+        bench.stack.keep("image", bench.state.image_id, REGION)
+    getattr(bench, ending)()
+    assert path.exists() == stays
+
+
+def test_collect_sbom_digest_is_tagged_on_the_image(cloud):
+    bench = cloud(IMAGE)
+    bench.state.builder = plain_instance(bench.client)
+    bench.state.manifest.sbom_sha256 = "sha256:" + "ab" * 32  # as CollectSbom leaves it
+    s.CreateImage().run(bench.state, bench.ctx)
+    assert T.tags_of(image_of(bench.client, bench.state.image_id))[T.SBOM] == "sha256:" + "ab" * 32
 
 
 # ---- CleanImage ----------------------------------------------------------------------------

@@ -67,6 +67,11 @@ def test_rebake_bakes_only_what_changed_and_reports_why(moto, recipes, builder_h
     assert fourth[0].decision == "rebaked"
     text = summary.read_text()
     assert text.count("| recipe | decision |") == 4 and "| web | rebaked |" in text
+    # and what changed in each rebaked image, from the SBOMs: nothing before the first; the same
+    # builder every time, so the same packages (the upload-free recipe brings no files)
+    assert f"#### app: no diff ({first[0].ami_id} is the first finished image of app" in text
+    assert f"#### web: `{third[1].ami_id}` -> `{fourth[0].ami_id}`\n\n**dpkg packages** (" in text
+    assert text.count("): no change") == 6  # third and fourth web: dpkg, Python, uploaded files each
     assert leftovers(ec2) == {}
 
 

@@ -43,14 +43,18 @@ def _feed(path: Path, mtime_ns: int):
 
 
 class GateImage:
-    title = "vulnerability gate"
+    title = None  # a stage only when there is a feed to gate against
 
-    def run(self, state: BakeState, ctx: Context) -> str:
+    def run(self, state: BakeState, ctx: Context) -> None:
+        if ctx.settings.osv_feed is None or state.sbom is None:
+            return
+        with ctx.report.stage("vulnerability gate") as stage:
+            stage.detail = self._gate(state, ctx)
+
+    def _gate(self, state: BakeState, ctx: Context) -> str:
         from bakery.evidence.gate import gate
 
         feed_path = ctx.settings.osv_feed
-        if feed_path is None or state.sbom is None:
-            return "not checked: no osv_feed setting" if feed_path is None else "not checked: no SBOM"
         feed = _feed(feed_path, feed_path.stat().st_mtime_ns)
         image = state.sbom.image
         result = gate(state.sbom.packages, feed, state.recipe.vulnerabilities, date.today(),
@@ -77,14 +81,20 @@ class KeepSbom:
 
 
 class SignProvenance:
-    title = "sign provenance"
+    title = None  # a stage only when there is a key to sign with
 
-    def run(self, state: BakeState, ctx: Context) -> str:
-        from bakery.evidence.attestation import Built, sign_image, signer_for, snapshot_ids
+    def run(self, state: BakeState, ctx: Context) -> None:
+        from bakery.evidence.attestation import signer_for
 
         signer = signer_for(ctx.settings, ctx.ec2)
         if signer is None:
-            return "not signed: no signing_key setting"
+            return
+        with ctx.report.stage("sign provenance") as stage:
+            stage.detail = self._sign(state, ctx, signer)
+
+    def _sign(self, state: BakeState, ctx: Context, signer) -> str:
+        from bakery.evidence.attestation import Built, sign_image, snapshot_ids
+
         images = (state.manifest.published or {}).get("images") or {ctx.ec2.region: state.image_id}
         source = state.source
         built = Built(recipe=state.recipe.name, build_id=state.build_id, variables=state.variables,

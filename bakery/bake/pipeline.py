@@ -9,7 +9,7 @@ are a step added to or swapped in this list.
 
 from __future__ import annotations
 
-from bakery.bake import publish, smoke
+from bakery.bake import attest, publish, smoke
 from bakery.bake import steps as s
 from bakery.bake.state import BakeState, Context, Step
 from bakery.config.recipe import Recipe
@@ -25,14 +25,18 @@ def steps_for(recipe: Recipe) -> list[Step]:
         s.ConnectSSH(),
         s.WaitForCloudInit(),
         *(s.RunRecipeStep(index) for index in range(len(recipe.steps))),
+        s.CollectSbom(),  # what the steps made, read while the connection is open (the leftover check hangs up)
         s.CleanImage(),
         s.CheckForLeftovers(),
         s.StopBuilder(),
         s.CreateImage(),
         s.WaitForImage(),
+        attest.KeepSbom(),
+        attest.GateImage(),  # before the smoke test and the publish: a failing image goes nowhere
         *([smoke.SmokeTest()] if recipe.checks else []),
         *([publish.PublishParameter()] if recipe.image.ssm_parameter else []),
         *([publish.Publish()] if recipe.publish else []),
+        attest.SignProvenance(),  # every regional image exists now
         s.MarkFinished(),
     ]
 

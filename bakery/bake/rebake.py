@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bakery.config.abstract import is_abstract, refuse_abstract
 from bakery.config.recipe import list_recipes, recipe_path
 from bakery.config.settings import Settings
 from bakery.errors import BakeryError, ConfigError
 from bakery.progress import Reporter
+
+if TYPE_CHECKING:
+    from bakery.evidence.diff import ImageDiff
 
 
 @dataclass
@@ -26,6 +30,8 @@ class RebakeRow:
     reason: str
     ami_id: str | None
     seconds: float
+    changes: ImageDiff | None = None  # rebaked: what changed since the recipe's previous image (its SBOMs)
+    no_changes: str = ""              # rebaked without a diff: why (its first image, one without an SBOM)
 
 
 def selected(settings: Settings, recipes: list[str] | None) -> list[str]:
@@ -87,4 +93,18 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
             rows[name] = RebakeRow(name, decision, reason, manifest.ami_id, round(time.monotonic() - started, 3))
         except BakeryError as exc:
             rows[name] = RebakeRow(name, "failed", exc.message, None, round(time.monotonic() - started, 3))
+            continue
+        if not manifest.skipped:
+            rows[name].changes, rows[name].no_changes = changes(settings, cloud, name, manifest.ami_id)
     return [rows[name] for name in names]
+
+
+def changes(settings: Settings, cloud, recipe: str, ami: str) -> tuple[ImageDiff | None, str]:
+    """What a rebaked image changed since the recipe's previous one, or why that cannot be said:
+    a diff that cannot be made is a line in the summary, never the rebake's failure."""
+    from bakery.evidence.diff import since_previous
+
+    try:
+        return since_previous(settings, cloud.ec2, recipe, ami), ""
+    except BakeryError as exc:
+        return None, exc.message

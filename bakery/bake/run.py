@@ -81,7 +81,7 @@ class Bake:
             self._build(source, manifest)
         manifest.stages = r.timings()
         manifest.seconds = round(time.monotonic() - self.started, 3)
-        manifest.write(self.settings.state / "manifests")
+        manifest.write(self.settings.manifests)
         return manifest
 
     def _build(self, source, manifest: Manifest) -> None:

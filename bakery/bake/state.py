@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # annotations only: a skipped bake loads neither the recipe m
     from bakery.cloud.images import SourceImage
     from bakery.config.recipe import Recipe
     from bakery.config.settings import Settings
+    from bakery.evidence.sbom import Sbom
     from bakery.housekeeping.stack import CleanupStack
     from bakery.progress import Reporter
     from bakery.remote.connector import Connector
@@ -54,6 +55,8 @@ class Manifest:
     ssm_parameter: str | None = None
     published: dict | None = None
     manifest_path: str | None = None
+    sbom: str | None = None          # the image's CycloneDX SBOM, beside this manifest
+    sbom_sha256: str | None = None   # its digest (sha256:HEX), also the image's bakery:sbom tag
     vulnerabilities: dict | None = None  # GateImage: findings, counts, waivers (evidence/gate.py)
     provenance: str | None = None        # SignProvenance: sha256 of the signed statement (bakery:provenance)
 
@@ -86,6 +89,7 @@ class BakeState:
     builder: dict | None = None      # LaunchBuilder, then WaitForBuilder: the builder's instance record
     builder_host_key: KeyPair | None = None  # LaunchBuilder: the host key pinned through its user data
     connector: Connector | None = None       # ConnectSSH: the open SSH connection
+    sbom: Sbom | None = None         # CollectSbom: what the image contains (its file: manifest.sbom)
     image_id: str | None = None      # CreateImage
     image_name: str | None = None    # CreateImage
     image_tags: dict[str, str] = field(default_factory=dict)  # CreateImage: also on snapshots and copies

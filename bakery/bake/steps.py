@@ -31,6 +31,7 @@ if command -v cloud-init >/dev/null 2>&1; then
 fi
 """
 CLOUD_INIT_TIMEOUT = 900
+SBOM_TIMEOUT = 300  # a walk of the whole root file system and a digest of every uploaded file
 
 
 def prefetch(module: str) -> None:
@@ -138,6 +139,7 @@ class LaunchBuilder:
         from bakery.render.builder import builder_user_data
 
         prefetch("bakery.remote.ssh")  # imported while EC2 starts the builder
+        prefetch("bakery.evidence.sbom")  # the CycloneDX library and its schema checker, the same way
         state.builder_host_key = keys.generate(f"bakery-host-{state.build_id}")
         # `invoke ssh` to a kept builder pins the same key (removed with the build's private key)
         write_known_hosts(ctx.settings.state / "keys" / state.build_id / KNOWN_HOSTS, builder_alias(state.build_id),
@@ -233,6 +235,45 @@ class RunRecipeStep:
         return res.exit_status, res.timed_out
 
 
+class CollectSbom:
+    """What the image contains, read from the builder before hygiene (bakery/evidence/sbom.py):
+    every dpkg package, every Python distribution, every file the recipe's uploads brought with
+    its digest, in one remote command. Written beside the manifest; its digest goes in the
+    manifest and on the image as a tag. A bake that fails takes the file back, unless the image
+    is kept for inspection (a failed smoke test): then the SBOM says what it holds."""
+
+    title = "collect SBOM"
+
+    def run(self, state: BakeState, ctx: Context) -> str:
+        from bakery.evidence import sbom
+
+        recipe, connector = state.recipe, state.connector
+        uploads = [render_step(recipe, step, i, state.context).upload for i, step in enumerate(recipe.steps)
+                   if step.upload is not None]
+        files = sbom.uploaded_paths([(recipe.local_path(up.source), up.dest) for up in uploads])
+        lines: list[str] = []
+        res = connector.run(sbom.collection_script(files), env={}, timeout=SBOM_TIMEOUT, sudo=True,
+                            on_output=lines.append)
+        where = connector.target.label
+        if res.exit_status != 0:
+            why = f"timed out after {SBOM_TIMEOUT}s" if res.timed_out else f"exit {res.exit_status}"
+            raise RemoteError(f"{where}: SBOM collection failed ({why}): {lines[-1] if lines else 'no output'}")
+        found = sbom.parse_collection(lines, files, recipe=recipe.name, build_id=state.build_id,
+                                      inputs_hash=state.manifest.inputs_hash, source_ami=state.source.id, where=where)
+        for warning in found.warnings[:3]:
+            ctx.report.warn(f"SBOM: {warning}")
+        path = sbom.sbom_path(ctx.settings.manifests, recipe.name, state.build_id)
+        region = ctx.ec2.region
+
+        def forget() -> None:
+            if not (state.image_id and ctx.stack.is_kept("image", state.image_id, region)):
+                path.unlink(missing_ok=True)
+        ctx.stack.undo("SBOM file", forget, only_on_failure=True)
+        state.manifest.sbom_sha256 = found.sbom.write(path)
+        state.manifest.sbom, state.sbom = str(path), found.sbom
+        return f"{found.sbom.summary()}: {path.name}"
+
+
 class CleanImage:
     """Hygiene before the snapshot: logs, caches, keys and cloud-init's instance state go."""
 
@@ -287,7 +328,8 @@ class CreateImage:
         state.image_name, description, tags = render_image(recipe, state.context)
         state.image_tags = {**tags, "Name": state.image_name,
                             **T.build_tags(recipe.name, state.build_id, "image", temporary=False),
-                            T.INPUTS_HASH: state.manifest.inputs_hash, T.SOURCE_AMI: state.source.id}
+                            T.INPUTS_HASH: state.manifest.inputs_hash, T.SOURCE_AMI: state.source.id,
+                            **({T.SBOM: state.manifest.sbom_sha256} if state.manifest.sbom_sha256 else {})}
         image_id = ec2.create_image(state.builder["InstanceId"], state.image_name, description, state.image_tags)
         state.image_id = image_id
         ctx.stack.created("image", image_id, ec2.region, f"unfinished image {image_id}",

@@ -56,6 +56,13 @@ def prune(reports, *, json: bool, dry_run: bool) -> None:
         emit(tables.prune(reports, dry_run))
 
 
+def diff(result, *, json: bool) -> None:
+    if json:
+        _json(asdict(result))
+    else:
+        emit(tables.diff_text(result))
+
+
 def images(rows, *, json: bool) -> None:
     if json:
         _json(rows)

@@ -1,4 +1,4 @@
-"""What `invoke images`, `rebake`, `prune`, `janitor` and `clean` print for people."""
+"""What `invoke images`, `rebake`, `diff`, `prune`, `janitor` and `clean` print for people."""
 
 from __future__ import annotations
 
@@ -20,15 +20,23 @@ def rebake_table(rows) -> str:
     w = max([len(r.recipe) for r in rows] + [6])
     out = [f"{'RECIPE':{w}}  {'DECISION':9}  {'AMI':21}  {'SECONDS':>7}  REASON"]
     out += [f"{r.recipe:{w}}  {r.decision:9}  {r.ami_id or '-':21}  {r.seconds:7.2f}  {r.reason}" for r in rows]
+    for r in rows:  # then what changed in each rebaked image
+        if r.decision == "rebaked":
+            out += ["", diff_text(r.changes) if r.changes else f"{r.recipe}: no diff ({r.no_changes})"]
     return "\n".join(out)
 
 
 def rebake_markdown(rows) -> str:
-    """The decisions as a GitHub job summary table."""
+    """The decisions as a GitHub job summary table, then what changed in each rebaked image."""
     lines = ["| recipe | decision | reason | AMI | duration |", "|---|---|---|---|---|"]
     for r in rows:
         reason = r.reason.replace("|", "\\|")
         lines.append(f"| {r.recipe} | {r.decision} | {reason} | {r.ami_id or '-'} | {r.seconds:.1f}s |")
+    rebaked = [r for r in rows if r.decision == "rebaked"]
+    if rebaked:
+        lines += ["", "### What changed"]
+    for r in rebaked:
+        lines += ["", diff_markdown(r.changes) if r.changes else f"#### {r.recipe}: no diff ({r.no_changes})"]
     return "\n".join(lines)
 
 
@@ -59,3 +67,68 @@ def clean(report) -> str:
     verb = "would remove" if report.dry_run else "removed"
     return "\n".join([f"{verb} {item}" for item in report.removed]
                      + [f"{report.build_id}: {len(report.removed)} resource(s) {verb}"])
+
+
+# ---- invoke diff, and the rebake's summary of what changed -------------------------------------
+
+def _sections(d) -> list[tuple[str, str, list[tuple[str, str, str, str]]]]:
+    """(title, old -> new counts, rows of (change, name, from, to)) for each kind of content."""
+    def versions(changes, located: bool):
+        rows = []
+        for kind in ("added", "removed", "upgraded", "downgraded"):
+            for c in getattr(changes, kind):
+                name = f"{c.name} ({c.location})" if located and c.location else c.name
+                rows.append((kind, name, c.old or "", c.new or ""))
+        return rows
+
+    def state(f) -> str:
+        if f is None:
+            return ""
+        extra = " ".join(x for x in (f.mode, f.owner) if x)
+        return f"sha256 {f.sha256[:12]}" + (f" {extra}" if extra else "")
+
+    files = [(kind, c.path, state(c.old), state(c.new))
+             for kind in ("added", "removed", "changed") for c in getattr(d.files, kind)]
+    t = d.totals
+    return [("dpkg packages", f"{t['packages'][0]} -> {t['packages'][1]}", versions(d.packages, False)),
+            ("Python packages", f"{t['python'][0]} -> {t['python'][1]}", versions(d.python, True)),
+            ("uploaded files", f"{t['files'][0]} -> {t['files'][1]}", files)]
+
+
+def _tally(rows) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[0]] = counts.get(row[0], 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "no change"
+
+
+def _side(image) -> str:
+    return f"{image.ami_id} ({image.build_id or 'no build id'}, {image.created or 'no date'})"
+
+
+def diff_text(d) -> str:
+    """`invoke diff` for people: one block per kind of content, one line per change."""
+    lines = [f"{d.recipe}: {_side(d.old)} -> {_side(d.new)}"]
+    for title, counts, rows in _sections(d):
+        lines.append(f"{title} ({counts}): {_tally(rows)}")
+        for kind, name, old, new in rows:
+            change = f"{old} -> {new}" if old and new else old or new
+            lines.append(f"  {kind:10}  {name} {change}")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|") if text else "-"
+
+
+def diff_markdown(d) -> str:
+    """The diff for a GitHub job summary: a heading, then a table per kind of content that changed."""
+    out = [f"#### {d.recipe}: `{d.old.ami_id}` -> `{d.new.ami_id}`", ""]
+    for title, counts, rows in _sections(d):
+        out.append(f"**{title}** ({counts}): {_tally(rows)}")
+        out.append("")
+        if rows:
+            out += ["| change | name | from | to |", "|---|---|---|---|"]
+            out += [f"| {kind} | {_cell(name)} | {_cell(old)} | {_cell(new)} |" for kind, name, old, new in rows]
+            out.append("")
+    return "\n".join(out).rstrip()

@@ -104,9 +104,10 @@ class ImagesAPI:
         return _newest_first(self.describe_images(Owners=["self"], Filters=filters))
 
     def rejected_images(self, recipe: str) -> list[dict]:
-        """Images of a recipe that failed their smoke test (kept for inspection until pruned)."""
-        return self.describe_images(Owners=["self"], Filters=[T.tag_filter(T.RECIPE, recipe),
-                                                              T.tag_filter(T.SMOKE, "failed")])
+        """Images of a recipe that failed their smoke test or the vulnerability gate (kept for
+        inspection until pruned)."""
+        return [image for tag in (T.SMOKE, T.GATE) for image in self.describe_images(
+            Owners=["self"], Filters=[T.tag_filter(T.RECIPE, recipe), T.tag_filter(tag, "failed")])]
 
     def create_image(self, instance_id: str, name: str, description: str, tags: dict[str, str]) -> str:
         resp = self.call("create-image", self.client.create_image, InstanceId=instance_id, Name=name,

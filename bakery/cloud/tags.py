@@ -29,6 +29,8 @@ SOURCE_AMI = "bakery:source-ami"
 COMPLETE = "bakery:complete"        # "true" once smoke-tested and published: the product; never removed by clean-up
 SMOKE = "bakery:smoke"              # passed | failed: a failed image is kept for inspection, never used
 COPIED_FROM = "bakery:copied-from"  # REGION/AMI a region copy was made from
+SBOM = "bakery:sbom"                # sha256:HEX of the image's CycloneDX SBOM (beside its manifest): diff finds
+                                    # the file by the build id and trusts it only if the digest matches
 
 # ---- launches (environments)
 ENVIRONMENT = "bakery:environment"
@@ -92,8 +94,9 @@ def created_at(tags: dict[str, str]) -> datetime | None:
 
 
 def is_product(tags: dict[str, str]) -> bool:
-    """A finished image, or one a smoke test rejected and kept for inspection: never clean-up's."""
-    return tags.get(COMPLETE) == "true" or tags.get(SMOKE) == "failed"
+    """A finished image, or one a smoke test or the vulnerability gate rejected and kept for
+    inspection: never clean-up's."""
+    return tags.get(COMPLETE) == "true" or tags.get(SMOKE) == "failed" or tags.get(GATE) == "failed"
 
 
 def owner_run(tags: dict[str, str]) -> str | None:

@@ -58,6 +58,11 @@ class Settings:
         return self.state_dir or self.project_dir / ".bakery"
 
     @property
+    def manifests(self) -> Path:
+        """Each bake's manifest, and beside it the SBOM of the image it made."""
+        return self.state / "manifests"
+
+    @property
     def local_data(self) -> Path:
         """The local cloud's base image, layers, instances and endpoint state."""
         return self.data_dir or default_data_dir()

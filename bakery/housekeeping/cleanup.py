@@ -5,7 +5,8 @@ Order matters: instances first (they hold the security group and key pair), then
 group (retrying while the ENI detaches), then key pairs, then images that never completed and
 their snapshots, then the build's private key file on this machine (kept with a --keep-on-error
 builder so `ssh -i` can reach it; useless once the key pair is gone). A finished image is the
-product, and an image a smoke test rejected is kept for inspection: clean-up never touches either.
+product, and an image a smoke test or the vulnerability gate rejected is kept for inspection:
+clean-up never touches either.
 """
 
 from __future__ import annotations

@@ -58,6 +58,9 @@ class CleanupStack(contextlib.ExitStack):
         if self.ledger is not None:
             self.ledger.kept(kind, rid, region)
 
+    def is_kept(self, kind: str, rid: str, region: str | None) -> bool:
+        return (kind, rid, region) in self._kept
+
     def keep_products(self) -> None:
         self._succeeded = True
         for key in self._products:

@@ -1,0 +1,128 @@
+"""An image's evidence, end to end: moto server as EC2 and S3, a real sshd as the builder (this
+machine's own dpkg database is what the SBOM lists). The vulnerability gate against a fixture OSV
+feed, waivers and their expiry; signed provenance verified from a second checkout through the
+bucket, refused once the image's tags change; an environment that requires verified images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import date, timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from bakery.bake.run import bake
+from bakery.errors import StepFailed, VerificationFailed
+from bakery.progress import Reporter
+from tests.support import ROOT, recipe_text, write_recipe
+
+pytestmark = pytest.mark.e2e
+
+STEPS = "  - {name: hello, shell: echo hello > /srv/hello}\n"
+
+
+def installed(package: str) -> str:
+    return subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.fixture
+def feed(tmp_path):
+    """One record: the builder's own base-files is vulnerable (fixed only in a later revision), urgency high."""
+    record = {"schema_version": "1.6.0", "id": "DEBIAN-CVE-2099-0001", "modified": "2099-01-01T00:00:00Z",
+              "upstream": ["CVE-2099-0001"], "details": "base-files: a test vulnerability",
+              "affected": [{"package": {"name": "base-files", "ecosystem": "Debian:12"},
+                            "ranges": [{"type": "ECOSYSTEM",
+                                        "events": [{"introduced": "0"}, {"fixed": installed("base-files") + "+zz1"}]}],
+                            "ecosystem_specific": {"urgency": "high"}}]}
+    path = tmp_path / "osv"
+    path.mkdir()
+    (path / "DEBIAN-CVE-2099-0001.json").write_text(json.dumps(record))
+    return path
+
+
+def waiver(expires: date) -> str:
+    return (f"vulnerabilities:\n  waive:\n    - {{id: CVE-2099-0001, reason: 'base-files is rebuilt next week', "
+            f"expires: {expires.isoformat()}}}\n")
+
+
+def test_the_gate_fails_a_vulnerable_image_a_waiver_lets_it_through_and_its_expiry_does_not(
+        moto, tmp_path, builder_host, settings_for, feed):
+    recipes = tmp_path / "recipes"
+    settings = settings_for(recipes, osv_feed=feed)
+    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS))
+    with pytest.raises(StepFailed, match=r"vulnerabilities: (ami-\w+) not published: .*DEBIAN-CVE-2099-0001"):
+        bake(settings, "web", {}, report=Reporter(quiet=True))
+    ec2 = moto.client()
+    (failed,) = ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:bakery:recipe", "Values": ["web"]}])["Images"]
+    tags = {t["Key"]: t["Value"] for t in failed["Tags"]}
+    assert tags["bakery:vulnerability-gate"] == "failed" and "bakery:complete" not in tags  # kept, never used
+
+    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS, waiver(date.today() + timedelta(days=30))))
+    passed = bake(settings, "web", {}, report=Reporter(quiet=True))
+    (finding,) = [f for f in passed.vulnerabilities["findings"] if f["id"] == "DEBIAN-CVE-2099-0001"]
+    assert finding["waived_by"] and not passed.vulnerabilities["failed"]
+
+    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS, waiver(date.today() - timedelta(days=1))))
+    with pytest.raises(StepFailed, match="DEBIAN-CVE-2099-0001"):
+        bake(settings, "web", {}, report=Reporter(quiet=True), force=True)
+
+
+def key_pair(tmp_path):
+    key = ed25519.Ed25519PrivateKey.generate()
+    private, public = tmp_path / "release.pem", tmp_path / "release.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def verify_cli(moto, tmp_path, ami: str, public, state: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "aws", "INVOKE_BAKERY_ENDPOINT_URL": moto.url,
+           "INVOKE_BAKERY_EVIDENCE_BUCKET": "evidence", "INVOKE_BAKERY_VERIFY_KEY": str(public),
+           "INVOKE_BAKERY_STATE_DIR": str(tmp_path / state), "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing"}
+    return subprocess.run([sys.executable, "-m", "invoke", "verify", "--ami", ami], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_signed_image_verifies_from_a_second_checkout_and_fails_once_its_tags_change(
+        moto, tmp_path, builder_host, settings_for):
+    private, public = key_pair(tmp_path)
+    moto.client("s3").create_bucket(Bucket="evidence")
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS))
+    manifest = bake(settings_for(recipes, signing_key=str(private), evidence_bucket="evidence"), "web", {},
+                    report=Reporter(quiet=True))
+    assert manifest.provenance and manifest.sbom_sha256
+
+    second = verify_cli(moto, tmp_path, manifest.ami_id, public, "second-checkout")  # an empty state dir
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith(f"verified: {manifest.ami_id}: recipe web, build {manifest.build_id}")
+
+    moto.client().create_tags(Resources=[manifest.ami_id], Tags=[{"Key": "bakery:inputs-hash", "Value": "0" * 64}])
+    altered = verify_cli(moto, tmp_path, manifest.ami_id, public, "third-checkout")
+    lines = altered.stderr.strip().splitlines()
+    assert altered.returncode != 0 and len(lines) == 1 and "Traceback" not in altered.stderr
+    assert lines[0].startswith(f"error: {manifest.ami_id} provenance: ") and manifest.ami_id in lines[0][20:]
+
+
+def test_an_environment_that_requires_verified_images_refuses_an_unsigned_one(moto, tmp_path, builder_host,
+                                                                               settings_for):
+    from bakery.launch.run import launch
+
+    _, public = key_pair(tmp_path)
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS))
+    settings = settings_for(recipes, verify_key=str(public), envs_dir=tmp_path / "envs")
+    unsigned = bake(settings, "web", {}, report=Reporter(quiet=True))
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs/prod.yaml").write_text("require_verified_images: true\ntiers:\n  web:\n"
+                                             "    image: {recipe: web}\n    strategy: baked\n")
+    with pytest.raises(VerificationFailed, match=f"tiers.web: require_verified_images: {unsigned.ami_id}: not signed"):
+        launch(settings, "prod", dry_run=True, report=Reporter(quiet=True))
