@@ -126,3 +126,62 @@ def test_an_environment_that_requires_verified_images_refuses_an_unsigned_one(mo
                                              "    image: {recipe: web}\n    strategy: baked\n")
     with pytest.raises(VerificationFailed, match=f"tiers.web: require_verified_images: {unsigned.ami_id}: not signed"):
         launch(settings, "prod", dry_run=True, report=Reporter(quiet=True))
+
+
+def test_rebake_bakes_an_unchanged_recipe_again_when_stale_or_offered_updates_and_says_why(
+        moto, tmp_path, builder_host, settings_for, monkeypatch):
+    """The image's own apt sources (this machine's, as the SBOM recorded them) are asked through a
+    fake archive on 127.0.0.1 standing in for deb.debian.org."""
+    from datetime import datetime as real_datetime
+    from datetime import timezone
+
+    from bakery.bake import run as bake_run
+    from bakery.bake.rebake import rebake
+    from bakery.evidence import freshness
+    from tests.test_freshness import FakeArchive
+
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS))
+    settings = settings_for(recipes)
+    first = bake(settings, "web", {}, report=Reporter(quiet=True))
+    sbom_sources = subprocess.run(["sh", "-c", "cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list "
+                                   "2>/dev/null"], capture_output=True, text=True).stdout
+    archive = FakeArchive(tmp_path / "mirror")
+    try:
+        monkeypatch.setattr(freshness, "http_fetch", lambda timeout=20.0: lambda url: _redirected(url, archive))
+
+        def offer(version: str) -> None:
+            for source in freshness.parse_sources(sbom_sources):
+                archive.publish(source.suite, {"base-files": version}, root=_path_of(source.uri))
+
+        offer(installed("base-files"))
+        (row,) = rebake(settings, ["web"], report=Reporter(quiet=True))
+        assert (row.decision, row.ami_id) == ("unchanged", first.ami_id), row
+
+        offer(installed("base-files") + "+zz1")
+        (row,) = rebake(settings, ["web"], report=Reporter(quiet=True))
+        assert row.decision == "rebaked" and row.ami_id != first.ami_id
+        assert row.reason == (f"{first.ami_id} updates: base-files {installed('base-files')} -> "
+                              f"{installed('base-files')}+zz1"), row.reason
+
+        class Later(real_datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return real_datetime.now(tz or timezone.utc) + timedelta(days=9)
+        monkeypatch.setattr(bake_run, "datetime", Later)
+        (row,) = rebake(settings, ["web"], report=Reporter(quiet=True))
+        assert row.decision == "rebaked" and row.reason.endswith("stale: 9 days old (freshness.max_age_days: 6)")
+    finally:
+        archive.close()
+
+
+def _path_of(uri: str) -> str:
+    return uri.split("://", 1)[1].split("/", 1)[1] if "/" in uri.split("://", 1)[1] else ""
+
+
+def _redirected(url: str, archive) -> bytes:
+    import urllib.request
+
+    path = url.split("://", 1)[1].split("/", 1)[1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{archive.server.server_port}/{path}", timeout=5) as response:
+        return response.read()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bakery.evidence.freshness import Archive, AptSource, ArchiveError, available_updates, judge, parse_sources
+from bakery.evidence.apt import AptSource, parse_sources
+from bakery.evidence.freshness import Archive, ArchiveError, available_updates, judge
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,9 @@ class FakeArchive:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.uri = f"http://127.0.0.1:{self.server.server_port}/debian"
 
-    def publish(self, suite: str, packages: dict[str, str], component: str = "main", corrupt: bool = False) -> None:
-        dists = self.root / "debian/dists" / suite
+    def publish(self, suite: str, packages: dict[str, str], component: str = "main", corrupt: bool = False,
+                root: str = "debian") -> None:
+        dists = self.root / root / "dists" / suite
         index = f"{component}/binary-amd64/Packages.gz"
         body = "".join(f"Package: {name}\nVersion: {version}\nArchitecture: amd64\n\n"
                        for name, version in packages.items())

@@ -86,10 +86,11 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
         try:
             manifest = Bake(settings, inputs, mine[name], report=Reporter(prefix=f"[{name}] ", stream=report.stream,
                                                                           quiet=report.quiet),
-                            force=force, cloud=cloud).run()
+                            force=force, cloud=cloud, freshness=True).run()
             decision = "unchanged" if manifest.skipped else "rebaked"
-            reason = manifest.reason if manifest.skipped else (
-                "forced" if force else f"inputs changed (hash {manifest.inputs_hash})")
+            # a stale image's reason says why; a new inputs hash is what "no image with these inputs" means here
+            reason = (f"inputs changed (hash {manifest.inputs_hash})"
+                      if manifest.reason == "no image with these inputs" else manifest.reason)
             rows[name] = RebakeRow(name, decision, reason, manifest.ami_id, round(time.monotonic() - started, 3))
         except BakeryError as exc:
             rows[name] = RebakeRow(name, "failed", exc.message, None, round(time.monotonic() - started, 3))

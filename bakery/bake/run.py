@@ -41,13 +41,15 @@ class Bake:
     """One run of one recipe. `run()` returns the Manifest or raises a BakeryError."""
 
     def __init__(self, settings: Settings, inputs: Inputs, variables: dict[str, str], *, report: Reporter,
-                 force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None):
+                 force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None,
+                 freshness: bool = False):
         self.settings = settings
         self.inputs = inputs
         self.variables = checked_variables(settings, inputs, variables)
         self.report = report
         self.force = force
         self.keep_on_error = keep_on_error
+        self.freshness = freshness  # rebake: an image of unchanged inputs may still be stale
         self.cloud = cloud or open_cloud(settings)
         self.build_id = new_build_id()
         self.started = time.monotonic()
@@ -77,7 +79,7 @@ class Bake:
         with self._lock():
             if not self.force and self._skip(manifest):
                 return manifest
-            manifest.reason = "forced" if self.force else "no image with these inputs"
+            manifest.reason = "forced" if self.force else manifest.reason or "no image with these inputs"
             self._build(source, manifest)
         manifest.stages = r.timings()
         manifest.seconds = round(time.monotonic() - self.started, 3)
@@ -109,6 +111,16 @@ class Bake:
         if not existing:
             return False
         image = existing[0]
+        if self.freshness:
+            from bakery.evidence.freshness import image_verdict
+
+            verdict = image_verdict(self.settings, self.cloud.ec2, self.inputs.full().freshness, image,
+                                    datetime.now(timezone.utc))
+            for warning in verdict.warnings:
+                self.report.warn(f"{image['ImageId']}: {warning}")
+            if verdict.reason:
+                manifest.reason = f"{image['ImageId']} {verdict.reason}"
+                return False
         manifest.skipped, manifest.ami_id, manifest.image_name = True, image["ImageId"], image.get("Name")
         manifest.reason = f"inputs unchanged: {image['ImageId']} already has inputs hash {manifest.inputs_hash}"
         manifest.seconds = round(time.monotonic() - self.started, 3)

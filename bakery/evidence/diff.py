@@ -171,15 +171,21 @@ def _image(record: dict) -> Image:
     return Image(record["ImageId"], tags.get(T.BUILD_ID, ""), record.get("Name", ""), record.get("CreationDate", ""))
 
 
-def image_sbom(settings: Settings, record: dict) -> Sbom:
-    """The SBOM of a baked image: beside the manifests, by its recipe and build id tags, with the
-    digest it was tagged with."""
+def image_sbom(settings: Settings, record: dict, ec2=None) -> Sbom:
+    """The SBOM of a baked image: beside the manifests, by its recipe and build id tags, else (with
+    `ec2`) from the evidence store by the image id; trusted only with the digest it was tagged with."""
     tags, ami = T.tags_of(record), record["ImageId"]
     digest = tags.get(T.SBOM)
     if not digest:
         raise BakeryError(f"{ami} has no SBOM (no {T.SBOM} tag: baked before bakery collected SBOMs; "
                           f"`invoke bake --recipe {tags.get(T.RECIPE, 'NAME')} --force` bakes one that has)")
     path = sbom_path(settings.manifests, tags.get(T.RECIPE, ""), tags.get(T.BUILD_ID, ""))
+    if not path.exists() and ec2 is not None:
+        from bakery.evidence.store import EvidenceStore
+
+        stored = EvidenceStore(ec2, settings.state / "evidence").find(ami, "sbom", digest.removeprefix("sha256:"))
+        if stored is not None:
+            return Sbom.from_cyclonedx(stored.decode(), f"{ami} SBOM")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -28,10 +28,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from debian.deb822 import Deb822, Packages, Release
+from debian.deb822 import Packages, Release
 from debian.debian_support import Version
 
 from bakery.errors import BakeryError
+from bakery.evidence.apt import AptSource, parse_sources
 
 #: index files by preference: the smallest to download first (apt's own order)
 _COMPRESSIONS = ((".xz", lzma.decompress), (".gz", gzip.decompress), (".bz2", bz2.decompress), ("", bytes))
@@ -44,21 +45,6 @@ class Installed(Protocol):
     name: str
     version: str
     arch: str
-
-
-@dataclass(frozen=True)
-class AptSource:
-    uri: str
-    suite: str
-    components: tuple[str, ...]
-
-    @property
-    def security(self) -> bool:
-        """Debian's security archive: the suite `bookworm-security` (security.debian.org)."""
-        return self.suite.endswith("-security") or self.suite.endswith("/updates")
-
-    def label(self) -> str:
-        return f"{self.uri.rstrip('/')} {self.suite}"
 
 
 @dataclass(frozen=True)
@@ -79,31 +65,6 @@ class Verdict:
     reason: str | None
     updates: list[Update] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def parse_sources(text: str) -> list[AptSource]:
-    """The `deb` entries of a sources.list (one-line form) or a .sources file (deb822 form)."""
-    out: list[AptSource] = []
-    if any(line.strip().lower().startswith(("types:", "uris:")) for line in text.splitlines()):
-        for para in Deb822.iter_paragraphs(text.splitlines()):
-            if "deb" not in para.get("Types", "").split() or para.get("Enabled", "yes").lower() == "no":
-                continue
-            for uri in para.get("URIs", "").split():
-                for suite in para.get("Suites", "").split():
-                    out.append(AptSource(uri, suite, tuple(para.get("Components", "").split())))
-        return out
-    for line in text.splitlines():
-        words = line.split("#", 1)[0].split()
-        if not words or words[0] != "deb":
-            continue
-        words = words[1:]
-        if words and words[0].startswith("["):  # [arch=amd64 signed-by=...]
-            while words and not words[0].endswith("]"):
-                words.pop(0)
-            words = words[1:]
-        if len(words) >= 2:
-            out.append(AptSource(words[0], words[1], tuple(words[2:])))
-    return out
 
 
 Fetch = Callable[[str], bytes]
@@ -212,3 +173,23 @@ def judge(created: datetime, now: datetime, max_age_days: int, updates: str, ins
         shown = ", ".join(u.line() for u in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         return Verdict(f"updates: {shown}", found, warnings)
     return Verdict(None, [], warnings)
+
+
+def image_verdict(settings, ec2, policy, image: dict, now: datetime) -> Verdict:
+    """`rebake`'s verdict on the newest image of unchanged inputs (the recipe's `freshness`
+    policy): its SBOM says what is installed and where updates come from."""
+    from bakery.evidence.diff import image_sbom
+
+    created = datetime.strptime(image["CreationDate"][:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=now.tzinfo)
+    sbom, warnings = None, []
+    if policy.updates != "none":
+        try:
+            sbom = image_sbom(settings, image, ec2)
+        except BakeryError as exc:
+            warnings.append(f"available updates not checked: {exc.message}")
+    sources = [s for line in (sbom.image.apt_sources if sbom else ()) for s in parse_sources(line)]
+    verdict = judge(created, now, policy.max_age_days, policy.updates, sbom.packages if sbom else None, sources,
+                    Archive(settings.state / "apt-indexes"))
+    if sbom is None and policy.updates != "none":
+        verdict.warnings = warnings  # the reason it was not checked, not judge's generic one
+    return verdict

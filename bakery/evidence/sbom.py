@@ -61,6 +61,7 @@ P_RECIPE, P_BUILD_ID, P_INPUTS_HASH, P_SOURCE_AMI = ("bakery.recipe", "bakery.bu
 P_OS_ID, P_OS_VERSION, P_OS_CODENAME, P_ARCH = ("bakery.os.id", "bakery.os.version-id", "bakery.os.codename",
                                                 "bakery.architecture")
 P_PY_ENV, P_MODE, P_OWNER = "bakery.python.environment", "bakery.file.mode", "bakery.file.owner"
+P_APT = "bakery.apt.sources"  # the image's apt sources, one `deb URI SUITE COMPONENTS` line each: rebake's freshness
 SYSTEM = "system"  # a Python distribution's environment when it is in no virtualenv
 
 
@@ -79,6 +80,7 @@ class Image:
     os_codename: str    # VERSION_CODENAME: bookworm
     os_name: str        # PRETTY_NAME: Debian GNU/Linux 12 (bookworm)
     arch: str           # dpkg --print-architecture: amd64, arm64 (uname -m without dpkg)
+    apt_sources: tuple[str, ...] = ()  # `deb URI SUITE COMPONENTS...`: where its packages' updates come from
 
     @property
     def distro(self) -> str:
@@ -256,7 +258,8 @@ def _document(sbom: Sbom) -> dict:
             "properties": _properties([(P_RECIPE, image.recipe), (P_BUILD_ID, image.build_id),
                                        (P_INPUTS_HASH, image.inputs_hash), (P_SOURCE_AMI, image.source_ami),
                                        (P_OS_ID, image.os_id), (P_OS_VERSION, image.os_version),
-                                       (P_OS_CODENAME, image.os_codename), (P_ARCH, image.arch)])}
+                                       (P_OS_CODENAME, image.os_codename), (P_ARCH, image.arch),
+                                       (P_APT, "\n".join(image.apt_sources))])}
     components: list[dict] = []
     for p in sbom.packages:
         purl = p.purl(image)
@@ -299,7 +302,7 @@ def _model(data: dict, where: str) -> Sbom:
                   inputs_hash=meta.get(P_INPUTS_HASH, ""), source_ami=meta.get(P_SOURCE_AMI, ""),
                   os_id=meta.get(P_OS_ID, ""), os_version=meta.get(P_OS_VERSION, ""),
                   os_codename=meta.get(P_OS_CODENAME, ""), os_name=root.get("description", ""),
-                  arch=meta.get(P_ARCH, ""))
+                  arch=meta.get(P_ARCH, ""), apt_sources=tuple(filter(None, meta.get(P_APT, "").split("\n"))))
     sbom = Sbom(image)
     for index, c in enumerate(data.get("components", [])):
         try:
@@ -387,6 +390,10 @@ if [ $# -gt 0 ]; then
   sha256sum -- "$@" 2>>"$e" | while read -r h rest; do printf 'sha\t%s\n' "${h#\\}"; done
   stat --printf 'stat\t%a\t%U:%G\n' -- "$@" 2>>"$e"
 fi
+# the image's apt sources (one-line and deb822 files), each line tagged with its file
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+  [ -r "$f" ] && sed "s|^|apt\t$f\t|" "$f" 2>>"$w"
+done
 sed 's/^/warning\t/' "$w"
 sed 's/^/error\t/' "$e"
 echo end
@@ -402,6 +409,18 @@ def collection_script(files: list[str]) -> str:
 # dpkg's states whose files are on disk; not-installed and config-files (removed, its conffiles
 # kept) are not in the image.
 INSTALLED = {"installed", "half-installed", "unpacked", "half-configured", "triggers-awaited", "triggers-pending"}
+
+
+def _apt_sources(rows: list[list[str]]) -> tuple[str, ...]:
+    """Each `apt` row is one line of one sources file: the files put back together and read."""
+    from bakery.evidence.apt import parse_sources
+
+    files: dict[str, list[str]] = {}
+    for row in rows:
+        if row[0] == "apt" and len(row) >= 2:
+            files.setdefault(row[1], []).append("\t".join(row[2:]))
+    return tuple(f"deb {s.uri} {s.suite} {' '.join(s.components)}".rstrip()
+                 for lines in files.values() for s in parse_sources("\n".join(lines)))
 
 
 @dataclass
@@ -423,7 +442,8 @@ def parse_collection(lines: list[str], files: list[str], *, recipe: str, build_i
     os_row = next((r for r in rows if r[0] == "os" and len(r) == 5), ["os", "linux", "", "", ""])
     arch = next((r[1] for r in rows if r[0] == "arch" and len(r) == 2), "")
     image = Image(recipe, build_id, inputs_hash, source_ami, os_id=os_row[1].lower() or "linux",
-                  os_version=os_row[2], os_codename=os_row[3], os_name=os_row[4], arch=arch)
+                  os_version=os_row[2], os_codename=os_row[3], os_name=os_row[4], arch=arch,
+                  apt_sources=_apt_sources(rows))
     sbom = Sbom(image)
     venvs = sorted((r[1] for r in rows if r[0] == "venv" and len(r) == 2), key=len, reverse=True)
     present, sums, stats = [], [], []
