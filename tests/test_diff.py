@@ -222,6 +222,27 @@ def test_diff_refuses_in_one_line(baked, arrange, flags, error, message):
         diff_recipe(baked.settings, recipe, cloud=baked.cloud, **flags)
 
 
+def test_a_second_checkout_with_an_empty_state_dir_finds_the_sboms_in_the_evidence_bucket(baked, tmp_path):
+    import dataclasses
+
+    from bakery.evidence.store import EvidenceStore
+
+    first = dataclasses.replace(baked.settings, evidence_bucket="evidence")
+    ec2 = open_cloud(first).ec2
+    ec2.ensure_bucket("evidence")
+    for build, ami in (("b-20260101000001-0a1b2c", baked.image(OLD)), ("b-20260101000002-0a1b2c", baked.image(NEW))):
+        # what the bake's KeepSbom does with the SBOM it collected
+        EvidenceStore(ec2, first.state / "evidence").keep(ami, "sbom", sbom_path(first.manifests, "web", build)
+                                                          .read_bytes())
+    second = dataclasses.replace(first, state_dir=tmp_path / "second-checkout")
+    diff = diff_recipe(second, "web", cloud=open_cloud(second))
+    assert [(c.name, c.new) for c in diff.packages.upgraded] == [("nginx", "1.22.1-9+deb12u1")]
+    assert not (tmp_path / "second-checkout/manifests").exists()
+    rows = [RebakeRow("web", "rebaked", "forced", diff.new.ami_id, 1.0)]
+    rows[0].changes, rows[0].no_changes = changes(second, open_cloud(second), "web", diff.new.ami_id)
+    assert rows[0].no_changes == "" and rows[0].changes.packages.upgraded == diff.packages.upgraded
+
+
 def test_diff_trusts_an_sbom_only_with_the_digest_its_image_was_tagged_with(baked):
     baked.image(OLD)
     ami = baked.image(NEW)

@@ -244,7 +244,7 @@ def diff_recipe(settings: Settings, recipe: str, from_ami: str | None = None, to
     old = _named(ec2, recipe, from_ami, "--from") if from_ami else None
     new = _named(ec2, recipe, to_ami, "--to") if to_ami else None
     images = ec2.bakery_images(recipe=recipe) if old is None or new is None else []
-    return _between(settings, recipe, *pick(images, recipe, old, new))
+    return _between(settings, ec2, recipe, *pick(images, recipe, old, new))
 
 
 def since_previous(settings: Settings, ec2, recipe: str, ami: str) -> ImageDiff:
@@ -255,8 +255,9 @@ def since_previous(settings: Settings, ec2, recipe: str, ami: str) -> ImageDiff:
         raise BakeryError(f"{ami} is not a finished image of recipe {recipe}")
     if ids.index(ami) == len(ids) - 1:
         raise BakeryError(f"{ami} is the first finished image of {recipe}: nothing before it to compare with")
-    return _between(settings, recipe, *pick(images, recipe, None, images[ids.index(ami)]))
+    return _between(settings, ec2, recipe, *pick(images, recipe, None, images[ids.index(ami)]))
 
 
-def _between(settings: Settings, recipe: str, old: dict, new: dict) -> ImageDiff:
-    return image_diff(recipe, (_image(old), image_sbom(settings, old)), (_image(new), image_sbom(settings, new)))
+def _between(settings: Settings, ec2, recipe: str, old: dict, new: dict) -> ImageDiff:
+    return image_diff(recipe, (_image(old), image_sbom(settings, old, ec2)),
+                      (_image(new), image_sbom(settings, new, ec2)))
