@@ -362,7 +362,10 @@ def write_recipe(recipes: Path, name: str, body: str) -> Path:
 
 
 def recipe_text(port: int, steps: str, extra: str = "") -> str:
-    """A recipe aimed at the fake builder host on 127.0.0.1:port."""
+    """A recipe aimed at the fake builder host on 127.0.0.1:port. The fake builder is this machine,
+    whose apt sources are the real Debian archive: rebake's freshness must not ask it (tests touch
+    127.0.0.0/8 only), so updates are not checked unless `extra` says otherwise."""
+    freshness = "" if "freshness:" in extra else "freshness: {updates: none}\n"
     return f"""\
 description: test recipe
 source:
@@ -370,7 +373,7 @@ source:
 builder:
   instance_types: [t3.micro, t3.small]
   ssh: {{user: root, interface: host, host: 127.0.0.1, port: {port}, timeout: 20}}
-{extra}steps:
+{freshness}{extra}steps:
 {steps}
 """
 

@@ -141,7 +141,7 @@ def test_rebake_bakes_an_unchanged_recipe_again_when_stale_or_offered_updates_an
     from tests.test_freshness import FakeArchive
 
     recipes = tmp_path / "recipes"
-    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS))
+    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS, "freshness: {updates: all}\n"))
     settings = settings_for(recipes)
     first = bake(settings, "web", {}, report=Reporter(quiet=True))
     sbom_sources = subprocess.run(["sh", "-c", "cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list "
