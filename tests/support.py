@@ -119,13 +119,20 @@ def not_on_a_builder() -> list[str]:
     """This machine's trees a fresh builder would not have, which the bake's SBOM (a walk of the
     whole file system) would otherwise walk and list: /opt and /usr/local (empty on a Debian
     cloud image; a CI runner's tool caches), the local cloud's image store (full Debian root file
-    systems) and the virtualenv running the tests."""
+    systems), the virtualenv running the tests and trees outside a Debian system's own."""
     from bakery.config.settings import default_data_dir
 
     hidden = ["/opt", "/usr/local", str(default_data_dir())]
+    # and every top-level tree a Debian system does not have (a checkout under /work, a mounted
+    # share): this machine's, not an image's
+    hidden += sorted(str(d) for d in Path("/").iterdir() if d.is_dir() and not d.is_symlink() and d.name not in DEBIAN_TOP)
     if sys.prefix != sys.base_prefix:
         hidden.append(sys.prefix)
     return hidden
+
+
+DEBIAN_TOP = {"bin", "boot", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "media", "mnt", "opt", "proc",
+              "root", "run", "sbin", "srv", "sys", "tmp", "usr", "var", "lost+found"}
 
 
 # The stand-in for cloud-init on the fake builder: `status` and `clean` succeed, fail or hang
@@ -364,7 +371,8 @@ def write_recipe(recipes: Path, name: str, body: str) -> Path:
 def recipe_text(port: int, steps: str, extra: str = "") -> str:
     """A recipe aimed at the fake builder host on 127.0.0.1:port. The fake builder is this machine,
     whose apt sources are the real Debian archive: rebake's freshness must not ask it (tests touch
-    127.0.0.0/8 only), so updates are not checked unless `extra` says otherwise."""
+    127.0.0.0/8 only), so updates are not checked unless `extra` says otherwise (said last: no
+    line number of the rest moves)."""
     freshness = "" if "freshness:" in extra else "freshness: {updates: none}\n"
     return f"""\
 description: test recipe
@@ -373,9 +381,9 @@ source:
 builder:
   instance_types: [t3.micro, t3.small]
   ssh: {{user: root, interface: host, host: 127.0.0.1, port: {port}, timeout: 20}}
-{freshness}{extra}steps:
+{extra}steps:
 {steps}
-"""
+{freshness}"""
 
 
 def leftovers(ec2) -> dict[str, list[str]]:
