@@ -38,23 +38,23 @@ class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAP
         # region_name explicitly: a facade for another region shares the home region's session
         self.client = self.session.client("ec2", region_name=settings.region, endpoint_url=settings.endpoint_url,
                                           config=CLIENT_CONFIG)
-        self._ssm = None
-        self._elbv2 = None
+        self._clients: dict[str, object] = {}  # the other services' clients, made on first use
         self._regions: dict[str, EC2] = {settings.region: self}
+
+    def service(self, name: str, config=CLIENT_CONFIG):
+        """This region's client of another service at the same endpoint, made once on first use."""
+        if name not in self._clients:
+            self._clients[name] = self.session.client(name, region_name=self.region,
+                                                      endpoint_url=self.settings.endpoint_url, config=config)
+        return self._clients[name]
 
     @property
     def ssm(self):
-        if self._ssm is None:
-            self._ssm = self.session.client("ssm", region_name=self.region, endpoint_url=self.settings.endpoint_url,
-                                            config=CLIENT_CONFIG)
-        return self._ssm
+        return self.service("ssm")
 
     @property
     def elbv2(self):
-        if self._elbv2 is None:
-            self._elbv2 = self.session.client("elbv2", region_name=self.region,
-                                              endpoint_url=self.settings.endpoint_url, config=CLIENT_CONFIG)
-        return self._elbv2
+        return self.service("elbv2")
 
     def in_region(self, region: str) -> "EC2":
         """The same account and endpoint in another region (region copies, prune, the janitor)."""

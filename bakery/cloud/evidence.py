@@ -19,10 +19,7 @@ class EvidenceAPI:
 
     @property
     def s3(self):
-        if getattr(self, "_s3", None) is None:
-            self._s3 = self.session.client("s3", region_name=self.region, endpoint_url=self.settings.endpoint_url,
-                                           config=_S3_CONFIG)
-        return self._s3
+        return self.service("s3", _S3_CONFIG)
 
     def put_evidence(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
         self.call(f"s3 put-object s3://{bucket}/{key}", self.s3.put_object, Bucket=bucket, Key=key, Body=body,

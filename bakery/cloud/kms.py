@@ -3,7 +3,6 @@ public half of a key and a signature made inside KMS. A mixin of the EC2 facade.
 
 from __future__ import annotations
 
-from bakery.cloud.session import CLIENT_CONFIG
 from bakery.errors import CloudError
 
 
@@ -12,10 +11,7 @@ class KmsAPI:
 
     @property
     def kms(self):
-        if getattr(self, "_kms", None) is None:
-            self._kms = self.session.client("kms", region_name=self.region, endpoint_url=self.settings.endpoint_url,
-                                            config=CLIENT_CONFIG)
-        return self._kms
+        return self.service("kms")
 
     def kms_public_key(self, key_id: str) -> bytes:
         """The key's public half (DER SubjectPublicKeyInfo); a key that cannot sign is an error naming it."""
