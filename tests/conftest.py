@@ -61,3 +61,29 @@ def settings_for(moto, tmp_path):
         return Settings(cloud="aws", region="us-east-1", endpoint_url=moto.url, project_dir=tmp_path,
                         recipes_dir=recipes, state_dir=tmp_path / "state", **kw)
     return make
+
+
+# The suite runs on pytest-xdist's workers (pyproject's addopts). Everything that touches the local
+# cloud shares one worker, one test at a time: network namespace names are host-wide, a local test
+# may remove every bakery-vpc-* namespace (test_durable's host reboot), and the bad-input corpus
+# asserts that no namespace appears while it runs. The rest spreads over the other workers, one
+# test at a time. The folder says which is which: tests/local/ (marked `local`), plus the corpus.
+# (By path, in the controller: pytest 9.2's node ids no longer take xdist's `xdist_group` suffix.)
+LOCAL_CLOUD = "local-cloud"
+SHARES_THE_HOSTS_NAMESPACES = ("tests/local/", "tests/test_bad_input_corpus.py::")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LocalCloudApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return LOCAL_CLOUD if nodeid.startswith(SHARES_THE_HOSTS_NAMESPACES) else nodeid
+
+    return LocalCloudApart(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    strays = [i.nodeid for i in items if i.get_closest_marker("local") and not i.nodeid.startswith("tests/local/")]
+    if strays:
+        raise pytest.UsageError(f"{strays[0]}: a local-cloud test lives in tests/local/ (its worker is chosen by path)")

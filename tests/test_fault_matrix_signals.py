@@ -166,7 +166,7 @@ def test_a_signal_during_clean_up_is_noted_and_clean_up_finishes(bench, endpoint
               gate=dict(operation="TerminateInstances"))
     assert b.gate.held.wait(60), "".join(b.run.lines)
     b.run.proc.send_signal(sig)
-    assert b.run.printed(f"{sig.name} received; finishing clean-up first")
+    assert b.run.printed(f"{sig.name} received; finishing clean-up first"), "".join(b.run.lines)
     b.gate.release()
     code, _, err = b.run.finish()
     assert code == 1, err  # the bake's own failure, not the signal, is what the run reports

@@ -19,7 +19,7 @@ import urllib.parse
 
 from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
-from bakery.local.endpoint import HEALTH_PATH, STATUS_PATH
+from bakery.local.endpoint import HEALTH_PATH, STATUS_PATH, health_answer
 from bakery.local.errors import LocalCloudError
 from bakery.local.persist import Snapshots
 from bakery.local.reconcile import Reconciler
@@ -67,7 +67,7 @@ class ControlPlane:
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == HEALTH_PATH:
             start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"ok\n"]
+            return [health_answer(self.machines.data_dir)]
         if environ.get("PATH_INFO") == STATUS_PATH:
             start_response("200 OK", [("Content-Type", "application/json")])
             return [json.dumps({"instances": self.instances()}).encode()]

@@ -58,7 +58,7 @@ class Endpoint:
 
     def running_url(self) -> str | None:
         state = self.state()
-        return state.url if state and _healthy(state.url) else None
+        return state.url if state and self._healthy(state.url) else None
 
     def up(self, images: list[dict]) -> str:
         """Start the server (if it is not running) with `images` preloaded; return its URL."""
@@ -67,7 +67,17 @@ class Endpoint:
             return url
         self.dir.mkdir(parents=True, exist_ok=True)
         self.amis_file.write_text(json.dumps(images, indent=1) + "\n")
-        port = _pick_port(self._last_port())
+        preferred = self._last_port()
+        for _ in range(3):
+            url = self._start(_pick_port(preferred))
+            if url:
+                return url
+            preferred = 0  # another process took the port between the probe and the bind: any free one
+        raise LocalCloudError(f"local EC2 endpoint did not start; see {self.log_file}")
+
+    def _start(self, port: int) -> str | None:
+        """Start the process on `port`; its URL once healthy, None when it exited first (the port
+        was taken meanwhile)."""
         env = {**os.environ, "MOTO_AMIS_PATH": str(self.amis_file), "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "bakery.local.server", "--data-dir", str(self.dir.parent),
@@ -78,11 +88,13 @@ class Endpoint:
         self.port_file.write_text(f"{port}\n")
         self.state_file.write_text(json.dumps({"pid": state.pid, "starttime": state.starttime, "port": port}) + "\n")
         deadline = time.monotonic() + 30
-        while not _healthy(state.url):
-            if proc.poll() is not None or time.monotonic() > deadline:
+        while not self._healthy(state.url):
+            if proc.poll() is not None:
+                self.state_file.unlink(missing_ok=True)
+                return None
+            if time.monotonic() > deadline:
                 self.down()
-                raise LocalCloudError(f"local EC2 endpoint did not start on {state.url}; "
-                                      f"see {self.log_file}")
+                raise LocalCloudError(f"local EC2 endpoint did not start on {state.url}; see {self.log_file}")
             time.sleep(0.05)
         return state.url
 
@@ -117,12 +129,20 @@ class Endpoint:
             return DEFAULT_PORT
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}{HEALTH_PATH}", timeout=2):
-            return True
-    except OSError:
-        return False
+    def _healthy(self, url: str) -> bool:
+        """Our endpoint answers at `url`. Another data dir's endpoint may answer there as well: two
+        local clouds on one machine (a second data dir, tests) can race for the same free port, and
+        the loser must not take the winner's EC2 for its own."""
+        try:
+            with urllib.request.urlopen(f"{url}{HEALTH_PATH}", timeout=2) as answer:
+                return answer.read() == health_answer(self.dir.parent)
+        except OSError:
+            return False
+
+
+def health_answer(data_dir: Path) -> bytes:
+    """What the endpoint of `data_dir` answers on HEALTH_PATH: which local cloud it is."""
+    return f"ok {Path(data_dir).resolve()}\n".encode()
 
 
 def _pick_port(preferred: int) -> int:

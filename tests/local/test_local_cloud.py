@@ -136,6 +136,26 @@ def test_images_survive_an_endpoint_restart(cloud, settings):
     assert again.skipped and again.ami_id == manifest.ami_id
 
 
+def test_a_second_local_cloud_never_takes_the_firsts_endpoint_for_its_own(cloud, tmp_path, monkeypatch):
+    """Two data dirs on one machine (a user's second project, parallel tests) racing for one free
+    port: the loser's server cannot bind it while the winner's answers there. The loser must not
+    take the winner's EC2 for its own; it starts again on another port."""
+    from bakery.local import endpoint
+
+    first = cloud.endpoint.state()
+    picks = iter([first.port])  # the race, made certain: the probe found the port free, then lost it
+    real_pick = endpoint._pick_port
+    monkeypatch.setattr(endpoint, "_pick_port", lambda preferred: next(picks, None) or real_pick(preferred))
+    other = endpoint.Endpoint(tmp_path / "other")
+    other.dir.mkdir(parents=True)
+    try:
+        url = other.up([])
+        assert url != first.url and other.running_url() == url
+        assert cloud.endpoint.running_url() == first.url  # each still knows its own
+    finally:
+        other.down()
+
+
 def test_a_failing_step_leaves_no_sandbox(cloud, settings):
     write_recipe(settings.recipes, "t4", RECIPE.format(extra="  - name: fails\n    shell: exit 9\n"))
     with pytest.raises(StepFailed, match="fails exited with status 9"):
