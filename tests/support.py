@@ -546,3 +546,18 @@ def start_private_sshd(work: Path) -> tuple[subprocess.Popen, int]:
                              f"mount -t tmpfs tmpfs /run && mkdir -m 755 /run/sshd && {mask}"
                              f"exec /usr/sbin/sshd -D -e -f {work}/sshd_config"], stderr=subprocess.DEVNULL)
     return proc, port
+
+
+def signing_key_pair(where: Path) -> tuple[Path, Path]:
+    """A fresh Ed25519 release key: (private PEM, public PEM) files in `where`, for signing_key and
+    verify_key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private, public = where / "release.pem", where / "release.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public

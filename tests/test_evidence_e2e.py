@@ -5,6 +5,7 @@ bucket, refused once the image's tags change; an environment that requires verif
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,13 +13,12 @@ import sys
 from datetime import date, timedelta
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bakery.bake.run import bake
+from bakery.cloud.connect import open_cloud
 from bakery.errors import StepFailed, VerificationFailed
 from bakery.progress import Reporter
-from tests.support import ROOT, recipe_text, write_recipe
+from tests.support import ROOT, recipe_text, signing_key_pair, write_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -72,14 +72,36 @@ def test_the_gate_fails_a_vulnerable_image_a_waiver_lets_it_through_and_its_expi
         bake(settings, "web", {}, report=Reporter(quiet=True), force=True)
 
 
-def key_pair(tmp_path):
-    key = ed25519.Ed25519PrivateKey.generate()
-    private, public = tmp_path / "release.pem", tmp_path / "release.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
+def test_a_failed_gate_is_in_the_rebake_summary_and_its_findings_are_evidence_of_the_kept_image(
+        moto, tmp_path, builder_host, settings_for, feed, monkeypatch):
+    from bakery.bake.attest import findings_path
+    from bakery.bake.rebake import rebake
+    from bakery.cli import show
+    from bakery.evidence.store import EvidenceStore, digest
+
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    moto.client("s3").create_bucket(Bucket="evidence")
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS))
+    settings = settings_for(recipes, osv_feed=feed, evidence_bucket="evidence")
+    (row,) = rebake(settings, ["web"], report=Reporter(quiet=True))
+    assert row.decision == "failed" and "DEBIAN-CVE-2099-0001" in row.reason
+    with pytest.raises(Exception, match="1 recipe\\(s\\) failed: web"):
+        show.rebake([row], json=False)
+    text = summary.read_text()
+    assert "### web: vulnerabilities: **failed**: 1 at or above high, not waived" in text
+    assert "| DEBIAN-CVE-2099-0001 (CVE-2099-0001) | base-files |" in text and "**fails**" in text
+
+    ec2 = moto.client()
+    (kept,) = ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:bakery:recipe", "Values": ["web"]}])["Images"]
+    tags = {t["Key"]: t["Value"] for t in kept["Tags"]}
+    build = tags["bakery:build-id"]
+    beside = findings_path(settings.manifests, "web", build).read_bytes()
+    assert tags["bakery:findings"] == digest(beside) and json.loads(beside)["failed"] is True
+    second = dataclasses.replace(settings, state_dir=tmp_path / "second-checkout")
+    assert EvidenceStore(open_cloud(second).ec2, second.state / "evidence").find(
+        kept["ImageId"], "findings", tags["bakery:findings"]) == beside  # found through the bucket
 
 
 def verify_cli(moto, tmp_path, ami: str, public, state: str) -> subprocess.CompletedProcess:
@@ -93,7 +115,7 @@ def verify_cli(moto, tmp_path, ami: str, public, state: str) -> subprocess.Compl
 
 def test_a_signed_image_verifies_from_a_second_checkout_and_fails_once_its_tags_change(
         moto, tmp_path, builder_host, settings_for):
-    private, public = key_pair(tmp_path)
+    private, public = signing_key_pair(tmp_path)
     moto.client("s3").create_bucket(Bucket="evidence")
     recipes = tmp_path / "recipes"
     write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS))
@@ -116,7 +138,7 @@ def test_an_environment_that_requires_verified_images_refuses_an_unsigned_one(mo
                                                                                settings_for):
     from bakery.launch.run import launch
 
-    _, public = key_pair(tmp_path)
+    _, public = signing_key_pair(tmp_path)
     recipes = tmp_path / "recipes"
     write_recipe(recipes, "web", recipe_text(builder_host.port, STEPS))
     settings = settings_for(recipes, verify_key=str(public), envs_dir=tmp_path / "envs")

@@ -62,6 +62,36 @@ def zipped(tmp_path: Path, members: dict[str, bytes] | None = None, name: str = 
     return path
 
 
+def test_a_zip_feed_read_again_comes_from_its_index_and_judges_the_same(feed, tmp_path, monkeypatch):
+    from bakery.evidence import osv
+
+    archive, cache = zipped(tmp_path), tmp_path / "cache"
+    first = gate(IMAGE, load_feed(archive, cache), None, TODAY, release="12").to_json()
+    (index,) = cache.glob("osv-*.index")
+
+    def unread(path):
+        raise AssertionError("the zip was read again")
+    monkeypatch.setattr(osv, "_zip", unread)
+    again = load_feed(archive, cache)
+    assert (again.records, again.withdrawn) == (11, 1)
+    assert gate(IMAGE, again, None, TODAY, release="12").to_json() == first and first["findings"]
+
+    index.write_bytes(b"not an index")  # damaged: read the zip again, and mend the index
+    monkeypatch.undo()
+    assert gate(IMAGE, load_feed(archive, cache), None, TODAY, release="12").to_json() == first
+    assert index.read_bytes() != b"not an index"
+
+
+def test_a_new_download_of_the_feed_is_read_whole(feed, tmp_path):
+    cache = tmp_path / "cache"
+    load_feed(zipped(tmp_path), cache)
+    record = {**json.loads((FIXTURE / "DSA-5999-1.json").read_text()), "id": "DSA-6000-1"}
+    (tmp_path / "new").mkdir()
+    newer = zipped(tmp_path / "new", {**{r.name: r.read_bytes() for r in FIXTURE.glob("*.json")},
+                                      "DSA-6000-1.json": json.dumps(record)})
+    assert load_feed(newer, cache).records == 12 and len(list(cache.glob("osv-*.index"))) == 2
+
+
 def findings(result) -> dict[tuple[str, str], object]:
     return {(f.id, f.package): f for f in result.findings}
 

@@ -43,6 +43,36 @@ def test_rebake_runs_weekly_and_on_demand_with_oidc_and_never_cancels_a_bake():
     assert wf["env"]["BAKERY_RUN_ID"] == "${{ github.run_id }}"
 
 
+def test_the_rebake_gates_on_a_fresh_osv_feed_signs_and_keeps_its_evidence_as_artifacts(tmp_path):
+    """The feed is downloaded in the job and reaches the bake as the osv_feed setting; the signing
+    key and the bucket come from the repository's variables; the manifests, SBOMs, findings and
+    provenance are uploaded even when the bake failed (a refused image's findings most of all)."""
+    import os
+
+    steps = load("rebake.yml")["jobs"]["rebake"]["steps"]
+    names = [s.get("name", s.get("uses", "")) for s in steps]
+    feed = steps[names.index("vulnerability feed")]
+    bake = next(s for s in steps if str(s.get("name", "")).startswith("rebake "))
+    keep = steps[names.index("keep the evidence")]
+    assert names.index("vulnerability feed") < steps.index(bake) < names.index("keep the evidence")
+    assert "osv-vulnerabilities.storage.googleapis.com/Debian/all.zip" in feed["run"]
+    github_env = tmp_path / "github_env"  # what the step hands to the next steps, run with curl stubbed
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "curl").write_text('#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done; : > "$2"\n')
+    (stub / "curl").chmod(0o755)
+    done = subprocess.run(["bash", "-e", "-c", feed["run"]], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "RUNNER_TEMP": str(tmp_path),
+                               "GITHUB_ENV": str(github_env)})
+    assert done.returncode == 0, done.stderr
+    assert github_env.read_text() == f"INVOKE_BAKERY_OSV_FEED={tmp_path}/osv-debian.zip\n"
+    assert (tmp_path / "osv-debian.zip").exists()
+    assert bake["env"] == {"INVOKE_BAKERY_EVIDENCE_BUCKET": "${{ vars.BAKERY_EVIDENCE_BUCKET }}",
+                           "INVOKE_BAKERY_SIGNING_KEY": "${{ vars.BAKERY_SIGNING_KEY }}"}
+    assert keep["if"] == "always()" and keep["uses"].startswith("actions/upload-artifact@")
+    assert keep["with"]["path"].split() == [".bakery/manifests/", ".bakery/evidence/"]
+
+
 def test_ci_runs_the_same_command_as_dot_ci_run():
     wf = load("ci.yml")
     assert {"push", "pull_request"} <= set(wf["on"])

@@ -11,13 +11,13 @@ the SBOM kept where any machine finds it, and the signed provenance after the pu
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import date, datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
 from bakery.bake.state import BakeState, Context
 from bakery.cloud import tags as T
-from bakery.errors import StepFailed
 
 
 def check_settings(settings) -> None:
@@ -35,11 +35,12 @@ def check_settings(settings) -> None:
 
 
 @lru_cache(maxsize=2)
-def _feed(path: Path, mtime_ns: int):
-    """A feed is read once per process (a rebake gates every recipe against the same one)."""
+def _feed(path: Path, mtime_ns: int, cache_dir: Path):
+    """A feed is read once per process (a rebake gates every recipe against the same one), and a
+    zip's index is kept in the state dir for the next bake (evidence/osv.py load_feed)."""
     from bakery.evidence.osv import load_feed
 
-    return load_feed(path)
+    return load_feed(path, cache_dir)
 
 
 class GateImage:
@@ -52,20 +53,33 @@ class GateImage:
             stage.detail = self._gate(state, ctx)
 
     def _gate(self, state: BakeState, ctx: Context) -> str:
-        from bakery.evidence.gate import gate
+        from bakery.evidence.gate import GateFailed, gate
+        from bakery.evidence.store import EvidenceStore
 
         feed_path = ctx.settings.osv_feed
-        feed = _feed(feed_path, feed_path.stat().st_mtime_ns)
+        feed = _feed(feed_path, feed_path.stat().st_mtime_ns, ctx.settings.state / "cache")
         image = state.sbom.image
         result = gate(state.sbom.packages, feed, state.recipe.vulnerabilities, date.today(),
                       release=image.os_version or image.os_codename)
-        state.manifest.vulnerabilities = result.to_json()
+        findings = result.to_json()
+        state.manifest.vulnerabilities = findings
+        # kept whatever the verdict: a failed image's findings are what its reviewer reads
+        document = (json.dumps(findings, indent=1, sort_keys=True) + "\n").encode()
+        findings_path(ctx.settings.manifests, state.recipe.name, state.build_id).write_bytes(document)
+        sha256 = EvidenceStore(ctx.ec2, ctx.settings.state / "evidence").keep(state.image_id, "findings", document)
+        verdict = "failed" if result.failed else "passed"
+        ctx.ec2.tag([state.image_id], {T.GATE: verdict, T.FINDINGS: sha256})
         if result.failed:
-            ctx.ec2.tag([state.image_id], {T.GATE: "failed"})
             ctx.stack.keep("image", state.image_id, ctx.ec2.region)
-            raise StepFailed(f"{state.recipe.path}: vulnerabilities: {state.image_id} not published: {result.reason()}")
-        ctx.ec2.tag([state.image_id], {T.GATE: "passed"})
+            raise GateFailed(f"{state.recipe.path}: vulnerabilities: {state.image_id} not published: {result.reason()}",
+                             findings)
         return result.reason()
+
+
+def findings_path(manifests: Path, recipe: str, build_id: str) -> Path:
+    """Beside the build's manifest and SBOM: RECIPE-BUILD.findings.json."""
+    manifests.mkdir(parents=True, exist_ok=True)
+    return manifests / f"{recipe}-{build_id}.findings.json"
 
 
 class KeepSbom:

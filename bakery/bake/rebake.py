@@ -32,6 +32,7 @@ class RebakeRow:
     seconds: float
     changes: ImageDiff | None = None  # rebaked: what changed since the recipe's previous image (its SBOMs)
     no_changes: str = ""              # rebaked without a diff: why (its first image, one without an SBOM)
+    vulnerabilities: dict | None = None  # the gate's result (evidence/gate.py GateResult.to_json()), passed or failed
 
 
 def selected(settings: Settings, recipes: list[str] | None) -> list[str]:
@@ -53,6 +54,7 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
     from bakery.bake.inputs import load_inputs
     from bakery.bake.run import Bake, checked_variables
     from bakery.cloud.connect import open_cloud
+    from bakery.evidence.gate import GateFailed
 
     variables = variables or {}
     names = selected(settings, recipes)
@@ -91,9 +93,11 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
             # a stale image's reason says why; a new inputs hash is what "no image with these inputs" means here
             reason = (f"inputs changed (hash {manifest.inputs_hash})"
                       if manifest.reason == "no image with these inputs" else manifest.reason)
-            rows[name] = RebakeRow(name, decision, reason, manifest.ami_id, round(time.monotonic() - started, 3))
+            rows[name] = RebakeRow(name, decision, reason, manifest.ami_id, round(time.monotonic() - started, 3),
+                                   vulnerabilities=None if manifest.skipped else manifest.vulnerabilities)
         except BakeryError as exc:
-            rows[name] = RebakeRow(name, "failed", exc.message, None, round(time.monotonic() - started, 3))
+            rows[name] = RebakeRow(name, "failed", exc.message, None, round(time.monotonic() - started, 3),
+                                   vulnerabilities=exc.findings if isinstance(exc, GateFailed) else None)
             continue
         if not manifest.skipped:
             rows[name].changes, rows[name].no_changes = changes(settings, cloud, name, manifest.ami_id)

@@ -37,6 +37,11 @@ def rebake_markdown(rows) -> str:
         lines += ["", "### What changed"]
     for r in rebaked:
         lines += ["", diff_markdown(r.changes) if r.changes else f"#### {r.recipe}: no diff ({r.no_changes})"]
+    for r in rows:
+        if r.vulnerabilities is not None:
+            from bakery.evidence.gate import summary_markdown
+
+            lines += ["", summary_markdown(r.vulnerabilities, title=f"{r.recipe}: vulnerabilities").rstrip("\n")]
     return "\n".join(lines)
 
 

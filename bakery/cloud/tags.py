@@ -25,6 +25,7 @@ INPUTS_HASH = "bakery:inputs-hash"  # everything that determines the image: the 
 PROVENANCE = "bakery:provenance"    # sha256 of the image's signed provenance (a DSSE envelope) in the evidence
                                     # store: `invoke verify` finds it by the image alone
 GATE = "bakery:vulnerability-gate"  # passed | failed: a failed image is kept for inspection, never published
+FINDINGS = "bakery:findings"        # sha256 of the gate's findings (JSON) in the evidence store
 SOURCE_AMI = "bakery:source-ami"
 COMPLETE = "bakery:complete"        # "true" once smoke-tested and published: the product; never removed by clean-up
 SMOKE = "bakery:smoke"              # passed | failed: a failed image is kept for inspection, never used

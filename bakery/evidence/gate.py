@@ -20,6 +20,7 @@ from datetime import date
 from typing import Iterable
 
 from bakery.config.vulnerabilities import SEVERITIES, VulnerabilityPolicy, Waiver, rank
+from bakery.errors import StepFailed
 from bakery.evidence.osv import Advisory, Feed, InstalledPackage, Match, affected_packages, debian_release
 
 #: rows of the job summary's table, failing findings first (the manifest's JSON has them all): a
@@ -110,43 +111,59 @@ class GateResult:
 
     def summary_markdown(self) -> str:
         """For the job summary ($GITHUB_STEP_SUMMARY)."""
-        counts = self.counts()
-        verdict = (f"**failed**: {counts['failing']} at or above {self.policy.fail_on}, not waived" if self.failed
-                   else "passed")
-        lines = [f"### Vulnerabilities: {verdict}", "",
-                 f"Debian {self.release}, {self.records} OSV records (`{_cell(self.feed)}`), {self.today.isoformat()}; "
-                 f"fails on {self.policy.fail_on}, a finding of unknown severity counts as {self.policy.unknown_as}.",
-                 "", " · ".join(f"{s}: {counts[s]}" for s in reversed(SEVERITIES)) + f" · waived: {counts['waived']}",
-                 ""]
-        if self.findings:
-            lines += ["| id | package | installed | fixed in | severity | status |", "|---|---|---|---|---|---|"]
-            shown = self.failing[:SUMMARY_FAILING_ROWS] + [f for f in self.findings if not f.fails][:SUMMARY_OTHER_ROWS]
-            for f in shown:
-                ids = f.id + (f" ({', '.join(f.aliases[:3])})" if f.aliases else "")
-                pkg = f.package if f.package == f.source else f"{f.package} ({f.source})"
-                lines.append("| " + " | ".join(_cell(c) for c in (
-                    ids, pkg, f.installed, f.fixed or "no fix yet", f"{f.severity} ({f.severity_source})",
-                    _status(f))) + " |")
-            if len(shown) < len(self.findings):
-                hidden = len(self.findings) - len(shown)
-                failing = max(0, len(self.failing) - SUMMARY_FAILING_ROWS)
-                lines.append(f"\nThe manifest lists {hidden} more ({failing} of them failing).")
-        else:
-            lines.append("No installed package is affected by a record in the feed.")
-        for waiver in self.expired_waivers:
-            lines.append(f"\n- waiver of {waiver.id} expired on {waiver.expires.isoformat()}: {_cell(waiver.reason)}")
-        for waiver in self.unused_waivers:
-            lines.append(f"\n- waiver of {waiver.id} (until {waiver.expires.isoformat()}) matches no finding: "
-                         "remove it?")
-        return "\n".join(lines) + "\n"
+        return summary_markdown(self.to_json())
 
 
-def _status(f: Finding) -> str:
-    if f.waived_by:
-        return "waived until " + min(w.expires for w in f.waived_by).isoformat() + ": " + \
-            "; ".join(w.reason for w in f.waived_by)
-    expired = f" (waiver expired {f.expired_waivers[0].expires.isoformat()})" if f.expired_waivers else ""
-    return ("**fails**" if f.fails else "reported") + expired
+class GateFailed(StepFailed):
+    """The gate refused the image. Carries the findings (GateResult.to_json()): the rebake's job
+    summary shows them for a recipe whose bake ended here, with no manifest to read them from."""
+
+    def __init__(self, message: str, findings: dict):
+        super().__init__(message)
+        self.findings = findings
+
+
+def summary_markdown(result: dict, title: str = "Vulnerabilities") -> str:
+    """The gate's result (GateResult.to_json(), as the manifest keeps it) for a job summary:
+    the verdict, the counts, failing findings first, the waivers that expired or match nothing."""
+    counts, policy, findings = result["counts"], result["policy"], result["findings"]
+    verdict = (f"**failed**: {counts['failing']} at or above {policy['fail_on']}, not waived" if result["failed"]
+               else "passed")
+    lines = [f"### {title}: {verdict}", "",
+             f"Debian {result['release']}, {result['records']} OSV records (`{_cell(result['feed'])}`), "
+             f"{result['date']}; fails on {policy['fail_on']}, a finding of unknown severity counts as "
+             f"{policy['unknown_as']}.",
+             "", " · ".join(f"{s}: {counts[s]}" for s in reversed(SEVERITIES)) + f" · waived: {counts['waived']}",
+             ""]
+    if findings:
+        failing = [f for f in findings if f["fails"]]
+        lines += ["| id | package | installed | fixed in | severity | status |", "|---|---|---|---|---|---|"]
+        shown = failing[:SUMMARY_FAILING_ROWS] + [f for f in findings if not f["fails"]][:SUMMARY_OTHER_ROWS]
+        for f in shown:
+            ids = f["id"] + (f" ({', '.join(f['aliases'][:3])})" if f["aliases"] else "")
+            pkg = f["package"] if f["package"] == f["source"] else f"{f['package']} ({f['source']})"
+            lines.append("| " + " | ".join(_cell(c) for c in (
+                ids, pkg, f["installed"], f["fixed"] or "no fix yet", f"{f['severity']} ({f['severity_source']})",
+                _status(f))) + " |")
+        if len(shown) < len(findings):
+            hidden = len(findings) - len(shown)
+            more_failing = max(0, len(failing) - SUMMARY_FAILING_ROWS)
+            lines.append(f"\nThe manifest lists {hidden} more ({more_failing} of them failing).")
+    else:
+        lines.append("No installed package is affected by a record in the feed.")
+    for waiver in result["expired_waivers"]:
+        lines.append(f"\n- waiver of {waiver['id']} expired on {waiver['expires']}: {_cell(waiver['reason'])}")
+    for waiver in result["unused_waivers"]:
+        lines.append(f"\n- waiver of {waiver['id']} (until {waiver['expires']}) matches no finding: remove it?")
+    return "\n".join(lines) + "\n"
+
+
+def _status(f: dict) -> str:
+    if f["waived_by"]:
+        return "waived until " + min(w["expires"] for w in f["waived_by"]) + ": " + \
+            "; ".join(w["reason"] for w in f["waived_by"])
+    expired = f" (waiver expired {f['expired_waivers'][0]['expires']})" if f["expired_waivers"] else ""
+    return ("**fails**" if f["fails"] else "reported") + expired
 
 
 def _cell(text: str) -> str:

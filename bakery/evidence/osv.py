@@ -243,38 +243,55 @@ def _in_range(version: Version, events: list[tuple[str, Version | None]]) -> boo
 
 @dataclass
 class Feed:
-    """Every Debian `affected[]` entry of a feed, by source package."""
+    """Every record of a feed naming a Debian package, by that package's name, kept as its JSON:
+    a record is parsed into `Affected` entries only when an installed package asks for it (a feed
+    is tens of thousands of records, an image a few hundred source packages). Every record was
+    checked to be OSV when the feed was read."""
 
     source: str                     # the directory or zip, as given
     records: int = 0                # OSV records read (withdrawn ones included)
     withdrawn: int = 0
-    by_package: dict[str, list[Affected]] = field(default_factory=dict)
+    raw: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)  # package -> (where, record JSON)
+    _parsed: dict[str, list[Affected]] = field(default_factory=dict, repr=False)
 
     def entries(self, package: str, release: str) -> list[Affected]:
-        return [a for a in self.by_package.get(package, []) if a.release in (None, release)]
+        if package not in self._parsed:
+            self._parsed[package] = [a for where, data in self.raw.get(package, ())
+                                     for a in _debian_entries(parse_record(_json(data, where), where))
+                                     if a.package == package]
+        return [a for a in self._parsed[package] if a.release in (None, release)]
 
-    def add(self, document: Any, where: str) -> None:
-        advisory = parse_record(document, where)
+    def add(self, data: bytes, where: str) -> None:
+        advisory = parse_record(_json(data, where), where)
         self.records += 1
         if advisory is None:
             self.withdrawn += 1
             return
-        for index, entry in enumerate(advisory.raw.get("affected") or []):
-            package = entry.get("package")
-            if not package:
-                continue  # GIT-only entries name no package
-            base, _, release = package["ecosystem"].partition(":")
-            if base != "Debian":
-                continue
-            self.by_package.setdefault(package["name"], []).append(
-                Affected(advisory, index, release.strip() or None, package["name"], entry))
+        for name in dict.fromkeys(a.package for a in _debian_entries(advisory)):  # once per package
+            self.raw.setdefault(name, []).append((where, data))
 
 
-def load_feed(path: Path) -> Feed:
-    """Every record of a directory of OSV JSON files (*.json, not recursive) or a zip of them."""
+def _debian_entries(advisory: Advisory | None) -> Iterator[Affected]:
+    for index, entry in enumerate(advisory.raw.get("affected") or [] if advisory else []):
+        package = entry.get("package")
+        if not package:
+            continue  # GIT-only entries name no package
+        base, _, release = package["ecosystem"].partition(":")
+        if base == "Debian":
+            yield Affected(advisory, index, release.strip() or None, package["name"], entry)
+
+
+# The index of a zip feed, kept by its sha256: the same download read again (every bake of a
+# scheduled run, every local bake) costs a hash and a load, not tens of thousands of records parsed
+# and checked. marshal: plain values only, and the cache is in bakery's own state directory.
+INDEX_FORMAT = 1
+
+
+def load_feed(path: Path, cache_dir: Path | None = None) -> Feed:
+    """Every record of a directory of OSV JSON files (*.json, not recursive) or a zip of them.
+    With `cache_dir`, a zip's index is kept there by the zip's sha256 and read from there next time."""
     path = Path(path)
     where = str(path)
-    feed = Feed(where)
     try:
         is_dir = path.is_dir()
         if not is_dir:
@@ -284,12 +301,54 @@ def load_feed(path: Path) -> Feed:
         raise ConfigError(f"{where}: vulnerability feed not found (a directory of OSV JSON files or a zip of them)") from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read the vulnerability feed: {exc.strerror or exc}") from None
-    for name, text in (_directory(path) if is_dir else _zip(path)):
-        feed.add(_json(text, name), name)
-    if not feed.records:
-        # an empty feed would pass every image: almost certainly the wrong directory or a failed download
-        raise ConfigError(f"{where}: no OSV records (*.json) in the vulnerability feed")
+    index = None if is_dir or cache_dir is None else Path(cache_dir) / f"osv-{_sha256(path)}.index"
+    feed = _read_index(index, where) if index is not None else None
+    if feed is None:
+        feed = Feed(where)
+        for name, text in (_directory(path) if is_dir else _zip(path)):
+            feed.add(text, name)
+        if not feed.records:
+            # an empty feed would pass every image: almost certainly the wrong directory or a failed download
+            raise ConfigError(f"{where}: no OSV records (*.json) in the vulnerability feed")
+        if index is not None:
+            _write_index(index, feed)
     return feed
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _read_index(index: Path, where: str) -> Feed | None:
+    import marshal
+
+    try:
+        fmt, records, withdrawn, raw = marshal.loads(index.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None  # none yet, or unreadable: read the feed again
+    if fmt != INDEX_FORMAT:
+        return None
+    # the records' names are kept relative to the zip: the same download may be read from elsewhere
+    return Feed(where, records, withdrawn, {pkg: [(f"{where}:{member}", data) for member, data in items]
+                                            for pkg, items in raw.items()})
+
+
+def _write_index(index: Path, feed: Feed) -> None:
+    import marshal
+    import os
+
+    prefix = f"{feed.source}:"
+    raw = {pkg: [(w.removeprefix(prefix), data) for w, data in items] for pkg, items in feed.raw.items()}
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        partial = index.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(marshal.dumps((INDEX_FORMAT, feed.records, feed.withdrawn, raw)))
+        partial.replace(index)  # whole or not at all, also with two bakes at once
+    except OSError:
+        pass  # a cache: the next bake reads the feed again
 
 
 def _directory(path: Path) -> Iterator[tuple[str, bytes]]:
