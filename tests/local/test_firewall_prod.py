@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import boto3
 import pytest
@@ -125,6 +126,30 @@ def test_the_shipped_web_recipe_bakes_through_the_cli_into_a_clean_layer_and_is_
     again = cli(["bake", "--recipe", "web"], prod.cloud, prod.settings, timeout=120)
     assert again.returncode == 0 and "unchanged" in again.stdout
     assert "launch builder" not in again.stderr
+
+
+def test_the_shipped_web_images_sbom_validates_and_says_what_a_web_instance_holds(prod):
+    """Issue 16: the CycloneDX 1.5 file of the `web` bake validates against the library's schema,
+    lists nginx at the version dpkg reports inside a running web instance, and every file the
+    recipe uploaded with the digest it has there."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    from bakery.evidence.sbom import read_sbom
+
+    manifest = json.loads(prod.bakes["web"].stdout)
+    text = Path(manifest["sbom"]).read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(text) is None
+    sbom = read_sbom(Path(manifest["sbom"]))
+    web = Sandbox.attach(prod.ids[("web", "0")], prod.cloud.instances_dir)
+    dpkg = web.exec(["dpkg-query", "-W", "-f", "${Version}", "nginx"], timeout=10)
+    assert dpkg.returncode == 0 and {p.version for p in sbom.packages if p.name == "nginx"} == {dpkg.stdout}
+    site = ROOT / "recipes/files/web/site"
+    uploaded = {f"/var/www/html/{p.relative_to(site)}" for p in site.rglob("*") if p.is_file()}
+    files = {f.path: f.sha256 for f in sbom.files}
+    assert set(files) == uploaded
+    for path, sha256 in files.items():
+        assert web.exec(["sha256sum", path], timeout=10).stdout.split()[0] == sha256
 
 
 def test_prod_launches_to_passing_health_checks_with_its_user_data_applied_by_real_cloud_init(prod):
