@@ -44,20 +44,20 @@ def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, j
           "var": "KEY=VALUE for every selected recipe that declares KEY (repeatable; wins over --var-file)",
           "var-file": "YAML file of variable values (name: value), each for the recipes that declare it",
           "force": "bake even when nothing changed", "json": "print the table as JSON on stdout",
-          "names": "bake nothing: print the names of the recipes it would consider as one JSON list "
-                   "(the workflow's matrix)"},
+          "names": "bake nothing: print the recipes it would consider as one JSON list of groups, each "
+                   "a tree of layers to bake in sequence, parents first (the workflow's matrix)"},
 )
 def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, names=False):
     """Bake every recipe whose inputs changed; table of decisions (also to $GITHUB_STEP_SUMMARY)."""
     with command():
         from bakery.bake.rebake import rebake as run_rebake
-        from bakery.bake.rebake import selected
+        from bakery.bake.rebake import job_groups
         from bakery.cli import show
         from bakery.progress import Reporter
 
         settings = settings_from(c)
         if names:
-            show.recipe_names(selected(settings, recipe or None))
+            show.recipe_names(job_groups(settings, recipe or None))
             return
         show.rebake(run_rebake(settings, recipe or None, variables=parse_variables(var, var_file), force=force,
                                report=Reporter()), json=json)

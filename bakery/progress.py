@@ -25,6 +25,11 @@ class Reporter:
         self.quiet = quiet
         self._timings: dict[str, float] = {}
 
+    def prefixed(self, prefix: str) -> "Reporter":
+        """A reporter of its own (its own stage timings) writing where this one does, each line
+        prefixed: one recipe's bake among several."""
+        return Reporter(prefix=self.prefix + prefix, stream=self.stream, quiet=self.quiet)
+
     def _print(self, text: str) -> None:
         if not self.quiet:
             print(text, file=self.stream, flush=True)

@@ -110,7 +110,7 @@ def test_the_shipped_recipes_and_environments_validate(moto):
     env = {**os.environ}
     out = invoke(["validate"], env)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "7 file(s) valid" in out.stdout  # 4 recipes, 3 environments (each tier's user data rendered)
+    assert "8 file(s) valid" in out.stdout  # 5 recipes (one a template), 3 environments (each tier's user data rendered)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

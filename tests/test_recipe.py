@@ -17,14 +17,30 @@ from tests.support import write_recipe
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_shipped_recipes_extend_the_base(tmp_path):
-    web = load_recipe(ROOT / "recipes", "web")
+def test_the_shipped_tiers_are_layers_on_base_sharing_commons_settings():
     base = load_recipe(ROOT / "recipes", "base")
-    assert [s.name for s in web.steps[: len(base.steps)]] == [s.name for s in base.steps]
-    assert web.source == base.source and web.builder == base.builder
-    assert web.image.ssm_parameter == "/bakery/images/web" and web.files[0].name == "base.yaml"
-    for name in ("app", "db"):
-        assert load_recipe(ROOT / "recipes", name).steps[0].name == base.steps[0].name
+    assert base.source.filter is not None and [f.name for f in base.files] == ["common.yaml", "base.yaml"]
+    for name in ("web", "app", "db"):
+        tier = load_recipe(ROOT / "recipes", name)
+        assert tier.source.recipe == "base" and tier.builder == base.builder
+        assert not {s.name for s in tier.steps} & {s.name for s in base.steps}  # base's steps run in base only
+        assert tier.image.ssm_parameter == f"/bakery/images/{name}" and tier.files[0].name == "common.yaml"
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"web": "source: {recipe: nowhere}\nsteps: []\n"}, r"web.yaml:1: source.recipe: 'nowhere' names no recipe"),
+    ({"web": "source: {recipe: tmpl}\n", "tmpl": "abstract: true\nsource: {ami: ami-12345678}\n"},
+     r"web.yaml:1: source.recipe: 'tmpl' is abstract \(a template for extends\): it has no image to bake on"),
+    ({"web": "source: {recipe: app}\n", "app": "extends: mid\n", "mid": "source: {recipe: web}\n"},
+     r"web.yaml:1: source.recipe: layers loop: web -> app -> web"),
+    ({"web": "source: {recipe: web}\n"}, r"web.yaml:1: source.recipe: layers loop: web -> web"),
+    ({"web": "source: {recipe: base, ami: ami-12345678}\n"}, "give exactly one of ami, filter, ssm_parameter, recipe"),
+])
+def test_a_layer_on_a_recipe_that_cannot_have_an_image_is_refused_where_it_is_named(tmp_path, files, message):
+    for name, body in files.items():
+        write_recipe(tmp_path / "recipes", name, body)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(tmp_path / "recipes", "web")
 
 
 def recipe(tmp_path, body: str, name: str = "r") -> Path:
@@ -166,7 +182,8 @@ def test_the_inputs_hash_of_the_shipped_recipes_is_stable_across_releases():
 
     shipped = {name: Inputs.of(load_recipe(ROOT / "recipes", name)) for name in ("base", "web")}
     got = {name: inputs_hash(i, i.resolve_vars({}), "ami-12345678") for name, i in shipped.items()}
-    assert got == {"base": "08990f3a6bde6fde2761f7497acd038f", "web": "35ca792d54432312f309d47893dd48cd"}
+    # web's changed once, on purpose, when it became a layer on base (issue 17): another image
+    assert got == {"base": "08990f3a6bde6fde2761f7497acd038f", "web": "6720eca07dac7ce522cb7fed1eba64f8"}
 
 
 def aged(*paths, seconds=60):
@@ -199,7 +216,7 @@ def test_a_changed_or_missing_file_is_validated_again(tmp_path):
     (recipes / "r.yaml").write_text("source: {ami: ami-87654321}\nsteps:\n  - {name: s, script: s.sh}\n")
     aged(recipes / "r.yaml")
     assert load_inputs(recipes, tmp_path / "state", "r").source == {"ami": "ami-87654321", "filter": None,
-                                                                    "ssm_parameter": None}
+                                                                    "ssm_parameter": None, "recipe": None}
     (recipes / "s.sh").unlink()
     with pytest.raises(ConfigError, match="s.sh' does not exist"):
         load_inputs(recipes, tmp_path / "state", "r")

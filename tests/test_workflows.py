@@ -33,7 +33,7 @@ def test_rebake_runs_weekly_and_on_demand_with_oidc_and_never_cancels_a_bake():
     assert set(wf["on"]["workflow_dispatch"]["inputs"]) == {"recipes", "force"}
     assert wf["permissions"]["id-token"] == "write"
     job = wf["jobs"]["rebake"]
-    assert job["concurrency"]["group"] == "rebake-${{ matrix.recipe }}" and job["concurrency"]["cancel-in-progress"] is False
+    assert job["concurrency"]["group"] == "rebake-${{ matrix.group }}" and job["concurrency"]["cancel-in-progress"] is False
     assert "matrix" in job["strategy"] and job["strategy"]["fail-fast"] is False
     creds = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials"))
     assert creds["with"]["role-to-assume"] == "${{ vars.BAKERY_ROLE_ARN }}"
@@ -53,6 +53,7 @@ def test_the_rebake_gates_on_a_fresh_osv_feed_signs_and_keeps_its_evidence_as_ar
     names = [s.get("name", s.get("uses", "")) for s in steps]
     feed = steps[names.index("vulnerability feed")]
     bake = next(s for s in steps if str(s.get("name", "")).startswith("rebake "))
+    assert bake["env"].pop("RECIPES") == "${{ matrix.group }}" and bake["env"].pop("FORCE")
     keep = steps[names.index("keep the evidence")]
     assert names.index("vulnerability feed") < steps.index(bake) < names.index("keep the evidence")
     assert "osv-vulnerabilities.storage.googleapis.com/Debian/all.zip" in feed["run"]
@@ -107,11 +108,19 @@ def test_the_matrix_leaves_out_abstract_recipes(tmp_path):
     done, output = plan_step(tmp_path, {"template": TEMPLATE, "web": "extends: template\n",
                                         "db": "source: {ami: ami-12345678}\n"})
     assert done.returncode == 0, done.stderr
-    assert output == 'recipes=["db","web"]\n'
+    assert output == 'groups=["db","web"]\n'
+
+
+def test_the_matrix_bakes_a_tree_of_layers_in_one_job_parents_first_and_other_trees_beside_it(tmp_path):
+    done, output = plan_step(tmp_path, {"web": "source: {recipe: base}\n", "app": "source: {recipe: base}\n",
+                                        "base": "source: {ami: ami-12345678}\n", "tool": "source: {recipe: web}\n",
+                                        "db": "source: {ami: ami-12345678}\n"})
+    assert done.returncode == 0, done.stderr
+    assert output == 'groups=["base app web tool","db"]\n'
 
 
 @pytest.mark.parametrize("chosen, ok, out", [
-    ("web db", True, 'recipes=["web","db"]\n'),
+    ("web db", True, 'groups=["web","db"]\n'),
     ("template", False, "recipe 'template' is abstract (a template for extends): rebake a recipe that extends it"),
 ])
 def test_the_matrix_takes_the_recipes_dispatched_but_never_an_abstract_one(tmp_path, chosen, ok, out):

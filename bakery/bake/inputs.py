@@ -133,7 +133,7 @@ def _remember(store: Path, inputs: Inputs, files: list[Path], validated_at: floa
 NOT_INPUTS = {"path", "files", "root", "freshness", "vulnerabilities"}
 #: recipe fields added after images were baked and tagged with their hash: left out of the hash
 #: while unset (as they were before they existed), so unchanged recipes keep finding their images
-LATER_FIELDS = (("builder", "root_volume", "iops"), ("builder", "root_volume", "throughput"))
+LATER_FIELDS = (("builder", "root_volume", "iops"), ("builder", "root_volume", "throughput"), ("source", "recipe"))
 
 
 def _unset_later_fields(body: dict) -> dict:

@@ -1,6 +1,7 @@
 """`invoke rebake`: the scheduled path. Every recipe (or those named) is baked when its inputs
-changed and skipped when they did not; one failing recipe does not stop the others; the
-decisions go to a table, and to the GitHub job summary when there is one.
+changed and skipped when they did not, parents before the recipes layered on them (a child of a
+failed parent is not baked); one failing recipe does not stop the others; the decisions go to a
+table, and to the GitHub job summary when there is one.
 
 Every recipe is checked offline before the cloud opens: one the files refuse fails on its own row
 (or, named with --recipe, is the command's one-line error), and the cloud is not opened at all
@@ -35,6 +36,17 @@ class RebakeRow:
     vulnerabilities: dict | None = None  # the gate's result (evidence/gate.py GateResult.to_json()), passed or failed
 
 
+def job_groups(settings: Settings, recipes: list[str] | None) -> list[str]:
+    """What the scheduled workflow's jobs bake: the selected recipes in trees of layers, each tree
+    one job (its recipes space-separated, parents first), the trees side by side. Offline, from
+    the YAML alone."""
+    from bakery.bake.layers import groups
+    from bakery.config.recipe import source_recipe
+
+    names = selected(settings, recipes)
+    return [" ".join(g) for g in groups(names, {n: source_recipe(settings.recipes, n) for n in names})]
+
+
 def selected(settings: Settings, recipes: list[str] | None) -> list[str]:
     """What rebake bakes: the recipes named (none of them abstract), else every concrete recipe."""
     if recipes:
@@ -52,6 +64,7 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
     Each variable goes to every selected recipe that declares it; one that none declares is
     refused before the cloud opens (a recipe that does not load cannot claim it: it fails on its own row)."""
     from bakery.bake.inputs import load_inputs
+    from bakery.bake.layers import in_layer_order, parent_of
     from bakery.bake.run import Bake, checked_variables
     from bakery.cloud.connect import open_cloud
     from bakery.evidence.gate import GateFailed
@@ -83,11 +96,16 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
             rows[name] = RebakeRow(name, "failed", exc.message, None, 0.0)
             del loaded[name]
     cloud = open_cloud(settings) if loaded else None
-    for name, inputs in loaded.items():
+    failed = {name for name, row in rows.items() if row.decision == "failed"}
+    for name in in_layer_order(list(loaded), {n: parent_of(i) for n, i in loaded.items()}):
+        inputs = loaded[name]
+        if parent_of(inputs) in failed:  # its old image is not what the files now say to bake on
+            rows[name] = RebakeRow(name, "failed", f"source recipe {parent_of(inputs)} failed: not baked", None, 0.0)
+            failed.add(name)
+            continue
         started = time.monotonic()
         try:
-            manifest = Bake(settings, inputs, mine[name], report=Reporter(prefix=f"[{name}] ", stream=report.stream,
-                                                                          quiet=report.quiet),
+            manifest = Bake(settings, inputs, mine[name], report=report.prefixed(f"[{name}] "),
                             force=force, cloud=cloud, freshness=True).run()
             decision = "unchanged" if manifest.skipped else "rebaked"
             # a stale image's reason says why; a new inputs hash is what "no image with these inputs" means here
@@ -98,6 +116,7 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
         except BakeryError as exc:
             rows[name] = RebakeRow(name, "failed", exc.message, None, round(time.monotonic() - started, 3),
                                    vulnerabilities=exc.findings if isinstance(exc, GateFailed) else None)
+            failed.add(name)
             continue
         if not manifest.skipped:
             rows[name].changes, rows[name].no_changes = changes(settings, cloud, name, manifest.ami_id)

@@ -145,10 +145,23 @@ class Bake:
 
 def bake(settings: Settings, recipe_name: str, variables: dict[str, str], *, report: Reporter,
          force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None) -> Manifest:
-    """Check the recipe offline (or know it unchanged since it was), then open the cloud and bake it."""
+    """Check the recipe offline (or know it unchanged since it was), then open the cloud and bake it.
+
+    A layered recipe (`source: {recipe: ...}`) first brings the recipes below it up to date, root
+    first, each with its own defaults and never forced: an unchanged one costs a lookup, and the
+    recipe is then baked on what its parent's files now say."""
+    from bakery.bake.layers import parents
     from bakery.config.abstract import refuse_abstract
 
     refuse_abstract(settings.recipes, recipe_name, "bake")
     inputs = load_inputs(settings.recipes, settings.state, recipe_name)
+    below = parents(settings, inputs)
+    checked_variables(settings, inputs, variables)  # all of it offline, before the cloud opens
+    for parent in below:
+        checked_variables(settings, parent, {})
+    cloud = cloud or open_cloud(settings)
+    for parent in below:
+        Bake(settings, parent, {}, report=report.prefixed(f"[{parent.name}] "), keep_on_error=keep_on_error,
+             cloud=cloud).run()
     return Bake(settings, inputs, variables, report=report, force=force, keep_on_error=keep_on_error,
                 cloud=cloud).run()

@@ -51,12 +51,19 @@ class ImagesAPI:
 
     def resolve_source(self, source: dict) -> SourceImage:
         """The AMI a recipe starts from (its `source`, as data): a fixed id, the newest match of a
-        filter, or the id an SSM parameter holds."""
+        filter, the id an SSM parameter holds, or the newest finished image of another recipe."""
         if source.get("ssm_parameter"):
             value = self.parameter(source["ssm_parameter"])
             return source_image(self.available_image(value, f"SSM parameter {source['ssm_parameter']}"))
         if source.get("ami"):
             return source_image(self.available_image(source["ami"], "source.ami"))
+        if source.get("recipe"):
+            parent = source["recipe"]
+            images = self.bakery_images(recipe=parent)
+            if not images:
+                raise ConfigError(f"source.recipe: recipe {parent!r} has no finished image in {self.region}: "
+                                  f"bake it first (invoke bake --recipe {parent})")
+            return source_image(images[0])
         f = source["filter"]
         filters = [{"Name": "name", "Values": [f["name"]]}, {"Name": "state", "Values": ["available"]},
                    {"Name": "architecture", "Values": [f["architecture"]]}]

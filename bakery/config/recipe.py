@@ -34,15 +34,18 @@ class SourceFilter(Strict):
 
 
 class Source(Strict):
-    """Exactly one of: a fixed AMI id, a filter, or an SSM parameter holding an AMI id."""
+    """Exactly one of: a fixed AMI id, a filter, an SSM parameter holding an AMI id, or another
+    recipe, whose newest finished image this one is baked on (a layer: only this recipe's own
+    steps run, on what the parent's image already holds)."""
 
     ami: Annotated[str, Field(pattern=AMI_RE)] | None = None
     filter: SourceFilter | None = None
     ssm_parameter: SSM_PATH | None = None
+    recipe: Annotated[str, Field(pattern=NAME_RE)] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Source":
-        exactly_one(self, "ami", "filter", "ssm_parameter")
+        exactly_one(self, "ami", "filter", "ssm_parameter", "recipe")
         return self
 
 
@@ -313,23 +316,15 @@ def list_recipes(recipes_dir: Path) -> list[str]:
     return sorted(p.stem for p in recipes_dir.glob("*.yaml")) if recipes_dir.is_dir() else []
 
 
+def check_template(recipes_dir: Path, name: str) -> None:
+    """An abstract recipe on its own: every file of its extends chain valid as written. What only
+    a complete recipe has (a source) is checked in each recipe that extends it."""
+    _chain(recipes_dir.resolve(), name)
+
+
 def load_recipe(recipes_dir: Path, name: str) -> Recipe:
     recipes_dir = recipes_dir.resolve()
-    chain: list[tuple[Path, RecipeDoc, LineMap]] = []
-    seen: list[str] = []
-    current: str | None = name
-    while current is not None:
-        if current in seen:
-            raise ConfigError(f"{recipe_path(recipes_dir, seen[-1])}: extends cycle: "
-                              f"{' -> '.join(seen + [current])}")
-        seen.append(current)
-        path = recipe_path(recipes_dir, current)
-        data, lines = load_yaml(path)
-        doc = validate(RecipeDoc, data, lines, str(path))
-        _refuse_unrendered(data, (), lines, path)
-        chain.append((path, doc, lines))
-        current = doc.extends
-    chain.reverse()  # parents first
+    chain = _chain(recipes_dir, name)
 
     merged: dict = {"description": "", "source": None, "builder": None, "variables": {}, "steps": [], "image": None,
                     "checks": None, "publish": None, "freshness": None, "vulnerabilities": None}
@@ -354,7 +349,68 @@ def load_recipe(recipes_dir: Path, name: str) -> Recipe:
     )
     _check_steps(recipe, chain)
     _check_templates(recipe, chain)
+    if recipe.source.recipe is not None:
+        _check_layer(recipes_dir, name, chain)
     return recipe
+
+
+def source_recipe(recipes_dir: Path, name: str) -> str | None:
+    """The recipe whose image `name` is baked on (its effective `source.recipe`, extends applied),
+    read from the YAML alone: the layer checks walk a chain without validating every file in it."""
+    current: str | None = name
+    seen: set[str] = set()
+    while current is not None and current not in seen:
+        seen.add(current)
+        data, _ = load_yaml(recipe_path(recipes_dir, current))
+        if not isinstance(data, dict):
+            return None
+        source = data.get("source")
+        if isinstance(source, dict):
+            parent = source.get("recipe")
+            return parent if isinstance(parent, str) else None
+        current = data.get("extends") if isinstance(data.get("extends"), str) else None
+    return None
+
+
+def _check_layer(recipes_dir: Path, name: str, chain) -> None:
+    """`source.recipe` names a recipe that can have an image: one that exists, is not abstract, and
+    is not, through its own sources, this recipe again."""
+    from bakery.config.abstract import is_abstract
+
+    path, doc, lines = next((p, d, ln) for p, d, ln in reversed(chain) if d.source is not None)
+    where = f"{path}:{lines.line_for(('source', 'recipe'))}: source.recipe"
+    layers = [name]
+    parent = doc.source.recipe
+    while parent is not None:
+        if parent in layers:
+            raise ConfigError(f"{where}: layers loop: {' -> '.join(layers + [parent])}")
+        parent_path = recipes_dir / f"{parent}.yaml"
+        if not parent_path.is_file():
+            raise ConfigError(f"{where}: {parent!r} names no recipe (no {parent_path})")
+        if is_abstract(parent_path):
+            raise ConfigError(f"{where}: {parent!r} is abstract (a template for extends): it has no image to "
+                              "bake on")
+        layers.append(parent)
+        parent = source_recipe(recipes_dir, parent)
+
+
+def _chain(recipes_dir: Path, name: str) -> list[tuple[Path, RecipeDoc, LineMap]]:
+    """The recipe's files through `extends`, each validated as written; parents first."""
+    chain: list[tuple[Path, RecipeDoc, LineMap]] = []
+    seen: list[str] = []
+    current: str | None = name
+    while current is not None:
+        if current in seen:
+            raise ConfigError(f"{recipe_path(recipes_dir, seen[-1])}: extends cycle: "
+                              f"{' -> '.join(seen + [current])}")
+        seen.append(current)
+        path = recipe_path(recipes_dir, current)
+        data, lines = load_yaml(path)
+        doc = validate(RecipeDoc, data, lines, str(path))
+        _refuse_unrendered(data, (), lines, path)
+        chain.append((path, doc, lines))
+        current = doc.extends
+    return chain[::-1]
 
 
 def _step_origin(recipe: Recipe, chain, index: int) -> tuple[Path, LineMap, int]:

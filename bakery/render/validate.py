@@ -12,7 +12,8 @@ the same way.
 from __future__ import annotations
 
 from bakery.config.environment import list_environments, load_environment
-from bakery.config.recipe import Recipe, list_recipes, load_recipe, render_templates
+from bakery.config.abstract import is_abstract
+from bakery.config.recipe import Recipe, check_template, list_recipes, load_recipe, render_templates
 from bakery.config.settings import Settings, user_path
 from bakery.errors import ConfigError
 from bakery.render.tier import environment_lint, render_offline
@@ -25,6 +26,9 @@ def validate_all(settings: Settings) -> tuple[list[str], int]:
         problems.append(f"{settings.recipes}: no recipes found")
     for name in recipes:
         try:
+            if is_abstract(settings.recipes / f"{name}.yaml"):
+                check_template(settings.recipes, name)  # a template: complete only where it is extended
+                continue
             check_recipe(settings, load_recipe(settings.recipes, name))
         except ConfigError as exc:
             problems.append(exc.message)
