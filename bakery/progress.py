@@ -27,8 +27,8 @@ class Reporter:
 
     def prefixed(self, prefix: str) -> "Reporter":
         """A reporter of its own (its own stage timings) writing where this one does, each line
-        prefixed: one recipe's bake among several."""
-        return Reporter(prefix=self.prefix + prefix, stream=self.stream, quiet=self.quiet)
+        prefixed with `prefix` instead of this one's: one recipe's bake among several."""
+        return Reporter(prefix=prefix, stream=self.stream, quiet=self.quiet)
 
     def _print(self, text: str) -> None:
         if not self.quiet:
