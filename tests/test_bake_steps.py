@@ -164,7 +164,7 @@ def cloud(tmp_path, monkeypatch):
 def server(moto, settings_for, tmp_path):
     """Benches on the moto server (tests/conftest.py), where tests/faults.py can refuse a call."""
     with Benches(settings_for(tmp_path / "recipes")) as benches:
-        yield lambda extra="": benches(cloud_recipe(extra))
+        yield lambda extra="", builder="": benches(cloud_recipe(extra, builder=builder))
 
 
 @pytest.fixture
@@ -475,6 +475,34 @@ def test_launch_builder_falls_back_to_the_next_instance_type_on_a_capacity_error
     assert [(i["InstanceId"], i["InstanceType"]) for i in builders] == [(bench.state.builder["InstanceId"], "t3.small")]
     assert [e for e in bench.journal() if e[1] == "instance"] == [
         ("created", "instance", bench.state.builder["InstanceId"], REGION)]
+
+
+def test_a_spot_builder_falls_back_across_types_then_to_on_demand_and_the_manifest_says_which(server):
+    bench = server(builder="  market: spot\n")
+    bench.setup(s.CreateKeyPair, s.CreateSecurityGroup)
+    spot = lambda params: params.get("InstanceMarketOptions.MarketType") == "spot"  # noqa: E731
+    refused = Fault(bench.ec2.client, "RunInstances", **CAPACITY, times=None, match=spot)
+    detail = s.LaunchBuilder().run(bench.state, bench.ctx)
+
+    assert refused.calls == 2 and detail.endswith("(t3.micro)")  # both types as spot, then t3.micro on demand
+    log = bench.log()
+    assert "! run-instances (t3.micro spot): InsufficientInstanceCapacity: We currently do not have sufficient " \
+           "capacity; trying the next instance type" in log
+    assert "! run-instances (t3.small spot): InsufficientInstanceCapacity: We currently do not have sufficient " \
+           "capacity; trying on-demand instances" in log
+    assert bench.state.manifest.builder == {"instance_type": "t3.micro", "market": "on-demand"}
+    builders = bench.ec2.instances(T.tag_filter(T.BUILD_ID, bench.state.build_id))
+    assert [i["InstanceId"] for i in builders] == [bench.state.builder["InstanceId"]]
+
+
+def test_a_spot_builder_with_capacity_is_a_one_time_spot_instance(server):
+    bench = server(builder="  market: spot\n")
+    bench.setup(s.CreateKeyPair, s.CreateSecurityGroup)
+    detail = s.LaunchBuilder().run(bench.state, bench.ctx)
+    assert detail.endswith("(t3.micro, spot)")
+    assert bench.state.manifest.builder == {"instance_type": "t3.micro", "market": "spot"}
+    (builder,) = bench.ec2.instances(T.tag_filter(T.BUILD_ID, bench.state.build_id))
+    assert builder.get("InstanceLifecycle") == "spot"
 
 
 def test_launch_builder_with_no_capacity_for_any_type_fails_having_started_nothing(server):

@@ -136,7 +136,16 @@ NOT_INPUTS = {"path", "files", "root", "freshness", "vulnerabilities"}
 LATER_FIELDS = (("builder", "root_volume", "iops"), ("builder", "root_volume", "throughput"), ("source", "recipe"))
 
 
+#: fields inside a section that say how an image is made, not what it holds: never in the hash
+NOT_INPUT_FIELDS = (("builder", "market"),)
+
+
 def _unset_later_fields(body: dict) -> dict:
+    for *parents, name in NOT_INPUT_FIELDS:
+        holder = body
+        for key in parents:
+            holder = holder.get(key) or {}
+        holder.pop(name, None)
     for *parents, name in LATER_FIELDS:
         holder = body
         for key in parents:

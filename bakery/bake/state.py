@@ -52,6 +52,7 @@ class Manifest:
     variables: dict[str, str]
     steps: list[StepRecord] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
+    builder: dict | None = None      # what the builder ran as: {"instance_type", "market" (spot | on-demand)}
     ssm_parameter: str | None = None
     published: dict | None = None
     manifest_path: str | None = None

@@ -52,7 +52,7 @@ def builder_spec(state: BakeState, role: str, image_id: str, root_device: str, u
         volume=Volume.of(b.root_volume, root_device),
         tags=T.build_tags(state.recipe.name, state.build_id, role, temporary=True),
         token=f"{state.build_id}/{role}", user_data=user_data, key_name=state.key_name,
-        instance_profile=b.iam_instance_profile, imds_hop_limit=1, terminate_on_shutdown=True)
+        instance_profile=b.iam_instance_profile, imds_hop_limit=1, terminate_on_shutdown=True, market=b.market)
 
 
 def launch(state: BakeState, ctx: Context, spec: InstanceSpec, what: str) -> dict:
@@ -147,7 +147,9 @@ class LaunchBuilder:
         spec = builder_spec(state, "builder", state.source.id, state.source.root_device_name,
                             builder_user_data(state.builder_host_key))
         state.builder = launch(state, ctx, spec, "builder")
-        return f"{state.builder['InstanceId']} ({state.builder['InstanceType']})"
+        market = "spot" if state.builder.get("InstanceLifecycle") == "spot" else "on-demand"
+        state.manifest.builder = {"instance_type": state.builder["InstanceType"], "market": market}
+        return f"{state.builder['InstanceId']} ({state.builder['InstanceType']}{', spot' if market == 'spot' else ''})"
 
 
 class WaitForBuilder:

@@ -102,8 +102,14 @@ class InstanceSpec:
     imds_hop_limit: int = 1
     terminate_on_shutdown: bool = False  # a builder that shuts itself down is gone, not a stopped leftover
     template_tags: dict[str, str] = field(default_factory=dict)  # what a launch template stamps instead of `tags`
+    market: str = "on-demand"         # "spot": every type as spot first, then every type on demand
 
-    def request(self, instance_type: str, token: str) -> dict:
+    def attempts(self) -> list[tuple[str, str]]:
+        """(instance type, market) in the order they are tried: a capacity error moves on."""
+        markets = ("spot", "on-demand") if self.market == "spot" else ("on-demand",)
+        return [(itype, market) for market in markets for itype in self.instance_types]
+
+    def request(self, instance_type: str, token: str, market: str = "on-demand") -> dict:
         params = {
             "ImageId": self.image_id, "InstanceType": instance_type, "MinCount": 1, "MaxCount": 1,
             "ClientToken": token,
@@ -120,6 +126,9 @@ class InstanceSpec:
             params["IamInstanceProfile"] = {"Name": self.instance_profile}
         if self.terminate_on_shutdown:
             params["InstanceInitiatedShutdownBehavior"] = "terminate"
+        if market == "spot":  # one-time: an interrupted builder is gone, and the bake fails and cleans up
+            params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+                "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
         return params
 
     def template_data(self) -> dict:
@@ -150,12 +159,16 @@ class InstancesAPI:
     """Instance operations of the EC2 facade."""
 
     def launch(self, spec: InstanceSpec, *, on_capacity: Callable[[str], None] | None = None) -> dict:
-        """Start one instance as `spec` says; the instance record RunInstances returned."""
+        """Start one instance as `spec` says; the instance record RunInstances returned (a spot
+        instance's says so in InstanceLifecycle, as EC2's own does)."""
         errors = []
-        for itype in spec.instance_types:
-            params = spec.request(itype, client_token(spec.token, itype) if spec.token_per_type
-                                  else client_token(spec.token))
-            action = f"run-instances ({spec.label or itype})"
+        attempts = spec.attempts()
+        for itype, market in attempts:
+            which = itype if market == "on-demand" else f"{itype} spot"
+            key = (itype,) if market == "on-demand" else (itype, "spot")  # on-demand keeps the tokens it had
+            params = spec.request(itype, client_token(spec.token, *key) if spec.token_per_type
+                                  else client_token(spec.token, *key[1:]), market)
+            action = f"run-instances ({spec.label or which})"
             try:
                 inst = self.call(action, self.client.run_instances, **params)["Instances"][0]
                 # EC2 remembers a token for hours: after a rolled-back launch the same request is
@@ -163,16 +176,21 @@ class InstancesAPI:
                 # so every launcher that meets the same dead instance still agrees on the next token.
                 for _ in range(5):
                     if inst["State"]["Name"] not in TERMINAL:
-                        return inst
+                        break
                     params["ClientToken"] = str(uuid.uuid5(uuid.NAMESPACE_URL,
                                                            f"{params['ClientToken']}/{inst['InstanceId']}"))
                     inst = self.call(action, self.client.run_instances, **params)["Instances"][0]
+                if market == "spot":
+                    inst.setdefault("InstanceLifecycle", "spot")
                 return inst
             except CapacityError as exc:
                 errors.append(exc.message)
-                if on_capacity is not None and itype != spec.instance_types[-1]:
-                    on_capacity(f"{exc.message}; trying the next instance type")
-        raise CloudError(f"no capacity for any of {', '.join(spec.instance_types)}: {errors[-1]}")
+                if on_capacity is not None and (itype, market) != attempts[-1]:
+                    following = attempts[attempts.index((itype, market)) + 1]
+                    on_capacity(f"{exc.message}; trying " + ("the next instance type" if following[1] == market
+                                                              else "on-demand instances"))
+        tried = ", ".join(spec.instance_types) + (" (spot, then on demand)" if spec.market == "spot" else "")
+        raise CloudError(f"no capacity for any of {tried}: {errors[-1]}")
 
     def describe_instance(self, instance_id: str) -> dict | None:
         """The instance's record; None when EC2 does not know it (yet, or any more)."""

@@ -18,7 +18,9 @@ AUTH_CODES = {"AuthFailure", "UnauthorizedOperation", "ExpiredToken", "ExpiredTo
               "InvalidClientTokenId", "RequestExpired", "UnrecognizedClientException", "AccessDenied",
               "AccessDeniedException", "SignatureDoesNotMatch"}
 CAPACITY_CODES = {"InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported",
-                  "InstanceLimitExceeded", "VcpuLimitExceeded", "InsufficientHostCapacity"}
+                  "InstanceLimitExceeded", "VcpuLimitExceeded", "InsufficientHostCapacity",
+                  # spot: no spot capacity at any price we allow, or the account's spot quota is used
+                  "SpotMaxPriceTooLow", "MaxSpotInstanceCountExceeded"}
 
 CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=5, read_timeout=60,
                        user_agent_extra="bakery")

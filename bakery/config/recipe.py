@@ -127,6 +127,9 @@ class RootVolume(Strict):
 
 class Builder(Strict):
     instance_types: list[str] = Field(["t3.micro"], min_length=1)
+    # spot: each type as a one-time spot instance first, then on demand (capacity errors move on);
+    # how the builder is paid for, not what the image holds: not an input
+    market: Literal["on-demand", "spot"] = "on-demand"
     subnet: str | None = Field(None, pattern=r"^subnet-[0-9a-f]+$")
     iam_instance_profile: str | None = None
     root_volume: RootVolume = RootVolume()
