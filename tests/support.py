@@ -240,6 +240,7 @@ class FakeBuilderHost:
         self.served: list[str] = []
         self.user_data: str | None = None
         self._stop = threading.Event()
+        self._reboot_when_gone = False
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self.fs = scratch / "fs"
         # a private apt cache and lists too: hygiene's `apt-get clean` must neither empty the host's
@@ -272,6 +273,8 @@ class FakeBuilderHost:
             fresh = [i for i in found if i["InstanceId"] not in self.served]
             if fresh:
                 self._become(ec2, fresh[0])
+            elif self._reboot_when_gone and self.proc is not None and self.proc.poll() is not None:
+                self._start_sshd()  # its sshd ended from inside: the builder "booted" again
             time.sleep(0.02)
 
     def _become(self, ec2, instance: dict) -> None:
@@ -297,6 +300,9 @@ class FakeBuilderHost:
         if not self.start_sshd or fault in ("refused", "silent"):
             self.proc = subprocess.Popen(["true"])
             return
+        self._start_sshd()
+
+    def _start_sshd(self) -> None:
         self.proc = subprocess.Popen(
             # A private pid namespace too: stopping sshd (its PID 1) ends every session and step it ran.
             ["unshare", "-m", "-p", "-u", "--fork", "--kill-child", "--propagation", "private",
@@ -322,6 +328,24 @@ class FakeBuilderHost:
         tool.write_text("#!/bin/sh\nexec cat > /srv/slow-disk\n")
         tool.chmod(0o755)
         return SlowDisk(self.fs / "srv/slow-disk", on_write)
+
+    def reboot(self, come_back: bool = True) -> None:
+        """Stands in for the builder's reboot (the host itself never reboots): its sshd goes, and
+        every session with it; unless it never comes back, a new one starts in a fresh namespace,
+        with a new /run as a new boot has, and the same host key."""
+        self._stop_sshd()
+        if come_back:
+            self._start_sshd()
+
+    def reboots_from_inside(self) -> None:
+        """`systemctl reboot` on the builder (a stand-in first on root's PATH) ends its sshd and
+        every session, and the host starts a new one, as after a reboot. Call it before the
+        builder starts (the stand-ins are mounted with its sshd)."""
+        (self.scratch / "sbin").mkdir(exist_ok=True)
+        tool = self.scratch / "sbin/systemctl"
+        tool.write_text('#!/bin/sh\n[ "$1" = reboot ] || exit 1\nkill -TERM 1\n')  # 1: this namespace's sshd
+        tool.chmod(0o755)
+        self._reboot_when_gone = True
 
     def kill_server(self) -> None:
         """The builder's sshd dies, and every session and command it ran with it."""

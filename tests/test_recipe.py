@@ -43,6 +43,21 @@ def test_a_layer_on_a_recipe_that_cannot_have_an_image_is_refused_where_it_is_na
         load_recipe(tmp_path / "recipes", "web")
 
 
+@pytest.mark.parametrize("step, message", [
+    ("{name: r, reboot: true, shell: 'true'}", "give exactly one of shell, script, upload, reboot"),
+    ("{name: r, reboot: {timeout: 0}}", "reboot.timeout: Input should be greater than 0"),
+    ("{name: r, reboot: {deadline: 5}}", r"r.yaml:3: steps\[0\].reboot.deadline: unknown key"),
+    ("{name: u, upload: {source: s.sh, dest: /x}, expect_disconnect: true}",
+     "expect_disconnect is for shell and script steps"),
+])
+def test_a_reboot_step_or_a_step_that_may_drop_the_connection_is_refused_when_malformed(tmp_path, step, message):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes/s.sh").write_text("true\n")
+    write_recipe(tmp_path / "recipes", "r", f"source: {{ami: ami-12345678}}\nsteps:\n  - {step}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(tmp_path / "recipes", "r")
+
+
 def recipe(tmp_path, body: str, name: str = "r") -> Path:
     recipes = tmp_path / "recipes"
     write_recipe(recipes, name, body)

@@ -131,27 +131,34 @@ def _remember(store: Path, inputs: Inputs, files: list[Path], validated_at: floa
 #: decides whether a new image is published, against a feed that changes daily with no input
 #: changing: renewing a waiver's expiry must not rebake an unchanged image either)
 NOT_INPUTS = {"path", "files", "root", "freshness", "vulnerabilities"}
-#: recipe fields added after images were baked and tagged with their hash: left out of the hash
-#: while unset (as they were before they existed), so unchanged recipes keep finding their images
-LATER_FIELDS = (("builder", "root_volume", "iops"), ("builder", "root_volume", "throughput"), ("source", "recipe"))
-
-
+#: recipe fields added after images were baked and tagged with their hash, with the value that
+#: means "not used": left out of the hash while they have it (as before they existed), so unchanged
+#: recipes keep finding their images. "*": every item of a list.
+LATER_FIELDS = ((("builder", "root_volume", "iops"), None), (("builder", "root_volume", "throughput"), None),
+                (("source", "recipe"), None), (("steps", "*", "reboot"), None),
+                (("steps", "*", "expect_disconnect"), False))
 #: fields inside a section that say how an image is made, not what it holds: never in the hash
 NOT_INPUT_FIELDS = (("builder", "market"),)
 
 
+def _holders(body, parents: tuple) -> list[dict]:
+    """The dicts at `parents` in `body` ("*": each item of a list)."""
+    found = [body]
+    for key in parents:
+        found = [item for holder in found
+                 for item in ((holder if isinstance(holder, list) else []) if key == "*"
+                              else [holder.get(key)] if isinstance(holder, dict) else [])]
+    return [h for h in found if isinstance(h, dict)]
+
+
 def _unset_later_fields(body: dict) -> dict:
     for *parents, name in NOT_INPUT_FIELDS:
-        holder = body
-        for key in parents:
-            holder = holder.get(key) or {}
-        holder.pop(name, None)
-    for *parents, name in LATER_FIELDS:
-        holder = body
-        for key in parents:
-            holder = holder.get(key) or {}
-        if name in holder and holder[name] is None:
-            del holder[name]
+        for holder in _holders(body, tuple(parents)):
+            holder.pop(name, None)
+    for (*parents, name), unset in LATER_FIELDS:
+        for holder in _holders(body, tuple(parents)):
+            if name in holder and holder[name] == unset and type(holder[name]) is type(unset):
+                del holder[name]
     return body
 
 

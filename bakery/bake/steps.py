@@ -198,6 +198,10 @@ class RunRecipeStep:
         state.manifest.steps.append(record)
 
     def _attempts(self, state: BakeState, ctx: Context, step, label: str) -> tuple[StepRecord, str]:
+        if step.kind == "reboot":  # no retries or failure policy: it comes back in time, or the bake ends
+            start = time.monotonic()
+            reboot_builder(state, ctx, step.reboot.timeout)
+            return StepRecord(step.name, step.kind, "ok", 0, 1, round(time.monotonic() - start, 3)), ""
         attempts, start = 0, time.monotonic()
         while True:
             attempts += 1
@@ -232,9 +236,58 @@ class RunRecipeStep:
                 ctx.report.output(step.name, exc.message)
                 return 1, False
         script = step.shell if step.shell is not None else recipe.local_path(step.script).read_text()
-        res = connector.run(script, env=step.env, timeout=step.timeout, sudo=step.sudo,
-                            on_output=lambda line: ctx.report.output(step.name, line))
+        started = time.monotonic()
+        try:
+            res = connector.run(script, env=step.env, timeout=step.timeout, sudo=step.sudo,
+                                on_output=lambda line: ctx.report.output(step.name, line))
+        except ConnectionLost:
+            if not step.expect_disconnect:
+                raise
+            ctx.report.output(step.name, "the connection dropped, as the step said it might; waiting for SSH")
+            reconnect(state, ctx, deadline=started + step.timeout, new_boot_of=None)
+            return 0, False
         return res.exit_status, res.timed_out
+
+
+def reboot_builder(state: BakeState, ctx: Context, timeout: float) -> None:
+    """Reboot the builder through EC2 and wait, within `timeout`, for SSH from its next boot: a file
+    left in /run (a tmpfs) marks this boot, so an sshd still up on the old one is not taken for it."""
+    deadline = time.monotonic() + timeout
+    marker = f"/run/bakery-boot-{state.build_id}"
+    res = state.connector.run(f": > {marker}", env={}, timeout=30, sudo=True, on_output=lambda line: None)
+    if res.exit_status != 0:
+        raise RemoteError(f"{state.connector.target.label}: cannot mark the boot before the reboot "
+                          f"(exit {res.exit_status})")
+    state.connector.close()
+    ctx.ec2.reboot_instance(state.builder["InstanceId"])
+    reconnect(state, ctx, deadline=deadline, new_boot_of=marker)
+
+
+def reconnect(state: BakeState, ctx: Context, *, deadline: float, new_boot_of: str | None) -> None:
+    """SSH to the builder again, pinned to the same host key, until `deadline`; with `new_boot_of`,
+    only to a boot where that marker file is gone. Then cloud-init's per-boot stages are waited for."""
+    from bakery.errors import WaitTimeout
+
+    state.connector.close()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(f"{state.recipe.path}: builder {state.builder['InstanceId']} did not come back "
+                              f"over SSH within the step's deadline")
+        connector = ssh_to(state, ctx, state.builder, state.builder_host_key, "builder")
+        try:
+            connector.connect(timeout=left)
+        except WaitTimeout:
+            raise WaitTimeout(f"{state.recipe.path}: builder {state.builder['InstanceId']} did not come back over "
+                              "SSH within the step's deadline") from None
+        if new_boot_of is None or connector.run(f"test ! -e {new_boot_of}", env={}, timeout=30, sudo=False,
+                                                on_output=lambda line: None).exit_status == 0:
+            break
+        connector.close()  # the old boot's sshd, still up: the reboot has not begun
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    state.connector = connector
+    ctx.stack.callback(connector.close)
+    wait_for_cloud_init(connector, ctx, max(1.0, min(CLOUD_INIT_TIMEOUT, deadline - time.monotonic())), "cloud-init")
 
 
 class CollectSbom:

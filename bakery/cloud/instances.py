@@ -242,6 +242,11 @@ class InstancesAPI:
     def stop_instance(self, instance_id: str) -> None:
         self.call(f"stop-instances {instance_id}", self.client.stop_instances, InstanceIds=[instance_id])
 
+    def reboot_instance(self, instance_id: str) -> None:
+        """An OS reboot, as EC2 does it (a clean one, a hard one after four minutes): the instance
+        stays running, keeps its disks and addresses."""
+        self.call(f"reboot-instances {instance_id}", self.client.reboot_instances, InstanceIds=[instance_id])
+
     def terminate_instances(self, instance_ids: list[str]) -> None:
         """Terminate; an instance EC2 no longer knows is already gone."""
         try:

@@ -36,8 +36,8 @@ OPERATIONS = {
         "DescribeSnapshots", "DescribeSubnets", "DescribeVpcs", "DetachNetworkInterface", "DisassociateAddress",
         "EnableImageDeprecation", "GetConsoleOutput", "ImportKeyPair", "ModifyImageAttribute", "ModifyLaunchTemplate",
         "ModifyNetworkInterfaceAttribute", "ModifySnapshotAttribute", "ModifySubnetAttribute",
-        "ReplaceNetworkAclAssociation", "ReplaceRouteTableAssociation", "RunInstances", "StopInstances",
-        "TerminateInstances",
+        "RebootInstances", "ReplaceNetworkAclAssociation", "ReplaceRouteTableAssociation", "RunInstances",
+        "StopInstances", "TerminateInstances",
     ),
     "ssm": ("DeleteParameter", "DescribeParameters", "GetParameter", "GetParameterHistory", "PutParameter"),
     "s3": ("CreateBucket", "GetObject", "HeadBucket", "PutObject"),  # images' evidence (cloud/evidence.py)

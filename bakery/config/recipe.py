@@ -168,28 +168,47 @@ class Upload(Strict):
         return v
 
 
+class Reboot(Strict):
+    """Reboot the builder (EC2 RebootInstances) and wait for SSH to answer again, with the same
+    pinned host key, from a new boot."""
+
+    timeout: float = Field(600, gt=0, le=3600, description="deadline for the builder to come back, seconds")
+
+
 class Step(Strict):
     name: str = Field(min_length=1, max_length=80)
     shell: str | None = None
     script: str | None = None
     upload: Upload | None = None
+    reboot: Reboot | None = None
     timeout: float = Field(1800, gt=0, le=86400)
     env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {}
     retries: int = Field(0, ge=0, le=10)
     on_failure: Literal["abort", "continue"] = "abort"
     sudo: bool = True
+    # a shell or script step that may end the connection (it reboots, restarts sshd): a dropped
+    # connection then ends the step well, and the bake waits for SSH to answer again (within `timeout`)
+    expect_disconnect: bool = False
+
+    @field_validator("reboot", mode="before")
+    @classmethod
+    def _reboot_true(cls, v):
+        return {} if v is True else v
 
     @model_validator(mode="after")
     def _one_action(self) -> "Step":
-        given = [k for k in ("shell", "script", "upload") if getattr(self, k) is not None]
+        given = [k for k in ("shell", "script", "upload", "reboot") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"step {self.name!r}: give exactly one of shell, script, upload "
+            raise ValueError(f"step {self.name!r}: give exactly one of shell, script, upload, reboot "
                              f"(got {', '.join(given) or 'none'})")
+        if self.expect_disconnect and self.kind not in ("shell", "script"):
+            raise ValueError(f"step {self.name!r}: expect_disconnect is for shell and script steps")
         return self
 
     @property
     def kind(self) -> str:
-        return "shell" if self.shell is not None else "script" if self.script is not None else "upload"
+        return ("shell" if self.shell is not None else "script" if self.script is not None
+                else "upload" if self.upload is not None else "reboot")
 
 
 class Variable(Strict):
