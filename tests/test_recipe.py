@@ -44,7 +44,7 @@ def test_a_layer_on_a_recipe_that_cannot_have_an_image_is_refused_where_it_is_na
 
 
 @pytest.mark.parametrize("step, message", [
-    ("{name: r, reboot: true, shell: 'true'}", "give exactly one of shell, script, upload, reboot"),
+    ("{name: r, reboot: true, shell: 'true'}", "give exactly one of shell, script, upload, reboot, download"),
     ("{name: r, reboot: {timeout: 0}}", "reboot.timeout: Input should be greater than 0"),
     ("{name: r, reboot: {deadline: 5}}", r"r.yaml:3: steps\[0\].reboot.deadline: unknown key"),
     ("{name: u, upload: {source: s.sh, dest: /x}, expect_disconnect: true}",

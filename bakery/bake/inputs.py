@@ -135,7 +135,7 @@ NOT_INPUTS = {"path", "files", "root", "freshness", "vulnerabilities"}
 #: means "not used": left out of the hash while they have it (as before they existed), so unchanged
 #: recipes keep finding their images. "*": every item of a list.
 LATER_FIELDS = ((("builder", "root_volume", "iops"), None), (("builder", "root_volume", "throughput"), None),
-                (("source", "recipe"), None), (("steps", "*", "reboot"), None),
+                (("source", "recipe"), None), (("steps", "*", "reboot"), None), (("steps", "*", "download"), None),
                 (("steps", "*", "expect_disconnect"), False))
 #: fields inside a section that say how an image is made, not what it holds: never in the hash
 NOT_INPUT_FIELDS = (("builder", "market"),)

@@ -53,6 +53,7 @@ class Manifest:
     steps: list[StepRecord] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
     builder: dict | None = None      # what the builder ran as: {"instance_type", "market" (spot | on-demand)}
+    downloads: list[str] = field(default_factory=list)  # what download steps copied here (RECIPE-BUILD.files/)
     ssm_parameter: str | None = None
     published: dict | None = None
     manifest_path: str | None = None

@@ -224,6 +224,18 @@ class RunRecipeStep:
         from bakery.remote.ssh import ConnectionLost
 
         recipe, connector = state.recipe, state.connector
+        if step.kind == "download":
+            where = downloads_dir(ctx.settings.manifests, recipe.name, state.build_id) / step.download.dest
+            try:
+                for path in connector.get(step.download.source, where, sudo=step.sudo, timeout=step.timeout):
+                    state.manifest.downloads.append(str(path))
+                    ctx.report.output(step.name, f"{step.download.source} -> {path}")
+                return 0, False
+            except ConnectionLost:
+                raise
+            except RemoteError as exc:  # not there, unreadable, refused as it landed: a step failure
+                ctx.report.output(step.name, exc.message)
+                return 1, False
         if step.kind == "upload":
             up = step.upload
             try:
@@ -247,6 +259,11 @@ class RunRecipeStep:
             reconnect(state, ctx, deadline=started + step.timeout, new_boot_of=None)
             return 0, False
         return res.exit_status, res.timed_out
+
+
+def downloads_dir(manifests, recipe: str, build_id: str):
+    """Where a build's download steps land: beside its manifest, RECIPE-BUILD.files/."""
+    return manifests / f"{recipe}-{build_id}.files"
 
 
 def reboot_builder(state: BakeState, ctx: Context, timeout: float) -> None:

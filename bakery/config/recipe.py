@@ -175,12 +175,36 @@ class Reboot(Strict):
     timeout: float = Field(600, gt=0, le=3600, description="deadline for the builder to come back, seconds")
 
 
+class Download(Strict):
+    """A file or directory copied from the builder into the build's output dir, beside the manifest
+    (RECIPE-BUILD.files/DEST/NAME): logs, reports, what the image was built from."""
+
+    source: str = Field(min_length=1, description="absolute path on the builder")
+    dest: str = Field("", description="directory under the build's output dir ('' for its top)")
+
+    @field_validator("source")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or v.rstrip("/") == "":
+            raise ValueError(f"{v!r}: an absolute path on the builder, not /")
+        return v
+
+    @field_validator("dest")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        path = PurePosixPath(v)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"{v!r}: a relative directory under the build's output dir, without ..")
+        return v
+
+
 class Step(Strict):
     name: str = Field(min_length=1, max_length=80)
     shell: str | None = None
     script: str | None = None
     upload: Upload | None = None
     reboot: Reboot | None = None
+    download: Download | None = None
     timeout: float = Field(1800, gt=0, le=86400)
     env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {}
     retries: int = Field(0, ge=0, le=10)
@@ -197,9 +221,9 @@ class Step(Strict):
 
     @model_validator(mode="after")
     def _one_action(self) -> "Step":
-        given = [k for k in ("shell", "script", "upload", "reboot") if getattr(self, k) is not None]
+        given = [k for k in ("shell", "script", "upload", "reboot", "download") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"step {self.name!r}: give exactly one of shell, script, upload, reboot "
+            raise ValueError(f"step {self.name!r}: give exactly one of shell, script, upload, reboot, download "
                              f"(got {', '.join(given) or 'none'})")
         if self.expect_disconnect and self.kind not in ("shell", "script"):
             raise ValueError(f"step {self.name!r}: expect_disconnect is for shell and script steps")
@@ -208,7 +232,7 @@ class Step(Strict):
     @property
     def kind(self) -> str:
         return ("shell" if self.shell is not None else "script" if self.script is not None
-                else "upload" if self.upload is not None else "reboot")
+                else "upload" if self.upload is not None else "reboot" if self.reboot is not None else "download")
 
 
 class Variable(Strict):

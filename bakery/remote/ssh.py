@@ -358,6 +358,58 @@ class SSHConnector:
             detail = out[-1] if out else f"exit status {status}"
             raise RemoteError(f"{self.target.label}: upload of {local} failed: {detail}")
 
+    # ---- get ----------------------------------------------------------------------------
+
+    def get(self, source: str, local_dir: Path, *, sudo: bool, timeout: float) -> list[Path]:
+        """Copy `source` (a file or a directory, an absolute path on the machine) into `local_dir`
+        as tar carries it: its name there, modes kept. What lands is checked as it is unpacked
+        (tarfile's `data` filter: nothing outside `local_dir`, no devices, no links leading out).
+        Returns the top-level paths that landed."""
+        import posixpath
+        import tarfile
+
+        parent, name = posixpath.split(source.rstrip("/"))
+        command = f"{self._sudo(sudo)}tar -C {shlex.quote(parent or '/')} -cf - -- {shlex.quote(name)}"
+        if not self._alive():
+            raise self._lost("")
+        doing = f" during download of {source}"
+        try:
+            chan = self.transport.open_session(timeout=30)
+            chan.settimeout(timeout)
+            chan.exec_command(command)  # stderr apart: the stream on stdout is the archive alone
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._lost(doing, exc) from exc
+        local_dir.mkdir(parents=True, exist_ok=True)
+        landed: list[Path] = []
+        try:
+            with chan.makefile("rb") as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
+                for member in archive:
+                    archive.extract(member, local_dir, filter="data")
+                    top = local_dir / member.name.split("/")[0]
+                    if top not in landed:
+                        landed.append(top)
+        except tarfile.TarError as exc:  # a member the filter refuses, or no archive at all (tar failed)
+            refused = str(exc)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            chan.close()
+            if not self._alive():
+                raise self._lost(doing, exc) from exc
+            raise RemoteError(f"{self.target.label}: download of {source} failed: {exc}") from exc
+        else:
+            refused = None
+        if refused and chan.exit_status_ready() is False and not chan.eof_received:
+            chan.close()  # a member refused mid-stream: stop the sender rather than drain it
+            raise RemoteError(f"{self.target.label}: download of {source} failed: {refused}")
+        try:
+            status = chan.recv_exit_status()
+            errors = chan.makefile_stderr("rb").read().decode(errors="replace").strip().splitlines()
+        finally:
+            chan.close()
+        if status != 0 or refused or not landed:
+            detail = errors[0] if status != 0 and errors else refused or f"exit status {status}"  # tar says why first
+            raise RemoteError(f"{self.target.label}: download of {source} failed: {detail}")
+        return landed
+
     def close(self) -> None:
         for via_sudo in list(self._runners):
             runner = self._runners.pop(via_sudo)
