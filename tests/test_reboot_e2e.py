@@ -78,7 +78,7 @@ def test_a_step_that_may_drop_the_connection_reboots_from_inside_and_the_bake_go
     out = io.StringIO()
     manifest = bake(settings_for(recipes), "web", {}, report=Reporter(stream=out))
     assert [s.status for s in manifest.steps] == ["ok", "ok", "ok"]
-    assert "kernel | the connection dropped, as the step said it might; waiting for SSH" in out.getvalue()
+    assert "kernel | the step may end the connection (expect_disconnect): connecting again" in out.getvalue()
     assert "after | a new boot" in out.getvalue()
 
 

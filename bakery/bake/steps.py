@@ -249,16 +249,34 @@ class RunRecipeStep:
                 return 1, False
         script = step.shell if step.shell is not None else recipe.local_path(step.script).read_text()
         started = time.monotonic()
+        marker = mark_boot(state) if step.expect_disconnect else None
         try:
             res = connector.run(script, env=step.env, timeout=step.timeout, sudo=step.sudo,
                                 on_output=lambda line: ctx.report.output(step.name, line))
         except ConnectionLost:
-            if not step.expect_disconnect:
+            if marker is None:
                 raise
-            ctx.report.output(step.name, "the connection dropped, as the step said it might; waiting for SSH")
-            reconnect(state, ctx, deadline=started + step.timeout, new_boot_of=None)
+            ctx.report.output(step.name, RECONNECTING)
+            reconnect(state, ctx, deadline=started + step.timeout, new_boot_of=marker, same_boot_ok=True)
             return 0, False
+        if marker is not None and res.exit_status == 0:
+            # `systemctl reboot` returns before the machine goes down: whether it did is seen by
+            # connecting again (the next boot, or the same one once a connection to it holds)
+            ctx.report.output(step.name, RECONNECTING)
+            reconnect(state, ctx, deadline=started + step.timeout, new_boot_of=marker, same_boot_ok=True)
         return res.exit_status, res.timed_out
+
+
+RECONNECTING = "the step may end the connection (expect_disconnect): connecting again"
+
+
+def mark_boot(state: BakeState) -> str:
+    """A file in /run (a tmpfs: a new boot starts without it) that tells this boot from the next."""
+    marker = f"/run/bakery-boot-{state.build_id}"
+    res = state.connector.run(f": > {marker}", env={}, timeout=30, sudo=True, on_output=lambda line: None)
+    if res.exit_status != 0:
+        raise RemoteError(f"{state.connector.target.label}: cannot mark the boot (exit {res.exit_status})")
+    return marker
 
 
 def downloads_dir(manifests, recipe: str, build_id: str):
@@ -270,37 +288,51 @@ def reboot_builder(state: BakeState, ctx: Context, timeout: float) -> None:
     """Reboot the builder through EC2 and wait, within `timeout`, for SSH from its next boot: a file
     left in /run (a tmpfs) marks this boot, so an sshd still up on the old one is not taken for it."""
     deadline = time.monotonic() + timeout
-    marker = f"/run/bakery-boot-{state.build_id}"
-    res = state.connector.run(f": > {marker}", env={}, timeout=30, sudo=True, on_output=lambda line: None)
-    if res.exit_status != 0:
-        raise RemoteError(f"{state.connector.target.label}: cannot mark the boot before the reboot "
-                          f"(exit {res.exit_status})")
+    marker = mark_boot(state)
     state.connector.close()
     ctx.ec2.reboot_instance(state.builder["InstanceId"])
     reconnect(state, ctx, deadline=deadline, new_boot_of=marker)
 
 
-def reconnect(state: BakeState, ctx: Context, *, deadline: float, new_boot_of: str | None) -> None:
-    """SSH to the builder again, pinned to the same host key, until `deadline`; with `new_boot_of`,
-    only to a boot where that marker file is gone. Then cloud-init's per-boot stages are waited for."""
+#: how long a connection to the same boot must last before a step that may drop it is taken to
+#: have restarted sshd (or nothing) rather than begun a reboot: an sshd still up on a machine
+#: that is shutting down accepts a connection and then dies with it; systemd stops sshd within
+#: seconds of `systemctl reboot`
+SETTLE_SECONDS = 10.0
+
+
+def reconnect(state: BakeState, ctx: Context, *, deadline: float, new_boot_of: str,
+              same_boot_ok: bool = False) -> None:
+    """SSH to the builder again, pinned to the same host key, until `deadline`: to a boot where the
+    marker `new_boot_of` is gone, or (`same_boot_ok`) to the same boot once a connection to it has
+    lasted SETTLE_SECONDS. Then cloud-init's per-boot stages are waited for."""
     from bakery.errors import WaitTimeout
+    from bakery.remote.ssh import ConnectionLost
+
+    def gone() -> WaitTimeout:
+        return WaitTimeout(f"{state.recipe.path}: builder {state.builder['InstanceId']} did not come back over SSH "
+                           "within the step's deadline")
 
     state.connector.close()
+    quiet = lambda line: None  # noqa: E731
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise WaitTimeout(f"{state.recipe.path}: builder {state.builder['InstanceId']} did not come back "
-                              f"over SSH within the step's deadline")
+        if deadline - time.monotonic() <= 0:
+            raise gone()
         connector = ssh_to(state, ctx, state.builder, state.builder_host_key, "builder")
         try:
-            connector.connect(timeout=left)
+            connector.connect(timeout=deadline - time.monotonic())
+            new_boot = connector.run(f"test ! -e {new_boot_of}", env={}, timeout=30, sudo=False,
+                                     on_output=quiet).exit_status == 0
+            if not new_boot and same_boot_ok and deadline - time.monotonic() > SETTLE_SECONDS:
+                time.sleep(SETTLE_SECONDS)
+                new_boot = connector.run("true", env={}, timeout=30, sudo=False, on_output=quiet).exit_status == 0
+            if new_boot:
+                break
         except WaitTimeout:
-            raise WaitTimeout(f"{state.recipe.path}: builder {state.builder['InstanceId']} did not come back over "
-                              "SSH within the step's deadline") from None
-        if new_boot_of is None or connector.run(f"test ! -e {new_boot_of}", env={}, timeout=30, sudo=False,
-                                                on_output=lambda line: None).exit_status == 0:
-            break
-        connector.close()  # the old boot's sshd, still up: the reboot has not begun
+            raise gone() from None
+        except ConnectionLost:
+            pass  # the old boot's sshd, going down with the machine
+        connector.close()  # the old boot, still up: the reboot has not begun
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     state.connector = connector
     ctx.stack.callback(connector.close)
