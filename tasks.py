@@ -44,10 +44,11 @@ def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, j
           "var": "KEY=VALUE for every selected recipe that declares KEY (repeatable; wins over --var-file)",
           "var-file": "YAML file of variable values (name: value), each for the recipes that declare it",
           "force": "bake even when nothing changed", "json": "print the table as JSON on stdout",
+          "jobs": "bake up to N recipes at once, each after the recipe it is layered on (default 1)",
           "names": "bake nothing: print the recipes it would consider as one JSON list of groups, each "
                    "a tree of layers to bake in sequence, parents first (the workflow's matrix)"},
 )
-def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, names=False):
+def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, names=False, jobs="1"):
     """Bake every recipe whose inputs changed; table of decisions (also to $GITHUB_STEP_SUMMARY)."""
     with command():
         from bakery.bake.rebake import rebake as run_rebake
@@ -59,8 +60,9 @@ def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, nam
         if names:
             show.recipe_names(job_groups(settings, recipe or None))
             return
+        jobs = parse_int("--jobs", jobs, minimum=1)
         show.rebake(run_rebake(settings, recipe or None, variables=parse_variables(var, var_file), force=force,
-                               report=Reporter()), json=json)
+                               report=Reporter(), jobs=jobs), json=json)
 
 
 @task(

@@ -13,8 +13,30 @@ import threading
 
 from bakery.errors import Interrupted
 
-_state = {"shielded": False, "pending": None}
+_state = {"pending": None}
+_local = threading.local()  # shielded: per thread (each bake of a parallel rebake cleans up on its own)
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Worker threads (rebake --jobs) never see a signal: the main thread sets this, and each worker
+# raises Interrupted at its next check point (an API call, a wait's poll, a step's output loop),
+# outside its clean-up, so every bake unwinds and undoes what it made.
+_cancelled = threading.Event()
+_cancel_reason = {"why": ""}
+
+
+def cancel_workers(why: str) -> None:
+    _cancel_reason["why"] = why
+    _cancelled.set()
+
+
+def clear_cancel() -> None:
+    _cancelled.clear()
+
+
+def check_cancelled() -> None:
+    """In a worker thread, outside clean-up: raise Interrupted once the main thread has cancelled."""
+    if _cancelled.is_set() and not getattr(_local, "shielded", False) \
+            and threading.current_thread() is not threading.main_thread():
+        raise Interrupted(_cancel_reason["why"] or "interrupted")
 
 
 def block_in_this_thread() -> None:
@@ -28,7 +50,7 @@ def block_in_this_thread() -> None:
 
 def _handler(signum, frame):
     name = signal.Signals(signum).name
-    if _state["shielded"]:
+    if getattr(_local, "shielded", False):
         _state["pending"] = name
         print(f"bakery: {name} received; finishing clean-up first", file=sys.stderr, flush=True)
         return
@@ -66,9 +88,9 @@ def interruptible():
 @contextlib.contextmanager
 def shielded():
     """Defer signals while cleaning up."""
-    previous = _state["shielded"]
-    _state["shielded"] = True
+    previous = getattr(_local, "shielded", False)
+    _local.shielded = True
     try:
         yield
     finally:
-        _state["shielded"] = previous
+        _local.shielded = previous

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from bakery.errors import WaitTimeout
+from bakery.signals import check_cancelled
 
 T = TypeVar("T")
 
@@ -77,6 +78,7 @@ def wait_for(check: Callable[[], T | None], *, what: str, timeout: float, backof
         sleep = sleep or (lambda seconds: time.sleep(seconds * scale))
     deadline = clock() + timeout
     for delay in backoff.intervals():
+        check_cancelled()  # a parallel rebake's worker, cancelled: unwind and clean up
         polled = clock()
         result = check()
         if result is not None:

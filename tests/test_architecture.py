@@ -24,7 +24,8 @@ PACKAGE = ROOT / "bakery"
 # Lowest first. Each entry is one layer: the packages (or top-level modules) in it.
 LAYERS = [
     {"bakery", "bakery.errors"},                                    # foundation: one error family
-    {"bakery.signals", "bakery.progress", "bakery.waits"},          # signals, progress lines, polling
+    {"bakery.signals"},                    # Ctrl-C and SIGTERM, and cancelling a parallel rebake's workers
+    {"bakery.progress", "bakery.waits"},   # progress lines, polling (a cancelled worker's waits end)
     {"bakery.config"},                     # settings, YAML, recipe and environment models
     {"bakery.render"},                     # templates, user data, bootstrap scripts: offline
     {"bakery.remote", "bakery.local"},     # reaching machines (given a dial); the local cloud's machines

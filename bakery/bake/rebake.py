@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from bakery.config.abstract import is_abstract, refuse_abstract
 from bakery.config.recipe import list_recipes, recipe_path
 from bakery.config.settings import Settings
-from bakery.errors import BakeryError, ConfigError
+from bakery.errors import BakeryError, ConfigError, Interrupted
 from bakery.progress import Reporter
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ def selected(settings: Settings, recipes: list[str] | None) -> list[str]:
 
 
 def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str, str] | None = None,
-           force: bool = False, report: Reporter) -> list[RebakeRow]:
+           force: bool = False, report: Reporter, jobs: int = 1) -> list[RebakeRow]:
     """Bake every recipe (or those named) whose inputs changed; one failure does not stop the rest.
+    `jobs` > 1: that many bakes at once, each recipe once its parent is done (run_in_parallel).
 
     Each variable goes to every selected recipe that declares it; one that none declares is
     refused before the cloud opens (a recipe that does not load cannot claim it: it fails on its own row)."""
@@ -97,12 +98,13 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
             del loaded[name]
     cloud = open_cloud(settings) if loaded else None
     failed = {name for name, row in rows.items() if row.decision == "failed"}
-    for name in in_layer_order(list(loaded), {n: parent_of(i) for n, i in loaded.items()}):
+
+    def bake_one(name: str) -> None:
         inputs = loaded[name]
         if parent_of(inputs) in failed:  # its old image is not what the files now say to bake on
             rows[name] = RebakeRow(name, "failed", f"source recipe {parent_of(inputs)} failed: not baked", None, 0.0)
             failed.add(name)
-            continue
+            return
         started = time.monotonic()
         try:
             manifest = Bake(settings, inputs, mine[name], report=report.prefixed(f"[{name}] "),
@@ -113,13 +115,22 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
                       if manifest.reason == "no image with these inputs" else manifest.reason)
             rows[name] = RebakeRow(name, decision, reason, manifest.ami_id, round(time.monotonic() - started, 3),
                                    vulnerabilities=None if manifest.skipped else manifest.vulnerabilities)
+        except Interrupted:
+            raise  # Ctrl-C stops the rebake, not just this recipe
         except BakeryError as exc:
             rows[name] = RebakeRow(name, "failed", exc.message, None, round(time.monotonic() - started, 3),
                                    vulnerabilities=exc.findings if isinstance(exc, GateFailed) else None)
             failed.add(name)
-            continue
+            return
         if not manifest.skipped:
             rows[name].changes, rows[name].no_changes = changes(settings, cloud, name, manifest.ami_id)
+
+    parents = {n: parent_of(i) for n, i in loaded.items()}
+    if jobs <= 1:
+        for name in in_layer_order(list(loaded), parents):
+            bake_one(name)
+    else:
+        run_in_parallel(in_layer_order(list(loaded), parents), parents, jobs, bake_one)
     return [rows[name] for name in names]
 
 
@@ -132,3 +143,36 @@ def changes(settings: Settings, cloud, recipe: str, ami: str) -> tuple[ImageDiff
         return since_previous(settings, cloud.ec2, recipe, ami), ""
     except BakeryError as exc:
         return None, exc.message
+
+
+def run_in_parallel(order: list[str], parents: dict[str, str | None], jobs: int, bake_one) -> None:
+    """`bake_one` for every name, `jobs` at a time on worker threads, each once its parent (when it
+    is in `order`) has finished. The workers share the cloud's clients, so one rate limiter per
+    region (bakery/cloud/throttle.py). Ctrl-C or SIGTERM reach the main thread only: it cancels
+    the workers (each raises Interrupted at its next API call, poll or step output, and cleans up
+    what its bake made), waits for all of them, and re-raises."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from bakery.signals import block_in_this_thread, cancel_workers, clear_cancel, shielded
+
+    waiting, running, done = list(order), {}, set()
+    pool = ThreadPoolExecutor(max_workers=jobs, initializer=block_in_this_thread, thread_name_prefix="rebake")
+    try:
+        while waiting or running:
+            for name in [n for n in waiting if parents.get(n) not in order or parents[n] in done]:
+                if len(running) >= jobs:
+                    break
+                waiting.remove(name)
+                running[pool.submit(bake_one, name)] = name
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done.add(running.pop(future))
+                future.result()  # bake_one records a recipe's failure itself: what is raised here is not one
+    except BaseException as exc:
+        cancel_workers(getattr(exc, "message", None) or "interrupted")
+        with shielded():  # a second Ctrl-C must not leave the others' builders running
+            wait(running)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        clear_cancel()

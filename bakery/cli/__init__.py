@@ -68,7 +68,7 @@ def parse_build_id(value: str) -> str:
     return value
 
 
-def parse_int(flag: str, value) -> int:
+def parse_int(flag: str, value, minimum: int | None = None) -> int:
     """A whole-number flag (e.g. `--keep 3`), refused in one line when it is not one."""
     try:
         number = int(str(value).strip())
@@ -76,6 +76,8 @@ def parse_int(flag: str, value) -> int:
         raise ConfigError(f"{flag} {value!r}: expected a whole number") from None
     if abs(number) > 1_000_000:
         raise ConfigError(f"{flag} {number}: out of range")
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{flag} {number}: at least {minimum}")
     return number
 
 

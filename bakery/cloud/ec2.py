@@ -13,6 +13,7 @@ cloud) is decided by `bakery.cloud.connect.open_cloud`, once.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from bakery.cloud.access import AccessAPI
@@ -23,9 +24,11 @@ from bakery.cloud.kms import KmsAPI
 from bakery.cloud.parameters import ParametersAPI
 from bakery.cloud.session import API_ERRORS, CLIENT_CONFIG, Session, error_code, mapped, unsupported
 from bakery.cloud.templates import TemplatesAPI
+from bakery.cloud.throttle import GIVE_UP_AFTER, THROTTLE_CODES, for_region
 from bakery.cloud.vpc import VpcAPI
 from bakery.config.settings import Settings
 from bakery.errors import CloudError
+from bakery.signals import check_cancelled
 
 
 class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAPI, EvidenceAPI, KmsAPI):
@@ -40,6 +43,7 @@ class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAP
                                           config=CLIENT_CONFIG)
         self._clients: dict[str, object] = {}  # the other services' clients, made on first use
         self._regions: dict[str, EC2] = {settings.region: self}
+        self.throttle = for_region(settings.endpoint_url, settings.region)  # shared by every bake in the region
 
     def service(self, name: str, config=CLIENT_CONFIG):
         """This region's client of another service at the same endpoint, made once on first use."""
@@ -69,11 +73,24 @@ class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAP
     # ---- the two primitives ---------------------------------------------------------------
 
     def call(self, action: str, fn: Callable[..., Any], **kwargs) -> Any:
-        """One API call; a failure becomes a CloudError naming `action` (CapacityError for capacity)."""
-        try:
-            return fn(**kwargs)
-        except API_ERRORS as exc:
-            raise mapped(exc, action) from exc
+        """One API call; a failure becomes a CloudError naming `action` (CapacityError for capacity).
+        Throttled, it waits with every other caller in the region and tries again (throttle.py)."""
+        throttled_since = None
+        while True:
+            check_cancelled()
+            self.throttle.wait_turn()
+            try:
+                result = fn(**kwargs)
+            except API_ERRORS as exc:
+                now = time.monotonic()
+                if error_code(exc) in THROTTLE_CODES and (throttled_since is None
+                                                          or now - throttled_since < GIVE_UP_AFTER):
+                    throttled_since = throttled_since or now
+                    self.throttle.throttled()
+                    continue
+                raise mapped(exc, action) from exc
+            self.throttle.passed()
+            return result
 
     def describe_all(self, operation: str, key: str, **kwargs) -> list[dict]:
         """Every item across pages: a large account's instances, groups or images do not fit one."""
@@ -81,13 +98,10 @@ class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAP
         action = operation.replace("_", "-")
         if not client.can_paginate(operation):
             return self.call(action, getattr(client, operation), **kwargs).get(key, [])
-        out: list[dict] = []
-        try:
-            for page in client.get_paginator(operation).paginate(**kwargs):
-                out.extend(page.get(key, []))
-        except API_ERRORS as exc:
-            raise mapped(exc, action) from exc
-        return out
+
+        def every_page() -> list[dict]:  # a throttled page: the whole listing again, after the pause
+            return [item for page in client.get_paginator(operation).paginate(**kwargs) for item in page.get(key, [])]
+        return self.call(action, every_page)
 
     def lookup(self, action: str, fn: Callable[..., Any], key: str, not_found: tuple[str, ...], **kwargs) -> dict | None:
         """The one resource a Describe* by id returns, or None when the endpoint says it does not exist."""

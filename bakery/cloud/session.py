@@ -1,7 +1,8 @@
 """The AWS session, its clients' retry policy, and how an endpoint's errors become one line.
 
 Every call that fails becomes a CloudError whose message names the call and the endpoint's
-error code. Throttling and 5xx are retried by botocore's standard retry mode; capacity errors
+error code. 5xx are retried by botocore's standard retry mode; throttling by the region's shared
+limiter (bakery/cloud/throttle.py) in the facade's `call`; capacity errors
 are surfaced as `CapacityError` at once (never retried) so the caller can fall back to the next
 instance type; a signal during a request is never retried away.
 """
@@ -105,6 +106,8 @@ class Session:
         # capacity errors go straight to the caller
         self.events.register("needs-retry", _interrupted_is_not_retried, unique_id="bakery-interrupted")
         self.events.register("needs-retry.ec2", _capacity_is_not_retried, unique_id="bakery-capacity")
+        # throttling is the region's shared limiter's to handle (bakery/cloud/throttle.py), not each call's
+        self.events.register("needs-retry", _throttling_is_not_retried, unique_id="bakery-throttling")
 
     def client(self, service: str, **kwargs):
         return self.core.create_client(service, **kwargs)
@@ -120,6 +123,17 @@ def _interrupted_is_not_retried(caught_exception=None, **_) -> None:
     cause = getattr(caught_exception, "kwargs", {}).get("error")
     if isinstance(cause, Interrupted):
         raise cause
+
+
+def _throttling_is_not_retried(response=None, operation=None, **_) -> None:
+    """A throttled call ends at once: the facade's `call` waits on the region's limiter, which
+    slows every caller in the region, and tries again."""
+    from bakery.cloud.throttle import THROTTLE_CODES
+
+    parsed = response[1] if isinstance(response, tuple) and len(response) == 2 else None
+    code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+    if code in THROTTLE_CODES and operation is not None:
+        raise botocore.exceptions.ClientError(parsed, operation.name)
 
 
 def _capacity_is_not_retried(response=None, operation=None, **_) -> None:

@@ -24,6 +24,7 @@ import paramiko
 
 from bakery.waits import Backoff, wait_for
 from bakery.errors import RemoteError
+from bakery.signals import check_cancelled
 from bakery.remote.connector import OutputSink, RunResult
 from bakery.remote.dial import Opener
 from bakery.remote.keys import fingerprint
@@ -258,6 +259,7 @@ class SSHConnector:
                 data = chan.recv(1 << 20)
             except socket.timeout:
                 data = None
+                check_cancelled()  # a parallel rebake's worker, cancelled mid-step
             if not data and not self._alive():
                 raise self._lost(STEP)
             if data == b"":
@@ -306,6 +308,7 @@ class SSHConnector:
                     return -1, True
                 if not self._alive():
                     raise self._lost(doing)
+                check_cancelled()
                 continue
             if not data:
                 break
