@@ -410,6 +410,13 @@ builder:
 {freshness}"""
 
 
+def layer_recipe_text(port: int, steps: str, parent: str) -> str:
+    """recipe_text's recipe as a layer on `parent` (`source: {recipe: parent}`)."""
+    text = recipe_text(port, steps)
+    line = next(line for line in text.splitlines(keepends=True) if line.startswith("  filter:"))
+    return text.replace("source:\n" + line, f"source: {{recipe: {parent}}}\n")
+
+
 def leftovers(ec2) -> dict[str, list[str]]:
     """Everything bakery might leak, as the endpoint sees it (completed images excluded)."""
     instances = [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]

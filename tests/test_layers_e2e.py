@@ -13,7 +13,7 @@ from bakery.bake.rebake import rebake
 from bakery.bake.run import bake
 from bakery.errors import ConfigError
 from bakery.progress import Reporter
-from tests.support import leftovers, recipe_text, write_recipe
+from tests.support import layer_recipe_text, leftovers, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -21,17 +21,11 @@ BASE = "  - {name: base step, shell: echo base > /srv/base}\n"
 WEB = "  - {name: web step, shell: 'test -f /srv/base && echo web'}\n"
 
 
-def layer(port: int, steps: str, parent: str) -> str:
-    text = recipe_text(port, steps)
-    filter_line = next(line for line in text.splitlines(keepends=True) if line.startswith("  filter:"))
-    return text.replace("source:\n" + filter_line, f"source: {{recipe: {parent}}}\n")
-
-
 @pytest.fixture
 def recipes(tmp_path, builder_host):
     recipes = tmp_path / "recipes"
     write_recipe(recipes, "base", recipe_text(builder_host.port, BASE))
-    write_recipe(recipes, "web", layer(builder_host.port, WEB, "base"))
+    write_recipe(recipes, "web", layer_recipe_text(builder_host.port, WEB, "base"))
     return recipes
 
 
@@ -67,7 +61,7 @@ def test_a_layer_whose_parent_has_no_image_and_is_not_baked_here_says_so(moto, r
 def test_rebake_bakes_parents_first_and_a_changed_parent_rebakes_its_children(moto, recipes, builder_host,
                                                                               settings_for):
     settings = settings_for(recipes)
-    write_recipe(recipes, "app", layer(builder_host.port, WEB.replace("web", "app"), "base"))
+    write_recipe(recipes, "app", layer_recipe_text(builder_host.port, WEB.replace("web", "app"), "base"))
 
     first = rebake(settings, None, report=Reporter(quiet=True))
     assert [(r.recipe, r.decision) for r in first] == [("app", "rebaked"), ("base", "rebaked"), ("web", "rebaked")]
@@ -76,7 +70,7 @@ def test_rebake_bakes_parents_first_and_a_changed_parent_rebakes_its_children(mo
     tags = {name: {t["Key"]: t["Value"] for t in image["Tags"]} for name, image in source.items()}
     assert tags["web"]["bakery:source-ami"] == tags["app"]["bakery:source-ami"] == first[1].ami_id
 
-    write_recipe(recipes, "web", layer(builder_host.port, WEB + "  - {name: more, shell: 'true'}\n", "base"))
+    write_recipe(recipes, "web", layer_recipe_text(builder_host.port, WEB + "  - {name: more, shell: 'true'}\n", "base"))
     only_web = rebake(settings, None, report=Reporter(quiet=True))
     assert [(r.recipe, r.decision) for r in only_web] == [("app", "unchanged"), ("base", "unchanged"),
                                                          ("web", "rebaked")]

@@ -14,18 +14,12 @@ from bakery.cloud.connect import open_cloud
 from bakery.progress import Reporter
 from tests.faults import Fault
 from tests.matrix import CliRun, cli_environment
-from tests.support import leftovers, recipe_text, write_recipe
+from tests.support import layer_recipe_text, leftovers, recipe_text, write_recipe
 
 pytestmark = pytest.mark.e2e
 
 # each step notes when it ran, on its own builder's disk
 TIMED = "  - {name: slow, shell: 'date +%s.%N >> /srv/t; sleep {secs}; date +%s.%N >> /srv/t'}\n"
-
-
-def layered(port: int, steps: str, parent: str) -> str:
-    text = recipe_text(port, steps)
-    line = next(line for line in text.splitlines(keepends=True) if line.startswith("  filter:"))
-    return text.replace("source:\n" + line, f"source: {{recipe: {parent}}}\n")
 
 
 @pytest.fixture
@@ -35,7 +29,7 @@ def world(moto, tmp_path, make_builder_host):
     hosts = {name: make_builder_host(recipe=name) for name in "abcd"}
     for name in "abc":
         write_recipe(recipes, name, recipe_text(hosts[name].port, TIMED.replace("{secs}", "2")))
-    write_recipe(recipes, "d", layered(hosts["d"].port, TIMED.replace("{secs}", "0"), "a"))
+    write_recipe(recipes, "d", layer_recipe_text(hosts["d"].port, TIMED.replace("{secs}", "0"), "a"))
     return recipes, hosts
 
 
