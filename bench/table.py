@@ -84,6 +84,11 @@ def rows(results: Path) -> list[list[str]]:
                     f"{first['evidence_s']:.2f} s", f"the bake itself {r['median_bake_s']:.2f} s",
                     f"**{share:.1%}** (first: {first['share']:.0%})", "< 10 % of the bake (issue 16)",
                     "yes" if share < r["target_share"] else "no", r["date"]])
+    if r := _load(results, "rebake_jobs"):
+        ratio, med = r["ratio_jobs3_over_jobs1"], r["median_s"]
+        out.append([f"rebake --force --jobs 3, {len(r['recipes'])} recipes (local cloud)", f"{med['jobs_3']:.1f} s",
+                    f"`--jobs 1` {med['jobs_1']:.1f} s", f"**{ratio:.2f}**", f"<= {r['target']} (issue 17)",
+                    "yes" if ratio <= r["target"] else "no (see below)", r["date"]])
     return out
 
 
