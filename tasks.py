@@ -264,6 +264,19 @@ def network_status(c, env, json=False):
         show.network_status(status(cloud.ec2, environment), json=json)
 
 
+@task(positional=[], help={"env": "environment name", "json": "print JSON on stdout"})
+def status(c, env, json=False):
+    """Instances with their images (newer one baked?), ENIs, Elastic IPs, drift from the file."""
+    with command():
+        required(env=env)
+        from bakery.cli import show
+        from bakery.launch.status import fleet_status
+        from bakery.network import open_env
+
+        cloud, environment = open_env(settings_from(c), env)
+        show.fleet_status(fleet_status(cloud.ec2, environment), json=json)
+
+
 @task(positional=[], help={"env": "environment name", "tier": "tier whose persistent ENIs move",
             "to": "instance id to move them to (default: the tier's running standby)", "json": "print JSON"})
 def failover(c, env, tier, to=None, json=False):
@@ -306,7 +319,7 @@ local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
-ns = Collection(bake, rebake, prune, launch, render, failover, ssh, images, diff, validate, verify, clean, janitor,
+ns = Collection(bake, rebake, prune, launch, render, status, failover, ssh, images, diff, validate, verify, clean, janitor,
                 network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).

@@ -16,3 +16,18 @@ def render_status(info: dict) -> str:
                      f"{e.get('nat_gateway') or e['instance'] or ''}")
     lines += [f"warning: {w}" for w in info["warnings"]]
     return "\n".join(lines)
+
+
+def render_fleet(info: dict) -> str:
+    """`invoke status`: instances with their images, then the network, then drift."""
+    lines = [f"{info['environment']}: {len(info['instances'])} instance(s)"]
+    for r in info["instances"]:
+        age = f"{r['image_age_days']:g} d" if r["image_age_days"] is not None else "age ?"
+        mark = f"  OUTDATED: newer {r['newest_image']}" if r["outdated"] else ""
+        lines.append(f"  {r['tier']}/{r['slot']:10} {r['instance']} {r['state']:8} {r['image']} ({age}){mark}")
+    lines.append(render_status(info).split("\n", 1)[1] if "\n" in render_status(info) else "")
+    lines += [f"drift: {d['kind']} {d['name']}{' ' + d['id'] if d.get('id') else ''}: {d['problem']}"
+              for d in info["drift"]]
+    if not info["drift"]:
+        lines.append("no drift: the security groups are as the environment file says")
+    return "\n".join(line for line in lines if line)

@@ -177,6 +177,12 @@ def network_status(info: dict, *, json: bool) -> None:
     emit(jsonlib.dumps(info, indent=2) if json else render_status(info))
 
 
+def fleet_status(info: dict, *, json: bool) -> None:
+    from bakery.cli.network import render_fleet
+
+    emit(jsonlib.dumps(info, indent=2) if json else render_fleet(info))
+
+
 def failover(result, *, json: bool) -> None:
     if json:
         _json(asdict(result))

@@ -1,0 +1,125 @@
+"""`invoke status --env NAME`: what runs in an environment against what its files say.
+
+For every instance of the environment: its tier and slot, state, image and the image's age, and
+whether its recipe has a newer finished image (a rebake that has not been rolled out yet). Then
+its network interfaces and Elastic IPs (bakery/network/status.py), and drift: every security
+group rule that is live but not in the environment file (added by hand, say with the AWS CLI), or
+in the file but not live. All as data; bakery/cli/status.py prints it for people.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from bakery.cloud import tags as T
+from bakery.cloud.vpc import IP_PROTOCOLS
+from bakery.config.environment import Environment
+from bakery.network import status as network_status
+from bakery.network.resolve import Resolver
+
+ALL_OUTBOUND = ("egress", "-1", -1, -1, "0.0.0.0/0")  # EC2's default egress rule of a new group
+
+
+def fleet_status(ec2, env: Environment, now: datetime | None = None) -> dict:
+    now = now or datetime.now(timezone.utc)
+    newest: dict[str, dict | None] = {}
+    rows = []
+    for inst in ec2.instances(T.tag_filter(T.ENVIRONMENT, env.name)):
+        state = inst["State"]["Name"]
+        if state in ("terminated", "shutting-down"):
+            continue
+        tags = T.tags_of(inst)
+        tier = tags.get(T.TIER, "")
+        spec = env.tiers.get(tier)
+        recipe = spec.image.recipe if spec is not None and spec.image is not None else None
+        image = ec2.image(inst["ImageId"]) or {}
+        if recipe and recipe not in newest:
+            found = ec2.bakery_images(recipe=recipe)
+            newest[recipe] = found[0] if found else None
+        latest = newest.get(recipe) if recipe else None
+        rows.append({"instance": inst["InstanceId"], "tier": tier, "slot": tags.get(T.SLOT, ""), "state": state,
+                     "image": inst["ImageId"], "image_name": image.get("Name"),
+                     "image_age_days": _age_days(image.get("CreationDate"), now), "recipe": recipe,
+                     "newest_image": latest["ImageId"] if latest else None,
+                     "outdated": bool(latest and latest["ImageId"] != inst["ImageId"]
+                                      and _newer(latest, image))})
+    rows.sort(key=lambda r: (r["tier"], r["slot"], r["instance"]))
+    network = network_status(ec2, env) if env.network is not None else {"interfaces": [], "elastic_ips": [],
+                                                                       "warnings": []}
+    return {"environment": env.name, "instances": rows, "interfaces": network["interfaces"],
+            "elastic_ips": network["elastic_ips"], "warnings": network["warnings"],
+            "drift": security_group_drift(ec2, env)}
+
+
+def _age_days(created: str | None, now: datetime) -> float | None:
+    if not created:
+        return None
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((now - when).total_seconds() / 86400, 1)
+
+
+def _newer(a: dict, b: dict) -> bool:
+    return (a.get("CreationDate") or "") >= (b.get("CreationDate") or "")
+
+
+def security_group_drift(ec2, env: Environment) -> list[dict]:
+    """Each security group rule live but not declared, or declared but not live."""
+    if env.network is None:
+        return []
+    names = Resolver(ec2, env)
+    ids = {name: names.find_id("sg", name) for name in env.network.security_groups}
+    out = []
+    for name, decl in env.network.security_groups.items():
+        gid = ids[name]
+        if gid is None:
+            out.append({"kind": "security-group", "name": name, "problem": "declared, not created (invoke network.up)"})
+            continue
+        (live_group,) = ec2.security_groups({"Name": "group-id", "Values": [gid]}) or [None]
+        if live_group is None:
+            out.append({"kind": "security-group", "name": name, "id": gid, "problem": "gone"})
+            continue
+        wanted = _declared_rules(decl, ids)
+        live = _live_rules(live_group)
+        for rule in sorted(live - wanted, key=str):
+            out.append({"kind": "security-group", "name": name, "id": gid,
+                        "problem": f"{_describe(rule, ids)}: live, not in {env.path.name}"})
+        for rule in sorted(wanted - live, key=str):
+            out.append({"kind": "security-group", "name": name, "id": gid,
+                        "problem": f"{_describe(rule, ids)}: in {env.path.name}, not live"})
+    return out
+
+
+def _declared_rules(decl, ids: dict[str, str | None]) -> set[tuple]:
+    rules = set()
+    for direction, declared in (("ingress", decl.ingress), ("egress", decl.egress or [])):
+        for r in declared:
+            low, high = r.port_range()
+            source = r.cidr if r.cidr else ids.get(r.group) or f"group {r.group}"
+            rules.add((direction, IP_PROTOCOLS[r.protocol], low, high, source))
+    if decl.egress is None:
+        rules.add(ALL_OUTBOUND)
+    return rules
+
+
+def _live_rules(group: dict) -> set[tuple]:
+    rules = set()
+    for direction, key in (("ingress", "IpPermissions"), ("egress", "IpPermissionsEgress")):
+        for p in group.get(key, []):
+            proto = str(p.get("IpProtocol", "-1"))
+            low, high = (p.get("FromPort", -1), p.get("ToPort", -1)) if proto not in ("-1",) else (-1, -1)
+            for r in p.get("IpRanges", []):
+                rules.add((direction, proto, low, high, r["CidrIp"]))
+            for r in p.get("UserIdGroupPairs", []):
+                rules.add((direction, proto, low, high, r["GroupId"]))
+    return rules
+
+
+def _describe(rule: tuple, ids: dict[str, str | None]) -> str:
+    direction, proto, low, high, source = rule
+    names = {gid: f"group {name}" for name, gid in ids.items() if gid}
+    ports = "" if proto == "-1" or low == -1 else f" {low}" if low == high else f" {low}-{high}"
+    what = {"-1": "all"}.get(proto, proto)
+    return f"{direction} {what}{ports} {'from' if direction == 'ingress' else 'to'} {names.get(source, source)}"

@@ -1,0 +1,76 @@
+"""`invoke status --env` (issue 17 item 8) against a moto server: an instance still on an older image
+after a rebake is marked, and a security group rule added by hand with the AWS CLI is drift."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bakery.bake.run import bake
+from bakery.cloud.connect import open_cloud
+from bakery.config.environment import load_environment
+from bakery.launch.run import launch
+from bakery.launch.status import fleet_status
+from bakery.network import Network
+from bakery.progress import Reporter
+from tests.matrix import cli_environment
+from tests.support import ROOT, recipe_text, write_recipe
+
+pytestmark = pytest.mark.e2e
+
+ENV = """\
+network:
+  vpc: {cidr: 10.40.0.0/16}
+  internet_gateway: true
+  subnets:
+    web-a: {cidr: 10.40.1.0/24, az: us-east-1a, public: true}
+  security_groups:
+    web-sg: {ingress: [{protocol: tcp, ports: 80, cidr: 0.0.0.0/0}]}
+tiers:
+  web:
+    image: {recipe: web}
+    count: 1
+    interfaces:
+      - {device_index: 0, subnet: web-a, security_groups: [web-sg]}
+"""
+
+
+def test_status_marks_an_instance_on_an_older_image_and_a_rule_added_by_hand(moto, tmp_path, builder_host,
+                                                                              settings_for):
+    recipes, envs = tmp_path / "recipes", tmp_path / "envs"
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - {name: hi, shell: echo one}\n"))
+    envs.mkdir()
+    (envs / "prod.yaml").write_text(ENV)
+    settings = settings_for(recipes, envs_dir=envs)
+    first = bake(settings, "web", {}, report=Reporter(quiet=True))
+    env = load_environment(envs, "prod")
+    ec2 = open_cloud(settings).ec2
+    Network(ec2, env).up(dry_run=False)
+    launch(settings, "prod", report=Reporter(quiet=True))
+
+    now = fleet_status(ec2, env)
+    (row,) = now["instances"]
+    assert (row["tier"], row["image"], row["outdated"], now["drift"]) == ("web", first.ami_id, False, [])
+
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - {name: hi, shell: echo two}\n"))
+    second = bake(settings, "web", {}, report=Reporter(quiet=True))
+    (row,) = fleet_status(ec2, env)["instances"]
+    assert row["outdated"] and row["newest_image"] == second.ami_id and row["image"] == first.ami_id
+
+    group = next(g["GroupId"] for g in ec2.security_groups() if g["GroupName"] == "prod-web-sg")
+    by_hand = subprocess.run(["aws", "ec2", "authorize-security-group-ingress", "--group-id", group,
+                              "--protocol", "tcp", "--port", "22", "--cidr", "203.0.113.7/32",
+                              "--endpoint-url", moto.url, "--region", "us-east-1"],
+                             capture_output=True, text=True, timeout=60)
+    assert by_hand.returncode == 0, by_hand.stderr
+    drift = fleet_status(ec2, env)["drift"]
+    assert [d["problem"] for d in drift] == ["ingress tcp 22 from 203.0.113.7/32: live, not in prod.yaml"]
+
+    shown = subprocess.run([sys.executable, "-m", "invoke", "status", "--env", "prod"], cwd=ROOT,
+                           env=cli_environment(moto.url, tmp_path), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"OUTDATED: newer {second.ami_id}" in shown.stdout
+    assert f"drift: security-group web-sg {group}: ingress tcp 22 from 203.0.113.7/32: live, not in prod.yaml" \
+        in shown.stdout
