@@ -74,3 +74,21 @@ def test_status_marks_an_instance_on_an_older_image_and_a_rule_added_by_hand(mot
     assert f"OUTDATED: newer {second.ami_id}" in shown.stdout
     assert f"drift: security-group web-sg {group}: ingress tcp 22 from 203.0.113.7/32: live, not in prod.yaml" \
         in shown.stdout
+
+
+def test_a_group_with_declared_egress_allows_that_egress_and_nothing_more(moto, tmp_path, settings_for):
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    (envs / "prod.yaml").write_text(ENV.replace(
+        "web-sg: {ingress: [{protocol: tcp, ports: 80, cidr: 0.0.0.0/0}]}",
+        "web-sg: {ingress: [{protocol: tcp, ports: 80, cidr: 0.0.0.0/0}], "
+        "egress: [{protocol: tcp, ports: 443, cidr: 10.40.0.0/16}]}"))
+    settings = settings_for(tmp_path / "recipes", envs_dir=envs)
+    env = load_environment(envs, "prod")
+    ec2 = open_cloud(settings).ec2
+    Network(ec2, env).up(dry_run=False)
+    group = next(g for g in ec2.security_groups() if g["GroupName"] == "prod-web-sg")
+    assert [(p["IpProtocol"], p.get("FromPort"), [r["CidrIp"] for r in p["IpRanges"]])
+            for p in group["IpPermissionsEgress"]] == [("tcp", 443, ["10.40.0.0/16"])]  # EC2's allow-all is gone
+    assert fleet_status(ec2, env)["drift"] == []
+    Network(ec2, env).up(dry_run=False)  # again: nothing to revoke, nothing fails

@@ -36,7 +36,7 @@ OPERATIONS = {
         "DescribeSnapshots", "DescribeSubnets", "DescribeVpcs", "DetachNetworkInterface", "DisassociateAddress",
         "EnableImageDeprecation", "GetConsoleOutput", "ImportKeyPair", "ModifyImageAttribute", "ModifyLaunchTemplate",
         "ModifyNetworkInterfaceAttribute", "ModifySnapshotAttribute", "ModifySubnetAttribute",
-        "RebootInstances", "ReplaceNetworkAclAssociation", "ReplaceRouteTableAssociation", "RunInstances",
+        "RebootInstances", "ReplaceNetworkAclAssociation", "RevokeSecurityGroupEgress", "ReplaceRouteTableAssociation", "RunInstances",
         "StopInstances", "TerminateInstances",
     ),
     "ssm": ("DeleteParameter", "DescribeParameters", "GetParameter", "GetParameterHistory", "PutParameter"),

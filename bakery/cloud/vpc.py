@@ -127,6 +127,18 @@ class VpcAPI:
             return False  # already there: authorizing is idempotent
         return True
 
+    def revoke_default_egress(self, group_id: str) -> bool:
+        """Remove EC2's default rule of a new group (all traffic out to 0.0.0.0/0), so the group's
+        egress is what was authorized and no more; False when it was not there."""
+        try:
+            self.call("revoke-security-group-egress", self.client.revoke_security_group_egress, GroupId=group_id,
+                      IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        except CloudError as exc:
+            if self.code_of(exc) != "InvalidPermission.NotFound":
+                raise
+            return False
+        return True
+
     # ---- network ACLs -------------------------------------------------------------------
 
     def create_network_acl(self, vpc_id: str, tags: dict[str, str]) -> str:

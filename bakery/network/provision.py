@@ -106,6 +106,8 @@ class Provisioner:
                 self.ec2.authorize(group_id, egress=egress, protocol=rule.protocol, ports=rule.port_range(),
                                    cidr=rule.cidr, source_group=groups[rule.group] if rule.group else None,
                                    description=rule.description)
+        if decl.egress is not None:  # declared egress is all the egress: EC2's allow-all default goes
+            self.ec2.revoke_default_egress(group_id)
 
     def create_acl(self, vpc: str, name: str, decl, subnets: dict[str, str | None]) -> str:
         acl = self.ec2.create_network_acl(vpc, self.tags("acl", name))
