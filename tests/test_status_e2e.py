@@ -92,3 +92,23 @@ def test_a_group_with_declared_egress_allows_that_egress_and_nothing_more(moto, 
             for p in group["IpPermissionsEgress"]] == [("tcp", 443, ["10.40.0.0/16"])]  # EC2's allow-all is gone
     assert fleet_status(ec2, env)["drift"] == []
     Network(ec2, env).up(dry_run=False)  # again: nothing to revoke, nothing fails
+
+
+def test_a_network_acl_entry_added_by_hand_is_drift(moto, tmp_path, settings_for):
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    (envs / "prod.yaml").write_text(ENV.replace("tiers:\n", "  network_acls:\n    web:\n      subnets: [web-a]\n"
+                                                "      ingress: [{rule: 100, action: allow, protocol: tcp, ports: 443, "
+                                                "cidr: 0.0.0.0/0}]\n      egress: [{rule: 100, action: allow, "
+                                                "protocol: all, cidr: 0.0.0.0/0}]\ntiers:\n"))
+    settings = settings_for(tmp_path / "recipes", envs_dir=envs)
+    env = load_environment(envs, "prod")
+    ec2 = open_cloud(settings).ec2
+    Network(ec2, env).up(dry_run=False)
+    assert fleet_status(ec2, env)["drift"] == []
+    acl = next(a["NetworkAclId"] for a in moto.client().describe_network_acls()["NetworkAcls"]
+               if any(t["Key"] == "bakery:network-name" and t["Value"] == "acl/web" for t in a.get("Tags", [])))
+    moto.client().create_network_acl_entry(NetworkAclId=acl, RuleNumber=90, Protocol="6", RuleAction="allow",
+                                           Egress=False, CidrBlock="198.51.100.0/24", PortRange={"From": 22, "To": 22})
+    assert [d["problem"] for d in fleet_status(ec2, env)["drift"]] == [
+        "ingress rule 90 allow tcp 22 198.51.100.0/24: live, not in prod.yaml"]

@@ -155,6 +155,10 @@ class VpcAPI:
                   RuleNumber=rule, Protocol=ACL_PROTOCOLS[protocol], RuleAction=action, Egress=egress,
                   CidrBlock=cidr, **kw)
 
+    def network_acl(self, acl_id: str) -> dict | None:
+        found = self._describe("describe_network_acls", "NetworkAcls", [], NetworkAclIds=[acl_id])
+        return found[0] if found else None
+
     def associate_network_acl(self, acl_id: str, subnet_id: str) -> None:
         """Make the ACL the subnet's: a subnet always has one, so its association is replaced."""
         current = self._describe("describe_network_acls", "NetworkAcls",

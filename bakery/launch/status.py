@@ -3,8 +3,8 @@
 For every instance of the environment: its tier and slot, state, image and the image's age, and
 whether its recipe has a newer finished image (a rebake that has not been rolled out yet). Then
 its network interfaces and Elastic IPs (bakery/network/status.py), and drift: every security
-group rule that is live but not in the environment file (added by hand, say with the AWS CLI), or
-in the file but not live. All as data; bakery/cli/status.py prints it for people.
+group rule and network ACL entry that is live but not in the environment file (added by hand,
+say with the AWS CLI), or in the file but not live, and a subnet whose ACL is not the declared one. All as data; bakery/cli/status.py prints it for people.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from bakery.cloud import tags as T
-from bakery.cloud.vpc import IP_PROTOCOLS
+from bakery.cloud.vpc import ACL_PROTOCOLS, IP_PROTOCOLS
 from bakery.config.environment import Environment
 from bakery.network import status as network_status
 from bakery.network.resolve import Resolver
@@ -48,7 +48,7 @@ def fleet_status(ec2, env: Environment, now: datetime | None = None) -> dict:
                                                                        "warnings": []}
     return {"environment": env.name, "instances": rows, "interfaces": network["interfaces"],
             "elastic_ips": network["elastic_ips"], "warnings": network["warnings"],
-            "drift": security_group_drift(ec2, env)}
+            "drift": security_group_drift(ec2, env) + network_acl_drift(ec2, env)}
 
 
 def _age_days(created: str | None, now: datetime) -> float | None:
@@ -123,3 +123,58 @@ def _describe(rule: tuple, ids: dict[str, str | None]) -> str:
     ports = "" if proto == "-1" or low == -1 else f" {low}" if low == high else f" {low}-{high}"
     what = {"-1": "all"}.get(proto, proto)
     return f"{direction} {what}{ports} {'from' if direction == 'ingress' else 'to'} {names.get(source, source)}"
+
+
+DEFAULT_ACL_RULE = 32767  # every ACL's last, fixed entry (deny all): not the file's to declare
+
+
+def network_acl_drift(ec2, env: Environment) -> list[dict]:
+    """Each network ACL entry live but not declared, or declared but not live; each declared
+    subnet the ACL is not associated with."""
+    if env.network is None:
+        return []
+    names = Resolver(ec2, env)
+    out = []
+    for name, decl in env.network.network_acls.items():
+        acl_id = names.find_id("acl", name)
+        live = ec2.network_acl(acl_id) if acl_id else None
+        if live is None:
+            out.append({"kind": "network-acl", "name": name, "problem": "declared, not created (invoke network.up)"})
+            continue
+        wanted = {(egress, e.rule, e.action, ACL_PROTOCOLS[e.protocol], *(_acl_ports(e.protocol, e.port_range())),
+                   e.cidr) for egress, entries in ((False, decl.ingress), (True, decl.egress)) for e in entries}
+        have = {(x["Egress"], x["RuleNumber"], x["RuleAction"], str(x["Protocol"]),
+                 *(_acl_ports_live(x)), x.get("CidrBlock")) for x in live.get("Entries", [])
+                if x["RuleNumber"] != DEFAULT_ACL_RULE and x.get("CidrBlock")}
+        for entry in sorted(have - wanted, key=str):
+            out.append({"kind": "network-acl", "name": name, "id": acl_id,
+                        "problem": f"{_acl_text(entry)}: live, not in {env.path.name}"})
+        for entry in sorted(wanted - have, key=str):
+            out.append({"kind": "network-acl", "name": name, "id": acl_id,
+                        "problem": f"{_acl_text(entry)}: in {env.path.name}, not live"})
+        associated = {a.get("SubnetId") for a in live.get("Associations", [])}
+        for subnet in decl.subnets:
+            sid = names.find_id("subnet", subnet) or (env.network.subnets[subnet].id if subnet in env.network.subnets
+                                                       else None)
+            if sid and sid not in associated:
+                out.append({"kind": "network-acl", "name": name, "id": acl_id,
+                            "problem": f"subnet {subnet} ({sid}) has another ACL"})
+    return out
+
+
+def _acl_ports(protocol: str, ports: tuple[int, int]) -> tuple[int, int]:
+    return ports if protocol in ("tcp", "udp") else (-1, -1)
+
+
+def _acl_ports_live(entry: dict) -> tuple[int, int]:
+    ports = entry.get("PortRange")
+    if str(entry["Protocol"]) in ("6", "17") and ports:
+        return ports.get("From", -1), ports.get("To", -1)
+    return -1, -1
+
+
+def _acl_text(entry: tuple) -> str:
+    egress, number, action, proto, low, high, cidr = entry
+    what = {"6": "tcp", "17": "udp", "1": "icmp", "-1": "all"}.get(proto, proto)
+    ports = "" if low == -1 else f" {low}" if low == high else f" {low}-{high}"
+    return f"{'egress' if egress else 'ingress'} rule {number} {action} {what}{ports} {cidr}"

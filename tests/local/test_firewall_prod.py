@@ -152,6 +152,16 @@ def test_the_shipped_web_images_sbom_validates_and_says_what_a_web_instance_hold
         assert web.exec(["sha256sum", path], timeout=10).stdout.split()[0] == sha256
 
 
+def test_status_of_the_launched_prod_shows_every_instance_current_and_no_drift(prod):
+    out = cli(["status", "--env", "prod", "--json"], prod.cloud, prod.settings, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads(out.stdout)
+    assert sorted((r["tier"], r["slot"], r["state"], r["outdated"]) for r in info["instances"]) == [
+        ("app", "0", "running", False), ("app", "standby-0", "running", False), ("db", "0", "running", False),
+        ("edge", "0", "running", False), ("web", "0", "running", False), ("web", "1", "running", False)]
+    assert info["drift"] == []  # groups and ACLs exactly as envs/prod.yaml says
+
+
 def test_prod_launches_to_passing_health_checks_with_its_user_data_applied_by_real_cloud_init(prod):
     """The mission end to end: the three tiers baked, prod launched; each check made from where the
     tier's clients are (web from the internet, the app from web, the database from the app)."""
