@@ -369,6 +369,21 @@ class FakeBuilderHost:
             self.proc.kill()
         if self.proc is not None:
             self.proc.wait(10)
+            # --kill-child signals sshd as unshare dies, and does not wait: the listener may outlive
+            # unshare by a moment, and the next sshd (or silent server) on this port must not meet it
+            deadline = time.monotonic() + 10
+            while not _port_free(self.port) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @contextlib.contextmanager
