@@ -112,3 +112,22 @@ def test_a_network_acl_entry_added_by_hand_is_drift(moto, tmp_path, settings_for
                                            Egress=False, CidrBlock="198.51.100.0/24", PortRange={"From": 22, "To": 22})
     assert [d["problem"] for d in fleet_status(ec2, env)["drift"]] == [
         "ingress rule 90 allow tcp 22 198.51.100.0/24: live, not in prod.yaml"]
+
+
+def test_a_route_added_by_hand_is_drift(moto, tmp_path, settings_for):
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    (envs / "prod.yaml").write_text(ENV.replace("tiers:\n", "  route_tables:\n    public:\n      subnets: [web-a]\n"
+                                                "      routes: [{cidr: 0.0.0.0/0, internet_gateway: true}]\ntiers:\n"))
+    settings = settings_for(tmp_path / "recipes", envs_dir=envs)
+    env = load_environment(envs, "prod")
+    ec2 = open_cloud(settings).ec2
+    Network(ec2, env).up(dry_run=False)
+    assert fleet_status(ec2, env)["drift"] == []
+    c = moto.client()
+    table = next(t for t in c.describe_route_tables()["RouteTables"]
+                 if any(x["Key"] == "bakery:network-name" and x["Value"] == "rtb/public" for x in t.get("Tags", [])))
+    igw = next(r["GatewayId"] for r in table["Routes"] if r["DestinationCidrBlock"] == "0.0.0.0/0")
+    c.create_route(RouteTableId=table["RouteTableId"], DestinationCidrBlock="192.0.2.0/24", GatewayId=igw)
+    assert [d["problem"] for d in fleet_status(ec2, env)["drift"]] == [
+        f"route 192.0.2.0/24 -> {igw}: live, not in prod.yaml"]

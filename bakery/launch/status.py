@@ -4,7 +4,8 @@ For every instance of the environment: its tier and slot, state, image and the i
 whether its recipe has a newer finished image (a rebake that has not been rolled out yet). Then
 its network interfaces and Elastic IPs (bakery/network/status.py), and drift: every security
 group rule and network ACL entry that is live but not in the environment file (added by hand,
-say with the AWS CLI), or in the file but not live, and a subnet whose ACL is not the declared one. All as data; bakery/cli/status.py prints it for people.
+say with the AWS CLI), or in the file but not live, a route live but not declared (or the other
+way), and a subnet whose ACL or route table is not the declared one. All as data; bakery/cli/status.py prints it for people.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def fleet_status(ec2, env: Environment, now: datetime | None = None) -> dict:
                                                                        "warnings": []}
     return {"environment": env.name, "instances": rows, "interfaces": network["interfaces"],
             "elastic_ips": network["elastic_ips"], "warnings": network["warnings"],
-            "drift": security_group_drift(ec2, env) + network_acl_drift(ec2, env)}
+            "drift": security_group_drift(ec2, env) + network_acl_drift(ec2, env) + route_table_drift(ec2, env)}
 
 
 def _age_days(created: str | None, now: datetime) -> float | None:
@@ -178,3 +179,42 @@ def _acl_text(entry: tuple) -> str:
     what = {"6": "tcp", "17": "udp", "1": "icmp", "-1": "all"}.get(proto, proto)
     ports = "" if low == -1 else f" {low}" if low == high else f" {low}-{high}"
     return f"{'egress' if egress else 'ingress'} rule {number} {action} {what}{ports} {cidr}"
+
+
+def route_table_drift(ec2, env: Environment) -> list[dict]:
+    """Each route live but not declared (the VPC's own local route aside), or declared but not
+    live or to another target; each declared subnet the table is not associated with."""
+    if env.network is None:
+        return []
+    names = Resolver(ec2, env)
+    igw = names.find_id("igw", "igw")
+    out = []
+    for name, decl in env.network.route_tables.items():
+        live = names.find("rtb", name)
+        if live is None:
+            out.append({"kind": "route-table", "name": name, "problem": "declared, not created (invoke network.up)"})
+            continue
+        rid = live["RouteTableId"]
+        wanted = {r.cidr: igw if r.internet_gateway else names.find_id("nat", r.nat_gateway) or f"nat {r.nat_gateway}"
+                  for r in decl.routes}
+        have = {r["DestinationCidrBlock"]: r.get("GatewayId") or r.get("NatGatewayId") or r.get("NetworkInterfaceId")
+                or r.get("InstanceId") for r in live.get("Routes", [])
+                if r.get("DestinationCidrBlock") and r.get("GatewayId") != "local"}
+        for cidr in sorted(set(have) | set(wanted)):
+            if have.get(cidr) == wanted.get(cidr):
+                continue
+            if cidr not in wanted:
+                problem = f"route {cidr} -> {have[cidr]}: live, not in {env.path.name}"
+            elif cidr not in have:
+                problem = f"route {cidr} -> {wanted[cidr]}: in {env.path.name}, not live"
+            else:
+                problem = f"route {cidr}: live to {have[cidr]}, {env.path.name} says {wanted[cidr]}"
+            out.append({"kind": "route-table", "name": name, "id": rid, "problem": problem})
+        associated = {a.get("SubnetId") for a in live.get("Associations", [])}
+        for subnet in decl.subnets:
+            sid = names.find_id("subnet", subnet) or (env.network.subnets[subnet].id if subnet in env.network.subnets
+                                                       else None)
+            if sid and sid not in associated:
+                out.append({"kind": "route-table", "name": name, "id": rid,
+                            "problem": f"subnet {subnet} ({sid}) has another route table"})
+    return out
