@@ -113,6 +113,15 @@ def test_a_network_acl_entry_added_by_hand_is_drift(moto, tmp_path, settings_for
     assert [d["problem"] for d in fleet_status(ec2, env)["drift"]] == [
         "ingress rule 90 allow tcp 22 198.51.100.0/24: live, not in prod.yaml"]
 
+    ours = next(a for a in moto.client().describe_network_acls()["NetworkAcls"] if a["NetworkAclId"] == acl)
+    (association,) = ours["Associations"]
+    default = next(a["NetworkAclId"] for a in moto.client().describe_network_acls()["NetworkAcls"]
+                   if a["VpcId"] == ours["VpcId"] and a["IsDefault"])
+    moto.client().replace_network_acl_association(AssociationId=association["NetworkAclAssociationId"],
+                                                  NetworkAclId=default)  # the subnet moved to another ACL by hand
+    assert f"subnet web-a ({association['SubnetId']}) has another ACL" in [
+        d["problem"] for d in fleet_status(ec2, env)["drift"]]
+
 
 def test_a_route_added_by_hand_is_drift(moto, tmp_path, settings_for):
     envs = tmp_path / "envs"

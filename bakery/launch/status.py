@@ -153,13 +153,19 @@ def network_acl_drift(ec2, env: Environment) -> list[dict]:
         for entry in sorted(wanted - have, key=str):
             out.append({"kind": "network-acl", "name": name, "id": acl_id,
                         "problem": f"{_acl_text(entry)}: in {env.path.name}, not live"})
-        associated = {a.get("SubnetId") for a in live.get("Associations", [])}
-        for subnet in decl.subnets:
-            sid = names.find_id("subnet", subnet) or (env.network.subnets[subnet].id if subnet in env.network.subnets
-                                                       else None)
-            if sid and sid not in associated:
-                out.append({"kind": "network-acl", "name": name, "id": acl_id,
-                            "problem": f"subnet {subnet} ({sid}) has another ACL"})
+        out += [{"kind": "network-acl", "name": name, "id": acl_id, "problem": f"{subnet} has another ACL"}
+                for subnet in _elsewhere(names, env, decl.subnets, live)]
+    return out
+
+
+def _elsewhere(names: Resolver, env: Environment, subnets: list[str], live: dict) -> list[str]:
+    """The declared subnets (as "NAME (subnet-ID)") that the live ACL or route table is not associated with."""
+    associated = {a.get("SubnetId") for a in live.get("Associations", [])}
+    out = []
+    for subnet in subnets:
+        sid = names.find_id("subnet", subnet) or getattr(env.network.subnets.get(subnet), "id", None)
+        if sid and sid not in associated:
+            out.append(f"subnet {subnet} ({sid})")
     return out
 
 
@@ -210,11 +216,6 @@ def route_table_drift(ec2, env: Environment) -> list[dict]:
             else:
                 problem = f"route {cidr}: live to {have[cidr]}, {env.path.name} says {wanted[cidr]}"
             out.append({"kind": "route-table", "name": name, "id": rid, "problem": problem})
-        associated = {a.get("SubnetId") for a in live.get("Associations", [])}
-        for subnet in decl.subnets:
-            sid = names.find_id("subnet", subnet) or (env.network.subnets[subnet].id if subnet in env.network.subnets
-                                                       else None)
-            if sid and sid not in associated:
-                out.append({"kind": "route-table", "name": name, "id": rid,
-                            "problem": f"subnet {subnet} ({sid}) has another route table"})
+        out += [{"kind": "route-table", "name": name, "id": rid, "problem": f"{subnet} has another route table"}
+                for subnet in _elsewhere(names, env, decl.subnets, live)]
     return out
