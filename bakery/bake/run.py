@@ -156,10 +156,11 @@ def bake(settings: Settings, recipe_name: str, variables: dict[str, str], *, rep
     refuse_abstract(settings.recipes, recipe_name, "bake")
     inputs = load_inputs(settings.recipes, settings.state, recipe_name)
     below = parents(settings, inputs)
-    checked_variables(settings, inputs, variables)  # all of it offline, before the cloud opens
-    for parent in below:
-        checked_variables(settings, parent, {})
-    cloud = cloud or open_cloud(settings)
+    if below:  # every layer checked offline before the cloud opens (Bake checks a lone recipe itself)
+        checked_variables(settings, inputs, variables)
+        for parent in below:
+            checked_variables(settings, parent, {})
+        cloud = cloud or open_cloud(settings)
     for parent in below:
         Bake(settings, parent, {}, report=report.prefixed(f"[{parent.name}] "), keep_on_error=keep_on_error,
              cloud=cloud).run()
