@@ -214,6 +214,11 @@ class VpcFabric:
             att = {"subnet": subnet_id, "netns": ns, "ifname": ifname, "veth": veth, "mac": mac,
                    "ips": list(ips), "device_index": device_index, "source_dest_check": source_dest_check}
             try:
+                # An instance with two ENIs in one subnet must not answer ARP for one ENI's address
+                # from the other (Linux does by default: "ARP flux"): a neighbour would send that
+                # address's traffic to the wrong MAC, which that ENI's groups and check then judge.
+                # On EC2 the VPC answers ARP per ENI; here each interface answers for its own addresses.
+                _sysctl(ns, {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2}, what)
                 _batch(vns, [f"link set {veth} master {sub['bridge']} up", *self._neighbours(att, sub, ips)], what)
                 others = [s["cidr"] for k, s in st["subnets"].items() if s["vpc"] == sub["vpc"] and k != subnet_id]
                 _batch(ns, [*[f"address add {ip}/{net.prefixlen} dev {ifname}" for ip in ips],
