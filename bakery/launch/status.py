@@ -84,13 +84,16 @@ def security_group_drift(ec2, env: Environment) -> list[dict]:
             continue
         wanted = _declared_rules(decl, ids)
         live = _live_rules(live_group)
-        for rule in sorted(live - wanted, key=str):
-            out.append({"kind": "security-group", "name": name, "id": gid,
-                        "problem": f"{_describe(rule, ids)}: live, not in {env.path.name}"})
-        for rule in sorted(wanted - live, key=str):
-            out.append({"kind": "security-group", "name": name, "id": gid,
-                        "problem": f"{_describe(rule, ids)}: in {env.path.name}, not live"})
+        out += _both_ways("security-group", name, gid, live, wanted, lambda rule: _describe(rule, ids), env)
     return out
+
+
+def _both_ways(kind: str, name: str, rid: str, live: set, wanted: set, text, env: Environment) -> list[dict]:
+    """What is live and not declared, then what is declared and not live, each in `text`'s words."""
+    return ([{"kind": kind, "name": name, "id": rid, "problem": f"{text(x)}: live, not in {env.path.name}"}
+             for x in sorted(live - wanted, key=str)]
+            + [{"kind": kind, "name": name, "id": rid, "problem": f"{text(x)}: in {env.path.name}, not live"}
+               for x in sorted(wanted - live, key=str)])
 
 
 def _declared_rules(decl, ids: dict[str, str | None]) -> set[tuple]:
@@ -147,12 +150,7 @@ def network_acl_drift(ec2, env: Environment) -> list[dict]:
         have = {(x["Egress"], x["RuleNumber"], x["RuleAction"], str(x["Protocol"]),
                  *(_acl_ports_live(x)), x.get("CidrBlock")) for x in live.get("Entries", [])
                 if x["RuleNumber"] != DEFAULT_ACL_RULE and x.get("CidrBlock")}
-        for entry in sorted(have - wanted, key=str):
-            out.append({"kind": "network-acl", "name": name, "id": acl_id,
-                        "problem": f"{_acl_text(entry)}: live, not in {env.path.name}"})
-        for entry in sorted(wanted - have, key=str):
-            out.append({"kind": "network-acl", "name": name, "id": acl_id,
-                        "problem": f"{_acl_text(entry)}: in {env.path.name}, not live"})
+        out += _both_ways("network-acl", name, acl_id, have, wanted, _acl_text, env)
         out += [{"kind": "network-acl", "name": name, "id": acl_id, "problem": f"{subnet} has another ACL"}
                 for subnet in _elsewhere(names, env, decl.subnets, live)]
     return out
