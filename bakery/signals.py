@@ -13,7 +13,6 @@ import threading
 
 from bakery.errors import Interrupted
 
-_state = {"pending": None}
 _local = threading.local()  # shielded: per thread (each bake of a parallel rebake cleans up on its own)
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Worker threads (rebake --jobs) never see a signal: the main thread sets this, and each worker
@@ -51,7 +50,6 @@ def block_in_this_thread() -> None:
 def _handler(signum, frame):
     name = signal.Signals(signum).name
     if getattr(_local, "shielded", False):
-        _state["pending"] = name
         print(f"bakery: {name} received; finishing clean-up first", file=sys.stderr, flush=True)
         return
     raise Interrupted(f"interrupted by {name}; cleaned up what this run created")
