@@ -23,9 +23,10 @@ from bakery.cli import command, parse_int, parse_variables, required, settings_f
         "force": "bake even if an image with the same inputs exists",
         "keep-on-error": "on failure keep the builder, key pair and security group for debugging",
         "json": "print the manifest as JSON on stdout (progress stays on stderr)",
+        "no-cache": "run every step: neither resume from a checkpoint nor keep one",
     },
 )
-def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, json=False):
+def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, json=False, no_cache=False):
     """Bake an AMI from a recipe (skipped when an image with the same inputs exists)."""
     with command():
         required(recipe=recipe)
@@ -34,7 +35,8 @@ def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, j
         from bakery.progress import Reporter
 
         show.bake(run_bake(settings_from(c), recipe, parse_variables(var, var_file),
-                           report=Reporter(prefix=f"[{recipe}] "), force=force, keep_on_error=keep_on_error),
+                           report=Reporter(prefix=f"[{recipe}] "), force=force, keep_on_error=keep_on_error,
+                           cache=not no_cache),
                   json=json)
 
 

@@ -441,7 +441,8 @@ def leftovers(ec2) -> dict[str, list[str]]:
     images = [i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]
               if any(t["Key"] == "bakery:build-id" for t in i.get("Tags", []))
               and not any(t["Key"] == "bakery:complete" for t in i.get("Tags", []))
-              and {"Key": "bakery:smoke", "Value": "failed"} not in i.get("Tags", [])]  # kept, marked, on purpose
+              and {"Key": "bakery:smoke", "Value": "failed"} not in i.get("Tags", [])  # kept, marked, on purpose
+              and not any(t["Key"] == "bakery:checkpoint" for t in i.get("Tags", []))]  # a finished checkpoint too
     return {k: v for k, v in {"instances": instances, "security_groups": groups, "key_pairs": keys,
                               "unfinished_images": images}.items() if v}
 

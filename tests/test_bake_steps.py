@@ -247,15 +247,23 @@ def stage_lines(bench: Bench) -> list[str]:
 # ---- the pipeline --------------------------------------------------------------------------
 
 def names(steps) -> list[str]:
-    return [type(step).__name__ + (f"[{step.index}]" if isinstance(step, s.RunRecipeStep) else "") for step in steps]
+    return [type(step).__name__ + (f"[{step.index}]" if hasattr(step, "index") else "") for step in steps]
 
 
 def test_steps_for_lists_a_plain_bake_from_key_pair_to_finished_image_with_one_step_per_recipe_step(cloud):
     bench = cloud(steps=OK_STEP + "  - name: two\n    shell: 'true'\n  - name: three\n    shell: 'true'\n")
     assert names(steps_for(bench.state.recipe)) == [
         "CreateKeyPair", "CreateSecurityGroup", "LaunchBuilder", "WaitForBuilder", "ConnectSSH", "WaitForCloudInit",
-        "RunRecipeStep[0]", "RunRecipeStep[1]", "RunRecipeStep[2]", "CollectSbom", "CleanImage", "CheckForLeftovers",
+        "RunRecipeStep[0]", "Checkpoint[0]", "RunRecipeStep[1]", "Checkpoint[1]", "RunRecipeStep[2]",
+        "CollectSbom", "CleanImage", "CheckForLeftovers",
         "StopBuilder", "CreateImage", "WaitForImage", "KeepSbom", "GateImage", "SignProvenance", "MarkFinished"]
+
+
+def test_steps_for_a_bake_resumed_from_a_checkpoint_lists_the_steps_it_holds_as_cached_and_runs_the_rest(cloud):
+    bench = cloud(steps=OK_STEP + "  - name: two\n    shell: 'true'\n  - name: three\n    shell: 'true'\n")
+    listed = names(steps_for(bench.state.recipe, first=2))
+    assert listed[listed.index("WaitForCloudInit") + 1:listed.index("CollectSbom")] == [
+        "CachedStep[0]", "CachedStep[1]", "RunRecipeStep[2]"]
 
 
 def test_steps_for_gates_smoke_tests_publishes_and_signs_an_image_before_marking_it_finished(cloud):

@@ -313,3 +313,64 @@ def test_remembered_digests_are_trusted_only_while_the_file_is_unchanged_and_not
     assert DigestCache(store).sha256(f) != bytes.fromhex("ab" * 32)   # stat changed: re-read
     fresh = DigestCache(store)
     assert fresh.sha256(f) == fresh.sha256(f) != real                  # written just now: racy, re-read
+
+
+# ---- checkpoints (bakery/bake/checkpoints.py) ------------------------------------------------
+
+def test_each_steps_checkpoint_hash_covers_that_step_and_everything_before_it_and_nothing_after(tmp_path):
+    from bakery.bake.inputs import prefix_hashes
+
+    body = ("source: {ami: ami-12345678}\nvariables: {v: {default: a}}\nimage: {name: 'x-{{ timestamp }}'}\n"
+            "steps:\n  - {name: one, shell: 'echo 1'}\n  - {name: two, upload: {source: files, dest: /f}}\n"
+            "  - {name: three, shell: 'echo 3'}\n")
+    recipes = recipe(tmp_path, body)
+    (recipes / "files").mkdir()
+    (recipes / "files/f").write_text("1")
+
+    def hashes(text: str = body, variables=None, source="ami-12345678") -> list[str]:
+        (recipes / "r.yaml").write_text(text)
+        return prefix_hashes(Inputs.of(load_recipe(recipes, "r")), variables or {"v": "a"}, source)
+
+    h = hashes()
+    assert len(h) == 3 and len(set(h)) == 3
+    assert hashes(body.replace("echo 3", "echo three")) [:2] == h[:2] != hashes(body.replace("echo 3", "echo x"))
+    assert hashes(body.replace("echo 1", "echo one")) [0] != h[0]
+    (recipes / "files/f").write_text("2")  # step two's file: two and three change, one does not
+    changed = hashes()
+    assert changed[0] == h[0] and changed[1] != h[1] and changed[2] != h[2]
+    (recipes / "files/f").write_text("1")
+    assert hashes(variables={"v": "b"})[0] != h[0] and hashes(source="ami-87654321")[0] != h[0]
+    # what only says what happens after the last step is in no checkpoint's hash
+    assert hashes(body.replace("x-{{ timestamp }}", "y-{{ timestamp }}")) == h
+    assert hashes(body.replace("{name: one, shell: 'echo 1'}", "{name: one, shell: 'echo 1', checkpoint: true}")) == h
+
+
+def test_marking_a_step_as_a_checkpoint_changes_no_inputs_hash(tmp_path):
+    plain = "source: {ami: ami-12345678}\nsteps:\n  - {name: one, shell: 'true'}\n  - {name: two, shell: 'true'}\n"
+    recipes = recipe(tmp_path, plain)
+    before = inputs_hash(Inputs.of(load_recipe(recipes, "r")), {}, "ami-12345678")
+    (recipes / "r.yaml").write_text(plain.replace("shell: 'true'}", "shell: 'true', checkpoint: true}", 1))
+    assert load_recipe(recipes, "r").steps[0].checkpoint
+    assert inputs_hash(Inputs.of(load_recipe(recipes, "r")), {}, "ami-12345678") == before
+
+
+@pytest.mark.parametrize("config, after, days", [
+    ({"cloud": "local"}, 5.0, 7), ({"cloud": "aws"}, None, 7),
+    ({"cloud": "local", "checkpoint_after": "off"}, None, 7),
+    ({"cloud": "aws", "checkpoint_after": "30", "checkpoint_days": "2"}, 30.0, 2),
+])
+def test_checkpoints_follow_every_long_run_of_steps_on_the_local_cloud_and_marked_steps_only_on_aws(
+        config, after, days):
+    settings = Settings.load(config, environ={})
+    assert (settings.checkpoint_after, settings.checkpoint_days) == (after, days)
+    assert Settings(cloud=config["cloud"]).checkpoint_after == {"local": 5.0, "aws": None}[config["cloud"]]
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"checkpoint_after": "soon"}, "bakery.checkpoint_after: 'soon' is not a number of seconds"),
+    ({"checkpoint_after": "-3"}, "bakery.checkpoint_after: '-3' is not a number of seconds"),
+    ({"checkpoint_days": "0"}, "bakery.checkpoint_days: '0' is not a number of days from 1 to 365"),
+])
+def test_bad_checkpoint_settings_are_refused_in_one_line(config, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(config, environ={})

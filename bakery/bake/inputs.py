@@ -138,7 +138,7 @@ LATER_FIELDS = ((("builder", "root_volume", "iops"), None), (("builder", "root_v
                 (("source", "recipe"), None), (("steps", "*", "reboot"), None), (("steps", "*", "download"), None),
                 (("steps", "*", "expect_disconnect"), False))
 #: fields inside a section that say how an image is made, not what it holds: never in the hash
-NOT_INPUT_FIELDS = (("builder", "market"),)
+NOT_INPUT_FIELDS = (("builder", "market"), ("steps", "*", "checkpoint"))
 
 
 def _holders(body, parents: tuple) -> list[dict]:
@@ -162,36 +162,77 @@ def _unset_later_fields(body: dict) -> dict:
     return body
 
 
+class _Hasher:
+    """sha256 over labelled, length-prefixed parts: no two different sequences of parts collide."""
+
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+
+    def feed(self, label: str, data: bytes) -> None:
+        self.h.update(label.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()[:32]
+
+
+def _feed_step(feed, inputs: Inputs, index: int, step: dict, digests: DigestCache) -> None:
+    """What one step's local files carry: a script's bytes, or every entry an upload lands."""
+    root = Path(inputs.recipes_dir)
+    rel = step["script"] if step.get("script") is not None else (step.get("upload") or {}).get("source")
+    if rel is None:
+        return
+    local = (root / rel).resolve()
+    if not local.is_relative_to(root):  # re-pointed since it was validated
+        raise ConfigError(f"{inputs.path}: {rel!r} points outside {root}")
+    if step.get("script") is not None:  # read as text and run: its bytes are what matters
+        feed("script", digests.sha256(local))
+        return
+    up = step["upload"]
+    # exactly what the upload carries (bakery/render/upload.py): every entry, with the mode it lands with
+    for entry in entries(local, up["mode"], up.get("dir_mode"), f"{inputs.path}: steps[{index}].upload.source"):
+        feed("entry", json.dumps([entry.name, entry.kind, entry.mode, entry.target]).encode())
+        if entry.kind == "file":
+            feed("content", digests.sha256(entry.source))
+
+
 def inputs_hash(inputs: Inputs, variables: dict[str, str], source_ami: str, digests: DigestCache | None = None) -> str:
     """Hash of everything that determines the image: a matching tag means nothing changed.
 
     `digests` spares re-reading files that have not changed."""
     digests = digests or DigestCache(None)
-    root = Path(inputs.recipes_dir)
-    h = hashlib.sha256()
-
-    def feed(label: str, data: bytes) -> None:
-        h.update(label.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
-
-    feed("image-format", str(IMAGE_FORMAT).encode())
-    feed("recipe", json.dumps(inputs.body, sort_keys=True).encode())
-    feed("variables", json.dumps(variables, sort_keys=True).encode())
-    feed("source", source_ami.encode())
+    h = _Hasher()
+    h.feed("image-format", str(IMAGE_FORMAT).encode())
+    h.feed("recipe", json.dumps(inputs.body, sort_keys=True).encode())
+    h.feed("variables", json.dumps(variables, sort_keys=True).encode())
+    h.feed("source", source_ami.encode())
     for index, step in enumerate(inputs.body["steps"]):
-        rel = step["script"] if step.get("script") is not None else (step.get("upload") or {}).get("source")
-        if rel is None:
-            continue
-        local = (root / rel).resolve()
-        if not local.is_relative_to(root):  # re-pointed since it was validated
-            raise ConfigError(f"{inputs.path}: {rel!r} points outside {root}")
-        if step.get("script") is not None:  # read as text and run: its bytes are what matters
-            feed("script", digests.sha256(local))
-            continue
-        up = step["upload"]
-        # exactly what the upload carries (bakery/render/upload.py): every entry, with the mode it lands with
-        for entry in entries(local, up["mode"], up.get("dir_mode"), f"{inputs.path}: steps[{index}].upload.source"):
-            feed("entry", json.dumps([entry.name, entry.kind, entry.mode, entry.target]).encode())
-            if entry.kind == "file":
-                feed("content", digests.sha256(entry.source))
+        _feed_step(h.feed, inputs, index, step, digests)
     digests.save()
-    return h.hexdigest()[:32]
+    return h.hexdigest()
+
+
+#: what a builder is, before its first step: the recipe without its steps and without what only
+#: says what happens after the last one (the image's name and tags, publishing, the smoke test)
+AFTER_THE_STEPS = {"steps", "image", "publish", "checks", "description"}
+
+
+def prefix_hashes(inputs: Inputs, variables: dict[str, str], source_ami: str,
+                  digests: DigestCache | None = None) -> list[str]:
+    """One hash per step: of everything the builder holds once that step has run (the source
+    image, the builder's settings, the variables, bakery's own IMAGE_FORMAT, and that step and
+    every step before it with their files). A checkpoint taken after step N is tagged with the
+    Nth; a bake whose Nth hash matches may resume from it (bakery/bake/checkpoints.py)."""
+    digests = digests or DigestCache(None)
+    h = _Hasher()
+    h.feed("image-format", str(IMAGE_FORMAT).encode())
+    h.feed("builder", json.dumps({k: v for k, v in inputs.body.items() if k not in AFTER_THE_STEPS},
+                                 sort_keys=True).encode())
+    h.feed("variables", json.dumps(variables, sort_keys=True).encode())
+    h.feed("source", source_ami.encode())
+    hashes = []
+    for index, step in enumerate(inputs.body["steps"]):
+        h.feed("step", json.dumps(step, sort_keys=True).encode())
+        _feed_step(h.feed, inputs, index, step, digests)
+        hashes.append(h.h.copy().hexdigest()[:32])
+    digests.save()
+    return hashes

@@ -4,27 +4,37 @@ Like Packer's builder (builder/ebs/builder.go, multistep/basic_runner.go), each 
 thing and, the moment it creates something, registers that thing's undo on the run's clean-up
 stack (bakery/housekeeping/stack.py), which undoes in reverse however the bake ends. A step
 that fails raises; the runner stops there. Spot builders, a reboot, or another way to publish
-are a step added to or swapped in this list.
+are a step added to or swapped in this list; a checkpoint (bakery/bake/checkpoints.py) after a
+recipe step images the builder and runs the builder steps again from that image.
 """
 
 from __future__ import annotations
 
 from bakery.bake import attest, publish, smoke
 from bakery.bake import steps as s
-from bakery.bake.state import BakeState, Context, Step
+from bakery.bake.checkpoints import CachedStep, Checkpoint
+from bakery.bake.state import Step, run_steps
 from bakery.config.recipe import Recipe
 
+__all__ = ["steps_for", "run_steps"]
 
-def steps_for(recipe: Recipe) -> list[Step]:
-    """What a bake does, top to bottom."""
+
+def builder_steps() -> list[Step]:
+    """A builder from `state.launch_from` (the source, or a checkpoint), up and reachable."""
+    return [s.LaunchBuilder(), s.WaitForBuilder(), s.ConnectSSH(), s.WaitForCloudInit()]
+
+
+def steps_for(recipe: Recipe, first: int = 0) -> list[Step]:
+    """What a bake does, top to bottom; `first`: the first recipe step to run (a checkpoint
+    holds the ones before it)."""
     return [
         s.CreateKeyPair(),
         s.CreateSecurityGroup(),
-        s.LaunchBuilder(),
-        s.WaitForBuilder(),
-        s.ConnectSSH(),
-        s.WaitForCloudInit(),
-        *(s.RunRecipeStep(index) for index in range(len(recipe.steps))),
+        *builder_steps(),
+        *(CachedStep(index) for index in range(first)),
+        *(step for index in range(first, len(recipe.steps))  # none after the last: the image is its checkpoint
+          for step in (s.RunRecipeStep(index), *([Checkpoint(index, builder_steps)]
+                                                 if index < len(recipe.steps) - 1 else []))),
         s.CollectSbom(),  # what the steps made, read while the connection is open (the leftover check hangs up)
         s.CleanImage(),
         s.CheckForLeftovers(),
@@ -39,12 +49,3 @@ def steps_for(recipe: Recipe) -> list[Step]:
         attest.SignProvenance(),  # every regional image exists now
         s.MarkFinished(),
     ]
-
-
-def run_steps(steps: list[Step], state: BakeState, ctx: Context) -> None:
-    for step in steps:
-        if step.title is None:
-            step.run(state, ctx)
-            continue
-        with ctx.report.stage(step.title) as stage:
-            stage.detail = step.run(state, ctx) or ""

@@ -42,7 +42,7 @@ class Bake:
 
     def __init__(self, settings: Settings, inputs: Inputs, variables: dict[str, str], *, report: Reporter,
                  force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None,
-                 freshness: bool = False):
+                 freshness: bool = False, checkpoints: bool = False):
         self.settings = settings
         self.inputs = inputs
         self.variables = checked_variables(settings, inputs, variables)
@@ -50,6 +50,7 @@ class Bake:
         self.force = force
         self.keep_on_error = keep_on_error
         self.freshness = freshness  # rebake: an image of unchanged inputs may still be stale
+        self.checkpoints = checkpoints  # bake: keep checkpoints and resume from them (bakery/bake/checkpoints.py)
         self.cloud = cloud or open_cloud(settings)
         self.build_id = new_build_id()
         self.started = time.monotonic()
@@ -80,13 +81,31 @@ class Bake:
             if not self.force and self._skip(manifest):
                 return manifest
             manifest.reason = "forced" if self.force else manifest.reason or "no image with these inputs"
-            self._build(source, manifest)
+            prefixes, resume = self._resume_point(source) if self.checkpoints else ([], None)
+            self._build(source, manifest, prefixes, resume)
         manifest.stages = r.timings()
         manifest.seconds = round(time.monotonic() - self.started, 3)
         manifest.write(self.settings.manifests)
         return manifest
 
-    def _build(self, source, manifest: Manifest) -> None:
+    def _resume_point(self, source):
+        """Every step's checkpoint hash, and the deepest checkpoint this bake can start from."""
+        from bakery.bake.checkpoints import find_resume
+        from bakery.bake.digests import DigestCache
+        from bakery.bake.inputs import prefix_hashes
+
+        prefixes = prefix_hashes(self.inputs, self.variables, source.id,
+                                 DigestCache(self.settings.state / "digests.json"))
+        if len(prefixes) < 2:
+            return prefixes, None
+        with self.report.stage("find checkpoint") as s:
+            resume = find_resume(self.cloud.ec2, self.inputs.name, prefixes)
+            s.detail = (f"{resume.image.id} holds steps 1-{resume.after + 1} of {len(prefixes)}" if resume
+                        else "none for these steps")
+        return prefixes, resume
+
+    def _build(self, source, manifest: Manifest, prefixes: list[str], resume) -> None:
+        from bakery.bake.checkpoints import cached_records
         from bakery.bake.pipeline import run_steps, steps_for
         from bakery.bake.state import Context
         from bakery.config.recipe import template_context
@@ -97,14 +116,18 @@ class Bake:
         state = BakeState(recipe=recipe, variables=self.variables, build_id=self.build_id,
                           context=template_context(recipe, self.variables, self.build_id,
                                                    datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")),
-                          source=source, manifest=manifest)
+                          source=source, manifest=manifest, checkpoints=self.checkpoints, prefixes=prefixes)
+        if resume is not None:
+            state.launch_from, state.since = resume.image, resume.after + 1
+            manifest.resumed_from = {"image": resume.image.id, "after_step": resume.after + 1}
+            manifest.steps.extend(cached_records(state, resume))
         ec2 = self.cloud.ec2
         with tracked_run(self.settings.state, self.build_id, f"bake {recipe.name}", self.report,
                          keep_on_error=self.keep_on_error, on_keep=lambda: self._kept(state),
                          sweep=lambda: clean_build(ec2, self.build_id,
                                                           keys_dir=self.settings.state / "keys").removed) as stack:
             ctx = Context(self.settings, ec2, self.cloud.dial, self.report, stack)
-            run_steps(steps_for(recipe), state, ctx)
+            run_steps(steps_for(recipe, state.since), state, ctx)
 
     def _skip(self, manifest: Manifest) -> bool:
         existing = self.cloud.ec2.bakery_images(recipe=self.inputs.name, inputs_hash=manifest.inputs_hash)
@@ -144,8 +167,10 @@ class Bake:
 
 
 def bake(settings: Settings, recipe_name: str, variables: dict[str, str], *, report: Reporter,
-         force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None) -> Manifest:
-    """Check the recipe offline (or know it unchanged since it was), then open the cloud and bake it.
+         force: bool = False, keep_on_error: bool = False, cloud: Cloud | None = None,
+         cache: bool = True) -> Manifest:
+    """Check the recipe offline (or know it unchanged since it was), then open the cloud and bake it,
+    resuming from its checkpoints unless `cache` is off (bakery/bake/checkpoints.py).
 
     A layered recipe (`source: {recipe: ...}`) first brings the recipes below it up to date, root
     first, each with its own defaults and never forced: an unchanged one costs a lookup, and the
@@ -163,6 +188,6 @@ def bake(settings: Settings, recipe_name: str, variables: dict[str, str], *, rep
         cloud = cloud or open_cloud(settings)
     for parent in below:
         Bake(settings, parent, {}, report=report.prefixed(f"[{parent.name}] "), keep_on_error=keep_on_error,
-             cloud=cloud).run()
+             cloud=cloud, checkpoints=cache).run()
     return Bake(settings, inputs, variables, report=report, force=force, keep_on_error=keep_on_error,
-                cloud=cloud).run()
+                cloud=cloud, checkpoints=cache).run()

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # annotations only: a skipped bake loads neither the recipe m
 class StepRecord:
     name: str
     kind: str
-    status: str  # ok | failed | continued
+    status: str  # ok | failed | continued | cached (in the checkpoint the bake resumed from)
     exit_status: int | None
     attempts: int
     seconds: float
@@ -54,6 +54,8 @@ class Manifest:
     stages: dict[str, float] = field(default_factory=dict)
     builder: dict | None = None      # what the builder ran as: {"instance_type", "market" (spot | on-demand)}
     downloads: list[str] = field(default_factory=list)  # what download steps copied here (RECIPE-BUILD.files/)
+    resumed_from: dict | None = None  # {"image", "after_step"}: the checkpoint whose steps this bake did not run
+    checkpoints: list[dict] = field(default_factory=list)  # {"image", "after_step"}: the checkpoints it kept
     ssm_parameter: str | None = None
     published: dict | None = None
     manifest_path: str | None = None
@@ -81,7 +83,12 @@ class BakeState:
     context: dict[str, str]          # what recipe templates see: variables, recipe, build_id, timestamp
     source: SourceImage
     manifest: Manifest
+    checkpoints: bool = False        # `bake` keeps checkpoints (never `rebake`, nor `bake --no-cache`)
+    prefixes: list[str] = field(default_factory=list)  # per step: the checkpoint it would make (inputs.prefix_hashes)
     # ---- written by the steps, in pipeline order
+    launch_from: SourceImage | None = None  # the image the next builder starts from (None: the source);
+                                            # the bake's resume point, then each Checkpoint's image
+    since: int = 0                   # Checkpoint: the first step the builder's image does not hold
     login: KeyPair | None = None     # CreateKeyPair: the login key
     key_file: Path | None = None     # CreateKeyPair: its private half on disk (0600, for ssh -i)
     key_name: str | None = None      # CreateKeyPair: the EC2 key pair
@@ -114,3 +121,13 @@ class Step(Protocol):
 
     def run(self, state: BakeState, ctx: Context) -> str | None:
         """Do the step (registering the undo of what it creates); the stage line's detail."""
+
+
+def run_steps(steps: list[Step], state: BakeState, ctx: Context) -> None:
+    """Run steps in order, each under its stage line (a step with no title reports its own)."""
+    for step in steps:
+        if step.title is None:
+            step.run(state, ctx)
+            continue
+        with ctx.report.stage(step.title) as stage:
+            stage.detail = step.run(state, ctx) or ""

@@ -51,7 +51,8 @@ def builder_spec(state: BakeState, role: str, image_id: str, root_device: str, u
         nics=(Nic(0, state.subnet["SubnetId"], (state.group_id,), public_ip=b.ssh.interface == "public_ip"),),
         volume=Volume.of(b.root_volume, root_device),
         tags=T.build_tags(state.recipe.name, state.build_id, role, temporary=True),
-        token=f"{state.build_id}/{role}", user_data=user_data, key_name=state.key_name,
+        # a builder after a checkpoint is another request than the first builder of the build
+        token=f"{state.build_id}/{role}" + (f"/{image_id}" if image_id != state.source.id else ""), user_data=user_data, key_name=state.key_name,
         instance_profile=b.iam_instance_profile, imds_hop_limit=1, terminate_on_shutdown=True, market=b.market)
 
 
@@ -144,12 +145,13 @@ class LaunchBuilder:
         # `invoke ssh` to a kept builder pins the same key (removed with the build's private key)
         write_known_hosts(ctx.settings.state / "keys" / state.build_id / KNOWN_HOSTS, builder_alias(state.build_id),
                           [state.builder_host_key.public_openssh])
-        spec = builder_spec(state, "builder", state.source.id, state.source.root_device_name,
-                            builder_user_data(state.builder_host_key))
+        image = state.launch_from or state.source
+        spec = builder_spec(state, "builder", image.id, image.root_device_name, builder_user_data(state.builder_host_key))
         state.builder = launch(state, ctx, spec, "builder")
         market = "spot" if state.builder.get("InstanceLifecycle") == "spot" else "on-demand"
         state.manifest.builder = {"instance_type": state.builder["InstanceType"], "market": market}
-        return f"{state.builder['InstanceId']} ({state.builder['InstanceType']}{', spot' if market == 'spot' else ''})"
+        return (f"{state.builder['InstanceId']} ({state.builder['InstanceType']}{', spot' if market == 'spot' else ''})"
+                + (f" from checkpoint {image.id}" if state.launch_from else ""))
 
 
 class WaitForBuilder:

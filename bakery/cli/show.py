@@ -27,8 +27,10 @@ def bake(manifest, *, json: bool) -> None:
     elif manifest.skipped:
         emit(f"{manifest.ami_id} unchanged ({manifest.reason})")
     else:
-        emit(f"{manifest.ami_id} {manifest.image_name} baked in {manifest.seconds:.1f}s "
-             f"(manifest: {manifest.manifest_path})")
+        resumed = manifest.resumed_from
+        emit(f"{manifest.ami_id} {manifest.image_name} baked in {manifest.seconds:.1f}s"
+             + (f", resumed after step {resumed['after_step']} from checkpoint {resumed['image']}" if resumed else "")
+             + f" (manifest: {manifest.manifest_path})")
 
 
 def recipe_names(names: list[str]) -> None:

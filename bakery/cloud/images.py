@@ -110,6 +110,14 @@ class ImagesAPI:
             filters.append({"Name": "state", "Values": list(states)})
         return _newest_first(self.describe_images(Owners=["self"], Filters=filters))
 
+    def checkpoint_images(self, recipe: str | None = None) -> list[dict]:
+        """Finished checkpoints (bakery/bake/checkpoints.py), of one recipe or all, newest first."""
+        filters = [T.tag_filter(T.ROLE, T.ROLE_CHECKPOINT), T.tag_filter(T.CHECKPOINT),
+                   {"Name": "state", "Values": ["available"]}]
+        if recipe:
+            filters.append(T.tag_filter(T.RECIPE, recipe))
+        return _newest_first(self.describe_images(Owners=["self"], Filters=filters))
+
     def rejected_images(self, recipe: str) -> list[dict]:
         """Images of a recipe that failed their smoke test or the vulnerability gate (kept for
         inspection until pruned)."""

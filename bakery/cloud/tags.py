@@ -17,7 +17,8 @@ PREFIX = "bakery:"  # reserved: users' own tags may not start with it (nor with 
 # ---- builds (bake): temporary resources and the images they make
 RECIPE = "bakery:recipe"            # the recipe an image, builder or key pair belongs to
 BUILD_ID = "bakery:build-id"        # one bake; the janitor and `invoke clean` find a build's leftovers by it
-ROLE = "bakery:role"                # builder | smoke | key-pair | security-group | image | snapshot (bakes);
+ROLE = "bakery:role"                # builder | smoke | key-pair | security-group | image | snapshot | checkpoint
+                                    # (bakes);
                                     # active | standby | failed (launched instances)
 RUN_ID = "bakery:run-id"            # the CI run (BAKERY_RUN_ID) a build belongs to: its clean-up job's handle
 EXPIRES = "bakery:expires"          # when a temporary resource is the janitor's, whatever happened to its run
@@ -30,6 +31,11 @@ SOURCE_AMI = "bakery:source-ami"
 COMPLETE = "bakery:complete"        # "true" once smoke-tested and published: the product; never removed by clean-up
 SMOKE = "bakery:smoke"              # passed | failed: a failed image is kept for inspection, never used
 COPIED_FROM = "bakery:copied-from"  # REGION/AMI a region copy was made from
+CHECKPOINT = "bakery:checkpoint"    # on an intermediate image, once it is finished: the hash of everything up to
+                                    # and including the step it was taken after (bakery/bake/checkpoints.py);
+                                    # `bake` resumes from it; kept until its bakery:expires, then prune's and
+                                    # the janitor's
+CHECKPOINT_STEP = "bakery:checkpoint-step"  # N/TOTAL: the recipe step a checkpoint was taken after
 SBOM = "bakery:sbom"                # sha256:HEX of the image's CycloneDX SBOM (beside its manifest): diff finds
                                     # the file by the build id and trusts it only if the digest matches
 
@@ -47,6 +53,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 # Values of ROLE
 ROLE_ACTIVE, ROLE_STANDBY, ROLE_FAILED = "active", "standby", "failed"
+ROLE_CHECKPOINT = "checkpoint"
 # Instances that still hold a slot (or a group, key pair or ENI)
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 
@@ -95,9 +102,18 @@ def created_at(tags: dict[str, str]) -> datetime | None:
 
 
 def is_product(tags: dict[str, str]) -> bool:
-    """A finished image, or one a smoke test or the vulnerability gate rejected and kept for
-    inspection: never clean-up's."""
-    return tags.get(COMPLETE) == "true" or tags.get(SMOKE) == "failed" or tags.get(GATE) == "failed"
+    """A finished image, one a smoke test or the vulnerability gate rejected and kept for
+    inspection, or a finished checkpoint (kept for the next bake to resume from): never the
+    clean-up's of the run that made it. (A checkpoint's expiry makes it prune's and the janitor's.)"""
+    return (tags.get(COMPLETE) == "true" or tags.get(SMOKE) == "failed" or tags.get(GATE) == "failed"
+            or CHECKPOINT in tags)
+
+
+def expired(tags: dict[str, str], now: datetime) -> bool:
+    """Whether the resource's bakery:expires has passed (False without one)."""
+    if EXPIRES not in tags:
+        return False
+    return datetime.strptime(tags[EXPIRES], TIME_FORMAT).replace(tzinfo=timezone.utc) <= now
 
 
 def owner_run(tags: dict[str, str]) -> str | None:

@@ -213,6 +213,11 @@ class Step(Strict):
     # a shell or script step that may end the connection (it reboots, restarts sshd): a dropped
     # connection then ends the step well, and the bake waits for SSH to answer again (within `timeout`)
     expect_disconnect: bool = False
+    # keep an image of the builder after this step (cleaned as a product is) that `bake` resumes
+    # from while nothing up to here changes: on AWS for long steps; the local cloud keeps one after
+    # any long run of steps by itself (settings: checkpoint_after). Not an input: it makes no difference
+    # to the image.
+    checkpoint: bool = False
 
     @field_validator("reboot", mode="before")
     @classmethod

@@ -18,7 +18,14 @@ from bakery.errors import ConfigError
 CLOUDS = ("aws", "local")
 KNOWN_KEYS = {"cloud", "region", "profile", "endpoint_url", "project_dir", "recipes_dir", "envs_dir",
               "userdata_dir", "state_dir", "ssh_host", "ssh_port", "data_dir", "evidence_bucket",
-              "signing_key", "verify_key", "osv_feed"}
+              "signing_key", "verify_key", "osv_feed", "checkpoint_after", "checkpoint_days"}
+#: By cloud, unless the settings say otherwise: `bake` keeps a checkpoint after a run of steps
+#: that took at least this long (bakery/bake/checkpoints.py). On the local cloud an image is a
+#: layer and a checkpoint costs about what a builder's boot costs (a few seconds), so shorter
+#: steps are cheaper to run again than to resume from. On AWS an intermediate image takes
+#: minutes: only steps marked `checkpoint: true` make one.
+CHECKPOINT_AFTER = {"local": 5.0, "aws": None}
+CHECKPOINT_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,14 @@ class Settings:
     signing_key: str | None = None  # the bake signs its image's provenance: a PEM private key file, or kms:KEY-ID
     verify_key: str | None = None   # the public key (PEM) `verify` and launch trust, and no other
     osv_feed: Path | None = None    # vulnerability records (OSV JSON: a directory or a zip) the bake's gate reads
+    # seconds of steps after which `bake` keeps a checkpoint (None: after marked steps only);
+    # by default the cloud's (CHECKPOINT_AFTER)
+    checkpoint_after: float | None | str = "by cloud"
+    checkpoint_days: int = CHECKPOINT_DAYS  # how long a checkpoint image is kept for the next bake
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_after == "by cloud":
+            object.__setattr__(self, "checkpoint_after", CHECKPOINT_AFTER[self.cloud])
 
     @property
     def recipes(self) -> Path:
@@ -90,6 +105,25 @@ class Settings:
             except (TypeError, ValueError):
                 raise ConfigError(f"invoke config bakery.ssh_port: {port!r} is not a port number") from None
         project = Path(cfg.get("project_dir") or project_dir or Path.cwd())
+        after = cfg.get("checkpoint_after", "by cloud")
+        if after == "by cloud":
+            pass
+        elif after in ("off", "none", "", None, 0, "0"):
+            after = None
+        else:
+            try:
+                seconds = float(after)
+                assert seconds > 0
+            except (TypeError, ValueError, AssertionError):
+                raise ConfigError(f"invoke config bakery.checkpoint_after: {after!r} is not a number of seconds "
+                                  "(or off)") from None
+            after = seconds
+        try:
+            days = int(cfg.get("checkpoint_days", CHECKPOINT_DAYS))
+            assert 1 <= days <= 365
+        except (TypeError, ValueError, AssertionError):
+            raise ConfigError(f"invoke config bakery.checkpoint_days: {cfg.get('checkpoint_days')!r} is not a "
+                              "number of days from 1 to 365") from None
 
         def opt_path(key: str) -> Path | None:  # relative to the project, wherever invoke runs
             return user_path(str(cfg[key]), project) if cfg.get(key) else None
@@ -101,7 +135,7 @@ class Settings:
                    ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"),
                    evidence_bucket=bucket_name(cfg.get("evidence_bucket")),
                    signing_key=cfg.get("signing_key") or None, verify_key=cfg.get("verify_key") or None,
-                   osv_feed=opt_path("osv_feed"))
+                   osv_feed=opt_path("osv_feed"), checkpoint_after=after, checkpoint_days=days)
 
 
 def bucket_name(value) -> str | None:

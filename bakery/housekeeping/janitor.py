@@ -6,7 +6,9 @@ once. Tags find the rest from anywhere, e.g. a CI clean-up job on a fresh machin
 as dead when its temporary resources are older than `--older-than` (creation time =
 `bakery:expires` minus the TTL the bake set), or when it belongs to the CI run named by
 `--run-id` (the run's jobs have ended when its clean-up job runs).
-Nothing that another run's tags claim is touched, nor a finished image, nor a live run.
+Nothing that another run's tags claim is touched, nor a finished image, nor a live run. A
+finished checkpoint (bakery/bake/checkpoints.py) outlives its build on purpose: it goes once its
+own bakery:expires has passed, unless an instance or a launch template still uses it.
 """
 
 from __future__ import annotations
@@ -81,7 +83,23 @@ def janitor(ec2, *, older_than: timedelta | None, run_id: str | None, dry_run: b
         by_ledger = {item.split()[1] for item in listed}  # "kind id [in region]"
         listed.extend(item for item in clean_build(ec2, build, dry_run=dry_run, keys_dir=keys_dir).removed
                       if item.split()[-1] not in by_ledger)
+    _expired_checkpoints(ec2, now, dry_run, report)
     return report
+
+
+def _expired_checkpoints(ec2, now: datetime, dry_run: bool, report: JanitorReport) -> None:
+    from bakery.housekeeping.prune import expired_checkpoints, references
+
+    expired = expired_checkpoints(ec2, None, now)
+    used = references(ec2) if expired else {}
+    for image in expired:
+        ami, build = image["ImageId"], T.tags_of(image).get(T.BUILD_ID, "?")
+        if ami in used:
+            report.live.append(f"{build} (expired checkpoint {ami}: {used[ami]})")
+            continue
+        report.builds.setdefault(build, []).append(f"expired checkpoint {ami}")
+        if not dry_run:
+            ec2.deregister_image(ami)
 
 
 def _clean_ledger_run(ec2, run: ledger.DeadRun, dry_run: bool, report: JanitorReport) -> list[str]:

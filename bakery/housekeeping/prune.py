@@ -1,11 +1,15 @@
 """`invoke prune`: keep a recipe's newest finished images in each region and deregister the rest
-(and their snapshots), never one that something still uses: a launch template version, any
-version of an SSM parameter, or an instance that is not terminated.
+(and their snapshots), with its expired checkpoints (bakery/bake/checkpoints.py), never one that
+something still uses: a launch template version, any version of an SSM parameter, or an instance
+that is not terminated.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from bakery.cloud import tags as T
 
 from bakery.config.recipe import recipe_path
 from bakery.config.settings import Settings
@@ -33,6 +37,12 @@ def references(ec2) -> dict[str, str]:
     return used
 
 
+def expired_checkpoints(ec2, recipe: str | None, now: datetime | None = None) -> list[dict]:
+    """Finished checkpoints (of one recipe, or all) whose bakery:expires has passed."""
+    now = now or datetime.now(timezone.utc)
+    return [image for image in ec2.checkpoint_images(recipe) if T.expired(T.tags_of(image), now)]
+
+
 def check(settings: Settings, recipe: str, keep: int) -> None:
     """Refuse bad flags before any cloud call."""
     if keep < 1:
@@ -51,7 +61,7 @@ def prune(ec2, recipe: str, keep: int, *, dry_run: bool, report: Reporter,
         images = here.bakery_images(recipe=recipe, states=("available",))
         used = references(here)
         result.kept = [i["ImageId"] for i in images[:keep]]
-        for image in images[keep:] + here.rejected_images(recipe):
+        for image in images[keep:] + here.rejected_images(recipe) + expired_checkpoints(here, recipe):
             ami = image["ImageId"]
             if ami in used:
                 result.spared[ami] = used[ami]

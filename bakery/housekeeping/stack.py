@@ -33,6 +33,8 @@ class CleanupStack(contextlib.ExitStack):
         self.ledger = ledger
         self.failures: list[str] = []
         self._kept: set[tuple] = set()
+        self._done: set[tuple] = set()       # undone early (undo_now): nothing left to undo
+        self._undos: dict[tuple, Callable[[], bool]] = {}
         self._products: list[tuple] = []
         self._succeeded = False  # set by keep_products: the undos that only a failure needs are off
 
@@ -50,7 +52,14 @@ class CleanupStack(contextlib.ExitStack):
             undo()
             if self.ledger is not None:
                 self.ledger.removed(kind, rid, region)
-        self._register(label, run_undo, skip=lambda: key in self._kept)
+        self._undos[key] = self._register(label, run_undo, skip=lambda: key in self._kept or key in self._done)
+
+    def undo_now(self, kind: str, rid: str, region: str | None) -> None:
+        """Undo one resource before the run ends (a builder replaced mid-bake); the unwind then
+        skips it. One that fails to go stays registered, for the unwind to try again."""
+        key = (kind, rid, region)
+        if self._undos[key]():
+            self._done.add(key)
 
     def keep(self, kind: str, rid: str, region: str | None) -> None:
         """Never undo this one (a product, or an image kept for inspection)."""
@@ -78,21 +87,25 @@ class CleanupStack(contextlib.ExitStack):
         a fleet, waiting for its instances to go), so a successful run skips it."""
         self._register(label, fn, skip=lambda: only_on_failure and self._succeeded)
 
-    def _register(self, label: str, fn: Callable[[], None], skip: Callable[[], bool]) -> None:
-        def run():
+    def _register(self, label: str, fn: Callable[[], None], skip: Callable[[], bool]) -> Callable[[], bool]:
+        """Register `fn` for the unwind; returns the wrapped undo (True: done or nothing to do)."""
+        def run() -> bool:
             if skip():  # kept: nothing to undo, nothing to report
-                return
+                return True
             with shielded():
                 try:
                     with self.report.stage(f"clean up: {label}"):
                         fn()
+                    return True
                 except BakeryError as exc:
                     self.failures.append(f"{label}: {exc.message}")
                     self.report.warn(f"clean-up of {label} failed: {exc.message}")
                 except Exception as exc:  # noqa: BLE001 - keep undoing the rest
                     self.failures.append(f"{label}: {exc}")
                     self.report.warn(f"clean-up of {label} failed: {type(exc).__name__}: {exc}")
+            return False
         self.callback(run)
+        return run
 
 
 @contextlib.contextmanager
