@@ -137,6 +137,25 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
                                report=Reporter(prefix=f"[{env}] ")), json=json)
 
 
+@task(
+    positional=[],
+    help={
+        "env": "environment name: envs/NAME.yaml",
+        "tier": "roll only this tier",
+        "json": "print the rollout report as JSON on stdout",
+    },
+)
+def rollout(c, env, tier=None, json=False):
+    """Move running tiers to their newest images, a slot at a time, each healthy first; roll back on failure."""
+    with command():
+        required(env=env)
+        from bakery.cli import show
+        from bakery.launch.rollout import rollout as run_rollout
+        from bakery.progress import Reporter
+
+        show.rollout(run_rollout(settings_from(c), env, tier=tier, report=Reporter(prefix=f"[{env}] ")), json=json)
+
+
 @task(positional=[], help={"env": "environment name", "tier": "tier name",
                            "part": "print only this part: its packed name (01-web.yaml), template or number",
                            "check": "check each cloud-config part against cloud-init's schema instead of printing"})
@@ -321,12 +340,13 @@ local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
-ns = Collection(bake, rebake, prune, launch, render, status, failover, ssh, images, diff, validate, verify, clean, janitor,
-                network, local)
+ns = Collection(bake, rebake, prune, launch, rollout, render, status, failover, ssh, images, diff, validate, verify,
+                clean, janitor, network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,
                          "project_dir": None, "recipes_dir": None, "envs_dir": None,
                          "userdata_dir": None, "state_dir": None,
                          "ssh_host": None, "ssh_port": None, "data_dir": None,
-                         "evidence_bucket": None, "signing_key": None, "verify_key": None, "osv_feed": None}})
+                         "evidence_bucket": None, "signing_key": None, "verify_key": None, "osv_feed": None,
+                         "checkpoint_after": None, "checkpoint_days": None}})

@@ -31,3 +31,20 @@ def summary(report) -> str:
         lines.append("reach an instance from this machine:")
         lines.append(f"  {report.reach}")
     return "\n".join(lines)
+
+
+def rollout_summary(report) -> str:
+    """What `invoke rollout` prints for people (JSON is RolloutReport.to_json)."""
+    moved = sum(len(t.moves) for t in report.tiers)
+    lines = [f"{report.environment}: {moved} slot(s) moved in {report.seconds:.1f}s (rollout {report.rollout_id})"]
+    for t in report.tiers:
+        if t.status == "current":
+            lines.append(f"  {t.tier}: every instance runs {t.image_id} already")
+            continue
+        lines.append(f"  {t.tier}: {t.status} to {t.image_id} ({t.how})")
+        for m in t.moves:
+            gap = f", interfaces moved in {m.failover_s:.2f}s" if m.failover_s is not None else ""
+            lines.append(f"    [{m.slot}] {m.old} -> {m.new} in {m.seconds:.1f}s{gap}")
+    for tier, version in report.launch_templates.items():
+        lines.append(f"  {tier}: launch template {version}")
+    return "\n".join(lines)

@@ -78,6 +78,12 @@ def launch(report, *, json: bool) -> None:
     emit(report.to_json() if json else summary(report))
 
 
+def rollout(report, *, json: bool) -> None:
+    from bakery.cli.launch import rollout_summary
+
+    emit(report.to_json() if json else rollout_summary(report))
+
+
 def render_text(text: str, note: str | None) -> None:
     """Exactly the user data (or one part), byte for byte (no added newline); a placeholder is said on stderr."""
     if note:

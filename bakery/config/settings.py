@@ -105,10 +105,10 @@ class Settings:
             except (TypeError, ValueError):
                 raise ConfigError(f"invoke config bakery.ssh_port: {port!r} is not a port number") from None
         project = Path(cfg.get("project_dir") or project_dir or Path.cwd())
-        after = cfg.get("checkpoint_after", "by cloud")
-        if after == "by cloud":
-            pass
-        elif after in ("off", "none", "", None, 0, "0"):
+        after = cfg.get("checkpoint_after")
+        if after is None or after == "":
+            after = "by cloud"
+        elif after in ("off", "none", 0, "0"):
             after = None
         else:
             try:
@@ -119,7 +119,8 @@ class Settings:
                                   "(or off)") from None
             after = seconds
         try:
-            days = int(cfg.get("checkpoint_days", CHECKPOINT_DAYS))
+            raw_days = cfg.get("checkpoint_days")
+            days = CHECKPOINT_DAYS if raw_days is None or raw_days == "" else int(raw_days)
             assert 1 <= days <= 365
         except (TypeError, ValueError, AssertionError):
             raise ConfigError(f"invoke config bakery.checkpoint_days: {cfg.get('checkpoint_days')!r} is not a "

@@ -38,9 +38,10 @@ class Planner:
                             f"user data {p.user_data_size} bytes")
         return plans
 
-    def _plan_tier(self, name: str, spec: Tier) -> TierPlan:
+    def _plan_tier(self, name: str, spec: Tier, image: dict | None = None) -> TierPlan:
+        """`image`: this one instead of the tier's (a rollout's way back to the image it replaced)."""
         where = f"{self.env.path}: tiers.{name}"
-        image = self.image(spec, where)
+        image = image or self.image(spec, where)
         if self.env.require_verified_images:
             self._verified(image["ImageId"], where)
         resolved = []
@@ -84,6 +85,10 @@ class Planner:
             user_data=user_data.payload if user_data else b"", interfaces=resolved,
             health_check=spec.health_check.model_dump() if spec.health_check else None,
             slot_user_data={slot: (ud.payload, ud.sha256) for slot, ud in per_slot.items() if ud is not None})
+
+    def plan_tier(self, name: str, image: dict | None = None) -> TierPlan:
+        """One tier's plan as it stands now (on `image`, if given), without a stage line."""
+        return self._plan_tier(name, self.env.tiers[name], image)
 
     def _verified(self, image_id: str, where: str) -> None:
         from bakery.errors import VerificationFailed

@@ -97,7 +97,10 @@ class Launch:
         return result
 
     def plan(self, tiers: dict[str, Tier]) -> list[TierPlan]:
-        return Planner(self.settings, self.env, self.ec2, self.report).plan(tiers)
+        return self.planner().plan(tiers)
+
+    def planner(self) -> Planner:
+        return Planner(self.settings, self.env, self.ec2, self.report)
 
     def _network_up(self, dry_run: bool):
         from bakery.network import Network
@@ -127,15 +130,15 @@ class Launch:
             # Tiers that ask for fixed addresses go first, before automatic ones can take them.
             for plan in sorted(plans, key=lambda p: not any(r.spec.private_ip for r in p.interfaces)):
                 for slot in plan.missing_slots:
-                    launched.append(self._launch_slot(stack, plan, slot, terminating))
+                    launched.append(self.start_slot(stack, plan, slot, terminating))
             for rep, t0 in launched:
-                self._wait_running(stack, rep, t0, next(p for p in plans if p.tier == rep.tier))
-            self._health(launched)
+                self.wait_running(stack, rep, t0, next(p for p in plans if p.tier == rep.tier))
+            self.check_health(launched)
         self.report.info(f"launched {len(launched)} instance(s) in {time.monotonic() - started:.1f}s")
         return [r for r, _ in launched]
 
-    def _launch_slot(self, stack: CleanupStack, plan: TierPlan, slot: str,
-                     terminating: list[str]) -> tuple[InstanceReport, float]:
+    def start_slot(self, stack: CleanupStack, plan: TierPlan, slot: str,
+                   terminating: list[str]) -> tuple[InstanceReport, float]:
         ec2 = self.ec2
 
         def terminate(iid: str) -> None:
@@ -151,7 +154,7 @@ class Launch:
         return InstanceReport(plan.tier, slot, iid, inst.get("PrivateIpAddress"), inst.get("PublicIpAddress"),
                               plan.image_id), t0
 
-    def _wait_running(self, stack: CleanupStack, rep: InstanceReport, t0: float, plan: TierPlan) -> None:
+    def wait_running(self, stack: CleanupStack, rep: InstanceReport, t0: float, plan: TierPlan) -> None:
         with self.report.stage(f"wait for {rep.instance_id} to run"):
             inst = self.ec2.wait_instance_state(rep.instance_id, "running", timeout=INSTANCE_TIMEOUT)
             rep.running_s = round(time.monotonic() - t0, 3)
@@ -185,7 +188,7 @@ class Launch:
         ids = ", ".join(r.instance_id for r, _ in launched) or "nothing"
         self.report.warn(f"--keep-on-error: kept launch {self.launch_id}: {ids}")
 
-    def _readiness(self, tier: str) -> HealthCheck | None:
+    def readiness(self, tier: str) -> HealthCheck | None:
         """The tier's check; without one, cloud-init having finished where the cloud's consoles show
         it (Cloud.boot_console), else nothing: such an instance is reported "not checked"."""
         check = self.env.tiers[tier].health_check
@@ -193,14 +196,14 @@ class Launch:
             return HealthCheck(type="cloud-init")
         return check
 
-    def _health(self, launched: list[tuple[InstanceReport, float]]) -> None:
+    def check_health(self, launched: list[tuple[InstanceReport, float]]) -> None:
         """Check every instance at once: each one's readiness is timed from its own launch."""
         checks = {tier: TierCheck(self.cloud, self.env, tier, check, self.settings.project_dir)
                   for tier in {r.tier for r, _ in launched}
-                  if (check := self._readiness(tier)) is not None and check.type != "cloud-init"}
+                  if (check := self.readiness(tier)) is not None and check.type != "cloud-init"}
 
         def one(rep: InstanceReport, t0: float) -> None:
-            check = self._readiness(rep.tier)
+            check = self.readiness(rep.tier)
             if check is None:
                 rep.health = "not checked"
                 return
@@ -212,7 +215,7 @@ class Launch:
                 rep.health = "healthy"
             rep.ready_s = round(time.monotonic() - t0, 3)
 
-        if not any(self._readiness(r.tier) for r, _ in launched):
+        if not any(self.readiness(r.tier) for r, _ in launched):
             for rep, t0 in launched:
                 one(rep, t0)
             return
@@ -270,13 +273,13 @@ class Launch:
         return out
 
 
-def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_run: bool = False,
-           report: Reporter, keep_on_error: bool = False, cloud: Cloud | None = None) -> LaunchReport:
+def checked_environment(settings: Settings, env_name: str, tier: str | None) -> tuple[Environment, dict[str, Tier]]:
+    """The environment and its selected tiers, once what the files alone can refuse has been
+    refused: before any cloud call (and before the local cloud starts)."""
     env = load_environment(settings.envs, env_name, settings.region)
     tiers = env.select(tier)
-    # Bad templates, variables and secrets are refused before any cloud call (and before the
-    # local cloud starts): render every tier once offline, as `invoke validate` does. A waiver
-    # that matched nothing is stale, which only a render of every tier can tell.
+    # Bad templates, variables and secrets: render every tier once offline, as `invoke validate`
+    # does. A waiver that matched nothing is stale, which only a render of every tier can tell.
     lint = environment_lint(env)
     for name in tiers:
         render_offline(settings, env, name, lint)
@@ -287,6 +290,12 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
         from bakery.evidence.attestation import trusted_key
 
         trusted_key(settings)
+    return env, tiers
+
+
+def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_run: bool = False,
+           report: Reporter, keep_on_error: bool = False, cloud: Cloud | None = None) -> LaunchReport:
+    env, tiers = checked_environment(settings, env_name, tier)
     runner = Launch(settings, env, report=report, cloud=cloud or open_cloud(settings), keep_on_error=keep_on_error)
     from bakery.housekeeping.locks import exclusive
 

@@ -9,6 +9,7 @@ appliance are started by the test in the appliance's namespace and stopped by PI
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -345,3 +346,98 @@ def test_the_edges_elastic_ip_answers_from_the_internet_and_app_and_db_go_out_th
     finally:
         server.kill()
         server.wait()
+
+
+# ---- rollouts (issue 17 item 7): the tiers moved to new images while prod runs ------------------
+
+#: an HTTP client in a namespace, probing ip:port/health every 20 ms until killed: one line per
+#: probe, "MONOTONIC 1|0" (the clock is the machine's, the same in every namespace)
+PROBE = ("import socket, sys, time\n"
+         "ip, port = sys.argv[1], int(sys.argv[2])\n"
+         "while True:\n"
+         "    t = time.monotonic(); ok = 0\n"
+         "    try:\n"
+         "        s = socket.create_connection((ip, port), timeout=0.25); s.settimeout(0.25)\n"
+         "        s.sendall(b'GET /health HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n'); ok = int(b' 200 ' in s.recv(64)); s.close()\n"
+         "    except OSError:\n"
+         "        pass\n"
+         "    print(f'{t:.3f} {ok}', flush=True); time.sleep(0.02)\n")
+
+
+def longest_outage(lines: list[str]) -> tuple[float, int]:
+    """The longest span from a failed probe's start to the next good probe's start, and the probes."""
+    probes = [(float(t), ok == "1") for t, ok in (line.split() for line in lines if line.strip())]
+    longest, down_since = 0.0, None
+    for t, ok in probes:
+        if not ok and down_since is None:
+            down_since = t
+        elif ok and down_since is not None:
+            longest, down_since = max(longest, t - down_since), None
+    assert down_since is None, "the address was still not answering when the probe stopped"
+    return longest, len(probes)
+
+
+def test_a_rollout_moves_the_app_through_its_standby_while_its_front_eni_keeps_answering(prod):
+    baked = cli(["bake", "--recipe", "app", "--force", "--json"], prod.cloud, prod.settings)
+    assert baked.returncode == 0, baked.stderr[-3000:]
+    new_image = json.loads(baked.stdout)["ami_id"]
+    probe = subprocess.Popen(["ip", "netns", "exec", prod.ns("web"), sys.executable, "-c", PROBE, APP_FRONT, "8080"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # a baseline of good probes
+        out = cli(["rollout", "--env", "prod", "--tier", "app", "--json"], prod.cloud, prod.settings)
+        time.sleep(1.0)
+    finally:
+        probe.kill()
+        lines = probe.communicate()[0].splitlines()
+    assert out.returncode == 0, out.stderr[-3000:]
+    [app] = json.loads(out.stdout)["tiers"]
+    assert (app["tier"], app["how"], app["status"], app["image_id"]) == ("app", "standby", "rolled", new_image)
+    assert [m["slot"] for m in app["moves"]] == ["standby-0", "0", "standby-0"], app["moves"]
+    running = {tags_of(i)[SLOT]: i["ImageId"] for r in prod.ec2.describe_instances(
+        Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, "app")])["Reservations"]
+        for i in r["Instances"] if i["State"]["Name"] == "running"}
+    assert running == {"0": new_image, "standby-0": new_image}
+    outage, probes = longest_outage(lines)
+    print(f"app rollout: {probes} probes of {APP_FRONT}:8080 from web; longest outage {outage:.3f} s; "
+          f"interfaces moved in {app['moves'][1]['failover_s']:.3f} s")
+    assert probes > 50 and outage < 1.0
+    status = json.loads(cli(["status", "--env", "prod", "--json"], prod.cloud, prod.settings, timeout=120).stdout)
+    assert not any(r["outdated"] for r in status["instances"])  # no longer marked: every tier on its newest
+
+
+def test_a_rollout_whose_new_instance_fails_its_check_leaves_the_tier_as_it_was(prod, tmp_path):
+    """A web image whose nginx never starts: the new instance fails web's check (made from the
+    internet) and goes; both web slots keep their instances. (The check's timeout is shortened in
+    a copy of envs/prod.yaml: the same environment, a quicker verdict.)"""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    web = (ROOT / "recipes/web.yaml").read_text().replace(
+        "\nimage:\n", "\n  - {name: break nginx, shell: 'systemctl mask nginx'}\nimage:\n", 1)
+    (recipes / "web.yaml").write_text(web)
+    for name in ("common.yaml", "base.yaml"):
+        (recipes / name).write_text((ROOT / "recipes" / name).read_text())
+    for tree in ("files", "scripts"):
+        shutil.copytree(ROOT / "recipes" / tree, recipes / tree)
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    (envs / "prod.yaml").write_text((ROOT / "envs/prod.yaml").read_text().replace(
+        "address: public_ip, timeout: 120", "address: public_ip, timeout: 20"))
+    extra = {"INVOKE_BAKERY_RECIPES_DIR": str(recipes), "INVOKE_BAKERY_ENVS_DIR": str(envs)}
+    baked = cli(["bake", "--recipe", "web", "--json"], prod.cloud, prod.settings, extra_env=extra)
+    assert baked.returncode == 0, baked.stderr[-3000:]
+    broken = json.loads(baked.stdout)["ami_id"]
+
+    def web_slots() -> dict[str, tuple[str, str]]:
+        return {tags_of(i)[SLOT]: (i["InstanceId"], i["ImageId"]) for r in prod.ec2.describe_instances(
+            Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, "web")])["Reservations"]
+            for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")}
+    before = web_slots()
+    out = cli(["rollout", "--env", "prod", "--tier", "web"], prod.cloud, prod.settings, extra_env=extra)
+    assert out.returncode == 1
+    assert f"rollout of prod tier web to {broken}:" in out.stderr and "rolled back" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert web_slots() == before
+    gone = [i for r in prod.ec2.describe_instances(Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, "web"),
+            {"Name": "image-id", "Values": [broken]}])["Reservations"] for i in r["Instances"]]
+    assert gone and all(i["State"]["Name"] in ("terminated", "shutting-down") for i in gone)
