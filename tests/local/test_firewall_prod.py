@@ -406,6 +406,26 @@ def test_a_rollout_moves_the_app_through_its_standby_while_its_front_eni_keeps_a
     assert not any(r["outdated"] for r in status["instances"])  # no longer marked: every tier on its newest
 
 
+def test_a_rollout_moves_web_a_slot_at_a_time_each_new_instance_healthy_before_the_old_one_goes(prod):
+    baked = cli(["bake", "--recipe", "web", "--force", "--json"], prod.cloud, prod.settings)
+    assert baked.returncode == 0, baked.stderr[-3000:]
+    new_image = json.loads(baked.stdout)["ami_id"]
+    out = cli(["rollout", "--env", "prod", "--tier", "web", "--json"], prod.cloud, prod.settings)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [web] = json.loads(out.stdout)["tiers"]
+    assert (web["how"], web["status"], [m["slot"] for m in web["moves"]]) == ("surge", "rolled", ["0", "1"])
+    log = out.stderr.splitlines()
+    for move in web["moves"]:  # its check (from the internet, at its public address) passed, then the old went
+        healthy = next(n for n, line in enumerate(log) if "health checks" in line and f"web[{move['slot']}]" in line
+                       and n > next(k for k, x in enumerate(log) if f"launch web slot {move['slot']}" in x))
+        gone = next(n for n, line in enumerate(log) if f"terminate {move['old']}" in line)
+        assert healthy < gone
+    running = {tags_of(i)[SLOT]: i["ImageId"] for r in prod.ec2.describe_instances(
+        Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, "web")])["Reservations"]
+        for i in r["Instances"] if i["State"]["Name"] == "running"}
+    assert running == {"0": new_image, "1": new_image}
+
+
 def test_a_rollout_whose_new_instance_fails_its_check_leaves_the_tier_as_it_was(prod, tmp_path):
     """A web image whose nginx never starts: the new instance fails web's check (made from the
     internet) and goes; both web slots keep their instances. (The check's timeout is shortened in
