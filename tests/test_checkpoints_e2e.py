@@ -183,3 +183,26 @@ def test_an_expired_checkpoint_is_not_resumed_from_and_prune_and_the_janitor_rem
                  if {"Key": T.ROLE, "Value": "snapshot"} in s.get("Tags", [])
                  and {"Key": T.CHECKPOINT_STEP, "Value": "1/2"} in s.get("Tags", [])]
     assert snapshots == []
+
+
+def test_a_resumed_images_provenance_names_the_checkpoint_it_was_baked_on(moto, tmp_path, builder_host, settings_for):
+    from bakery.cloud.connect import open_cloud
+    from bakery.evidence.attestation import trusted_key, verify_image
+    from tests.support import signing_key_pair
+
+    private, public = signing_key_pair(tmp_path)
+    moto.client("s3").create_bucket(Bucket="evidence")
+    recipes = tmp_path / "recipes"
+    write_recipe(recipes, "web", recipe_text(builder_host.port, steps("echo v1")))
+    settings = settings_for(recipes, signing_key=str(private), verify_key=str(public), evidence_bucket="evidence")
+    first = bake(settings, "web", {}, report=Reporter(stream=io.StringIO()))
+    write_recipe(recipes, "web", recipe_text(builder_host.port, steps("echo v2")))
+    second = bake(settings, "web", {}, report=Reporter(stream=io.StringIO()))
+    [kept] = first.checkpoints
+    assert second.resumed_from["image"] == kept["image"]
+    ec2 = open_cloud(settings).ec2
+    for manifest in (first, second):  # the one that kept it and the one that resumed from it
+        statement = verify_image(ec2, settings.state / "evidence", trusted_key(settings), manifest.ami_id)
+        uris = [uri for uri, _ in statement.materials]
+        assert uris[:2] == [f"arn:aws:ec2:us-east-1::image/{manifest.source_ami}",
+                            f"arn:aws:ec2:us-east-1::image/{kept['image']}"], uris

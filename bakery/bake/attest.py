@@ -116,9 +116,16 @@ class SignProvenance:
                       sbom_sha256=(state.manifest.sbom_sha256 or "").removeprefix("sha256:") or None,
                       source=(source.id, ctx.ec2.region, snapshot_ids(ctx.ec2.image(source.id) or {})),
                       inputs=input_digests(state), started=_started(state.manifest.started_at),
-                      finished=datetime.now(timezone.utc))
+                      finished=datetime.now(timezone.utc), checkpoints=tuple(
+                          (ami, ctx.ec2.region, snapshot_ids(ctx.ec2.image(ami) or {})) for ami in _checkpoints(state)))
         state.manifest.provenance = sign_image(ctx.ec2, ctx.settings.state / "evidence", signer, built)
         return f"{len(images)} image(s), key {signer.keyid}"
+
+
+def _checkpoints(state: BakeState) -> list[str]:
+    """The checkpoint images the bake's steps ran on, in order."""
+    resumed = [state.manifest.resumed_from["image"]] if state.manifest.resumed_from else []
+    return resumed + [c["image"] for c in state.manifest.checkpoints]
 
 
 def input_digests(state: BakeState) -> dict[str, str]:

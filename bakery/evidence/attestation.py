@@ -64,6 +64,9 @@ class Built:
     inputs: dict[str, str]              # recipe input file (relative to the recipes dir) -> sha256
     started: datetime
     finished: datetime
+    # the checkpoints the steps ran on after the source (bakery/bake/checkpoints.py): the one the
+    # bake resumed from and the ones it kept; what they held is in the image too
+    checkpoints: tuple[tuple[str, str, list[str]], ...] = ()
 
 
 def sign_image(ec2, store_dir: Path, signer: Signer, built: Built) -> str:
@@ -76,7 +79,8 @@ def sign_image(ec2, store_dir: Path, signer: Signer, built: Built) -> str:
         subjects.append(ami_subject(image_id, region, snapshot_ids(image), built.inputs_hash))
     if built.sbom_sha256:
         subjects.append(sbom_subject(built.recipe, built.build_id, built.sbom_sha256))
-    materials = [source_image_material(*built.source), bakery_material(),
+    materials = [source_image_material(*built.source), *(source_image_material(*c) for c in built.checkpoints),
+                 bakery_material(),
                  *((f"file:recipes/{rel}", {"sha256": sha}) for rel, sha in sorted(built.inputs.items()))]
     statement = build_statement(subjects, materials, recipe=built.recipe, variables=built.variables,
                                 builder=builder_id(), build_id=built.build_id, started=built.started,
