@@ -18,6 +18,7 @@ from bakery.progress import Reporter
 from tests.faults import Fault
 from tests.support import recipe_text, write_recipe
 from tests.test_launch_e2e import instances, world  # noqa: F401 - the launch tests' world: two baked tiers
+from tests.test_network_e2e import net  # noqa: F401 - the network tests' world: ENIs, a standby, a fixed address
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +91,71 @@ def test_a_tier_on_its_newest_image_is_left_alone(world):
     report = rollout(world["settings"], "prod", report=Reporter(quiet=True))
     assert [t.status for t in report.tiers] == ["current", "current"]
     assert slots(world["ec2"], "prod", "web") == before
+
+
+def test_persistent_interfaces_roll_through_the_standby_and_a_fixed_address_rolls_in_place(net, builder_host):
+    settings, c = net["settings"], net["c"]
+    launch(settings, "prod", report=Reporter(quiet=True))
+
+    def tier(name: str) -> dict[str, dict]:
+        found = [i for r in c.describe_instances(Filters=[{"Name": "tag:bakery:tier", "Values": [name]}])["Reservations"]
+                 for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
+        return {{t["Key"]: t["Value"] for t in i["Tags"]}["bakery:slot"]: i for i in found}
+
+    old_app, old_fw = tier("app"), tier("fw")
+    write_recipe(settings.recipes, "app", recipe_text(builder_host.port, "  - {name: hi, shell: echo app-2}\n"))
+    new_image = bake(settings, "app", {}, report=Reporter(quiet=True)).ami_id
+    out = io.StringIO()
+    report = rollout(settings, "prod", report=Reporter(stream=out))
+    by_tier = {t.tier: t for t in report.tiers}
+    app, fw = by_tier["app"], by_tier["fw"]
+    assert (app.how, app.status, [m.slot for m in app.moves]) == ("standby", "rolled", ["standby-0", "0", "standby-0"])
+    assert (fw.how, fw.status, [m.slot for m in fw.moves]) == ("in place", "rolled", ["0"])
+    now_app, now_fw = tier("app"), tier("fw")
+    assert {s: i["ImageId"] for s, i in now_app.items()} == {"0": new_image, "standby-0": new_image}
+    assert not {i["InstanceId"] for i in now_app.values()} & {i["InstanceId"] for i in old_app.values()}
+    # the persistent interfaces (their addresses and Elastic IP) are on the new active instance
+    enis = c.describe_network_interfaces(Filters=[{"Name": "addresses.private-ip-address",
+                                                   "Values": ["10.30.1.20", "10.30.2.20"]}])["NetworkInterfaces"]
+    holders = {e["PrivateIpAddress"]: e["Attachment"]["InstanceId"] for e in enis}
+    assert holders == {"10.30.1.20": now_app["0"]["InstanceId"], "10.30.2.20": now_app["0"]["InstanceId"]}
+    [eip] = c.describe_addresses()["Addresses"]  # (moto names neither the address asked for nor the instance)
+    front = next(e["NetworkInterfaceId"] for e in enis if e["PrivateIpAddress"] == "10.30.1.20")
+    assert eip["NetworkInterfaceId"] == front  # on the ENI the new active instance holds
+    # the fixed address moved in place: the old instance went before the new one was started
+    assert now_fw["0"]["ImageId"] == new_image and now_fw["0"]["InstanceId"] != old_fw["0"]["InstanceId"]
+    assert "10.30.2.30" in {a["PrivateIpAddress"] for n in now_fw["0"]["NetworkInterfaces"]
+                            for a in n["PrivateIpAddresses"]}
+    log = out.getvalue().splitlines()
+    gone = next(n for n, line in enumerate(log) if f"terminate {old_fw['0']['InstanceId']}" in line)
+    started = next(n for n, line in enumerate(log) if "launch fw slot 0" in line)
+    assert gone < started
+
+
+def test_a_standby_rollout_that_fails_after_its_failover_fails_back_and_leaves_the_tier_on_its_old_image(
+        net, builder_host):
+    settings, c = net["settings"], net["c"]
+    launch(settings, "prod", tier="app", report=Reporter(quiet=True))
+
+    def app() -> dict[str, dict]:
+        found = [i for r in c.describe_instances(Filters=[{"Name": "tag:bakery:tier", "Values": ["app"]}])["Reservations"]
+                 for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
+        return {{t["Key"]: t["Value"] for t in i["Tags"]}["bakery:slot"]: i for i in found}
+
+    before = app()
+    old_image = before["0"]["ImageId"]
+    write_recipe(settings.recipes, "app", recipe_text(builder_host.port, "  - {name: hi, shell: echo app-2}\n"))
+    bake(settings, "app", {}, report=Reporter(quiet=True))
+    from bakery.network import open_env
+
+    cloud, _ = open_env(settings, "prod")
+    # the new standby starts and takes the interfaces over; the one that replaces the old active cannot start
+    Fault(cloud.ec2.client, "RunInstances", "UnauthorizedOperation", status=403, times=1, after=1)
+    with pytest.raises(RolledBack, match="rollout of prod tier app .*rolled back"):
+        rollout(settings, "prod", tier="app", report=Reporter(quiet=True), cloud=cloud)
+    after = app()
+    assert after["0"]["InstanceId"] == before["0"]["InstanceId"]  # the interfaces failed back to it
+    assert {s: i["ImageId"] for s, i in after.items()} == {"0": old_image, "standby-0": old_image}
+    holders = {e["Attachment"]["InstanceId"] for e in c.describe_network_interfaces(Filters=[{
+        "Name": "addresses.private-ip-address", "Values": ["10.30.1.20", "10.30.2.20"]}])["NetworkInterfaces"]}
+    assert holders == {before["0"]["InstanceId"]}
