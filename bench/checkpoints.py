@@ -30,13 +30,14 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.localcloud import private_local_cloud  # noqa: E402
 
 TARGET = 0.25
 TUNING = Path("recipes/files/db/10-tuning.conf")
@@ -58,20 +59,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from bakery.config.settings import default_data_dir
-    from bakery.local.base import ensure_base_image, share_base
-
-    with tempfile.TemporaryDirectory(prefix="bakery-bench-checkpoints-") as tmp:
-        work = Path(tmp)
-        project, data = work / "project", work / "data"
+    runs: dict[str, list[dict]] = {"full": [], "resumed": []}
+    with private_local_cloud("bakery-bench-checkpoints-") as (work, env):
+        project = work / "project"
         for part in ("recipes", "envs", "userdata"):
             shutil.copytree(ROOT / part, project / part)
         shutil.copy(ROOT / "invoke.yaml", project / "invoke.yaml")
-        data.mkdir()
-        ensure_base_image(default_data_dir(), log=lambda line: print(line, file=sys.stderr))
-        share_base(data, default_data_dir())  # the machine's cached Debian base, as the tests share it
-        env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "BAKERY_DATA_DIR": str(data),
-               "INVOKE_BAKERY_PROJECT_DIR": str(project), "INVOKE_BAKERY_STATE_DIR": str(work / "state")}
+        env["INVOKE_BAKERY_PROJECT_DIR"] = str(project)
         env.pop("INVOKE_BAKERY_CHECKPOINT_AFTER", None)
         tuning = project / TUNING
         original = tuning.read_text()
@@ -82,31 +76,25 @@ def main() -> None:
             edits += 1
             tuning.write_text(original + f"# bench edit {edits}\nlog_autovacuum_min_duration = {edits}s\n")
 
-        runs: dict[str, list[dict]] = {"full": [], "resumed": []}
-        try:
-            _, first = run_bake(env)  # base and db, keeping db's checkpoint; brings the local cloud up
-            if not first["checkpoints"]:
-                raise SystemExit(f"the first bake kept no checkpoint: {first['steps']}")
-            for i in range(args.runs):
-                for kind, flags in (("full", ("--no-cache",)), ("resumed", ())):
-                    change_last_step()
-                    wall, manifest = run_bake(env, *flags)
-                    statuses = [s["status"] for s in manifest["steps"]]
-                    resumed = manifest["resumed_from"]
-                    if kind == "full" and (resumed or statuses != ["ok"] * len(statuses)):
-                        raise SystemExit(f"run {i + 1} full: resumed {resumed}, steps {statuses}")
-                    if kind == "resumed" and (not resumed or statuses[:-1] != ["cached"] * (len(statuses) - 1)
-                                              or statuses[-1] != "ok"):
-                        raise SystemExit(f"run {i + 1} resumed: resumed {resumed}, steps {statuses}")
-                    runs[kind].append({"wall_s": round(wall, 3), "bake_s": manifest["seconds"],
-                                       "steps": {s["name"]: [s["status"], s["seconds"]] for s in manifest["steps"]},
-                                       "stages_s": manifest["stages"],
-                                       "resumed_from": resumed, "ami": manifest["ami_id"]})
-                    print(f"run {i + 1}/{args.runs} {kind:8} wall {wall:6.2f}s bake {manifest['seconds']:6.2f}s "
-                          f"steps {statuses}", file=sys.stderr)
-        finally:
-            subprocess.run([sys.executable, "-m", "invoke", "local.down", "--purge"], cwd=ROOT, env=env,
-                           capture_output=True, timeout=300)
+        _, first = run_bake(env)  # base and db, keeping db's checkpoint; brings the local cloud up
+        if not first["checkpoints"]:
+            raise SystemExit(f"the first bake kept no checkpoint: {first['steps']}")
+        for i in range(args.runs):
+            for kind, flags in (("full", ("--no-cache",)), ("resumed", ())):
+                change_last_step()
+                wall, manifest = run_bake(env, *flags)
+                statuses = [s["status"] for s in manifest["steps"]]
+                resumed = manifest["resumed_from"]
+                if kind == "full" and (resumed or statuses != ["ok"] * len(statuses)):
+                    raise SystemExit(f"run {i + 1} full: resumed {resumed}, steps {statuses}")
+                if kind == "resumed" and (not resumed or statuses[:-1] != ["cached"] * (len(statuses) - 1)
+                                          or statuses[-1] != "ok"):
+                    raise SystemExit(f"run {i + 1} resumed: resumed {resumed}, steps {statuses}")
+                runs[kind].append({"wall_s": round(wall, 3), "bake_s": manifest["seconds"],
+                                   "steps": {s["name"]: [s["status"], s["seconds"]] for s in manifest["steps"]},
+                                   "stages_s": manifest["stages"], "resumed_from": resumed, "ami": manifest["ami_id"]})
+                print(f"run {i + 1}/{args.runs} {kind:8} wall {wall:6.2f}s bake {manifest['seconds']:6.2f}s "
+                      f"steps {statuses}", file=sys.stderr)
 
     def med(kind: str, key: str) -> float:
         return round(statistics.median(r[key] for r in runs[kind]), 3)

@@ -23,13 +23,14 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.localcloud import private_local_cloud  # noqa: E402
 
 TARGET = 0.6
 TEST_RECIPE = """\
@@ -70,41 +71,29 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from bakery.config.settings import default_data_dir
-    from bakery.local.base import ensure_base_image, share_base
-
-    with tempfile.TemporaryDirectory(prefix="bakery-bench-jobs-") as tmp:
-        work = Path(tmp)
-        recipes, data = work / "recipes", work / "data"
+    walls: dict[int, list[float]] = {1: [], 3: []}
+    busy: dict[int, list[float]] = {1: [], 3: []}
+    with private_local_cloud("bakery-bench-jobs-") as (work, env):
+        recipes = work / "recipes"
         shutil.copytree(ROOT / "recipes", recipes)
         for name in ("t1", "t2"):
             (recipes / f"{name}.yaml").write_text(TEST_RECIPE)
         (recipes / "files/tree/sub").mkdir(parents=True)
         (recipes / "files/tree/a.txt").write_text("a\n")
         (recipes / "files/tree/sub/b.txt").write_text("b\n")
-        data.mkdir()
-        ensure_base_image(default_data_dir(), log=lambda line: print(line, file=sys.stderr))
-        share_base(data, default_data_dir())
-        env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "BAKERY_DATA_DIR": str(data),
-               "INVOKE_BAKERY_RECIPES_DIR": str(recipes), "INVOKE_BAKERY_STATE_DIR": str(work / "state")}
-        walls: dict[int, list[float]] = {1: [], 3: []}
-        busy: dict[int, list[float]] = {1: [], 3: []}
-        try:
-            run_rebake(3, env)  # warm: the endpoint up, apt's lists fetched once, outside the measured runs
-            for i in range(args.runs):
-                for jobs in (1, 3):
-                    wall, rows, cpu = run_rebake(jobs, env)
-                    base = next(r["ami_id"] for r in rows if r["recipe"] == "base")
-                    layered = {r["recipe"] for r in rows} & {"web", "app", "db"}
-                    if len(layered) != 3:
-                        raise SystemExit(f"run {i + 1}: the shipped tiers were not all baked: {rows}")
-                    walls[jobs].append(round(wall, 2))
-                    busy[jobs].append(round(cpu, 2))
-                    print(f"run {i + 1}/{args.runs} --jobs {jobs}: {wall:.1f}s, CPU busy {cpu:.1f}s "
-                          f"({len(rows)} recipes, base {base})", file=sys.stderr)
-        finally:
-            subprocess.run([sys.executable, "-m", "invoke", "local.down", "--purge"], cwd=ROOT, env=env,
-                           capture_output=True, timeout=300)
+        env["INVOKE_BAKERY_RECIPES_DIR"] = str(recipes)
+        run_rebake(3, env)  # warm: the endpoint up, apt's lists fetched once, outside the measured runs
+        for i in range(args.runs):
+            for jobs in (1, 3):
+                wall, rows, cpu = run_rebake(jobs, env)
+                base = next(r["ami_id"] for r in rows if r["recipe"] == "base")
+                layered = {r["recipe"] for r in rows} & {"web", "app", "db"}
+                if len(layered) != 3:
+                    raise SystemExit(f"run {i + 1}: the shipped tiers were not all baked: {rows}")
+                walls[jobs].append(round(wall, 2))
+                busy[jobs].append(round(cpu, 2))
+                print(f"run {i + 1}/{args.runs} --jobs {jobs}: {wall:.1f}s, CPU busy {cpu:.1f}s "
+                      f"({len(rows)} recipes, base {base})", file=sys.stderr)
 
     one, three = statistics.median(walls[1]), statistics.median(walls[3])
     ratio = round(three / one, 3)

@@ -96,6 +96,13 @@ def rows(results: Path) -> list[list[str]]:
                     f"`bake --no-cache` {bake['full']:.2f} s (command {wall['full']:.2f} s)",
                     f"**{ratio:.2f}** (commands {r['ratio_wall']:.2f})", f"<= {r['target']} (issue 17)",
                     "yes" if ratio <= r["target"] else "no", r["date"]])
+    if r := _load(results, "rollout_outage"):
+        med = r["median_outage_s"]
+        out.append(["client outage on the app's front ENI during `rollout --tier app` (local prod)",
+                    f"{med['rollout']:.2f} s (worst {r['worst_rollout_outage_s']:.2f} s)",
+                    f"`failover` alone {med['failover']:.2f} s", f"**{r['ratio_rollout_over_failover']:.1f}** x",
+                    f"< {r['target_s']:g} s (issue 17)", "yes" if r["worst_rollout_outage_s"] < r["target_s"] else "no",
+                    r["date"]])
     return out
 
 

@@ -608,3 +608,35 @@ def signing_key_pair(where: Path) -> tuple[Path, Path]:
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     return private, public
+
+
+#: an HTTP client in a namespace, probing ip:port/health every 10 ms until killed: one line per
+#: probe, "MONOTONIC 1|0" (the clock is the machine's, the same in every namespace). A probe gives
+#: up after 0.1 s (a VPC's round trip here is well under a millisecond), so an outage is measured
+#: to about a tenth of a second.
+HEALTH_PROBE = ("import socket, sys, time\n"
+                "ip, port = sys.argv[1], int(sys.argv[2])\n"
+                "while True:\n"
+                "    t = time.monotonic(); ok = 0\n"
+                "    try:\n"
+                "        s = socket.create_connection((ip, port), timeout=0.1); s.settimeout(0.1)\n"
+                "        s.sendall(b'GET /health HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n'); ok = int(b' 200 ' in s.recv(64))\n"
+                "        s.close()\n"
+                "    except OSError:\n"
+                "        pass\n"
+                "    print(f'{t:.3f} {ok}', flush=True); time.sleep(0.01)\n")
+
+
+def longest_outage(lines: list[str]) -> tuple[float, int]:
+    """The longest span from a failed probe's start to the next good probe's start (HEALTH_PROBE's
+    lines), and how many probes there were."""
+    probes = [(float(t), ok == "1") for t, ok in (line.split() for line in lines if line.strip())]
+    longest, down_since = 0.0, None
+    for t, ok in probes:
+        if not ok and down_since is None:
+            down_since = t
+        elif ok and down_since is not None:
+            longest, down_since = max(longest, t - down_since), None
+    if down_since is not None:
+        raise AssertionError("the address was still not answering when the probe stopped")
+    return longest, len(probes)

@@ -27,7 +27,7 @@ from bakery.local.sandbox import Sandbox
 from tests.local.conftest import WHO
 from tests.local.test_firewall_fabric import reach
 from tests.local.test_local_cloud import cli, layer_file, layer_listing
-from tests.support import ROOT
+from tests.support import HEALTH_PROBE, ROOT, longest_outage
 
 pytestmark = pytest.mark.local
 
@@ -350,38 +350,11 @@ def test_the_edges_elastic_ip_answers_from_the_internet_and_app_and_db_go_out_th
 
 # ---- rollouts (issue 17 item 7): the tiers moved to new images while prod runs ------------------
 
-#: an HTTP client in a namespace, probing ip:port/health every 20 ms until killed: one line per
-#: probe, "MONOTONIC 1|0" (the clock is the machine's, the same in every namespace)
-PROBE = ("import socket, sys, time\n"
-         "ip, port = sys.argv[1], int(sys.argv[2])\n"
-         "while True:\n"
-         "    t = time.monotonic(); ok = 0\n"
-         "    try:\n"
-         "        s = socket.create_connection((ip, port), timeout=0.25); s.settimeout(0.25)\n"
-         "        s.sendall(b'GET /health HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n'); ok = int(b' 200 ' in s.recv(64)); s.close()\n"
-         "    except OSError:\n"
-         "        pass\n"
-         "    print(f'{t:.3f} {ok}', flush=True); time.sleep(0.02)\n")
-
-
-def longest_outage(lines: list[str]) -> tuple[float, int]:
-    """The longest span from a failed probe's start to the next good probe's start, and the probes."""
-    probes = [(float(t), ok == "1") for t, ok in (line.split() for line in lines if line.strip())]
-    longest, down_since = 0.0, None
-    for t, ok in probes:
-        if not ok and down_since is None:
-            down_since = t
-        elif ok and down_since is not None:
-            longest, down_since = max(longest, t - down_since), None
-    assert down_since is None, "the address was still not answering when the probe stopped"
-    return longest, len(probes)
-
-
 def test_a_rollout_moves_the_app_through_its_standby_while_its_front_eni_keeps_answering(prod):
     baked = cli(["bake", "--recipe", "app", "--force", "--json"], prod.cloud, prod.settings)
     assert baked.returncode == 0, baked.stderr[-3000:]
     new_image = json.loads(baked.stdout)["ami_id"]
-    probe = subprocess.Popen(["ip", "netns", "exec", prod.ns("web"), sys.executable, "-c", PROBE, APP_FRONT, "8080"],
+    probe = subprocess.Popen(["ip", "netns", "exec", prod.ns("web"), sys.executable, "-c", HEALTH_PROBE, APP_FRONT, "8080"],
                              stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)  # a baseline of good probes

@@ -1,0 +1,36 @@
+"""A private local cloud for a bench: a temporary work dir, its own data dir sharing the machine's
+cached Debian base (as the tests share it), the environment that points `invoke` at it, and the
+cloud purged however the bench ends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def private_local_cloud(prefix: str) -> Iterator[tuple[Path, dict[str, str]]]:
+    """(work dir, environment for `invoke`); add settings to the environment in place."""
+    from bakery.config.settings import default_data_dir
+    from bakery.local.base import ensure_base_image, share_base
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        data.mkdir()
+        ensure_base_image(default_data_dir(), log=lambda line: print(line, file=sys.stderr))
+        share_base(data, default_data_dir())
+        env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "BAKERY_DATA_DIR": str(data),
+               "INVOKE_BAKERY_STATE_DIR": str(work / "state")}
+        try:
+            yield work, env
+        finally:
+            subprocess.run([sys.executable, "-m", "invoke", "local.down", "--purge"], cwd=ROOT, env=env,
+                           capture_output=True, timeout=300)
