@@ -10,7 +10,7 @@ import io
 import pytest
 
 from bakery.bake.run import bake
-from bakery.launch.rollout import RolledBack, rollout
+from bakery.launch.rollout import RolledBack, RolloutFailed, rollout
 from bakery.launch.run import launch
 from bakery.launch.status import fleet_status
 from bakery.network import open_env
@@ -159,3 +159,56 @@ def test_a_standby_rollout_that_fails_after_its_failover_fails_back_and_leaves_t
     holders = {e["Attachment"]["InstanceId"] for e in c.describe_network_interfaces(Filters=[{
         "Name": "addresses.private-ip-address", "Values": ["10.30.1.20", "10.30.2.20"]}])["NetworkInterfaces"]}
     assert holders == {before["0"]["InstanceId"]}
+
+
+def test_a_new_active_instance_that_fails_its_check_after_the_failover_fails_the_interfaces_back(
+        net, builder_host, monkeypatch):
+    """moto's instances cannot be dialled (tests/test_launch_e2e.py), so the tier's check on the new
+    active instance, made once the interfaces moved, is the one thing stood in for: it fails."""
+    from bakery.errors import RemoteError
+    from bakery.launch import rollout as module
+
+    settings, c = net["settings"], net["c"]
+    launch(settings, "prod", tier="app", report=Reporter(quiet=True))
+
+    def app() -> dict[str, dict]:
+        found = [i for r in c.describe_instances(Filters=[{"Name": "tag:bakery:tier", "Values": ["app"]}])["Reservations"]
+                 for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
+        return {{t["Key"]: t["Value"] for t in i["Tags"]}["bakery:slot"]: i for i in found}
+
+    before = app()
+    write_recipe(settings.recipes, "app", recipe_text(builder_host.port, "  - {name: hi, shell: echo app-2}\n"))
+    new_image = bake(settings, "app", {}, report=Reporter(quiet=True)).ami_id
+    checked = []
+
+    def failing_check(self, tier, instance_id, slot):
+        checked.append(instance_id)
+        raise RemoteError(f"{instance_id}: health check on port 8080: connect: timed out")
+
+    monkeypatch.setattr(module.Rollout, "_check", failing_check)
+    with pytest.raises(RolledBack, match="health check on port 8080.*rolled back"):
+        rollout(settings, "prod", tier="app", report=Reporter(quiet=True))
+    after = app()
+    [new_active] = checked
+    assert new_active not in {i["InstanceId"] for i in after.values()}  # the one that failed went
+    assert after["0"]["InstanceId"] == before["0"]["InstanceId"]  # the interfaces failed back to it
+    assert {s: i["ImageId"] for s, i in after.items()} == {"0": before["0"]["ImageId"],
+                                                          "standby-0": before["0"]["ImageId"]} != new_image
+    holders = {e["Attachment"]["InstanceId"] for e in c.describe_network_interfaces(Filters=[{
+        "Name": "addresses.private-ip-address", "Values": ["10.30.1.20", "10.30.2.20"]}])["NetworkInterfaces"]}
+    assert holders == {before["0"]["InstanceId"]}
+
+
+def test_a_roll_back_to_an_image_that_is_gone_says_where_the_tier_was_left(world, builder_host):
+    ec2 = world["ec2"]
+    launch(world["settings"], "prod", report=Reporter(quiet=True))
+    old_image = slots(ec2, "prod", "web")["0"][1]
+    rebake_web(world, builder_host)
+    cloud, _ = open_env(world["settings"], "prod")
+    ec2.deregister_image(ImageId=old_image)  # pruned by hand while its instances still ran
+    Fault(cloud.ec2.client, "RunInstances", "UnauthorizedOperation", status=403, times=1, after=1)
+    with pytest.raises(RolloutFailed) as raised:
+        rollout(world["settings"], "prod", tier="web", report=Reporter(quiet=True), cloud=cloud)
+    message = raised.value.message
+    assert f"rolling back failed too: image {old_image} is gone (deregistered)" in message
+    assert "the tier now runs: 0 i-" in message and "1 i-" in message

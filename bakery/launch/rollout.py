@@ -33,7 +33,7 @@ from bakery.cloud import tags as T
 from bakery.cloud.connect import Cloud, open_cloud
 from bakery.config.environment import Environment, Tier
 from bakery.config.settings import Settings
-from bakery.errors import BakeryError
+from bakery.errors import BakeryError, CloudError
 from bakery.housekeeping.stack import CleanupStack
 from bakery.launch.health import failover_probe
 from bakery.launch.report import InstanceReport, TierPlan
@@ -89,6 +89,10 @@ class RolledBack(BakeryError):
     """A new instance failed its check; the tier is back on the image it ran."""
 
 
+class RolloutFailed(BakeryError):
+    """A new instance failed, and so did the way back: the message says where the tier was left."""
+
+
 class Rollout:
     """Rolls the tiers of one environment, through a Launch's services (run.py): its planning,
     its way to start an instance in a slot, its health checks."""
@@ -112,8 +116,12 @@ class Rollout:
         """The tier's plan on its newest image (or on `image_id`), counting what runs now (each
         new instance's client token names the instances it joined, so two starts into one slot
         are two instances)."""
-        planner = self.launcher.planner()
-        return planner.plan_tier(tier, self.ec2.image(image_id) if image_id else None)
+        image = None
+        if image_id:
+            image = self.ec2.image(image_id)
+            if image is None:
+                raise CloudError(f"image {image_id} is gone (deregistered): nothing to start tier {tier} from")
+        return self.launcher.planner().plan_tier(tier, image)
 
     # ---- one tier -----------------------------------------------------------------------
 
@@ -135,10 +143,15 @@ class Rollout:
                     result.moves.append(self._replace(stack, tier, slot, stale[slot], plan.image_id, result.how))
         except BakeryError as exc:
             result.error = exc.message
-            self._roll_back(stack, tier, stale, result)
+            failed = f"rollout of {self.env.name} tier {tier} to {plan.image_id}: {exc.message}"
+            try:
+                self._roll_back(stack, tier, stale, result)
+            except BakeryError as again:  # say both, and where the tier was left
+                left = ", ".join(f"{s} {i['InstanceId']} ({i['ImageId']})" for s, i in sorted(self.running(tier).items()))
+                raise RolloutFailed(f"{failed}; rolling back failed too: {again.message}; the tier now runs: "
+                                    f"{left or 'nothing'}") from None
             result.status = "rolled back"
-            raise RolledBack(f"rollout of {self.env.name} tier {tier} to {plan.image_id}: {exc.message}; "
-                             f"rolled back ({len(result.moves)} slot(s) moved back)") from None
+            raise RolledBack(f"{failed}; rolled back ({len(result.moves)} slot(s) moved back)") from None
         result.status = "rolled"
         return result
 
@@ -163,10 +176,12 @@ class Rollout:
             standby = next(i for s, i in self.running(tier).items() if s.startswith("standby")
                            and i["ImageId"] == image_id and i["State"]["Name"] == "running")
             moved = self._failover(tier, standby["InstanceId"])
+            # recorded at once: if the check below fails, the roll-back fails the interfaces back
+            move = Move(slot, active["InstanceId"], standby["InstanceId"], 0.0, failover_s=moved.seconds)
+            result.moves.append(move)
             # the new active must pass the tier's own check where its clients reach it
             self._check(tier, standby["InstanceId"], slot)
-            result.moves.append(Move(slot, active["InstanceId"], standby["InstanceId"], round(time.monotonic() - t0, 3),
-                                     failover_s=moved.seconds))
+            move.seconds = round(time.monotonic() - t0, 3)
             # the old active is a standby now (or failed): replaced by a new one on the image
             demoted = self.ec2.describe_instance(active["InstanceId"]) or {}
             slot_now = T.tags_of(demoted).get(T.SLOT, "")
