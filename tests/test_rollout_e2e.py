@@ -39,6 +39,13 @@ def slots(ec2, env: str, tier: str) -> dict[str, tuple[str, str]]:
     return out
 
 
+def live(c, tier: str) -> dict[str, dict]:
+    """slot -> the tier's pending or running instance record."""
+    found = [i for r in c.describe_instances(Filters=[{"Name": "tag:bakery:tier", "Values": [tier]}])["Reservations"]
+             for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
+    return {{t["Key"]: t["Value"] for t in i["Tags"]}["bakery:slot"]: i for i in found}
+
+
 def test_a_surge_rollout_moves_each_slot_to_the_new_image_new_one_first(world, builder_host):
     ec2 = world["ec2"]
     launch(world["settings"], "prod", report=Reporter(quiet=True))
@@ -98,9 +105,7 @@ def test_persistent_interfaces_roll_through_the_standby_and_a_fixed_address_roll
     launch(settings, "prod", report=Reporter(quiet=True))
 
     def tier(name: str) -> dict[str, dict]:
-        found = [i for r in c.describe_instances(Filters=[{"Name": "tag:bakery:tier", "Values": [name]}])["Reservations"]
-                 for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
-        return {{t["Key"]: t["Value"] for t in i["Tags"]}["bakery:slot"]: i for i in found}
+        return live(c, name)
 
     old_app, old_fw = tier("app"), tier("fw")
     write_recipe(settings.recipes, "app", recipe_text(builder_host.port, "  - {name: hi, shell: echo app-2}\n"))
@@ -138,9 +143,7 @@ def test_a_standby_rollout_that_fails_after_its_failover_fails_back_and_leaves_t
     launch(settings, "prod", tier="app", report=Reporter(quiet=True))
 
     def app() -> dict[str, dict]:
-        found = [i for r in c.describe_instances(Filters=[{"Name": "tag:bakery:tier", "Values": ["app"]}])["Reservations"]
-                 for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
-        return {{t["Key"]: t["Value"] for t in i["Tags"]}["bakery:slot"]: i for i in found}
+        return live(c, "app")
 
     before = app()
     old_image = before["0"]["ImageId"]
@@ -172,9 +175,7 @@ def test_a_new_active_instance_that_fails_its_check_after_the_failover_fails_the
     launch(settings, "prod", tier="app", report=Reporter(quiet=True))
 
     def app() -> dict[str, dict]:
-        found = [i for r in c.describe_instances(Filters=[{"Name": "tag:bakery:tier", "Values": ["app"]}])["Reservations"]
-                 for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")]
-        return {{t["Key"]: t["Value"] for t in i["Tags"]}["bakery:slot"]: i for i in found}
+        return live(c, "app")
 
     before = app()
     write_recipe(settings.recipes, "app", recipe_text(builder_host.port, "  - {name: hi, shell: echo app-2}\n"))
