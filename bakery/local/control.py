@@ -26,6 +26,10 @@ from bakery.local.reconcile import Reconciler
 
 log = logging.getLogger("bakery.local")
 
+# Auto Scaling requests after which moto may have started or ended the group's instances.
+_SCALING = ("CreateAutoScalingGroup", "UpdateAutoScalingGroup", "SetDesiredCapacity", "DeleteAutoScalingGroup",
+            "TerminateInstanceInAutoScalingGroup", "ExecutePolicy", "AttachInstances", "DetachInstances")
+
 # Requests that only read: everything else may change state and is saved before it is answered.
 _READS = re.compile(r"(Describe|Get|List|Search|Lookup|Check)[A-Z]")
 
@@ -41,7 +45,8 @@ class ControlPlane:
         self._after = {"RunInstances": self._ran, "StartInstances": self._started, "StopInstances": self._stopped,
                        "TerminateInstances": self._terminated, "RebootInstances": self._rebooted,
                        "CreateImage": self._image_created, "DeregisterImage": self._image_deregistered,
-                       "CreateTags": self._tags_changed, "DeleteTags": self._tags_changed}
+                       "CreateTags": self._tags_changed, "DeleteTags": self._tags_changed,
+                       **{action: self._scaled for action in _SCALING}}
 
     def instances(self) -> list[dict]:
         """Each instance: its EC2 state and addresses, and its machine (namespace, init's host PID)."""
@@ -122,6 +127,20 @@ class ControlPlane:
 
     def _terminated(self, params: dict, response: str) -> None:
         self._mark(_listed(params, "InstanceId"), "shutting-down", ("terminated",))
+
+    def _scaled(self, params: dict, response: str) -> None:
+        """Auto Scaling started or ended instances inside moto (no EC2 request of their own):
+        shown as EC2 shows them while the machines follow, `pending` until a new one has booted
+        and `shutting-down` until an ended one's machine is gone."""
+        for instance in M.instances():
+            if not M.scaled(instance):
+                continue
+            have, shown = self.machines.machine_state(instance.id), M.state(instance)
+            if shown == "running" and have == "none":
+                M.set_state(instance, "pending")
+            elif shown == "terminated" and have != "none":
+                M.set_state(instance, "shutting-down")
+        self.reconciler.nudge()
 
     def _rebooted(self, params: dict, response: str) -> None:
         self.reconciler.reboot(_listed(params, "InstanceId"))

@@ -53,6 +53,11 @@ def state(instance) -> str:
     return instance._state.name
 
 
+def scaled(instance) -> bool:
+    """Whether an Auto Scaling group launched (or took in) the instance: moto marks it so."""
+    return getattr(instance, "autoscaling_group", None) is not None
+
+
 def set_state(instance, name: str, reason: tuple[str, str] | None = None) -> None:
     """Move the instance to `name`; `reason` is EC2's (code, message) state reason."""
     from moto.ec2.models.instances import StateReason

@@ -1,6 +1,7 @@
 """The local cloud is an EC2 for any client: the AWS CLI alone (its own venv, no bakery code in the
 client) runs, stops, starts, reboots and terminates machines, images one, and deregisters the image
-for good. OpenSSH reaches the machine through its network namespace."""
+for good; an Auto Scaling group made with it runs real machines and scales them away. OpenSSH
+reaches the machine through its network namespace."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def aws(cloud):
            "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": cloud.endpoint.running_url()}
 
-    def run(*args: str, ok: bool = True):
-        out = subprocess.run([str(AWS), "ec2", *args, "--output", "json"], env=env, capture_output=True, text=True,
+    def run(*args: str, ok: bool = True, service: str = "ec2"):
+        out = subprocess.run([str(AWS), service, *args, "--output", "json"], env=env, capture_output=True, text=True,
                              timeout=300)
         if ok:
             assert out.returncode == 0, out.stderr
@@ -145,3 +146,35 @@ def test_the_aws_cli_alone_runs_stops_starts_reboots_images_and_terminates_a_mac
     assert (gone.returncode == 0 and json.loads(gone.stdout)["Images"] == []) or "InvalidAMIID.NotFound" in gone.stderr
     assert new not in [i["ImageId"] for i in aws("describe-images", "--owners", "self")["Images"]]
     assert not (cloud.layers.root / new).exists()
+
+
+def test_an_auto_scaling_group_made_with_the_aws_cli_runs_real_machines_and_scales_them_away(
+        cloud, aws, image, ssh_key):
+    import boto3
+
+    aws("import-key-pair", "--key-name", "asg", "--public-key-material", f"fileb://{ssh_key}.pub")
+    subnet = aws("describe-subnets", "--filters", "Name=default-for-az,Values=true",
+                 "Name=availability-zone,Values=us-east-1a")["Subnets"][0]["SubnetId"]
+    aws("create-launch-template", "--launch-template-name", "asg-cli", "--launch-template-data", json.dumps(
+        {"ImageId": image, "InstanceType": "t3.micro", "KeyName": "asg", "MetadataOptions": {"HttpTokens": "required"}}))
+    ec2 = boto3.client("ec2", endpoint_url=cloud.endpoint.running_url(), region_name="us-east-1",
+                       aws_access_key_id="local", aws_secret_access_key="local")
+    scaling = boto3.client("autoscaling", endpoint_url=cloud.endpoint.running_url(), region_name="us-east-1",
+                           aws_access_key_id="local", aws_secret_access_key="local")
+    scaling.create_auto_scaling_group(AutoScalingGroupName="cli-group", MinSize=1, MaxSize=2, DesiredCapacity=1,
+                                      LaunchTemplate={"LaunchTemplateName": "asg-cli", "Version": "$Latest"},
+                                      VPCZoneIdentifier=subnet)
+    [member] = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["cli-group"])["AutoScalingGroups"][0][
+        "Instances"]
+    iid = member["InstanceId"]
+    # as EC2 shows a new instance: pending until its machine has booted (the group launched it, no
+    # RunInstances request of anyone's), then running and reachable like any other
+    assert ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"] == "pending"
+    aws("wait", "instance-running", "--instance-ids", iid)
+    assert ssh(iid, ssh_key, "cat /etc/baked-marker") == "baked\n"
+    aws("update-auto-scaling-group", "--auto-scaling-group-name", "cli-group", "--min-size", "0",
+        "--desired-capacity", "0", service="autoscaling")
+    aws("wait", "instance-terminated", "--instance-ids", iid)
+    assert f"bakery-{iid}" not in netns_names() and not (cloud.instances_dir / iid).exists()
+    aws("delete-auto-scaling-group", "--auto-scaling-group-name", "cli-group", "--force-delete", service="autoscaling")
+
