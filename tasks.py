@@ -142,10 +142,11 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
     help={
         "env": "environment name: envs/NAME.yaml",
         "tier": "roll only this tier",
+        "dry-run": "say which instances would move, to which image and how; change nothing",
         "json": "print the rollout report as JSON on stdout",
     },
 )
-def rollout(c, env, tier=None, json=False):
+def rollout(c, env, tier=None, dry_run=False, json=False):
     """Move running tiers to their newest images, a slot at a time, each healthy first; roll back on failure."""
     with command():
         required(env=env)
@@ -153,7 +154,8 @@ def rollout(c, env, tier=None, json=False):
         from bakery.launch.rollout import rollout as run_rollout
         from bakery.progress import Reporter
 
-        show.rollout(run_rollout(settings_from(c), env, tier=tier, report=Reporter(prefix=f"[{env}] ")), json=json)
+        show.rollout(run_rollout(settings_from(c), env, tier=tier, dry_run=dry_run, report=Reporter(prefix=f"[{env}] ")),
+                     json=json)
 
 
 @task(positional=[], help={"env": "environment name", "tier": "tier name",

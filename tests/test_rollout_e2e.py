@@ -56,6 +56,13 @@ def test_a_surge_rollout_moves_each_slot_to_the_new_image_new_one_first(world, b
     assert {r["instance"] for r in fleet_status(cloud.ec2, env)["instances"] if r["outdated"]} == \
         {iid for iid, _ in before.values()}
 
+    dry = rollout(world["settings"], "prod", dry_run=True, report=Reporter(quiet=True))
+    assert [(t.tier, t.status, t.how) for t in dry.tiers] == [("web", "planned", "surge"), ("app", "current", "surge")]
+    assert dry.tiers[0].stale == [f"{s} {before[s][0]} ({before[s][1]})" for s in ("0", "1")]
+    assert slots(ec2, "prod", "web") == before  # nothing moved
+    from bakery.cli.launch import rollout_summary
+    assert f"web: would move to {new_image} (surge): 0 {before['0'][0]}" in rollout_summary(dry)
+
     out = io.StringIO()
     report = rollout(world["settings"], "prod", report=Reporter(stream=out))
     after = slots(ec2, "prod", "web")

@@ -37,9 +37,14 @@ def rollout_summary(report) -> str:
     """What `invoke rollout` prints for people (JSON is RolloutReport.to_json)."""
     moved = sum(len(t.moves) for t in report.tiers)
     lines = [f"{report.environment}: {moved} slot(s) moved in {report.seconds:.1f}s (rollout {report.rollout_id})"]
+    if any(t.status == "planned" for t in report.tiers):
+        lines = [f"rollout plan for {report.environment} (dry run: nothing changed)"]
     for t in report.tiers:
         if t.status == "current":
             lines.append(f"  {t.tier}: every instance runs {t.image_id} already")
+            continue
+        if t.status == "planned":
+            lines.append(f"  {t.tier}: would move to {t.image_id} ({t.how}): {', '.join(t.stale)}")
             continue
         lines.append(f"  {t.tier}: {t.status} to {t.image_id} ({t.how})")
         for m in t.moves:

@@ -66,7 +66,8 @@ class TierRollout:
     tier: str
     how: str
     image_id: str             # where the tier is going
-    status: str = "current"   # current (nothing to move) | rolled | rolled back
+    status: str = "current"   # current (nothing to move) | planned (a dry run) | rolled | rolled back
+    stale: list[str] = field(default_factory=list)  # "SLOT INSTANCE (IMAGE)" of each instance to move
     moves: list[Move] = field(default_factory=list)
     error: str | None = None
 
@@ -125,25 +126,31 @@ class Rollout:
 
     # ---- one tier -----------------------------------------------------------------------
 
-    def tier(self, stack: CleanupStack, tier: str) -> TierRollout:
-        spec = self.env.tiers[tier]
+    def plan(self, tier: str) -> tuple[TierRollout, dict[str, dict]]:
+        """What rolling the tier means now: where it goes, how, and the slots whose instance runs
+        another image (slot -> instance); a dry run stops here."""
         plan = self._plan(tier)
-        result = TierRollout(tier, how_to_roll(spec), plan.image_id)
+        result = TierRollout(tier, how_to_roll(self.env.tiers[tier]), plan.image_id)
         stale = {slot: i for slot, i in self.running(tier).items() if i["ImageId"] != plan.image_id
                  and (slot.isdigit() or slot.startswith("standby"))}
+        result.stale = [f"{slot} {i['InstanceId']} ({i['ImageId']})" for slot, i in sorted(stale.items())]
+        return result, stale
+
+    def tier(self, stack: CleanupStack, tier: str) -> TierRollout:
+        result, stale = self.plan(tier)
         if not stale:
-            self.report.info(f"{tier}: every instance runs {plan.image_id} already")
+            self.report.info(f"{tier}: every instance runs {result.image_id} already")
             return result
-        self.report.info(f"{tier}: {len(stale)} instance(s) to move to {plan.image_id} ({result.how})")
+        self.report.info(f"{tier}: {len(stale)} instance(s) to move to {result.image_id} ({result.how})")
         try:
             if result.how == STANDBY:
-                self._through_standby(stack, tier, plan.image_id, stale, result)
+                self._through_standby(stack, tier, result.image_id, stale, result)
             else:
                 for slot in sorted(stale, key=lambda s: (not s.isdigit(), s)):
-                    result.moves.append(self._replace(stack, tier, slot, stale[slot], plan.image_id, result.how))
+                    result.moves.append(self._replace(stack, tier, slot, stale[slot], result.image_id, result.how))
         except BakeryError as exc:
             result.error = exc.message
-            failed = f"rollout of {self.env.name} tier {tier} to {plan.image_id}: {exc.message}"
+            failed = f"rollout of {self.env.name} tier {tier} to {result.image_id}: {exc.message}"
             try:
                 self._roll_back(stack, tier, stale, result)
             except BakeryError as again:  # say both, and where the tier was left
@@ -254,10 +261,11 @@ class Rollout:
         return active[0]["InstanceId"] if active else None
 
 
-def rollout(settings: Settings, env_name: str, *, tier: str | None = None, report: Reporter,
-            cloud: Cloud | None = None) -> RolloutReport:
+def rollout(settings: Settings, env_name: str, *, tier: str | None = None, dry_run: bool = False,
+            report: Reporter, cloud: Cloud | None = None) -> RolloutReport:
     """Refuse what the files alone show wrong (as `launch` does), then roll each tier in the
-    environment's order under the environment's launch lock (a launch or rollout here waits)."""
+    environment's order under the environment's launch lock (a launch or rollout here waits).
+    `dry_run`: say what would move, and how, and change nothing."""
     from bakery.housekeeping.locks import exclusive
     from bakery.housekeeping.stack import tracked_run
     from bakery.launch.run import Launch, checked_environment
@@ -267,11 +275,18 @@ def rollout(settings: Settings, env_name: str, *, tier: str | None = None, repor
     result = RolloutReport(env.name, launcher.launch_id)
     started = time.monotonic()
     roller = Rollout(launcher, report)
+    if dry_run:
+        for name in tiers:
+            planned, stale = roller.plan(name)
+            planned.status = "planned" if stale else "current"
+            result.tiers.append(planned)
+        result.seconds = round(time.monotonic() - started, 3)
+        return result
     with exclusive(settings.state / "locks", f"launch-{launcher.ec2.region}-{env.name}",
                    lambda: report.info(f"a launch or rollout of {env.name} is running here; waiting")):
+        sweep = lambda: _sweep_unfinished(launcher.ec2, launcher.launch_id, roller.started)  # noqa: E731
         with tracked_run(settings.state, launcher.launch_id, f"rollout {env.name}", report, keep_on_error=False,
-                         on_keep=lambda: None, sweep=lambda: _sweep_unfinished(launcher.ec2, launcher.launch_id, roller.started)) \
-                as stack:
+                         on_keep=lambda: None, sweep=sweep) as stack:
             stack.undo("wait for the rollout's unfinished instances to terminate",
                        lambda: [launcher.ec2.wait_instance_state(i, "terminated", timeout=600)
                                 for i in roller.terminating], only_on_failure=True)
