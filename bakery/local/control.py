@@ -23,6 +23,8 @@ from bakery.local.endpoint import HEALTH_PATH, STATUS_PATH, health_answer
 from bakery.local.errors import LocalCloudError
 from bakery.local.persist import Snapshots
 from bakery.local.reconcile import Reconciler
+from bakery.local.refresh import ACTIONS as REFRESH_ACTIONS
+from bakery.local.refresh import Refreshes
 
 log = logging.getLogger("bakery.local")
 
@@ -42,6 +44,7 @@ class ControlPlane:
         self.snapshots = snapshots
         # one change at a time, each saved before its answer leaves (reads run alongside)
         self._changes = threading.Lock()
+        self.refreshes = Refreshes(self._changes, self.machines.machine_state, lambda: self._scaled({}, ""))
         self._after = {"RunInstances": self._ran, "StartInstances": self._started, "StopInstances": self._stopped,
                        "TerminateInstances": self._terminated, "RebootInstances": self._rebooted,
                        "CreateImage": self._image_created, "DeregisterImage": self._image_deregistered,
@@ -80,6 +83,10 @@ class ControlPlane:
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
         action, params = _ec2_request(environ, body)
+        if action in REFRESH_ACTIONS:  # what moto lacks: Auto Scaling's instance refresh (refresh.py)
+            status, answer = self.refreshes.answer(action, params)
+            start_response(f"{status} {'OK' if status == 200 else 'Bad Request'}", [("Content-Type", "text/xml")])
+            return [answer]
         if _reads_only(environ, action):
             return [self._serve(environ, start_response, action, params)]
         with self._changes:

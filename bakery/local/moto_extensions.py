@@ -120,6 +120,20 @@ def install(machines: LocalCloud) -> Callable[[], None]:
             eni.subnet.del_subnet_ip(ip)
         return eni
 
+    from moto.ec2.models.launch_templates import LaunchTemplate
+    from moto.ec2.utils import parse_user_data
+
+    moto_create_version = LaunchTemplate.create_version
+
+    def create_version(self, data: dict, description: str):
+        """CreateLaunchTemplateVersion keeps UserData as the string it was sent, where
+        CreateLaunchTemplate decodes it: an instance launched from such a version (by RunInstances
+        or an Auto Scaling group) then fails inside moto. Both take it the same way here."""
+        if isinstance(data.get("UserData"), str) and not isinstance(data["UserData"], Base64EncodedString):
+            data = {**data, "UserData": parse_user_data(data["UserData"])}
+        return moto_create_version(self, data, description)
+
+    _set(LaunchTemplate, "create_version", create_version)
     _set(elastic_network_interfaces, "random_private_ip", private_address)
     _set(ENI, "__init__", eni_init)
     _set(Backend, "assign_private_ip_addresses", assign)

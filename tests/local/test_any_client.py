@@ -178,3 +178,66 @@ def test_an_auto_scaling_group_made_with_the_aws_cli_runs_real_machines_and_scal
     assert f"bakery-{iid}" not in netns_names() and not (cloud.instances_dir / iid).exists()
     aws("delete-auto-scaling-group", "--auto-scaling-group-name", "cli-group", "--force-delete", service="autoscaling")
 
+
+def test_an_instance_refresh_replaces_a_groups_machines_in_batches_keeping_the_minimum_healthy(cloud, image):
+    """moto has no instance refresh: the local endpoint's (bakery/local/refresh.py), as AWS documents it."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    kw = dict(endpoint_url=cloud.endpoint.running_url(), region_name="us-east-1", aws_access_key_id="local",
+              aws_secret_access_key="local")
+    ec2, scaling = boto3.client("ec2", **kw), boto3.client("autoscaling", **kw)
+    subnet = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]},
+                                           {"Name": "availability-zone", "Values": ["us-east-1a"]}])["Subnets"][0]
+    ec2.create_launch_template(LaunchTemplateName="refresh", LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"})
+    scaling.create_auto_scaling_group(AutoScalingGroupName="refreshed", MinSize=1, MaxSize=3, DesiredCapacity=2,
+                                      LaunchTemplate={"LaunchTemplateName": "refresh", "Version": "1"},
+                                      VPCZoneIdentifier=subnet["SubnetId"], HealthCheckGracePeriod=0)
+
+    def members() -> list[str]:
+        group = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["refreshed"])["AutoScalingGroups"][0]
+        return [i["InstanceId"] for i in group["Instances"]]
+
+    def running(ids: list[str]) -> int:
+        found = [i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"] for i in r["Instances"]] if ids else []
+        return sum(i["State"]["Name"] == "running" for i in found)
+
+    old = members()
+    deadline = time.monotonic() + 120
+    while running(old) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    ec2.create_launch_template_version(LaunchTemplateName="refresh", LaunchTemplateData={
+        "ImageId": image, "InstanceType": "t3.micro", "UserData": "I2Nsb3VkLWNvbmZpZwo="})
+    refresh = scaling.start_instance_refresh(
+        AutoScalingGroupName="refreshed",
+        DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateName": "refresh", "Version": "2"}},
+        Preferences={"MinHealthyPercentage": 50, "InstanceWarmup": 1})["InstanceRefreshId"]
+    with pytest.raises(ClientError, match="InstanceRefreshInProgress"):
+        scaling.start_instance_refresh(AutoScalingGroupName="refreshed")
+    fewest, statuses = 2, []
+    while True:
+        [seen] = scaling.describe_instance_refreshes(AutoScalingGroupName="refreshed")["InstanceRefreshes"]
+        statuses.append(seen["Status"])
+        if seen["Status"] not in ("Pending", "InProgress"):
+            break
+        fewest = min(fewest, running(members()))
+        assert time.monotonic() < deadline + 240, seen
+        time.sleep(0.2)
+    assert (seen["InstanceRefreshId"], seen["Status"], seen["PercentageComplete"]) == (refresh, "Successful", 100)
+    assert "InProgress" in statuses and fewest >= 1  # half of the desired two in service throughout
+    now = members()
+    assert len(now) == 2 and not set(now) & set(old) and running(now) == 2
+    assert all(not (cloud.instances_dir / iid).exists() for iid in old)  # the old machines are gone
+    group = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["refreshed"])["AutoScalingGroups"][0]
+    assert group["LaunchTemplate"]["Version"] == "2"  # the desired configuration is the group's now
+    # instances already on the desired version are skipped when asked; nothing to cancel once it ended
+    again = scaling.start_instance_refresh(AutoScalingGroupName="refreshed", Preferences={"SkipMatching": True})
+    while (seen := scaling.describe_instance_refreshes(AutoScalingGroupName="refreshed", InstanceRefreshIds=[
+            again["InstanceRefreshId"]])["InstanceRefreshes"][0])["Status"] in ("Pending", "InProgress"):
+        time.sleep(0.2)
+    assert seen["Status"] == "Successful" and members() == now
+    with pytest.raises(ClientError, match="ActiveInstanceRefreshNotFound"):
+        scaling.cancel_instance_refresh(AutoScalingGroupName="refreshed")
+    scaling.delete_auto_scaling_group(AutoScalingGroupName="refreshed", ForceDelete=True)
+
