@@ -1,5 +1,5 @@
 """Auto Scaling instance refresh for the local cloud's endpoint, as AWS documents it (moto 5.2 has
-none): StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh.
+none): StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh, RollbackInstanceRefresh.
 
 A refresh replaces a group's instances with instances of its launch template (or of the
 `DesiredConfiguration` it names, which the group keeps once the refresh succeeds), in batches
@@ -8,8 +8,12 @@ instances are terminated and Auto Scaling launches their replacements; the next 
 those have booted and their `InstanceWarmup` has passed. With `SkipMatching`, instances already on
 the desired launch template version are left alone. A replacement that does not boot fails the
 refresh (`Failed`, with the reason), and the group keeps the launch template it had. Cancelling
-stops it after the batch in progress (`Cancelled`). One refresh per group at a time: another
-start is refused with `InstanceRefreshInProgress`.
+stops it after the batch in progress (`Cancelled`). Rolling back (asked for, or by itself on a
+failure with `AutoRollback`) stops it after that batch, puts back the launch template the group
+had and replaces every instance the refresh made from it, in the same batches
+(`RollbackInProgress`, then `RollbackSuccessful` or `RollbackFailed`); a refresh started without
+a DesiredConfiguration has nothing to return to and is refused (`IrreversibleInstanceRefresh`).
+One refresh per group at a time: another start is refused with `InstanceRefreshInProgress`.
 
 Healthy here means EC2's health: the instance's machine has booted (an ELB health check is not
 modelled). Refresh records live in the endpoint's memory: a restarted endpoint forgets them.
@@ -31,9 +35,9 @@ from bakery.local import moto_state as M
 
 log = logging.getLogger("bakery.local")
 
-ACTIONS = ("StartInstanceRefresh", "DescribeInstanceRefreshes", "CancelInstanceRefresh")
+ACTIONS = ("StartInstanceRefresh", "DescribeInstanceRefreshes", "CancelInstanceRefresh", "RollbackInstanceRefresh")
 NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
-ACTIVE = ("Pending", "InProgress", "Cancelling")
+ACTIVE = ("Pending", "InProgress", "Cancelling", "RollbackInProgress")
 BOOT_DEADLINE = 600.0  # a replacement that has not booted by then fails the refresh
 
 
@@ -57,9 +61,12 @@ class Refresh:
     reason: str = ""
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     ended: datetime | None = None
+    auto_rollback: bool = False    # Preferences.AutoRollback: a failed refresh rolls back by itself
     to_update: int = 0
     updated: int = 0
-    cancel: threading.Event = field(default_factory=threading.Event)
+    made: list[str] = field(default_factory=list)  # the instances it launched
+    cancel: threading.Event = field(default_factory=threading.Event)        # stop after the batch in progress
+    rolling_back: threading.Event = field(default_factory=threading.Event)  # ... and then roll back
 
     def percentage(self) -> int:
         return 100 if self.status == "Successful" else (100 * self.updated // self.to_update if self.to_update else 0)
@@ -111,7 +118,8 @@ class Refreshes:
                    f"{secrets.token_hex(6)}",
                 group=name, min_healthy=int(params.get("Preferences.MinHealthyPercentage", 90)),
                 warmup=float(warmup if warmup is not None else (group.health_check_grace_period or 0)),
-                skip_matching=params.get("Preferences.SkipMatching", "false").lower() == "true", template=template)
+                skip_matching=params.get("Preferences.SkipMatching", "false").lower() == "true", template=template,
+                auto_rollback=params.get("Preferences.AutoRollback", "false").lower() == "true")
             if not 0 <= refresh.min_healthy <= 100:
                 raise RefreshError("ValidationError", "MinHealthyPercentage must be between 0 and 100")
             self.refreshes.append(refresh)
@@ -138,43 +146,77 @@ class Refreshes:
         return f"<InstanceRefreshes>{''.join(members)}</InstanceRefreshes>"
 
     def _CancelInstanceRefresh(self, params: dict[str, str]) -> str:
-        name = params.get("AutoScalingGroupName", "")
-        _group(name)
         with self._lock:
-            active = [r for r in self.refreshes if r.group == name and r.status in ("Pending", "InProgress")]
-            if not active:
-                raise RefreshError("ActiveInstanceRefreshNotFound",
-                                   f"No in progress or pending Instance Refresh found for Auto Scaling group {name}")
-            active[0].status = "Cancelling"
-            active[0].cancel.set()
-        return f"<InstanceRefreshId>{active[0].id}</InstanceRefreshId>"
+            refresh = self._active(params.get("AutoScalingGroupName", ""))
+            refresh.status = "Cancelling"
+            refresh.cancel.set()
+        return f"<InstanceRefreshId>{refresh.id}</InstanceRefreshId>"
+
+    def _RollbackInstanceRefresh(self, params: dict[str, str]) -> str:
+        with self._lock:
+            refresh = self._active(params.get("AutoScalingGroupName", ""))
+            if not refresh.template:
+                raise RefreshError("IrreversibleInstanceRefresh",
+                                   "The instance refresh cannot be rolled back: it was started without a "
+                                   "DesiredConfiguration, so there is no previous configuration to return to.")
+            refresh.status = "RollbackInProgress"
+            refresh.rolling_back.set()
+            refresh.cancel.set()
+        return f"<InstanceRefreshId>{refresh.id}</InstanceRefreshId>"
+
+    def _active(self, name: str) -> Refresh:
+        """The group's refresh in progress (or pending), which Cancel and Rollback act on."""
+        _group(name)
+        active = [r for r in self.refreshes if r.group == name and r.status in ("Pending", "InProgress")]
+        if not active:
+            raise RefreshError("ActiveInstanceRefreshNotFound",
+                               f"No in progress or pending Instance Refresh found for Auto Scaling group {name}")
+        return active[0]
 
     # ---- the work -----------------------------------------------------------------------------
 
     def _run(self, refresh: Refresh) -> None:
         try:
-            self._replace(refresh)
+            self._refresh(refresh)
         except Exception as exc:  # noqa: BLE001 - a refresh that breaks says so in its status
             log.exception("instance refresh %s", refresh.id)
             self._end(refresh, "Failed", f"the refresh stopped: {type(exc).__name__}: {exc}")
 
-    def _replace(self, refresh: Refresh) -> None:
+    def _refresh(self, refresh: Refresh) -> None:
         with self.changes:
             group = _group(refresh.group)
             before = (group.ec2_launch_template, group.launch_template_version, group.provided_launch_template_version)
+            old_version = _version(group)
             if refresh.template:
                 _configure(group, refresh.template)
             target = _version(group)
             old = [s.instance.id for s in group.instance_states
                    if not (refresh.skip_matching and getattr(s.instance, "bakery_template_version", None) == target)]
-            refresh.to_update, refresh.status = len(old), "InProgress"
-            desired = group.desired_capacity or 0
-            # at least MinHealthyPercentage of the desired capacity in service throughout (at least one at a time)
-            batch = max(1, desired - math.ceil(desired * refresh.min_healthy / 100))
-        while old:
+            refresh.to_update = len(old)
+            if refresh.status == "Pending":
+                refresh.status = "InProgress"
+        problem = self._batches(refresh, old, target, counted=True)
+        if refresh.cancel.is_set() and not refresh.rolling_back.is_set():
+            return self._end(refresh, "Cancelled", "Cancelled by the user.")
+        if refresh.rolling_back.is_set() or (problem and refresh.auto_rollback):
+            return self._roll_back(refresh, before, old_version, problem)
+        if problem:
+            self._restore(refresh, before)  # the group keeps the configuration it had
+            return self._end(refresh, "Failed", problem)
+        self._end(refresh, "Successful", "")
+
+    def _batches(self, refresh: Refresh, ids: list[str], version: str, counted: bool) -> str | None:
+        """Replace `ids` in batches from the group's current configuration (`version`), each batch
+        booted and warmed up before the next; stop between batches when cancelled. What went
+        wrong, or None."""
+        with self.changes:
+            desired = _group(refresh.group).desired_capacity or 0
+        # at least MinHealthyPercentage of the desired capacity in service throughout (at least one at a time)
+        batch = max(1, desired - math.ceil(desired * refresh.min_healthy / 100))
+        while ids:
             if refresh.cancel.is_set():
-                return self._end(refresh, "Cancelled", "Cancelled by the user.")
-            now, old = old[:batch], old[batch:]
+                return None
+            now, ids = ids[:batch], ids[batch:]
             with self.changes:
                 group = _group(refresh.group)
                 known = {s.instance.id for s in group.instance_states}
@@ -184,19 +226,34 @@ class Refreshes:
                         group.autoscaling_backend.terminate_instance(iid, should_decrement=False)
                 fresh = [s.instance for s in group.instance_states if s.instance.id not in known]
                 for instance in fresh:
-                    instance.bakery_template_version = target
+                    instance.bakery_template_version = version
+                refresh.made.extend(i.id for i in fresh)
                 self.scaled()
             problem = self._boot(fresh, time.monotonic() + BOOT_DEADLINE)
             if problem:
-                with self.changes:
-                    if refresh.template:  # the group keeps the configuration it had
-                        group = _group(refresh.group)
-                        (group.ec2_launch_template, group.launch_template_version,
-                         group.provided_launch_template_version) = before
-                return self._end(refresh, "Failed", problem)
-            time.sleep(refresh.warmup)
-            refresh.updated += len(now)
-        self._end(refresh, "Successful", "")
+                return problem
+            refresh.cancel.wait(refresh.warmup)  # warming up; a cancel or roll-back need not wait for it
+            if counted:
+                refresh.updated += len(now)
+        return None
+
+    def _roll_back(self, refresh: Refresh, before: tuple, old_version: str, why: str | None) -> None:
+        """Back to the configuration the group had: its launch template again, and every instance
+        the refresh made replaced from it."""
+        refresh.status, refresh.reason = "RollbackInProgress", why or "Rollback requested by the user."
+        refresh.cancel.clear()
+        self._restore(refresh, before)
+        with self.changes:
+            made = [s.instance.id for s in _group(refresh.group).instance_states if s.instance.id in refresh.made]
+        problem = self._batches(refresh, made, old_version, counted=False)
+        if problem:
+            return self._end(refresh, "RollbackFailed", problem)
+        self._end(refresh, "RollbackSuccessful", refresh.reason)
+
+    def _restore(self, refresh: Refresh, before: tuple) -> None:
+        with self.changes:
+            group = _group(refresh.group)
+            group.ec2_launch_template, group.launch_template_version, group.provided_launch_template_version = before
 
     def _boot(self, instances: list, deadline: float) -> str | None:
         """None once every instance's machine has booted; else why not."""

@@ -179,16 +179,23 @@ def test_an_auto_scaling_group_made_with_the_aws_cli_runs_real_machines_and_scal
     aws("delete-auto-scaling-group", "--auto-scaling-group-name", "cli-group", "--force-delete", service="autoscaling")
 
 
-def test_an_instance_refresh_replaces_a_groups_machines_in_batches_keeping_the_minimum_healthy(cloud, image):
-    """moto has no instance refresh: the local endpoint's (bakery/local/refresh.py), as AWS documents it."""
+def clients_and_subnet(cloud):
+    """boto3's EC2 and Auto Scaling clients on the local endpoint, and us-east-1a's default subnet."""
     import boto3
-    from botocore.exceptions import ClientError
 
     kw = dict(endpoint_url=cloud.endpoint.running_url(), region_name="us-east-1", aws_access_key_id="local",
               aws_secret_access_key="local")
     ec2, scaling = boto3.client("ec2", **kw), boto3.client("autoscaling", **kw)
     subnet = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]},
                                            {"Name": "availability-zone", "Values": ["us-east-1a"]}])["Subnets"][0]
+    return ec2, scaling, subnet
+
+
+def test_an_instance_refresh_replaces_a_groups_machines_in_batches_keeping_the_minimum_healthy(cloud, image):
+    """moto has no instance refresh: the local endpoint's (bakery/local/refresh.py), as AWS documents it."""
+    from botocore.exceptions import ClientError
+
+    ec2, scaling, subnet = clients_and_subnet(cloud)
     ec2.create_launch_template(LaunchTemplateName="refresh", LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"})
     scaling.create_auto_scaling_group(AutoScalingGroupName="refreshed", MinSize=1, MaxSize=3, DesiredCapacity=2,
                                       LaunchTemplate={"LaunchTemplateName": "refresh", "Version": "1"},
@@ -240,4 +247,52 @@ def test_an_instance_refresh_replaces_a_groups_machines_in_batches_keeping_the_m
     with pytest.raises(ClientError, match="ActiveInstanceRefreshNotFound"):
         scaling.cancel_instance_refresh(AutoScalingGroupName="refreshed")
     scaling.delete_auto_scaling_group(AutoScalingGroupName="refreshed", ForceDelete=True)
+
+
+def test_a_rolled_back_instance_refresh_puts_back_the_groups_template_and_replaces_what_it_made(cloud, image):
+    from botocore.exceptions import ClientError
+
+    ec2, scaling, subnet = clients_and_subnet(cloud)
+    ec2.create_launch_template(LaunchTemplateName="backwards", LaunchTemplateData={"ImageId": image,
+                                                                                   "InstanceType": "t3.micro"})
+    ec2.create_launch_template_version(LaunchTemplateName="backwards", LaunchTemplateData={
+        "ImageId": image, "InstanceType": "t3.small"})
+    scaling.create_auto_scaling_group(AutoScalingGroupName="backwards", MinSize=1, MaxSize=3, DesiredCapacity=2,
+                                      LaunchTemplate={"LaunchTemplateName": "backwards", "Version": "1"},
+                                      VPCZoneIdentifier=subnet["SubnetId"], HealthCheckGracePeriod=0)
+
+    def members() -> set[str]:
+        group = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["backwards"])["AutoScalingGroups"][0]
+        return {i["InstanceId"] for i in group["Instances"]}
+
+    old = members()
+    with pytest.raises(ClientError, match="IrreversibleInstanceRefresh"):
+        scaling.start_instance_refresh(AutoScalingGroupName="backwards", Preferences={"InstanceWarmup": 30})
+        scaling.rollback_instance_refresh(AutoScalingGroupName="backwards")
+    scaling.cancel_instance_refresh(AutoScalingGroupName="backwards")
+    while scaling.describe_instance_refreshes(AutoScalingGroupName="backwards")["InstanceRefreshes"][0]["Status"] \
+            not in ("Cancelled", "Successful"):
+        time.sleep(0.2)
+    old = members()
+    scaling.start_instance_refresh(AutoScalingGroupName="backwards", Preferences={
+        "MinHealthyPercentage": 50, "InstanceWarmup": 8},
+        DesiredConfiguration={"LaunchTemplate": {"LaunchTemplateName": "backwards", "Version": "2"}})
+    deadline = time.monotonic() + 180
+    while not (made := members() - old):  # the first batch's replacement is up: roll back while it warms
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    scaling.rollback_instance_refresh(AutoScalingGroupName="backwards")
+    while (seen := scaling.describe_instance_refreshes(AutoScalingGroupName="backwards")["InstanceRefreshes"][0])[
+            "Status"] in ("InProgress", "RollbackInProgress"):
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
+    assert seen["Status"] == "RollbackSuccessful", seen
+    group = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["backwards"])["AutoScalingGroups"][0]
+    assert group["LaunchTemplate"]["Version"] == "1"
+    now = members()
+    assert len(now) == 2 and not now & made and len(now & old) == 1  # what it made is gone; the other never moved
+    types = {i["InstanceType"] for r in ec2.describe_instances(InstanceIds=list(now))["Reservations"]
+             for i in r["Instances"]}
+    assert types == {"t3.micro"}
+    scaling.delete_auto_scaling_group(AutoScalingGroupName="backwards", ForceDelete=True)
 
