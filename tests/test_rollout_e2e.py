@@ -220,3 +220,29 @@ def test_a_roll_back_to_an_image_that_is_gone_says_where_the_tier_was_left(world
     message = raised.value.message
     assert f"rolling back failed too: image {old_image} is gone (deregistered)" in message
     assert "the tier now runs: 0 i-" in message and "1 i-" in message
+
+
+def test_a_tier_behind_a_target_group_has_each_new_instance_in_service_before_its_old_one_leaves(
+        world, builder_host, moto):
+    elb = moto.client("elbv2")
+    ec2 = world["ec2"]
+    vpc = ec2.describe_subnets(SubnetIds=[world["subnets"]["app-a"]])["Subnets"][0]["VpcId"]
+    arn = elb.create_target_group(Name="web-tg", Protocol="HTTP", Port=80, VpcId=vpc,
+                                  TargetType="instance")["TargetGroups"][0]["TargetGroupArn"]
+    path = world["envs"] / "prod.yaml"
+    path.write_text(path.read_text().replace("    tags: {role: frontend}\n",
+                                             f"    tags: {{role: frontend}}\n    target_group_arn: {arn}\n"))
+    launch(world["settings"], "prod", report=Reporter(quiet=True))
+    before = slots(ec2, "prod", "web")
+    rebake_web(world, builder_host)
+    out = io.StringIO()
+    rollout(world["settings"], "prod", tier="web", report=Reporter(stream=out))
+    after = slots(ec2, "prod", "web")
+    targets = {h["Target"]["Id"] for h in elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]}
+    assert targets == {iid for iid, _ in after.values()}
+    log = out.getvalue().splitlines()
+    for slot in ("0", "1"):
+        joined = next(n for n, line in enumerate(log) if f"register {after[slot][0]} in web's target group" in line)
+        left = next(n for n, line in enumerate(log) if f"deregister {before[slot][0]} from web's target group" in line)
+        gone = next(n for n, line in enumerate(log) if f"terminate {before[slot][0]}" in line)
+        assert joined < left < gone

@@ -76,6 +76,15 @@ class TemplatesAPI:
                                      PaginationConfig={"PageSize": VERSIONS_PAGE})
         return out
 
+    def deregister_targets(self, target_group_arn: str, instance_ids: list[str]) -> None:
+        """Deregister the instances and wait until the target group has let them go (its
+        deregistration delay: the connections they hold are drained first)."""
+        targets = [{"Id": i} for i in instance_ids]
+        self.call("elbv2 deregister-targets", self.elbv2.deregister_targets, TargetGroupArn=target_group_arn,
+                  Targets=targets)
+        self.call("elbv2 wait target-deregistered", self.elbv2.get_waiter("target_deregistered").wait,
+                  TargetGroupArn=target_group_arn, Targets=targets, WaiterConfig={"Delay": 2, "MaxAttempts": 300})
+
     def register_targets(self, target_group_arn: str, instance_ids: list[str]) -> None:
         """Register the instances and wait until the target group reports them in service."""
         targets = [{"Id": i} for i in instance_ids]

@@ -19,7 +19,8 @@ How a tier is moved follows from how its instances are addressed (`how_to_roll`)
 A new instance that fails its check is terminated and the tier is rolled back: every slot this
 rollout already moved is moved again, the same way, to the image it ran before (for a standby
 tier, the interfaces fail back to the instance that held them). The rollout then fails, naming
-the instance and the check. Each instance a rollout starts is a product of its run (ledger,
+the instance and the check. A tier with a target group has each new instance registered (and in
+service) before the instance it replaces is deregistered (its connections drained) and goes. Each instance a rollout starts is a product of its run (ledger,
 clean-up stack: bakery/housekeeping/stack.py) until its slot's move is done; a signal in between
 takes back only the unfinished one (its slot still has its old instance, except in place).
 """
@@ -166,10 +167,10 @@ class Rollout:
         """One slot onto `image_id`: surge (new healthy, then old gone) or in place (old gone first)."""
         t0 = time.monotonic()
         if how == IN_PLACE:
-            self._terminate(old["InstanceId"], f"{tier} slot {slot}")
+            self._retire(tier, old["InstanceId"], f"{tier} slot {slot}")
         new = self._start(stack, tier, slot, image_id)
         if how == SURGE:
-            self._terminate(old["InstanceId"], f"{tier} slot {slot}")
+            self._retire(tier, old["InstanceId"], f"{tier} slot {slot}")
         return Move(slot, old["InstanceId"], new.instance_id, round(time.monotonic() - t0, 3))
 
     def _through_standby(self, stack: CleanupStack, tier: str, image_id: str, stale: dict[str, dict],
@@ -195,7 +196,7 @@ class Rollout:
             if slot_now.startswith("standby"):
                 result.moves.append(self._replace(stack, tier, slot_now, demoted, image_id, SURGE))
             else:
-                self._terminate(active["InstanceId"], f"{tier} ({slot_now})")
+                self._retire(tier, active["InstanceId"], f"{tier} ({slot_now})")
 
     # ---- back ---------------------------------------------------------------------------
 
@@ -234,6 +235,10 @@ class Rollout:
         except BakeryError:
             self._terminate(rep.instance_id, f"{tier} slot {slot} (failed its check)")
             raise
+        arn = self.env.tiers[tier].target_group_arn
+        if arn:  # serving before the instance it replaces stops serving
+            with self.report.stage(f"register {rep.instance_id} in {tier}'s target group"):
+                self.ec2.register_targets(arn, [rep.instance_id])
         stack.keep("instance", rep.instance_id, self.ec2.region)  # its slot's move is done from here
         return rep
 
@@ -243,6 +248,15 @@ class Rollout:
             return
         rep = InstanceReport(tier, slot, instance_id, None, None, "")
         self.launcher.check_health([(rep, time.monotonic())])
+
+    def _retire(self, tier: str, instance_id: str, what: str) -> None:
+        """An old instance out of service: out of the tier's target group (its connections drained
+        first), then terminated."""
+        arn = self.env.tiers[tier].target_group_arn
+        if arn:
+            with self.report.stage(f"deregister {instance_id} from {tier}'s target group"):
+                self.ec2.deregister_targets(arn, [instance_id])
+        self._terminate(instance_id, what)
 
     def _terminate(self, instance_id: str, what: str) -> None:
         with self.report.stage(f"terminate {instance_id} ({what})"):
