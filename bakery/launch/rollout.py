@@ -14,15 +14,16 @@ How a tier is moved follows from how its instances are addressed (`how_to_roll`)
   is replaced by another new standby. Clients see the failover's gap only.
 - **in place** (a fixed private address on a launch-time interface, or persistent interfaces and
   no standby: two instances cannot hold it at once): the old instance goes first, then the new
-  one is launched into its slot. The slot is down between the two; the plan says so.
+  one is launched into its slot. The slot is down between the two (`--dry-run` names the way).
 
 A new instance that fails its check is terminated and the tier is rolled back: every slot this
 rollout already moved is moved again, the same way, to the image it ran before (for a standby
 tier, the interfaces fail back to the instance that held them). The rollout then fails, naming
 the instance and the check. A tier with a target group has each new instance registered (and in
-service) before the instance it replaces is deregistered (its connections drained) and goes. Each instance a rollout starts is a product of its run (ledger,
-clean-up stack: bakery/housekeeping/stack.py) until its slot's move is done; a signal in between
-takes back only the unfinished one (its slot still has its old instance, except in place).
+service) before the instance it replaces is deregistered (its connections drained) and goes.
+Each instance a rollout starts is a product of its run (ledger, clean-up stack:
+bakery/housekeeping/stack.py) until its slot's move is done; a signal in between takes back only
+the unfinished one (its slot still has its old instance, except in place).
 """
 
 from __future__ import annotations
