@@ -20,6 +20,11 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # outside its clean-up, so every bake unwinds and undoes what it made.
 _cancelled = threading.Event()
 _cancel_reason = {"why": ""}
+# The signal the main thread's handler turned into Interrupted. Libraries catch `Exception` where
+# they mean their own errors (paramiko's Packetizer.write_all turns anything raised during a
+# socket send, the handler's Interrupted included, into EOFError), so the main thread raises it
+# again at its next check point (an API call, a wait's poll, a step's output loop).
+_received: dict[str, str | None] = {"name": None}
 
 
 def cancel_workers(why: str) -> None:
@@ -32,10 +37,20 @@ def clear_cancel() -> None:
 
 
 def check_cancelled() -> None:
-    """In a worker thread, outside clean-up: raise Interrupted once the main thread has cancelled."""
-    if _cancelled.is_set() and not getattr(_local, "shielded", False) \
-            and threading.current_thread() is not threading.main_thread():
+    """Outside clean-up: in a worker thread, raise Interrupted once the main thread has cancelled;
+    in the main thread, once a signal came (again, if a library swallowed the first raise)."""
+    if getattr(_local, "shielded", False):
+        return
+    if threading.current_thread() is threading.main_thread():
+        if _received["name"]:
+            raise Interrupted(_message(_received["name"]))
+        return
+    if _cancelled.is_set():
         raise Interrupted(_cancel_reason["why"] or "interrupted")
+
+
+def _message(name: str) -> str:
+    return f"interrupted by {name}; cleaned up what this run created"
 
 
 def block_in_this_thread() -> None:
@@ -52,7 +67,8 @@ def _handler(signum, frame):
     if getattr(_local, "shielded", False):
         print(f"bakery: {name} received; finishing clean-up first", file=sys.stderr, flush=True)
         return
-    raise Interrupted(f"interrupted by {name}; cleaned up what this run created")
+    _received["name"] = name
+    raise Interrupted(_message(name))
 
 
 @contextlib.contextmanager
@@ -74,6 +90,7 @@ def interruptible():
         yield
         return
     old = {s: signal.getsignal(s) for s in _SIGNALS}
+    _received["name"] = None
     for s in old:
         signal.signal(s, _handler)
     try:
@@ -81,6 +98,7 @@ def interruptible():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        _received["name"] = None
 
 
 @contextlib.contextmanager

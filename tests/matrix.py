@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
 from dataclasses import dataclass
 
 from bakery.errors import BakeryError, StepFailed
@@ -160,8 +161,12 @@ class CliRun:
                 and any(text in line for line in self.lines)
 
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
-        """(exit code, stdout, stderr) once the process has ended."""
-        self.proc.wait(timeout)  # stdout is one line at most: it fits in the pipe
+        """(exit code, stdout, stderr) once the process has ended; what it printed if it does not."""
+        try:
+            self.proc.wait(timeout)  # stdout is one line at most: it fits in the pipe
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{' '.join(self.proc.args[-3:])} did not end within {timeout:g} s; it printed:\n"
+                                 + "".join(self.lines)) from None
         out = self.proc.stdout.read()
         self._reader.join(timeout)
         self.proc.stdout.close()
