@@ -269,10 +269,16 @@ class FakeBuilderHost:
                                                        *mine])
                 found = [i for r in resp["Reservations"] for i in r["Instances"]]
             except Exception:  # noqa: BLE001 - the server may be resetting between tests
-                found = []
+                time.sleep(0.02)
+                continue
             fresh = [i for i in found if i["InstanceId"] not in self.served]
             if fresh:
                 self._become(ec2, fresh[0])
+            elif (self.instance_id not in {i["InstanceId"] for i in found} and self.proc is not None
+                  and self.proc.poll() is None):
+                # the builder it was is stopped or gone: so is its sshd, as on EC2 (a next bake's
+                # builder must not meet the last one's host key while this waits to become it)
+                self._stop_sshd()
             elif self._reboot_when_gone and self.proc is not None and self.proc.poll() is not None:
                 self._start_sshd()  # its sshd ended from inside: the builder "booted" again
             time.sleep(0.02)
