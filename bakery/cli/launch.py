@@ -13,8 +13,9 @@ def summary(report) -> str:
         for p in report.plans:
             ud = (f"{p.user_data_size} bytes{' gzip' if p.user_data_gzipped else ''} "
                   f"(raw {p.user_data_raw_size}), sha256 {p.user_data_sha256[:16]}" if p.user_data_size else "none")
+            fill = f"desired {p.count}" if p.group else f"launch {len(p.missing_slots)}"
             lines.append(f"  {p.tier}: {p.strategy}, {p.image_id} {p.image_name}, {p.count} x {p.instance_type} "
-                         f"({p.in_place()}, launch {len(p.missing_slots)}), subnets {', '.join(p.subnets)}, "
+                         f"({p.in_place()}, {fill}), subnets {', '.join(p.subnets)}, "
                          f"groups {', '.join(p.security_groups)}, user data {ud}")
         return "\n".join(lines)
     lines.append(f"{report.environment}: {len(report.instances)} instance(s) launched in {report.seconds:.1f}s "
@@ -23,7 +24,7 @@ def summary(report) -> str:
         ready = f", ready {r.ready_s:.2f}s after launch" if r.ready_s is not None else ""
         lines.append(f"  {r.tier}[{r.slot}] {r.instance_id} {r.private_ip or '-'} {r.health}{ready}")
     for p in report.plans:
-        if not p.missing_slots and p.existing:
+        if not p.missing_slots and p.existing and not p.group:
             lines.append(f"  {p.tier}: {p.in_place()}, nothing to launch")
     for tier, version in report.launch_templates.items():
         lines.append(f"  {tier}: launch template {version}")
@@ -49,7 +50,7 @@ def rollout_summary(report) -> str:
         lines.append(f"  {t.tier}: {t.status} to {t.image_id} ({t.how})")
         for m in t.moves:
             gap = f", interfaces moved in {m.failover_s:.2f}s" if m.failover_s is not None else ""
-            lines.append(f"    [{m.slot}] {m.old} -> {m.new} in {m.seconds:.1f}s{gap}")
+            lines.append(f"    [{m.slot}] {m.old + ' -> ' if m.old else ''}{m.new} in {m.seconds:.1f}s{gap}")
     for tier, version in report.launch_templates.items():
         lines.append(f"  {tier}: launch template {version}")
     return "\n".join(lines)

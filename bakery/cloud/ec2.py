@@ -1,10 +1,10 @@
-"""The EC2 facade: the one object through which bakery calls EC2, SSM, ELB, S3 and KMS.
+"""The EC2 facade: the one object through which bakery calls EC2, SSM, ELB, Auto Scaling, S3, KMS.
 
 `EC2` holds one region's clients and the two primitives everything else is built on: `call`
 (one API call, its failure mapped to a one-line CloudError) and `describe_all` (every page of a
 Describe*). The operations themselves are grouped by subject in mixins: images, instances,
 access (key pairs, builder security groups), vpc (networking), parameters (SSM), templates
-(launch templates, target groups), evidence (S3: an image's SBOM and provenance), kms (signing
+(launch templates, target groups), scaling (Auto Scaling groups, instance refresh), evidence (S3: an image's SBOM and provenance), kms (signing
 provenance with an asymmetric key). Nothing outside bakery/cloud touches a client.
 
 Constructing an EC2 starts nothing: which endpoint to talk to (AWS, a moto server, the local
@@ -22,6 +22,7 @@ from bakery.cloud.images import ImagesAPI
 from bakery.cloud.instances import InstancesAPI
 from bakery.cloud.kms import KmsAPI
 from bakery.cloud.parameters import ParametersAPI
+from bakery.cloud.scaling import ScalingAPI
 from bakery.cloud.session import API_ERRORS, CLIENT_CONFIG, Session, error_code, mapped, unsupported
 from bakery.cloud.templates import TemplatesAPI
 from bakery.cloud.throttle import GIVE_UP_AFTER, THROTTLE_CODES, for_region
@@ -31,8 +32,8 @@ from bakery.errors import CloudError
 from bakery.signals import check_cancelled
 
 
-class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAPI, EvidenceAPI, KmsAPI):
-    """One region's EC2, SSM, ELB, S3 and KMS clients behind typed methods."""
+class EC2(ImagesAPI, InstancesAPI, AccessAPI, VpcAPI, ParametersAPI, TemplatesAPI, ScalingAPI, EvidenceAPI, KmsAPI):
+    """One region's EC2, SSM, ELB, Auto Scaling, S3 and KMS clients behind typed methods."""
 
     def __init__(self, settings: Settings, session: Session | None = None):
         self.settings = settings

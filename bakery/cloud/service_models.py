@@ -3,7 +3,7 @@
 Each time a process creates an EC2 client, botocore parses the whole EC2 model (830 operations,
 4.4 MB of JSON) and builds a method per operation, although bakery calls 48 of them; it also
 lists and stats all 447 services' directories, twice, and parses every service's endpoints.
-Here, once per botocore version, the data bakery needs (the EC2, SSM and S3 models cut down to the
+Here, once per botocore version, the data bakery needs (the EC2, SSM, S3 and Auto Scaling models cut down to the
 operations bakery calls, with every shape they reach; elbv2 and kms whole; endpoints of these services
 only; paginators, waiters and endpoint rules as they are) is written to a cache directory that
 becomes the session's only data path: botocore's documented way to supply its models.
@@ -41,6 +41,10 @@ OPERATIONS = {
     ),
     "ssm": ("DeleteParameter", "DescribeParameters", "GetParameter", "GetParameterHistory", "PutParameter"),
     "s3": ("CreateBucket", "GetObject", "HeadBucket", "PutObject"),  # images' evidence (cloud/evidence.py)
+    "autoscaling": (  # tiers that are groups (cloud/scaling.py)
+        "CreateAutoScalingGroup", "DeleteAutoScalingGroup", "DescribeAutoScalingGroups",
+        "DescribeInstanceRefreshes", "RollbackInstanceRefresh", "StartInstanceRefresh", "UpdateAutoScalingGroup",
+    ),
 }
 # Kept as botocore ships them: rare and small. elbv2: target registration at launch; kms: signing
 # provenance with a KMS key (GetPublicKey, Sign), whose names (`sign`, `verify`) every key object

@@ -42,7 +42,8 @@ SBOM = "bakery:sbom"                # sha256:HEX of the image's CycloneDX SBOM (
 # ---- launches (environments)
 ENVIRONMENT = "bakery:environment"
 TIER = "bakery:tier"
-SLOT = "bakery:slot"                # 0..count-1, standby-N, or failed-EPOCH after a failover
+SLOT = "bakery:slot"                # 0..count-1, standby-N, failed-EPOCH after a failover, or group
+SLOT_GROUP = "group"                # every instance of a tier that is an Auto Scaling group
 LAUNCH_ID = "bakery:launch-id"      # one `invoke launch`: its roll-back and the janitor find its instances
 STRATEGY = "bakery:strategy"        # combined | baked | bootstrap
 NETWORK_NAME = "bakery:network-name"  # KIND/NAME of a declared network resource (vpc/vpc, subnet/web, eni/app/1)
@@ -132,6 +133,12 @@ def slot_tags(env: str, tier: str, slot: str) -> dict[str, str]:
 def instance_tags(env: str, tier: str, slot: str, launch_id: str, strategy: str) -> dict[str, str]:
     """bakery's own tags on a launched instance (and its volume and ENIs)."""
     return {**slot_tags(env, tier, slot), ENVIRONMENT: env, TIER: tier, LAUNCH_ID: launch_id, STRATEGY: strategy}
+
+
+def group_tags(env: str, tier: str, launch_id: str, strategy: str) -> dict[str, str]:
+    """bakery's own tags on an Auto Scaling group, propagated to every instance it launches: all
+    of them fill the one slot `group`."""
+    return {**instance_tags(env, tier, SLOT_GROUP, launch_id, strategy), "Name": f"{env}-{tier}"}
 
 
 def network_tags(env: str, kind: str, name: str, **extra: str) -> dict[str, str]:

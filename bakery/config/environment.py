@@ -354,6 +354,19 @@ class LaunchTemplateSpec(Strict):
     set_default: bool = True
 
 
+class AutoScalingSpec(Strict):
+    """The tier as an Auto Scaling group on its launch template: `count` is its desired capacity."""
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.()/ -]{1,255}$", description="default: bakery-ENV-TIER")
+    min: int = Field(ge=0, le=100)
+    max: int = Field(ge=1, le=100)
+    health_check_grace: int = Field(60, ge=0, le=7200, description="seconds before EC2 health counts")
+    # an instance refresh (invoke rollout) keeps this share of the desired capacity in service
+    min_healthy_percentage: int = Field(90, ge=0, le=100)
+    # seconds a new instance is given before the refresh's next batch: long enough for the tier's
+    # health check to pass, or the next batch goes before bakery has seen the last one healthy
+    instance_warmup: int = Field(60, ge=0, le=3600)
+
+
 class Tier(Strict):
     image: ImageRef
     strategy: Literal["combined", "baked", "bootstrap"] = "combined"
@@ -374,6 +387,29 @@ class Tier(Strict):
     standby: int = Field(0, ge=0, le=10, description="hot standby instances for ENI failover")
     target_group_arn: Annotated[str, Field(pattern=r"^arn:aws[\w-]*:elasticloadbalancing:")] | None = None
     launch_template: LaunchTemplateSpec | None = None
+    auto_scaling: AutoScalingSpec | None = None
+
+    @model_validator(mode="after")
+    def _auto_scaling(self) -> "Tier":
+        """What a group cannot do: it launches every instance alike, from its launch template, and
+        replaces any of them at will."""
+        group = self.auto_scaling
+        if group is None:
+            return self
+        if group.min > group.max:
+            raise FieldError(("auto_scaling", "min"), f"{group.min} is more than max ({group.max})")
+        if not group.min <= self.count <= group.max:
+            raise FieldError(("count",), f"{self.count}: an Auto Scaling tier's count is its desired capacity, "
+                             f"between auto_scaling.min ({group.min}) and max ({group.max})")
+        for name, why in (("interfaces", "every instance of a group is alike: give subnets and security_groups"),
+                          ("standby", "a group replaces its instances itself: no hot standby"),
+                          ("public_ip", "a group's instances follow their subnet's MapPublicIpOnLaunch")):
+            if getattr(self, name):
+                raise FieldError((name,), f"not with auto_scaling: {why}")
+        if self.strategy == "bootstrap":
+            raise FieldError(("strategy",), "not with auto_scaling: a group launches baked images "
+                             "(combined or baked), which invoke rollout moves by instance refresh")
+        return self
 
     @model_validator(mode="after")
     def _interfaces(self) -> "Tier":

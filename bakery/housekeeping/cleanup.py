@@ -48,7 +48,14 @@ def clean_build(ec2, build_id: str, *, dry_run: bool = False, keys_dir: Path | N
 
 
 def clean_launch(ec2, launch_id: str) -> CleanReport:
-    return clean_tagged(ec2, T.LAUNCH_ID, launch_id)
+    """A launch's leftovers: its Auto Scaling groups first (each would replace the instances taken
+    from it), then its instances."""
+    groups = [g["AutoScalingGroupName"] for g in ec2.auto_scaling_groups_tagged(T.LAUNCH_ID, launch_id)]
+    for name in groups:
+        ec2.delete_auto_scaling_group(name)
+    report = clean_tagged(ec2, T.LAUNCH_ID, launch_id)
+    report.removed[:0] = [f"Auto Scaling group {name}" for name in groups]
+    return report
 
 
 def clean_tagged(ec2, key: str, run_id: str, *, dry_run: bool = False) -> CleanReport:

@@ -176,6 +176,8 @@ def _inspect(ec2, run: str, entry: ledger.Entry):
         # gone: never published, already restored, or published over since
         state = "ours" if ec2.parameter_value(rid) == value else "gone"
         return state, lambda: ec2.restore_parameter(rid, entry.extra.get("previous"), value)
+    if kind == "auto-scaling-group":  # first: a group left alone replaces the instances taken from it
+        return _claim(ec2.auto_scaling_group(rid), run), lambda: ec2.delete_auto_scaling_group(rid)
     if kind == "launch-template-version":
         return "ours", lambda: ec2.delete_launch_template_version(entry.extra["name"], int(entry.extra["version"]))
     raise ConfigError(f"ledger {run}: unknown resource kind {kind!r}")

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-# The janitor removes what is outstanding in this order: instances hold groups, key pairs and
-# ENIs; published pointers (SSM values, template versions) go before the images they name.
-REMOVAL_ORDER = ("instance", "ssm-parameter", "launch-template-version", "security-group", "key-pair",
-                 "image", "key-file")
+# The janitor removes what is outstanding in this order: an Auto Scaling group would replace the
+# instances taken from it; instances hold groups, key pairs and ENIs; published pointers (SSM
+# values, template versions) go before the images they name.
+REMOVAL_ORDER = ("auto-scaling-group", "instance", "ssm-parameter", "launch-template-version", "security-group",
+                 "key-pair", "image", "key-file")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from bakery.cloud import tags as T
 from bakery.config.environment import Environment, Tier
 from bakery.config.settings import Settings
 from bakery.errors import ConfigError
+from bakery.launch.group import group_name
 from bakery.launch.report import TierPlan
 from bakery.progress import Reporter
 from bakery.render.tier import render_tier
@@ -34,7 +35,7 @@ class Planner:
                 plans.append(self._plan_tier(name, spec))
                 p = plans[-1]
                 s.detail = (f"{p.strategy}, {p.image_id}, {p.count} x {p.instance_type} "
-                            f"({p.in_place()}, {len(p.missing_slots)} to launch), "
+                            f"({p.in_place()}, {f'desired {p.count}' if p.group else f'{len(p.missing_slots)} to launch'}), "
                             f"user data {p.user_data_size} bytes")
         return plans
 
@@ -48,7 +49,7 @@ class Planner:
         existing = self.ec2.instances(T.tag_filter(T.ENVIRONMENT, self.env.name), T.tag_filter(T.TIER, name))
         taken = {T.tags_of(i).get(T.SLOT) for i in existing}
         slots = [str(i) for i in range(spec.count)] + [f"standby-{i}" for i in range(spec.standby)]
-        missing = [s for s in slots if s not in taken]
+        missing = [s for s in slots if s not in taken] if spec.auto_scaling is None else []
         # each instance's own rendering (templates see its instance_index); the plan, and a launch
         # template version, show slot 0's (rendered even for a tier of none, which validates it)
         per_slot = {slot: render_tier(self.settings, self.env, name, image["ImageId"], self.ec2.region,
@@ -84,7 +85,8 @@ class Planner:
             root_device_name=image.get("RootDeviceName") or "/dev/xvda",
             user_data=user_data.payload if user_data else b"", interfaces=resolved,
             health_check=spec.health_check.model_dump() if spec.health_check else None,
-            slot_user_data={slot: (ud.payload, ud.sha256) for slot, ud in per_slot.items() if ud is not None})
+            slot_user_data={slot: (ud.payload, ud.sha256) for slot, ud in per_slot.items() if ud is not None},
+            group=group_name(self.env, name) if spec.auto_scaling else None)
 
     def plan_tier(self, name: str, image: dict | None = None) -> TierPlan:
         """One tier's plan as it stands now (on `image`, if given), without a stage line."""

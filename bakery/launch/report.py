@@ -29,9 +29,12 @@ class TierPlan:
     interfaces: list = field(default_factory=list, repr=False)  # network.ResolvedInterface, when declared
     health_check: dict | None = None
     stopped: list[str] = field(default_factory=list)  # of `existing`: those not running (they keep their slot)
+    group: str | None = None  # the tier's Auto Scaling group (launch/group.py), which fills no slots itself
 
     def in_place(self) -> str:
         """Like "2 in place" or "2 in place, 2 stopped": a stopped instance fills its slot, as on EC2."""
+        if self.group:
+            return f"group {self.group}, {len(self.existing)} in place"
         return f"{len(self.existing)} in place" + (f", {len(self.stopped)} stopped" if self.stopped else "")
     # per slot (each instance's own instance_index): (user data payload, its sha256)
     slot_user_data: dict[str, tuple[bytes, str]] = field(default_factory=dict, repr=False)

@@ -12,6 +12,8 @@ How a tier is moved follows from how its instances are addressed (`how_to_roll`)
   MACs and Elastic IPs move: clients keep talking to the same address; `invoke failover`'s move),
   and the new active instance must pass the tier's check there; the old active, now a standby,
   is replaced by another new standby. Clients see the failover's gap only.
+- **instance refresh** (an Auto Scaling group, `auto_scaling:`): the group's own instance refresh
+  on a new launch template version, each new instance checked as it comes (bakery/launch/group.py).
 - **in place** (a fixed private address on a launch-time interface, or persistent interfaces and
   no standby: two instances cannot hold it at once): the old instance goes first, then the new
   one is launched into its slot. The slot is down between the two (`--dry-run` names the way).
@@ -37,16 +39,19 @@ from bakery.config.environment import Environment, Tier
 from bakery.config.settings import Settings
 from bakery.errors import BakeryError, CloudError
 from bakery.housekeeping.stack import CleanupStack
+from bakery.launch.group import Group, RefreshFailed, RollbackFailed
 from bakery.launch.health import failover_probe
 from bakery.launch.report import InstanceReport, TierPlan
 from bakery.network.eni import failover as move_interfaces
 from bakery.progress import Reporter
 
-SURGE, STANDBY, IN_PLACE = "surge", "standby", "in place"
+SURGE, STANDBY, IN_PLACE, REFRESH = "surge", "standby", "in place", "instance refresh"
 
 
 def how_to_roll(spec: Tier) -> str:
-    """surge, standby or in place: see the module docstring."""
+    """surge, standby, in place or instance refresh: see the module docstring."""
+    if spec.auto_scaling:
+        return REFRESH
     if any(i.persistent for i in spec.interfaces):
         return STANDBY if spec.standby else IN_PLACE
     if any(i.private_ip or i.secondary_ips for i in spec.interfaces):
@@ -57,7 +62,7 @@ def how_to_roll(spec: Tier) -> str:
 @dataclass
 class Move:
     slot: str
-    old: str                  # the instance it replaced
+    old: str                  # the instance it replaced ("" in a group: its refresh picks the order)
     new: str                  # the instance now in the slot
     seconds: float            # from the new one's launch to the old one gone (or the failover done)
     failover_s: float | None = None  # standby: the interfaces' move, the gap clients see
@@ -133,6 +138,11 @@ class Rollout:
         another image (slot -> instance); a dry run stops here."""
         plan = self._plan(tier)
         result = TierRollout(tier, how_to_roll(self.env.tiers[tier]), plan.image_id)
+        if result.how == REFRESH:  # one slot, many instances: keyed by instance
+            stale = {f"{T.SLOT_GROUP} {i['InstanceId']}": i for i in Group(self.launcher, tier).members()
+                     if i["ImageId"] != plan.image_id}
+            result.stale = [f"{key} ({i['ImageId']})" for key, i in sorted(stale.items())]
+            return result, stale
         stale = {slot: i for slot, i in self.running(tier).items() if i["ImageId"] != plan.image_id
                  and (slot.isdigit() or slot.startswith("standby"))}
         result.stale = [f"{slot} {i['InstanceId']} ({i['ImageId']})" for slot, i in sorted(stale.items())]
@@ -144,6 +154,8 @@ class Rollout:
             self.report.info(f"{tier}: every instance runs {result.image_id} already")
             return result
         self.report.info(f"{tier}: {len(stale)} instance(s) to move to {result.image_id} ({result.how})")
+        if result.how == REFRESH:
+            return self._refresh(stack, tier, result)
         try:
             if result.how == STANDBY:
                 self._through_standby(stack, tier, result.image_id, stale, result)
@@ -156,11 +168,27 @@ class Rollout:
             try:
                 self._roll_back(stack, tier, stale, result)
             except BakeryError as again:  # say both, and where the tier was left
-                left = ", ".join(f"{s} {i['InstanceId']} ({i['ImageId']})" for s, i in sorted(self.running(tier).items()))
+                left = ", ".join(f"{s} {i['InstanceId']} ({i['ImageId']})"
+                                 for s, i in sorted(self.running(tier).items()))
                 raise RolloutFailed(f"{failed}; rolling back failed too: {again.message}; the tier now runs: "
                                     f"{left or 'nothing'}") from None
             result.status = "rolled back"
             raise RolledBack(f"{failed}; rolled back ({len(result.moves)} slot(s) moved back)") from None
+        result.status = "rolled"
+        return result
+
+    def _refresh(self, stack: CleanupStack, tier: str, result: TierRollout) -> TierRollout:
+        """An Auto Scaling tier: its group's instance refresh, which rolls itself back on failure."""
+        try:
+            checked = Group(self.launcher, tier).refresh(stack, self._plan(tier))
+        except RollbackFailed as exc:
+            result.error = exc.message
+            raise RolloutFailed(f"rollout of {self.env.name} tier {tier} to {result.image_id}: {exc.message}") from None
+        except RefreshFailed as exc:
+            result.error, result.status = exc.message, "rolled back"
+            raise RolledBack(f"rollout of {self.env.name} tier {tier} to {result.image_id}: {exc.message}; "
+                             "the instance refresh rolled the group back") from None
+        result.moves = [Move(T.SLOT_GROUP, "", r.instance_id, r.ready_s or 0.0) for r in checked]
         result.status = "rolled"
         return result
 

@@ -24,6 +24,7 @@ from bakery.cloud.instances import INSTANCE_TIMEOUT, InstanceSpec, Nic, Volume
 from bakery.config.environment import Environment, HealthCheck, Tier, load_environment
 from bakery.config.settings import Settings
 from bakery.housekeeping.stack import CleanupStack
+from bakery.launch.group import Group
 from bakery.launch.health import TierCheck, require_logins
 from bakery.launch.plan import Planner, slot_index
 from bakery.launch.report import InstanceReport, LaunchReport, TierPlan
@@ -128,11 +129,17 @@ class Launch:
             stack.undo("wait for the launch's instances to terminate", lambda: self._wait_terminated(terminating),
                        only_on_failure=True)
             # Tiers that ask for fixed addresses go first, before automatic ones can take them.
+            groups = []
             for plan in sorted(plans, key=lambda p: not any(r.spec.private_ip for r in p.interfaces)):
+                if plan.group:
+                    group = Group(self, plan.tier)
+                    groups.append((group, group.start(stack, plan)))
                 for slot in plan.missing_slots:
                     launched.append(self.start_slot(stack, plan, slot, terminating))
             for rep, t0 in launched:
                 self.wait_running(stack, rep, t0, next(p for p in plans if p.tier == rep.tier))
+            for group, under_way in groups:
+                launched += group.wait(under_way)
             self.check_health(launched)
         self.report.info(f"launched {len(launched)} instance(s) in {time.monotonic() - started:.1f}s")
         return [r for r, _ in launched]
@@ -248,6 +255,8 @@ class Launch:
     def register_targets(self, instances: list[InstanceReport]) -> None:
         by_tier: dict[str, list[str]] = {}
         for rep in instances:
+            if self.env.tiers[rep.tier].auto_scaling:  # the group registers its instances itself
+                continue
             by_tier.setdefault(rep.tier, []).append(rep.instance_id)
         for tier, ids in by_tier.items():
             arn = self.env.tiers[tier].target_group_arn
@@ -255,15 +264,19 @@ class Launch:
                 with self.report.stage(f"register {tier} in target group"):
                     self.ec2.register_targets(arn, ids)
 
+    def template_data(self, plan: TierPlan) -> dict:
+        """The tier's instance as LaunchTemplateData: its first slot's, without per-launch tags."""
+        return tier_spec(self.env, plan, "0", self.launch_id).template_data()
+
     def write_launch_templates(self, plans: list[TierPlan]) -> dict[str, str]:
         """A new launch template version per tier that asks for one: the tier's instance, pinned to
         this image and user data."""
         out = {}
         for plan in plans:
             spec = self.env.tiers[plan.tier].launch_template
-            if spec is None:
+            if spec is None or plan.group:  # a group's versions are written before it moves (group.py)
                 continue
-            data = tier_spec(self.env, plan, "0", self.launch_id).template_data()
+            data = self.template_data(plan)
             with self.report.stage(f"launch template {spec.name}") as s:
                 version = self.ec2.new_launch_template_version(spec.name, data, f"bakery {self.launch_id}")
                 if spec.set_default:

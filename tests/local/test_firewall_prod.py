@@ -379,30 +379,138 @@ def test_a_rollout_moves_the_app_through_its_standby_while_its_front_eni_keeps_a
     assert not any(r["outdated"] for r in status["instances"])  # no longer marked: every tier on its newest
 
 
-def test_a_rollout_moves_web_a_slot_at_a_time_each_new_instance_healthy_before_the_old_one_goes(prod):
+SHOP = """
+  shop:                                    # web's image as an Auto Scaling group (issue 17 item 7)
+    image: {recipe: web}
+    instance_type: t3.small
+    count: 2
+    subnets: [web]
+    security_groups: [web]
+    auto_scaling: {min: 1, max: 3, health_check_grace: 30, min_healthy_percentage: 50, instance_warmup: WARMUP}
+    user_data:
+      parts: [web.yaml.j2, scripts/motd.sh.j2]
+      variables: {server_name: shop.example.com, app_upstream: 10.20.1.20:8080}
+    health_check: {type: http, port: 80, path: /health, address: public_ip, timeout: 120}
+"""
+FLEET_PROBE = ("import socket, sys, threading\n"
+               "def ok(ip, out, n):\n"
+               "    try:\n"
+               "        s = socket.create_connection((ip, 80), timeout=0.5); s.settimeout(0.5)\n"
+               "        s.sendall(b'GET /health HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n'); out[n] = int(b' 200 ' in s.recv(64))\n"
+               "        s.close()\n"
+               "    except OSError:\n"
+               "        out[n] = 0\n"
+               "for line in sys.stdin:\n"
+               "    ips = line.split(); out = [0] * len(ips)\n"
+               "    ts = [threading.Thread(target=ok, args=(ip, out, n)) for n, ip in enumerate(ips)]\n"
+               "    [t.start() for t in ts]; [t.join() for t in ts]\n"
+               "    print(' '.join(map(str, out)), flush=True)\n")
+
+
+def prod_with_shop(tmp_path: Path, warmup: int, web_check_timeout: int = 120) -> Path:
+    """A copy of envs/prod.yaml with the group tier `shop` added (and web's and shop's checks shortened)."""
+    envs = tmp_path / "envs"
+    envs.mkdir(exist_ok=True)
+    text = (ROOT / "envs/prod.yaml").read_text().replace("\ntiers:\n", "\ntiers:" + SHOP.replace("WARMUP", str(warmup)), 1)
+    (envs / "prod.yaml").write_text(text.replace("address: public_ip, timeout: 120",
+                                                 f"address: public_ip, timeout: {web_check_timeout}"))
+    return envs
+
+
+class FleetProbe:
+    """Rounds of health probes of every running instance of some tiers, from the internet at their
+    public addresses: each round lists the tiers' instances anew (any client's DescribeInstances)
+    and probes them all at once; `floor()` is the fewest of a tier that answered in any round."""
+
+    def __init__(self, prod: Prod, tiers: tuple[str, ...]):
+        import threading
+
+        self.prod, self.tiers = prod, tiers
+        self.rounds: list[dict[str, int]] = []
+        self.proc = subprocess.Popen(["ip", "netns", "exec", prod.cloud.internet.netns, sys.executable, "-c",
+                                      FLEET_PROBE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        while not self.stop.is_set():
+            found = [(tags_of(i)[TIER], i["PublicIpAddress"]) for r in self.prod.ec2.describe_instances(
+                Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, *self.tiers),
+                         {"Name": "instance-state-name", "Values": ["running"]}])["Reservations"]
+                for i in r["Instances"] if i.get("PublicIpAddress")]
+            self.proc.stdin.write(" ".join(ip for _, ip in found) + "\n")
+            self.proc.stdin.flush()
+            answers = self.proc.stdout.readline().split()
+            seen = {tier: 0 for tier in self.tiers}
+            for (tier, _), ok in zip(found, answers):
+                seen[tier] += int(ok)
+            self.rounds.append(seen)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        self.proc.kill()
+        self.proc.wait()
+
+    def floor(self, tier: str) -> int:
+        return min(r[tier] for r in self.rounds)
+
+
+def test_a_rollout_moves_a_plain_tier_and_an_auto_scaling_tier_their_checks_passing_throughout(prod, tmp_path):
+    """web (two slots, surge) and `shop`, web's image as an Auto Scaling group of two rolled by an
+    instance refresh keeping 50 % in service: probed from the internet all along, web never has
+    fewer than its two instances answering, the group never fewer than one."""
+    extra = {"INVOKE_BAKERY_ENVS_DIR": str(prod_with_shop(tmp_path, warmup=10))}
+    out = cli(["launch", "--env", "prod", "--tier", "shop", "--json"], prod.cloud, prod.settings, extra_env=extra)
+    assert out.returncode == 0, out.stderr[-3000:]
+    launched = json.loads(out.stdout)["instances"]
+    assert [(i["tier"], i["slot"], i["health"]) for i in launched] == [("shop", "group", "healthy")] * 2
     baked = cli(["bake", "--recipe", "web", "--force", "--json"], prod.cloud, prod.settings)
     assert baked.returncode == 0, baked.stderr[-3000:]
     new_image = json.loads(baked.stdout)["ami_id"]
-    out = cli(["rollout", "--env", "prod", "--tier", "web", "--json"], prod.cloud, prod.settings)
-    assert out.returncode == 0, out.stderr[-3000:]
-    [web] = json.loads(out.stdout)["tiers"]
+    probe = FleetProbe(prod, ("web", "shop"))
+    try:
+        time.sleep(1.0)
+        web_out = cli(["rollout", "--env", "prod", "--tier", "web", "--json"], prod.cloud, prod.settings,
+                      extra_env=extra)
+        shop_out = cli(["rollout", "--env", "prod", "--tier", "shop", "--json"], prod.cloud, prod.settings,
+                       extra_env=extra)
+        time.sleep(1.0)
+    finally:
+        probe.close()
+    assert web_out.returncode == 0, web_out.stderr[-3000:]
+    assert shop_out.returncode == 0, shop_out.stderr[-3000:]
+    print(f"rollout of web and shop: {len(probe.rounds)} rounds of probes; fewest answering: "
+          f"web {probe.floor('web')}, shop {probe.floor('shop')}")
+    assert len(probe.rounds) > 50 and probe.floor("web") >= 2 and probe.floor("shop") >= 1
+
+    [web] = json.loads(web_out.stdout)["tiers"]
     assert (web["how"], web["status"], [m["slot"] for m in web["moves"]]) == ("surge", "rolled", ["0", "1"])
-    log = out.stderr.splitlines()
+    log = web_out.stderr.splitlines()
     for move in web["moves"]:  # its check (from the internet, at its public address) passed, then the old went
         healthy = next(n for n, line in enumerate(log) if "health checks" in line and f"web[{move['slot']}]" in line
                        and n > next(k for k, x in enumerate(log) if f"launch web slot {move['slot']}" in x))
         gone = next(n for n, line in enumerate(log) if f"terminate {move['old']}" in line)
         assert healthy < gone
-    running = {tags_of(i)[SLOT]: i["ImageId"] for r in prod.ec2.describe_instances(
-        Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, "web")])["Reservations"]
+    [shop] = json.loads(shop_out.stdout)["tiers"]
+    assert (shop["how"], shop["status"], shop["image_id"]) == ("instance refresh", "rolled", new_image)
+    assert [m["slot"] for m in shop["moves"]] == ["group", "group"], shop["moves"]
+    assert "start instance refresh of bakery-prod-shop" in shop_out.stderr
+    running = {(tags_of(i)[TIER], i["InstanceId"]): i["ImageId"] for r in prod.ec2.describe_instances(
+        Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, "web", "shop")])["Reservations"]
         for i in r["Instances"] if i["State"]["Name"] == "running"}
-    assert running == {"0": new_image, "1": new_image}
+    assert sorted(t for t, _ in running) == ["shop", "shop", "web", "web"] and set(running.values()) == {new_image}
+    assert {m["new"] for m in shop["moves"]} == {iid for t, iid in running if t == "shop"}
 
 
 def test_a_rollout_whose_new_instance_fails_its_check_leaves_the_tier_as_it_was(prod, tmp_path):
     """A web image whose nginx never starts: the new instance fails web's check (made from the
-    internet) and goes; both web slots keep their instances. (The check's timeout is shortened in
-    a copy of envs/prod.yaml: the same environment, a quicker verdict.)"""
+    internet) and goes; both web slots keep their instances. The group `shop` on the same image: its
+    refresh's first new instance fails the check and the refresh is rolled back before its next
+    batch (the warmup outlasts the check); the group is back on its version and image. (The checks'
+    timeouts are shortened in a copy of envs/prod.yaml: the same environment, a quicker verdict.)"""
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     web = (ROOT / "recipes/web.yaml").read_text().replace(
@@ -412,25 +520,35 @@ def test_a_rollout_whose_new_instance_fails_its_check_leaves_the_tier_as_it_was(
         (recipes / name).write_text((ROOT / "recipes" / name).read_text())
     for tree in ("files", "scripts"):
         shutil.copytree(ROOT / "recipes" / tree, recipes / tree)
-    envs = tmp_path / "envs"
-    envs.mkdir()
-    (envs / "prod.yaml").write_text((ROOT / "envs/prod.yaml").read_text().replace(
-        "address: public_ip, timeout: 120", "address: public_ip, timeout: 20"))
+    envs = prod_with_shop(tmp_path, warmup=40, web_check_timeout=20)
     extra = {"INVOKE_BAKERY_RECIPES_DIR": str(recipes), "INVOKE_BAKERY_ENVS_DIR": str(envs)}
     baked = cli(["bake", "--recipe", "web", "--json"], prod.cloud, prod.settings, extra_env=extra)
     assert baked.returncode == 0, baked.stderr[-3000:]
     broken = json.loads(baked.stdout)["ami_id"]
 
-    def web_slots() -> dict[str, tuple[str, str]]:
-        return {tags_of(i)[SLOT]: (i["InstanceId"], i["ImageId"]) for r in prod.ec2.describe_instances(
-            Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, "web")])["Reservations"]
-            for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")}
-    before = web_slots()
+    def live(tier: str) -> dict[str, tuple[str, str]]:
+        return {f"{tags_of(i)[SLOT]} {i['InstanceId']}": (i["InstanceId"], i["ImageId"])
+                for r in prod.ec2.describe_instances(Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, tier)])[
+                    "Reservations"] for i in r["Instances"] if i["State"]["Name"] in ("pending", "running")}
+    before = live("web")
     out = cli(["rollout", "--env", "prod", "--tier", "web"], prod.cloud, prod.settings, extra_env=extra)
     assert out.returncode == 1
     assert f"rollout of prod tier web to {broken}:" in out.stderr and "rolled back" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
-    assert web_slots() == before
+    assert live("web") == before
     gone = [i for r in prod.ec2.describe_instances(Filters=[tag_filter(ENVIRONMENT, "prod"), tag_filter(TIER, "web"),
             {"Name": "image-id", "Values": [broken]}])["Reservations"] for i in r["Instances"]]
     assert gone and all(i["State"]["Name"] in ("terminated", "shutting-down") for i in gone)
+
+    scaling = boto3.client("autoscaling", endpoint_url=prod.cloud.endpoint.running_url(), region_name="us-east-1",
+                           aws_access_key_id="local", aws_secret_access_key="local")
+    group = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["bakery-prod-shop"])["AutoScalingGroups"][0]
+    images_before = {image for _, image in live("shop").values()}
+    out = cli(["rollout", "--env", "prod", "--tier", "shop"], prod.cloud, prod.settings, extra_env=extra)
+    assert out.returncode == 1
+    assert f"rollout of prod tier shop to {broken}:" in out.stderr and "rolled the group back" in out.stderr, \
+        out.stderr
+    assert "Traceback" not in out.stderr
+    after = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["bakery-prod-shop"])["AutoScalingGroups"][0]
+    assert after["LaunchTemplate"] == group["LaunchTemplate"]
+    assert len(live("shop")) == 2 and {image for _, image in live("shop").values()} == images_before
