@@ -135,3 +135,13 @@ def test_after_a_rebake_status_and_a_dry_run_rollout_show_the_groups_instances_t
     [web_tier, app_tier] = dry.tiers
     assert (web_tier.how, web_tier.status, web_tier.image_id) == ("instance refresh", "planned", new)
     assert web_tier.stale == [f"group {iid} ({old})" for iid in web] and app_tier.status == "current"
+
+
+def test_ssh_picks_a_groups_instance_by_its_index_oldest_first(shop):
+    from bakery.errors import ConfigError
+    from bakery.launch.reach import ssh_command
+
+    launch(shop["settings"], "shop", report=Reporter(quiet=True))
+    with pytest.raises(ConfigError, match=r"tiers.web: --index 2: its Auto Scaling group runs 2 instance\(s\), "
+                                          r"index 0 to 1 \(oldest first\)"):
+        ssh_command(shop["settings"], env_name="shop", tier="web", index="2")

@@ -211,6 +211,11 @@ class InstancesAPI:
         reservations = self.describe_all("describe_instances", "Reservations", Filters=filters)
         return [i for r in reservations for i in r["Instances"]]
 
+    def tier_instances(self, env: str, tier: str, *filters: dict,
+                       states: tuple[str, ...] | None = T.LIVE_STATES) -> list[dict]:
+        """An environment's tier as it runs: its instances (by default those not terminated)."""
+        return self.instances(T.tag_filter(T.ENVIRONMENT, env), T.tag_filter(T.TIER, tier), *filters, states=states)
+
     def console_output(self, instance_id: str) -> str:
         """The instance's console as EC2 has it now (Latest: a Nitro instance's current buffer)."""
         resp = self.call(f"get-console-output {instance_id}", self.client.get_console_output,

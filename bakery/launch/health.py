@@ -77,8 +77,7 @@ class TierCheck:
         with self._lock:
             if self._vantage is None and time.monotonic() - self._looked >= VANTAGE_LOOKUP_SECONDS:
                 self._looked = time.monotonic()
-                found = self.cloud.ec2.instances(T.tag_filter(T.ENVIRONMENT, self.env.name),
-                                                 T.tag_filter(T.TIER, self.check.from_), states=("running",))
+                found = self.cloud.ec2.tier_instances(self.env.name, self.check.from_, states=("running",))
                 # an active slot first: it holds the tier's persistent interfaces, its real place
                 found.sort(key=lambda i: (not T.tags_of(i).get(T.SLOT, "").isdigit(), T.tags_of(i).get(T.SLOT, "")))
                 if found:

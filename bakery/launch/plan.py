@@ -46,7 +46,7 @@ class Planner:
         if self.env.require_verified_images:
             self._verified(image["ImageId"], where)
         resolved = []
-        existing = self.ec2.instances(T.tag_filter(T.ENVIRONMENT, self.env.name), T.tag_filter(T.TIER, name))
+        existing = self.ec2.tier_instances(self.env.name, name)
         taken = {T.tags_of(i).get(T.SLOT) for i in existing}
         slots = [str(i) for i in range(spec.count)] + [f"standby-{i}" for i in range(spec.standby)]
         missing = [s for s in slots if s not in taken] if spec.auto_scaling is None else []

@@ -46,9 +46,15 @@ def ssh_command(settings: Settings, *, instance_id: str | None = None, env_name:
         instance = ec2.describe_instance(instance_id)
         if instance is None:
             raise ConfigError(f"ssh: --instance: no instance {instance_id}")
+    elif env.tiers[tier].auto_scaling:  # one slot, many instances: the Nth running, oldest first
+        found = sorted(ec2.tier_instances(env_name, tier, states=("running",)),
+                       key=lambda i: (i["LaunchTime"], i["InstanceId"]))
+        if not index.isdigit() or int(index) >= len(found):
+            raise ConfigError(f"{env.path}: tiers.{tier}: --index {index}: its Auto Scaling group runs "
+                              f"{len(found)} instance(s), index 0 to {len(found) - 1} (oldest first)")
+        instance = found[int(index)]
     else:
-        found = ec2.instances(T.tag_filter(T.ENVIRONMENT, env_name), T.tag_filter(T.TIER, tier),
-                              T.tag_filter(T.SLOT, index), states=("running",))
+        found = ec2.tier_instances(env_name, tier, T.tag_filter(T.SLOT, index), states=("running",))
         if not found:
             raise ConfigError(f"{env.path}: tiers.{tier}: no running instance in slot {index!r} "
                               f"(launch it: invoke launch --env {env_name})")

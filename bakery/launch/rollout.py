@@ -117,7 +117,7 @@ class Rollout:
 
     def running(self, tier: str) -> dict[str, dict]:
         """slot -> the tier's live instance in it."""
-        found = self.ec2.instances(T.tag_filter(T.ENVIRONMENT, self.env.name), T.tag_filter(T.TIER, tier))
+        found = self.ec2.tier_instances(self.env.name, tier)
         return {T.tags_of(i).get(T.SLOT, ""): i for i in sorted(found, key=lambda i: i["LaunchTime"])}
 
     def _plan(self, tier: str, image_id: str | None = None) -> TierPlan:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from bakery.cloud.tags import ENVIRONMENT, ROLE, ROLE_STANDBY, SLOT, TIER, slot_tags, tag_filter, tags_of
+from bakery.cloud.tags import ROLE, ROLE_STANDBY, SLOT, slot_tags, tag_filter, tags_of
 from bakery.waits import Backoff, wait_for
 from bakery.config.environment import Environment, Tier
 from bakery.errors import CloudError, ConfigError
@@ -161,14 +161,13 @@ def failover(ec2, env: Environment, tier: str, to: str | None, report: Reporter,
 
 
 def _free_standby_slot(ec2, env: str, tier: str) -> str:
-    taken = {tags_of(i).get(SLOT) for i in ec2.instances(tag_filter(ENVIRONMENT, env), tag_filter(TIER, tier))}
+    taken = {tags_of(i).get(SLOT) for i in ec2.tier_instances(env, tier)}
     return next(f"standby-{n}" for n in range(len(taken) + 1) if f"standby-{n}" not in taken)
 
 
 def standby(ec2, env: str, tier: str, exclude: str | None) -> str:
     """The tier's first running standby instance other than `exclude`."""
-    instances = ec2.instances(tag_filter(ENVIRONMENT, env), tag_filter(TIER, tier),
-                                       tag_filter(ROLE, ROLE_STANDBY), states=("running",))
+    instances = ec2.tier_instances(env, tier, tag_filter(ROLE, ROLE_STANDBY), states=("running",))
     ids = sorted(i["InstanceId"] for i in instances if i["InstanceId"] != exclude)
     if not ids:
         raise ConfigError(f"failover: tier {tier} of {env} has no running standby instance "
