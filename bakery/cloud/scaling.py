@@ -13,6 +13,7 @@ from bakery.errors import CloudError
 from bakery.waits import wait_for
 
 REFRESH_ENDED = ("Successful", "Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed")
+REFRESH_RUNNING = ("Pending", "InProgress", "Baking")  # RollbackInstanceRefresh is accepted only in these
 GROUP_TIMEOUT = 900.0  # a group's instances in service, or a deleted group gone
 
 
@@ -23,11 +24,12 @@ class ScalingAPI:
     def autoscaling(self):
         return self.service("autoscaling")
 
-    def auto_scaling_group(self, name: str) -> dict | None:
-        """The group, or None (also while AWS is still deleting it: it is going)."""
+    def auto_scaling_group(self, name: str, *, deleting: bool = False) -> dict | None:
+        """The group, or None. One AWS is still deleting (Status "Delete in progress") counts as
+        gone unless `deleting`: its name is not free again until it has gone."""
         groups = self.call("autoscaling describe-auto-scaling-groups", self.autoscaling.describe_auto_scaling_groups,
                            AutoScalingGroupNames=[name])["AutoScalingGroups"]
-        return next((g for g in groups if g.get("Status") != "Delete in progress"), None)
+        return next((g for g in groups if deleting or g.get("Status") != "Delete in progress"), None)
 
     def auto_scaling_groups_tagged(self, key: str, value: str) -> list[dict]:
         return self.call("autoscaling describe-auto-scaling-groups", self.autoscaling.describe_auto_scaling_groups,
@@ -49,22 +51,24 @@ class ScalingAPI:
                   AutoScalingGroupName=name, MinSize=min_size, MaxSize=max_size, DesiredCapacity=desired)
 
     def delete_auto_scaling_group(self, name: str, *, timeout: float = GROUP_TIMEOUT) -> None:
-        """Delete the group and its instances (ForceDelete), and wait until the group and they are gone."""
-        group = self.auto_scaling_group(name)
+        """Delete the group and its instances (ForceDelete), and wait until the group and they are
+        gone (one being deleted already is waited for)."""
+        group = self.auto_scaling_group(name, deleting=True)
         if group is None:
             return
-        try:
-            self.call(f"autoscaling delete-auto-scaling-group {name}", self.autoscaling.delete_auto_scaling_group,
-                      AutoScalingGroupName=name, ForceDelete=True)
-        except CloudError as exc:
-            if "not found" not in exc.message:
-                raise
-        wait_for(lambda: self.auto_scaling_group(name) is None or None, timeout=timeout,
+        if group.get("Status") != "Delete in progress":
+            try:
+                self.call(f"autoscaling delete-auto-scaling-group {name}", self.autoscaling.delete_auto_scaling_group,
+                          AutoScalingGroupName=name, ForceDelete=True)
+            except CloudError as exc:
+                if "not found" not in exc.message:
+                    raise
+        wait_for(lambda: self.auto_scaling_group(name, deleting=True) is None or None, timeout=timeout,
                  what=f"Auto Scaling group {name} to be deleted")
         for member in group.get("Instances", []):
             self.wait_instance_state(member["InstanceId"], "terminated", timeout=timeout)
 
-    def start_instance_refresh(self, name: str, *, template: str, version: int, min_healthy: int,
+    def start_instance_refresh(self, name: str, *, template: str, version: int | str, min_healthy: int,
                                warmup: int) -> str:
         """Replace the group's instances by ones of `template` version `version`, keeping
         `min_healthy` % of its desired capacity in service; the group keeps that version once the

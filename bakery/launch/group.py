@@ -7,34 +7,41 @@ propagate to its instances; then waits until the group's instances run and passe
 the tier's health check, as a plain tier's. An existing group is resized, never moved to another
 image: that is `invoke rollout`'s. A failed launch deletes the group it created (and its
 instances) and the template version, like any product of a failed run (ledger kinds
-`auto-scaling-group` and `launch-template-version`).
+`auto-scaling-group` and `launch-template-version`), or puts back the sizes of one it resized.
 
 `rollout` moves a group by an instance refresh: a new template version on the new image, then
 StartInstanceRefresh with it as the desired configuration, keeping `min_healthy_percentage` of
 the desired capacity in service, each batch `instance_warmup` after the last. bakery checks each
-new instance with the tier's health check as it comes; the first that fails rolls the refresh
-back (RollbackInstanceRefresh: the group returns to its old version and replaces what the
-refresh made), as does a refresh that fails by itself (AutoRollback). The warmup should cover
-the time a new instance takes to pass its check: the refresh's next batch does not wait for bakery.
+new instance with the tier's health check as it comes; the first that fails (or a signal) rolls
+the refresh back (RollbackInstanceRefresh: the group returns to its old version and replaces what
+the refresh made), as does a refresh that fails by itself (AutoRollback). A refresh that has
+ended without going back (it succeeded before the last check failed, it failed or was
+cancelled) is followed by a refresh to the old version, which is AWS's advice. The warmup should
+cover the time a new instance takes to pass its check: the next batch does not wait for bakery.
+Once the refresh has succeeded the new version is kept, whatever happens to the rest of the run:
+the group launches from it.
 
 All instances of a group are alike: they render with instance_index 0 and fill the slot `group`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 from bakery.cloud import tags as T
 from bakery.cloud.instances import INSTANCE_TIMEOUT
-from bakery.cloud.scaling import GROUP_TIMEOUT, REFRESH_ENDED
+from bakery.cloud.scaling import REFRESH_ENDED, REFRESH_RUNNING
 from bakery.config.environment import Environment
-from bakery.errors import BakeryError
+from bakery.errors import BakeryError, CloudError, Interrupted
 from bakery.housekeeping.stack import CleanupStack
 from bakery.launch.report import InstanceReport, TierPlan
-from bakery.waits import wait_for
+from bakery.signals import shielded
+from bakery.waits import Backoff, wait_for
 
 GONE = ("shutting-down", "terminated")
+REFRESH_POLL = Backoff(initial=1.0, max_interval=5.0)  # a refresh moves in batches of minutes on AWS
 
 
 def group_name(env: Environment, tier: str) -> str:
@@ -79,12 +86,14 @@ class Group:
     # ---- what runs ------------------------------------------------------------------------
 
     def members(self) -> list[dict]:
-        """The group's instances, as EC2 describes them (not those it is ending)."""
+        """The group's instances, as EC2 describes them (not those it is ending), in one call."""
         group = self.ec2.auto_scaling_group(self.name)
         ids = [m["InstanceId"] for m in (group or {}).get("Instances", [])
                if not m.get("LifecycleState", "").startswith("Terminat")]
-        found = [self.ec2.describe_instance(i) for i in ids]
-        return [i for i in found if i is not None and i["State"]["Name"] not in GONE]
+        if not ids:
+            return []
+        return [i for i in self.ec2.instances({"Name": "instance-id", "Values": ids}, states=None)
+                if i["State"]["Name"] not in GONE]
 
     # ---- launch ---------------------------------------------------------------------------
 
@@ -92,7 +101,11 @@ class Group:
         """Create the group (on a new template version), or resize the one there."""
         count = self.env.tiers[self.tier].count
         report = self.launcher.report
-        group = self.ec2.auto_scaling_group(self.name)
+        group = self.ec2.auto_scaling_group(self.name, deleting=True)
+        if group is not None and group.get("Status") == "Delete in progress":
+            with report.stage(f"wait for Auto Scaling group {self.name} to finish being deleted"):
+                self.ec2.delete_auto_scaling_group(self.name)  # its name is free once it has gone
+            group = None
         t0 = time.monotonic()
         if group is None:
             version = self.new_version(stack, plan)
@@ -110,8 +123,12 @@ class Group:
                 s.detail = f"{self.template}:{version}, {count} of {self.spec.min}-{self.spec.max}"
             return Started(plan, set(), t0)
         before = {m["InstanceId"] for m in group.get("Instances", [])}
-        if (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) != (self.spec.min, self.spec.max, count):
+        sizes = (group["MinSize"], group["MaxSize"], group["DesiredCapacity"])
+        if sizes != (self.spec.min, self.spec.max, count):
             with report.stage(f"resize Auto Scaling group {self.name}") as s:
+                # a failed launch puts the sizes back: the group then ends the instances it added
+                stack.undo(f"sizes of Auto Scaling group {self.name}", lambda: self.ec2.resize_auto_scaling_group(
+                    self.name, min_size=sizes[0], max_size=sizes[1], desired=sizes[2]), only_on_failure=True)
                 self.ec2.resize_auto_scaling_group(self.name, min_size=self.spec.min, max_size=self.spec.max,
                                                    desired=count)
                 s.detail = f"{group['DesiredCapacity']} -> {count} of {self.spec.min}-{self.spec.max}"
@@ -154,6 +171,11 @@ class Group:
         rolled back (and RefreshFailed raised) at the first that fails. An error before the refresh
         started (say the endpoint has no instance refresh) is raised as it is: nothing moved."""
         report = self.launcher.report
+        group = self.ec2.auto_scaling_group(self.name)
+        if group is None:
+            raise CloudError(f"Auto Scaling group {self.name} of tier {self.tier} does not exist: "
+                             f"invoke launch --env {self.env.name} makes it")
+        before = group.get("LaunchTemplate", {}).get("Version", "$Default")
         version = self.new_version(stack, plan)
         with report.stage(f"start instance refresh of {self.name}") as s:
             refresh_id = self.ec2.start_instance_refresh(self.name, template=self.template, version=version,
@@ -162,30 +184,48 @@ class Group:
             s.detail = (f"{refresh_id}: to {self.template}:{version}, {self.spec.min_healthy_percentage} % kept "
                         f"in service, warmup {self.spec.instance_warmup}s")
         checked: list[InstanceReport] = []
-        deadline = time.monotonic() + GROUP_TIMEOUT + INSTANCE_TIMEOUT
         try:
-            while True:
-                state = self.ec2.instance_refresh(self.name, refresh_id)
-                for inst in self._running():
-                    if inst["ImageId"] == plan.image_id and inst["InstanceId"] not in {r.instance_id for r in checked}:
-                        checked.append(self._checked(inst, plan.image_id))
-                status = state["Status"]
-                if status == "Successful" and all(i["ImageId"] == plan.image_id for i in self._running()):
-                    break
-                if status in REFRESH_ENDED and status != "Successful":
-                    raise RefreshFailed(f"instance refresh {refresh_id} of {self.name}: {status}"
-                                        f"{': ' + state['StatusReason'] if state.get('StatusReason') else ''}")
-                if time.monotonic() > deadline:
-                    raise RefreshFailed(f"instance refresh {refresh_id} of {self.name}: still {status} after "
-                                        f"{GROUP_TIMEOUT + INSTANCE_TIMEOUT:g}s")
-                time.sleep(1.0)
+            wait_for(lambda: self._progress(refresh_id, plan.image_id, checked), timeout=self._deadline(),
+                     what=f"instance refresh {refresh_id} of {self.name}", backoff=REFRESH_POLL)
         except BakeryError as exc:
-            self._roll_back(refresh_id, exc)
-            if isinstance(exc, RefreshFailed):
+            with shielded():  # a signal too: the group goes back before the run unwinds
+                self._roll_back(refresh_id, before, exc)
+            if isinstance(exc, (RefreshFailed, Interrupted)):
                 raise
             raise RefreshFailed(exc.message) from None
+        # the group launches from this version now, whatever happens to the rest of the run
+        stack.keep("launch-template-version", f"{self.template}:{version}", self.ec2.region)
         self.set_default(version)
         return checked
+
+    def _progress(self, refresh_id: str, image_id: str, checked: list[InstanceReport]) -> dict | None:
+        """One look at the refresh: every new instance through the tier's check; its end state once
+        it has succeeded, None while it runs; RefreshFailed when it ended otherwise."""
+        state = self.ec2.instance_refresh(self.name, refresh_id)
+        running = self._running()
+        for inst in running:
+            if inst["ImageId"] == image_id and inst["InstanceId"] not in {r.instance_id for r in checked}:
+                checked.append(self._checked(inst, image_id))
+        status = state["Status"]
+        if status == "Successful":
+            left = sorted(i["InstanceId"] for i in running if i["ImageId"] != image_id)
+            if left:  # in Standby or protected from scale-in: a refresh leaves those alone
+                self.launcher.report.warn(f"instance refresh {refresh_id} of {self.name} left {', '.join(left)} "
+                                          "on the old image (in Standby or protected from scale-in)")
+            return state
+        if status not in REFRESH_RUNNING:
+            reason = f": {state['StatusReason']}" if state.get("StatusReason") else ""
+            raise RefreshFailed(f"instance refresh {refresh_id} of {self.name}: {status}{reason}")
+        return None
+
+    def _deadline(self) -> float:
+        """How long a healthy refresh may take: per batch (the share of the desired capacity that
+        may be out of service), a boot, the warmup and the tier's check."""
+        count = self.env.tiers[self.tier].count
+        batch = max(1, count * (100 - self.spec.min_healthy_percentage) // 100)
+        check = self.env.tiers[self.tier].health_check
+        per_batch = INSTANCE_TIMEOUT + self.spec.instance_warmup + (check.timeout if check else 0)
+        return max(1, math.ceil(count / batch)) * per_batch
 
     def _checked(self, inst: dict, image_id: str) -> InstanceReport:
         """A new instance through the tier's check, timed from its launch (EC2's LaunchTime)."""
@@ -196,21 +236,36 @@ class Group:
             self.launcher.check_health([(rep, t0)])
         return rep
 
-    def _roll_back(self, refresh_id: str, cause: BakeryError) -> None:
-        """Back to the version the group had, unless the refresh is rolling back already (AutoRollback)."""
+    def _roll_back(self, refresh_id: str, before: str, cause: BakeryError) -> None:
+        """Back to the version the group had: RollbackInstanceRefresh while the refresh runs (or
+        its own AutoRollback); once it has ended without going back (it succeeded before a check
+        failed, it failed or was cancelled), a refresh to that version, as AWS advises."""
         report = self.launcher.report
-        state = self.ec2.instance_refresh(self.name, refresh_id)
-        if state["Status"] not in REFRESH_ENDED + ("RollbackInProgress",):
+        status = self.ec2.instance_refresh(self.name, refresh_id)["Status"]
+        if status in REFRESH_RUNNING:
             with report.stage(f"roll back instance refresh {refresh_id}"):
                 self.ec2.rollback_instance_refresh(self.name)
-        if state["Status"] in ("Failed", "Cancelled"):
-            return  # ended without rolling back: nothing to wait for
-        ended = wait_for(lambda: s if (s := self.ec2.instance_refresh(self.name, refresh_id))["Status"]
-                         in REFRESH_ENDED else None, what=f"instance refresh {refresh_id} to roll back",
-                         timeout=GROUP_TIMEOUT)
-        if ended["Status"] != "RollbackSuccessful":
-            raise RollbackFailed(f"{cause.message}; rolling the refresh back ended {ended['Status']}: "
-                                 f"{ended.get('StatusReason', '')}")
+        ended = self._ended(refresh_id)
+        if ended["Status"] == "RollbackSuccessful":
+            return
+        if ended["Status"] != "RollbackFailed":
+            with report.stage(f"refresh {self.name} back to {self.template}:{before}") as s:
+                back = self.ec2.start_instance_refresh(self.name, template=self.template, version=before,
+                                                       min_healthy=self.spec.min_healthy_percentage,
+                                                       warmup=self.spec.instance_warmup)
+                ended = self._ended(back)
+                s.detail = f"{back}: {ended['Status']}"
+            if ended["Status"] in ("Successful", "RollbackSuccessful"):
+                return
+        runs = ", ".join(f"{m['InstanceId']} ({m['ImageId']})" for m in self.members()) or "nothing"
+        reason = f": {ended['StatusReason']}" if ended.get("StatusReason") else ""
+        raise RollbackFailed(f"{cause.message}; going back to {self.template}:{before} ended "
+                             f"{ended['Status']}{reason}; the group runs {runs}")
+
+    def _ended(self, refresh_id: str) -> dict:
+        return wait_for(lambda: s if (s := self.ec2.instance_refresh(self.name, refresh_id))["Status"]
+                        in REFRESH_ENDED else None, what=f"instance refresh {refresh_id} to end",
+                        timeout=self._deadline(), backoff=REFRESH_POLL)
 
     # ---- helpers ---------------------------------------------------------------------------
 

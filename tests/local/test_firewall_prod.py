@@ -386,7 +386,7 @@ SHOP = """
     count: 2
     subnets: [web]
     security_groups: [web]
-    auto_scaling: {min: 1, max: 3, health_check_grace: 30, min_healthy_percentage: 50, instance_warmup: WARMUP}
+    auto_scaling: {min: 1, max: 3, health_check_grace: 30, min_healthy_percentage: HEALTHY, instance_warmup: WARMUP}
     user_data:
       parts: [web.yaml.j2, scripts/motd.sh.j2]
       variables: {server_name: shop.example.com, app_upstream: 10.20.1.20:8080}
@@ -407,11 +407,12 @@ FLEET_PROBE = ("import socket, sys, threading\n"
                "    print(' '.join(map(str, out)), flush=True)\n")
 
 
-def prod_with_shop(tmp_path: Path, warmup: int, web_check_timeout: int = 120) -> Path:
-    """A copy of envs/prod.yaml with the group tier `shop` added (and web's and shop's checks shortened)."""
-    envs = tmp_path / "envs"
+def prod_with_shop(envs: Path, warmup: int, web_check_timeout: int = 120, min_healthy: int = 50) -> Path:
+    """A copy of envs/prod.yaml in `envs` with the group tier `shop` added (and web's and shop's
+    checks shortened)."""
     envs.mkdir(exist_ok=True)
-    text = (ROOT / "envs/prod.yaml").read_text().replace("\ntiers:\n", "\ntiers:" + SHOP.replace("WARMUP", str(warmup)), 1)
+    shop = SHOP.replace("WARMUP", str(warmup)).replace("HEALTHY", str(min_healthy))
+    text = (ROOT / "envs/prod.yaml").read_text().replace("\ntiers:\n", "\ntiers:" + shop, 1)
     (envs / "prod.yaml").write_text(text.replace("address: public_ip, timeout: 120",
                                                  f"address: public_ip, timeout: {web_check_timeout}"))
     return envs
@@ -462,7 +463,7 @@ def test_a_rollout_moves_a_plain_tier_and_an_auto_scaling_tier_their_checks_pass
     """web (two slots, surge) and `shop`, web's image as an Auto Scaling group of two rolled by an
     instance refresh keeping 50 % in service: probed from the internet all along, web never has
     fewer than its two instances answering, the group never fewer than one."""
-    extra = {"INVOKE_BAKERY_ENVS_DIR": str(prod_with_shop(tmp_path, warmup=10))}
+    extra = {"INVOKE_BAKERY_ENVS_DIR": str(prod_with_shop(tmp_path / "envs", warmup=10))}
     out = cli(["launch", "--env", "prod", "--tier", "shop", "--json"], prod.cloud, prod.settings, extra_env=extra)
     assert out.returncode == 0, out.stderr[-3000:]
     launched = json.loads(out.stdout)["instances"]
@@ -520,7 +521,7 @@ def test_a_rollout_whose_new_instance_fails_its_check_leaves_the_tier_as_it_was(
         (recipes / name).write_text((ROOT / "recipes" / name).read_text())
     for tree in ("files", "scripts"):
         shutil.copytree(ROOT / "recipes" / tree, recipes / tree)
-    envs = prod_with_shop(tmp_path, warmup=40, web_check_timeout=20)
+    envs = prod_with_shop(tmp_path / "envs", warmup=40, web_check_timeout=20)
     extra = {"INVOKE_BAKERY_RECIPES_DIR": str(recipes), "INVOKE_BAKERY_ENVS_DIR": str(envs)}
     baked = cli(["bake", "--recipe", "web", "--json"], prod.cloud, prod.settings, extra_env=extra)
     assert baked.returncode == 0, baked.stderr[-3000:]
@@ -549,6 +550,19 @@ def test_a_rollout_whose_new_instance_fails_its_check_leaves_the_tier_as_it_was(
     assert f"rollout of prod tier shop to {broken}:" in out.stderr and "rolled the group back" in out.stderr, \
         out.stderr
     assert "Traceback" not in out.stderr
+    after = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["bakery-prod-shop"])["AutoScalingGroups"][0]
+    assert after["LaunchTemplate"] == group["LaunchTemplate"]
+    assert len(live("shop")) == 2 and {image for _, image in live("shop").values()} == images_before
+
+    # No warmup and nothing kept in service: the refresh replaces both at once and has succeeded
+    # before their checks fail; it cannot be rolled back then, so a refresh to the old version follows.
+    extra["INVOKE_BAKERY_ENVS_DIR"] = str(prod_with_shop(tmp_path / "envs-at-once", warmup=0, web_check_timeout=20,
+                                                         min_healthy=0))
+    out = cli(["rollout", "--env", "prod", "--tier", "shop"], prod.cloud, prod.settings, extra_env=extra)
+    assert out.returncode == 1, out.stderr[-3000:]
+    back = f"refresh bakery-prod-shop back to {group['LaunchTemplate']['LaunchTemplateName']}:" \
+           f"{group['LaunchTemplate']['Version']}"
+    assert back in out.stderr and "rolled the group back" in out.stderr, out.stderr[-3000:]
     after = scaling.describe_auto_scaling_groups(AutoScalingGroupNames=["bakery-prod-shop"])["AutoScalingGroups"][0]
     assert after["LaunchTemplate"] == group["LaunchTemplate"]
     assert len(live("shop")) == 2 and {image for _, image in live("shop").values()} == images_before
