@@ -31,8 +31,8 @@ def test_rebake_runs_weekly_and_on_demand_with_oidc_and_never_cancels_a_bake():
     wf = load("rebake.yml")
     assert wf["on"]["schedule"][0]["cron"].split()[-1] == "1"  # weekly, on Mondays
     assert set(wf["on"]["workflow_dispatch"]["inputs"]) == {"recipes", "force"}
-    assert wf["permissions"]["id-token"] == "write"
     job = wf["jobs"]["rebake"]
+    assert job["permissions"]["id-token"] == "write"
     assert job["concurrency"]["group"] == "rebake-${{ matrix.group }}" and job["concurrency"]["cancel-in-progress"] is False
     assert "matrix" in job["strategy"] and job["strategy"]["fail-fast"] is False
     creds = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials"))
@@ -128,3 +128,78 @@ def test_the_matrix_takes_the_recipes_dispatched_but_never_an_abstract_one(tmp_p
     done, output = plan_step(tmp_path, recipes, chosen=chosen)
     assert (done.returncode == 0) is ok, done.stderr
     assert out in (output if ok else done.stderr)
+
+
+# ---- hardening (issue 18 item 1) ---------------------------------------------------------------
+
+WORKFLOW_FILES = sorted(p.name for p in WORKFLOWS.glob("*.yml"))
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_no_expression_is_ever_part_of_a_script(name):
+    """Inputs and contexts reach a `run:` through `env:` only: an expression inside a script is
+    pasted into it before the shell starts (script injection)."""
+    for job_name, job in load(name)["jobs"].items():
+        for step in job["steps"]:
+            assert "${{" not in step.get("run", ""), f"{name}: job {job_name}: step {step.get('name', step)}"
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_every_action_is_pinned_to_a_full_commit_with_its_version_beside_it(name):
+    import re
+
+    lines = [line for line in (WORKFLOWS / name).read_text().splitlines() if re.match(r"\s*(- )?uses:", line)]
+    assert lines
+    for line in lines:
+        assert re.fullmatch(r"\s*(- )?uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(\.\d+)*", line), line
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_every_job_has_a_timeout_and_only_jobs_that_assume_the_role_may_ask_for_a_token(name):
+    wf = load(name)
+    assert wf["permissions"] in ({}, {"contents": "read"})  # nothing more by default
+    for job_name, job in wf["jobs"].items():
+        assert 0 < int(job["timeout-minutes"]) <= 180, job_name
+        assumes = any(str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@") for s in job["steps"])
+        granted = job.get("permissions", wf["permissions"])
+        assert (granted.get("id-token") == "write") is assumes, job_name
+        assert set(granted) <= {"id-token", "contents"} and granted.get("contents", "read") == "read", job_name
+        for step in job["steps"]:
+            if str(step.get("uses", "")).startswith("actions/checkout@"):
+                assert step["with"]["persist-credentials"] is False, job_name
+
+
+HOSTILE = ["web; curl evil", "$(id)", "`id`", "web && rm -rf /", "../../etc/passwd", "*", "Web",
+           "web|tee", "-rf", "a" * 64, "web\u200b"]
+
+
+@pytest.mark.parametrize("raw", HOSTILE)
+def test_the_recipe_input_check_refuses_anything_but_recipe_names(raw):
+    import os
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/ci/recipe_names.py")], capture_output=True, text=True,
+                          env={**os.environ, "RECIPES": raw}, timeout=30)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("::error title=recipes input::recipes: ") and done.stderr.count("\n") == 1
+
+
+def test_the_recipe_input_check_passes_recipe_names_one_per_line():
+    import os
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/ci/recipe_names.py")], capture_output=True, text=True,
+                          env={**os.environ, "RECIPES": "  base web\tdb_2 "}, timeout=30)
+    assert done.returncode == 0 and done.stdout == "base\nweb\ndb_2\n"
+
+
+def test_a_hostile_dispatch_fails_the_plan_step_before_invoke_runs(tmp_path):
+    marker = tmp_path / "ran"
+    done, output = plan_step(tmp_path, {"web": "source: {ami: ami-12345678}\n"}, chosen=f"web; touch {marker}")
+    assert done.returncode != 0 and output == "" and not marker.exists()
+    assert "'web;' is not a recipe name" in done.stderr
+
+
+def test_both_jobs_that_take_recipe_names_check_them_with_the_script():
+    jobs = load("rebake.yml")["jobs"]
+    for job, step in (("plan", next(s for s in jobs["plan"]["steps"] if s.get("id") == "list")),
+                      ("rebake", next(s for s in jobs["rebake"]["steps"] if str(s.get("name", "")).startswith("rebake ")))):
+        assert "set -f" in step["run"] and "names=$(python scripts/ci/recipe_names.py)" in step["run"], job
