@@ -81,6 +81,7 @@ RECIPES = [
     ("recipe-deep-nesting", {"recipes/web.yaml": "a: " + "[" * 5000 + "]" * 5000 + "\n"}, ["bake", "--recipe", "web"], "nested more than 64 levels deep"),
     ("recipe-step-divides-by-zero", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: t, shell: 'echo {{ 1 / 0 }}'}\n"}, ["bake", "--recipe", "web"], "steps[1] (t).shell: template error: ZeroDivisionError"),
     ("recipe-step-nested-loops", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: t, shell: '{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}'}\n"}, ["bake", "--recipe", "web"], "loops over more than 1000000 items"),
+    ("recipe-share-aws-managed-key", {"recipes/web.yaml": GOOD_RECIPE + "builder: {root_volume: {kms_key_id: alias/aws/ebs}}\npublish: {share_with: ['111122223333']}\n"}, ["bake", "--recipe", "web"], "web.yaml: builder.root_volume.kms_key_id: alias/aws/ebs is AWS-managed: publish.share_with cannot share what it encrypts"),
     ("recipe-publish-bad-account", {"recipes/web.yaml": GOOD_RECIPE + "publish: {share_with: ['12']}\n"}, ["bake", "--recipe", "web"], "publish.share_with"),
     ("recipe-checks-empty", {"recipes/web.yaml": GOOD_RECIPE + "checks: {}\n"}, ["bake", "--recipe", "web"], "declare commands and/or a health_check"),
     ("recipe-dir-mode-of-a-file", {"recipes/web.yaml": GOOD_RECIPE + "  - {name: up, upload: {source: web.yaml, dest: /x, dir_mode: '0700'}}\n"}, ["bake", "--recipe", "web"], "web.yaml:5: steps[1].upload.dir_mode: 'web.yaml' is a file, not a directory"),

@@ -106,7 +106,9 @@ def test_a_failing_smoke_test_leaves_the_image_marked_and_unpublished(moto, reci
 
 def test_a_passing_smoke_test_then_promotion_to_two_regions(moto, recipes, builder_host, settings_for):
     steps = OK + "  - {name: marker, shell: touch /srv/marker}\n"
-    extra = (CHECKS + "publish:\n  regions: [us-west-2, eu-west-1]\n  kms_key_ids: {eu-west-1: alias/eu}\n"
+    # shared: encrypted with customer managed keys everywhere (the default aws/ebs key cannot be shared)
+    extra = ("  root_volume: {kms_key_id: alias/images}\n" + CHECKS
+             + "publish:\n  regions: [us-west-2, eu-west-1]\n  kms_key_ids: {us-west-2: alias/west, eu-west-1: alias/eu}\n"
              "  share_with: ['111122223333']\n  ssm_parameter: /bakery/images/web\n"
              "  launch_template: {name: web-lt}\n  deprecate_after_days: 30\n")
     write_recipe(recipes, "web", recipe_text(builder_host.port, steps, extra))
@@ -127,6 +129,34 @@ def test_a_passing_smoke_test_then_promotion_to_two_regions(moto, recipes, build
     assert lt[0]["LaunchTemplateData"]["ImageId"] == manifest.ami_id
     assert "deprecation time not set" in out.getvalue()  # moto lacks EnableImageDeprecation: a warning, not a failure
     assert leftovers(moto.client()) == {}
+
+
+SHARED = "publish:\n  regions: [us-west-2]\n  share_with: ['111122223333']\n"
+
+
+@pytest.mark.parametrize("keys, field, says", [
+    ("", "builder.root_volume.kms_key_id", "in us-east-1 would be encrypted with the region's EBS default, "
+                                           "alias/aws/ebs, which AWS manages"),
+    ("  root_volume: {kms_key_id: alias/images}\n", "publish.kms_key_ids.us-west-2",
+     "in us-west-2 would be encrypted with the region's EBS default, alias/aws/ebs, which AWS manages"),
+])
+def test_sharing_what_the_default_ebs_key_encrypts_is_refused_before_anything_is_created(
+        moto, recipes, builder_host, settings_for, keys, field, says):
+    """No other account can use an AWS-managed key: a share of an image (or of its copy) encrypted
+    with one fails only after the bake. The default key is the account's setting (moto has no
+    GetEbsDefaultKmsKeyId: the AWS-managed one, as for an account that never changed it)."""
+    from bakery.errors import ConfigError
+
+    write_recipe(recipes, "web", recipe_text(builder_host.port, OK, keys + SHARED))
+    with pytest.raises(ConfigError) as refused:
+        bake(settings_for(recipes), "web", {}, report=quiet())
+    message = refused.value.message
+    assert message.startswith(f"{recipes / 'web.yaml'}: {field}: the image's snapshots {says}; publish.share_with "
+                              "cannot share them"), message
+    ec2 = moto.client()
+    assert leftovers(ec2) == {} and ec2.describe_key_pairs()["KeyPairs"] == []
+    assert [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] != "terminated"] == []
 
 
 def test_prune_keeps_the_newest_and_spares_every_used_image(moto, recipes, builder_host, settings_for):

@@ -134,3 +134,26 @@ class Publish:
                            f"({exc.message})")
                 result.warnings.append(warning)
                 ctx.report.warn(warning)
+
+
+def refuse_unshareable(recipe, path, ec2) -> None:
+    """Sharing an image with other accounts cannot work when a snapshot of it, here or in a copy,
+    is encrypted with an AWS-managed key (EBS's default `aws/ebs`): no other account can use that
+    key, and AWS says so only after the bake, at ModifyImageAttribute or at the other account's
+    launch. Refused before anything is created, at the first cloud call (which key is the
+    default is the account's setting, per region)."""
+    from bakery.errors import ConfigError
+
+    spec, volume = recipe.publish, recipe.builder.root_volume
+    if spec is None or not spec.share_with or not volume.encrypted:
+        return
+    keys = {ec2.region: ("builder.root_volume.kms_key_id", volume.kms_key_id)}
+    keys.update({region: (f"publish.kms_key_ids.{region}", spec.kms_key_ids.get(region)) for region in spec.regions})
+    for region, (field, key) in keys.items():
+        here = ec2.in_region(region)
+        used = key or here.ebs_default_key()
+        if here.aws_managed_key(used):
+            how = f"{used}, AWS-managed" if key else f"the region's EBS default, {used}, which AWS manages"
+            raise ConfigError(f"{path}: {field}: the image's snapshots in {region} would be encrypted with {how}; "
+                              f"publish.share_with cannot share them (no other account can use that key): set "
+                              f"{field} to a customer managed key whose policy lets those accounts use it")

@@ -14,6 +14,7 @@ import time
 from datetime import datetime, timezone
 
 from bakery.bake.inputs import Inputs, load_inputs
+from bakery.bake.publish import refuse_unshareable
 from bakery.bake.state import BakeState, Manifest
 from bakery.cloud.connect import Cloud, open_cloud
 from bakery.config.settings import Settings
@@ -64,6 +65,7 @@ class Bake:
             except ConfigError as exc:
                 raise ConfigError(f"{self.inputs.path}: {exc.message}") from None
             s.detail = f"{source.id} ({source.name})"
+        refuse_unshareable(self.inputs.full(), self.inputs.path, ec2)
         with r.stage("hash inputs") as s:
             from bakery.bake.digests import DigestCache
             from bakery.bake.inputs import inputs_hash

@@ -34,7 +34,7 @@ OPERATIONS = {
         "DescribeLaunchTemplateVersions", "DescribeLaunchTemplates", "DescribeNatGateways", "DescribeNetworkAcls",
         "DescribeNetworkInterfaces", "DescribeRouteTables", "DescribeSecurityGroups",
         "DescribeSnapshots", "DescribeSubnets", "DescribeVpcs", "DetachNetworkInterface", "DisassociateAddress",
-        "EnableImageDeprecation", "GetConsoleOutput", "ImportKeyPair", "ModifyImageAttribute", "ModifyLaunchTemplate",
+        "EnableImageDeprecation", "GetConsoleOutput", "GetEbsDefaultKmsKeyId", "ImportKeyPair", "ModifyImageAttribute", "ModifyLaunchTemplate",
         "ModifyNetworkInterfaceAttribute", "ModifySnapshotAttribute", "ModifySubnetAttribute",
         "RebootInstances", "ReplaceNetworkAclAssociation", "RevokeSecurityGroupEgress", "ReplaceRouteTableAssociation", "RunInstances",
         "StopInstances", "TerminateInstances",

@@ -8,6 +8,13 @@ from bakery.errors import ConfigError
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # recipe, environment and tier names
 AMI_RE = r"^ami-[0-9a-f]{8,17}$"
+AWS_EBS_KEY = "alias/aws/ebs"  # the AWS-managed key EBS encrypts with by default
+
+
+def aws_managed_alias(key_id: str) -> bool:
+    """Whether a KMS key id names an AWS-managed key by its alias (alias/aws/..., or its ARN):
+    only its own account can use one, so nothing it encrypts can be shared."""
+    return key_id.startswith("alias/aws/") or ":alias/aws/" in key_id
 
 
 def named_file(directory: Path, name: str, kind: str, setting: str) -> Path:

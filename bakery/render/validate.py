@@ -15,6 +15,7 @@ from bakery.config.environment import list_environments, load_environment
 from bakery.config.abstract import is_abstract
 from bakery.config.recipe import Recipe, check_template, list_recipes, load_recipe, render_templates
 from bakery.config.settings import Settings, user_path
+from bakery.config.patterns import aws_managed_alias
 from bakery.errors import ConfigError
 from bakery.render.tier import environment_lint, render_offline
 
@@ -71,6 +72,14 @@ def check_recipe(settings: Settings, recipe: Recipe, variables: dict[str, str] |
         key = user_path(bastion.key_file, settings.project_dir)
         if not key.is_file():
             raise ConfigError(f"{recipe.path}: builder.ssh.bastion.key_file: {key} is not a file")
+    publish = recipe.publish
+    if publish is not None and publish.share_with:  # an AWS-managed key named in the file: no cloud needed to refuse
+        named = {"builder.root_volume.kms_key_id": recipe.builder.root_volume.kms_key_id,
+                 **{f"publish.kms_key_ids.{r}": k for r, k in publish.kms_key_ids.items()}}
+        for field, key in named.items():
+            if key and aws_managed_alias(key):
+                raise ConfigError(f"{recipe.path}: {field}: {key} is AWS-managed: publish.share_with cannot share "
+                                  "what it encrypts (no other account can use that key); name a customer managed key")
     checks = recipe.checks
     if checks is not None and checks.environment is not None:
         if checks.environment not in list_environments(settings.envs):
