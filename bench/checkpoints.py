@@ -28,29 +28,21 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.localcloud import private_local_cloud  # noqa: E402
+from bench.localcloud import bake_json, private_local_cloud  # noqa: E402
 
 TARGET = 0.25
 TUNING = Path("recipes/files/db/10-tuning.conf")
 
 
 def run_bake(env: dict, *flags: str) -> tuple[float, dict]:
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "invoke", "bake", "--recipe", "db", "--json", *flags], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"bake {' '.join(flags)} failed (rc={done.returncode}):\n{done.stderr[-3000:]}")
-    return wall, json.loads(done.stdout)
+    return bake_json(env, "db", *flags)
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.localcloud import bake_json  # noqa: E402
 from tests.support import signing_key_pair  # noqa: E402
 
 TARGET_SHARE = 0.10
@@ -55,13 +56,7 @@ AFFECTING = 25  # records that affect an installed package (urgency unimportant:
 
 
 def run_bake(env: dict) -> tuple[float, dict]:
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "invoke", "bake", "--recipe", "web", "--force", "--json"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"bake failed (rc={done.returncode}):\n{done.stderr[-3000:]}")
-    return wall, json.loads(done.stdout)
+    return bake_json(env, "web", "--force")
 
 
 def write_feed(path: Path, sbom_path: Path, records: int, installed_share: float, seed: int = 16) -> dict:

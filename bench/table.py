@@ -103,6 +103,11 @@ def rows(results: Path) -> list[list[str]]:
                     f"`failover` alone {med['failover']:.2f} s", f"**{r['ratio_rollout_over_failover']:.1f}** x",
                     f"< {r['target_s']:g} s (issue 17)", "yes" if r["worst_rollout_outage_s"] < r["target_s"] else "no",
                     r["date"]])
+    if r := _load(results, "host_key"):
+        bake = r["median_bake_s"]
+        out.append(["bake with the builder's host key pinned from its console, not sent in user data (local)",
+                    f"{bake['console']:.2f} s ({r['extra_s']:+.2f} s)", f"key in user data {bake['injected']:.2f} s",
+                    f"**{r['ratio_console_over_injected']:.2f}** x", "measured (issue 18)", "-", r["date"]])
     return out
 
 

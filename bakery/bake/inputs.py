@@ -138,7 +138,7 @@ LATER_FIELDS = ((("builder", "root_volume", "iops"), None), (("builder", "root_v
                 (("source", "recipe"), None), (("steps", "*", "reboot"), None), (("steps", "*", "download"), None),
                 (("steps", "*", "expect_disconnect"), False))
 #: fields inside a section that say how an image is made, not what it holds: never in the hash
-NOT_INPUT_FIELDS = (("builder", "market"), ("steps", "*", "checkpoint"))
+NOT_INPUT_FIELDS = (("builder", "market"), ("builder", "host_key"), ("steps", "*", "checkpoint"))
 
 
 def _holders(body, parents: tuple) -> list[dict]:

@@ -19,9 +19,10 @@ from bakery.config.recipe import Recipe
 __all__ = ["steps_for", "run_steps"]
 
 
-def builder_steps() -> list[Step]:
+def builder_steps(recipe: Recipe) -> list[Step]:
     """A builder from `state.launch_from` (the source, or a checkpoint), up and reachable."""
-    return [s.LaunchBuilder(), s.WaitForBuilder(), s.ConnectSSH(), s.WaitForCloudInit()]
+    pin = [s.ReadHostKey()] if recipe.builder.host_key == "console" else []  # else it came with the user data
+    return [s.LaunchBuilder(), s.WaitForBuilder(), *pin, s.ConnectSSH(), s.WaitForCloudInit()]
 
 
 def steps_for(recipe: Recipe, first: int = 0) -> list[Step]:
@@ -30,10 +31,10 @@ def steps_for(recipe: Recipe, first: int = 0) -> list[Step]:
     return [
         s.CreateKeyPair(),
         s.CreateSecurityGroup(),
-        *builder_steps(),
+        *builder_steps(recipe),
         *(CachedStep(index) for index in range(first)),
         *(step for index in range(first, len(recipe.steps))  # none after the last: the image is its checkpoint
-          for step in (s.RunRecipeStep(index), *([Checkpoint(index, builder_steps)]
+          for step in (s.RunRecipeStep(index), *([Checkpoint(index, lambda: builder_steps(recipe))]
                                                  if index < len(recipe.steps) - 1 else []))),
         s.CollectSbom(),  # what the steps made, read while the connection is open (the leftover check hangs up)
         s.CleanImage(),

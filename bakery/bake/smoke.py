@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from bakery.bake.state import BakeState, Context
-from bakery.bake.steps import builder_spec, launch, ssh_to, wait_for_cloud_init
+from bakery.bake.steps import builder_spec, console_host_key, launch, ssh_to, wait_for_cloud_init
 from bakery.cloud import tags as T
 from bakery.cloud.images import source_image
 from bakery.config.recipe import render_check
@@ -37,7 +37,8 @@ class SmokeTest:
         from bakery.remote import keys
 
         r, ec2, checks = ctx.report, ctx.ec2, state.recipe.checks
-        host_key = keys.generate(f"bakery-smoke-{state.build_id}")
+        console = state.recipe.builder.host_key == "console"  # pinned as the builder's was
+        host_key = None if console else keys.generate(f"bakery-smoke-{state.build_id}")
         with r.stage("smoke test: launch") as s:
             if checks.health_check:  # the temporary group admits only SSH so far
                 ec2.allow_tcp(state.group_id, checks.health_check.port, state.caller_cidr)
@@ -49,6 +50,10 @@ class SmokeTest:
             started = time.monotonic()
             instance = ec2.wait_instance_state(iid, "running", timeout=checks.timeout)
             s.detail = iid
+        if console:
+            with r.stage("smoke test: read host key from console") as s:
+                host_key = console_host_key(ctx, iid, checks.timeout)
+                s.detail = host_key.fingerprint()
         connector = ssh_to(state, ctx, instance, host_key, "smoke instance")
         with r.stage("smoke test: SSH"):
             connector.connect(timeout=checks.timeout)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # annotations only: a skipped bake loads neither the recipe m
     from bakery.progress import Reporter
     from bakery.remote.connector import Connector
     from bakery.remote.dial import Dial
-    from bakery.remote.keys import KeyPair
+    from bakery.remote.keys import HostKey, KeyPair
 
 
 @dataclass
@@ -96,7 +96,7 @@ class BakeState:
     group_id: str | None = None      # CreateSecurityGroup: SSH from the caller only
     caller_cidr: str | None = None   # CreateSecurityGroup
     builder: dict | None = None      # LaunchBuilder, then WaitForBuilder: the builder's instance record
-    builder_host_key: KeyPair | None = None  # LaunchBuilder: the host key pinned through its user data
+    builder_host_key: KeyPair | HostKey | None = None  # LaunchBuilder (user data) or ReadHostKey (console)
     connector: Connector | None = None       # ConnectSSH: the open SSH connection
     sbom: Sbom | None = None         # CollectSbom: what the image contains (its file: manifest.sbom)
     image_id: str | None = None      # CreateImage

@@ -21,6 +21,7 @@ from bakery.config.recipe import render_step
 from bakery.errors import RemoteError, StepFailed
 from bakery.remote.shell import KNOWN_HOSTS, builder_alias, write_known_hosts
 from bakery.signals import quiet_spawn
+from bakery.waits import Backoff, wait_for
 
 # Waits for cloud-init inside the builder (or smoke instance): its modules may still be writing
 # files the recipe's steps depend on. 2 = done with recoverable errors: usable, the recipe decides.
@@ -131,7 +132,8 @@ class CreateSecurityGroup:
 
 
 class LaunchBuilder:
-    """The builder, from the source image, with a host key pinned through its user data."""
+    """The builder, from the source image, with a host key pinned through its user data (or, with
+    `builder.host_key: console`, no user data: ReadHostKey pins the key it makes)."""
 
     title = "launch builder"
 
@@ -141,17 +143,50 @@ class LaunchBuilder:
 
         prefetch("bakery.remote.ssh")  # imported while EC2 starts the builder
         prefetch("bakery.evidence.sbom")  # the CycloneDX library and its schema checker, the same way
-        state.builder_host_key = keys.generate(f"bakery-host-{state.build_id}")
-        # `invoke ssh` to a kept builder pins the same key (removed with the build's private key)
-        write_known_hosts(ctx.settings.state / "keys" / state.build_id / KNOWN_HOSTS, builder_alias(state.build_id),
-                          [state.builder_host_key.public_openssh])
+        user_data = None
+        state.builder_host_key = None  # console: ReadHostKey reads the key this builder makes
+        if state.recipe.builder.host_key == "injected":
+            state.builder_host_key = keys.generate(f"bakery-host-{state.build_id}")
+            remember_host_key(state, ctx)
+            user_data = builder_user_data(state.builder_host_key)
         image = state.launch_from or state.source
-        spec = builder_spec(state, "builder", image.id, image.root_device_name, builder_user_data(state.builder_host_key))
+        spec = builder_spec(state, "builder", image.id, image.root_device_name, user_data)
         state.builder = launch(state, ctx, spec, "builder")
         market = "spot" if state.builder.get("InstanceLifecycle") == "spot" else "on-demand"
         state.manifest.builder = {"instance_type": state.builder["InstanceType"], "market": market}
         return (f"{state.builder['InstanceId']} ({state.builder['InstanceType']}{', spot' if market == 'spot' else ''})"
                 + (f" from checkpoint {image.id}" if state.launch_from else ""))
+
+
+def remember_host_key(state: BakeState, ctx: Context) -> None:
+    """`invoke ssh` to a kept builder pins the same key (removed with the build's private key)."""
+    write_known_hosts(ctx.settings.state / "keys" / state.build_id / KNOWN_HOSTS, builder_alias(state.build_id),
+                      [state.builder_host_key.public_openssh])
+
+
+def console_host_key(ctx: Context, instance_id: str, timeout: float):
+    """The ed25519 host key the instance's cloud-init made and printed on its console (it prints
+    them at the end of its first boot, after sshd has started: a connection never precedes it)."""
+    from bakery.cloud.console import host_keys
+    from bakery.remote.keys import HostKey
+
+    def ed25519() -> str | None:
+        return next((k for k in host_keys(ctx.ec2.console_output(instance_id)) if k.startswith("ssh-ed25519 ")), None)
+
+    return HostKey(wait_for(ed25519, what=f"{instance_id}'s SSH host keys on its console", timeout=timeout,
+                            backoff=Backoff(initial=0.5, factor=1.5, max_interval=2.0),
+                            hint=lambda: "cloud-init prints them as its first boot ends (GetConsoleOutput)"))
+
+
+class ReadHostKey:
+    """`builder.host_key: console`: pin the key the builder made, from its console output."""
+
+    title = "read host key from console"
+
+    def run(self, state: BakeState, ctx: Context) -> str:
+        state.builder_host_key = console_host_key(ctx, state.builder["InstanceId"], state.recipe.builder.ssh.timeout)
+        remember_host_key(state, ctx)
+        return state.builder_host_key.fingerprint()
 
 
 class WaitForBuilder:

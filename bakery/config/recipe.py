@@ -130,6 +130,12 @@ class Builder(Strict):
     # spot: each type as a one-time spot instance first, then on demand (capacity errors move on);
     # how the builder is paid for, not what the image holds: not an input
     market: Literal["on-demand", "spot"] = "on-demand"
+    # how the builder's SSH host key is pinned (not an input either): `injected`, a key generated
+    # here and handed over in its user data, so the first key sshd presents is one already trusted
+    # (the private half is readable through DescribeInstanceAttribute while the builder lives);
+    # `console`, the keys cloud-init generates on the builder, read from its console output
+    # (GetConsoleOutput) before the first connection: nothing secret travels, the wait is longer
+    host_key: Literal["injected", "console"] = "injected"
     subnet: str | None = Field(None, pattern=r"^subnet-[0-9a-f]+$")
     iam_instance_profile: str | None = None
     root_volume: RootVolume = RootVolume()

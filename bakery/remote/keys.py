@@ -2,7 +2,8 @@
 
 Both are generated here, so the private login key never travels through the EC2 API
 (import_key_pair sends only the public half) and the host key is known before the
-builder boots: no trust-on-first-use.
+builder boots: no trust-on-first-use. (With `builder.host_key: console` the host key is the
+builder's own, read from its console output instead: a `HostKey`, public half only.)
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ class KeyPair:
         with os.fdopen(fd, "w") as fh:
             fh.write(self.private_openssh)
         return path
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """A host's public key only: one read from its console (cloud-init made the private half there)."""
+    public_openssh: str
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_openssh)
 
 
 def generate(comment: str) -> KeyPair:

@@ -1,4 +1,5 @@
-"""User data for the instances a bake starts: hand them the host key we pinned.
+"""User data for the instances a bake starts: hand them the host key we pinned (unless the recipe
+pins the key they make themselves, read from their console: `builder.host_key: console`).
 
 cloud-init's `ssh_keys` installs our pre-generated ed25519 host key, so the first key
 sshd ever presents is one we already trust. The key lives only as long as the builder:
@@ -36,8 +37,11 @@ def builder_user_data(host_key: KeyPair) -> str:
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)
 
 
-def smoke_user_data(host_key: KeyPair, tier: UserData | None, where: str) -> str:
-    """The host key part, then (when the smoke test names an environment's tier) that tier's parts."""
+def smoke_user_data(host_key: KeyPair | None, tier: UserData | None, where: str) -> str | None:
+    """The host key part, then (when the smoke test names an environment's tier) that tier's parts.
+    Without a host key (pinned from the console): the tier's parts alone, or nothing."""
+    if host_key is None:
+        return tier.text if tier is not None else None
     host_part = builder_user_data(host_key)
     if tier is None:
         return host_part

@@ -103,6 +103,33 @@ def test_bake_runs_in_a_sandbox_and_the_image_is_a_clean_layer(cloud, settings):
     assert_no_sandboxes(cloud)
 
 
+def test_a_builder_pinned_from_its_console_gets_no_key_in_its_user_data_and_its_smoke_instance_neither(
+        cloud, settings):
+    """`builder.host_key: console` (issue 18 item 5): the builder and the smoke instance make their
+    own host keys; bakery pins the ones cloud-init printed on their consoles before connecting, and
+    nothing secret travels in their user data (readable through DescribeInstanceAttribute)."""
+    import base64
+    import io
+
+    text = RECIPE.format(extra="checks:\n  commands: [{name: marker, shell: test -s /etc/bakery-marker}]\n")
+    write_recipe(settings.recipes, "t1", text.replace("  ssh: {user: admin, timeout: 60}\n",
+                                                      "  ssh: {user: admin, timeout: 60}\n  host_key: console\n"))
+    out = io.StringIO()
+    manifest = bake(settings, "t1", {}, report=Reporter(stream=out))
+    log = out.getvalue()
+    pinned = [line for line in log.splitlines() if "read host key from console" in line]
+    assert len(pinned) == 2 and all("SHA256:" in line for line in pinned), log  # the builder's, the smoke's
+    assert "smoke test: SSH" in log and manifest.ami_id
+    ec2 = open_cloud(settings).ec2.client
+    made = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
+        {"Name": "tag:bakery:build-id", "Values": [manifest.build_id]}])["Reservations"] for i in r["Instances"]]
+    assert len(made) == 2
+    for iid in made:
+        value = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData").get("UserData", {}).get("Value")
+        assert value is None or b"PRIVATE KEY" not in base64.b64decode(value)
+    assert_no_sandboxes(cloud)
+
+
 def test_an_instance_boots_the_image_with_real_cloud_init(cloud, settings):
     write_recipe(settings.recipes, "t2", RECIPE.format(extra=""))
     manifest = bake(settings, "t2", {}, report=Reporter(quiet=True))
