@@ -204,19 +204,22 @@ def verify(c, ami, json=False):
 
 @task(help={"dry-run": "only list what would be removed",
             "older-than": "builds whose temporary resources are older than this (30m, 6h, 2d; default: expired)",
-            "run-id": "builds of this CI run (BAKERY_RUN_ID at bake time), whatever their age"})
+            "run-id": "builds of this CI run (BAKERY_RUN_ID at bake time), whatever their age, in every region the "
+                      "recipes publish to, with the SSM values it wrote put back"})
 def janitor(c, dry_run=False, older_than=None, run_id=None):
     """Remove what dead runs left behind (builders, key pairs, groups, unfinished images, launches), by ledger and tags."""
     with command():
         from bakery.cli import show
         from bakery.cloud.connect import open_cloud
         from bakery.housekeeping.janitor import janitor as run_janitor
-        from bakery.housekeeping.janitor import parse_duration
+        from bakery.housekeeping.janitor import parse_duration, publish_regions
 
         age = parse_duration(older_than) if older_than else None
         settings = settings_from(c)
+        regions = publish_regions(settings.recipes) if run_id else []
         show.janitor(run_janitor(open_cloud(settings).ec2, older_than=age, run_id=run_id, dry_run=dry_run,
-                                 ledger_dir=settings.state / "ledger", keys_dir=settings.state / "keys"))
+                                 ledger_dir=settings.state / "ledger", keys_dir=settings.state / "keys",
+                                 regions=regions))
 
 
 @task(positional=[], help={"build-id": "the build to remove (printed by bake)", "dry-run": "only list what would be removed"})

@@ -988,7 +988,7 @@ PARAMETER = "/bakery/web/latest"
 def test_publish_parameter_points_the_parameter_at_the_image_and_puts_the_previous_one_back_on_unwind(cloud):
     bench = cloud(IMAGE + f"  ssm_parameter: {PARAMETER}\n")
     ami, previous = with_image(bench), bench.state.source.id
-    bench.ec2.publish_parameter(PARAMETER, previous)  # an earlier bake's image
+    bench.ec2.publish_parameter(PARAMETER, previous, "an earlier bake")  # an earlier bake's image
     detail = publish.PublishParameter().run(bench.state, bench.ctx)
 
     assert detail == f"{PARAMETER} = {ami} (version 2)"

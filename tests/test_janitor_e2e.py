@@ -99,3 +99,69 @@ def test_sigkill_then_plain_janitor_cleans_at_once_by_the_ledger_and_never_touch
     assert f"{journal.stem}: removed instance i-" in out.stdout and "1 dead run(s)" in out.stdout
     assert leftovers(moto.client()) == {}
     assert not journal.exists() and list((tmp_path / "state" / "keys").iterdir()) == []
+
+
+# ---- a CI run killed while it publishes (issue 18 item 3) --------------------------------------
+
+KILL_MID_PUBLISH = """
+import os, sys
+from pathlib import Path
+from bakery.bake.run import bake
+from bakery.config.settings import Settings
+from bakery.progress import Reporter
+import bakery.cloud.ec2 as ec2
+real = ec2.EC2.__init__
+def hooked(self, *a, **kw):  # dies once the launch template exists: copies, SSM values, builder all out
+    real(self, *a, **kw)
+    self.client.meta.events.register("after-call.ec2.CreateLaunchTemplate", lambda **_: os._exit(9))
+ec2.EC2.__init__ = hooked
+d = sys.argv[1:]
+bake(Settings(cloud="aws", region="us-east-1", endpoint_url=d[0], recipes_dir=Path(d[1]), state_dir=Path(d[2])),
+     "web", {}, report=Reporter(quiet=True))
+"""
+REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+
+
+def test_a_run_killed_while_publishing_to_two_regions_is_swept_by_its_run_id_from_a_fresh_machine(
+        moto, tmp_path, builder_host, settings_for):
+    """No ledger (the clean-up job runs on another machine): the copies are found by the run's
+    tag in their regions, the SSM values by the run's mark on their versions (the one it
+    overwrote put back, those it made deleted), the launch template it made too."""
+    recipes = tmp_path / "recipes"
+    publish = ("publish:\n  regions: [us-west-2, eu-west-1]\n  ssm_parameter: /bakery/images/web\n"
+               "  launch_template: {name: web-lt}\n")
+    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - {name: hi, shell: echo hi}\n", publish))
+    before = moto.client().describe_images(Owners=["self"])["Images"][0]["ImageId"]  # someone's earlier image
+    moto.client("ssm").put_parameter(Name="/bakery/images/web", Value=before, Type="String",
+                                     DataType="aws:ec2:image")
+    died = subprocess.run([sys.executable, "-c", KILL_MID_PUBLISH, moto.url, str(recipes), str(tmp_path / "state")],
+                          cwd=ROOT, env={**os.environ, "BAKERY_RUN_ID": "9001"}, capture_output=True, text=True,
+                          timeout=300)
+    assert died.returncode == 9, died.stderr[-3000:]
+
+    def left() -> dict[str, list[str]]:
+        out = {}
+        for region in REGIONS:
+            ec2, ssm = moto.client("ec2", region), moto.client("ssm", region)
+            images = [i["ImageId"] for i in ec2.describe_images(Owners=["self"], Filters=[
+                {"Name": "tag:bakery:run-id", "Values": ["9001"]}])["Images"]]
+            running = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
+                {"Name": "tag:bakery:run-id", "Values": ["9001"]},
+                {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])[
+                "Reservations"] for i in r["Instances"]]
+            values = [p["Name"] for p in ssm.describe_parameters()["Parameters"]]
+            templates = [t["LaunchTemplateName"] for t in ec2.describe_launch_templates()["LaunchTemplates"]]
+            out[region] = sorted(images + running + values + templates)
+        return out
+    assert all(len(things) >= 2 for things in left().values()), left()  # a copy and an SSM value in each
+
+    settings = settings_for(recipes)
+    report = janitor(EC2(settings), older_than=None, run_id="9001", dry_run=False, regions=["us-west-2", "eu-west-1"])
+    assert not report.failed, report.failed
+    swept = [item for items in report.builds.values() for item in items]
+    assert "ssm-parameter /bakery/images/web in us-east-1 (put back to " + before + ")" in swept
+    assert {f"ssm-parameter /bakery/images/web in {r} (deleted: the run made it)" for r in REGIONS[1:]} <= set(swept)
+    assert left() == {"us-east-1": ["/bakery/images/web"], "us-west-2": [], "eu-west-1": []}
+    assert moto.client("ssm").get_parameter(Name="/bakery/images/web")["Parameter"]["Value"] == before
+    assert janitor(EC2(settings), older_than=None, run_id="9001", dry_run=False,
+                   regions=["us-west-2", "eu-west-1"]).builds == {}  # nothing left to find

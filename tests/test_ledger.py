@@ -88,8 +88,8 @@ def test_janitor_removes_a_dead_runs_resources_by_id_in_order_and_spares_what_is
     snapshot = ec2.describe_images(ImageIds=[unfinished])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     finished = ec2.create_image(InstanceId=instance, Name="web-finished", TagSpecifications=tag(
         "image", mine + [{"Key": "bakery:complete", "Value": "true"}]))["ImageId"]
-    facade.publish_parameter("/images/web", source)        # the value before the dead run
-    facade.publish_parameter("/images/web", unfinished)    # what the dead run published
+    facade.publish_parameter("/images/web", source, "before")  # the value before the dead run
+    facade.publish_parameter("/images/web", unfinished, "bakery b-dead")  # what the dead run published
     facade.new_launch_template_version("web", {"ImageId": source}, "someone's")
     facade.new_launch_template_version("web", {"ImageId": unfinished}, "the dead run's")
 

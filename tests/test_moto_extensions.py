@@ -192,3 +192,19 @@ def test_public_addresses_avoid_what_this_machine_reaches_in_the_documentation_r
                                               for n in reserved())
     eips = [ec2.allocate_address(Domain="vpc")["PublicIp"] for _ in range(40)]
     assert not [ip for ip in eips if is_reserved(ip)]
+
+
+def test_launch_template_versions_are_deleted_as_ec2_deletes_them_except_the_default(ec2):
+    """moto has no DeleteLaunchTemplateVersions; the local endpoint answers it as EC2 does."""
+    ec2.create_launch_template(LaunchTemplateName="web-lt", LaunchTemplateData={"InstanceType": "t3.micro"})
+    for kind in ("t3.small", "t3.medium"):
+        ec2.create_launch_template_version(LaunchTemplateName="web-lt", LaunchTemplateData={"InstanceType": kind})
+    out = ec2.delete_launch_template_versions(LaunchTemplateName="web-lt", Versions=["2", "1", "9"])
+    assert [v["VersionNumber"] for v in out["SuccessfullyDeletedLaunchTemplateVersions"]] == [2]
+    assert {v["VersionNumber"]: v["ResponseError"]["Code"] for v in out["UnsuccessfullyDeletedLaunchTemplateVersions"]} \
+        == {1: "unexpectedError", 9: "launchTemplateVersionDoesNotExist"}
+    left = ec2.describe_launch_template_versions(LaunchTemplateName="web-lt")["LaunchTemplateVersions"]
+    assert sorted(v["VersionNumber"] for v in left) == [1, 3]
+    again = ec2.delete_launch_template_versions(LaunchTemplateName="web-lt", Versions=["2"])
+    assert again["UnsuccessfullyDeletedLaunchTemplateVersions"][0]["ResponseError"]["Code"] == \
+        "launchTemplateVersionDoesNotExist"

@@ -30,14 +30,14 @@ class Published:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def put_parameter(ctx: Context, ec2, name: str, image_id: str) -> int:
+def put_parameter(ctx: Context, ec2, name: str, image_id: str, mark: str) -> int:
     """Point the parameter at the image; undone (the previous value put back) unless the bake finishes.
     Journalled before the put: restoring is a no-op unless the parameter holds this image."""
     previous = ec2.parameter_value(name)
     ctx.stack.created("ssm-parameter", name, ec2.region, f"SSM parameter {name} in {ec2.region}",
                       lambda: ec2.restore_parameter(name, previous, image_id), product=True,
                       previous=previous, value=image_id)
-    return ec2.publish_parameter(name, image_id)
+    return ec2.publish_parameter(name, image_id, mark)
 
 
 class PublishParameter:
@@ -47,7 +47,7 @@ class PublishParameter:
 
     def run(self, state: BakeState, ctx: Context) -> str:
         param = state.recipe.image.ssm_parameter
-        version = put_parameter(ctx, ctx.ec2, param, state.image_id)
+        version = put_parameter(ctx, ctx.ec2, param, state.image_id, T.run_mark(state.build_id))
         state.manifest.ssm_parameter = param
         return f"{param} = {state.image_id} (version {version})"
 
@@ -73,7 +73,8 @@ class Publish:
         if spec.ssm_parameter:
             with report.stage(f"publish {spec.ssm_parameter} in {len(result.images)} region(s)"):
                 for region, ami in result.images.items():
-                    result.ssm_versions[region] = put_parameter(ctx, ec2.in_region(region), spec.ssm_parameter, ami)
+                    result.ssm_versions[region] = put_parameter(ctx, ec2.in_region(region), spec.ssm_parameter, ami,
+                                                                T.run_mark(state.build_id))
         if spec.launch_template:
             with report.stage(f"launch template {spec.launch_template.name}") as s:
                 result.launch_template = self._template(state, ctx, spec.launch_template.name)
@@ -90,7 +91,8 @@ class Publish:
 
         def copy(region: str) -> tuple[str, str]:
             target = ec2.in_region(region)
-            copy_id = target.copy_image_from(ec2, state.image_id, state.image_name, spec.kms_key_ids.get(region))
+            copy_id = target.copy_image_from(ec2, state.image_id, state.image_name, spec.kms_key_ids.get(region),
+                                             {**state.image_tags, T.COPIED_FROM: f"{ec2.region}/{state.image_id}"})
             # registered as soon as it exists: a copy failing in another region must not orphan this one
             ctx.stack.created("image", copy_id, region, f"copy {copy_id} in {region}",
                               lambda: target.deregister_image(copy_id), product=True)
@@ -110,7 +112,8 @@ class Publish:
     @staticmethod
     def _template(state: BakeState, ctx: Context, name: str) -> str:
         ec2 = ctx.ec2
-        version = ec2.new_launch_template_version(name, {"ImageId": state.image_id}, f"bakery {state.image_name}",
+        version = ec2.new_launch_template_version(name, {"ImageId": state.image_id},
+                                                  f"{state.image_name} {T.run_mark(state.build_id)}",
                                                   merge_latest=True,
                                                   initial={"MetadataOptions": {"HttpTokens": "required"}})
         ctx.stack.created("launch-template-version", f"{name}:{version}", ec2.region,

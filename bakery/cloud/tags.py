@@ -84,6 +84,20 @@ def ci_run_id() -> str | None:
     return os.environ.get("BAKERY_RUN_ID") or None
 
 
+def run_mark(build_id: str) -> str:
+    """What marks a change that takes no tags (an SSM parameter version's description, a launch
+    template version's): the build, and the CI run when there is one, for the janitor to find."""
+    run = ci_run_id()
+    return f"bakery {build_id}" + (f" run {run}" if run else "")
+
+
+def marked_by_run(text: str | None, run_id: str) -> bool:
+    """Whether a description carries `run_mark`'s mark of this CI run."""
+    import re
+
+    return re.search(rf"(^| )run {re.escape(run_id)}( |$)", text or "") is not None
+
+
 def build_tags(recipe: str, build_id: str, role: str, *, temporary: bool) -> dict[str, str]:
     """What every resource of a bake carries; temporary ones also expire and get a Name."""
     tags = {RECIPE: recipe, BUILD_ID: build_id, ROLE: role}

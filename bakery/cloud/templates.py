@@ -64,6 +64,18 @@ class TemplatesAPI:
                     used.setdefault(ami, f"launch template {lt['LaunchTemplateName']} version {v['VersionNumber']}")
         return used
 
+    def template_versions_marked(self, run_id: str) -> list[tuple[str, int]]:
+        """(template name, version) of every launch template version a CI run wrote (its
+        description carries the run's mark, tags.run_mark), newest first."""
+        from bakery.cloud import tags as T
+
+        found = []
+        for lt in self.describe_all("describe_launch_templates", "LaunchTemplates"):
+            for v in self._every_version(lt["LaunchTemplateId"], int(lt.get("LatestVersionNumber") or 1)):
+                if T.marked_by_run(v.get("VersionDescription"), run_id):
+                    found.append((lt["LaunchTemplateName"], int(v["VersionNumber"])))
+        return sorted(found, key=lambda f: (f[0], -f[1]))
+
     def _every_version(self, template_id: str, latest: int) -> list[dict]:
         """Versions 1..latest, asked for by number range a page at a time: EC2 pages them with
         NextToken, but moto (the local cloud's API) answers with its first page and no token, and

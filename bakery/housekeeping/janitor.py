@@ -5,7 +5,9 @@ removed; a run whose ledger lock is free is dead (its process is gone), so its l
 once. Tags find the rest from anywhere, e.g. a CI clean-up job on a fresh machine: a build counts
 as dead when its temporary resources are older than `--older-than` (creation time =
 `bakery:expires` minus the TTL the bake set), or when it belongs to the CI run named by
-`--run-id` (the run's jobs have ended when its clean-up job runs).
+`--run-id` (the run's jobs have ended when its clean-up job runs): then every region the recipes
+publish to is swept too, and what takes no tags is found by the run's mark in its description
+(SSM parameter versions, put back; launch template versions, deleted).
 Nothing that another run's tags claim is touched, nor a finished image, nor a live run. A
 finished checkpoint (bakery/bake/checkpoints.py) outlives its build on purpose: it goes once its
 own bakery:expires has passed, unless an instance or a launch template still uses it.
@@ -53,8 +55,10 @@ def _builds(ec2) -> dict[str, dict[str, str]]:
 
 
 def janitor(ec2, *, older_than: timedelta | None, run_id: str | None, dry_run: bool,
-            ledger_dir: Path | None = None, keys_dir: Path | None = None) -> JanitorReport:
-    """`keys_dir` (STATE/keys): a build found dead by its tags loses its private key file too."""
+            ledger_dir: Path | None = None, keys_dir: Path | None = None, regions: list[str] = ()) -> JanitorReport:
+    """`keys_dir` (STATE/keys): a build found dead by its tags loses its private key file too.
+    `regions`: with `run_id`, the other regions the run may have published to (recipes'
+    publish.regions), swept as the home region is."""
     report = JanitorReport(dry_run=dry_run)
     dead_here: set[str] = set()
     if ledger_dir is not None:
@@ -83,8 +87,37 @@ def janitor(ec2, *, older_than: timedelta | None, run_id: str | None, dry_run: b
         by_ledger = {item.split()[1] for item in listed}  # "kind id [in region]"
         listed.extend(item for item in clean_build(ec2, build, dry_run=dry_run, keys_dir=keys_dir).removed
                       if item.split()[-1] not in by_ledger)
+    if run_id is not None:
+        for region in dict.fromkeys([ec2.region, *regions]):
+            _sweep_run(ec2.in_region(region), run_id, dry_run, report, home=region == ec2.region, keys_dir=keys_dir)
     _expired_checkpoints(ec2, now, dry_run, report)
     return report
+
+
+def _sweep_run(ec2, run_id: str, dry_run: bool, report: JanitorReport, *, home: bool, keys_dir: Path | None) -> None:
+    """What a CI run left in one region, found without its ledger (a fresh machine's clean-up
+    job): resources tagged with the run (builders, groups, key pairs, unfinished images and
+    copies), SSM parameters it was the last to write (put back to the value before it, or
+    deleted if it made them) and launch template versions it added (both marked in their
+    description: tags.run_mark)."""
+    where = f" in {ec2.region}"
+    if not home:  # the home region's tagged builds were swept above
+        for build, tags in sorted(_builds(ec2).items()):
+            if tags.get(T.RUN_ID) == run_id:
+                report.builds.setdefault(build, []).extend(
+                    f"{item}{where}" for item in clean_build(ec2, build, dry_run=dry_run, keys_dir=keys_dir).removed)
+    for name, before, ours in ec2.parameters_marked(run_id):
+        report.builds.setdefault(f"run {run_id}", []).append(
+            f"ssm-parameter {name}{where} ({'put back to ' + before if before else 'deleted: the run made it'})")
+        if not dry_run:
+            ec2.restore_parameter(name, before, ours)
+    for name, version in ec2.template_versions_marked(run_id):
+        report.builds.setdefault(f"run {run_id}", []).append(f"launch-template-version {name}:{version}{where}")
+        if not dry_run:
+            try:
+                ec2.delete_launch_template_version(name, version)
+            except BakeryError as exc:
+                report.failed.append(f"run {run_id}: launch template {name} version {version}{where}: {exc.message}")
 
 
 def _expired_checkpoints(ec2, now: datetime, dry_run: bool, report: JanitorReport) -> None:
@@ -181,3 +214,18 @@ def _inspect(ec2, run: str, entry: ledger.Entry):
     if kind == "launch-template-version":
         return "ours", lambda: ec2.delete_launch_template_version(entry.extra["name"], int(entry.extra["version"]))
     raise ConfigError(f"ledger {run}: unknown resource kind {kind!r}")
+
+
+def publish_regions(recipes_dir: Path) -> list[str]:
+    """Every region a recipe here publishes copies to: where a run's leftovers can be. A recipe
+    that does not load cannot have published anything."""
+    from bakery.config.recipe import list_recipes, load_recipe
+
+    regions: list[str] = []
+    for name in list_recipes(recipes_dir):
+        try:
+            recipe = load_recipe(recipes_dir, name)
+        except BakeryError:
+            continue
+        regions += [r for r in (recipe.publish.regions if recipe.publish else []) if r not in regions]
+    return regions

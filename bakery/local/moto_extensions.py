@@ -133,6 +133,40 @@ def install(machines: LocalCloud) -> Callable[[], None]:
             data = {**data, "UserData": parse_user_data(data["UserData"])}
         return moto_create_version(self, data, description)
 
+    from moto.ec2.models.launch_templates import LaunchTemplateBackend
+    from moto.ec2.responses.launch_templates import LaunchTemplates
+
+    moto_versions = LaunchTemplateBackend.describe_launch_template_versions
+
+    def describe_versions(self, *args, **kwargs):
+        return [(t, v) for t, v in moto_versions(self, *args, **kwargs) if not getattr(v, "bakery_deleted", False)]
+
+    def delete_launch_template_versions(self) -> ActionResult:
+        """DeleteLaunchTemplateVersions (moto has none), answered as EC2 does: each version is
+        deleted or reported unsuccessful with EC2's code (one that does not exist; the default
+        version, which must not be deleted while it is the default)."""
+        name, tid = self._get_param("LaunchTemplateName"), self._get_param("LaunchTemplateId")
+        [template] = self.ec2_backend.describe_launch_templates(template_names=[name] if name else None,
+                                                                template_ids=[tid] if tid else None)
+        done, failed = [], []
+        for raw in self._get_param("Versions", []):
+            number = int(raw) if str(raw).isdigit() else 0
+            version = template.versions[number - 1] if 1 <= number <= len(template.versions) else None
+            which = {"LaunchTemplateId": template.id, "LaunchTemplateName": template.name, "VersionNumber": number}
+            if version is None or getattr(version, "bakery_deleted", False):
+                failed.append({**which, "ResponseError": {"Code": "launchTemplateVersionDoesNotExist",
+                                                          "Message": f"version {raw} does not exist"}})
+            elif template.is_default(version):
+                failed.append({**which, "ResponseError": {"Code": "unexpectedError",
+                                                          "Message": "the default version cannot be deleted"}})
+            else:
+                version.bakery_deleted = True
+                done.append(which)
+        return ActionResult({"SuccessfullyDeletedLaunchTemplateVersions": done,
+                             "UnsuccessfullyDeletedLaunchTemplateVersions": failed})
+
+    _set(LaunchTemplateBackend, "describe_launch_template_versions", describe_versions)
+    _set(LaunchTemplates, "delete_launch_template_versions", delete_launch_template_versions)
     _set(LaunchTemplate, "create_version", create_version)
     _set(elastic_network_interfaces, "random_private_ip", private_address)
     _set(ENI, "__init__", eni_init)
@@ -286,15 +320,21 @@ def _give_internet_gateway(backend, vpc) -> None:
 _installed: list[tuple[object, str, object]] = []
 
 
+_ABSENT = object()  # what moto did not have: removed again on uninstall
+
+
 def _set(owner: object, name: str, value: object) -> None:
-    _installed.append((owner, name, getattr(owner, name)))
+    _installed.append((owner, name, getattr(owner, name, _ABSENT)))
     setattr(owner, name, value)
 
 
 def _uninstall() -> None:
     while _installed:
         owner, name, original = _installed.pop()
-        setattr(owner, name, original)
+        if original is _ABSENT:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
 
 
 #: the subnet whose ENI is being given addresses (moto's address helper is told only the CIDR)
