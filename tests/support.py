@@ -400,10 +400,16 @@ def moto_in_process(tmp_path: Path, monkeypatch, region: str = "us-east-1"):
 
     from bakery.config.settings import Settings
 
+    from bakery.local.moto_extensions import install_snapshot_tags
+
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     with mock_aws():
-        yield Settings(cloud="aws", region=region, project_dir=tmp_path, recipes_dir=tmp_path / "recipes",
-                       state_dir=tmp_path / "state")
+        undo = install_snapshot_tags()  # moto here plays AWS, which tags snapshots at CreateImage
+        try:
+            yield Settings(cloud="aws", region=region, project_dir=tmp_path, recipes_dir=tmp_path / "recipes",
+                           state_dir=tmp_path / "state")
+        finally:
+            undo()
 
 
 def write_recipe(recipes: Path, name: str, body: str) -> Path:

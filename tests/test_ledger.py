@@ -90,8 +90,8 @@ def test_janitor_removes_a_dead_runs_resources_by_id_in_order_and_spares_what_is
         "image", mine + [{"Key": "bakery:complete", "Value": "true"}]))["ImageId"]
     facade.publish_parameter("/images/web", source, "before")  # the value before the dead run
     facade.publish_parameter("/images/web", unfinished, "bakery b-dead")  # what the dead run published
-    facade.new_launch_template_version("web", {"ImageId": source}, "someone's")
-    facade.new_launch_template_version("web", {"ImageId": unfinished}, "the dead run's")
+    facade.new_launch_template_version("web", {"ImageId": source}, "someone's", tags={"bakery:recipe": "web"})
+    facade.new_launch_template_version("web", {"ImageId": unfinished}, "the dead run's", tags={"bakery:recipe": "web"})
 
     with Ledger(tmp_path / "ledger", run, "bake web") as journal:  # closes with everything outstanding
         for kind, rid in [("instance", instance), ("security-group", untagged_group),

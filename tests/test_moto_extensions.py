@@ -208,3 +208,16 @@ def test_launch_template_versions_are_deleted_as_ec2_deletes_them_except_the_def
     again = ec2.delete_launch_template_versions(LaunchTemplateName="web-lt", Versions=["2"])
     assert again["UnsuccessfullyDeletedLaunchTemplateVersions"][0]["ResponseError"]["Code"] == \
         "launchTemplateVersionDoesNotExist"
+
+
+def test_create_image_tags_its_snapshots_when_asked_as_ec2_does(ec2):
+    """moto raises NotImplementedError for a snapshot TagSpecification; bakery's IAM policy needs
+    the snapshots tagged at creation, so the local endpoint does it."""
+    iid = ec2.run_instances(ImageId=image(ec2), MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ami = ec2.create_image(InstanceId=iid, Name="tagged", TagSpecifications=[
+        {"ResourceType": "image", "Tags": [{"Key": "bakery:recipe", "Value": "web"}]},
+        {"ResourceType": "snapshot", "Tags": [{"Key": "bakery:recipe", "Value": "web"}]}])["ImageId"]
+    [found] = ec2.describe_images(ImageIds=[ami])["Images"]
+    snapshot = found["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    tags = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0].get("Tags", [])
+    assert {"Key": "bakery:recipe", "Value": "web"} in tags and found["Tags"] == [{"Key": "bakery:recipe", "Value": "web"}]

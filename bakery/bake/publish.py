@@ -114,7 +114,7 @@ class Publish:
         ec2 = ctx.ec2
         version = ec2.new_launch_template_version(name, {"ImageId": state.image_id},
                                                   f"{state.image_name} {T.run_mark(state.build_id)}",
-                                                  merge_latest=True,
+                                                  tags={T.RECIPE: state.recipe.name}, merge_latest=True,
                                                   initial={"MetadataOptions": {"HttpTokens": "required"}})
         ctx.stack.created("launch-template-version", f"{name}:{version}", ec2.region,
                           f"launch template {name} version {version}",

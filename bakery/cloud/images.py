@@ -125,8 +125,12 @@ class ImagesAPI:
             Owners=["self"], Filters=[T.tag_filter(T.RECIPE, recipe), T.tag_filter(tag, "failed")])]
 
     def create_image(self, instance_id: str, name: str, description: str, tags: dict[str, str]) -> str:
+        """The image and its snapshots tagged at creation (bakery's IAM policy lets it tag a
+        snapshot later only if it carries bakery's tags already). Another endpoint than AWS or the
+        local cloud (a moto server) cannot tag snapshots there: the caller tags them afterwards."""
+        kinds = ("image", "snapshot") if self.settings.cloud == "local" or not self.settings.endpoint_url else ("image",)
         resp = self.call("create-image", self.client.create_image, InstanceId=instance_id, Name=name,
-                         Description=description[:255], TagSpecifications=T.tag_specs(tags, "image"))
+                         Description=description[:255], TagSpecifications=T.tag_specs(tags, *kinds))
         return resp["ImageId"]
 
     def copy_image_from(self, source: "ImagesAPI", image_id: str, name: str, kms_key_id: str | None,

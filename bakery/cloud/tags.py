@@ -149,6 +149,11 @@ def instance_tags(env: str, tier: str, slot: str, launch_id: str, strategy: str)
     return {**slot_tags(env, tier, slot), ENVIRONMENT: env, TIER: tier, LAUNCH_ID: launch_id, STRATEGY: strategy}
 
 
+def tier_tags(env: str, tier: str) -> dict[str, str]:
+    """What marks a tier's own resources (its launch template): the environment's, for the policy."""
+    return {ENVIRONMENT: env, TIER: tier}
+
+
 def group_tags(env: str, tier: str, launch_id: str, strategy: str) -> dict[str, str]:
     """bakery's own tags on an Auto Scaling group, propagated to every instance it launches: all
     of them fill the one slot `group`."""

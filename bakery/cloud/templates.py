@@ -3,6 +3,7 @@ a fleet and wait until it is in service). A mixin of the EC2 facade."""
 
 from __future__ import annotations
 
+from bakery.cloud.tags import tag_specs
 from bakery.errors import CloudError
 
 VERSIONS_PAGE = 200  # DescribeLaunchTemplateVersions' largest MaxResults
@@ -11,11 +12,12 @@ VERSIONS_PAGE = 200  # DescribeLaunchTemplateVersions' largest MaxResults
 class TemplatesAPI:
     """Launch template and load balancer operations of the EC2 facade."""
 
-    def new_launch_template_version(self, name: str, data: dict, description: str, *,
+    def new_launch_template_version(self, name: str, data: dict, description: str, *, tags: dict[str, str],
                                     merge_latest: bool = False, initial: dict | None = None) -> int:
         """A new version of the named template (created on first use, with `initial` added to
-        `data`); returns its number. `merge_latest` keeps everything else from the latest version
-        and changes only `data`'s keys."""
+        `data`, and `tags` on the template itself: the IAM policy lets bakery change only templates
+        that carry its tags); returns its number. `merge_latest` keeps everything else from the
+        latest version and changes only `data`'s keys."""
         c = self.client
         try:
             self.call("describe-launch-templates", c.describe_launch_templates, LaunchTemplateNames=[name])
@@ -23,7 +25,8 @@ class TemplatesAPI:
             if "NotFound" not in self.code_of(exc):
                 raise
             resp = self.call("create-launch-template", c.create_launch_template, LaunchTemplateName=name,
-                             LaunchTemplateData={**(initial or {}), **data}, VersionDescription=description)
+                             LaunchTemplateData={**(initial or {}), **data}, VersionDescription=description,
+                             TagSpecifications=tag_specs(tags, "launch-template"))
             return resp["LaunchTemplate"]["LatestVersionNumber"]
         resp = self.call("create-launch-template-version", c.create_launch_template_version,
                          LaunchTemplateName=name, LaunchTemplateData=data, VersionDescription=description,

@@ -151,7 +151,8 @@ class Group:
         ec2 = self.ec2
         data = self.launcher.template_data(plan)
         with self.launcher.report.stage(f"launch template {self.template}") as s:
-            version = ec2.new_launch_template_version(self.template, data, f"bakery {self.launcher.launch_id}")
+            version = ec2.new_launch_template_version(self.template, data, f"bakery {self.launcher.launch_id}",
+                                                      tags=T.tier_tags(self.env.name, self.tier))
             stack.created("launch-template-version", f"{self.template}:{version}", ec2.region,
                           f"launch template {self.template} version {version}",
                           lambda: ec2.delete_launch_template_version(self.template, version), product=True,

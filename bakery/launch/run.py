@@ -278,7 +278,8 @@ class Launch:
                 continue
             data = self.template_data(plan)
             with self.report.stage(f"launch template {spec.name}") as s:
-                version = self.ec2.new_launch_template_version(spec.name, data, f"bakery {self.launch_id}")
+                version = self.ec2.new_launch_template_version(spec.name, data, f"bakery {self.launch_id}",
+                                                               tags=T.tier_tags(self.env.name, plan.tier))
                 if spec.set_default:
                     self.ec2.set_default_template_version(spec.name, version)
                 out[plan.tier] = f"{spec.name}:{version}"

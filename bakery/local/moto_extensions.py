@@ -165,6 +165,7 @@ def install(machines: LocalCloud) -> Callable[[], None]:
         return ActionResult({"SuccessfullyDeletedLaunchTemplateVersions": done,
                              "UnsuccessfullyDeletedLaunchTemplateVersions": failed})
 
+    install_snapshot_tags()
     _set(LaunchTemplateBackend, "describe_launch_template_versions", describe_versions)
     _set(LaunchTemplates, "delete_launch_template_versions", delete_launch_template_versions)
     _set(LaunchTemplate, "create_version", create_version)
@@ -173,6 +174,28 @@ def install(machines: LocalCloud) -> Callable[[], None]:
     _set(Backend, "assign_private_ip_addresses", assign)
     _set(Backend, "unassign_private_ip_addresses", unassign)
     _install_gateways()
+    return _uninstall
+
+
+def install_snapshot_tags() -> Callable[[], None]:
+    """CreateImage tags the image's snapshots too when asked, as EC2 does (moto raises
+    NotImplementedError for a snapshot TagSpecification); returns what takes moto's back. Also
+    for moto in a test's own process, which plays AWS (bakery then asks for it)."""
+    from moto.ec2.models.amis import AmiBackend
+
+    moto_create_image = AmiBackend.create_image
+
+    def create_image(self, instance_id, name, description, tag_specifications):
+        snapshot_tags = [t for spec in tag_specifications if spec.get("ResourceType") == "snapshot"
+                         for t in spec.get("Tags", [])]
+        ami = moto_create_image(self, instance_id, name, description,
+                                [spec for spec in tag_specifications if spec.get("ResourceType") != "snapshot"])
+        snapshot = getattr(ami, "ebs_snapshot", None)
+        for tag in snapshot_tags if snapshot is not None else []:
+            snapshot.add_tag(tag["Key"], tag["Value"])
+        return ami
+
+    _set(AmiBackend, "create_image", create_image)
     return _uninstall
 
 
