@@ -47,12 +47,19 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait()
 
 
+#: a moto server that answers as the local cloud's endpoint does where moto has no answer
+#: (bakery/local/moto_extensions.py install_api_answers): DeleteLaunchTemplateVersions, snapshot tags
+API_ANSWERS = ("import sys; from bakery.local.moto_extensions import install_api_answers; install_api_answers(); "
+               "from moto.server import main; main(sys.argv[1:])")
+
+
 class MotoServer:
-    def __init__(self) -> None:
+    def __init__(self, api_answers: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+        start = ["-c", API_ANSWERS] if api_answers else ["-m", "moto.server"]
+        self.proc = subprocess.Popen([sys.executable, *start, "-H", "127.0.0.1", "-p", str(self.port)], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 30
         while True:

@@ -111,9 +111,9 @@ from bakery.config.settings import Settings
 from bakery.progress import Reporter
 import bakery.cloud.ec2 as ec2
 real = ec2.EC2.__init__
-def hooked(self, *a, **kw):  # dies once the launch template exists: copies, SSM values, builder all out
+def hooked(self, *a, **kw):  # dies once the template version exists: copies, SSM values, builder all out
     real(self, *a, **kw)
-    self.client.meta.events.register("after-call.ec2.CreateLaunchTemplate", lambda **_: os._exit(9))
+    self.client.meta.events.register("after-call.ec2.CreateLaunchTemplateVersion", lambda **_: os._exit(9))
 ec2.EC2.__init__ = hooked
 d = sys.argv[1:]
 bake(Settings(cloud="aws", region="us-east-1", endpoint_url=d[0], recipes_dir=Path(d[1]), state_dir=Path(d[2])),
@@ -122,19 +122,43 @@ bake(Settings(cloud="aws", region="us-east-1", endpoint_url=d[0], recipes_dir=Pa
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
 
 
-def test_a_run_killed_while_publishing_to_two_regions_is_swept_by_its_run_id_from_a_fresh_machine(
-        moto, tmp_path, builder_host, settings_for):
-    """No ledger (the clean-up job runs on another machine): the copies are found by the run's
+@pytest.fixture
+def endpoint(tmp_path):
+    """A moto server answering DeleteLaunchTemplateVersions as EC2 does (moto has none: the local
+    cloud's endpoint's answer, bakery/local/moto_extensions.py), with a source image and a builder."""
+    from tests.support import FakeBuilderHost, MotoServer, stop_process
+
+    server = MotoServer(api_answers=True)
+    ec2 = server.client()
+    seed = ec2.run_instances(ImageId="ami-0123456789abcdef0", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ec2.create_image(InstanceId=seed, Name="test-debian-12-amd64-20260101")
+    ec2.terminate_instances(InstanceIds=[seed])
+    host = FakeBuilderHost(server, tmp_path / "builder")
+    try:
+        yield server, host
+    finally:
+        host.close()
+        stop_process(server.proc)
+
+
+def test_a_run_killed_while_publishing_to_two_regions_is_swept_by_its_run_id_from_a_fresh_machine(endpoint, tmp_path):
+    """`invoke janitor --run-id` on another machine (no ledger): the copies are found by the run's
     tag in their regions, the SSM values by the run's mark on their versions (the one it
-    overwrote put back, those it made deleted), the launch template it made too."""
+    overwrote put back, those it made deleted), the launch template version it added to someone's
+    template by its mark too; the builder by its tag."""
+    server, host = endpoint
     recipes = tmp_path / "recipes"
     publish = ("publish:\n  regions: [us-west-2, eu-west-1]\n  ssm_parameter: /bakery/images/web\n"
                "  launch_template: {name: web-lt}\n")
-    write_recipe(recipes, "web", recipe_text(builder_host.port, "  - {name: hi, shell: echo hi}\n", publish))
-    before = moto.client().describe_images(Owners=["self"])["Images"][0]["ImageId"]  # someone's earlier image
-    moto.client("ssm").put_parameter(Name="/bakery/images/web", Value=before, Type="String",
-                                     DataType="aws:ec2:image")
-    died = subprocess.run([sys.executable, "-c", KILL_MID_PUBLISH, moto.url, str(recipes), str(tmp_path / "state")],
+    write_recipe(recipes, "web", recipe_text(host.port, "  - {name: hi, shell: echo hi}\n", publish))
+    ec2 = server.client()
+    before = ec2.describe_images(Owners=["self"])["Images"][0]["ImageId"]  # someone's earlier image
+    server.client("ssm").put_parameter(Name="/bakery/images/web", Value=before, Type="String",
+                                       DataType="aws:ec2:image")
+    ec2.create_launch_template(LaunchTemplateName="web-lt", LaunchTemplateData={"ImageId": before},
+                               TagSpecifications=[{"ResourceType": "launch-template",
+                                                   "Tags": [{"Key": "bakery:recipe", "Value": "web"}]}])
+    died = subprocess.run([sys.executable, "-c", KILL_MID_PUBLISH, server.url, str(recipes), str(tmp_path / "state")],
                           cwd=ROOT, env={**os.environ, "BAKERY_RUN_ID": "9001"}, capture_output=True, text=True,
                           timeout=300)
     assert died.returncode == 9, died.stderr[-3000:]
@@ -142,26 +166,33 @@ def test_a_run_killed_while_publishing_to_two_regions_is_swept_by_its_run_id_fro
     def left() -> dict[str, list[str]]:
         out = {}
         for region in REGIONS:
-            ec2, ssm = moto.client("ec2", region), moto.client("ssm", region)
-            images = [i["ImageId"] for i in ec2.describe_images(Owners=["self"], Filters=[
+            c, ssm = server.client("ec2", region), server.client("ssm", region)
+            images = [i["ImageId"] for i in c.describe_images(Owners=["self"], Filters=[
                 {"Name": "tag:bakery:run-id", "Values": ["9001"]}])["Images"]]
-            running = [i["InstanceId"] for r in ec2.describe_instances(Filters=[
+            running = [i["InstanceId"] for r in c.describe_instances(Filters=[
                 {"Name": "tag:bakery:run-id", "Values": ["9001"]},
                 {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])[
                 "Reservations"] for i in r["Instances"]]
-            values = [p["Name"] for p in ssm.describe_parameters()["Parameters"]]
-            templates = [t["LaunchTemplateName"] for t in ec2.describe_launch_templates()["LaunchTemplates"]]
-            out[region] = sorted(images + running + values + templates)
+            values = [f"{p['Name']}={ssm.get_parameter(Name=p['Name'])['Parameter']['Value']}"
+                      for p in ssm.describe_parameters()["Parameters"]]
+            versions = [f"{t['LaunchTemplateName']}:{v['VersionNumber']}"
+                        for t in c.describe_launch_templates()["LaunchTemplates"]
+                        for v in c.describe_launch_template_versions(LaunchTemplateId=t["LaunchTemplateId"])[
+                            "LaunchTemplateVersions"]]
+            out[region] = sorted(images + running + values + versions)
         return out
-    assert all(len(things) >= 2 for things in left().values()), left()  # a copy and an SSM value in each
+    found = left()
+    assert "web-lt:2" in found["us-east-1"] and all(len(things) >= 2 for things in found.values()), found
 
-    settings = settings_for(recipes)
-    report = janitor(EC2(settings), older_than=None, run_id="9001", dry_run=False, regions=["us-west-2", "eu-west-1"])
-    assert not report.failed, report.failed
-    swept = [item for items in report.builds.values() for item in items]
-    assert "ssm-parameter /bakery/images/web in us-east-1 (put back to " + before + ")" in swept
-    assert {f"ssm-parameter /bakery/images/web in {r} (deleted: the run made it)" for r in REGIONS[1:]} <= set(swept)
-    assert left() == {"us-east-1": ["/bakery/images/web"], "us-west-2": [], "eu-west-1": []}
-    assert moto.client("ssm").get_parameter(Name="/bakery/images/web")["Parameter"]["Value"] == before
-    assert janitor(EC2(settings), older_than=None, run_id="9001", dry_run=False,
-                   regions=["us-west-2", "eu-west-1"]).builds == {}  # nothing left to find
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "aws", "INVOKE_BAKERY_ENDPOINT_URL": server.url,
+           "INVOKE_BAKERY_RECIPES_DIR": str(recipes), "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "elsewhere")}
+    swept = subprocess.run([sys.executable, "-m", "invoke", "janitor", "--run-id", "9001"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    out = swept.stdout + swept.stderr
+    assert f"ssm-parameter /bakery/images/web in us-east-1 (put back to {before})" in out, out
+    assert "launch-template-version web-lt:2 in us-east-1" in out, out
+    assert left() == {"us-east-1": [f"/bakery/images/web={before}", "web-lt:1"], "us-west-2": [], "eu-west-1": []}
+    again = subprocess.run([sys.executable, "-m", "invoke", "janitor", "--run-id", "9001"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "ssm-parameter" not in again.stdout + again.stderr  # nothing left to find

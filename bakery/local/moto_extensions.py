@@ -133,6 +133,21 @@ def install(machines: LocalCloud) -> Callable[[], None]:
             data = {**data, "UserData": parse_user_data(data["UserData"])}
         return moto_create_version(self, data, description)
 
+    install_api_answers()
+    _set(LaunchTemplate, "create_version", create_version)
+    _set(elastic_network_interfaces, "random_private_ip", private_address)
+    _set(ENI, "__init__", eni_init)
+    _set(Backend, "assign_private_ip_addresses", assign)
+    _set(Backend, "unassign_private_ip_addresses", unassign)
+    _install_gateways()
+    return _uninstall
+
+
+def install_api_answers() -> Callable[[], None]:
+    """The endpoint's answers that need no machine, as EC2 gives them where moto has none:
+    DeleteLaunchTemplateVersions, and snapshots tagged by CreateImage. Returns what takes moto's
+    own back. Also for a test's moto server or in-process moto that must behave as EC2 there."""
+    from moto.core.responses import ActionResult
     from moto.ec2.models.launch_templates import LaunchTemplateBackend
     from moto.ec2.responses.launch_templates import LaunchTemplates
 
@@ -165,15 +180,9 @@ def install(machines: LocalCloud) -> Callable[[], None]:
         return ActionResult({"SuccessfullyDeletedLaunchTemplateVersions": done,
                              "UnsuccessfullyDeletedLaunchTemplateVersions": failed})
 
-    install_snapshot_tags()
     _set(LaunchTemplateBackend, "describe_launch_template_versions", describe_versions)
     _set(LaunchTemplates, "delete_launch_template_versions", delete_launch_template_versions)
-    _set(LaunchTemplate, "create_version", create_version)
-    _set(elastic_network_interfaces, "random_private_ip", private_address)
-    _set(ENI, "__init__", eni_init)
-    _set(Backend, "assign_private_ip_addresses", assign)
-    _set(Backend, "unassign_private_ip_addresses", unassign)
-    _install_gateways()
+    install_snapshot_tags()
     return _uninstall
 
 
