@@ -4,8 +4,9 @@
 (one API call, its failure mapped to a one-line CloudError) and `describe_all` (every page of a
 Describe*). The operations themselves are grouped by subject in mixins: images, instances,
 access (key pairs, builder security groups), vpc (networking), parameters (SSM), templates
-(launch templates, target groups), scaling (Auto Scaling groups, instance refresh), evidence (S3: an image's SBOM and provenance), kms (signing
-provenance with an asymmetric key). Nothing outside bakery/cloud touches a client.
+(launch templates, target groups), scaling (Auto Scaling groups, instance refresh), evidence
+(S3: an image's SBOM and provenance), kms (signing provenance with an asymmetric key; which key
+EBS encrypts with). Nothing outside bakery/cloud touches a client.
 
 Constructing an EC2 starts nothing: which endpoint to talk to (AWS, a moto server, the local
 cloud) is decided by `bakery.cloud.connect.open_cloud`, once.

@@ -128,7 +128,8 @@ class ImagesAPI:
         """The image and its snapshots tagged at creation (bakery's IAM policy lets it tag a
         snapshot later only if it carries bakery's tags already). Another endpoint than AWS or the
         local cloud (a moto server) cannot tag snapshots there: the caller tags them afterwards."""
-        kinds = ("image", "snapshot") if self.settings.cloud == "local" or not self.settings.endpoint_url else ("image",)
+        at_creation = self.settings.cloud == "local" or not self.settings.endpoint_url
+        kinds = ("image", "snapshot") if at_creation else ("image",)
         resp = self.call("create-image", self.client.create_image, InstanceId=instance_id, Name=name,
                          Description=description[:255], TagSpecifications=T.tag_specs(tags, *kinds))
         return resp["ImageId"]
@@ -140,7 +141,8 @@ class ImagesAPI:
         finds by its tags); returns the copy's id. An endpoint that ignores TagSpecifications on
         CopyImage (moto) has the tags put on at once."""
         resp = self.call(f"copy-image to {self.region}", self.client.copy_image, SourceImageId=image_id,
-                         SourceRegion=source.region, Name=name, TagSpecifications=T.tag_specs(tags, "image", "snapshot"),
+                         SourceRegion=source.region, Name=name,
+                         TagSpecifications=T.tag_specs(tags, "image", "snapshot"),
                          **({"Encrypted": True, "KmsKeyId": kms_key_id} if kms_key_id else {}))
         copy_id = resp["ImageId"]
         if T.tags_of((self.describe_images(ImageIds=[copy_id]) or [{}])[0]).get(T.BUILD_ID) != tags.get(T.BUILD_ID):

@@ -34,8 +34,8 @@ class Planner:
             with self.report.stage(f"plan tier {name}") as s:
                 plans.append(self._plan_tier(name, spec))
                 p = plans[-1]
-                s.detail = (f"{p.strategy}, {p.image_id}, {p.count} x {p.instance_type} "
-                            f"({p.in_place()}, {f'desired {p.count}' if p.group else f'{len(p.missing_slots)} to launch'}), "
+                fill = f"desired {p.count}" if p.group else f"{len(p.missing_slots)} to launch"
+                s.detail = (f"{p.strategy}, {p.image_id}, {p.count} x {p.instance_type} ({p.in_place()}, {fill}), "
                             f"user data {p.user_data_size} bytes")
         return plans
 
