@@ -35,6 +35,7 @@ LAYERS = [
     {"bakery.network"},                    # an environment's network, ENI moves, failover
     {"bakery.bake", "bakery.launch"},      # the two workflows
     {"bakery.cli"},                        # what tasks print
+    {"bakery.tasks"},                      # the front door: invoke's tasks, the `bakery` command
 ]
 
 
