@@ -68,12 +68,13 @@ class Inputs:
         return resolve_variables(self.declared, given, self.path, self.name)
 
     def full(self) -> "Recipe":
-        """The recipe's models, loaded (and validated) now if this came from the cache."""
-        if self.recipe is not None:
-            return self.recipe
-        from bakery.config.recipe import load_recipe
+        """The recipe's models, loaded (and validated) on first use if this came from the cache,
+        then kept: a bake asks for them at its checks, its sharing check and its build."""
+        if self.recipe is None:
+            from bakery.config.recipe import load_recipe
 
-        return load_recipe(Path(self.recipes_dir), self.name)
+            object.__setattr__(self, "recipe", load_recipe(Path(self.recipes_dir), self.name))  # frozen: a cache
+        return self.recipe
 
 
 def load_inputs(recipes_dir: Path, state_dir: Path, name: str) -> Inputs:
