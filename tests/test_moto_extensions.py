@@ -221,3 +221,17 @@ def test_create_image_tags_its_snapshots_when_asked_as_ec2_does(ec2):
     snapshot = found["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     tags = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0].get("Tags", [])
     assert {"Key": "bakery:recipe", "Value": "web"} in tags and found["Tags"] == [{"Key": "bakery:recipe", "Value": "web"}]
+
+
+def test_copy_image_tags_the_copy_and_its_snapshots_when_asked_as_ec2_does(ec2):
+    """moto ignores CopyImage's TagSpecifications; bakery tags region copies at creation so the
+    janitor finds a killed run's copies, so the local endpoint tags them."""
+    iid = ec2.run_instances(ImageId=image(ec2), MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ami = ec2.create_image(InstanceId=iid, Name="source")["ImageId"]
+    tag = [{"Key": "bakery:run-id", "Value": "42"}]
+    west = boto3.client("ec2", region_name="us-west-2")
+    copy = west.copy_image(SourceImageId=ami, SourceRegion="us-east-1", Name="copy", TagSpecifications=[
+        {"ResourceType": "image", "Tags": tag}, {"ResourceType": "snapshot", "Tags": tag}])["ImageId"]
+    [found] = west.describe_images(ImageIds=[copy])["Images"]
+    snapshot = found["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    assert found["Tags"] == tag and west.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["Tags"] == tag

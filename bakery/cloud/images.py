@@ -138,16 +138,12 @@ class ImagesAPI:
                         tags: dict[str, str]) -> str:
         """Copy `image_id` from the `source` facade's region into this one, the copy and its
         snapshots tagged at creation (a run killed while it copies leaves a copy the janitor
-        finds by its tags); returns the copy's id. An endpoint that ignores TagSpecifications on
-        CopyImage (moto) has the tags put on at once."""
+        finds by its tags); returns the copy's id."""
         resp = self.call(f"copy-image to {self.region}", self.client.copy_image, SourceImageId=image_id,
                          SourceRegion=source.region, Name=name,
                          TagSpecifications=T.tag_specs(tags, "image", "snapshot"),
                          **({"Encrypted": True, "KmsKeyId": kms_key_id} if kms_key_id else {}))
-        copy_id = resp["ImageId"]
-        if T.tags_of((self.describe_images(ImageIds=[copy_id]) or [{}])[0]).get(T.BUILD_ID) != tags.get(T.BUILD_ID):
-            self.tag([copy_id], tags)
-        return copy_id
+        return resp["ImageId"]
 
     def image_snapshots(self, image_id: str) -> list[str]:
         images = self.describe_images(ImageIds=[image_id])

@@ -145,7 +145,7 @@ def install(machines: LocalCloud) -> Callable[[], None]:
 
 def install_api_answers() -> Callable[[], None]:
     """The endpoint's answers that need no machine, as EC2 gives them where moto has none:
-    DeleteLaunchTemplateVersions, and snapshots tagged by CreateImage. Returns what takes moto's
+    DeleteLaunchTemplateVersions, and the tags CopyImage and CreateImage are asked to put on. Returns what takes moto's
     own back. Also for a test's moto server or in-process moto that must behave as EC2 there."""
     from moto.core.responses import ActionResult
     from moto.ec2.models.launch_templates import LaunchTemplateBackend
@@ -180,8 +180,23 @@ def install_api_answers() -> Callable[[], None]:
         return ActionResult({"SuccessfullyDeletedLaunchTemplateVersions": done,
                              "UnsuccessfullyDeletedLaunchTemplateVersions": failed})
 
+    from moto.ec2.responses.amis import AmisResponse
+
+    moto_copy_image = AmisResponse.copy_image
+
+    def copy_image(self) -> ActionResult:
+        """CopyImage tags the copy and its snapshots as its TagSpecifications ask (moto ignores them)."""
+        answer = moto_copy_image(self)
+        ami = self.ec2_backend.amis[answer.result["ImageId"]]
+        for spec in self._get_param("TagSpecifications", []):
+            target = {"image": ami, "snapshot": getattr(ami, "ebs_snapshot", None)}.get(spec.get("ResourceType"))
+            for tag in spec.get("Tags", []) if target is not None else []:
+                target.add_tag(tag["Key"], tag["Value"])
+        return answer
+
     _set(LaunchTemplateBackend, "describe_launch_template_versions", describe_versions)
     _set(LaunchTemplates, "delete_launch_template_versions", delete_launch_template_versions)
+    _set(AmisResponse, "copy_image", copy_image)
     install_snapshot_tags()
     return _uninstall
 
