@@ -16,9 +16,10 @@ Imports happen inside the tasks, so `--list` and `--help` load no SDK.
 
 import os
 
-from invoke import Collection, Program, task
+from invoke import Collection, Exit, Program, task
 
 from bakery.cli import command, parse_int, parse_variables, required, settings_from
+from bakery.errors import BakeryError
 
 
 @task(
@@ -199,6 +200,23 @@ def validate(c):
         show.validate(*validate_all(settings_from(c)))
 
 
+@task(positional=["directory"],
+      help={"directory": "the new repository (default: the working directory; made if missing)",
+            "bakery-source": "what its workflow pip-installs, pinned: 'bakery @ git+https://...@COMMIT' or "
+                             "'bakery==X.Y.Z' (default: where this bakery was installed from)"})
+def init(c, directory=None, bakery_source=None):
+    """Start a repository: recipes, environments, templates, settings and a rebake workflow."""
+    with command():
+        from pathlib import Path
+
+        from bakery.cli import show
+        from bakery.scaffold.init import checked_source
+        from bakery.scaffold.init import init as run_init
+
+        source = checked_source(bakery_source) if bakery_source is not None else None
+        show.scaffold(run_init(Path(directory or "."), source))
+
+
 @task(positional=[], help={"ami": "the image to check (in the settings' region)", "json": "print JSON on stdout"})
 def verify(c, ami, json=False):
     """Check an image's signed provenance with the trusted key (verify_key): signature, subjects, tags."""
@@ -242,6 +260,18 @@ def clean(c, build_id, dry_run=False):
         settings = settings_from(c)
         show.clean(clean_build(open_cloud(settings).ec2, parse_build_id(build_id), dry_run=dry_run,
                                keys_dir=settings.state / "keys"))
+
+
+@task(help={"check": "install nothing: say what is missing, and fail if anything is"})
+def local_install(c, check=False):
+    """Install the local cloud's Debian packages (apt-get, as root) and check the host is ready."""
+    with command():
+        import sys
+
+        from bakery.cli import show
+        from bakery.local.prereqs import install
+
+        show.local_install(install(lambda line: print(line, file=sys.stderr, flush=True), check_only=check))
 
 
 @task
@@ -349,12 +379,13 @@ network.add_task(network_up, "up")
 network.add_task(network_status, "status")
 
 local = Collection("local")
+local.add_task(local_install, "install")
 local.add_task(local_up, "up")
 local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
 ns = Collection(bake, rebake, prune, launch, rollout, render, status, failover, ssh, images, diff, validate, verify,
-                clean, janitor, network, local)
+                clean, janitor, init, network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,
@@ -378,6 +409,32 @@ def version() -> str:
         return "0+unknown"
 
 
+def flag_values(words: str, settings: dict) -> list[str] | None:
+    """The recipes or environments a `--recipe` / `--env` being completed can name (None: another
+    word, which invoke completes). `words` is the command line so far, the program's name first."""
+    import shlex
+    from pathlib import Path
+
+    from bakery.config.environment import list_environments
+    from bakery.config.recipe import list_recipes
+    from bakery.config.settings import Settings
+
+    try:
+        tokens = shlex.split(words)[1:]
+    except ValueError:  # an open quote
+        return None
+    if tokens and not tokens[-1].startswith("-") and len(tokens) > 1:
+        tokens = tokens[:-1]  # a partial value: the shell's compgen matches it
+    flag = tokens[-1] if tokens else ""
+    if flag not in ("--recipe", "--env"):
+        return None
+    try:
+        where = Settings.load(dict(settings), project_dir=Path.cwd())
+    except BakeryError:  # a broken invoke.yaml: nothing to offer, and no error in the middle of a prompt
+        return []
+    return list_recipes(where.recipes) if flag == "--recipe" else list_environments(where.envs)
+
+
 class BakeryProgram(Program):
     """invoke's Program over bakery's tasks, its project being the working directory: invoke.yaml
     is loaded from there and settings resolve paths against it (bakery.cli.settings_from), as
@@ -388,7 +445,45 @@ class BakeryProgram(Program):
         self.config.load_project()
         super().parse_collection()
 
+    def parse_cleanup(self) -> None:
+        # Shell completion (`bakery --print-completion-script bash`) asks `bakery --complete -- WORDS`:
+        # invoke completes task names and flags; the value of --recipe or --env is a file's name here
+        if self.args.complete.value:
+            names = flag_values(self.core.remainder, self.config.get("bakery") or {})
+            if names is not None:
+                print("\n".join(names))
+                raise Exit
+        super().parse_cleanup()
 
-def main() -> None:
+
+def _init_argv(argv: list[str]) -> list[str]:
+    """`bakery init [DIR]`: invoke's positional arguments are required, and take whatever comes,
+    `--help` included. Ask for the task's help as `bakery --help init` does, and give the
+    working directory when no DIR is."""
+    rest = argv[2:]
+    if {"-h", "--help"} & set(rest):
+        return [argv[0], "--help", "init"]
+    bare, i = [], 0
+    while i < len(rest):
+        word = rest[i]
+        if word in ("-b", "--bakery-source", "-d", "--directory"):
+            i += 1  # its value follows
+        elif not word.startswith("-"):
+            bare.append(word)
+        i += 1
+    named = any(w in ("-d", "--directory") or w.startswith("--directory=") for w in rest)
+    return argv if bare or named else [*argv, "."]
+
+
+def main(argv: list[str] | None = None) -> None:
     """The `bakery` command."""
-    BakeryProgram(name="bakery", binary="bakery", namespace=namespace, version=version()).run()
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    if argv[1:2] == ["init"]:
+        argv = _init_argv(argv)
+    try:
+        BakeryProgram(name="bakery", binary="bakery", namespace=namespace, version=version()).run(argv)
+    except BrokenPipeError:  # `bakery --list | head`: the reader left; nothing more to say, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -33,7 +33,8 @@ LAYERS = [
     {"bakery.housekeeping"},               # ledger, clean-up stack, janitor, prune
     {"bakery.evidence"},                   # SBOM, vulnerabilities, freshness, signed provenance
     {"bakery.network"},                    # an environment's network, ENI moves, failover
-    {"bakery.bake", "bakery.launch"},      # the two workflows
+    {"bakery.bake", "bakery.launch",       # the two workflows
+     "bakery.scaffold"},                   # `bakery init`: a new repository of recipes and environments
     {"bakery.cli"},                        # what tasks print
     {"bakery.tasks"},                      # the front door: invoke's tasks, the `bakery` command
 ]

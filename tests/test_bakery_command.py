@@ -44,3 +44,28 @@ def test_bakery_reads_the_working_directory_as_its_project(tmp_path):
     refused = run(str(BAKERY), "validate", cwd=tmp_path)
     assert refused.returncode != 0 and str(tmp_path / "recipes/web.yaml") in refused.stdout + refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def complete_in_bash(line: str, cwd: Path) -> list[str]:
+    """What bash offers for TAB at the end of `line`, through the script `bakery` prints."""
+    import os
+
+    script = run(str(BAKERY), "--print-completion-script", "bash", cwd=cwd)
+    assert script.returncode == 0 and "complete -F _complete_bakery -o default bakery" in script.stdout
+    words = line.split(" ")
+    probe = (f"{script.stdout}\nCOMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}\n"
+             f"_complete_bakery bakery {words[-1]!r} {words[-2]!r}\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n")
+    done = subprocess.run(["bash", "-c", probe], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{BAKERY.parent}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    return [w for w in done.stdout.splitlines() if w]
+
+
+def test_bash_completes_tasks_flags_and_the_recipes_and_environments_of_the_working_directory(tmp_path):
+    for part in ("recipes", "envs"):
+        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("files", "scripts"))
+    assert complete_in_bash("bakery loc", tmp_path) == ["local.down", "local.install", "local.status", "local.up"]
+    assert complete_in_bash("bakery bake --no", tmp_path) == ["--no-cache"]
+    assert complete_in_bash("bakery bake --recipe ", tmp_path) == sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+    assert complete_in_bash("bakery bake --recipe w", tmp_path) == ["web"]
+    assert complete_in_bash("bakery launch --env p", tmp_path) == ["prod"]

@@ -12,35 +12,77 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = ROOT / ".github" / "workflows"
+#: bakery's rebake for any repository (workflow_call): this repository's rebake.yml calls it, and
+#: `bakery init` writes the same jobs into a new repository's own rebake.yml
+REUSABLE = "bakery-rebake.yml"
+#: what `bakery init` writes, as a repository of its own has it (tests use the rebake jobs in both)
+SCAFFOLD_SOURCE = "bakery @ git+https://github.com/example/bakery@" + "0" * 40
 
 
-def load(name: str) -> dict:
-    data = yaml.safe_load((WORKFLOWS / name).read_text())
+def scaffold_workflow(tmp: Path) -> Path:
+    from bakery.scaffold.init import WORKFLOW, Source, workflow_text
+
+    path = tmp / "scaffold-rebake.yml"
+    path.write_text(workflow_text(Source(SCAFFOLD_SOURCE, pinned=True)))
+    assert WORKFLOW == ".github/workflows/rebake.yml"
+    return path
+
+
+def load(name: str | Path) -> dict:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())  # an absolute path stays itself
     data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as True
     return data
 
 
-def test_both_workflows_pass_githubs_schema():
+def test_every_workflow_and_the_scaffolds_pass_githubs_schema(tmp_path):
     exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
-    out = subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", str(WORKFLOWS / "rebake.yml"),
-                          str(WORKFLOWS / "ci.yml")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    files = [*sorted(WORKFLOWS.glob("*.yml")), scaffold_workflow(tmp_path)]
+    out = subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", *map(str, files)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and len(files) == 4, out.stdout + out.stderr
 
 
-def test_rebake_runs_weekly_and_on_demand_with_oidc_and_never_cancels_a_bake():
+def test_rebake_runs_weekly_and_on_demand_through_the_reusable_workflow_with_this_checkout():
     wf = load("rebake.yml")
     assert wf["on"]["schedule"][0]["cron"].split()[-1] == "1"  # weekly, on Mondays
     assert set(wf["on"]["workflow_dispatch"]["inputs"]) == {"recipes", "force"}
+    (caller,) = wf["jobs"].values()
+    assert caller["uses"] == f"./.github/workflows/{REUSABLE}"
+    assert caller["permissions"] == {"id-token": "write", "contents": "read"}
+    assert caller["with"]["bakery"] == "." and caller["with"]["role-arn"] == "${{ vars.BAKERY_ROLE_ARN }}"
+    declared = load(REUSABLE)["on"]["workflow_call"]["inputs"]
+    assert set(caller["with"]) <= set(declared)
+    assert {name for name, spec in declared.items() if spec["required"]} <= set(caller["with"])
+
+
+@pytest.mark.parametrize("name", [REUSABLE, "scaffold"])
+def test_the_rebake_jobs_use_oidc_never_cancel_a_bake_and_always_clean_up(name, tmp_path):
+    wf = load(scaffold_workflow(tmp_path) if name == "scaffold" else name)
     job = wf["jobs"]["rebake"]
     assert job["permissions"]["id-token"] == "write"
     assert job["concurrency"]["group"] == "rebake-${{ matrix.group }}" and job["concurrency"]["cancel-in-progress"] is False
     assert "matrix" in job["strategy"] and job["strategy"]["fail-fast"] is False
     creds = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials"))
-    assert creds["with"]["role-to-assume"] == "${{ vars.BAKERY_ROLE_ARN }}"
+    assert creds["with"]["role-to-assume"] == "${{ env.BAKERY_ROLE_ARN }}"
     assert int(creds["with"]["role-duration-seconds"]) >= 7200  # longer than the 1 h default
     cleanup = wf["jobs"]["cleanup"]
-    assert cleanup["if"] == "always()" and any("invoke janitor --run-id" in s.get("run", "") for s in cleanup["steps"])
+    assert cleanup["if"] == "always()" and any("bakery janitor --run-id" in s.get("run", "") for s in cleanup["steps"])
     assert wf["env"]["BAKERY_RUN_ID"] == "${{ github.run_id }}"
+    role = wf["env"]["BAKERY_ROLE_ARN"]
+    assert role == ("${{ vars.BAKERY_ROLE_ARN }}" if name == "scaffold" else "${{ inputs.role-arn }}")
+    installs = [s for j in wf["jobs"].values() for s in j["steps"] if s.get("name") == "install bakery"]
+    assert len(installs) == len(wf["jobs"]) and {s["run"] for s in installs} == {'python -m pip install "$BAKERY_SOURCE"'}
+
+
+def test_the_scaffolds_rebake_has_the_reusable_workflows_jobs_word_for_word(tmp_path):
+    """One text for the jobs (bakery/scaffold/workflow_jobs.yml): a fix to the rebake reaches both."""
+    reusable = (WORKFLOWS / REUSABLE).read_text()
+    scaffold = scaffold_workflow(tmp_path).read_text()
+    jobs = (ROOT / "bakery/scaffold/workflow_jobs.yml").read_text()
+    assert reusable.endswith("\n" + jobs) and scaffold.endswith("\n" + jobs)
+    head = load(scaffold_workflow(tmp_path))
+    assert head["env"]["BAKERY_SOURCE"] == SCAFFOLD_SOURCE
+    assert set(head["env"]) == set(load(REUSABLE)["env"])  # the jobs find the same variables in both
 
 
 def test_the_rebake_gates_on_a_fresh_osv_feed_signs_and_keeps_its_evidence_as_artifacts(tmp_path):
@@ -49,11 +91,11 @@ def test_the_rebake_gates_on_a_fresh_osv_feed_signs_and_keeps_its_evidence_as_ar
     provenance are uploaded even when the bake failed (a refused image's findings most of all)."""
     import os
 
-    steps = load("rebake.yml")["jobs"]["rebake"]["steps"]
+    steps = load(REUSABLE)["jobs"]["rebake"]["steps"]
     names = [s.get("name", s.get("uses", "")) for s in steps]
     feed = steps[names.index("vulnerability feed")]
     bake = next(s for s in steps if str(s.get("name", "")).startswith("rebake "))
-    assert bake["env"].pop("RECIPES") == "${{ matrix.group }}" and bake["env"].pop("FORCE")
+    assert bake["env"] == {"RECIPES": "${{ matrix.group }}"}
     keep = steps[names.index("keep the evidence")]
     assert names.index("vulnerability feed") < steps.index(bake) < names.index("keep the evidence")
     assert "osv-vulnerabilities.storage.googleapis.com/Debian/all.zip" in feed["run"]
@@ -68,8 +110,9 @@ def test_the_rebake_gates_on_a_fresh_osv_feed_signs_and_keeps_its_evidence_as_ar
     assert done.returncode == 0, done.stderr
     assert github_env.read_text() == f"INVOKE_BAKERY_OSV_FEED={tmp_path}/osv-debian.zip\n"
     assert (tmp_path / "osv-debian.zip").exists()
-    assert bake["env"] == {"INVOKE_BAKERY_EVIDENCE_BUCKET": "${{ vars.BAKERY_EVIDENCE_BUCKET }}",
-                           "INVOKE_BAKERY_SIGNING_KEY": "${{ vars.BAKERY_SIGNING_KEY }}"}
+    env = load(REUSABLE)["env"]
+    assert env["INVOKE_BAKERY_EVIDENCE_BUCKET"] == "${{ inputs.evidence-bucket }}"
+    assert env["INVOKE_BAKERY_SIGNING_KEY"] == "${{ inputs.signing-key }}"
     assert keep["if"] == "always()" and keep["uses"].startswith("actions/upload-artifact@")
     assert keep["with"]["path"].split() == [".bakery/manifests/", ".bakery/evidence/"]
 
@@ -83,20 +126,21 @@ def test_ci_runs_the_same_command_as_dot_ci_run():
 
 def plan_step(tmp_path, recipes: dict[str, str], chosen: str = "") -> tuple[subprocess.CompletedProcess, str]:
     """The rebake workflow's `plan` step, run as the runner would (bash, from the checkout, with
-    `invoke` on PATH), on recipes in a temp dir; its return and what it wrote to GITHUB_OUTPUT."""
+    bakery installed on PATH), on recipes in a temp dir; its return and what it wrote to GITHUB_OUTPUT."""
     import os
 
-    step = next(s for s in load("rebake.yml")["jobs"]["plan"]["steps"] if s.get("id") == "list")
+    step = next(s for s in load(REUSABLE)["jobs"]["plan"]["steps"] if s.get("id") == "list")
     recipes_dir = tmp_path / "recipes"
     recipes_dir.mkdir()
     for name, body in recipes.items():
         (recipes_dir / f"{name}.yaml").write_text(body)
     output = tmp_path / "github_output"
-    env = {**os.environ, "RECIPES": chosen, "GITHUB_OUTPUT": str(output),
+    env = {**os.environ, "BAKERY_RECIPES": chosen, "GITHUB_OUTPUT": str(output),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "INVOKE_BAKERY_RECIPES_DIR": str(recipes_dir), "INVOKE_BAKERY_STATE_DIR": str(tmp_path / "state")}
-    assert step["env"] == {"RECIPES": "${{ inputs.recipes }}"}  # the input reaches the shell as data
-    done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=ROOT, env=env, capture_output=True, text=True,
+    assert step["env"] == {"RECIPES": "${{ env.BAKERY_RECIPES }}"}  # the input reaches the shell as data
+    env["RECIPES"] = env.pop("BAKERY_RECIPES")  # what the runner does with that step's env
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
     return done, output.read_text() if output.exists() else ""
 
@@ -132,38 +176,56 @@ def test_the_matrix_takes_the_recipes_dispatched_but_never_an_abstract_one(tmp_p
 
 # ---- hardening (issue 18 item 1) ---------------------------------------------------------------
 
-WORKFLOW_FILES = sorted(p.name for p in WORKFLOWS.glob("*.yml"))
+#: every workflow of this repository, and the one `bakery init` writes into a new repository
+WORKFLOW_FILES = [*sorted(p.name for p in WORKFLOWS.glob("*.yml")), "scaffold"]
+
+
+def workflow_file(name: str, tmp: Path) -> Path:
+    return scaffold_workflow(tmp) if name == "scaffold" else WORKFLOWS / name
 
 
 @pytest.mark.parametrize("name", WORKFLOW_FILES)
-def test_no_expression_is_ever_part_of_a_script(name):
+def test_no_expression_is_ever_part_of_a_script(name, tmp_path):
     """Inputs and contexts reach a `run:` through `env:` only: an expression inside a script is
     pasted into it before the shell starts (script injection)."""
-    for job_name, job in load(name)["jobs"].items():
-        for step in job["steps"]:
+    for job_name, job in load(workflow_file(name, tmp_path))["jobs"].items():
+        for step in job.get("steps", []):
             assert "${{" not in step.get("run", ""), f"{name}: job {job_name}: step {step.get('name', step)}"
 
 
 @pytest.mark.parametrize("name", WORKFLOW_FILES)
-def test_every_action_is_pinned_to_a_full_commit_with_its_version_beside_it(name):
+def test_every_action_is_pinned_to_a_full_commit_with_its_version_beside_it(name, tmp_path):
+    """...and a job that calls a workflow calls this repository's own (at the caller's commit)."""
     import re
 
-    lines = [line for line in (WORKFLOWS / name).read_text().splitlines() if re.match(r"\s*(- )?uses:", line)]
+    text = workflow_file(name, tmp_path).read_text()
+    lines = [line for line in text.splitlines() if re.match(r"\s*(- )?uses:", line)]
     assert lines
     for line in lines:
-        assert re.fullmatch(r"\s*(- )?uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(\.\d+)*", line), line
+        assert (re.fullmatch(r"\s*(- )?uses: [\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(\.\d+)*", line)
+                or re.fullmatch(r"\s*uses: \./\.github/workflows/[\w.-]+\.yml", line)), line
+
+
+def assumes_the_role(job: dict) -> bool:
+    """A job assumes the role with the AWS action, or calls a workflow one of whose jobs does."""
+    if "uses" in job:
+        called = load(ROOT / job["uses"])
+        return any(assumes_the_role(j) for j in called["jobs"].values())
+    return any(str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@") for s in job["steps"])
 
 
 @pytest.mark.parametrize("name", WORKFLOW_FILES)
-def test_every_job_has_a_timeout_and_only_jobs_that_assume_the_role_may_ask_for_a_token(name):
-    wf = load(name)
+def test_every_job_has_a_timeout_and_only_jobs_that_assume_the_role_may_ask_for_a_token(name, tmp_path):
+    wf = load(workflow_file(name, tmp_path))
     assert wf["permissions"] in ({}, {"contents": "read"})  # nothing more by default
     for job_name, job in wf["jobs"].items():
-        assert 0 < int(job["timeout-minutes"]) <= 180, job_name
-        assumes = any(str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials@") for s in job["steps"])
         granted = job.get("permissions", wf["permissions"])
-        assert (granted.get("id-token") == "write") is assumes, job_name
+        assert (granted.get("id-token") == "write") is assumes_the_role(job), job_name
         assert set(granted) <= {"id-token", "contents"} and granted.get("contents", "read") == "read", job_name
+        if "uses" in job:  # a call: the called jobs carry the timeouts, and get no more than granted here
+            assert "permissions" in job, job_name
+            continue
+        assert 0 < int(job["timeout-minutes"]) <= 180, job_name
         for step in job["steps"]:
             if str(step.get("uses", "")).startswith("actions/checkout@"):
                 assert step["with"]["persist-credentials"] is False, job_name
@@ -177,7 +239,7 @@ HOSTILE = ["web; curl evil", "$(id)", "`id`", "web && rm -rf /", "../../etc/pass
 def test_the_recipe_input_check_refuses_anything_but_recipe_names(raw):
     import os
 
-    done = subprocess.run([sys.executable, str(ROOT / "scripts/ci/recipe_names.py")], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "bakery.cli.recipe_names"], capture_output=True, text=True,
                           env={**os.environ, "RECIPES": raw}, timeout=30)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("::error title=recipes input::recipes: ") and done.stderr.count("\n") == 1
@@ -186,20 +248,20 @@ def test_the_recipe_input_check_refuses_anything_but_recipe_names(raw):
 def test_the_recipe_input_check_passes_recipe_names_one_per_line():
     import os
 
-    done = subprocess.run([sys.executable, str(ROOT / "scripts/ci/recipe_names.py")], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "bakery.cli.recipe_names"], capture_output=True, text=True,
                           env={**os.environ, "RECIPES": "  base web\tdb_2 "}, timeout=30)
     assert done.returncode == 0 and done.stdout == "base\nweb\ndb_2\n"
 
 
-def test_a_hostile_dispatch_fails_the_plan_step_before_invoke_runs(tmp_path):
+def test_a_hostile_dispatch_fails_the_plan_step_before_bakery_runs(tmp_path):
     marker = tmp_path / "ran"
     done, output = plan_step(tmp_path, {"web": "source: {ami: ami-12345678}\n"}, chosen=f"web; touch {marker}")
     assert done.returncode != 0 and output == "" and not marker.exists()
     assert "'web;' is not a recipe name" in done.stderr
 
 
-def test_both_jobs_that_take_recipe_names_check_them_with_the_script():
-    jobs = load("rebake.yml")["jobs"]
+def test_both_jobs_that_take_recipe_names_check_them_first():
+    jobs = load(REUSABLE)["jobs"]
     for job, step in (("plan", next(s for s in jobs["plan"]["steps"] if s.get("id") == "list")),
                       ("rebake", next(s for s in jobs["rebake"]["steps"] if str(s.get("name", "")).startswith("rebake ")))):
-        assert "set -f" in step["run"] and "names=$(python scripts/ci/recipe_names.py)" in step["run"], job
+        assert "set -f" in step["run"] and "names=$(python -m bakery.cli.recipe_names)" in step["run"], job

@@ -115,6 +115,19 @@ def validate(problems: list[str], checked: int) -> None:
     emit(f"ok: {checked} file(s) valid")
 
 
+def scaffold(done) -> None:
+    for rel in done.created:
+        emit(f"created {rel}")
+    for rel in done.kept:
+        emit(f"kept {rel} (it exists)")
+    if not done.source.pinned:
+        print(f"warning: the workflow installs {done.source.requirement!r}, which no index serves as one exact "
+              "build: give --bakery-source 'bakery @ git+https://github.com/OWNER/bakery@COMMIT' (or edit "
+              "BAKERY_SOURCE in .github/workflows/rebake.yml)", file=sys.stderr)
+    where = "" if str(done.directory) == "." else f"cd {done.directory} && "
+    emit(f"next: {where}bakery validate && bakery bake --recipe web (as root: the local cloud)")
+
+
 def janitor(report) -> None:
     emit(tables.janitor(report))
     if report.failed:
@@ -135,6 +148,12 @@ def verified(image_id: str, statement, *, json: bool) -> None:
 
 def clean(report) -> None:
     emit(tables.clean(report))
+
+
+def local_install(installed: list[str]) -> None:
+    if installed:
+        emit(f"installed: {' '.join(installed)}")
+    emit("ok: this machine can run the local cloud (root, overlayfs, every package)")
 
 
 def local_up(url: str) -> None:

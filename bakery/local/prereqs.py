@@ -1,4 +1,5 @@
-"""Host prerequisites for the local cloud, reported up front instead of failing mid-bake.
+"""Host prerequisites for the local cloud, reported up front instead of failing mid-bake, and
+installed by `bakery local.install` (scripts/install.sh calls it too).
 
 Everything here needs root (mounts, namespaces, ``ip netns``) and a handful of Debian packages.
 """
@@ -7,6 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bakery.local.errors import LocalCloudError
@@ -24,6 +28,13 @@ REQUIRED_COMMANDS: dict[str, str] = {
     "systemd-nspawn": "systemd-container",  # boots each instance's systemd
     "nft": "nftables",  # enforces security groups, ACLs and the source/dest check
 }
+
+
+#: what `local.install` installs: every package above, and the OpenSSH client (`bakery ssh`)
+PACKAGES: tuple[str, ...] = tuple(sorted({*REQUIRED_COMMANDS.values(), "openssh-client", "ca-certificates"}))
+APT_LISTS = Path("/var/lib/apt/lists")
+#: apt's package lists younger than this are used as they are (scripts/install.sh has just updated them)
+LISTS_FRESH_SECONDS = 3600
 
 
 def _overlay_available(filesystems: Path = Path("/proc/filesystems")) -> bool:
@@ -61,3 +72,52 @@ def require() -> None:
     problems = check_prerequisites()
     if problems:
         raise LocalCloudError("local cloud prerequisites missing: " + "; ".join(problems))
+
+
+def missing_packages(packages: tuple[str, ...] = PACKAGES) -> list[str]:
+    """The packages dpkg does not have installed (all of them where there is no dpkg)."""
+    if shutil.which("dpkg-query") is None:
+        return list(packages)
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\\n", *packages],
+                         capture_output=True, text=True).stdout
+    installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
+    return [p for p in packages if p not in installed]
+
+
+def _lists_fresh(lists: Path = APT_LISTS) -> bool:
+    try:
+        newest = max(p.stat().st_mtime for p in lists.iterdir() if p.is_file())
+    except (OSError, ValueError):  # no lists at all: a fresh container
+        return False
+    return time.time() - newest < LISTS_FRESH_SECONDS
+
+
+def install(log: Callable[[str], None], *, check_only: bool = False) -> list[str]:
+    """Install the missing packages with apt-get (and load overlayfs), then check the host again.
+    Returns what was (or, with `check_only`, would be) installed; raises LocalCloudError with every
+    problem left."""
+    missing = missing_packages()
+    if missing and not check_only:
+        if os.geteuid() != 0:
+            raise LocalCloudError(f"local.install: installing {' '.join(missing)} needs root: "
+                                  "re-run the command with `sudo -E`")
+        if shutil.which("apt-get") is None:
+            raise LocalCloudError(f"local.install: no apt-get (Debian 12 or Ubuntu): install "
+                                  f"{' '.join(missing)} with this system's package manager")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        steps = [] if _lists_fresh() else [["apt-get", "update", "-q"]]
+        steps.append(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing])
+        for argv in steps:
+            log(f"$ {' '.join(argv)}")
+            done = subprocess.run(argv, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise LocalCloudError(f"local.install: {' '.join(argv[:2])} failed ({done.returncode}): {last}")
+    if not check_only and not _overlay_available() and shutil.which("modprobe"):
+        subprocess.run(["modprobe", "overlay"], capture_output=True)
+    problems = check_prerequisites()
+    if check_only and missing:
+        problems.insert(0, f"missing packages {' '.join(missing)}: `bakery local.install` installs them")
+    if problems:
+        raise LocalCloudError("local cloud not ready: " + "; ".join(problems))
+    return missing

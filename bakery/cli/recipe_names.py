@@ -1,14 +1,16 @@
-#!/usr/bin/env python3
 """The rebake workflow's recipe names, checked before a shell uses them.
 
 A workflow_dispatch input (or a matrix entry) reaches the job as the environment variable RECIPES,
-never inside a `run:` script, so no expression is ever executed as shell. This script is the one
+never inside a `run:` script, so no expression is ever executed as shell. This module is the one
 place that decides what may come through: names that are recipe names (bakery's own NAME_RE),
 separated by spaces, printed one per line for the step to pass on as `--recipe NAME` arguments.
 Anything else (`web; curl evil`, `$(id)`, `../etc`, `*`) is refused with a GitHub error
 annotation and exit 2, before anything runs.
 
-    RECIPES="base web" python3 scripts/ci/recipe_names.py
+    RECIPES="base web" python -m bakery.cli.recipe_names
+
+It ships in the wheel, so a repository that installs bakery (the reusable workflow, `bakery init`'s
+workflow) runs the same check as this one.
 """
 
 from __future__ import annotations
@@ -16,11 +18,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, installed or not
-
-from bakery.config.patterns import NAME_RE  # noqa: E402
+from bakery.config.patterns import NAME_RE
 
 MAX_NAMES = 100
 
