@@ -202,8 +202,9 @@ def validate(c):
 
 @task(positional=["directory"],
       help={"directory": "the new repository (default: the working directory; made if missing)",
-            "bakery-source": "what its workflow pip-installs, pinned: 'bakery @ git+https://...@COMMIT' or "
-                             "'bakery==X.Y.Z' (default: where this bakery was installed from)"})
+            "bakery-source": "what its workflow pip-installs, pinned to one commit: "
+                             "'bakery @ git+https://github.com/OWNER/bakery@COMMIT' (default: where this bakery was "
+                             "installed from, if that was one commit)"})
 def init(c, directory=None, bakery_source=None):
     """Start a repository: recipes, environments, templates, settings and a rebake workflow."""
     with command():
@@ -409,9 +410,24 @@ def version() -> str:
         return "0+unknown"
 
 
-def flag_values(words: str, settings: dict) -> list[str] | None:
+#: bash completion for `bakery`: invoke's own script, but the word being completed also travels in
+#: BAKERY_COMPLETING, since invoke receives the command line as one string and an empty last word
+#: (`bakery bake --recipe web <TAB>`) does not survive that
+BASH_COMPLETION = """\
+# bakery's tab completion for bash: eval "$(bakery --print-completion-script bash)"
+_complete_bakery() {
+    local candidates
+    candidates=$(BAKERY_COMPLETING="$2" bakery --complete -- "${COMP_WORDS[@]}")
+    COMPREPLY=( $(compgen -W "${candidates}" -- "$2") )
+}
+complete -F _complete_bakery -o default bakery
+"""
+
+
+def flag_values(words: str, settings: dict, current: str | None = None) -> list[str] | None:
     """The recipes or environments a `--recipe` / `--env` being completed can name (None: another
-    word, which invoke completes). `words` is the command line so far, the program's name first."""
+    word, which invoke completes). `words` is the command line so far, the program's name first;
+    `current` the word being completed, when the shell says (None: guess from `words`)."""
     import shlex
     from pathlib import Path
 
@@ -423,14 +439,16 @@ def flag_values(words: str, settings: dict) -> list[str] | None:
         tokens = shlex.split(words)[1:]
     except ValueError:  # an open quote
         return None
-    if tokens and not tokens[-1].startswith("-") and len(tokens) > 1:
+    if current is None:
+        current = tokens[-1] if tokens and not tokens[-1].startswith("-") and len(tokens) > 1 else ""
+    if current:
         tokens = tokens[:-1]  # a partial value: the shell's compgen matches it
     flag = tokens[-1] if tokens else ""
     if flag not in ("--recipe", "--env"):
         return None
     try:
         where = Settings.load(dict(settings), project_dir=Path.cwd())
-    except BakeryError:  # a broken invoke.yaml: nothing to offer, and no error in the middle of a prompt
+    except BakeryError:  # a broken setting: nothing to offer, and no error in the middle of a prompt
         return []
     return list_recipes(where.recipes) if flag == "--recipe" else list_environments(where.envs)
 
@@ -442,14 +460,23 @@ class BakeryProgram(Program):
 
     def parse_collection(self) -> None:
         self.config.set_project_location(os.getcwd())
-        self.config.load_project()
+        try:
+            self.config.load_project()
+        except Exception as exc:  # invoke.yaml that is not YAML: one line, as for any bad input
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{os.path.join(os.getcwd(), 'invoke.yaml')}" + (f":{mark.line + 1}" if mark else "")
+            raise Exit(f"error: {where}: {getattr(exc, 'problem', None) or exc}", code=2) from None
         super().parse_collection()
 
     def parse_cleanup(self) -> None:
-        # Shell completion (`bakery --print-completion-script bash`) asks `bakery --complete -- WORDS`:
-        # invoke completes task names and flags; the value of --recipe or --env is a file's name here
+        # Shell completion asks `bakery --complete -- WORDS`: invoke completes task names and flags;
+        # the value of --recipe or --env is a file's name in this project
         if self.args.complete.value:
-            names = flag_values(self.core.remainder, self.config.get("bakery") or {})
+            # as invoke's Executor does before a task: the collection's keys, then INVOKE_BAKERY_* onto them
+            self.config.load_collection(self.collection.configuration())
+            self.config.load_shell_env()
+            names = flag_values(self.core.remainder, self.config.get("bakery") or {},
+                                os.environ.get("BAKERY_COMPLETING"))
             if names is not None:
                 print("\n".join(names))
                 raise Exit
@@ -458,11 +485,14 @@ class BakeryProgram(Program):
 
 def _init_argv(argv: list[str]) -> list[str]:
     """`bakery init [DIR]`: invoke's positional arguments are required, and take whatever comes,
-    `--help` included. Ask for the task's help as `bakery --help init` does, and give the
-    working directory when no DIR is."""
-    rest = argv[2:]
+    `--help` included. Ask for the task's help as `bakery --help init` does, and give the working
+    directory when no DIR is (right after `init`, so a flag missing its value still says so)."""
+    at = next((i for i, word in enumerate(argv[1:], 1) if not word.startswith("-")), None)
+    if at is None or argv[at] != "init":  # core flags (`--debug`, `-e`) may come before the task
+        return argv
+    rest = argv[at + 1:]
     if {"-h", "--help"} & set(rest):
-        return [argv[0], "--help", "init"]
+        return [*argv[:at], "--help", "init"]
     bare, i = [], 0
     while i < len(rest):
         word = rest[i]
@@ -472,16 +502,17 @@ def _init_argv(argv: list[str]) -> list[str]:
             bare.append(word)
         i += 1
     named = any(w in ("-d", "--directory") or w.startswith("--directory=") for w in rest)
-    return argv if bare or named else [*argv, "."]
+    return argv if bare or named else [*argv[:at + 1], ".", *rest]
 
 
 def main(argv: list[str] | None = None) -> None:
     """The `bakery` command."""
     import sys
 
-    argv = list(sys.argv if argv is None else argv)
-    if argv[1:2] == ["init"]:
-        argv = _init_argv(argv)
+    argv = _init_argv(list(sys.argv if argv is None else argv))
+    if argv[1:] in (["--print-completion-script", "bash"], ["--print-completion-script=bash"]):
+        print(BASH_COMPLETION, end="")
+        return
     try:
         BakeryProgram(name="bakery", binary="bakery", namespace=namespace, version=version()).run(argv)
     except BrokenPipeError:  # `bakery --list | head`: the reader left; nothing more to say, and no traceback

@@ -71,6 +71,7 @@ def settings_for(moto, tmp_path):
 # (By path, in the controller: pytest 9.2's node ids no longer take xdist's `xdist_group` suffix.)
 LOCAL_CLOUD = "local-cloud"
 SHARES_THE_HOSTS_NAMESPACES = ("tests/local/", "tests/test_bad_input_corpus.py::")
+ONE_WORKER_PER_MODULE = ("tests/test_packaging.py::",)
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -78,7 +79,10 @@ def pytest_xdist_make_scheduler(config, log):
 
     class LocalCloudApart(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return LOCAL_CLOUD if nodeid.startswith(SHARES_THE_HOSTS_NAMESPACES) else nodeid
+            if nodeid.startswith(SHARES_THE_HOSTS_NAMESPACES):
+                return LOCAL_CLOUD
+            # one worker builds the wheel and its virtualenv once for the module's tests
+            return nodeid.split("::")[0] if nodeid.startswith(ONE_WORKER_PER_MODULE) else nodeid
 
     return LocalCloudApart(config, log)
 

@@ -4,8 +4,8 @@ outside the repository. Shared by tests/test_packaging.py and tests/local/test_p
 
 from __future__ import annotations
 
-import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import ROOT
-
-#: held while building: setuptools writes bakery.egg-info into the checkout, and two workers may build
-BUILD_LOCK = Path("/tmp/bakery-tests-build.lock")
 
 
 @dataclass(frozen=True)
@@ -47,12 +44,26 @@ def _checked(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
+def source_tree(where: Path) -> tuple[Path, str]:
+    """This checkout's files as git sees them (committed or not, never ignored ones) copied to
+    `where`, and the version setuptools-scm gives the checkout. A build in the checkout itself would
+    rewrite its bakery.egg-info, which the tests' own `importlib.metadata` reads."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        if (ROOT / rel).is_file():  # a file deleted but not yet committed is listed too
+            (where / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, where / rel)
+    version = _checked([sys.executable, "-m", "setuptools_scm"], cwd=ROOT, timeout=60).stdout.strip()
+    return where, version
+
+
 def build_and_install(where: Path) -> Installed:
     dist = where / "dist"
-    with open(BUILD_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # sdist first, then the wheel from the unpacked sdist: a file the sdist forgets fails here
-        _checked([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)], timeout=600)
+    src, version = source_tree(where / "src")
+    # sdist first, then the wheel from the unpacked sdist: a file the sdist forgets fails here
+    _checked([sys.executable, "-m", "build", "--outdir", str(dist), str(src)], timeout=600,
+             env={**os.environ, "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_BAKERY": version})
     (wheel,), (sdist,) = dist.glob("*.whl"), dist.glob("*.tar.gz")
     _checked([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)], timeout=120)
     venv = where / "venv"

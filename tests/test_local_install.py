@@ -33,3 +33,44 @@ def test_install_sh_installs_the_local_clouds_packages_with_bakery_and_names_non
     assert ".venv/bin/bakery local.install" in script.splitlines()
     apt_lines = " ".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
     assert not {"mmdebstrap", "slirp4netns", "nftables", "systemd-container", "zstd"} & set(apt_lines.split())
+
+
+def test_apt_installs_with_the_lists_as_they_are_when_they_know_the_package():
+    from bakery.local.prereqs import _apt_install
+
+    said: list[str] = []
+    _apt_install(["bash"], said.append)  # installed already: apt-get says so, and nothing is updated
+    assert said == ["$ apt-get install -y -q --no-install-recommends bash"]
+
+
+def test_a_package_the_lists_do_not_know_updates_them_once_then_fails_in_one_line():
+    import pytest
+
+    from bakery.local.errors import LocalCloudError
+    from bakery.local.prereqs import _apt_install
+
+    said: list[str] = []
+    with pytest.raises(LocalCloudError) as refused:
+        _apt_install(["bakery-no-such-package"], said.append)
+    assert [line.split()[2] for line in said] == ["install", "update", "install"]
+    assert refused.value.message.startswith("local.install: apt-get install failed (100): E: Unable to locate package")
+
+
+def test_without_root_or_apt_get_it_says_what_to_do_and_installs_nothing(monkeypatch):
+    import pytest
+
+    from bakery.local import prereqs
+    from bakery.local.errors import LocalCloudError
+
+    monkeypatch.setattr(prereqs, "missing_packages", lambda: ["nftables"])
+    monkeypatch.setattr(prereqs.os, "geteuid", lambda: 1000)
+    with pytest.raises(LocalCloudError) as refused:
+        prereqs.install(lambda line: None)
+    assert refused.value.message == ("local.install: installing nftables needs root: re-run it as root "
+                                     '(sudo -E "$(command -v bakery)" ..., or sudo -E .venv/bin/invoke ... in a checkout)')
+    monkeypatch.setattr(prereqs.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(prereqs.shutil, "which", lambda name: None)
+    with pytest.raises(LocalCloudError) as refused:
+        prereqs.install(lambda line: None)
+    assert refused.value.message == ("local.install: no apt-get (Debian 12 or Ubuntu): install nftables with this "
+                                     "system's package manager")

@@ -3,9 +3,11 @@ never loses a file the repository already had."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -61,13 +63,21 @@ def test_a_second_init_keeps_every_file_and_adds_only_the_missing_ones(tmp_path)
 @pytest.mark.parametrize("argv, message", [
     (["init", "--bakery-source", "bakery\nrm -rf /"], "error: --bakery-source 'bakery\\nrm -rf /': one pip requirement"),
     (["init", "--bakery-source", "${{ github.token }}"], "error: --bakery-source '${{ github.token }}': one pip"),
+    (["init", "--bakery-source=--index-url=https://evil.example/simple"], "error: --bakery-source '--index-url="),
+    (["init", "--bakery-source", "requests @ git+https://x/y@" + "a" * 40], "error: --bakery-source 'requests @ "
+                                                                           "git+https://x/y@aaaa"),
+    (["init", "--bakery-source", "bakery @@ x"], "error: --bakery-source 'bakery @@ x': one pip requirement"),
+    (["init", "--bakery-source"], "Flag <Argument: bakery_source (b)> needed value"),  # invoke's own words
     (["init", "afile"], "error: init: afile: exists and is not a directory"),
+    (["init", "infra"], "error: init: infra/recipes: exists and is not a directory"),
 ])
 def test_bad_init_input_is_one_line_and_writes_nothing(tmp_path, argv, message):
     (tmp_path / "afile").write_text("")
+    (tmp_path / "infra").mkdir()
+    (tmp_path / "infra/recipes").write_text("")  # where the scaffold wants a directory
     done = bakery(*argv, cwd=tmp_path)
-    assert done.returncode == 2 and done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert done.returncode != 0 and done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["afile", "infra", "infra/recipes"]
 
 
 def test_init_help_is_the_tasks_help_not_a_directory_named_help(tmp_path):
@@ -76,22 +86,61 @@ def test_init_help_is_the_tasks_help_not_a_directory_named_help(tmp_path):
 
 
 @pytest.mark.parametrize("requirement, pinned", [
-    (PINNED, True), ("bakery==1.2.3", True), ("bakery>=1.2", False), ("bakery @ git+https://x/bakery@main", False),
+    (PINNED, True),
+    ("bakery==1.2.3", False),  # the name on PyPI is another project's: its owner decides what 1.2.3 is
+    ("bakery>=1.2", False),
+    ("bakery @ git+https://github.com/example/bakery@main", False),  # a branch moves
+    ("bakery @ git+http://github.com/example/bakery@" + "a" * 40, False),  # not over https
+    ("bakery @ https://example.com/bakery-1.0-py3-none-any.whl", False),
 ])
-def test_a_source_is_pinned_only_to_one_commit_or_one_version(requirement, pinned):
+def test_a_source_is_pinned_only_to_one_commit_over_https(requirement, pinned):
     assert checked_source(requirement) == Source(requirement, pinned)
 
 
 def test_an_unpinned_source_is_written_with_a_warning_naming_the_fix(tmp_path):
-    done = bakery("init", "--bakery-source", "bakery>=1", cwd=tmp_path)
+    done = bakery("init", "--bakery-source", "bakery==1.0", cwd=tmp_path)
     assert done.returncode == 0
-    assert done.stderr.startswith("warning: the workflow installs 'bakery>=1', which no index serves as one exact")
+    assert done.stderr.startswith("warning: .github/workflows/rebake.yml installs 'bakery==1.0', not one commit: "
+                                  "set its BAKERY_SOURCE")
+    kept = bakery("init", "--bakery-source", "bakery==1.0", cwd=tmp_path)
+    assert kept.returncode == 0 and kept.stderr == ""  # the workflow was kept: nothing of it to warn about
 
 
-def test_without_a_source_the_workflow_installs_what_this_bakery_was_installed_from():
-    source = installed_source()
-    from importlib.metadata import version
+class Installed(metadata.Distribution):
+    """A distribution as pip leaves it, with the direct_url.json (PEP 610) it wrote, if any."""
 
-    # this checkout is installed editable: its version (a +gSHA build when untagged) is the guess
-    assert source.requirement == f"bakery=={version('bakery')}"
-    assert source.pinned is ("+" not in version("bakery"))
+    def __init__(self, direct_url: dict | None, version: str = "1.0"):
+        self.direct_url, self._version = direct_url, version
+
+    def read_text(self, filename):
+        if filename == "direct_url.json" and self.direct_url is not None:
+            return json.dumps(self.direct_url)
+        if filename == "METADATA":
+            return f"Metadata-Version: 2.1\nName: bakery\nVersion: {self._version}\n"
+        return None
+
+    def locate_file(self, path):
+        return Path(path)
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize("direct_url, expected", [
+    ({"url": "https://github.com/example/bakery", "vcs_info": {"vcs": "git", "commit_id": COMMIT}},
+     Source(f"bakery @ git+https://github.com/example/bakery@{COMMIT}", pinned=True)),
+    ({"url": "file:///home/me/bakery", "vcs_info": {"vcs": "git", "commit_id": COMMIT}}, Source("", pinned=False)),
+    ({"url": "file:///tmp/dist/bakery-1.0-py3-none-any.whl", "archive_info": {}}, Source("", pinned=False)),
+    ({"url": "file:///work/bakery", "dir_info": {"editable": True}}, Source("", pinned=False)),
+    (None, Source("", pinned=False)),  # from an index: its name there is not ours to trust
+])
+def test_without_a_source_the_workflow_installs_the_commit_this_bakery_came_from_or_nothing(direct_url, expected):
+    assert installed_source(Installed(direct_url)) == expected
+
+
+def test_a_scaffold_with_no_known_commit_leaves_the_source_empty_and_says_so(tmp_path):
+    done = init(tmp_path, installed_source(Installed(None)))
+    assert not done.source.pinned
+    assert yaml.safe_load((tmp_path / ".github/workflows/rebake.yml").read_text())["env"]["BAKERY_SOURCE"] == ""
+    warned = bakery("init", "again", cwd=tmp_path)  # this checkout is installed editable: no commit
+    assert warned.stderr.startswith("warning: .github/workflows/rebake.yml has no bakery to install yet")

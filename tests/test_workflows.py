@@ -39,7 +39,7 @@ def test_every_workflow_and_the_scaffolds_pass_githubs_schema(tmp_path):
     files = [*sorted(WORKFLOWS.glob("*.yml")), scaffold_workflow(tmp_path)]
     out = subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", *map(str, files)],
                          capture_output=True, text=True)
-    assert out.returncode == 0 and len(files) == 4, out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_rebake_runs_weekly_and_on_demand_through_the_reusable_workflow_with_this_checkout():
@@ -71,7 +71,25 @@ def test_the_rebake_jobs_use_oidc_never_cancel_a_bake_and_always_clean_up(name, 
     role = wf["env"]["BAKERY_ROLE_ARN"]
     assert role == ("${{ vars.BAKERY_ROLE_ARN }}" if name == "scaffold" else "${{ inputs.role-arn }}")
     installs = [s for j in wf["jobs"].values() for s in j["steps"] if s.get("name") == "install bakery"]
-    assert len(installs) == len(wf["jobs"]) and {s["run"] for s in installs} == {'python -m pip install "$BAKERY_SOURCE"'}
+    assert len(installs) == len(wf["jobs"])
+    assert all(s["run"].rstrip().endswith('\npython -m pip install "$BAKERY_SOURCE"') or
+               s["run"] == 'python -m pip install "$BAKERY_SOURCE"' for s in installs)
+
+
+@pytest.mark.parametrize("source", ["", "-r requirements.txt", "--index-url=https://evil.example/simple"])
+def test_the_first_job_stops_before_pip_without_a_bakery_to_install(source, tmp_path):
+    """`bakery init` leaves BAKERY_SOURCE empty when it knows no commit: the run says so at once."""
+    import os
+
+    step = next(s for s in load(REUSABLE)["jobs"]["plan"]["steps"] if s.get("name") == "install bakery")
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text(f"#!/bin/sh\ntouch {tmp_path}/pip-ran\n")
+    (stub / "python").chmod(0o755)
+    done = subprocess.run(["bash", "-e", "-c", step["run"]], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "BAKERY_SOURCE": source})
+    assert done.returncode == 1 and not (tmp_path / "pip-ran").exists()
+    assert done.stdout.startswith("::error title=BAKERY_SOURCE::set BAKERY_SOURCE to bakery pinned to a commit")
 
 
 def test_the_scaffolds_rebake_has_the_reusable_workflows_jobs_word_for_word(tmp_path):

@@ -116,15 +116,17 @@ def validate(problems: list[str], checked: int) -> None:
 
 
 def scaffold(done) -> None:
+    import shlex
+
     for rel in done.created:
         emit(f"created {rel}")
     for rel in done.kept:
         emit(f"kept {rel} (it exists)")
-    if not done.source.pinned:
-        print(f"warning: the workflow installs {done.source.requirement!r}, which no index serves as one exact "
-              "build: give --bakery-source 'bakery @ git+https://github.com/OWNER/bakery@COMMIT' (or edit "
-              "BAKERY_SOURCE in .github/workflows/rebake.yml)", file=sys.stderr)
-    where = "" if str(done.directory) == "." else f"cd {done.directory} && "
+    if ".github/workflows/rebake.yml" in done.created and not done.source.pinned:
+        what = f"installs {done.source.requirement!r}" if done.source.requirement else "has no bakery to install yet"
+        print(f"warning: .github/workflows/rebake.yml {what}, not one commit: set its BAKERY_SOURCE (or run init "
+              "again with --bakery-source) to 'bakery @ git+https://github.com/OWNER/bakery@COMMIT'", file=sys.stderr)
+    where = "" if str(done.directory) == "." else f"cd {shlex.quote(str(done.directory))} && "
     emit(f"next: {where}bakery validate && bakery bake --recipe web (as root: the local cloud)")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,10 +30,9 @@ REQUIRED_COMMANDS: dict[str, str] = {
 
 
 #: what `local.install` installs: every package above, and the OpenSSH client (`bakery ssh`)
-PACKAGES: tuple[str, ...] = tuple(sorted({*REQUIRED_COMMANDS.values(), "openssh-client", "ca-certificates"}))
-APT_LISTS = Path("/var/lib/apt/lists")
-#: apt's package lists younger than this are used as they are (scripts/install.sh has just updated them)
-LISTS_FRESH_SECONDS = 3600
+PACKAGES: tuple[str, ...] = tuple(sorted({*REQUIRED_COMMANDS.values(), "openssh-client"}))
+#: how to run a command as root: sudo's secure_path drops a virtualenv's bin, so give the full path
+AS_ROOT = 're-run it as root (sudo -E "$(command -v bakery)" ..., or sudo -E .venv/bin/invoke ... in a checkout)'
 
 
 def _overlay_available(filesystems: Path = Path("/proc/filesystems")) -> bool:
@@ -45,20 +43,19 @@ def _overlay_available(filesystems: Path = Path("/proc/filesystems")) -> bool:
     return any(line.split()[-1:] == ["overlay"] for line in lines)
 
 
-def check_prerequisites() -> list[str]:
-    """Return one human message per missing prerequisite (empty list = ready)."""
+def check_prerequisites(commands: bool = True) -> list[str]:
+    """Return one human message per missing prerequisite (empty list = ready); `commands=False`
+    leaves out the missing commands (`local.install --check` names their packages instead)."""
     problems: list[str] = []
     if os.geteuid() != 0:
-        problems.append(
-            "the local cloud needs root (mounts, namespaces, ip netns): re-run the command with `sudo -E`"
-        )
+        problems.append(f"the local cloud needs root (mounts, namespaces, ip netns): {AS_ROOT}")
     missing: dict[str, list[str]] = {}
     for command, package in REQUIRED_COMMANDS.items():
-        if shutil.which(command) is None:
+        if commands and shutil.which(command) is None:
             missing.setdefault(package, []).append(command)
-    for package, commands in missing.items():
-        names = ", ".join(f"`{c}`" for c in commands)
-        problems.append(f"missing command {names}: install it with `apt-get install -y {package}`")
+    for package, names in missing.items():
+        listed = ", ".join(f"`{c}`" for c in names)
+        problems.append(f"missing command {listed}: `bakery local.install` installs it (apt-get install -y {package})")
     if not _overlay_available():
         problems.append(
             "overlayfs is not available in this kernel: load it with "
@@ -84,14 +81,6 @@ def missing_packages(packages: tuple[str, ...] = PACKAGES) -> list[str]:
     return [p for p in packages if p not in installed]
 
 
-def _lists_fresh(lists: Path = APT_LISTS) -> bool:
-    try:
-        newest = max(p.stat().st_mtime for p in lists.iterdir() if p.is_file())
-    except (OSError, ValueError):  # no lists at all: a fresh container
-        return False
-    return time.time() - newest < LISTS_FRESH_SECONDS
-
-
 def install(log: Callable[[str], None], *, check_only: bool = False) -> list[str]:
     """Install the missing packages with apt-get (and load overlayfs), then check the host again.
     Returns what was (or, with `check_only`, would be) installed; raises LocalCloudError with every
@@ -99,25 +88,36 @@ def install(log: Callable[[str], None], *, check_only: bool = False) -> list[str
     missing = missing_packages()
     if missing and not check_only:
         if os.geteuid() != 0:
-            raise LocalCloudError(f"local.install: installing {' '.join(missing)} needs root: "
-                                  "re-run the command with `sudo -E`")
+            raise LocalCloudError(f"local.install: installing {' '.join(missing)} needs root: {AS_ROOT}")
         if shutil.which("apt-get") is None:
             raise LocalCloudError(f"local.install: no apt-get (Debian 12 or Ubuntu): install "
                                   f"{' '.join(missing)} with this system's package manager")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        steps = [] if _lists_fresh() else [["apt-get", "update", "-q"]]
-        steps.append(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing])
-        for argv in steps:
-            log(f"$ {' '.join(argv)}")
-            done = subprocess.run(argv, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise LocalCloudError(f"local.install: {' '.join(argv[:2])} failed ({done.returncode}): {last}")
+        _apt_install(missing, log)
     if not check_only and not _overlay_available() and shutil.which("modprobe"):
         subprocess.run(["modprobe", "overlay"], capture_output=True)
-    problems = check_prerequisites()
+    problems = check_prerequisites(commands=not check_only)
     if check_only and missing:
         problems.insert(0, f"missing packages {' '.join(missing)}: `bakery local.install` installs them")
     if problems:
         raise LocalCloudError("local cloud not ready: " + "; ".join(problems))
     return missing
+
+
+def _apt_install(packages: list[str], log: Callable[[str], None]) -> None:
+    """apt-get install, with the package lists as they are first: scripts/install.sh has just
+    updated them, and an update costs seconds. Lists that do not know a package (a new machine,
+    old lists) are updated once, then the install is tried again."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess:
+        log(f"$ {' '.join(argv)}")
+        return subprocess.run(argv, env=env, capture_output=True, text=True)
+
+    if run(install).returncode == 0:
+        return
+    for argv in (["apt-get", "update", "-q"], install):
+        done = run(argv)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise LocalCloudError(f"local.install: {' '.join(argv[:2])} failed ({done.returncode}): {last}")

@@ -3,10 +3,12 @@
 A file that exists is kept as it is, never merged or overwritten: `bakery init` in a repository
 that already has some of these files adds only the missing ones and says which it kept.
 
-The workflow installs bakery from `source`, a pip requirement: pinned to a commit or an exact
-version, as its actions are pinned to commits, so a moved tag cannot change what runs with the AWS
-role. Without `--bakery-source` it is where this bakery came from: the commit of a VCS install, else
-`bakery==VERSION`.
+The workflow installs bakery from `source`, a pip requirement pinned to one commit of a git
+repository over https, as its actions are pinned to commits: a moved tag or branch cannot change
+the bakery that runs with the AWS role. A version (`bakery==1.2.3`) is no pin: the name `bakery` on
+PyPI is another project's, and whoever owns it decides what any version number installs. Without
+`--bakery-source` the source is where this bakery came from when that was such a commit (PEP 610's
+direct_url.json); otherwise it is left empty, and the workflow's first job fails, saying to set it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
 
 from bakery.errors import ConfigError
 
@@ -57,28 +61,43 @@ def _package_file(name: str) -> str:
     return resources.files("bakery.scaffold").joinpath(name).read_text()
 
 
-def installed_source() -> Source:
-    """Where this bakery came from, as a pip requirement (PEP 610's direct_url.json)."""
+def pinned(requirement: str) -> bool:
+    """One commit of a git repository over https: `bakery @ git+https://HOST/PATH@<40 hex digits>`."""
     try:
-        dist = metadata.distribution("bakery")
+        url = Requirement(requirement).url or ""
+    except InvalidRequirement:
+        return False
+    return bool(re.fullmatch(r"git\+https://[^\s@]+@[0-9a-f]{40}", url))
+
+
+def installed_source(dist: metadata.Distribution | None = None) -> Source:
+    """Where this bakery came from, when that was one commit of a git repository over https."""
+    try:
+        dist = dist or metadata.distribution("bakery")
     except metadata.PackageNotFoundError:
-        return Source("bakery", pinned=False)
+        return Source("", pinned=False)
     origin = json.loads(dist.read_text("direct_url.json") or "{}")
     vcs = origin.get("vcs_info") or {}
-    if vcs.get("vcs") == "git" and vcs.get("commit_id") and origin.get("url", "").startswith("https://"):
-        return Source(f"bakery @ git+{origin['url']}@{vcs['commit_id']}", pinned=True)
-    version = dist.version
-    # a local version (+gSHA, a checkout's build) is on no index: the workflow could never install it
-    return Source(f"bakery=={version}", pinned="+" not in version)
+    if vcs.get("vcs") == "git" and re.fullmatch(r"[0-9a-f]{40}", vcs.get("commit_id", "")):
+        requirement = f"bakery @ git+{origin.get('url', '')}@{vcs['commit_id']}"
+        if pinned(requirement):
+            return Source(requirement, pinned=True)
+    return Source("", pinned=False)
 
 
 def checked_source(requirement: str) -> Source:
+    """`--bakery-source`: a requirement for bakery and nothing else (no pip option, no other package)."""
     text = requirement.strip()
-    if not text or "\n" in text or "${{" in text:
-        raise ConfigError(f"--bakery-source {requirement!r}: one pip requirement, e.g. "
-                          "'bakery @ git+https://github.com/OWNER/bakery@COMMIT' or 'bakery==1.2.3'")
-    pinned = bool(re.search(r"@[0-9a-f]{40}$", text) or re.fullmatch(r"bakery\s*==\s*[\w.!]+", text))
-    return Source(text, pinned=pinned)
+    usage = "one pip requirement for bakery, e.g. 'bakery @ git+https://github.com/OWNER/bakery@COMMIT'"
+    if "\n" in text or "${{" in text or text.startswith("-"):
+        raise ConfigError(f"--bakery-source {requirement!r}: {usage}")
+    try:
+        name = Requirement(text).name
+    except InvalidRequirement:
+        raise ConfigError(f"--bakery-source {requirement!r}: {usage}") from None
+    if name != "bakery":
+        raise ConfigError(f"--bakery-source {requirement!r}: installs {name!r}, not bakery")
+    return Source(text, pinned=pinned(text))
 
 
 def workflow_text(source: Source) -> str:
@@ -91,8 +110,11 @@ def init(directory: Path, source: Source | None = None) -> Scaffold:
     """Write every file of TREE that `directory` does not have yet."""
     if str(directory).startswith("-"):  # invoke hands an unknown flag to a positional argument
         raise ConfigError(f"init: {str(directory)!r} is not a directory name (see: bakery --help init)")
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"init: {directory}: exists and is not a directory")
+    # every directory the tree needs, checked before the first file is written: all or nothing
+    for rel in ("", *sorted({str(Path(r).parent) for r in TREE} - {"."})):
+        for where in (directory / rel, *(directory / rel).parents):
+            if where.exists() and not where.is_dir():
+                raise ConfigError(f"init: {where}: exists and is not a directory")
     done = Scaffold(directory, source or installed_source())
     for rel, name in TREE.items():
         path = directory / rel
@@ -108,4 +130,3 @@ def init(directory: Path, source: Source | None = None) -> Scaffold:
             raise ConfigError(f"init: {path}: {exc.strerror or exc}") from None
         done.created.append(rel)
     return done
-

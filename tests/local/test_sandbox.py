@@ -58,11 +58,12 @@ def test_prerequisites_are_met_and_base_is_cached(local_base: Path) -> None:
     assert any((local_base / "var/lib/apt/lists").glob("*_Packages"))
 
 
-def test_missing_prerequisites_name_the_apt_command(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_prerequisites_name_local_install_and_the_apt_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     problems = check_prerequisites()
-    assert "missing command `ip`: install it with `apt-get install -y iproute2`" in problems
-    assert "missing command `unshare`, `nsenter`: install it with `apt-get install -y util-linux`" in problems
+    assert "missing command `ip`: `bakery local.install` installs it (apt-get install -y iproute2)" in problems
+    assert ("missing command `unshare`, `nsenter`: `bakery local.install` installs it (apt-get install -y "
+            "util-linux)") in problems
     assert any("apt-get install -y slirp4netns" in p for p in problems)
     with pytest.raises(LocalCloudError, match="apt-get install -y mmdebstrap"):
         require()
