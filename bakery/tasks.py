@@ -33,19 +33,21 @@ from bakery.errors import BakeryError
         "keep-on-error": "on failure keep the builder, key pair and security group for debugging",
         "json": "print the manifest as JSON on stdout (progress stays on stderr)",
         "no-cache": "run every step: neither resume from a checkpoint nor keep one",
+        "log-format": "progress on stderr: text (lines, a live display on a terminal) or json (one event per line)",
     },
 )
-def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, json=False, no_cache=False):
+def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, json=False, no_cache=False,
+         log_format=None):
     """Bake an AMI from a recipe (skipped when an image with the same inputs exists)."""
     with command():
         required(recipe=recipe)
         from bakery.bake.run import bake as run_bake
-        from bakery.cli import show
-        from bakery.progress import Reporter
+        from bakery.cli import reporter, show
 
-        show.bake(run_bake(settings_from(c), recipe, parse_variables(var, var_file),
-                           report=Reporter(prefix=f"[{recipe}] "), force=force, keep_on_error=keep_on_error,
-                           cache=not no_cache),
+        settings = settings_from(c)
+        show.bake(run_bake(settings, recipe, parse_variables(var, var_file),
+                           report=reporter(settings, f"[{recipe}] ", log_format=log_format), force=force,
+                           keep_on_error=keep_on_error, cache=not no_cache),
                   json=json)
 
 
@@ -57,15 +59,15 @@ def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, j
           "force": "bake even when nothing changed", "json": "print the table as JSON on stdout",
           "jobs": "bake up to N recipes at once, each after the recipe it is layered on (default 1)",
           "names": "bake nothing: print the recipes it would consider as one JSON list of groups, each "
-                   "a tree of layers to bake in sequence, parents first (the workflow's matrix)"},
+                   "a tree of layers to bake in sequence, parents first (the workflow's matrix)",
+          "log-format": "progress on stderr: text (lines, a live display on a terminal) or json (one event per line)",},
 )
-def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, names=False, jobs="1"):
+def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, names=False, jobs="1", log_format=None):
     """Bake every recipe whose inputs changed; table of decisions (also to $GITHUB_STEP_SUMMARY)."""
     with command():
         from bakery.bake.rebake import rebake as run_rebake
         from bakery.bake.rebake import job_groups
-        from bakery.cli import show
-        from bakery.progress import Reporter
+        from bakery.cli import reporter, show
 
         settings = settings_from(c)
         if names:
@@ -73,7 +75,7 @@ def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, nam
             return
         jobs = parse_int("--jobs", jobs, minimum=1)
         show.rebake(run_rebake(settings, recipe or None, variables=parse_variables(var, var_file), force=force,
-                               report=Reporter(), jobs=jobs), json=json)
+                               report=reporter(settings, log_format=log_format), jobs=jobs), json=json)
 
 
 @task(
@@ -87,14 +89,13 @@ def prune(c, recipe, keep="3", region=None, dry_run=False, json=False):  # a str
     """Deregister old images of a recipe (and their snapshots), never one that is still used."""
     with command():
         required(recipe=recipe)
-        from bakery.cli import show
+        from bakery.cli import reporter, show
         from bakery.cloud.connect import open_cloud
         from bakery.housekeeping import prune as pruning
-        from bakery.progress import Reporter
 
         settings, keep = settings_from(c), parse_int("--keep", keep)
         pruning.check(settings, recipe, keep)
-        reports = pruning.prune(open_cloud(settings).ec2, recipe, keep, dry_run=dry_run, report=Reporter(),
+        reports = pruning.prune(open_cloud(settings).ec2, recipe, keep, dry_run=dry_run, report=reporter(settings),
                                 regions=region or [])
         show.prune(reports, json=json, dry_run=dry_run)
 
@@ -132,18 +133,19 @@ def diff(c, recipe, from_=None, to=None, json=False):
         "dry-run": "print the plan (images, counts, subnets, user data size and hash); create nothing",
         "keep-on-error": "on failure keep the instances this run launched instead of terminating them",
         "json": "print the launch report as JSON on stdout",
+        "log-format": "progress on stderr: text (lines, a live display on a terminal) or json (one event per line)",
     },
 )
-def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
+def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False, log_format=None):
     """Launch an environment's tiers from their images with rendered user data; wait until healthy."""
     with command():
         required(env=env)
-        from bakery.cli import show
+        from bakery.cli import reporter, show
         from bakery.launch.run import launch as run_launch
-        from bakery.progress import Reporter
 
-        show.launch(run_launch(settings_from(c), env, tier=tier, dry_run=dry_run, keep_on_error=keep_on_error,
-                               report=Reporter(prefix=f"[{env}] ")), json=json)
+        settings = settings_from(c)
+        show.launch(run_launch(settings, env, tier=tier, dry_run=dry_run, keep_on_error=keep_on_error,
+                               report=reporter(settings, f"[{env}] ", "environment", log_format)), json=json)
 
 
 @task(
@@ -153,18 +155,19 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False):
         "tier": "roll only this tier",
         "dry-run": "say which instances would move, to which image and how; change nothing",
         "json": "print the rollout report as JSON on stdout",
+        "log-format": "progress on stderr: text (lines, a live display on a terminal) or json (one event per line)",
     },
 )
-def rollout(c, env, tier=None, dry_run=False, json=False):
+def rollout(c, env, tier=None, dry_run=False, json=False, log_format=None):
     """Move running tiers to their newest images, a slot at a time, each healthy first; roll back on failure."""
     with command():
         required(env=env)
-        from bakery.cli import show
+        from bakery.cli import reporter, show
         from bakery.launch.rollout import rollout as run_rollout
-        from bakery.progress import Reporter
 
-        show.rollout(run_rollout(settings_from(c), env, tier=tier, dry_run=dry_run, report=Reporter(prefix=f"[{env}] ")),
-                     json=json)
+        settings = settings_from(c)
+        show.rollout(run_rollout(settings, env, tier=tier, dry_run=dry_run,
+                                 report=reporter(settings, f"[{env}] ", "environment", log_format)), json=json)
 
 
 @task(positional=[], help={"env": "environment name", "tier": "tier name",
@@ -198,6 +201,24 @@ def validate(c):
         from bakery.render.validate import validate_all
 
         show.validate(*validate_all(settings_from(c)))
+
+
+@task(help={"build-id": "the bake to show (default: the newest that built an image)",
+            "png": "where to write the timeline picture (default: beside its manifest, as NAME.timeline.png)",
+            "json": "print the stages as JSON on stdout"})
+def report(c, build_id=None, png=None, json=False):
+    """Where a bake's time went: each stage and step with its duration and share, and a timeline picture."""
+    with command():
+        from pathlib import Path
+
+        from bakery.bake import timeline as timelines
+        from bakery.cli import parse_build_id, show
+
+        settings = settings_from(c)
+        found = timelines.load(settings.manifests, parse_build_id(build_id) if build_id else None)
+        picture = Path(png) if png else found.manifest.with_suffix(".timeline.png")
+        picture.write_bytes(timelines.png(found))
+        show.report(found, picture, json=json)
 
 
 @task(positional=["directory"],
@@ -348,11 +369,11 @@ def failover(c, env, tier, to=None, json=False):
     """Move a tier's persistent ENIs and Elastic IPs to a hot standby; report the time taken."""
     with command():
         required(env=env, tier=tier)
-        from bakery.cli import show
+        from bakery.cli import reporter, show
         from bakery.launch.failover import failover as run_failover
-        from bakery.progress import Reporter
 
-        show.failover(run_failover(settings_from(c), env, tier, to, Reporter(prefix=f"[{env}] ")), json=json)
+        settings = settings_from(c)
+        show.failover(run_failover(settings, env, tier, to, reporter(settings, f"[{env}] ", "environment")), json=json)
 
 
 @task(positional=[], help={
@@ -386,7 +407,7 @@ local.add_task(local_down, "down")
 local.add_task(local_status, "status")
 
 ns = Collection(bake, rebake, prune, launch, rollout, render, status, failover, ssh, images, diff, validate, verify,
-                clean, janitor, init, network, local)
+                clean, janitor, init, report, network, local)
 # Every setting is declared here so INVOKE_BAKERY_<KEY> environment variables can set it
 # (invoke only maps environment variables onto keys it already knows).
 ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpoint_url": None,
@@ -394,7 +415,8 @@ ns.configure({"bakery": {"cloud": "aws", "region": None, "profile": None, "endpo
                          "userdata_dir": None, "state_dir": None,
                          "ssh_host": None, "ssh_port": None, "data_dir": None,
                          "evidence_bucket": None, "signing_key": None, "verify_key": None, "osv_feed": None,
-                         "checkpoint_after": None, "checkpoint_days": None}})
+                         "checkpoint_after": None, "checkpoint_days": None, "heartbeat": None,
+                         "log_format": None}})
 namespace = ns
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from bakery.errors import WaitTimeout
+from bakery.progress import waiting
 from bakery.signals import check_cancelled
 
 T = TypeVar("T")
@@ -76,6 +77,12 @@ def wait_for(check: Callable[[], T | None], *, what: str, timeout: float, backof
         scale = time_scale()
         clock = clock or (lambda: time.monotonic() / scale)
         sleep = sleep or (lambda seconds: time.sleep(seconds * scale))
+    with waiting(what):  # the running stage shows what it waits for, and counts the time as the cloud's
+        return _poll(check, what, timeout, backoff, clock, sleep, hint)
+
+
+def _poll(check: Callable[[], T | None], what: str, timeout: float, backoff: Backoff, clock: Callable[[], float],
+          sleep: Callable[[float], None], hint: Callable[[], str] | None) -> T:
     deadline = clock() + timeout
     for delay in backoff.intervals():
         check_cancelled()  # a parallel rebake's worker, cancelled: unwind and clean up

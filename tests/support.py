@@ -54,11 +54,16 @@ API_ANSWERS = ("import sys; from bakery.local.moto_extensions import install_api
 
 
 class MotoServer:
-    def __init__(self, api_answers: bool = False) -> None:
+    def __init__(self, api_answers: bool = False, slow_images: float | None = None) -> None:
+        """`api_answers`: the local endpoint's answers where moto's differ from EC2's;
+        `slow_images`: images pending for that many seconds, snapshots' progress moving (tests/slow_images.py)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
         start = ["-c", API_ANSWERS] if api_answers else ["-m", "moto.server"]
+        if slow_images is not None:
+            start = ["-c", f"import sys; from tests.slow_images import install; install({float(slow_images)!r}); "
+                           "from moto.server import main; main(sys.argv[1:])"]
         self.proc = subprocess.Popen([sys.executable, *start, "-H", "127.0.0.1", "-p", str(self.port)], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 30

@@ -25,7 +25,8 @@ PACKAGE = ROOT / "bakery"
 LAYERS = [
     {"bakery", "bakery.errors"},                                    # foundation: one error family
     {"bakery.signals"},                    # Ctrl-C and SIGTERM, and cancelling a parallel rebake's workers
-    {"bakery.progress", "bakery.waits"},   # progress lines, polling (a cancelled worker's waits end)
+    {"bakery.progress"},                   # progress: lines, heartbeats, live display, JSON events, timeline
+    {"bakery.waits"},                      # polling (a cancelled worker's waits end), told to the progress
     {"bakery.config"},                     # settings, YAML, recipe and environment models
     {"bakery.render"},                     # templates, user data, bootstrap scripts: offline
     {"bakery.remote", "bakery.local"},     # reaching machines (given a dial); the local cloud's machines

@@ -10,4 +10,6 @@
     inputs.py     the inputs hash (digests.py remembers file digests for it)
     rebake.py     the scheduled path: every recipe, baked only when its inputs changed
     images.py     the finished images, for `invoke images`
+    timeline.py   where a bake's time went (its manifest's timeline): `invoke report`'s picture, the
+                  rebake summary's gantt chart
 """

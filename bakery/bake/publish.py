@@ -9,6 +9,7 @@ value or template version naming an image that is then removed: publishing is al
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -102,7 +103,11 @@ class Publish:
             futures = [pool.submit(copy, region) for region in spec.regions]
         copies = [f.result() for f in futures]  # every copy has returned (or failed) by now
         with ThreadPoolExecutor(max_workers=len(copies), initializer=block_in_this_thread) as pool:
-            ready = list(pool.map(lambda rc: ec2.in_region(rc[0]).wait_image_available(rc[1], timeout=3600), copies))
+            # each wait in a copy of this thread's context: its copy's state and snapshot progress reach
+            # the running stage's line (bakery.progress.say), one per region
+            waits = [pool.submit(contextvars.copy_context().run,
+                                 ec2.in_region(region).wait_image_available, copy_id, 3600) for region, copy_id in copies]
+            ready = [w.result() for w in waits]
         for (region, copy_id), image in zip(copies, ready):  # CopyImageTags is not honoured everywhere
             target = ec2.in_region(region)
             target.tag([copy_id], {**state.image_tags, T.COPIED_FROM: f"{ec2.region}/{state.image_id}"})

@@ -11,7 +11,7 @@ when no recipe is left to bake.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bakery.config.abstract import is_abstract, refuse_abstract
@@ -34,6 +34,7 @@ class RebakeRow:
     changes: ImageDiff | None = None  # rebaked: what changed since the recipe's previous image (its SBOMs)
     no_changes: str = ""              # rebaked without a diff: why (its first image, one without an SBOM)
     vulnerabilities: dict | None = None  # the gate's result (evidence/gate.py GateResult.to_json()), passed or failed
+    timeline: list[dict] = field(default_factory=list)  # rebaked: its stages (the manifest's), for the summary's chart
 
 
 def job_groups(settings: Settings, recipes: list[str] | None) -> list[str]:
@@ -114,7 +115,8 @@ def rebake(settings: Settings, recipes: list[str] | None, *, variables: dict[str
             reason = (f"inputs changed (hash {manifest.inputs_hash})"
                       if manifest.reason == "no image with these inputs" else manifest.reason)
             rows[name] = RebakeRow(name, decision, reason, manifest.ami_id, round(time.monotonic() - started, 3),
-                                   vulnerabilities=None if manifest.skipped else manifest.vulnerabilities)
+                                   vulnerabilities=None if manifest.skipped else manifest.vulnerabilities,
+                                   timeline=[] if manifest.skipped else manifest.timeline)
         except Interrupted:
             raise  # Ctrl-C stops the rebake, not just this recipe
         except BakeryError as exc:

@@ -85,7 +85,7 @@ class Bake:
             manifest.reason = "forced" if self.force else manifest.reason or "no image with these inputs"
             prefixes, resume = self._resume_point(source) if self.checkpoints else ([], None)
             self._build(source, manifest, prefixes, resume)
-        manifest.stages = r.timings()
+        manifest.stages, manifest.timeline = r.timings(), r.timeline()
         manifest.seconds = round(time.monotonic() - self.started, 3)
         manifest.write(self.settings.manifests)
         return manifest

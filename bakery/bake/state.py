@@ -52,6 +52,8 @@ class Manifest:
     variables: dict[str, str]
     steps: list[StepRecord] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)
+    # every stage in order: {name, kind (stage | step), start (epoch s), seconds, waited, ok}: `invoke report`
+    timeline: list[dict] = field(default_factory=list)
     builder: dict | None = None      # what the builder ran as: {"instance_type", "market" (spot | on-demand)}
     downloads: list[str] = field(default_factory=list)  # what download steps copied here (RECIPE-BUILD.files/)
     resumed_from: dict | None = None  # {"image", "after_step"}: the checkpoint whose steps this bake did not run

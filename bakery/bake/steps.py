@@ -84,8 +84,11 @@ def ssh_to(state: BakeState, ctx: Context, instance: dict, host_key, what: str):
 
 
 def wait_for_cloud_init(connector, ctx: Context, timeout: float, source: str) -> None:
-    res = connector.run(CLOUD_INIT_WAIT, env={}, timeout=timeout, sudo=False,
-                        on_output=lambda line: ctx.report.output(source, line))
+    from bakery.progress import waiting
+
+    with waiting(f"cloud-init on {connector.target.label} to finish"):  # the machine's time, not bakery's
+        res = connector.run(CLOUD_INIT_WAIT, env={}, timeout=timeout, sudo=False,
+                            on_output=lambda line: ctx.report.output(source, line))
     if res.exit_status != 0:
         raise RemoteError(f"{connector.target.label}: cloud-init did not finish cleanly (exit {res.exit_status})")
 
@@ -228,7 +231,7 @@ class RunRecipeStep:
         recipe = state.recipe
         step = render_step(recipe, recipe.steps[self.index], self.index, state.context)
         label = f"step {self.index + 1}/{len(recipe.steps)}: {step.name}"
-        with ctx.report.stage(label) as stage:
+        with ctx.report.stage(label, kind="step") as stage:
             record, why = self._attempts(state, ctx, step, label)
             stage.detail = (f"{why}; continuing (on_failure: continue)" if record.status == "continued"
                             else f"ok{f' after {record.attempts} attempts' if record.attempts > 1 else ''}")

@@ -92,6 +92,29 @@ def one_line(message: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
 
 
+#: the progress sinks this command opened (`reporter`): closed when it ends, however it ends
+_sinks: list = []
+
+
+def reporter(settings, prefix: str = "", kind: str = "recipe", log_format: str | None = None):
+    """The command's progress reporter: on stderr, as the settings (or `--log-format`) ask: plain
+    lines with heartbeats, a live display on a terminal, or JSON events."""
+    from bakery.config.settings import LOG_FORMATS
+    from bakery.progress import Reporter, sink_for
+
+    chosen = log_format or settings.log_format
+    if chosen not in LOG_FORMATS:
+        raise ConfigError(f"--log-format {chosen!r}: one of {', '.join(LOG_FORMATS)}")
+    sink = sink_for(chosen, settings.heartbeat)
+    _sinks.append(sink)
+    return Reporter(prefix=prefix, sink=sink, kind=kind)
+
+
+def _close_sinks() -> None:
+    while _sinks:
+        _sinks.pop().close()  # a live display gives the terminal back before the last lines
+
+
 @contextlib.contextmanager
 def command():
     from invoke.exceptions import Exit
@@ -99,8 +122,11 @@ def command():
     from bakery.signals import interruptible
 
     try:
-        with interruptible():
-            yield
+        try:
+            with interruptible():
+                yield
+        finally:
+            _close_sinks()
     except KeyboardInterrupt:
         raise Exit("error: interrupted; cleaned up what this run created", code=Interrupted.exit_code) from None
     except BakeryError as exc:

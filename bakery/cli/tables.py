@@ -37,6 +37,12 @@ def rebake_markdown(rows) -> str:
         lines += ["", "### What changed"]
     for r in rebaked:
         lines += ["", diff_markdown(r.changes) if r.changes else f"#### {r.recipe}: no diff ({r.no_changes})"]
+    timed = [r for r in rebaked if r.timeline]
+    if timed:
+        from bakery.bake.timeline import mermaid
+
+        lines += ["", "### Where the time went"]
+        lines += [line for r in timed for line in ("", mermaid(r.recipe, r.timeline))]
     for r in rows:
         if r.vulnerabilities is not None:
             from bakery.evidence.gate import summary_markdown
@@ -137,3 +143,22 @@ def diff_markdown(d) -> str:
             out += [f"| {kind} | {_cell(name)} | {_cell(old)} | {_cell(new)} |" for kind, name, old, new in rows]
             out.append("")
     return "\n".join(out).rstrip()
+
+
+def timeline_table(timeline) -> str:
+    """Each stage and step of a bake: when it began, how long it took, its share of the bake and
+    how much of it was waiting on the cloud; then the totals by kind."""
+    total = timeline.seconds or timeline.span
+    out = [f"{timeline.recipe} {timeline.build_id}: {timeline.seconds:.1f}s"
+           + (f" -> {timeline.ami_id}" if timeline.ami_id else ""),
+           f"{'START':>8}  {'SECONDS':>8}  {'SHARE':>6}  {'WAITING':>8}  STAGE"]
+    for bar in timeline.bars:
+        waited = f"{bar.waited:8.2f}" if bar.waited >= 0.005 else f"{'-':>8}"
+        mark = "" if bar.ok else "  (failed)"
+        out.append(f"{bar.start:7.2f}s  {bar.seconds:8.2f}  {100 * bar.seconds / total:5.1f}%  {waited}  "
+                   f"{bar.name}{mark}")
+    waited = sum(b.waited for b in timeline.bars)
+    steps = sum(b.seconds - b.waited for b in timeline.bars if b.kind == "step")
+    out.append(f"waiting on the cloud {waited:.1f}s ({100 * waited / total:.0f}%), recipe steps {steps:.1f}s "
+               f"({100 * steps / total:.0f}%), bakery's own work {max(total - waited - steps, 0):.1f}s")
+    return "\n".join(out)

@@ -4,12 +4,14 @@ removing them. A mixin of the EC2 facade."""
 from __future__ import annotations
 
 import fnmatch
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
 
 from bakery.cloud import tags as T
 from bakery.errors import CloudError, ConfigError
+from bakery.progress import say
 from bakery.waits import Backoff, wait_for
 
 
@@ -30,6 +32,31 @@ def source_image(image: dict) -> SourceImage:
 def snapshots_of(image: dict) -> list[str]:
     """The EBS snapshots behind an image, from its DescribeImages record."""
     return [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+
+
+class SnapshotProgress:
+    """How far an image's snapshots are (DescribeSnapshots' Progress), read at most every
+    INTERVAL seconds: the image wait polls about once a second, and its call budget is for that;
+    a snapshot's progress moves by the minute."""
+
+    INTERVAL = 10.0
+
+    def __init__(self, ec2) -> None:
+        self.ec2 = ec2
+        self.read_at: float | None = None
+        self.said = ""
+
+    def of(self, snapshot_ids: list[str]) -> str:
+        """", snapshot 45%" (", snapshots 45%, 12%" for several), or "" before there is one."""
+        now = time.monotonic()
+        if snapshot_ids and (self.read_at is None or now - self.read_at >= self.INTERVAL):
+            self.read_at = now
+            found = self.ec2.call("describe-snapshots", self.ec2.client.describe_snapshots,
+                                  SnapshotIds=snapshot_ids).get("Snapshots", [])
+            shares = [snap.get("Progress") or "0%" for snap in sorted(found, key=lambda s: s["SnapshotId"])]
+            if shares:
+                self.said = f", snapshot{'s' if len(shares) > 1 else ''} {', '.join(shares)}"
+        return self.said
 
 
 def _is_deprecated(image: dict) -> bool:
@@ -163,6 +190,7 @@ class ImagesAPI:
 
     def wait_image_available(self, image_id: str, timeout: float, backoff: Backoff | None = None) -> dict:
         self.ensure_credentials_last(timeout, f"waiting for image {image_id}")
+        progress = SnapshotProgress(self)
 
         def check():
             images = self.describe_images(ImageIds=[image_id])
@@ -174,6 +202,7 @@ class ImagesAPI:
             if state in ("failed", "invalid", "deregistered", "error"):
                 reason = images[0].get("StateReason", {}).get("Message", "")
                 raise CloudError(f"image {image_id} ended in state {state}: {reason}")
+            say(f"{image_id} in {self.region}: {state}{progress.of(snapshots_of(images[0]))}", subject=image_id)
             return None
         return wait_for(check, what=f"image {image_id} to become available", timeout=timeout,
                         **({"backoff": backoff} if backoff else {}))

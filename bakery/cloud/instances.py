@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 from bakery.cloud import tags as T
 from bakery.cloud.session import CapacityError
+from bakery.progress import say
 from bakery.waits import Backoff, wait_for
 from bakery.errors import CloudError
 
@@ -237,6 +238,7 @@ class InstancesAPI:
             state = inst["State"]["Name"]
             if state == want:
                 return inst
+            say(f"{instance_id}: {state}")
             if state in bad:
                 reason = inst.get("StateReason", {}).get("Message", "")
                 raise CloudError(f"instance {instance_id} is {state} instead of {want}{': ' + reason if reason else ''}")

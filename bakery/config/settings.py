@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bakery.errors import ConfigError
+from bakery.progress import HEARTBEAT  # seconds of silence before a running stage says it still runs
 
 CLOUDS = ("aws", "local")
 KNOWN_KEYS = {"cloud", "region", "profile", "endpoint_url", "project_dir", "recipes_dir", "envs_dir",
               "userdata_dir", "state_dir", "ssh_host", "ssh_port", "data_dir", "evidence_bucket",
-              "signing_key", "verify_key", "osv_feed", "checkpoint_after", "checkpoint_days"}
+              "signing_key", "verify_key", "osv_feed", "checkpoint_after", "checkpoint_days", "heartbeat",
+              "log_format"}
+LOG_FORMATS = ("text", "json")
+
 #: By cloud, unless the settings say otherwise: `bake` keeps a checkpoint after a run of steps
 #: that took at least this long (bakery/bake/checkpoints.py). On the local cloud an image is a
 #: layer and a checkpoint costs about what a builder's boot costs (a few seconds), so shorter
@@ -50,6 +54,8 @@ class Settings:
     # by default the cloud's (CHECKPOINT_AFTER)
     checkpoint_after: float | None | str = "by cloud"
     checkpoint_days: int = CHECKPOINT_DAYS  # how long a checkpoint image is kept for the next bake
+    heartbeat: float = HEARTBEAT  # a silent stage says it is still running after this many seconds
+    log_format: str = "text"      # progress on stderr: text (lines, or a live display on a terminal) | json
 
     def __post_init__(self) -> None:
         if self.checkpoint_after == "by cloud":
@@ -126,6 +132,18 @@ class Settings:
             raise ConfigError(f"invoke config bakery.checkpoint_days: {cfg.get('checkpoint_days')!r} is not a "
                               "number of days from 1 to 365") from None
 
+        try:
+            raw_beat = cfg.get("heartbeat")
+            heartbeat = HEARTBEAT if raw_beat is None or raw_beat == "" else float(raw_beat)
+            assert 0 < heartbeat <= 3600
+        except (TypeError, ValueError, AssertionError):
+            raise ConfigError(f"invoke config bakery.heartbeat: {cfg.get('heartbeat')!r} is not a number of "
+                              "seconds from 0 to 3600") from None
+        log_format = cfg.get("log_format") or "text"
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"invoke config bakery.log_format: {log_format!r} is not one of "
+                              f"{', '.join(LOG_FORMATS)}")
+
         def opt_path(key: str) -> Path | None:  # relative to the project, wherever invoke runs
             return user_path(str(cfg[key]), project) if cfg.get(key) else None
 
@@ -136,7 +154,8 @@ class Settings:
                    ssh_host=cfg.get("ssh_host"), ssh_port=port, data_dir=opt_path("data_dir"),
                    evidence_bucket=bucket_name(cfg.get("evidence_bucket")),
                    signing_key=cfg.get("signing_key") or None, verify_key=cfg.get("verify_key") or None,
-                   osv_feed=opt_path("osv_feed"), checkpoint_after=after, checkpoint_days=days)
+                   osv_feed=opt_path("osv_feed"), checkpoint_after=after, checkpoint_days=days,
+                   heartbeat=heartbeat, log_format=log_format)
 
 
 def bucket_name(value) -> str | None:

@@ -582,3 +582,23 @@ def test_the_local_cloud_keeps_images_evidence_in_its_own_bucket_across_a_restar
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="bakery-evidence", Prefix="images/ami-0123456789abcdef0/")
             ["Contents"]]
     assert keys == [f"images/ami-0123456789abcdef0/sbom/{sha256}"]  # as any S3 client sees it
+
+
+def test_a_silent_step_on_a_real_machine_gets_heartbeats_naming_it_before_its_closing_line(cloud, settings):
+    """Issue 20: with stderr not a terminal (CI, a pipe). The interval is a setting: 1 s here, for a
+    step silent 2.5 s; at the default 30 s, a step silent 70 s gets two the same way."""
+    write_recipe(settings.recipes, "quiet", 'source:\n  filter: {name: "debian-12-amd64-*", owners: ["136693071363"]}\n'
+                 "builder:\n  ssh: {user: admin, timeout: 60}\n"
+                 "steps:\n  - {name: think, shell: 'sleep 2.5 && echo thought'}\n")
+    env = {**os.environ, "INVOKE_BAKERY_CLOUD": "local", "INVOKE_BAKERY_DATA_DIR": str(cloud.data_dir),
+           "INVOKE_BAKERY_RECIPES_DIR": str(settings.recipes), "INVOKE_BAKERY_STATE_DIR": str(settings.state),
+           "INVOKE_BAKERY_HEARTBEAT": "1"}
+    done = subprocess.run([sys.executable, "-m", "invoke", "bake", "--recipe", "quiet", "--no-cache"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    closing = next(i for i, line in enumerate(lines) if line.startswith("[quiet] ✓ step 1/1: think: ok"))
+    beats = [line for line in lines[:closing] if line.startswith("[quiet] … still step 1/1: think, ")]
+    assert len(beats) >= 2, "\n".join(lines)
+    elapsed = [int(line.rsplit(", ", 1)[1].removesuffix("s")) for line in beats]  # its elapsed time, counting
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 1 and elapsed[-1] > elapsed[0]
