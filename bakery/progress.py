@@ -21,6 +21,7 @@ listens (a context variable holds the stage of the running thread). Each finishe
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import sys
 import threading
@@ -47,7 +48,10 @@ class Stage:
     detail: str = ""
     status: str = ""         # what the cloud last said, e.g. "ami-0abc in us-east-1: pending, snapshot 45%"
     said: dict = field(default_factory=dict)  # by subject, when several waits run at once (region copies)
-    waited: float = 0.0      # seconds inside waits (bakery/waits.py): the cloud's time, not bakery's
+    waited: float = 0.0      # seconds while any wait ran (bakery/waits.py): the cloud's time, not bakery's
+    error: str = ""          # why it failed, when it did
+    _waiters: int = 0        # waits running now, in this thread or others (region copies): counted once
+    _wait_since: float = 0.0
     quiet_since: float = 0.0  # when it last printed a line (or a heartbeat)
     tail: deque = field(default_factory=lambda: deque(maxlen=3))
 
@@ -57,8 +61,20 @@ class Stage:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def waited_so_far(self) -> float:
+        with _WAITS:
+            running = time.monotonic() - self._wait_since if self._waiters else 0.0
+            return self.waited + running
+
 
 _running: ContextVar[Stage | None] = ContextVar("bakery_running_stage", default=None)
+_WAITS = threading.Lock()  # every stage's waiter count: waits end in several threads at once
+
+
+def submit_in_stage(pool, fn, *args):
+    """`pool.submit(fn, *args)` in a copy of this thread's context: what `fn` says and waits for
+    counts for the stage running here (a pool's threads start with an empty context)."""
+    return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
 def say(text: str, subject: str | None = None) -> None:
@@ -78,16 +94,24 @@ def say(text: str, subject: str | None = None) -> None:
 
 @contextlib.contextmanager
 def waiting(what: str):
-    """Time spent waiting for `what`: counted as the cloud's in the running stage's record."""
+    """Time spent waiting for `what`, counted as the cloud's in the running stage's record: once,
+    however many waits overlap (nested, or side by side in threads)."""
     stage = _running.get()
-    start = time.monotonic()
-    if stage is not None:
-        say(f"waiting for {what}")
+    if stage is None:
+        yield
+        return
+    say(f"waiting for {what}")
+    with _WAITS:
+        if stage._waiters == 0:
+            stage._wait_since = time.monotonic()
+        stage._waiters += 1
     try:
         yield
     finally:
-        if stage is not None:
-            stage.waited += time.monotonic() - start
+        with _WAITS:
+            stage._waiters -= 1
+            if stage._waiters == 0:
+                stage.waited += time.monotonic() - stage._wait_since
 
 
 def clock(seconds: float) -> str:
@@ -138,9 +162,15 @@ class Sink:
     def beat(self, stage: Stage) -> None:
         """`stage` has been silent for `heartbeat` seconds."""
 
+    def error(self, message: str) -> None:
+        """The command failed with `message` (printed by the command itself, except as JSON)."""
+
     def close(self) -> None:
-        """The command is over."""
+        """The command is over: no heartbeat after this."""
         self._stop.set()
+        beating = self._beating
+        if beating is not None and beating is not threading.current_thread():
+            beating.join(timeout=5)
 
     def innermost(self) -> list[Stage]:
         """The deepest running stage of each reporter: what it is doing now."""
@@ -150,6 +180,19 @@ class Sink:
                 latest[id(stage.reporter)] = stage
             return list(latest.values())
 
+    def beat_due(self, now: float) -> int:
+        """One pass of the heartbeat at `now` (monotonic): `beat` for every innermost stage silent
+        for `heartbeat` seconds; how many. Under the lock, so no beat follows its stage's closing line."""
+        assert self.heartbeat
+        beats = 0
+        with self.lock:
+            for stage in self.innermost():
+                if now - stage.quiet_since >= self.heartbeat and not self._stop.is_set():
+                    stage.quiet_since = now
+                    self.beat(stage)
+                    beats += 1
+        return beats
+
     def _beat(self) -> None:
         assert self.heartbeat
         while not self._stop.wait(min(1.0, self.heartbeat / 4)):
@@ -157,11 +200,7 @@ class Sink:
                 if not self.running:  # between commands' stages (or after the last): the next start beats again
                     self._beating = None
                     return
-            now = time.monotonic()
-            for stage in self.innermost():
-                if now - stage.quiet_since >= self.heartbeat:
-                    stage.quiet_since = now
-                    self.beat(stage)
+            self.beat_due(time.monotonic())
 
 
 class NullSink(Sink):
@@ -214,7 +253,7 @@ class JsonSink(Sink):
     def ended(self, stage: Stage, ok: bool, seconds: float, line: str) -> None:
         super().ended(stage, ok, seconds, line)
         self.emit(f"{stage.kind}-end", stage.reporter, name=stage.name, ok=ok, seconds=round(seconds, 3),
-                  waited=round(stage.waited, 3), detail=stage.detail)
+                  waited=round(stage.waited, 3), detail=stage.detail, error=stage.error)
 
     def line(self, reporter: "Reporter", kind: str, text: str, line: str) -> None:
         super().line(reporter, kind, text, line)
@@ -227,20 +266,28 @@ class JsonSink(Sink):
     def beat(self, stage: Stage) -> None:
         self.emit("heartbeat", stage.reporter, stage=stage.name, text=stage.status, seconds=round(stage.elapsed(), 3))
 
+    def error(self, message: str) -> None:
+        record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": "error",
+                  "text": message}
+        with self.lock:
+            print(json.dumps(record, ensure_ascii=False), file=self.stream or sys.stderr, flush=True)
+
 
 class LiveSink(Sink):
-    """A live display on a terminal (rich): closing lines scroll above it, as in the plain output;
-    a step's output shows as the tail under its line instead."""
+    """A live display on a terminal (rich): every line of the plain output scrolls above it as it
+    comes (a failed step's output is its reason); the display shows each running stage with its
+    clock, what the cloud last said and the tail of its output."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
         super().__init__(heartbeat=None)  # the display's clocks run: nothing to say of silence
-        self.console = Console(file=stream or sys.stderr, highlight=False, markup=False, emoji=False,
-                               soft_wrap=True)
+        stream = stream or sys.stderr
+        self.console = Console(file=stream, highlight=False, markup=False, emoji=False, soft_wrap=True)
+        # a warning or a log record written to sys.stderr meanwhile goes above the display, not into it
         self.live = Live(console=self.console, get_renderable=self._render, refresh_per_second=4,
-                         transient=True, redirect_stdout=False, redirect_stderr=False)
+                         transient=True, redirect_stdout=False, redirect_stderr=stream is sys.stderr)
         self.live.start()
 
     def ended(self, stage: Stage, ok: bool, seconds: float, line: str) -> None:
@@ -249,18 +296,18 @@ class LiveSink(Sink):
 
     def line(self, reporter: "Reporter", kind: str, text: str, line: str) -> None:
         super().line(reporter, kind, text, line)
-        if kind != "output":
-            self.console.print(line)
+        self.console.print(line)
 
     def _render(self):
         from rich.console import Group
         from rich.text import Text
 
         lines = []
-        for stage in self.innermost():
-            said = f"  {stage.status}" if stage.status else ""
-            lines.append(Text(f"{stage.reporter.prefix}⋯ {stage.name}  {clock(stage.elapsed())}{said}"))
-            lines.extend(Text(f"{stage.reporter.prefix}    {out}", style="dim") for out in stage.tail)
+        with self.lock:  # worker threads add output and stages while the display's thread draws
+            for stage in self.innermost():
+                said = f"  {stage.status}" if stage.status else ""
+                lines.append(Text(f"{stage.reporter.prefix}⋯ {stage.name}  {clock(stage.elapsed())}{said}"))
+                lines.extend(Text(f"{stage.reporter.prefix}    {out}", style="dim") for out in list(stage.tail))
         return Group(*lines)
 
     def close(self) -> None:
@@ -297,13 +344,15 @@ class Reporter:
         try:
             yield stage
             ok = True
+        except BaseException as exc:
+            stage.error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            raise
         finally:
             _running.reset(token)
             seconds = time.monotonic() - stage.started
             self._timings[name] = round(seconds, 3)
             self._timeline.append({"name": name, "kind": kind, "start": round(stage.wall, 3),
-                                   "seconds": round(seconds, 3), "waited": round(min(stage.waited, seconds), 3),
-                                   "ok": ok})
+                                   "seconds": round(seconds, 3), "waited": round(stage.waited, 3), "ok": ok})
             if ok:
                 detail = f": {stage.detail}" if stage.detail else ""
                 line = f"{self.prefix}✓ {name}{detail} ({seconds:.2f}s)"
@@ -328,13 +377,13 @@ class Reporter:
         return [dict(entry) for entry in self._timeline]
 
 
-def sink_for(log_format: str, heartbeat: float | None, stream: TextIO | None = None) -> Sink:
-    """The sink a command writes its progress to: JSON lines, a live display on a terminal, or
-    plain lines with heartbeats."""
+def sink_for(log_format: str, heartbeat: float | None, stream: TextIO | None = None, live: bool = True) -> Sink:
+    """The sink a command writes its progress to: JSON lines, a live display on a terminal (unless
+    `live` is False: a command whose stdout is for a machine), or plain lines with heartbeats."""
     stream = stream or sys.stderr
     if log_format == "json":
         return JsonSink(stream, heartbeat)
-    if stream.isatty() and _live_possible():
+    if live and stream.isatty() and _live_possible():
         return LiveSink(stream)
     return PlainSink(stream, heartbeat)
 

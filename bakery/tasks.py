@@ -18,7 +18,7 @@ import os
 
 from invoke import Collection, Exit, Program, task
 
-from bakery.cli import command, parse_int, parse_variables, required, settings_from
+from bakery.cli import LOG_FORMAT_HELP, command, parse_int, parse_variables, required, settings_from
 from bakery.errors import BakeryError
 
 
@@ -33,7 +33,7 @@ from bakery.errors import BakeryError
         "keep-on-error": "on failure keep the builder, key pair and security group for debugging",
         "json": "print the manifest as JSON on stdout (progress stays on stderr)",
         "no-cache": "run every step: neither resume from a checkpoint nor keep one",
-        "log-format": "progress on stderr: text (lines, a live display on a terminal) or json (one event per line)",
+        "log-format": LOG_FORMAT_HELP,
     },
 )
 def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, json=False, no_cache=False,
@@ -46,7 +46,7 @@ def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, j
 
         settings = settings_from(c)
         show.bake(run_bake(settings, recipe, parse_variables(var, var_file),
-                           report=reporter(settings, f"[{recipe}] ", log_format=log_format), force=force,
+                           report=reporter(settings, f"[{recipe}] ", log_format=log_format, live=not json), force=force,
                            keep_on_error=keep_on_error, cache=not no_cache),
                   json=json)
 
@@ -60,7 +60,7 @@ def bake(c, recipe, var=None, var_file=None, force=False, keep_on_error=False, j
           "jobs": "bake up to N recipes at once, each after the recipe it is layered on (default 1)",
           "names": "bake nothing: print the recipes it would consider as one JSON list of groups, each "
                    "a tree of layers to bake in sequence, parents first (the workflow's matrix)",
-          "log-format": "progress on stderr: text (lines, a live display on a terminal) or json (one event per line)",},
+          "log-format": LOG_FORMAT_HELP},
 )
 def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, names=False, jobs="1", log_format=None):
     """Bake every recipe whose inputs changed; table of decisions (also to $GITHUB_STEP_SUMMARY)."""
@@ -75,7 +75,7 @@ def rebake(c, recipe=None, var=None, var_file=None, force=False, json=False, nam
             return
         jobs = parse_int("--jobs", jobs, minimum=1)
         show.rebake(run_rebake(settings, recipe or None, variables=parse_variables(var, var_file), force=force,
-                               report=reporter(settings, log_format=log_format), jobs=jobs), json=json)
+                               report=reporter(settings, log_format=log_format, live=not json), jobs=jobs), json=json)
 
 
 @task(
@@ -133,7 +133,7 @@ def diff(c, recipe, from_=None, to=None, json=False):
         "dry-run": "print the plan (images, counts, subnets, user data size and hash); create nothing",
         "keep-on-error": "on failure keep the instances this run launched instead of terminating them",
         "json": "print the launch report as JSON on stdout",
-        "log-format": "progress on stderr: text (lines, a live display on a terminal) or json (one event per line)",
+        "log-format": LOG_FORMAT_HELP,
     },
 )
 def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False, log_format=None):
@@ -145,7 +145,7 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False, lo
 
         settings = settings_from(c)
         show.launch(run_launch(settings, env, tier=tier, dry_run=dry_run, keep_on_error=keep_on_error,
-                               report=reporter(settings, f"[{env}] ", "environment", log_format)), json=json)
+                               report=reporter(settings, f"[{env}] ", "environment", log_format, not json)), json=json)
 
 
 @task(
@@ -155,7 +155,7 @@ def launch(c, env, tier=None, dry_run=False, keep_on_error=False, json=False, lo
         "tier": "roll only this tier",
         "dry-run": "say which instances would move, to which image and how; change nothing",
         "json": "print the rollout report as JSON on stdout",
-        "log-format": "progress on stderr: text (lines, a live display on a terminal) or json (one event per line)",
+        "log-format": LOG_FORMAT_HELP,
     },
 )
 def rollout(c, env, tier=None, dry_run=False, json=False, log_format=None):
@@ -167,7 +167,7 @@ def rollout(c, env, tier=None, dry_run=False, json=False, log_format=None):
 
         settings = settings_from(c)
         show.rollout(run_rollout(settings, env, tier=tier, dry_run=dry_run,
-                                 report=reporter(settings, f"[{env}] ", "environment", log_format)), json=json)
+                                 report=reporter(settings, f"[{env}] ", "environment", log_format, not json)), json=json)
 
 
 @task(positional=[], help={"env": "environment name", "tier": "tier name",
@@ -213,11 +213,15 @@ def report(c, build_id=None, png=None, json=False):
 
         from bakery.bake import timeline as timelines
         from bakery.cli import parse_build_id, show
+        from bakery.errors import ConfigError
 
         settings = settings_from(c)
         found = timelines.load(settings.manifests, parse_build_id(build_id) if build_id else None)
         picture = Path(png) if png else found.manifest.with_suffix(".timeline.png")
-        picture.write_bytes(timelines.png(found))
+        try:
+            picture.write_bytes(timelines.png(found))
+        except OSError as exc:
+            raise ConfigError(f"--png {picture}: {exc.strerror or exc}") from None
         show.report(found, picture, json=json)
 
 

@@ -9,6 +9,7 @@ import os
 import pty
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -18,43 +19,79 @@ from tests.matrix import cli_environment
 from tests.support import ROOT, FakeBuilderHost, MotoServer, recipe_text, stop_process, write_recipe
 
 
-def plain(heartbeat: float) -> tuple[Reporter, io.StringIO]:
+def plain(heartbeat: float | None = None) -> tuple[Reporter, io.StringIO]:
+    """A reporter on plain lines; with no `heartbeat` thread unless asked: the tests below call the
+    heartbeat's pass themselves, at the times they choose (Sink.beat_due)."""
     out = io.StringIO()
-    return Reporter(prefix="[web] ", sink=PlainSink(out, heartbeat=heartbeat)), out
+    sink = PlainSink(out, heartbeat=heartbeat or 30.0)
+    sink._beating = threading.current_thread()  # as if a thread were beating: none is started
+    return Reporter(prefix="[web] ", sink=sink), out
 
 
 def test_a_silent_step_says_it_is_still_running_at_every_interval_before_its_closing_line():
-    report, out = plain(heartbeat=0.2)
-    with report.stage("step 2/3: compile", kind="step"):
-        time.sleep(0.75)
-    report.sink.close()
+    report, out = plain()
+    with report.stage("step 2/3: compile", kind="step") as stage:
+        for after in (29.0, 30.0, 45.0, 60.0, 70.0):  # seconds of silence
+            report.sink.beat_due(stage.started + after)
     lines = out.getvalue().splitlines()
-    beats = [line for line in lines if line.startswith("[web] … still step 2/3: compile, ")]
-    assert len(beats) >= 2 and lines[-1].startswith("[web] ✓ step 2/3: compile (0.7")
-    assert lines.index(beats[-1]) < len(lines) - 1
+    assert [line.split(", ")[0] for line in lines[:-1]] == ["[web] … still step 2/3: compile"] * 2  # at 30 s, 60 s
+    assert lines[-1].startswith("[web] ✓ step 2/3: compile (")
+    report.sink.close()
+    report.sink.beat_due(time.monotonic() + 3600)  # after the command: never another line
+    assert out.getvalue().splitlines() == lines
 
 
 def test_a_step_that_prints_is_not_silent():
-    report, out = plain(heartbeat=0.3)
-    with report.stage("step 1/1: chatty", kind="step"):
-        for n in range(8):
-            report.output("chatty", f"line {n}")
-            time.sleep(0.1)
-    report.sink.close()
-    assert "still" not in out.getvalue()
+    report, out = plain()
+    with report.stage("step 1/1: chatty", kind="step") as stage:
+        report.output("chatty", "line 1")
+        spoke = stage.quiet_since
+        assert report.sink.beat_due(spoke + 29.0) == 0 and report.sink.beat_due(spoke + 30.0) == 1
+    assert "still" not in out.getvalue().splitlines()[0]
 
 
 def test_the_heartbeat_says_what_the_cloud_last_said_and_names_the_innermost_stage():
-    report, out = plain(heartbeat=0.2)
-    with report.stage("publish"), report.stage("wait for image"), waiting("image ami-1 to become available"):
+    report, out = plain()
+    with report.stage("publish"), report.stage("wait for image") as stage, waiting("image ami-1 to be available"):
         say("ami-1 in us-east-1: pending, snapshot 45%")
-        time.sleep(0.5)
+        report.sink.beat_due(stage.started + 240.5)
+    (beat,) = [line for line in out.getvalue().splitlines() if "still" in line]
+    assert beat.startswith("[web] … still wait for image: ami-1 in us-east-1: pending, snapshot 45%, ")
+
+
+def test_time_waiting_on_the_cloud_is_counted_once_however_many_waits_overlap():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bakery.progress import submit_in_stage
+
+    report, _ = plain()
+    together = threading.Barrier(3)
+
+    def copy() -> None:  # a region copy's wait; the three are inside their waits at once
+        with waiting("a copy"):
+            together.wait(timeout=30)
+            time.sleep(0.3)
+
+    with report.stage("publish"):
+        with waiting("the image"), waiting("its snapshot"):  # nested: once
+            time.sleep(0.2)
+        with ThreadPoolExecutor(3) as pool:  # three side by side: once
+            for done in [submit_in_stage(pool, copy) for _ in range(3)]:
+                done.result()
+    (entry,) = report.timeline()
+    assert 0.5 <= entry["waited"] <= entry["seconds"] and entry["waited"] < 0.2 + 0.3 * 2
+
+
+def test_the_heartbeat_thread_beats_by_itself_and_stops_with_the_command():
+    out = io.StringIO()
+    report = Reporter(prefix="[web] ", sink=PlainSink(out, heartbeat=0.2))
+    with report.stage("step 1/1: think", kind="step"):
+        deadline = time.monotonic() + 30
+        while out.getvalue().count("… still") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
     report.sink.close()
-    beats = [line for line in out.getvalue().splitlines() if "still" in line]
-    assert beats and all(b.startswith("[web] … still wait for image: ami-1 in us-east-1: pending, snapshot 45%, ")
-                         for b in beats)
-    waited = report.timeline()[0]
-    assert waited["name"] == "wait for image" and 0.45 <= waited["waited"] <= waited["seconds"]
+    assert out.getvalue().count("[web] … still step 1/1: think, ") >= 2
+    assert not report.sink._beating.is_alive()
 
 
 def test_elapsed_time_reads_as_a_clock():
@@ -63,12 +100,14 @@ def test_elapsed_time_reads_as_a_clock():
 
 def test_json_events_parse_line_by_line_and_pair_every_start_with_its_end():
     out = io.StringIO()
-    report = Reporter(prefix="[web] ", sink=JsonSink(out, heartbeat=0.2))
+    sink = JsonSink(out, heartbeat=30.0)
+    sink._beating = threading.current_thread()  # the test beats (Sink.beat_due)
+    report = Reporter(prefix="[web] ", sink=sink)
     with report.stage("launch builder"):
         say("i-1: pending")
-    with report.stage("step 1/1: build", kind="step"):
+    with report.stage("step 1/1: build", kind="step") as step:
         report.output("build", "compiling")
-        time.sleep(0.3)
+        sink.beat_due(step.quiet_since + 31)
     with pytest.raises(RuntimeError), report.stage("stop builder"):
         raise RuntimeError("boom")
     report.warn("careful")
@@ -86,7 +125,7 @@ def test_json_events_parse_line_by_line_and_pair_every_start_with_its_end():
 
 # ---- end to end: moto server and a real sshd as the builder -----------------------------------
 
-SILENT = "  - name: think\n    shell: sleep 1.6 && echo done\n"
+SILENT = "  - name: think\n    shell: sleep 3 && echo done\n"  # six heartbeat intervals of 0.5 s
 
 
 @pytest.fixture
@@ -153,6 +192,17 @@ def test_log_format_json_has_every_stage_and_step_of_the_bake_with_start_and_end
 
 
 @pytest.mark.e2e
+def test_a_failed_bake_in_json_says_why_as_events_too(moto, builder_host, tmp_path):
+    write_recipe(tmp_path / "recipes", "web", recipe_text(builder_host.port, "  - {name: fail, shell: 'exit 3'}\n"))
+    done = cli(moto.url, tmp_path, "bake", "--recipe", "web", "--log-format", "json")
+    assert done.returncode != 0
+    events = [json.loads(line) for line in done.stderr.splitlines()]  # still one JSON object per line
+    failed = next(e for e in events if e["event"] == "step-end")
+    assert failed["ok"] is False and "step 1/1: fail exited with status 3" in failed["error"]
+    assert events[-1]["event"] == "error" and events[-1]["text"].startswith("error: ")
+
+
+@pytest.mark.e2e
 def test_without_a_terminal_a_silent_step_gets_heartbeats_before_its_closing_line(moto, builder_host, tmp_path):
     write_recipe(tmp_path / "recipes", "web", recipe_text(builder_host.port, SILENT))
     done = cli(moto.url, tmp_path, "bake", "--recipe", "web", INVOKE_BAKERY_HEARTBEAT="0.5")
@@ -165,15 +215,20 @@ def test_without_a_terminal_a_silent_step_gets_heartbeats_before_its_closing_lin
 
 @pytest.mark.e2e
 def test_in_a_terminal_the_live_display_shows_and_every_closing_line_stays(moto, builder_host, tmp_path):
+    import select
+
     write_recipe(tmp_path / "recipes", "web", recipe_text(builder_host.port, SILENT))
     main, side = pty.openpty()
     env = {**cli_environment(moto.url, tmp_path), "TERM": "xterm-256color", "COLUMNS": "160"}
     env.pop("CI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--recipe", "web", "--json"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=side, env=env, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "bake", "--recipe", "web"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=side, env=env)
     os.close(side)
-    seen = b""
-    while True:
+    seen, deadline = b"", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main], [], [], 1.0)
+        if not ready:
+            continue
         try:
             chunk = os.read(main, 65536)
         except OSError:  # the terminal's other side closed: the bake ended
@@ -181,14 +236,13 @@ def test_in_a_terminal_the_live_display_shows_and_every_closing_line_stays(moto,
         if not chunk:
             break
         seen += chunk
-    stdout, _ = proc.communicate(timeout=120)
+    assert proc.wait(timeout=60) == 0, seen.decode(errors="replace")
     os.close(main)
-    assert proc.returncode == 0, seen.decode(errors="replace")
     screen = seen.decode(errors="replace")
     assert "\x1b[" in screen  # drawn and redrawn with control sequences
     assert "⋯ step 1/1: think" in screen  # the running step's line in the live display
-    manifest = json.loads(stdout)
-    for stage in manifest["stages"]:
+    (path,) = (tmp_path / "state/manifests").glob("web-b-*[0-9a-f].json")
+    for stage in json.loads(path.read_text())["stages"]:
         assert f"✓ {stage}" in screen, stage
 
 
@@ -223,6 +277,11 @@ def test_report_prints_every_stage_with_its_share_and_writes_a_timeline_picture(
     assert again.returncode == 0 and json.loads(again.stdout)["png"] == str(tmp_path / "t.png")
     missing = cli(moto.url, tmp_path, "report", "--build-id", "b-20200101000000-000000")
     assert missing.returncode == 2 and missing.stderr.startswith("error: report: no manifest of build b-2020")
+    nowhere = cli(moto.url, tmp_path, "report", "--png", str(tmp_path / "no/such/dir/t.png"))
+    assert nowhere.returncode == 2 and nowhere.stderr == f"error: --png {tmp_path}/no/such/dir/t.png: No such file or directory\n"
+    picture.with_suffix("").with_suffix(".json").write_text('{"build_id": "' + manifest["build_id"] + '", "timel')
+    broken = cli(moto.url, tmp_path, "report", "--build-id", manifest["build_id"])
+    assert broken.returncode == 2 and broken.stderr.startswith(f"error: report: {picture.with_suffix('').with_suffix('.json')}: not a bake manifest")
 
 
 @pytest.mark.e2e
@@ -234,34 +293,47 @@ def test_rebake_writes_a_mermaid_gantt_of_each_baked_recipe_to_the_job_summary(m
     text = summary.read_text()
     block = text[text.index("```mermaid\n"):]
     block = block[:block.index("\n```") + 4].splitlines()
-    assert block[1:5] == ["gantt", "    title web: where the bake's time went", "    dateFormat X",
-                          "    axisFormat %M:%S"]
+    assert block[1:6] == ["gantt", "    title web: where the bake's time went", "    dateFormat YYYY-MM-DD HH:mm:ss",
+                          "    axisFormat %H:%M:%S", "    todayMarker off"]
     assert "    section bakery" in block and "    section recipe steps" in block
-    think = next(line for line in block if line.lstrip().startswith("step 1/1  think"))
-    start, end = (int(n) for n in think.rsplit(":", 1)[1].split(", ")[1:])
-    assert end - start >= 1
+    think = next(line for line in block if line.lstrip().startswith("step 1/1  think :"))
+    tag, start, end = think.split(" :", 1)[1].split(", ")
+    assert tag == "step0" and start.startswith("2000-01-01 00:00:") and end > start
+
+
+def test_a_gantt_task_is_one_name_even_when_a_stage_is_named_like_mermaid_syntax():
+    from bakery.bake.timeline import mermaid
+
+    chart = mermaid("web", [{"name": "section: a; b # c", "kind": "step", "start": 100.0, "seconds": 3.5, "waited": 0},
+                            {"name": "wait for image", "kind": "stage", "start": 90.0, "seconds": 10.0, "waited": 9.0},
+                            {"name": "stop builder", "kind": "stage", "start": 103.5, "seconds": 0.2, "waited": 0,
+                             "ok": False}]).splitlines()
+    assert chart[-1] == "```" and chart.index("    section bakery") < chart.index("    section recipe steps")
+    assert "    wait for image :active, stage0, 2000-01-01 00:00:00, 2000-01-01 00:00:10" in chart
+    assert "    stop builder :crit, stage1, 2000-01-01 00:00:13, 2000-01-01 00:00:14" in chart
+    assert "    · section  a  b   c :step0, 2000-01-01 00:00:10, 2000-01-01 00:00:14" in chart
 
 
 def test_what_is_said_of_several_subjects_at_once_stays_side_by_side():
     """Copies in two regions waited for at once, each in a copy of the stage's context."""
-    import contextvars
     from concurrent.futures import ThreadPoolExecutor
 
-    report, out = plain(heartbeat=0.2)
+    from bakery.progress import submit_in_stage
+
+    report, out = plain()
     with report.stage("publish") as stage, ThreadPoolExecutor(2) as pool:
         def wait(region: str) -> None:
             say(f"ami-{region} in {region}: pending, snapshot 10%", subject=f"ami-{region}")
-        for done in [pool.submit(contextvars.copy_context().run, wait, r) for r in ("eu-west-1", "us-west-2")]:
+        for done in [submit_in_stage(pool, wait, r) for r in ("eu-west-1", "us-west-2")]:
             done.result()
-        time.sleep(0.3)
-    report.sink.close()
+        report.sink.beat_due(stage.started + 31)
     assert sorted(stage.status.split("; ")) == ["ami-eu-west-1 in eu-west-1: pending, snapshot 10%",
                                                 "ami-us-west-2 in us-west-2: pending, snapshot 10%"]
-    assert any("; " in line for line in out.getvalue().splitlines() if "still publish" in line)
+    assert "; " in next(line for line in out.getvalue().splitlines() if "still publish" in line)
 
 
 @pytest.mark.parametrize("args, env, message", [
-    (["--log-format", "xml"], {}, "error: --log-format 'xml': one of text, json"),
+    (["--log-format", "xml"], {}, "error: --log-format: 'xml' is not one of text, json"),
     ([], {"INVOKE_BAKERY_HEARTBEAT": "soon"}, "error: invoke config bakery.heartbeat: 'soon' is not a number of seconds"),
     ([], {"INVOKE_BAKERY_LOG_FORMAT": "yaml"}, "error: invoke config bakery.log_format: 'yaml' is not one of text, json"),
 ])

@@ -70,7 +70,8 @@ class CachedStep:
 
     def run(self, state: BakeState, ctx: Context) -> None:
         steps = state.recipe.steps
-        with ctx.report.stage(f"step {self.index + 1}/{len(steps)}: {steps[self.index].name}") as stage:
+        label = f"step {self.index + 1}/{len(steps)}: {steps[self.index].name}"
+        with ctx.report.stage(label, kind="step") as stage:
             stage.detail = f"cached in checkpoint {state.manifest.resumed_from['image']}"
 
 

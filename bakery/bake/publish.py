@@ -9,7 +9,6 @@ value or template version naming an image that is then removed: publishing is al
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -18,6 +17,7 @@ from bakery.bake.state import BakeState, Context
 from bakery.cloud import tags as T
 from bakery.cloud.images import snapshots_of
 from bakery.errors import CloudError
+from bakery.progress import submit_in_stage
 from bakery.signals import block_in_this_thread
 
 
@@ -103,10 +103,9 @@ class Publish:
             futures = [pool.submit(copy, region) for region in spec.regions]
         copies = [f.result() for f in futures]  # every copy has returned (or failed) by now
         with ThreadPoolExecutor(max_workers=len(copies), initializer=block_in_this_thread) as pool:
-            # each wait in a copy of this thread's context: its copy's state and snapshot progress reach
-            # the running stage's line (bakery.progress.say), one per region
-            waits = [pool.submit(contextvars.copy_context().run,
-                                 ec2.in_region(region).wait_image_available, copy_id, 3600) for region, copy_id in copies]
+            # each copy's state and snapshot progress reach the running stage's line, one per region
+            waits = [submit_in_stage(pool, ec2.in_region(region).wait_image_available, copy_id, 3600)
+                     for region, copy_id in copies]
             ready = [w.result() for w in waits]
         for (region, copy_id), image in zip(copies, ready):  # CopyImageTags is not honoured everywhere
             target = ec2.in_region(region)

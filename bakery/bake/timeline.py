@@ -10,8 +10,10 @@ step is the recipe's.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from bakery.errors import ConfigError
@@ -41,46 +43,52 @@ class Timeline:
         return max([b.start + b.seconds for b in self.bars] + [self.seconds, 0.001])
 
 
-def bars(timeline: list[dict]) -> list[Bar]:
+def bars(timeline: list[dict], where: str = "timeline") -> list[Bar]:
     """A manifest's timeline as bars on one time axis. Nested stages (a wait inside a publish) are
     kept: each is drawn on its own row."""
     if not timeline:
         return []
-    first = min(entry["start"] for entry in timeline)
-    ordered = sorted(timeline, key=lambda e: (e["start"], -e["seconds"]))
-    return [Bar(e["name"], e.get("kind", "stage"), round(e["start"] - first, 3), e["seconds"],
-                min(e.get("waited", 0.0), e["seconds"]), e.get("ok", True)) for e in ordered]
+    try:
+        first = min(float(entry["start"]) for entry in timeline)
+        ordered = sorted(timeline, key=lambda e: (float(e["start"]), -float(e["seconds"])))
+        return [Bar(str(e["name"]), e.get("kind", "stage"), round(float(e["start"]) - first, 3), float(e["seconds"]),
+                    min(float(e.get("waited", 0.0)), float(e["seconds"])), bool(e.get("ok", True))) for e in ordered]
+    except (KeyError, TypeError, ValueError) as exc:
+        field = exc.args[0] if isinstance(exc, KeyError) else "start, seconds or waited"
+        raise ConfigError(f"report: {where}: a timeline entry has no {field} (or not a number)") from None
+
+
+#: a manifest's file name: RECIPE-BUILD.json, the build id holding when it began (UTC, to the second)
+MANIFEST_NAME = re.compile(r"(?P<recipe>.+)-(?P<build>b-(?P<when>\d{14})-[0-9a-f]+)\.json")
 
 
 def load(manifests: Path, build_id: str | None) -> Timeline:
     """The manifest of `build_id`, or of the newest bake that built an image (a skipped bake has
-    no stages worth drawing)."""
-    found = sorted(manifests.glob("*.json")) if manifests.is_dir() else []
-    chosen: tuple[Path, dict] | None = None
-    for path in found:
+    no stages worth drawing). Only manifests are read: the SBOMs beside them are large."""
+    found = sorted(((m.group("when"), m.group("build"), path) for path in (
+        manifests.glob("*.json") if manifests.is_dir() else []) if (m := MANIFEST_NAME.fullmatch(path.name))),
+        reverse=True)
+    if build_id is not None:
+        found = [f for f in found if f[1] == build_id]
+        if not found:
+            raise ConfigError(f"report: no manifest of build {build_id} in {manifests}")
+    for _, _, path in found:
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+            assert isinstance(data, dict) and "build_id" in data
+        except (OSError, ValueError, AssertionError):
+            if build_id is not None:
+                raise ConfigError(f"report: {path}: not a bake manifest (unreadable or not its JSON)") from None
             continue
-        if not isinstance(data, dict) or "build_id" not in data:
+        if build_id is None and (data.get("skipped") or not data.get("timeline")):
             continue
-        if build_id is not None:
-            if data["build_id"] == build_id:
-                chosen = (path, data)
-                break
-        elif not data.get("skipped") and data.get("timeline") and (
-                chosen is None or data.get("started_at", "") >= chosen[1].get("started_at", "")):
-            chosen = (path, data)
-    if chosen is None:
-        what = f"no manifest of build {build_id}" if build_id else "no bake with a timeline yet"
-        raise ConfigError(f"report: {what} in {manifests}")
-    path, data = chosen
-    if not data.get("timeline"):
-        why = "it was skipped (an image with its inputs existed)" if data.get("skipped") else \
-            "it was made by a bakery that kept no timeline"
-        raise ConfigError(f"report: build {data['build_id']} ({path.name}) has no timeline: {why}")
-    return Timeline(data["recipe"], data["build_id"], data.get("ami_id"), float(data.get("seconds") or 0.0),
-                    bars(data["timeline"]), path)
+        if not data.get("timeline"):
+            why = "it was skipped (an image with its inputs existed)" if data.get("skipped") else \
+                "it was made by a bakery that kept no timeline"
+            raise ConfigError(f"report: {path}: no timeline: {why}")
+        return Timeline(data.get("recipe", "?"), data["build_id"], data.get("ami_id"),
+                        float(data.get("seconds") or 0.0), bars(data["timeline"], str(path)), path)
+    raise ConfigError(f"report: no bake with a timeline yet in {manifests}")
 
 
 # ---- the picture ----------------------------------------------------------------------------------
@@ -144,13 +152,24 @@ def png(timeline: Timeline) -> bytes:
 
 # ---- GitHub's job summary ---------------------------------------------------------------------------
 
+#: where a chart's time axis starts. Mermaid draws dates in the reader's own time zone, so the
+#: offsets are local times on a day of no consequence, not seconds since the epoch (which a reader
+#: east of UTC would see start at 05:30)
+ORIGIN = datetime(2000, 1, 1)
+#: words Mermaid's gantt syntax reads at the start of a line
+KEYWORDS = {"title", "section", "dateformat", "axisformat", "tickinterval", "todaymarker", "excludes",
+            "includes", "weekday", "weekend", "click", "inclusiveenddates", "topaxis", "displaymode",
+            "accdescr", "acctitle", "gantt"}
+
+
 def mermaid(recipe: str, timeline: list[dict]) -> str:
     """A Mermaid gantt chart of one bake (GitHub renders it in a job summary): a section for
-    bakery's stages and one for the recipe's steps, times in seconds from the bake's start, the
-    waits marked `active` (drawn apart)."""
+    bakery's stages and one for the recipe's steps, times from the bake's start, a stage that
+    mostly waited on the cloud marked `active` (drawn apart), a failed one `crit`."""
     rows = bars(timeline)
+    at = lambda seconds: (ORIGIN + timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S")  # noqa: E731
     lines = ["```mermaid", "gantt", f"    title {_label(recipe)}: where the bake's time went",
-             "    dateFormat X", "    axisFormat %M:%S"]
+             "    dateFormat YYYY-MM-DD HH:mm:ss", "    axisFormat %H:%M:%S", "    todayMarker off"]
     for section, kind in (("bakery", "stage"), ("recipe steps", "step")):
         mine = [b for b in rows if b.kind == kind]
         if not mine:
@@ -158,12 +177,16 @@ def mermaid(recipe: str, timeline: list[dict]) -> str:
         lines.append(f"    section {section}")
         for n, b in enumerate(mine):
             state = "crit, " if not b.ok else "active, " if b.waited >= b.seconds / 2 else ""
-            start, end = int(round(b.start)), max(int(round(b.start + b.seconds)), int(round(b.start)) + 1)
-            lines.append(f"    {_label(b.name)} :{state}{kind}{n}, {start}, {end}")
+            # whole seconds (the format's): from the second it began to the one after it ended, at least one
+            start = math.floor(b.start)
+            end = max(math.ceil(b.start + b.seconds), start + 1)
+            lines.append(f"    {_label(b.name)} :{state}{kind}{n}, {at(start)}, {at(end)}")
     lines.append("```")
     return "\n".join(lines)
 
 
 def _label(text: str) -> str:
-    """A task name Mermaid reads as one: no colon, semicolon or hash (its syntax)."""
-    return re.sub(r"[:;#]", " ", text).strip() or "-"
+    """A task name Mermaid reads as one: no colon, semicolon or hash (its syntax), and not
+    beginning with one of its keywords."""
+    label = re.sub(r"[:;#]", " ", text).strip() or "-"
+    return f"· {label}" if label.split()[0].lower() in KEYWORDS else label

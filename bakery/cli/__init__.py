@@ -92,27 +92,42 @@ def one_line(message: str) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
 
 
-#: the progress sinks this command opened (`reporter`): closed when it ends, however it ends
+#: the progress sinks this command opened (`reporter`): closed when it ends, however it ends; a JSON
+#: one also says how it ended
 _sinks: list = []
+LOG_FORMAT_HELP = "progress on stderr: text (lines, a live display on a terminal) or json (one event per line)"
 
 
-def reporter(settings, prefix: str = "", kind: str = "recipe", log_format: str | None = None):
-    """The command's progress reporter: on stderr, as the settings (or `--log-format`) ask: plain
-    lines with heartbeats, a live display on a terminal, or JSON events."""
-    from bakery.config.settings import LOG_FORMATS
+def reporter(settings, prefix: str = "", kind: str = "recipe", log_format: str | None = None, live: bool = True):
+    """The command's progress reporter, on stderr as the settings (or `--log-format`) ask: plain
+    lines with heartbeats, a live display on a terminal (not when `live` is False: `--json`, whose
+    reader is a machine), or JSON events."""
+    from bakery.config.settings import checked_log_format
     from bakery.progress import Reporter, sink_for
 
-    chosen = log_format or settings.log_format
-    if chosen not in LOG_FORMATS:
-        raise ConfigError(f"--log-format {chosen!r}: one of {', '.join(LOG_FORMATS)}")
-    sink = sink_for(chosen, settings.heartbeat)
+    chosen = checked_log_format(log_format, "--log-format") if log_format else settings.log_format
+    sink = sink_for(chosen, settings.heartbeat, live=live)
     _sinks.append(sink)
     return Reporter(prefix=prefix, sink=sink, kind=kind)
 
 
 def _close_sinks() -> None:
-    while _sinks:
-        _sinks.pop().close()  # a live display gives the terminal back before the last lines
+    for sink in _sinks:
+        try:
+            sink.close()  # a live display gives the terminal back before the last lines
+        except Exception:  # noqa: BLE001 - one that cannot close must not hide why the command ended
+            pass
+
+
+def _ended(message: str) -> str | None:
+    """The command's one-line error, or None when its progress is JSON: then the error is an
+    event too, and stderr stays one JSON object per line."""
+    from bakery.progress import JsonSink
+
+    said = [sink for sink in _sinks if isinstance(sink, JsonSink)]
+    for sink in said:
+        sink.error(message)
+    return None if said else message
 
 
 @contextlib.contextmanager
@@ -121,6 +136,7 @@ def command():
 
     from bakery.signals import interruptible
 
+    _sinks.clear()
     try:
         try:
             with interruptible():
@@ -128,19 +144,20 @@ def command():
         finally:
             _close_sinks()
     except KeyboardInterrupt:
-        raise Exit("error: interrupted; cleaned up what this run created", code=Interrupted.exit_code) from None
+        raise Exit(_ended("error: interrupted; cleaned up what this run created"),
+                   code=Interrupted.exit_code) from None
     except BakeryError as exc:
         if debug_enabled():
             traceback.print_exc()
-        raise Exit(f"error: {one_line(exc.message)}", code=exc.exit_code) from None
+        raise Exit(_ended(f"error: {one_line(exc.message)}"), code=exc.exit_code) from None
     except Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
         if debug_enabled():
             traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise Exit(f"error: internal error: {type(exc).__name__}: {first} "
-                   "(run `invoke --debug ...` for the traceback)", code=70) from None
+        raise Exit(_ended(f"error: internal error: {type(exc).__name__}: {first} "
+                          "(run `invoke --debug ...` for the traceback)"), code=70) from None
 
 
 def emit(text: str) -> None:

@@ -12,7 +12,7 @@ from typing import Iterable
 from bakery.cloud import tags as T
 from bakery.errors import CloudError, ConfigError
 from bakery.progress import say
-from bakery.waits import Backoff, wait_for
+from bakery.waits import Backoff, time_scale, wait_for
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,10 @@ def snapshots_of(image: dict) -> list[str]:
 
 class SnapshotProgress:
     """How far an image's snapshots are (DescribeSnapshots' Progress), read at most every
-    INTERVAL seconds: the image wait polls about once a second, and its call budget is for that;
-    a snapshot's progress moves by the minute."""
+    INTERVAL seconds (scaled as every wait's clock is, BAKERY_TIME_SCALE): the image wait polls
+    about once a second and its call budget is for that; a snapshot's progress moves by the minute.
+    A read that fails (a snapshot not yet visible, no permission) keeps the last figure: progress
+    is for the reader, never a reason for the wait to fail."""
 
     INTERVAL = 10.0
 
@@ -49,13 +51,17 @@ class SnapshotProgress:
     def of(self, snapshot_ids: list[str]) -> str:
         """", snapshot 45%" (", snapshots 45%, 12%" for several), or "" before there is one."""
         now = time.monotonic()
-        if snapshot_ids and (self.read_at is None or now - self.read_at >= self.INTERVAL):
-            self.read_at = now
+        if not snapshot_ids or (self.read_at is not None and now - self.read_at < self.INTERVAL * time_scale()):
+            return self.said
+        self.read_at = now
+        try:
             found = self.ec2.call("describe-snapshots", self.ec2.client.describe_snapshots,
                                   SnapshotIds=snapshot_ids).get("Snapshots", [])
-            shares = [snap.get("Progress") or "0%" for snap in sorted(found, key=lambda s: s["SnapshotId"])]
-            if shares:
-                self.said = f", snapshot{'s' if len(shares) > 1 else ''} {', '.join(shares)}"
+        except CloudError:
+            return self.said
+        shares = [snap.get("Progress") or "0%" for snap in sorted(found, key=lambda s: s["SnapshotId"])]
+        if shares:
+            self.said = f", snapshot{'s' if len(shares) > 1 else ''} {', '.join(shares)}"
         return self.said
 
 

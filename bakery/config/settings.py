@@ -139,10 +139,7 @@ class Settings:
         except (TypeError, ValueError, AssertionError):
             raise ConfigError(f"invoke config bakery.heartbeat: {cfg.get('heartbeat')!r} is not a number of "
                               "seconds from 0 to 3600") from None
-        log_format = cfg.get("log_format") or "text"
-        if log_format not in LOG_FORMATS:
-            raise ConfigError(f"invoke config bakery.log_format: {log_format!r} is not one of "
-                              f"{', '.join(LOG_FORMATS)}")
+        log_format = checked_log_format(cfg.get("log_format") or "text", "invoke config bakery.log_format")
 
         def opt_path(key: str) -> Path | None:  # relative to the project, wherever invoke runs
             return user_path(str(cfg[key]), project) if cfg.get(key) else None
@@ -156,6 +153,13 @@ class Settings:
                    signing_key=cfg.get("signing_key") or None, verify_key=cfg.get("verify_key") or None,
                    osv_feed=opt_path("osv_feed"), checkpoint_after=after, checkpoint_days=days,
                    heartbeat=heartbeat, log_format=log_format)
+
+
+def checked_log_format(value, where: str) -> str:
+    """`text` or `json`, from the settings or a task's --log-format."""
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(LOG_FORMATS)}")
+    return value
 
 
 def bucket_name(value) -> str | None:

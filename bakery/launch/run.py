@@ -28,7 +28,7 @@ from bakery.launch.group import Group
 from bakery.launch.health import TierCheck, require_logins
 from bakery.launch.plan import Planner, slot_index
 from bakery.launch.report import InstanceReport, LaunchReport, TierPlan
-from bakery.progress import Reporter
+from bakery.progress import Reporter, submit_in_stage
 from bakery.signals import block_in_this_thread
 from bakery.remote.dial import Machine
 from bakery.render.tier import environment_lint, render_offline
@@ -228,7 +228,7 @@ class Launch:
             return
         with self.report.stage("health checks") as s, \
                 ThreadPoolExecutor(max_workers=16, initializer=block_in_this_thread) as pool:
-            futures = [pool.submit(one, rep, t0) for rep, t0 in launched]
+            futures = [submit_in_stage(pool, one, rep, t0) for rep, t0 in launched]  # their waits: this stage's
             for future in futures:
                 future.result()  # the first failure (a WaitTimeout naming the instance) propagates
             s.detail = ", ".join(f"{r.tier}[{r.slot}] ready {r.ready_s:.2f}s" for r, _ in launched
