@@ -203,7 +203,7 @@ def validate(c):
         show.validate(*validate_all(settings_from(c)))
 
 
-@task(help={"build-id": "the bake to show (default: the newest that built an image)",
+@task(help={"build-id": "the bake to show (default: the newest that ran: built an image, or failed)",
             "png": "where to write the timeline picture (default: beside its manifest, as NAME.timeline.png)",
             "json": "print the stages as JSON on stdout"})
 def report(c, build_id=None, png=None, json=False):

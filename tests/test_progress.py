@@ -200,6 +200,11 @@ def test_a_failed_bake_in_json_says_why_as_events_too(moto, builder_host, tmp_pa
     failed = next(e for e in events if e["event"] == "step-end")
     assert failed["ok"] is False and "step 1/1: fail exited with status 3" in failed["error"]
     assert events[-1]["event"] == "error" and events[-1]["text"].startswith("error: ")
+    report = cli(moto.url, tmp_path, "report")  # the failed bake kept its manifest, for this
+    assert report.returncode == 0, report.stderr
+    head, *rows = report.stdout.splitlines()
+    assert ", failed: " in head and "step 1/1: fail exited with status 3" in head
+    assert any(row.endswith("  step 1/1: fail  (failed)") for row in rows)
 
 
 @pytest.mark.e2e

@@ -84,11 +84,25 @@ class Bake:
                 return manifest
             manifest.reason = "forced" if self.force else manifest.reason or "no image with these inputs"
             prefixes, resume = self._resume_point(source) if self.checkpoints else ([], None)
-            self._build(source, manifest, prefixes, resume)
-        manifest.stages, manifest.timeline = r.timings(), r.timeline()
-        manifest.seconds = round(time.monotonic() - self.started, 3)
-        manifest.write(self.settings.manifests)
+            try:
+                self._build(source, manifest, prefixes, resume)
+            except BaseException as exc:
+                # a failed bake keeps its manifest too: its timeline is the one most worth a look
+                manifest.error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                self._keep(manifest)
+                raise
+        self._keep(manifest)
         return manifest
+
+    def _keep(self, manifest: Manifest) -> None:
+        manifest.stages, manifest.timeline = self.report.timings(), self.report.timeline()
+        manifest.seconds = round(time.monotonic() - self.started, 3)
+        try:
+            manifest.write(self.settings.manifests)
+        except OSError as exc:
+            if manifest.error is None:
+                raise
+            self.report.warn(f"the failed bake's manifest was not kept: {exc}")  # never instead of its error
 
     def _resume_point(self, source):
         """Every step's checkpoint hash, and the deepest checkpoint this bake can start from."""

@@ -65,6 +65,7 @@ class Manifest:
     sbom_sha256: str | None = None   # its digest (sha256:HEX), also the image's bakery:sbom tag
     vulnerabilities: dict | None = None  # GateImage: findings, counts, waivers (evidence/gate.py)
     provenance: str | None = None        # SignProvenance: sha256 of the signed statement (bakery:provenance)
+    error: str | None = None             # a failed bake's reason (its manifest is kept, for `invoke report`)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

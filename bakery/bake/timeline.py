@@ -37,6 +37,7 @@ class Timeline:
     seconds: float  # the bake's own figure, which also counts what ran between stages
     bars: list[Bar]
     manifest: Path
+    error: str | None = None  # the bake failed: why
 
     @property
     def span(self) -> float:
@@ -63,8 +64,8 @@ MANIFEST_NAME = re.compile(r"(?P<recipe>.+)-(?P<build>b-(?P<when>\d{14})-[0-9a-f
 
 
 def load(manifests: Path, build_id: str | None) -> Timeline:
-    """The manifest of `build_id`, or of the newest bake that built an image (a skipped bake has
-    no stages worth drawing). Only manifests are read: the SBOMs beside them are large."""
+    """The manifest of `build_id`, or of the newest bake that ran (built an image or failed; a
+    skipped bake has no stages worth drawing). Only manifests are read: the SBOMs beside them are large."""
     found = sorted(((m.group("when"), m.group("build"), path) for path in (
         manifests.glob("*.json") if manifests.is_dir() else []) if (m := MANIFEST_NAME.fullmatch(path.name))),
         reverse=True)
@@ -87,7 +88,8 @@ def load(manifests: Path, build_id: str | None) -> Timeline:
                 "it was made by a bakery that kept no timeline"
             raise ConfigError(f"report: {path}: no timeline: {why}")
         return Timeline(data.get("recipe", "?"), data["build_id"], data.get("ami_id"),
-                        float(data.get("seconds") or 0.0), bars(data["timeline"], str(path)), path)
+                        float(data.get("seconds") or 0.0), bars(data["timeline"], str(path)), path,
+                        data.get("error"))
     raise ConfigError(f"report: no bake with a timeline yet in {manifests}")
 
 
@@ -122,7 +124,7 @@ def png(timeline: Timeline) -> bytes:
     x = lambda seconds: label_w + plot_w * seconds / span  # noqa: E731 - the one scale of the axis
 
     title = f"{timeline.recipe} {timeline.build_id}: {timeline.seconds:.1f}s" + (
-        f" -> {timeline.ami_id}" if timeline.ami_id else "")
+        f" -> {timeline.ami_id}" if timeline.ami_id else "") + (" FAILED" if timeline.error else "")
     draw.text((16, 14), title, fill=INK, font=font)
     tick = _tick(span)
     t = 0.0

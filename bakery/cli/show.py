@@ -118,7 +118,7 @@ def validate(problems: list[str], checked: int) -> None:
 def report(timeline, picture, *, json: bool) -> None:
     if json:
         _json({"recipe": timeline.recipe, "build_id": timeline.build_id, "ami_id": timeline.ami_id,
-               "seconds": timeline.seconds, "manifest": str(timeline.manifest), "png": str(picture),
+               "error": timeline.error, "seconds": timeline.seconds, "manifest": str(timeline.manifest), "png": str(picture),
                "stages": [asdict(b) for b in timeline.bars]})
         return
     emit(tables.timeline_table(timeline))

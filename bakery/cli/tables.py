@@ -149,8 +149,9 @@ def timeline_table(timeline) -> str:
     """Each stage and step of a bake: when it began, how long it took, its share of the bake and
     how much of it was waiting on the cloud; then the totals by kind."""
     total = timeline.seconds or timeline.span
+    failed = f", failed: {timeline.error}" if timeline.error else ""
     out = [f"{timeline.recipe} {timeline.build_id}: {timeline.seconds:.1f}s"
-           + (f" -> {timeline.ami_id}" if timeline.ami_id else ""),
+           + (f" -> {timeline.ami_id}" if timeline.ami_id else "") + failed,
            f"{'START':>8}  {'SECONDS':>8}  {'SHARE':>6}  {'WAITING':>8}  STAGE"]
     for bar in timeline.bars:
         waited = f"{bar.waited:8.2f}" if bar.waited >= 0.005 else f"{'-':>8}"
