@@ -346,3 +346,20 @@ def test_a_bad_progress_setting_is_one_line_before_any_cloud(tmp_path, args, env
     write_recipe(tmp_path / "recipes", "web", recipe_text(1, "  - {name: hi, shell: 'true'}\n"))
     done = cli("http://127.0.0.1:1", tmp_path, "bake", "--recipe", "web", *args, **env)
     assert done.returncode == 2 and done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_waiting_for_another_bake_of_the_recipe_here_is_a_stage_of_its_own(tmp_path):
+    """Two bakes of one recipe on one machine: the second waits for the first's lock in a stage of
+    its own (so a long wait gets its heartbeats, as any stage does), and says so when it is over."""
+    from bakery.housekeeping.locks import exclusive
+
+    first = exclusive(tmp_path, "bake-us-east-1-web", waiting=lambda: pytest.fail("the first never waits"))
+    out = io.StringIO()
+    report = Reporter(prefix="[web] ", sink=PlainSink(out, heartbeat=0.2))
+    threading.Timer(1.0, first.close).start()  # the first bake ends in a second
+    with exclusive(tmp_path, "bake-us-east-1-web", lambda: report.stage("wait for another bake of web running here")):
+        pass
+    report.sink.close()
+    closing = out.getvalue().splitlines()[-1]
+    assert closing.startswith("[web] ✓ wait for another bake of web running here (")
+    assert float(closing.rsplit("(", 1)[1].rstrip("s)")) >= 0.9  # as long as the first bake held it

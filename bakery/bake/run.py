@@ -169,7 +169,7 @@ class Bake:
         from bakery.housekeeping.locks import exclusive
 
         return exclusive(self.settings.state / "locks", f"bake-{self.cloud.ec2.region}-{self.inputs.name}",
-                         lambda: self.report.info(f"another bake of {self.inputs.name} is running here; waiting"))
+                         lambda: self.report.stage(f"wait for another bake of {self.inputs.name} running here"))
 
     def _kept(self, state: BakeState) -> None:
         """--keep-on-error: say what was kept, how to reach the builder and how to remove it all."""

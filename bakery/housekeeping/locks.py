@@ -8,17 +8,19 @@ groups and the launch's client tokens do this job.
 from __future__ import annotations
 
 import fcntl
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Callable
 
 
-def exclusive(directory: Path, name: str, on_wait: Callable[[], None]) -> IO[str]:
-    """Hold the lock until the returned file is closed (use it in a `with`)."""
+def exclusive(directory: Path, name: str, waiting: Callable[[], AbstractContextManager]) -> IO[str]:
+    """Hold the lock until the returned file is closed (use it in a `with`). When another holds it,
+    the wait runs inside `waiting()`: a progress stage, so a long wait is seen and heard (heartbeats)."""
     directory.mkdir(parents=True, exist_ok=True)
     fh = open(directory / f"{name}.lock", "w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        on_wait()
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        with waiting():
+            fcntl.flock(fh, fcntl.LOCK_EX)
     return fh

@@ -326,7 +326,7 @@ def rollout(settings: Settings, env_name: str, *, tier: str | None = None, dry_r
         result.seconds = round(time.monotonic() - started, 3)
         return result
     with exclusive(settings.state / "locks", f"launch-{launcher.ec2.region}-{env.name}",
-                   lambda: report.info(f"a launch or rollout of {env.name} is running here; waiting")):
+                   lambda: report.stage(f"wait for a launch or rollout of {env.name} running here")):
         sweep = lambda: _sweep_unfinished(launcher.ec2, launcher.launch_id, roller.started)  # noqa: E731
         with tracked_run(settings.state, launcher.launch_id, f"rollout {env.name}", report, keep_on_error=False,
                          on_keep=lambda: None, sweep=sweep) as stack:

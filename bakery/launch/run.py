@@ -315,5 +315,5 @@ def launch(settings: Settings, env_name: str, *, tier: str | None = None, dry_ru
 
     # planning counts the instances already there: a concurrent launch here must wait its turn
     with exclusive(settings.state / "locks", f"launch-{runner.ec2.region}-{env.name}",
-                   lambda: report.info(f"another launch of {env.name} is running here; waiting")):
+                   lambda: report.stage(f"wait for another launch of {env.name} running here")):
         return runner.run(tiers, dry_run)
