@@ -238,9 +238,9 @@ class JsonSink(Sink):
         super().__init__(heartbeat)
         self.stream = stream
 
-    def emit(self, event: str, reporter: "Reporter", **data) -> None:
+    def emit(self, event: str, reporter: "Reporter | None", **data) -> None:
         record: dict = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": event}
-        if reporter.label:
+        if reporter is not None and reporter.label:
             record[reporter.kind] = reporter.label
         record.update({k: v for k, v in data.items() if v is not None and v != ""})
         with self.lock:
@@ -267,10 +267,7 @@ class JsonSink(Sink):
         self.emit("heartbeat", stage.reporter, stage=stage.name, text=stage.status, seconds=round(stage.elapsed(), 3))
 
     def error(self, message: str) -> None:
-        record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": "error",
-                  "text": message}
-        with self.lock:
-            print(json.dumps(record, ensure_ascii=False), file=self.stream or sys.stderr, flush=True)
+        self.emit("error", None, text=message)  # the command's: no one recipe's
 
 
 class LiveSink(Sink):
