@@ -476,7 +476,19 @@ def flag_values(words: str, settings: dict, current: str | None = None) -> list[
         where = Settings.load(dict(settings), project_dir=Path.cwd())
     except BakeryError:  # a broken setting: nothing to offer, and no error in the middle of a prompt
         return []
-    return list_recipes(where.recipes) if flag == "--recipe" else list_environments(where.envs)
+    if flag == "--env":
+        return list_environments(where.envs)
+    return [name for name in list_recipes(where.recipes) if not _abstract(where.recipes / f"{name}.yaml")]
+
+
+def _abstract(path) -> bool:
+    """A template for extends, which no task bakes: not offered (a file that does not parse is)."""
+    from bakery.config.abstract import is_abstract
+
+    try:
+        return is_abstract(path)
+    except BakeryError:
+        return False
 
 
 class BakeryProgram(Program):

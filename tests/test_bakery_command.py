@@ -68,7 +68,9 @@ def test_bash_completes_tasks_flags_and_the_recipes_and_environments_of_the_work
         shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("files", "scripts"))
     assert complete_in_bash("bakery loc", tmp_path) == ["local.down", "local.install", "local.status", "local.up"]
     assert complete_in_bash("bakery bake --no", tmp_path) == ["--no-cache"]
-    assert complete_in_bash("bakery bake --recipe ", tmp_path) == sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+    offered = complete_in_bash("bakery bake --recipe ", tmp_path)
+    assert offered == ["app", "base", "db", "web"]  # not common.yaml: an abstract template, which no task bakes
+    assert "abstract: true" in (tmp_path / "recipes/common.yaml").read_text()
     assert complete_in_bash("bakery bake --recipe w", tmp_path) == ["web"]
     assert complete_in_bash("bakery launch --env p", tmp_path) == ["prod"]
     assert "base" not in complete_in_bash("bakery bake --recipe web ", tmp_path)  # given: not offered again
