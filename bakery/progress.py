@@ -61,11 +61,6 @@ class Stage:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def waited_so_far(self) -> float:
-        with _WAITS:
-            running = time.monotonic() - self._wait_since if self._waiters else 0.0
-            return self.waited + running
-
 
 _running: ContextVar[Stage | None] = ContextVar("bakery_running_stage", default=None)
 _WAITS = threading.Lock()  # every stage's waiter count: waits end in several threads at once

@@ -89,11 +89,12 @@ class Publish:
         spec, ec2 = state.recipe.publish, ctx.ec2
         for region in spec.regions:  # clients are made here, one at a time: a botocore session is not thread-safe
             ec2.in_region(region)
+        copy_tags = {**state.image_tags, T.COPIED_FROM: f"{ec2.region}/{state.image_id}"}
 
         def copy(region: str) -> tuple[str, str]:
             target = ec2.in_region(region)
             copy_id = target.copy_image_from(ec2, state.image_id, state.image_name, spec.kms_key_ids.get(region),
-                                             {**state.image_tags, T.COPIED_FROM: f"{ec2.region}/{state.image_id}"})
+                                             copy_tags)
             # registered as soon as it exists: a copy failing in another region must not orphan this one
             ctx.stack.created("image", copy_id, region, f"copy {copy_id} in {region}",
                               lambda: target.deregister_image(copy_id), product=True)
@@ -109,7 +110,7 @@ class Publish:
             ready = [w.result() for w in waits]
         for (region, copy_id), image in zip(copies, ready):  # CopyImageTags is not honoured everywhere
             target = ec2.in_region(region)
-            target.tag([copy_id], {**state.image_tags, T.COPIED_FROM: f"{ec2.region}/{state.image_id}"})
+            target.tag([copy_id], copy_tags)
             target.tag(snapshots_of(image), {**state.image_tags, T.ROLE: "snapshot"})
         return dict(copies)
 

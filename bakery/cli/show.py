@@ -128,13 +128,15 @@ def report(timeline, picture, *, json: bool) -> None:
 def scaffold(done) -> None:
     import shlex
 
+    from bakery.scaffold.init import WORKFLOW
+
     for rel in done.created:
         emit(f"created {rel}")
     for rel in done.kept:
         emit(f"kept {rel} (it exists)")
-    if ".github/workflows/rebake.yml" in done.created and not done.source.pinned:
+    if WORKFLOW in done.created and not done.source.pinned:
         what = f"installs {done.source.requirement!r}" if done.source.requirement else "has no bakery to install yet"
-        print(f"warning: .github/workflows/rebake.yml {what}, not one commit: set its BAKERY_SOURCE (or run init "
+        print(f"warning: {WORKFLOW} {what}, not one commit: set its BAKERY_SOURCE (or run init "
               "again with --bakery-source) to 'bakery @ git+https://github.com/OWNER/bakery@COMMIT'", file=sys.stderr)
     where = "" if str(done.directory) == "." else f"cd {shlex.quote(str(done.directory))} && "
     emit(f"next: {where}bakery validate && bakery bake --recipe web (as root: the local cloud)")
