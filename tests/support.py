@@ -47,24 +47,17 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait()
 
 
-#: a moto server that answers as the local cloud's endpoint does where moto has no answer
-#: (bakery/local/moto_extensions.py install_api_answers): DeleteLaunchTemplateVersions, snapshot tags
-API_ANSWERS = ("import sys; from bakery.local.moto_extensions import install_api_answers; install_api_answers(); "
-               "from moto.server import main; main(sys.argv[1:])")
-
-
 class MotoServer:
     def __init__(self, api_answers: bool = False, slow_images: float | None = None) -> None:
-        """`api_answers`: the local endpoint's answers where moto's differ from EC2's;
+        """`api_answers`: the local endpoint's answers where moto's differ from EC2's
+        (bakery/local/moto_extensions.py install_api_answers: DeleteLaunchTemplateVersions, snapshot tags);
         `slow_images`: images pending for that many seconds, snapshots' progress moving (tests/slow_images.py)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
-        start = ["-c", API_ANSWERS] if api_answers else ["-m", "moto.server"]
-        if slow_images is not None:
-            start = ["-c", f"import sys; from tests.slow_images import install; install({float(slow_images)!r}); "
-                           "from moto.server import main; main(sys.argv[1:])"]
-        self.proc = subprocess.Popen([sys.executable, *start, "-H", "127.0.0.1", "-p", str(self.port)], cwd=ROOT,
+        env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "MOTO_PORT": str(self.port)}
+        extra = (["--api-answers"] if api_answers else []) + (
+            ["--slow-images", str(float(slow_images))] if slow_images is not None else [])
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.moto_serve", str(self.port), *extra], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 30
         while True:

@@ -36,9 +36,33 @@ _SCALING = ("CreateAutoScalingGroup", "UpdateAutoScalingGroup", "SetDesiredCapac
 _READS = re.compile(r"(Describe|Get|List|Search|Lookup|Check)[A-Z]")
 
 
+class OneRequestAtATime:
+    """moto's app, answering one request at a time. moto keeps its backends in plain dicts and
+    lists shared by every request thread and is not thread-safe (getmoto/moto#372): a request that
+    iterates them while another changes them fails with an HTML 500 that no AWS client can parse
+    (botocore: ResponseParserError), and a RunInstances that failed so had made its instance. Each
+    request takes milliseconds in moto; the slow work around it (a machine's boot, an image's
+    capture) is the reconciler's. `lock` is for anything else in the process that reads moto's
+    state as a whole (saving it)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            chunks = self.app(environ, start_response)
+            try:
+                return [b"".join(chunks)]
+            finally:
+                if hasattr(chunks, "close"):
+                    chunks.close()
+
+
 class ControlPlane:
     def __init__(self, app, machines: LocalCloud, reconciler: Reconciler, snapshots: Snapshots):
-        self.app = app
+        """`app`: moto's app; it is served one request at a time (OneRequestAtATime)."""
+        self.app = OneRequestAtATime(app)
         self.machines = machines
         self.reconciler = reconciler
         self.snapshots = snapshots
@@ -68,7 +92,8 @@ class ControlPlane:
 
     def _save(self) -> None:
         try:
-            self.snapshots.save()
+            with self.app.lock:  # a whole, consistent state: no request half-way through it
+                self.snapshots.save()
         except Exception:  # noqa: BLE001 - the change is made; the next save carries it
             log.exception("saving the endpoint state")
 
