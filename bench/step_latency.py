@@ -68,7 +68,6 @@ def private_sshd(prefix: str):
         (work / "authorized_keys").write_text(login.public_openssh + "\n")
         sshd, port = start_private_sshd(work)
         (work / "known_hosts").write_text(f"[127.0.0.1]:{port} {host.public_openssh}\n")
-        time.sleep(0.3)
         try:
             yield Server(work, port, login, host)
         finally:

@@ -609,7 +609,18 @@ def start_private_sshd(work: Path) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(["unshare", "-m", "-p", "--fork", "--kill-child", "--propagation", "private", "sh", "-c",
                              f"mount -t tmpfs tmpfs /run && mkdir -m 755 /run/sshd && {mask}"
                              f"exec /usr/sbin/sshd -D -e -f {work}/sshd_config"], stderr=subprocess.DEVNULL)
-    return proc, port
+    deadline = time.monotonic() + 30  # listening, so a caller's first attempt meets sshd and not a closed port
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    return proc, port
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the private sshd on port {port} did not start")
+        time.sleep(0.05)
 
 
 def signing_key_pair(where: Path) -> tuple[Path, Path]:

@@ -25,7 +25,7 @@ from tests.support import endpoint_state, recipe_text, write_recipe
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("scaled_backoff")]
 
 STEPS = "  - {name: hi, shell: echo hi}\n"
-CHECKS = "checks:\n  timeout: 3\n  commands:\n    - {name: hello, shell: 'true'}\n"
+CHECKS = "checks:\n  timeout: 20\n  commands:\n    - {name: hello, shell: 'true'}\n"
 
 STOPPED_HERE = Fails(CloudError, r"not authorised \(ExpiredToken\)")
 CLEAN_UP_REFUSED = Baked(warning=r"clean-up of .* failed: .*ExpiredToken", janitor=True)

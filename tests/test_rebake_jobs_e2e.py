@@ -5,6 +5,7 @@ bake through one limiter per region and none gives up; Ctrl-C stops them all, ea
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
@@ -20,6 +21,10 @@ pytestmark = pytest.mark.e2e
 
 # each step notes when it ran, on its own builder's disk
 TIMED = "  - {name: slow, shell: 'date +%s.%N >> /srv/t; sleep {secs}; date +%s.%N >> /srv/t'}\n"
+# ... and waits inside it until the test lets it go (at most 60 s): only bakes that run at once are
+# all inside their steps together, however slowly a loaded machine brings each to its step
+GATED = ("  - {name: slow, shell: 'date +%s.%N >> /srv/t; for i in $(seq 1200); do [ -e /srv/go ] && break; "
+         "sleep 0.05; done; date +%s.%N >> /srv/t'}\n")
 
 
 @pytest.fixture
@@ -40,7 +45,20 @@ def ran(host) -> tuple[float, float]:
 
 def test_independent_recipes_bake_at_once_and_a_layer_after_its_parent(moto, world, settings_for):
     recipes, hosts = world
+    for name in "abc":
+        write_recipe(recipes, name, recipe_text(hosts[name].port, GATED))
+
+    def let_go() -> None:  # once a, b and c are all inside their steps
+        deadline = time.monotonic() + 120
+        while not all((hosts[n].fs / "srv/t").exists() for n in "abc") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for n in "abc":
+            (hosts[n].fs / "srv/go").touch()
+
+    gate = threading.Thread(target=let_go, daemon=True)
+    gate.start()
     rows = rebake(settings_for(recipes), None, report=Reporter(quiet=True), jobs=3)
+    gate.join()
     assert [(r.recipe, r.decision) for r in rows] == [(n, "rebaked") for n in "abcd"]
     spans = {name: ran(host) for name, host in hosts.items()}
     assert max(spans[n][0] for n in "abc") < min(spans[n][1] for n in "abc")  # a, b and c's steps overlapped
