@@ -17,6 +17,7 @@ import re
 import threading
 import urllib.parse
 
+from bakery.local import moto_extensions
 from bakery.local import moto_state as M
 from bakery.local.cloud import LocalCloud
 from bakery.local.endpoint import HEALTH_PATH, STATUS_PATH, health_answer
@@ -42,14 +43,17 @@ class OneRequestAtATime:
     iterates them while another changes them fails with an HTML 500 that no AWS client can parse
     (botocore: ResponseParserError), and a RunInstances that failed so had made its instance. Each
     request takes milliseconds in moto; the slow work around it (a machine's boot, an image's
-    capture) is the reconciler's. `lock` is for anything else in the process that reads moto's
-    state as a whole (saving it)."""
+    capture, reading a running machine's console) is done outside. `lock` is for anything else in
+    the process that reads or changes moto's state (saving it, an instance refresh)."""
 
     def __init__(self, app) -> None:
         self.app = app
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length:  # off the socket first: a slow client must not hold moto for the others
+            environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length))
         with self.lock:
             chunks = self.app(environ, start_response)
             try:
@@ -57,6 +61,21 @@ class OneRequestAtATime:
             finally:
                 if hasattr(chunks, "close"):
                     chunks.close()
+
+
+class Held:
+    """Several locks taken as one, always in the order given (the control plane's: changes, then moto)."""
+
+    def __init__(self, *locks) -> None:
+        self.locks = locks
+
+    def __enter__(self) -> None:
+        for lock in self.locks:
+            lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
 
 
 class ControlPlane:
@@ -68,7 +87,9 @@ class ControlPlane:
         self.snapshots = snapshots
         # one change at a time, each saved before its answer leaves (reads run alongside)
         self._changes = threading.Lock()
-        self.refreshes = Refreshes(self._changes, self.machines.machine_state, lambda: self._scaled({}, ""))
+        # a refresh changes moto from a thread of its own (it terminates, moto launches): both locks
+        self.refreshes = Refreshes(Held(self._changes, self.app.lock), self.machines.machine_state,
+                                   lambda: self._scaled({}, ""))
         self._after = {"RunInstances": self._ran, "StartInstances": self._started, "StopInstances": self._stopped,
                        "TerminateInstances": self._terminated, "RebootInstances": self._rebooted,
                        "CreateImage": self._image_created, "DeregisterImage": self._image_deregistered,
@@ -112,6 +133,13 @@ class ControlPlane:
             status, answer = self.refreshes.answer(action, params)
             start_response(f"{status} {'OK' if status == 200 else 'Bad Request'}", [("Content-Type", "text/xml")])
             return [answer]
+        if action == "GetConsoleOutput" and re.fullmatch(r"i-[0-9a-f]{8,17}", params.get("InstanceId", "")):
+            read = moto_extensions.console_read.set((params["InstanceId"],
+                                                     self.machines.console_output(params["InstanceId"])))
+            try:
+                return [self._serve(environ, start_response, action, params)]
+            finally:
+                moto_extensions.console_read.reset(read)
         if _reads_only(environ, action):
             return [self._serve(environ, start_response, action, params)]
         with self._changes:

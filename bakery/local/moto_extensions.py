@@ -54,7 +54,8 @@ def install(machines: LocalCloud) -> Callable[[], None]:
     def get_console_output(self) -> ActionResult:
         """The machine's console: its boot, cloud-init's output and host key fingerprints."""
         instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
-        text = machines.console_output(instance.id)
+        read = console_read.get()  # by the control plane, before the request came into moto
+        text = read[1] if read is not None and read[0] == instance.id else machines.console_output(instance.id)
         return ActionResult({"InstanceId": instance.id, "Timestamp": utcnow(),
                              "Output": Base64EncodedString.from_raw_string(text)})
 
@@ -385,6 +386,11 @@ def _uninstall() -> None:
 
 
 #: the subnet whose ENI is being given addresses (moto's address helper is told only the CIDR)
+#: (instance id, its console) read by the control plane before it let a GetConsoleOutput into moto:
+#: reading a running machine's console asks its systemd (seconds at worst), which must not hold up
+#: every other request while moto answers one at a time (control.py OneRequestAtATime)
+console_read: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("console_read", default=None)
+
 _subnet_in_play: contextvars.ContextVar = contextvars.ContextVar("subnet_in_play", default=None)
 
 

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
-    from bakery.local import moto_extensions, moto_state
+    from bakery.local import internet, moto_extensions, moto_state
     from bakery.local.base import base_ca_dir
     from bakery.local.cloud import DEBIAN_OWNER, LOCAL_ACCOUNT, LocalCloud
     from bakery.local.control import ControlPlane
@@ -61,13 +61,17 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     reconciler.start()
+    # look up the package mirrors' addresses now, so a public address picked while moto answers a
+    # RunInstances (moto_extensions._public_address) finds them known and never waits for DNS
+    internet.reserved(wait=0)
     logging.getLogger("bakery.local").info("local EC2 endpoint on http://127.0.0.1:%d (data %s)", args.port,
                                            args.data_dir)
     try:
         server.serve_forever()
     finally:
         reconciler.close()
-        snapshots.save()  # the machines' last states (running, stopped) as the reconciler left them
+        with app.app.lock:  # a request thread (a daemon) may still be inside moto
+            snapshots.save()  # the machines' last states (running, stopped) as the reconciler left them
 
 
 if __name__ == "__main__":
