@@ -385,12 +385,12 @@ def _uninstall() -> None:
             setattr(owner, name, original)
 
 
-#: the subnet whose ENI is being given addresses (moto's address helper is told only the CIDR)
 #: (instance id, its console) read by the control plane before it let a GetConsoleOutput into moto:
 #: reading a running machine's console asks its systemd (seconds at worst), which must not hold up
 #: every other request while moto answers one at a time (control.py OneRequestAtATime)
 console_read: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("console_read", default=None)
 
+#: the subnet whose ENI is being given addresses (moto's address helper is told only the CIDR)
 _subnet_in_play: contextvars.ContextVar = contextvars.ContextVar("subnet_in_play", default=None)
 
 

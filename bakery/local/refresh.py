@@ -26,9 +26,9 @@ import math
 import secrets
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from contextlib import AbstractContextManager
 from typing import Callable
 from xml.sax.saxutils import escape
 
@@ -75,10 +75,12 @@ class Refresh:
 
 class Refreshes:
     """The endpoint's instance refreshes. `changes` is the control plane's hold on moto's state
-    (its change lock and moto's own, control.py Held); `machine_state(id)` says whether an instance's machine has booted;
-    `scaled()` shows what Auto Scaling started or ended as EC2 does (control.py)."""
+    (its change lock, then moto's own: control.py Held); `machine_state(id)` says whether an
+    instance's machine has booted; `scaled()` shows what Auto Scaling started or ended as EC2 does
+    (control.py)."""
 
-    def __init__(self, changes: AbstractContextManager, machine_state: Callable[[str], str], scaled: Callable[[], None]):
+    def __init__(self, changes: AbstractContextManager, machine_state: Callable[[str], str],
+                 scaled: Callable[[], None]):
         self.changes = changes
         self.machine_state = machine_state
         self.scaled = scaled
